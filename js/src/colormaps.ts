@@ -1,0 +1,52 @@
+// 256-entry RGBA lookup tables for canvas drawing and CSS colours for token backgrounds.
+import { interpolateBlues, interpolateRdBu, interpolateViridis } from "d3-scale-chromatic";
+
+export type Lut = Uint8ClampedArray; // 256 × RGBA
+
+function parse(css: string): [number, number, number] {
+  const m = css.match(/\d+(\.\d+)?/g);
+  if (css.startsWith("#")) {
+    const n = Number.parseInt(css.slice(1), 16);
+    return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+  }
+  return m ? [Number(m[0]), Number(m[1]), Number(m[2])] : [0, 0, 0];
+}
+
+function build(interp: (t: number) => string, from = 0, to = 1): Lut {
+  const lut = new Uint8ClampedArray(256 * 4);
+  for (let i = 0; i < 256; i++) {
+    const [r, g, b] = parse(interp(from + ((to - from) * i) / 255));
+    lut.set([r, g, b, 255], 4 * i);
+  }
+  return lut;
+}
+
+const cache = new Map<string, Lut>();
+function memo(name: string, make: () => Lut): Lut {
+  let lut = cache.get(name);
+  if (!lut) cache.set(name, (lut = make()));
+  return lut;
+}
+
+/** Sequential map for probabilities: white → blue (light), dark → yellow (dark). */
+export function sequential(dark: boolean): Lut {
+  return dark ? memo("viridis", () => build(interpolateViridis)) : memo("blues", () => build(interpolateBlues, 0.02, 1));
+}
+
+/** Diverging map centred at 0: red negative, blue positive. */
+export function diverging(): Lut {
+  return memo("rdbu", () => build(interpolateRdBu, 0.05, 0.95));
+}
+
+/** CSS colour of a LUT entry; `t` in [0, 1]. */
+export function cssColor(lut: Lut, t: number): string {
+  const i = 4 * Math.max(0, Math.min(255, Math.round((Number.isFinite(t) ? t : 0) * 255)));
+  return `rgb(${lut[i]},${lut[i + 1]},${lut[i + 2]})`;
+}
+
+/** Readable text colour over a LUT entry. */
+export function textOn(lut: Lut, t: number): string {
+  const i = 4 * Math.max(0, Math.min(255, Math.round((Number.isFinite(t) ? t : 0) * 255)));
+  const lum = 0.299 * lut[i] + 0.587 * lut[i + 1] + 0.114 * lut[i + 2];
+  return lum > 150 ? "#111" : "#fff";
+}

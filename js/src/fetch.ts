@@ -1,0 +1,70 @@
+// Asks the kernel (or the static report's embedded replies) for chunks, with a cache.
+import type { AnyModel } from "@anywidget/types";
+import type { Reply } from "./types";
+
+export const FETCH_TIMEOUT_MS = 15_000;
+
+/** Canonical request key: JSON with sorted keys, no `id` (Python's request_key builds the same). */
+export function requestKey(msg: Record<string, unknown>): string {
+  const keys = Object.keys(msg).filter((k) => k !== "id").sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(msg[k])}`).join(",")}}`;
+}
+
+export interface Fetched {
+  reply: Reply;
+  buffers: DataView[];
+}
+
+export class Fetcher {
+  private nextId = 1;
+  private pending = new Map<number, { resolve: (f: Fetched) => void; reject: (e: Error) => void; timer: number }>();
+  private cache = new Map<string, Promise<Fetched>>();
+  private onMsg = (msg: unknown, buffers: DataView[]) => {
+    const reply = msg as Reply;
+    if (!reply || reply.kind !== "reply") return;
+    const p = this.pending.get(reply.id);
+    if (!p) return;
+    this.pending.delete(reply.id);
+    clearTimeout(p.timer);
+    if (reply.ok) p.resolve({ reply, buffers });
+    else p.reject(new Error(`[circuitboard] ${reply.error ?? "request failed"}`));
+  };
+
+  constructor(private model: AnyModel) {
+    model.on("msg:custom", this.onMsg);
+  }
+
+  /** Fetch once per key; failures are not cached so a retry can succeed. */
+  get(msg: Record<string, unknown> & { kind: string }): Promise<Fetched> {
+    const key = requestKey(msg);
+    let hit = this.cache.get(key);
+    if (!hit) {
+      hit = this.send(msg);
+      this.cache.set(key, hit);
+      hit.catch(() => this.cache.delete(key));
+    }
+    return hit;
+  }
+
+  has(msg: Record<string, unknown>): boolean {
+    return this.cache.has(requestKey(msg));
+  }
+
+  private send(msg: Record<string, unknown>): Promise<Fetched> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = window.setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error("[circuitboard] no answer from the Python kernel: it may have stopped or restarted. Re-run the cell."));
+      }, FETCH_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      this.model.send({ ...msg, id });
+    });
+  }
+
+  dispose(): void {
+    this.model.off("msg:custom", this.onMsg);
+    for (const p of this.pending.values()) clearTimeout(p.timer);
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,34 @@
+// The one bundle: every widget runs this module; `_view` picks the view that renders it.
+import type { RenderProps } from "@anywidget/types";
+import * as attention from "./views/attention";
+
+type Cleanup = void | (() => void | Promise<void>);
+type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
+
+export const VIEWS: Record<string, View> = {
+  attention: attention as unknown as View,
+  link: { render: () => undefined }, // the shared selection has no visual
+};
+
+async function render(props: RenderProps) {
+  const name = props.model.get("_view") as string;
+  const view = VIEWS[name];
+  if (!view) {
+    const msg = document.createElement("div");
+    msg.className = "cb-error";
+    msg.textContent = `[circuitboard] unknown view ${JSON.stringify(name)}; the Python package and the bundle may be out of date.`;
+    props.el.appendChild(msg);
+    return;
+  }
+  try {
+    return await view.render(props);
+  } catch (err) {
+    console.error("[circuitboard]", err);
+    const msg = document.createElement("div");
+    msg.className = "cb-error";
+    msg.textContent = `[circuitboard] ${name} view failed: ${String((err as Error).message ?? err)}`;
+    props.el.appendChild(msg);
+  }
+}
+
+export default { render };

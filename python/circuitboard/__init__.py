@@ -1,0 +1,47 @@
+"""circuitboard: linked, fast Jupyter widgets for mechanistic interpretability.
+
+>>> import circuitboard as cb
+>>> model, tokenizer = cb.load_default_model()  # doctest: +SKIP
+>>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
+>>> cb.attention(cap)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._api import attention
+from ._errors import CircuitboardWarning
+from .export import report
+from .widgets import AttentionView, Link, link
+
+__version__ = "0.1.0"
+
+# Capture and the default model need torch: imported on first use so that viewing a saved
+# capture or a numpy array never pays for (or requires) torch.
+_LAZY = {
+    "Capture": "circuitboard.capture",
+    "capture": "circuitboard.capture",
+    "load_default_model": "circuitboard.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'circuitboard' has no attribute {name!r}")
+
+
+__all__ = [
+    "AttentionView",
+    "Capture",
+    "CircuitboardWarning",
+    "Link",
+    "attention",
+    "capture",
+    "link",
+    "load_default_model",
+    "report",
+]

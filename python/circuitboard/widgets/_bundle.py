@@ -1,0 +1,40 @@
+"""The one front-end bundle and the widget base class that loads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anywidget
+import traitlets
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+BUNDLE = STATIC / "index.js"
+STYLES = STATIC / "index.css"
+
+
+def _bundle() -> Path:
+    if not BUNDLE.is_file():
+        raise FileNotFoundError(
+            f"circuitboard's front-end bundle is missing ({BUNDLE}). In a source checkout build it "
+            "with `npm --prefix js ci && npm --prefix js run build` (or `make build`); installed "
+            "wheels ship it."
+        )
+    return BUNDLE
+
+
+def request_key(msg: dict[str, Any]) -> str:
+    """Canonical key of a fetch request (without its ``id``); ``js/src/fetch.ts`` builds the same."""
+    return json.dumps({k: v for k, v in msg.items() if k != "id"}, sort_keys=True, separators=(",", ":"))
+
+
+class Base(anywidget.AnyWidget):
+    """Loads the one bundle; ``_view`` tells ``index.ts`` which view module renders it."""
+
+    _view = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        type(self)._esm = _bundle()
+        type(self)._css = STYLES
+        super().__init__(**kwargs)
