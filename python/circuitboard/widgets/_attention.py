@@ -9,7 +9,7 @@ import traitlets
 
 from ._codec import encode
 from ._validate import attention_array, index_in, token_list
-from ._view import View
+from ._view import View, pack
 
 
 class AttentionView(View):
@@ -97,9 +97,7 @@ class AttentionView(View):
         return self._attention[self._position(layer), index_in("head", head, self.n_heads)]
 
     def _fetch_head(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
-        enc = encode(self.pattern(msg["layer"], msg["head"]), lo=0.0, hi=1.0)
-        data = enc.pop("data")
-        return {"pattern": enc}, [data]
+        return pack(pattern=encode(self.pattern(msg["layer"], msg["head"]), lo=0.0, hi=1.0))
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
         per_head = self._attention.shape[2] * self._attention.shape[3]

@@ -11,6 +11,25 @@ from ._bundle import Base
 from ._link import Link
 
 
+def pack(**fields: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """Move the bytes of encoded tensors in a reply into buffers (``data`` becomes an index).
+
+    >>> from circuitboard.widgets import encode
+    >>> fields, buffers = pack(pattern=encode([[1.0]]), layer=3)
+    >>> fields["pattern"]["data"], len(buffers), fields["layer"]
+    (0, 1, 3)
+    """
+    buffers: list[bytes] = []
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(value.get("data"), (bytes, memoryview)):
+            out[key] = {**value, "data": len(buffers)}
+            buffers.append(bytes(value["data"]))
+        else:
+            out[key] = value
+    return out, buffers
+
+
 class View(Base):
     """A visual view: holds a :class:`Link` and answers the browser's fetch requests.
 
