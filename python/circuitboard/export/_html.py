@@ -70,7 +70,7 @@ def _collect(widgets: Iterable[Base]) -> list[Base]:
 
 def _safe_json(data: Any) -> str:
     # '<' escaped so no string (a token such as "</script>") can end the script element.
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
@@ -203,7 +203,7 @@ def report(*items: Any, path: str | os.PathLike[str], title: str = "circuitboard
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(text)
         umask = os.umask(0)
         os.umask(umask)
