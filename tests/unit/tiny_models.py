@@ -1,0 +1,240 @@
+"""Tiny randomly initialized models, one per supported architecture, built offline from configs.
+
+Each factory returns ``(model, tokenizer)``: a model in eval mode with a few layers and small
+dims (seeded, so two calls give the same weights) and a byte-level BPE tokenizer trained in code
+on a small corpus (so multibyte characters can be split across tokens, as in GPT-2/Llama-3
+tokenizers). Models that support SDPA are loaded with ``attn_implementation="sdpa"`` so the
+capture's switch to eager attention is exercised.
+
+>>> from tests.unit.tiny_models import tiny_llama
+>>> model, tok = tiny_llama()
+>>> model.config.num_hidden_layers
+2
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+CORPUS = [
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world! Héllo wörld, naïve café, 日本語のテキスト, emoji 🙂 too.",
+    "def f(x):\n    return x + 1  # code\n\ttabs and  double  spaces",
+    "1 2 3 4 5 6 7 8 9 10 11 12 the the the and and of of to to in in",
+]
+VOCAB = 384
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_json(kind: str) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = BERT_SPECIALS if kind == "bert" else SPECIALS
+    tok = Tokenizer(models.BPE(unk_token=None if kind != "bert" else "[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    if kind == "bos":  # Llama-style: prepend <s>
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    elif kind == "bert":  # [CLS] ... [SEP]
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    return tok.to_str()
+
+
+def tiny_tokenizer(kind: str = "plain") -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with 384 tokens.
+
+    ``kind``: ``"plain"`` (GPT-2-like, no BOS), ``"bos"`` (prepends ``<s>``, Llama-like) or
+    ``"bert"`` (``[CLS] ... [SEP]``, with a ``[MASK]`` token).
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer.from_str(_tokenizer_json(kind))
+    if kind == "bert":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=raw,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def _build(config: Any, cls: Any, seed: int = 0) -> Any:
+    import torch
+
+    torch.manual_seed(seed)
+    model = cls(config)
+    model.eval()
+    return model
+
+
+def tiny_gpt2(seed: int = 0) -> tuple[Any, Any]:
+    """GPT-2: LayerNorm, learned positions, Conv1D projections, fused qkv, tied unembedding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4,
+        attn_implementation="sdpa", bos_token_id=1, eos_token_id=2,
+    )
+    return _build(cfg, GPT2LMHeadModel, seed), tiny_tokenizer("plain")
+
+
+def tiny_llama(seed: int = 0) -> tuple[Any, Any]:
+    """Llama: RMSNorm, RoPE, gated MLP, grouped-query attention (4 heads, 2 kv heads), BOS."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=False, attn_implementation="sdpa",
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return _build(cfg, LlamaForCausalLM, seed), tiny_tokenizer("bos")
+
+
+def tiny_smollm(seed: int = 0) -> tuple[Any, Any]:
+    """SmolLM2-like Llama: tied embeddings, GQA 6 heads / 2 kv heads, no BOS."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True, attn_implementation="sdpa",
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return _build(cfg, LlamaForCausalLM, seed), tiny_tokenizer("plain")
+
+
+def tiny_mistral(seed: int = 0) -> tuple[Any, Any]:
+    """Mistral: Llama-like with GQA."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128,
+        head_dim=8, sliding_window=None, attn_implementation="sdpa",
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return _build(cfg, MistralForCausalLM, seed), tiny_tokenizer("bos")
+
+
+def tiny_qwen2(seed: int = 0) -> tuple[Any, Any]:
+    """Qwen2: Llama-like with q/k/v biases and GQA."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=False, attn_implementation="sdpa",
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return _build(cfg, Qwen2ForCausalLM, seed), tiny_tokenizer("plain")
+
+
+def tiny_neox(seed: int = 0) -> tuple[Any, Any]:
+    """GPT-NeoX (Pythia): LayerNorm, partial rotary, parallel attention + MLP, fused qkv."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128, rotary_pct=0.25,
+        use_parallel_residual=True, attn_implementation="sdpa",
+        bos_token_id=1, eos_token_id=2,
+    )
+    return _build(cfg, GPTNeoXForCausalLM, seed), tiny_tokenizer("plain")
+
+
+def tiny_gemma2(seed: int = 0) -> tuple[Any, Any]:
+    """Gemma 2: (1 + w) RMSNorm, sandwich norms, embedding scaling, attention and final logit
+    soft-capping, GQA, a sliding-window layer; eager attention only (no SDPA)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+        sliding_window=4, final_logit_softcapping=5.0, attn_logit_softcapping=20.0,
+        query_pre_attn_scalar=8, attn_implementation="eager",
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    model = _build(cfg, Gemma2ForCausalLM, seed)
+    # Random init leaves the (1 + w) norm weights at zero: make them non-trivial.
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model, tiny_tokenizer("bos")
+
+
+def tiny_gemma(seed: int = 0) -> tuple[Any, Any]:
+    """Gemma (1): (1 + w) RMSNorm, embedding scaling, GELU-gated MLP, multi-query attention."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    cfg = GemmaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
+        attn_implementation="sdpa", bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    model = _build(cfg, GemmaForCausalLM, seed)
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model, tiny_tokenizer("bos")
+
+
+def tiny_bert(seed: int = 0) -> tuple[Any, Any]:
+    """BERT (masked LM): bidirectional attention, post-LayerNorm blocks, MLM head."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128, attn_implementation="sdpa",
+        pad_token_id=0,
+    )
+    return _build(cfg, BertForMaskedLM, seed), tiny_tokenizer("bert")
+
+
+FACTORIES: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "gpt2": tiny_gpt2,
+    "llama": tiny_llama,
+    "smollm": tiny_smollm,
+    "mistral": tiny_mistral,
+    "qwen2": tiny_qwen2,
+    "neox": tiny_neox,
+    "gemma": tiny_gemma,
+    "gemma2": tiny_gemma2,
+    "bert": tiny_bert,
+}
+"""Every tiny model by name; ``pytest.mark.parametrize("name", FACTORIES)`` covers all adapters."""
+
+CAUSAL = [n for n in FACTORIES if n != "bert"]
+"""The causal language models among :data:`FACTORIES` (BERT is bidirectional)."""
