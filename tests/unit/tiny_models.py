@@ -30,7 +30,7 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_json(kind: str) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -53,7 +53,10 @@ def _tokenizer_json(kind: str) -> str:
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B [SEP]",
-            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+            special_tokens=[
+                ("[CLS]", tok.token_to_id("[CLS]")),
+                ("[SEP]", tok.token_to_id("[SEP]")),
+            ],
         )
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=True)
@@ -80,7 +83,11 @@ def tiny_tokenizer(kind: str = "plain") -> Any:
             mask_token="[MASK]",
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
 
 
@@ -98,8 +105,14 @@ def tiny_gpt2(seed: int = 0) -> tuple[Any, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4,
-        attn_implementation="sdpa", bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return _build(cfg, GPT2LMHeadModel, seed), tiny_tokenizer("plain")
 
@@ -109,10 +122,18 @@ def tiny_llama(seed: int = 0) -> tuple[Any, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=False, attn_implementation="sdpa",
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return _build(cfg, LlamaForCausalLM, seed), tiny_tokenizer("bos")
 
@@ -122,10 +143,18 @@ def tiny_smollm(seed: int = 0) -> tuple[Any, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True, attn_implementation="sdpa",
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return _build(cfg, LlamaForCausalLM, seed), tiny_tokenizer("plain")
 
@@ -135,10 +164,19 @@ def tiny_mistral(seed: int = 0) -> tuple[Any, Any]:
     from transformers import MistralConfig, MistralForCausalLM
 
     cfg = MistralConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128,
-        head_dim=8, sliding_window=None, attn_implementation="sdpa",
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        head_dim=8,
+        sliding_window=None,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return _build(cfg, MistralForCausalLM, seed), tiny_tokenizer("bos")
 
@@ -148,10 +186,18 @@ def tiny_qwen2(seed: int = 0) -> tuple[Any, Any]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=False, attn_implementation="sdpa",
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return _build(cfg, Qwen2ForCausalLM, seed), tiny_tokenizer("plain")
 
@@ -161,10 +207,17 @@ def tiny_neox(seed: int = 0) -> tuple[Any, Any]:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     cfg = GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=128, rotary_pct=0.25,
-        use_parallel_residual=True, attn_implementation="sdpa",
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return _build(cfg, GPTNeoXForCausalLM, seed), tiny_tokenizer("plain")
 
@@ -175,11 +228,22 @@ def tiny_gemma2(seed: int = 0) -> tuple[Any, Any]:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     cfg = Gemma2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-        sliding_window=4, final_logit_softcapping=5.0, attn_logit_softcapping=20.0,
-        query_pre_attn_scalar=8, attn_implementation="eager",
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=4,
+        final_logit_softcapping=5.0,
+        attn_logit_softcapping=20.0,
+        query_pre_attn_scalar=8,
+        attn_implementation="eager",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     model = _build(cfg, Gemma2ForCausalLM, seed)
     # Random init leaves the (1 + w) norm weights at zero: make them non-trivial.
@@ -197,9 +261,18 @@ def tiny_gemma(seed: int = 0) -> tuple[Any, Any]:
     from transformers import GemmaConfig, GemmaForCausalLM
 
     cfg = GemmaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
-        attn_implementation="sdpa", bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=128,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     model = _build(cfg, GemmaForCausalLM, seed)
     import torch
@@ -216,8 +289,13 @@ def tiny_bert(seed: int = 0) -> tuple[Any, Any]:
     from transformers import BertConfig, BertForMaskedLM
 
     cfg = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=128, attn_implementation="sdpa",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        attn_implementation="sdpa",
         pad_token_id=0,
     )
     return _build(cfg, BertForMaskedLM, seed), tiny_tokenizer("bert")
