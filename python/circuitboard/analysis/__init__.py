@@ -1,0 +1,15 @@
+"""Pure tensor math on a Capture: exact logit attribution, logit lens, head scores."""
+
+from ._attribution import Attribution, direct_logit_attribution
+from ._head_scores import SCORES, head_scores, scores_from_patterns
+from ._lens import LogitLens, logit_lens
+
+__all__ = [
+    "SCORES",
+    "Attribution",
+    "LogitLens",
+    "direct_logit_attribution",
+    "head_scores",
+    "logit_lens",
+    "scores_from_patterns",
+]

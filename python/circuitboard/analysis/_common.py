@@ -1,0 +1,112 @@
+"""Helpers shared by the analyses: target-token parsing and the final norm's direction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+NORMS = ("rmsnorm", "layernorm", "gemma_rmsnorm")
+DEFAULT_EPS = 1e-5
+
+
+def require_info(cap: Any, what: str) -> Any:
+    info = getattr(cap, "info", None)
+    if info is None:
+        raise ValueError(
+            f"{what} needs the model's shapes and norm type (cap.info), but this capture has "
+            "info=None. Capture with cb.capture(model, tokenizer, prompt)."
+        )
+    if info.norm not in NORMS:
+        raise ValueError(
+            f"{what}: unknown final norm {info.norm!r}; expected one of {NORMS}. "
+            "The capture adapter for this architecture must name its norm."
+        )
+    return info
+
+
+def weight(cap: Any, name: str, what: str, *, optional: bool = False) -> torch.Tensor | None:
+    w = cap.weights.get(name) if getattr(cap, "weights", None) is not None else None
+    if w is None:
+        if optional:
+            return None
+        raise KeyError(
+            f"{what} needs the weight {name!r}, which this capture does not hold "
+            f"(it has {sorted(cap.weights)[:6]} ...). Capture again with cb.capture, which "
+            "records the weights analyses need."
+        )
+    return w.detach().to("cpu", torch.float64)
+
+
+def tensor(cap: Any, name: str, what: str, *, optional: bool = False) -> torch.Tensor | None:
+    if name in cap.tensors:
+        return cap.tensors[name].detach().to("cpu", torch.float64)
+    if optional:
+        return None
+    raise KeyError(
+        f"{what} needs {name!r}, which was not captured (captured: {cap.names()[:6]} ...). "
+        "Capture again with the default `what=` so every residual, z and MLP output is recorded."
+    )
+
+
+def norm_weight(cap: Any, info: Any, what: str) -> torch.Tensor:
+    """The final norm's effective elementwise weight (``1 + w`` for Gemma's norm)."""
+    w = weight(cap, "ln_final.w", what, optional=True)
+    if w is None:
+        w = torch.ones(info.d_model, dtype=torch.float64)
+    return 1.0 + w if info.norm == "gemma_rmsnorm" else w
+
+
+def norm_eps(cap: Any) -> float:
+    info = getattr(cap, "info", None)
+    for obj, key in ((info, "norm_eps"), (info, "eps")):
+        v = getattr(obj, key, None)
+        if isinstance(v, (int, float)):
+            return float(v)
+    w = getattr(cap, "weights", {}) or {}
+    if "ln_final.eps" in w:
+        return float(w["ln_final.eps"])
+    return DEFAULT_EPS
+
+
+def token_id(cap: Any, target: Any, name: str) -> int:
+    """A single token id from an int, a 0-d tensor or a string that is exactly one token."""
+    if hasattr(target, "item") and getattr(target, "numel", lambda: 1)() == 1:
+        target = target.item()
+    if isinstance(target, bool):
+        raise TypeError(f"{name} must be a token string or id; got a bool.")
+    d_vocab = cap.info.d_vocab if getattr(cap, "info", None) is not None else None
+    if isinstance(target, int):
+        if target < 0 or (d_vocab is not None and target >= d_vocab):
+            raise IndexError(f"{name}={target} is not a token id: the vocabulary has {d_vocab} tokens.")
+        return target
+    if isinstance(target, str):
+        tok = getattr(cap, "tokenizer", None)
+        if tok is None:
+            raise ValueError(
+                f"{name}={target!r} is a string but this capture has no tokenizer; pass the token "
+                "id instead (tokenizer.encode(text, add_special_tokens=False)[0])."
+            )
+        ids = tok.encode(target, add_special_tokens=False)
+        if len(ids) != 1:
+            pieces = [tok.decode([i]) for i in ids]
+            raise ValueError(
+                f"{name}={target!r} is {len(ids)} tokens {pieces}, expected exactly one. "
+                "Mind the leading space (' Mary' vs 'Mary'), or pass a token id."
+            )
+        return int(ids[0])
+    raise TypeError(f"{name} must be a token string or an int id; got {type(target).__name__}.")
+
+
+def token_text(cap: Any, tid: int) -> str:
+    tok = getattr(cap, "tokenizer", None)
+    return tok.decode([tid]) if tok is not None else f"#{tid}"
+
+
+def position(pos: Any, n: int) -> int:
+    if isinstance(pos, bool) or not isinstance(pos, int):
+        raise TypeError(f"pos must be an int position; got {type(pos).__name__}.")
+    p = pos + n if pos < 0 else pos
+    if not 0 <= p < n:
+        raise IndexError(f"pos={pos} is out of range for a {n}-token prompt (0..{n - 1} or -{n}..-1).")
+    return p
