@@ -9,7 +9,12 @@ import torch
 
 from circuitboard.capture import Capture, ModelInfo
 
-NEEDED = ("blocks.0.attn.hook_z", "blocks.0.mlp.hook_post", "blocks.0.hook_resid_pre", "ln_final.hook_scale")
+NEEDED = (
+    "blocks.0.attn.hook_z",
+    "blocks.0.mlp.hook_post",
+    "blocks.0.hook_resid_pre",
+    "ln_final.hook_scale",
+)
 
 
 def capture_for_analysis(model: Any, tok: Any, prompt: str) -> Capture:
@@ -67,21 +72,30 @@ def hand_capture(model: Any, tok: Any, prompt: str) -> Capture:
         return hook
 
     try:
-        for l, block in enumerate(mods["layers"]):
-            handles.append(block.register_forward_hook(
-                lambda _m, args, out, l=l: tensors.__setitem__(
-                    f"blocks.{l}.hook_resid_post", (out[0] if isinstance(out, tuple) else out)[0].float().clone()
+        for li, block in enumerate(mods["layers"]):
+            handles.append(
+                block.register_forward_hook(
+                    lambda _m, args, out, li=li: tensors.__setitem__(
+                        f"blocks.{li}.hook_resid_post",
+                        (out[0] if isinstance(out, tuple) else out)[0].float().clone(),
+                    )
                 )
-            ))
-            handles.append(block.register_forward_pre_hook(
-                lambda _m, args, kwargs, l=l: tensors.__setitem__(
-                    f"blocks.{l}.hook_resid_pre",
-                    (args[0] if args else kwargs["hidden_states"])[0].float().clone(),
-                ),
-                with_kwargs=True,
-            ))
-            handles.append(mods["o_proj"](block).register_forward_hook(save(f"blocks.{l}.attn.hook_z", True)))
-            handles.append(mods["down"](block).register_forward_hook(save(f"blocks.{l}.mlp.hook_post", True)))
+            )
+            handles.append(
+                block.register_forward_pre_hook(
+                    lambda _m, args, kwargs, li=li: tensors.__setitem__(
+                        f"blocks.{li}.hook_resid_pre",
+                        (args[0] if args else kwargs["hidden_states"])[0].float().clone(),
+                    ),
+                    with_kwargs=True,
+                )
+            )
+            handles.append(
+                mods["o_proj"](block).register_forward_hook(save(f"blocks.{li}.attn.hook_z", True))
+            )
+            handles.append(
+                mods["down"](block).register_forward_hook(save(f"blocks.{li}.mlp.hook_post", True))
+            )
         handles.append(mods["norm"].register_forward_hook(save("final_in", True)))
         if mods["pos"] is not None:
             handles.append(mods["pos"].register_forward_hook(save("hook_pos_embed", False)))
@@ -90,31 +104,33 @@ def hand_capture(model: Any, tok: Any, prompt: str) -> Capture:
         for h in handles:
             h.remove()
     n = ids.shape[1]
-    for l in range(cfg.num_hidden_layers):
-        tensors[f"blocks.{l}.attn.hook_z"] = tensors[f"blocks.{l}.attn.hook_z"].reshape(n, H, dh)
+    for li in range(cfg.num_hidden_layers):
+        tensors[f"blocks.{li}.attn.hook_z"] = tensors[f"blocks.{li}.attn.hook_z"].reshape(n, H, dh)
     final_in = tensors.pop("final_in")
     norm = mods["norm"]
     eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-5
-    kind = "layernorm" if isinstance(norm, torch.nn.LayerNorm) else (
-        "gemma_rmsnorm" if "gemma" in cfg.model_type else "rmsnorm"
+    kind = (
+        "layernorm"
+        if isinstance(norm, torch.nn.LayerNorm)
+        else ("gemma_rmsnorm" if "gemma" in cfg.model_type else "rmsnorm")
     )
     x = final_in - final_in.mean(-1, keepdim=True) if kind == "layernorm" else final_in
     tensors["ln_final.hook_scale"] = torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
     # The last block's output (some models apply the final norm inside the last block's hook).
     tensors[f"blocks.{cfg.num_hidden_layers - 1}.hook_resid_post"] = final_in
     weights: dict[str, torch.Tensor] = {}
-    for l, block in enumerate(mods["layers"]):
+    for li, block in enumerate(mods["layers"]):
         o, dn = mods["o_proj"](block), mods["down"](block)
         if mods["conv1d"]:
-            weights[f"blocks.{l}.attn.W_O"] = o.weight.reshape(H, dh, d).float()
-            weights[f"blocks.{l}.mlp.W_out"] = dn.weight.float()
+            weights[f"blocks.{li}.attn.W_O"] = o.weight.reshape(H, dh, d).float()
+            weights[f"blocks.{li}.mlp.W_out"] = dn.weight.float()
         else:
-            weights[f"blocks.{l}.attn.W_O"] = o.weight.T.reshape(H, dh, d).float()
-            weights[f"blocks.{l}.mlp.W_out"] = dn.weight.T.float()
+            weights[f"blocks.{li}.attn.W_O"] = o.weight.T.reshape(H, dh, d).float()
+            weights[f"blocks.{li}.mlp.W_out"] = dn.weight.T.float()
         if o.bias is not None:
-            weights[f"blocks.{l}.attn.b_O"] = o.bias.float()
+            weights[f"blocks.{li}.attn.b_O"] = o.bias.float()
         if dn.bias is not None:
-            weights[f"blocks.{l}.mlp.b_out"] = dn.bias.float()
+            weights[f"blocks.{li}.mlp.b_out"] = dn.bias.float()
     weights["ln_final.w"] = norm.weight.float()
     if getattr(norm, "bias", None) is not None:
         weights["ln_final.b"] = norm.bias.float()
@@ -123,12 +139,25 @@ def hand_capture(model: Any, tok: Any, prompt: str) -> Capture:
     if head.bias is not None:
         weights["unembed.b_U"] = head.bias.float()
     info = ModelInfo(
-        architecture=cfg.model_type, model_name=cfg.model_type, n_layers=cfg.num_hidden_layers,
-        n_heads=H, n_kv_heads=getattr(cfg, "num_key_value_heads", H) or H, d_model=d, d_head=dh,
-        d_mlp=weights["blocks.0.mlp.W_out"].shape[0], d_vocab=cfg.vocab_size, norm=kind,
+        architecture=cfg.model_type,
+        model_name=cfg.model_type,
+        n_layers=cfg.num_hidden_layers,
+        n_heads=H,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", H) or H,
+        d_model=d,
+        d_head=dh,
+        d_mlp=weights["blocks.0.mlp.W_out"].shape[0],
+        d_vocab=cfg.vocab_size,
+        norm=kind,
         final_logit_softcap=getattr(cfg, "final_logit_softcapping", None),
     )
     return Capture(
-        tokens=[tok.decode([i]) for i in ids[0].tolist()], token_ids=ids[0], tensors=tensors,
-        logits=out.logits[0].float(), info=info, weights=weights, prompt=prompt, tokenizer=tok,
+        tokens=[tok.decode([i]) for i in ids[0].tolist()],
+        token_ids=ids[0],
+        tensors=tensors,
+        logits=out.logits[0].float(),
+        info=info,
+        weights=weights,
+        prompt=prompt,
+        tokenizer=tok,
     )

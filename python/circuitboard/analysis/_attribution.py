@@ -52,7 +52,9 @@ class Attribution:
         try:
             return float(self.values[self._index[label]])  # type: ignore[attr-defined]
         except KeyError:
-            raise KeyError(f"no component {label!r}; labels look like {self.labels[:4]} ...") from None
+            raise KeyError(
+                f"no component {label!r}; labels look like {self.labels[:4]} ..."
+            ) from None
 
     @property
     def total(self) -> float:
@@ -62,18 +64,22 @@ class Attribution:
     @property
     def heads(self) -> torch.Tensor:
         """``[layers, heads]`` contributions of each attention head."""
-        idx = [self._index[f"L{l}H{h}"] for l in range(self.n_layers) for h in range(self.n_heads)]  # type: ignore[attr-defined]
+        idx = [
+            self._index[f"L{li}H{h}"] for li in range(self.n_layers) for h in range(self.n_heads)
+        ]  # type: ignore[attr-defined]
         return self.values[idx].reshape(self.n_layers, self.n_heads)
 
     @property
     def mlp(self) -> torch.Tensor:
         """``[layers]`` contributions of each MLP layer (sum of its neurons)."""
-        return self.values[[self._index[f"L{l}.mlp"] for l in range(self.n_layers)]]  # type: ignore[attr-defined]
+        return self.values[[self._index[f"L{li}.mlp"] for li in range(self.n_layers)]]  # type: ignore[attr-defined]
 
     def neurons(self, layer: int) -> torch.Tensor:
-        """``[d_mlp]`` contributions of each neuron of ``layer``; they sum to ``self[f"L{layer}.mlp"]``."""
+        """``[d_mlp]`` contributions of the neurons of ``layer`` (they sum to its ``.mlp``)."""
         if layer not in self._neurons:
-            raise IndexError(f"layer={layer} is out of range: the model has {self.n_layers} layers.")
+            raise IndexError(
+                f"layer={layer} is out of range: the model has {self.n_layers} layers."
+            )
         return self._neurons[layer]
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
@@ -82,8 +88,8 @@ class Attribution:
         return [(self.labels[i], float(self.values[i])) for i in order.tolist()]
 
     def top_neurons(self, k: int = 10) -> list[tuple[int, int, float]]:
-        """``(layer, neuron, value)`` of the ``k`` neurons with the largest absolute contribution."""
-        allv = torch.stack([self._neurons[l] for l in range(self.n_layers)])
+        """``(layer, neuron, value)`` of the ``k`` neurons with the largest absolute value."""
+        allv = torch.stack([self._neurons[li] for li in range(self.n_layers)])
         flat = allv.flatten()
         order = flat.abs().argsort(descending=True)[:k].tolist()
         d = allv.shape[1]
@@ -137,7 +143,8 @@ def direct_logit_attribution(
 
     Examples
     --------
-    >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
+    >>> prompt = "When Mary and John went to the store, John gave a drink to"
+    >>> cap = cb.capture(model, tokenizer, prompt)  # doctest: +SKIP
     >>> attr = cb.direct_logit_attribution(cap, " Mary", baseline=" John")  # doctest: +SKIP
     >>> abs(attr.total - attr.model_value) < 1e-4 * abs(attr.model_value)  # doctest: +SKIP
     True
@@ -190,35 +197,35 @@ def direct_logit_attribution(
 
     neurons: dict[int, torch.Tensor] = {}
     bias_vec = torch.zeros_like(resid0)
-    for l in range(L):
-        z = tensor(cap, f"blocks.{l}.attn.hook_z", WHAT)[p]  # [heads, d_head]
-        W_O = weight(cap, f"blocks.{l}.attn.W_O", WHAT)  # [heads, d_head, d_model]
+    for li in range(L):
+        z = tensor(cap, f"blocks.{li}.attn.hook_z", WHAT)[p]  # [heads, d_head]
+        W_O = weight(cap, f"blocks.{li}.attn.W_O", WHAT)  # [heads, d_head, d_model]
         if z.shape[0] != W_O.shape[0] or z.shape[-1] != W_O.shape[1]:
             raise ValueError(
-                f"blocks.{l}.attn.hook_z has shape {tuple(z.shape)} but W_O is "
+                f"blocks.{li}.attn.hook_z has shape {tuple(z.shape)} but W_O is "
                 f"{tuple(W_O.shape)}; expected [heads, d_head] and [heads, d_head, d_model]."
             )
         head_out = torch.einsum("hd,hdm->hm", z, W_O)
         vectors.append(head_out.sum(0))
         head_vals = head_out @ direction
         for h in range(H):
-            labels.append(f"L{l}H{h}")
+            labels.append(f"L{li}H{h}")
             values.append(float(head_vals[h]))
-        b_O = weight(cap, f"blocks.{l}.attn.b_O", WHAT, optional=True)
+        b_O = weight(cap, f"blocks.{li}.attn.b_O", WHAT, optional=True)
         if b_O is not None and bool(b_O.any()):
-            biases[f"L{l}.attn.b_O"] = float(b_O @ direction)
+            biases[f"L{li}.attn.b_O"] = float(b_O @ direction)
             bias_vec = bias_vec + b_O
 
-        post = tensor(cap, f"blocks.{l}.mlp.hook_post", WHAT)[p]  # [d_mlp]
-        W_out = weight(cap, f"blocks.{l}.mlp.W_out", WHAT)  # [d_mlp, d_model]
+        post = tensor(cap, f"blocks.{li}.mlp.hook_post", WHAT)[p]  # [d_mlp]
+        W_out = weight(cap, f"blocks.{li}.mlp.W_out", WHAT)  # [d_mlp, d_model]
         per_neuron = post * (W_out @ direction)
-        neurons[l] = per_neuron.float()
+        neurons[li] = per_neuron.float()
         vectors.append(post @ W_out)
-        labels.append(f"L{l}.mlp")
+        labels.append(f"L{li}.mlp")
         values.append(float(per_neuron.sum()))
-        b_out = weight(cap, f"blocks.{l}.mlp.b_out", WHAT, optional=True)
+        b_out = weight(cap, f"blocks.{li}.mlp.b_out", WHAT, optional=True)
         if b_out is not None and bool(b_out.any()):
-            biases[f"L{l}.mlp.b_out"] = float(b_out @ direction)
+            biases[f"L{li}.mlp.b_out"] = float(b_out @ direction)
             bias_vec = bias_vec + b_out
     vectors.append(bias_vec)
 
@@ -277,8 +284,10 @@ def _scale_from_residual(cap: Any, info: Any, last: torch.Tensor | None, p: int)
     return torch.rsqrt((x * x).mean() + norm_eps(cap))
 
 
-def _multiplier(s: torch.Tensor, cap: Any, info: Any, last: torch.Tensor | None, p: int) -> torch.Tensor:
-    """``hook_scale`` as the factor the norm multiplies by (accepts TransformerLens' divisor too)."""
+def _multiplier(
+    s: torch.Tensor, cap: Any, info: Any, last: torch.Tensor | None, p: int
+) -> torch.Tensor:
+    """``hook_scale`` as the factor the norm multiplies by (accepts TransformerLens' divisor)."""
     if last is None:
         return s
     est = _scale_from_residual(cap, info, last, p)

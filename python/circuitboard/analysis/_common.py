@@ -78,7 +78,9 @@ def token_id(cap: Any, target: Any, name: str) -> int:
     d_vocab = cap.info.d_vocab if getattr(cap, "info", None) is not None else None
     if isinstance(target, int):
         if target < 0 or (d_vocab is not None and target >= d_vocab):
-            raise IndexError(f"{name}={target} is not a token id: the vocabulary has {d_vocab} tokens.")
+            raise IndexError(
+                f"{name}={target} is not a token id: the vocabulary has {d_vocab} tokens."
+            )
         return target
     if isinstance(target, str):
         tok = getattr(cap, "tokenizer", None)
@@ -108,5 +110,7 @@ def position(pos: Any, n: int) -> int:
         raise TypeError(f"pos must be an int position; got {type(pos).__name__}.")
     p = pos + n if pos < 0 else pos
     if not 0 <= p < n:
-        raise IndexError(f"pos={pos} is out of range for a {n}-token prompt (0..{n - 1} or -{n}..-1).")
+        raise IndexError(
+            f"pos={pos} is out of range for a {n}-token prompt (0..{n - 1} or -{n}..-1)."
+        )
     return p

@@ -60,12 +60,19 @@ class LogitLens:
         return f"LogitLens({len(self.layers)} layers × {len(self.tokens)} positions, top-{self.k})"
 
 
-def _norm_params(cap: Any, info: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+def _norm_params(
+    cap: Any, info: Any
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     w = norm_weight(cap, info, WHAT).float()
     b = weight(cap, "ln_final.b", WHAT, optional=True)
     W_U = weight(cap, "unembed.W_U", WHAT).float()
     b_U = weight(cap, "unembed.b_U", WHAT, optional=True)
-    return w, (b.float() if b is not None else None), W_U, (b_U.float() if b_U is not None else None)
+    return (
+        w,
+        (b.float() if b is not None else None),
+        W_U,
+        (b_U.float() if b_U is not None else None),
+    )
 
 
 def _layer_logits(cap: Any, info: Any, layer: int, params: tuple | None = None) -> torch.Tensor:
@@ -77,7 +84,9 @@ def _layer_logits(cap: Any, info: Any, layer: int, params: tuple | None = None) 
     if layer == info.n_layers - 1 and "ln_final.hook_scale" in cap.tensors:
         # The final layer uses the scale the model used, so the lens equals its output.
         captured = tensor(cap, "ln_final.hook_scale", WHAT).reshape(scale.shape)
-        flip = (captured * scale - 1).abs().max() < 1e-2 and (captured / scale - 1).abs().max() > 1e-2
+        flip = (captured * scale - 1).abs().max() < 1e-2 and (
+            captured / scale - 1
+        ).abs().max() > 1e-2
         scale = 1.0 / captured if flip else captured
     y = (x * scale).float() * w
     if b is not None:
@@ -91,7 +100,9 @@ def _layer_logits(cap: Any, info: Any, layer: int, params: tuple | None = None) 
     return logits
 
 
-def logit_lens(cap: Any, *, target: Any = None, k: int = 5, layers: list[int] | None = None) -> LogitLens:
+def logit_lens(
+    cap: Any, *, target: Any = None, k: int = 5, layers: list[int] | None = None
+) -> LogitLens:
     """For every layer and position, the next-token distribution read from the residual.
 
     Each layer's ``hook_resid_post`` is normalized with its own scale, multiplied by the final
@@ -120,10 +131,13 @@ def logit_lens(cap: Any, *, target: Any = None, k: int = 5, layers: list[int] | 
         raise ValueError(f"k must be a positive int; got {k!r}.")
     k = min(k, info.d_vocab)
     all_layers = list(range(info.n_layers))
-    layers = all_layers if layers is None else [int(l) for l in layers]
-    bad = [l for l in layers if l not in all_layers]
+    layers = all_layers if layers is None else [int(li) for li in layers]
+    bad = [li for li in layers if li not in all_layers]
     if bad:
-        raise IndexError(f"layers {bad} are out of range: the model has {info.n_layers} (0..{info.n_layers - 1}).")
+        raise IndexError(
+            f"layers {bad} are out of range: the model has {info.n_layers} layers "
+            f"(0..{info.n_layers - 1})."
+        )
     n = cap.n_tokens
     ids = torch.as_tensor(cap.token_ids).reshape(-1).long().cpu()
     if target is not None:
@@ -137,8 +151,8 @@ def logit_lens(cap: Any, *, target: Any = None, k: int = 5, layers: list[int] | 
 
     params = _norm_params(cap, info)
     top_ids, top_probs, t_probs, t_ranks = [], [], [], []
-    for l in layers:
-        logits = _layer_logits(cap, info, l, params)
+    for li in layers:
+        logits = _layer_logits(cap, info, li, params)
         logp = torch.log_softmax(logits, dim=-1)
         tp, ti = logp.topk(k, dim=-1)
         top_ids.append(ti)
@@ -165,4 +179,3 @@ def logit_lens(cap: Any, *, target: Any = None, k: int = 5, layers: list[int] | 
         target=tid,
         _cap=cap,
     )
-
