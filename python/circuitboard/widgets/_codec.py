@@ -13,12 +13,16 @@ import numpy as np
 Dtype = Literal["uint8", "float16", "float32"]
 
 
-class Encoded(TypedDict):
+class _EncodedFields(TypedDict):
     dtype: Dtype
     shape: list[int]
     lo: float
     scale: float
     data: bytes
+
+
+class Encoded(_EncodedFields, total=False):
+    tril: bool  # only the lower triangle (incl. diagonal) of each matrix is stored
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -36,14 +40,67 @@ def to_numpy(x: Any) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def tril_pack(arr: np.ndarray) -> np.ndarray:
+    """The lower triangles (diagonal included) of ``[..., n, n]`` matrices, row by row, flattened.
+
+    >>> tril_pack(np.arange(9).reshape(3, 3)).tolist()
+    [0, 3, 4, 6, 7, 8]
+    """
+    if arr.ndim < 2 or arr.shape[-1] != arr.shape[-2]:
+        raise ValueError(
+            f"tril packing needs square matrices in the last two dims; got shape {tuple(arr.shape)}. "
+            "Pass tril=False for non-square data."
+        )
+    n = arr.shape[-1]
+    flat = arr.reshape(-1, n * n)
+    rows, cols = np.tril_indices(n)
+    return np.ascontiguousarray(flat[:, rows * n + cols]).reshape(-1)
+
+
+def tril_unpack(packed: np.ndarray, shape: list[int], fill: float = 0.0) -> np.ndarray:
+    """Inverse of :func:`tril_pack`; entries above the diagonal become ``fill``."""
+    n = shape[-1]
+    m = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
+    out = np.full((m, n * n), fill, dtype=packed.dtype)
+    rows, cols = np.tril_indices(n)
+    out[:, rows * n + cols] = packed.reshape(m, -1)
+    return out.reshape(shape)
+
+
+def is_causal(arr: np.ndarray) -> bool:
+    """Whether every ``[..., n, n]`` matrix is zero above its diagonal (a causal pattern).
+
+    >>> is_causal(np.tril(np.ones((2, 3, 3)))), is_causal(np.ones((3, 3)))
+    (True, False)
+    """
+    if arr.ndim < 2 or arr.shape[-1] != arr.shape[-2]:
+        return False
+    n = arr.shape[-1]
+    upper = np.triu(np.ones((n, n), dtype=bool), 1)
+    flat = arr.reshape(-1, n, n)
+    for i in range(0, flat.shape[0], 8):  # bounded temporaries for big captures
+        if np.any(flat[i : i + 8][:, upper] != 0):
+            return False
+    return True
+
+
 def encode(
-    x: Any, dtype: Dtype = "uint8", *, lo: float | None = None, hi: float | None = None
+    x: Any,
+    dtype: Dtype = "uint8",
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    tril: bool = False,
 ) -> Encoded:
     """Encode an array for the browser.
 
     ``uint8`` maps ``[lo, hi]`` (default: the data's min and max, or ``[0, 1]`` for
     probabilities passed with ``lo=0, hi=1``) onto 0..255. Non-finite values are stored as
     ``lo`` in uint8; use float16/float32 to keep them visible.
+
+    ``tril=True`` stores only the lower triangle (diagonal included) of each matrix in the
+    last two dims, about half the bytes for causal attention; decoders fill the rest with 0.
+    Check :func:`is_causal` first: values above the diagonal are dropped.
 
     Examples
     --------
@@ -52,9 +109,14 @@ def encode(
     ('uint8', [2, 2], 4)
     >>> np.allclose(decode(enc), [[0, 0.5], [1, 0.25]], atol=1 / 255)
     True
+    >>> len(encode(np.tril(np.ones((4, 4))), lo=0, hi=1, tril=True)["data"])
+    10
     """
     arr = to_numpy(x)
     shape = [int(s) for s in arr.shape]
+    if tril:
+        enc = encode(tril_pack(arr), dtype, lo=lo, hi=hi)
+        return Encoded(**{**enc, "shape": shape, "tril": True})
     if dtype == "uint8":
         finite = arr[np.isfinite(arr)]
         lo_ = float(finite.min()) if lo is None and finite.size else float(lo or 0.0)
@@ -71,6 +133,9 @@ def encode(
 
 def decode(enc: Encoded) -> np.ndarray:
     """Inverse of :func:`encode` (float32 result); the Python twin of ``codec.ts``."""
+    if enc.get("tril"):
+        flat = decode(Encoded(**{**enc, "shape": [-1], "tril": False}))
+        return tril_unpack(flat, list(enc["shape"]))
     raw = bytes(enc["data"])
     if enc["dtype"] == "uint8":
         q = np.frombuffer(raw, dtype=np.uint8).astype(np.float32)
@@ -85,6 +150,7 @@ def decode(enc: Encoded) -> np.ndarray:
 
 
 def nbytes(enc: Encoded) -> int:
+    """Bytes of tensor data in an encoded dict."""
     return len(enc["data"])
 
 
