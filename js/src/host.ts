@@ -81,6 +81,8 @@ class HostModel {
   }
 
   send(content: Record<string, unknown>): void {
+    // Only fetch requests are answered; figure replies and link fallbacks are for a kernel.
+    if (typeof content.kind !== "string" || !content.kind.startsWith("fetch") || typeof content.id !== "number") return;
     const id = content.id as number;
     const key = requestKeyOf(content);
     const hit = this.replies?.[key];
@@ -104,7 +106,27 @@ function requestKeyOf(msg: Record<string, unknown>): string {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(msg[k])}`).join(",")}}`;
 }
 
+/** The page's auto / light / dark button; views follow `html[data-theme]` (see theme.ts). */
+function themeToggle(): void {
+  const button = document.querySelector<HTMLButtonElement>(".cb-theme-toggle");
+  if (!button) return;
+  const modes = ["auto", "light", "dark"] as const;
+  const html = document.documentElement;
+  const show = () => {
+    const mode = html.dataset.theme ?? "auto";
+    button.textContent = `${mode === "dark" ? "\u263E" : mode === "light" ? "\u2600" : "\u25D0"} ${mode}`;
+  };
+  button.addEventListener("click", () => {
+    const next = modes[(modes.indexOf((html.dataset.theme ?? "auto") as (typeof modes)[number]) + 1) % modes.length];
+    if (next === "auto") delete html.dataset.theme;
+    else html.dataset.theme = next;
+    show();
+  });
+  show();
+}
+
 async function main(): Promise<void> {
+  themeToggle();
   const text = (id: string) => document.getElementById(id)?.textContent ?? "";
   const data = JSON.parse(text("cb-state")) as ReportData;
   const blob = await gunzip(b64ToBytes(text("cb-blob")));

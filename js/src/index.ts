@@ -1,12 +1,17 @@
 // The one bundle: every widget runs this module; `_view` picks the view that renders it.
 import type { RenderProps } from "@anywidget/types";
+import { attachFigure } from "./figure";
 import * as attention from "./views/attention";
+import * as attribution from "./views/attribution";
+import * as lens from "./views/lens";
 
 type Cleanup = void | (() => void | Promise<void>);
 type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
 
 export const VIEWS: Record<string, View> = {
   attention: attention as unknown as View,
+  attribution: attribution as unknown as View,
+  lens: lens as unknown as View,
   link: { render: () => undefined }, // the shared selection has no visual
 };
 
@@ -21,7 +26,13 @@ async function render(props: RenderProps) {
     return;
   }
   try {
-    return await view.render(props);
+    const cleanup = await view.render(props);
+    if (name === "link") return cleanup;
+    const offFigure = attachFigure(props.el, props.model, name); // PNG/SVG buttons, save_png()
+    return async () => {
+      offFigure();
+      if (typeof cleanup === "function") await cleanup();
+    };
   } catch (err) {
     console.error("[circuitboard]", err);
     const msg = document.createElement("div");

@@ -1,16 +1,118 @@
 // Resolves the shared selection model a view references, and helpers to read/write it.
+//
+// Normal hosts (JupyterLab, Notebook 7, VS Code, marimo, the static report) hand every view
+// the same link model: hovers travel in the browser only, clicks also reach Python. Hosts that
+// isolate output cells (Colab) cannot resolve another widget's model; then the view falls back
+// to a `KernelLink` over its own `_sel` trait and the kernel forwards clicks between views.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import type { LinkModel, Selection } from "./types";
 
 const PREFIX = "IPY_MODEL_";
+export const RESOLVE_TIMEOUT_MS = 4_000;
+const KEYS: (keyof Selection)[] = ["layer", "head", "token", "neuron", "prompt", "hover_token"];
 
+type Handler = (...args: unknown[]) => void;
+
+/** A link that lives on the view's own model: clicks go through the kernel, hovers stay local. */
+export class KernelLink {
+  readonly viaKernel = true;
+  private state: Selection = { layer: null, head: null, token: null, neuron: null, prompt: 0, hover_token: null };
+  private handlers = new Map<string, Set<Handler>>();
+  private onRemote = () => this.merge(this.model.get("_sel") as Partial<Selection> | undefined);
+
+  constructor(private model: AnyModel) {
+    this.merge(model.get("_sel") as Partial<Selection> | undefined);
+    model.on("change:_sel", this.onRemote);
+    model.send({ kind: "link-fallback" }); // asks Python to mirror the shared link into `_sel`
+  }
+
+  private merge(values: Partial<Selection> | undefined): void {
+    for (const k of KEYS) if (values && k in values) this.set(k, values[k] as never);
+  }
+
+  get<K extends keyof Selection>(key: K): Selection[K] {
+    return this.state[key];
+  }
+
+  set<K extends keyof Selection>(key: K, value: Selection[K]): void {
+    if (Object.is(this.state[key], value)) return;
+    this.state[key] = value;
+    this.emit(`change:${key}`);
+    this.emit("change");
+  }
+
+  save_changes(): void {
+    this.model.set("_sel", { ...this.state });
+    this.model.save_changes();
+  }
+
+  on(event: string, cb: Handler): void {
+    let set = this.handlers.get(event);
+    if (!set) this.handlers.set(event, (set = new Set()));
+    set.add(cb);
+  }
+
+  off(event?: string | null, cb?: Handler | null): void {
+    if (!event) this.handlers.clear();
+    else if (!cb) this.handlers.delete(event);
+    else this.handlers.get(event)?.delete(cb);
+  }
+
+  send(): void {}
+
+  get widget_manager(): AnyModel["widget_manager"] {
+    return this.model.widget_manager;
+  }
+
+  dispose(): void {
+    this.model.off("change:_sel", this.onRemote);
+  }
+
+  private emit(event: string): void {
+    for (const cb of [...(this.handlers.get(event) ?? [])]) cb();
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}
+
+async function lookUp(props: Pick<RenderProps, "model"> & Partial<Pick<RenderProps, "host">>, ref: string): Promise<LinkModel> {
+  if (props.host?.getModel) return (await props.host.getModel(ref)) as unknown as LinkModel;
+  return (await (props.model as AnyModel).widget_manager.get_model(ref.slice(PREFIX.length))) as unknown as LinkModel;
+}
+
+/** The view's link model; a `KernelLink` when the host cannot resolve it (isolated cells). */
 export async function resolveLink(props: Pick<RenderProps, "model"> & Partial<Pick<RenderProps, "host">>): Promise<LinkModel> {
   const ref = props.model.get("link") as unknown;
   if (typeof ref !== "string" || !ref.startsWith(PREFIX)) {
     throw new Error(`[circuitboard] view has no link model (got ${JSON.stringify(ref)})`);
   }
-  if (props.host?.getModel) return (await props.host.getModel(ref)) as unknown as LinkModel;
-  return (await (props.model as AnyModel).widget_manager.get_model(ref.slice(PREFIX.length))) as unknown as LinkModel;
+  try {
+    const link = await withTimeout(lookUp(props, ref), RESOLVE_TIMEOUT_MS);
+    if (link && typeof link.get === "function") return link;
+    throw new Error("not a model");
+  } catch (err) {
+    console.warn("[circuitboard] shared selection not reachable in this front end; linking through the kernel.", err);
+    return new KernelLink(props.model as AnyModel) as unknown as LinkModel;
+  }
+}
+
+/** True when clicks reach other views only through the Python kernel (e.g. Colab). */
+export function viaKernel(link: LinkModel): boolean {
+  return (link as unknown as { viaKernel?: boolean }).viaKernel === true;
 }
 
 /** Browser-only update (hover): other views see it at once, the kernel never does. */

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._api import attention
+from ._api import attention, logit_attribution, logit_lens_view
 from ._errors import CircuitboardWarning
 from .export import report
-from .widgets import AttentionView, Link, link
+from .widgets import (
+    AttentionView,
+    Board,
+    Link,
+    LogitAttributionView,
+    LogitLensView,
+    board,
+    link,
+)
 
 __version__ = "0.1.0"
 
@@ -23,6 +31,9 @@ _LAZY = {
     "Capture": "circuitboard.capture",
     "capture": "circuitboard.capture",
     "load_default_model": "circuitboard.models",
+    "direct_logit_attribution": "circuitboard.analysis",
+    "head_scores": "circuitboard.analysis",
+    "logit_lens": "circuitboard.analysis",
 }
 
 
@@ -36,12 +47,21 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AttentionView",
+    "Board",
     "Capture",
     "CircuitboardWarning",
     "Link",
+    "LogitAttributionView",
+    "LogitLensView",
     "attention",
+    "board",
     "capture",
+    "direct_logit_attribution",
+    "head_scores",
     "link",
     "load_default_model",
+    "logit_attribution",
+    "logit_lens",
+    "logit_lens_view",
     "report",
 ]

@@ -8,6 +8,7 @@ import html
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ..widgets._bundle import STATIC, Base, request_key
 from ..widgets._view import View
 from ._markdown import markdown_to_html
 
-DEFAULT_BUDGET = 50 * 2**20  # bytes of raw tensor data; compressed output is usually far smaller
+DEFAULT_BUDGET = 50_000_000  # bytes of the written file
 PREFIX = "IPY_MODEL_"
 
 
@@ -45,8 +46,8 @@ def _externalize(value: Any, blob: _Blob, ids: dict[str, str]) -> Any:
         return {k: _externalize(v, blob, ids) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_externalize(v, blob, ids) for v in value]
-    if isinstance(value, str) and value.startswith(PREFIX) and value[len(PREFIX):] in ids:
-        return PREFIX + ids[value[len(PREFIX):]]
+    if isinstance(value, str) and value.startswith(PREFIX) and value[len(PREFIX) :] in ids:
+        return PREFIX + ids[value[len(PREFIX) :]]
     return value
 
 
@@ -74,51 +75,145 @@ def _safe_json(data: Any) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BUDGET) -> str:
-    """The report's HTML as a string; see :func:`report`."""
+def _shrink(data: bytes) -> int:
+    """Bytes ``data`` adds to the page once compressed and base64-encoded."""
+    return (len(zlib.compress(data, 6)) + 2) // 3 * 4 if data else 0
+
+
+def _layout(items: list[Any]) -> tuple[list[View], list[dict[str, str]]]:
     views: list[View] = []
     layout: list[dict[str, str]] = []
-    for item in items:
+
+    def add(item: Any, depth: int) -> None:
         if isinstance(item, str):
             layout.append({"type": "markdown", "html": markdown_to_html(item)})
         elif isinstance(item, View):
+            if item in views:
+                raise ValueError(
+                    f"the same {type(item).__name__} appears twice in the report; a view can be "
+                    "shown once per page. Build a second view for a second copy."
+                )
             views.append(item)
             layout.append({"type": "view", "model": item.model_id})
-        elif hasattr(item, "report_items"):  # a Board: its children, in order
+        elif hasattr(item, "report_items") and depth == 0:  # a Board: its items, in order
             for child in item.report_items():
-                if isinstance(child, View):
-                    views.append(child)
-                    layout.append({"type": "view", "model": child.model_id})
-                else:
-                    layout.append({"type": "markdown", "html": markdown_to_html(str(child))})
+                add(child, 1)
         else:
             raise TypeError(
                 f"report items must be circuitboard views, boards or Markdown strings; got "
                 f"{type(item).__name__}. Wrap plots from other libraries as a PNG in your notebook."
             )
+
+    for item in items:
+        add(item, 0)
     if not views:
         raise ValueError("a report needs at least one view; pass e.g. cb.attention(cap).")
+    return views, layout
 
+
+_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' blob:; style-src 'unsafe-inline'; "
+    "img-src data: blob:; connect-src blob: data:"
+)
+_TOGGLE = (
+    '<button type="button" class="cb-theme-toggle" aria-label="colour theme" '
+    'title="Colour theme: auto / light / dark">\u25d0 auto</button>'
+)
+_SKIP_STATE = (
+    "_esm",
+    "_css",
+    "_anywidget_id",
+    "_dom_classes",
+    "layout",
+    "tabbable",
+    "tooltip",
+    "_sel",
+)
+
+
+def _state(w: Base) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in w.get_state().items()
+        if not k.startswith("_model") and not k.startswith("_view_") and k not in _SKIP_STATE
+    }
+
+
+def _fmt_mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BUDGET) -> str:
+    """The report's HTML as a string; see :func:`report`."""
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string; got {type(title).__name__}.")
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
+        raise ValueError(
+            f"budget_bytes must be a positive int (bytes of the file); got {budget_bytes!r}."
+        )
+    views, layout = _layout(items)
     widgets = _collect(views)
     ids = {w.model_id: f"m{i}" for i, w in enumerate(widgets)}  # deterministic ids
     blob = _Blob()
     models: dict[str, Any] = {}
+    for w in widgets:
+        models[ids[w.model_id]] = {"state": _externalize(_state(w), blob, ids)}
+
+    bundle = (STATIC / "index.js").read_bytes()
+    css = (STATIC / "index.css").read_text(encoding="utf-8")
+    host = (STATIC / "host.js").read_text(encoding="utf-8")
+    if "</script" in host.lower():
+        raise RuntimeError("host.js contains '</script'; it cannot be inlined safely.")
+
+    # The smallest page these views make: bundle, host, styles and every view's own state.
+    fixed = (
+        (len(bundle) + 2) // 3 * 4
+        + len(host)
+        + len(css)
+        + len(_page_css())
+        + 4_000
+        + len(_safe_json(models))
+        + _shrink(b"".join(blob.parts))
+        + sum(len(it.get("html", "")) for it in layout)
+    )
+    if fixed > budget_bytes:
+        raise ValueError(
+            f"these views need at least {_fmt_mb(fixed)} (bundle {_fmt_mb(len(bundle) * 4 / 3)}, "
+            f"the views' own state {_fmt_mb(fixed - len(bundle) * 4 / 3)}), over "
+            f"budget_bytes={budget_bytes:,}. Raise budget_bytes, or report fewer views or a "
+            "shorter prompt."
+        )
+
     replies: dict[str, Any] = {}
     notes: list[str] = []
-    per_view = budget_bytes // max(len(views), 1)
-    for w in widgets:
-        state = {k: v for k, v in w.get_state().items() if not k.startswith("_model") and not k.startswith("_view_") and k not in ("_esm", "_css", "_anywidget_id", "_dom_classes", "layout", "tabbable", "tooltip")}
-        models[ids[w.model_id]] = {"state": _externalize(state, blob, ids)}
-        if isinstance(w, View):
-            answered: dict[str, Any] = {}
-            for req in w.export_requests(per_view):
-                fields, buffers = w.answer(req)
-                answered[request_key(req)] = {
-                    "fields": _externalize(fields, blob, ids),
-                    "buffers": [blob.add(b) for b in buffers],
-                }
-            replies[ids[w.model_id]] = answered
-            notes.extend(w.export_notes(per_view))
+    left = budget_bytes - fixed
+    for i, w in enumerate(views):
+        share = left // (len(views) - i)
+        # Views size their requests in raw bytes; quantized tensors compress ~2x, and the
+        # measured (compressed) cost below is what counts against the share.
+        requests = w.export_requests(2 * share)
+        answered: dict[str, Any] = {}
+        spent = 0
+        for req in requests:
+            fields, buffers = w.answer(req)
+            cost = _shrink(b"".join(bytes(b) for b in buffers)) + len(_safe_json(fields)) + 64
+            if spent + cost > share:
+                break
+            spent += cost
+            answered[request_key(req)] = {
+                "fields": _externalize(fields, blob, ids),
+                "buffers": [blob.add(b) for b in buffers],
+            }
+        name = getattr(w, "report_name", None) or type(w).__name__
+        notes.extend(f"{name}: {n}" for n in w.export_notes(2 * share))
+        if len(answered) < len(requests):
+            notes.append(
+                f"{name}: {len(answered)} of {len(requests)} precomputed parts kept to fit the "
+                f"size budget ({_fmt_mb(budget_bytes)}); the rest show a notice. Raise "
+                "budget_bytes to keep them all."
+            )
+        replies[ids[w.model_id]] = answered
+        left -= spent
 
     data = {
         "version": 1,
@@ -128,19 +223,19 @@ def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BU
             {**it, "model": ids[it["model"]]} if it["type"] == "view" else it for it in layout
         ],
     }
-    bundle = (STATIC / "index.js").read_bytes()
-    css = (STATIC / "index.css").read_text(encoding="utf-8")
-    host = (STATIC / "host.js").read_text(encoding="utf-8")
-    if "</script" in host.lower():
-        raise RuntimeError("host.js contains '</script'; it cannot be inlined safely.")
     body = []
     for it in data["items"]:
         if it["type"] == "markdown":
-            body.append(f'<div class="cb-md">{it["html"]}</div>')
+            body.append(f'<section class="cb-md">{it["html"]}</section>')
         else:
-            body.append(f'<div class="cb-slot" data-cb-model="{it["model"]}"></div>')
+            body.append(f'<section class="cb-slot" data-cb-model="{it["model"]}"></section>')
     note_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    notes_block = f'<ul class="cb-notes" aria-label="reductions">{note_html}</ul>' if notes else ""
+    notes_block = (
+        '<details class="cb-notes" open><summary>Reduced to fit the size budget</summary>'
+        f'<ul aria-label="reductions">{note_html}</ul></details>'
+        if notes
+        else ""
+    )
     css = css.replace("</", "<\\/")
     body_html = "\n".join(body)
     state_json = _safe_json(data)
@@ -151,20 +246,22 @@ def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BU
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' blob:; style-src 'unsafe-inline'; img-src data: blob:; connect-src blob: data:">
-<meta name="generator" content="circuitboard">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta name="generator" content="circuitboard {_version()}">
 <title>{html.escape(title)}</title>
 <style>{_page_css()}</style>
 <style>{css}</style>
 </head>
 <body>
-<header class="cb-page-header"><h1>{html.escape(title)}</h1>
-{notes_block}
+<header class="cb-page-header">
+<h1>{html.escape(title)}</h1>
+{_TOGGLE}
 </header>
+{notes_block}
 <main id="cb-report">
 {body_html}
 </main>
-<footer class="cb-page-footer">Made with circuitboard. Works offline.</footer>
+<footer class="cb-page-footer">{_footer()}</footer>
 <script id="cb-state" type="application/json">{state_json}</script>
 <script id="cb-blob" type="text/plain">{blob_b64}</script>
 <script id="cb-bundle" type="text/plain">{bundle_b64}</script>
@@ -174,22 +271,74 @@ def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BU
 """
 
 
-def _page_css() -> str:
+def _footer() -> str:
     return (
-        "body{margin:0 auto;max-width:1200px;padding:16px;font-family:system-ui,sans-serif;"
-        "background:#fff;color:#1f2328}"
-        "@media (prefers-color-scheme: dark){body{background:#0d1117;color:#e6edf3}}"
-        ".cb-slot{margin:12px 0}.cb-notes{color:#9a6700}.cb-page-footer{color:#888;font-size:12px}"
+        f"Made with circuitboard {_version()} · one self-contained file, works offline · "
+        "hover a token, click to select; every view follows."
     )
 
 
-def report(*items: Any, path: str | os.PathLike[str], title: str = "circuitboard report",
-           budget_bytes: int = DEFAULT_BUDGET) -> Path:
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _page_css() -> str:
+    return (
+        ":root{color-scheme:light dark;--pg-bg:#ffffff;--pg-fg:#1f2328;--pg-muted:#656d76;"
+        "--pg-border:#d0d7de;--pg-note:#fff8c5;--pg-note-fg:#6a5300}"
+        "@media (prefers-color-scheme: dark){:root:not([data-theme=light]){--pg-bg:#0d1117;"
+        "--pg-fg:#e6edf3;--pg-muted:#8d96a0;--pg-border:#30363d;--pg-note:#2e2a1a;--pg-note-fg:#e3b341}}"
+        ":root[data-theme=dark]{--pg-bg:#0d1117;--pg-fg:#e6edf3;--pg-muted:#8d96a0;"
+        "--pg-border:#30363d;--pg-note:#2e2a1a;--pg-note-fg:#e3b341}"
+        "body{margin:0 auto;max-width:1280px;padding:20px 24px 32px;background:var(--pg-bg);"
+        "color:var(--pg-fg);font:15px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}"
+        ".cb-page-header{display:flex;align-items:center;gap:12px;border-bottom:1px solid "
+        "var(--pg-border);padding-bottom:8px;margin-bottom:12px}"
+        ".cb-page-header h1{font-size:22px;margin:0;flex:1}"
+        ".cb-theme-toggle{font:inherit;font-size:13px;color:var(--pg-fg);background:transparent;"
+        "border:1px solid var(--pg-border);border-radius:6px;padding:3px 10px;cursor:pointer}"
+        ".cb-notes{background:var(--pg-note);color:var(--pg-note-fg);border-radius:6px;"
+        "padding:6px 12px;margin:8px 0;font-size:13px}.cb-notes ul{margin:4px 0;padding-left:20px}"
+        ".cb-md{max-width:80ch}.cb-md h1,.cb-md h2,.cb-md h3{margin:18px 0 6px}"
+        ".cb-md code{font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;"
+        "background:color-mix(in srgb,var(--pg-fg) 8%,transparent);padding:1px 4px;"
+        "border-radius:4px;"
+        "white-space:pre-wrap}"
+        ".cb-slot{margin:12px 0}"
+        ".cb-page-footer{color:var(--pg-muted);font-size:12px;margin-top:24px;"
+        "border-top:1px solid var(--pg-border);padding-top:8px}"
+    )
+
+
+def report(
+    *items: Any,
+    path: str | os.PathLike[str],
+    title: str = "circuitboard report",
+    budget_bytes: int = DEFAULT_BUDGET,
+) -> Path:
     """Write views, boards and Markdown text to one self-contained offline HTML file.
 
     The file inlines the widget bundle once, the widgets' state as JSON and their binary
     buffers gzip-compressed and base64-encoded; a small host runs the views with no kernel
-    and no network. Output is deterministic and written atomically.
+    and no network. Output is deterministic (same inputs, byte-identical file) and written
+    atomically (a reader never sees half a file).
+
+    Parameters
+    ----------
+    *items : View, Board or str
+        Views, boards (their title and views) and Markdown text, in page order.
+    path : str or PathLike
+        Where to write the ``.html`` file.
+    title : str
+        The page title.
+    budget_bytes : int
+        Largest file size. Each view first gets its own state (e.g. the first head shown);
+        the rest of the budget is shared among views for their precomputed parts (other
+        heads, layers, neurons), measured after compression. Whatever is left out is listed
+        at the top of the page. A ``ValueError`` says how much is needed when even the
+        views' own state does not fit.
 
     Examples
     --------
@@ -203,7 +352,7 @@ def report(*items: Any, path: str | os.PathLike[str], title: str = "circuitboard
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace", newline="\n") as f:
             f.write(text)
         umask = os.umask(0)
         os.umask(umask)

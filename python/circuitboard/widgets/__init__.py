@@ -1,9 +1,23 @@
 """Jupyter widgets (anywidget) for captures; they accept numpy arrays and never import torch."""
 
 from ._attention import AttentionView
+from ._attribution import LogitAttributionView
+from ._board import Board, board
 from ._codec import decode, encode
+from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
 from ._view import View
 
-__all__ = ["AttentionView", "Link", "View", "decode", "encode", "link"]
+__all__ = [
+    "AttentionView",
+    "Board",
+    "Link",
+    "LogitAttributionView",
+    "LogitLensView",
+    "View",
+    "board",
+    "decode",
+    "encode",
+    "link",
+]

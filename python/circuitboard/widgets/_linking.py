@@ -23,11 +23,9 @@ def link(*views: View, selection: Link | None = None) -> Link:
     bad = [type(v).__name__ for v in views if not isinstance(v, View)]
     if bad:
         raise TypeError(f"link() takes circuitboard views; got {bad}.")
-    shared = selection or Link()
+    shared = selection if selection is not None else Link()
     if views and selection is None:
         shared.select(**{k: v for k, v in views[0].link.selection.items() if v is not None})
     for v in views:
         v.link = shared
     return shared
-
-

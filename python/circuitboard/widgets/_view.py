@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, ClassVar
 
-from ipywidgets import widget_serialization
 import traitlets
+from ipywidgets import widget_serialization
 
 from ._bundle import Base
-from ._link import Link
+from ._link import SELECTION_KEYS, Link
+
+_MIRRORED = (*SELECTION_KEYS, "hover_token")
 
 
 def pack(**fields: Any) -> tuple[dict[str, Any], list[bytes]]:
@@ -43,16 +48,49 @@ class View(Base):
     theme = traitlets.Unicode("auto").tag(sync=True)
     """"auto" follows the host (JupyterLab, VS Code, marimo, OS); or "light" / "dark"."""
 
+    _sel = traitlets.Dict().tag(sync=True)  # the link mirrored, only where the host isolates cells
+
     _fetchers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *, link: Link | None = None, **kwargs: Any) -> None:
         super().__init__(link=link if link is not None else Link(), **kwargs)
+        self._via_kernel = False
+        self._figures: dict[int, tuple[Future, Path]] = {}
+        self._next_figure = 1
         self.on_msg(self._on_custom_msg)
+        self.observe(self._on_sel, names="_sel")
+        self.observe(self._on_link_swap, names="link")
+
+    # -- linking through the kernel (hosts that cannot share a model between cells) ---------
+    def _start_mirror(self) -> None:
+        """Mirror the link into ``_sel`` and back (the browser asked: it cannot reach the link)."""
+        if not self._via_kernel:
+            self._via_kernel = True
+            self.link.observe(self._push_sel, names=list(_MIRRORED))
+        self._push_sel()
+
+    def _push_sel(self, _change: Any = None) -> None:
+        self._sel = {k: getattr(self.link, k) for k in _MIRRORED}
+
+    def _on_sel(self, change: Any) -> None:
+        values = change["new"] or {}
+        with self.link.hold_sync():
+            for k in _MIRRORED:
+                if k in values and getattr(self.link, k) != values[k]:
+                    v = values[k]
+                    setattr(self.link, k, None if v is None else int(v))
+
+    def _on_link_swap(self, change: Any) -> None:
+        if self._via_kernel:
+            if change["old"] is not None:
+                change["old"].unobserve(self._push_sel, names=list(_MIRRORED))
+            change["new"].observe(self._push_sel, names=list(_MIRRORED))
+            self._push_sel()
 
     # -- selection ---------------------------------------------------------------------
     @property
     def selection(self) -> dict[str, Any]:
-        """The shared selection ``{layer, head, token, neuron, prompt}``; assign a dict to set it."""
+        """The shared selection ``{layer, head, token, neuron, prompt}``; assign a dict to set."""
         return self.link.selection
 
     @selection.setter
@@ -68,8 +106,16 @@ class View(Base):
             raise ValueError(f"{type(self).__name__} cannot answer {kind!r} requests.")
         return getattr(self, method)(msg)
 
-    def _on_custom_msg(self, _widget: Any, msg: Any, _buffers: list[bytes]) -> None:
-        if not isinstance(msg, dict) or "id" not in msg:
+    def _on_custom_msg(self, _widget: Any, msg: Any, buffers: list[bytes]) -> None:
+        if not isinstance(msg, dict):
+            return
+        if msg.get("kind") == "link-fallback":
+            self._start_mirror()
+            return
+        if msg.get("kind") == "figure-reply":
+            self._on_figure_reply(msg, buffers)
+            return
+        if "id" not in msg:
             return
         try:
             fields, buffers = self.answer(msg)
@@ -84,3 +130,84 @@ class View(Base):
     def export_notes(self, budget_bytes: int) -> list[str]:
         """Lossy reductions made to fit the budget, shown in the report page."""
         return []
+
+    # -- figures ---------------------------------------------------------------------------
+    def save_png(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        scale: float = 2.0,
+        theme: str | None = None,
+        via: str = "headless",
+    ) -> Path | Future:
+        """Save the view as a PNG figure (``scale`` × its CSS size, default 2 for print).
+
+        ``via="headless"`` (default) renders the view in headless Chromium (Playwright and a
+        Chromium are needed) and works in scripts and notebooks alike; it shows the current
+        selection. ``via="browser"`` asks the front end where the view is displayed and
+        returns a ``Future`` resolved with the path once the browser answered (the cell must
+        finish first). The ⤓ button in the view's header saves the same figure by hand.
+
+        Examples
+        --------
+        >>> import numpy as np, circuitboard as cb
+        >>> view = cb.AttentionView(np.full((1, 2, 2), 0.5), ["a", "b"])
+        >>> view.save_png(tmp_path / "attention.png")  # doctest: +SKIP
+        PosixPath('.../attention.png')
+        """
+        return self._save_figure(path, "png", scale=scale, theme=theme, via=via)
+
+    def save_svg(
+        self, path: str | os.PathLike[str], *, theme: str | None = None, via: str = "headless"
+    ) -> Path | Future:
+        """Save the view as an SVG figure: text as SVG text, canvases as embedded images.
+
+        See :meth:`save_png` for ``via``.
+
+        Examples
+        --------
+        >>> view.save_svg(tmp_path / "attention.svg")  # doctest: +SKIP
+        PosixPath('.../attention.svg')
+        """
+        return self._save_figure(path, "svg", scale=1.0, theme=theme, via=via)
+
+    def _save_figure(
+        self, path: Any, fmt: str, *, scale: float, theme: str | None, via: str
+    ) -> Path | Future:
+        out = Path(path)
+        if theme not in (None, "light", "dark"):
+            raise ValueError(f"theme must be None, 'light' or 'dark'; got {theme!r}.")
+        if via == "browser":
+            fid = self._next_figure
+            self._next_figure += 1
+            fut: Future = Future()
+            self._figures[fid] = (fut, out)
+            self.send({"kind": "figure", "id": fid, "format": fmt, "scale": float(scale)})
+            return fut
+        if via != "headless":
+            raise ValueError(f"via must be 'headless' or 'browser'; got {via!r}.")
+        from ..export._figure import render_figure
+
+        data = render_figure(self, fmt, scale=scale, theme=theme)
+        _write_atomic(out, data)
+        return out
+
+    def _on_figure_reply(self, msg: dict[str, Any], buffers: list[bytes]) -> None:
+        entry = self._figures.pop(msg.get("id"), None)
+        if entry is None:
+            return
+        fut, out = entry
+        if not msg.get("ok") or not buffers:
+            fut.set_exception(
+                RuntimeError(f"the browser could not draw the figure: {msg.get('error')}")
+            )
+            return
+        _write_atomic(out, bytes(buffers[0]))
+        fut.set_result(out)
+
+
+def _write_atomic(out: Path, data: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)

@@ -1,0 +1,105 @@
+"""`board()`: several views laid out as one widget that shares one selection."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets
+
+from ._link import Link
+from ._linking import link as link_views
+from ._view import View
+
+
+class Board(ipywidgets.VBox):
+    """Views laid out in a grid, all holding one :class:`Link`.
+
+    Display it in a notebook like any widget; pass it to :func:`circuitboard.report` to write
+    the same linked views to an offline page.
+
+    Parameters
+    ----------
+    *views : View
+        The views, in reading order.
+    title : str, optional
+        A heading above the views.
+    columns : int
+        Views per row (default 1; 2 suits wide notebooks).
+    selection : Link, optional
+        An existing link to join instead of a new one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from circuitboard import AttentionView
+    >>> a = AttentionView(np.full((1, 2, 2), 0.5), ["x", "y"])
+    >>> b = AttentionView(np.full((1, 2, 2), 0.5), ["x", "y"])
+    >>> board = Board(a, b, title="Two heads")
+    >>> board.selection["layer"], a.link is b.link is board.link
+    (0, True)
+    """
+
+    def __init__(
+        self,
+        *views: View,
+        title: str | None = None,
+        columns: int = 1,
+        selection: Link | None = None,
+    ) -> None:
+        if not views:
+            raise ValueError("board() needs at least one view; e.g. cb.board(cb.attention(cap)).")
+        bad = [type(v).__name__ for v in views if not isinstance(v, View)]
+        if bad:
+            raise TypeError(
+                f"board() takes circuitboard views; got {bad}. Put Markdown text in "
+                "cb.report(...) instead, next to the board."
+            )
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+            raise ValueError(f"columns must be a positive int; got {columns!r}.")
+        if title is not None and not isinstance(title, str):
+            raise TypeError(f"title must be a string; got {type(title).__name__}.")
+        self.views = tuple(views)
+        self.title = title
+        self.link = link_views(*views, selection=selection)
+        grid = ipywidgets.GridBox(
+            list(views),
+            layout=ipywidgets.Layout(
+                grid_template_columns=f"repeat({columns}, minmax(0, 1fr))", grid_gap="8px"
+            ),
+        )
+        children: list[Any] = []
+        if title:
+            children.append(ipywidgets.HTML(f"<h3 style='margin:4px 0'>{html.escape(title)}</h3>"))
+        children.append(grid)
+        super().__init__(children)
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The shared selection; assign a dict to move every view."""
+        return self.link.selection
+
+    @selection.setter
+    def selection(self, values: dict[str, Any]) -> None:
+        self.link.select(**values)
+
+    def report_items(self) -> list[Any]:
+        """What :func:`circuitboard.report` writes for this board: the title, then the views."""
+        return ([f"## {self.title}"] if self.title else []) + list(self.views)
+
+
+def board(
+    *views: View, title: str | None = None, columns: int = 1, selection: Link | None = None
+) -> Board:
+    """Lay out ``views`` as one widget sharing one selection; see :class:`Board`.
+
+    Examples
+    --------
+    >>> import numpy as np, circuitboard as cb
+    >>> att = np.full((1, 2, 3, 3), 1 / 3)
+    >>> b = cb.board(cb.AttentionView(att, list("abc")), cb.AttentionView(att, list("abc")))
+    >>> b.selection = {"head": 1}
+    >>> [v.selection["head"] for v in b.views]
+    [1, 1]
+    """
+    return Board(*views, title=title, columns=columns, selection=selection)
