@@ -205,7 +205,7 @@ def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BU
                 "buffers": [blob.add(b) for b in buffers],
             }
         name = getattr(w, "report_name", None) or type(w).__name__
-        notes.extend(f"{name}: {n}" for n in w.export_notes(2 * share))
+        notes.extend(w.export_notes(2 * share))  # views name themselves in their notes
         if len(answered) < len(requests):
             notes.append(
                 f"{name}: {len(answered)} of {len(requests)} precomputed parts kept to fit the "
