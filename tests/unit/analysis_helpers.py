@@ -19,12 +19,14 @@ NEEDED = (
 
 def capture_for_analysis(model: Any, tok: Any, prompt: str) -> Capture:
     """A float32 capture with z, MLP post, residuals, the final scale and the weights."""
-    import circuitboard as cb
+    # Not cb.capture: once the subpackage circuitboard.capture is imported, that attribute
+    # of the package is the module, not the function.
+    from circuitboard.capture import capture
 
     try:
-        cap = cb.capture(model, tok, prompt, dtype=torch.float32)
+        cap = capture(model, tok, prompt, dtype=torch.float32)
     except TypeError:
-        cap = cb.capture(model, tok, prompt)
+        cap = capture(model, tok, prompt)
     if all(n in cap.tensors for n in NEEDED) and "unembed.W_U" in cap.weights:
         return cap
     return hand_capture(model, tok, prompt)

@@ -1,0 +1,329 @@
+// Logit attribution view: layers × heads heatmap (diverging, centred at 0), per-layer
+// attention / MLP bars, the other terms and the top neurons. Click a head to select it.
+import type { AnyModel, RenderProps } from "@anywidget/types";
+import { decode } from "../codec";
+import { cssColor, diverging, type Lut } from "../colormaps";
+import { Fetcher } from "../fetch";
+import { cellAt, paintMatrix } from "../heatmap";
+import { onSelection, resolveLink, select } from "../link";
+import { followTheme, isDark } from "../theme";
+import type { Encoded } from "../types";
+
+interface AttributionState {
+  description: string;
+  n_layers: number;
+  n_heads: number;
+  model_value: number;
+  total: number;
+  tokens: string[];
+  _heads: Encoded;
+  _layers: Encoded;
+  _terms: [string, number][];
+  _top_neurons: [number, number, number][];
+  theme: string;
+  link: string;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  e.className = cls;
+  parent?.appendChild(e);
+  return e;
+}
+
+export function fmt(v: number): string {
+  if (!Number.isFinite(v)) return String(v);
+  const a = Math.abs(v);
+  const s = a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : a >= 0.01 || a === 0 ? v.toFixed(2) : v.toExponential(1);
+  return v > 0 ? `+${s}` : s.replace("-", "−");
+}
+
+/** Symmetric range for a diverging map: the largest |value| (1 if all zero). */
+export function symmetricMax(values: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < values.length; i++) if (Number.isFinite(values[i])) m = Math.max(m, Math.abs(values[i]));
+  return m > 0 ? m : 1;
+}
+
+/** Cell size in CSS pixels so the heatmap stays compact for 2 or 80 layers. */
+export function cellSize(nLayers: number, nHeads: number): { w: number; h: number } {
+  const h = Math.max(6, Math.min(18, Math.floor(480 / Math.max(nLayers, 1))));
+  const w = Math.max(8, Math.min(28, Math.floor(300 / Math.max(nHeads, 1))));
+  return { w, h };
+}
+
+export async function render(props: RenderProps<AttributionState>) {
+  const { model, el: host } = props;
+  const abort = new AbortController();
+  const signal = abort.signal;
+  const link = await resolveLink(props);
+  const fetcher = new Fetcher(model as AnyModel);
+  const L = model.get("n_layers");
+  const H = model.get("n_heads");
+  const heads = decode(model.get("_heads")).data; // [L, H]
+  const layerVals = decode(model.get("_layers")).data; // [2, L]: attn, mlp
+  const attn = layerVals.subarray(0, L);
+  const mlp = layerVals.subarray(L, 2 * L);
+  const headMax = symmetricMax(heads);
+  const barMax = symmetricMax(layerVals);
+  const { w: cw, h: ch } = cellSize(L, H);
+  const BAR_W = 72;
+
+  const root = el("div", "cb-root cb-dla", host);
+  root.tabIndex = 0;
+  const header = el("div", "cb-header", root);
+  el("span", "cb-title", header).textContent = "Logit attribution";
+  const desc = el("span", "cb-dla-desc", header);
+  desc.textContent = model.get("description");
+  const sums = el("span", "cb-status", header);
+  sums.textContent = `model ${fmt(model.get("model_value"))} · sum of parts ${fmt(model.get("total"))}`;
+
+  const body = el("div", "cb-body", root);
+  const figure = el("div", "cb-figure cb-dla-figure", body);
+  // Column headers.
+  const grid = el("div", "cb-dla-grid", figure);
+  grid.style.gridTemplateColumns = `auto ${H * cw}px ${BAR_W}px ${BAR_W}px`;
+  el("div", "cb-dla-corner", grid).textContent = "layer";
+  const headAxis = el("div", "cb-dla-haxis", grid);
+  for (let h = 0; h < H; h++) {
+    const s = el("span", "", headAxis);
+    s.style.width = `${cw}px`;
+    s.textContent = H <= 16 || h % 4 === 0 ? String(h) : "";
+  }
+  el("div", "cb-dla-colhead", grid).textContent = "attn";
+  el("div", "cb-dla-colhead", grid).textContent = "MLP";
+  // Layer axis.
+  const layerAxis = el("div", "cb-dla-laxis", grid);
+  const step = ch >= 12 ? 1 : ch >= 8 ? 2 : 5;
+  for (let l = 0; l < L; l++) {
+    const s = el("div", "", layerAxis);
+    s.style.height = `${ch}px`;
+    s.style.lineHeight = `${ch}px`;
+    s.textContent = l % step === 0 ? String(l) : "";
+  }
+  // The heatmap, one canvas pixel per head, scaled by CSS.
+  const heatWrap = el("div", "cb-dla-heatwrap", grid);
+  const heat = el("canvas", "cb-dla-heat", heatWrap);
+  heat.style.width = `${H * cw}px`;
+  heat.style.height = `${L * ch}px`;
+  heat.setAttribute("role", "img");
+  heat.setAttribute("aria-label", `direct logit attribution of ${L} layers × ${H} heads`);
+  const marker = el("div", "cb-dla-marker", heatWrap);
+  marker.hidden = true;
+  const bars: HTMLCanvasElement[] = [];
+  for (const which of ["attn", "mlp"]) {
+    const c = el("canvas", "cb-dla-bars", grid);
+    c.dataset.which = which;
+    c.style.width = `${BAR_W}px`;
+    c.style.height = `${L * ch}px`;
+    c.setAttribute("role", "img");
+    c.setAttribute("aria-label", `${which} contribution per layer`);
+    bars.push(c);
+  }
+  // Colour bar.
+  const legend = el("div", "cb-dla-legend", figure);
+  el("span", "", legend).textContent = fmt(-headMax);
+  const ramp = el("canvas", "cb-dla-ramp", legend);
+  el("span", "", legend).textContent = fmt(headMax);
+  const tip = el("div", "cb-tip cb-dla-tip", figure);
+  tip.hidden = true;
+
+  const side = el("div", "cb-side cb-dla-side", body);
+  const readout = el("div", "cb-dla-readout", side);
+  readout.textContent = "Hover a head or a bar; click a head to open it in linked views.";
+  el("div", "cb-dla-h", side).textContent = "Other terms";
+  const termsBox = el("div", "cb-dla-list", side);
+  const neuronHead = el("div", "cb-dla-h", side);
+  const neuronTitle = el("span", "", neuronHead);
+  const scopeSel = el("select", "cb-select cb-dla-scope", neuronHead);
+  scopeSel.setAttribute("aria-label", "neuron scope");
+  scopeSel.add(new Option("all layers", "all"));
+  scopeSel.add(new Option("selected layer", "layer"));
+  const neuronBox = el("div", "cb-dla-list", side);
+
+  const listRow = (box: HTMLElement, label: string, value: number, max: number, onClick?: () => void) => {
+    const row = el("div", "cb-dla-row", box);
+    el("span", "cb-dla-label", row).textContent = label;
+    const track = el("span", "cb-dla-track", row);
+    const bar = el("span", "cb-dla-fill", track);
+    const frac = Math.min(1, Math.abs(value) / max);
+    bar.style.width = `${50 * frac}%`;
+    bar.style.left = value >= 0 ? "50%" : `${50 - 50 * frac}%`;
+    bar.classList.add(value >= 0 ? "cb-pos" : "cb-neg");
+    el("span", "cb-dla-value", row).textContent = fmt(value);
+    if (onClick) {
+      row.classList.add("cb-clickable");
+      row.addEventListener("click", onClick, { signal });
+    }
+    return row;
+  };
+
+  const terms = model.get("_terms");
+  const termMax = symmetricMax(terms.map((t) => t[1]).concat(Array.from(layerVals)));
+  for (const [label, value] of terms) listRow(termsBox, label, value, termMax);
+
+  let neuronLayer: number | null = null;
+  const showNeurons = async () => {
+    const scope = scopeSel.value;
+    const layer = link.get("layer");
+    let top: [number, number, number][];
+    if (scope === "layer" && layer !== null && layer !== undefined && layer >= 0 && layer < L) {
+      neuronTitle.textContent = `Top neurons in L${layer}`;
+      try {
+        const { reply } = await fetcher.get({ kind: "fetch-neurons", layer });
+        top = reply.top as [number, number, number][];
+      } catch (err) {
+        neuronBox.textContent = String((err as Error).message ?? err);
+        return;
+      }
+      neuronLayer = layer;
+    } else {
+      neuronTitle.textContent = "Top neurons";
+      top = model.get("_top_neurons");
+      neuronLayer = null;
+    }
+    root.dataset.neuronScope = neuronLayer === null ? "all" : String(neuronLayer);
+    neuronBox.replaceChildren();
+    const max = symmetricMax(top.map((t) => t[2]));
+    for (const [l, n, v] of top) {
+      const row = listRow(neuronBox, `L${l} N${n}`, v, max, () => select(link, { layer: l, neuron: n }));
+      row.dataset.layer = String(l);
+      row.dataset.neuron = String(n);
+      if (link.get("neuron") === n && link.get("layer") === l) row.classList.add("cb-dla-row-active");
+    }
+  };
+
+  const dpr = () => Math.max(1, Math.round(window.devicePixelRatio || 1));
+  const css = (name: string) => getComputedStyle(root).getPropertyValue(name).trim() || "#888";
+
+  const drawBars = () => {
+    const lut: Lut = diverging();
+    const sel = link.get("layer");
+    bars.forEach((c, k) => {
+      const vals = k === 0 ? attn : mlp;
+      const r = dpr();
+      c.width = BAR_W * r;
+      c.height = L * ch * r;
+      const ctx = c.getContext("2d");
+      if (!ctx) return;
+      ctx.scale(r, r);
+      ctx.clearRect(0, 0, BAR_W, L * ch);
+      const mid = BAR_W / 2;
+      for (let l = 0; l < L; l++) {
+        if (sel === l) {
+          ctx.fillStyle = css("--cb-panel");
+          ctx.fillRect(0, l * ch, BAR_W, ch);
+        }
+        const v = vals[l];
+        const len = (Math.abs(v) / barMax) * (mid - 2);
+        ctx.fillStyle = cssColor(lut, 0.5 + (0.5 * v) / barMax);
+        const pad = ch > 8 ? 2 : 1;
+        ctx.fillRect(v >= 0 ? mid : mid - len, l * ch + pad, len, ch - 2 * pad);
+      }
+      ctx.strokeStyle = css("--cb-border");
+      ctx.beginPath();
+      ctx.moveTo(mid + 0.5, 0);
+      ctx.lineTo(mid + 0.5, L * ch);
+      ctx.stroke();
+    });
+  };
+
+  const drawHeat = () => {
+    paintMatrix(heat, L, H, heads, diverging(), (v) => 0.5 + (0.5 * v) / headMax);
+    paintMatrix(ramp, 1, 64, Array.from({ length: 64 }, (_, i) => -headMax + (2 * headMax * i) / 63), diverging(), (v) => 0.5 + (0.5 * v) / headMax);
+  };
+
+  const drawSelection = () => {
+    const l = link.get("layer");
+    const h = link.get("head");
+    const ok = l !== null && l !== undefined && h !== null && h !== undefined && l >= 0 && l < L && h >= 0 && h < H;
+    marker.hidden = !ok;
+    if (ok) {
+      marker.style.left = `${h * cw}px`;
+      marker.style.top = `${l * ch}px`;
+      marker.style.width = `${cw}px`;
+      marker.style.height = `${ch}px`;
+      root.dataset.layer = String(l);
+      root.dataset.head = String(h);
+    } else {
+      delete root.dataset.head;
+      if (l !== null && l !== undefined) root.dataset.layer = String(l);
+    }
+  };
+
+  const show = (text: string, label: string, ev: PointerEvent) => {
+    tip.hidden = false;
+    tip.textContent = text;
+    const fr = figure.getBoundingClientRect();
+    tip.style.left = `${Math.max(0, ev.clientX - fr.left + 12)}px`;
+    tip.style.top = `${ev.clientY - fr.top + 12}px`;
+    root.dataset.hover = label;
+    readout.textContent = text;
+  };
+  const hide = () => {
+    tip.hidden = true;
+    delete root.dataset.hover;
+  };
+
+  heat.addEventListener("pointermove", (ev) => {
+    const cell = cellAt(heat, ev);
+    if (!cell) return hide();
+    const v = heads[cell.row * H + cell.col];
+    show(`L${cell.row}H${cell.col}: ${fmt(v)}`, `L${cell.row}H${cell.col}`, ev);
+  }, { signal });
+  heat.addEventListener("pointerleave", hide, { signal });
+  heat.addEventListener("click", (ev) => {
+    const cell = cellAt(heat, ev);
+    if (cell) select(link, { layer: cell.row, head: cell.col });
+  }, { signal });
+  bars.forEach((c, k) => {
+    const layerAt = (ev: PointerEvent | MouseEvent) => {
+      const r = c.getBoundingClientRect();
+      const l = Math.floor(((ev.clientY - r.top) / r.height) * L);
+      return l >= 0 && l < L ? l : null;
+    };
+    c.addEventListener("pointermove", (ev) => {
+      const l = layerAt(ev);
+      if (l === null) return hide();
+      const label = k === 0 ? `L${l} attention (all heads)` : `L${l}.mlp`;
+      show(`${label}: ${fmt(k === 0 ? attn[l] : mlp[l])}`, k === 0 ? `L${l}.attn` : `L${l}.mlp`, ev);
+    }, { signal });
+    c.addEventListener("pointerleave", hide, { signal });
+    c.addEventListener("click", (ev) => {
+      const l = layerAt(ev);
+      if (l === null) return;
+      if (k === 1) scopeSel.value = "layer";
+      select(link, { layer: l });
+    }, { signal });
+  });
+  scopeSel.addEventListener("change", () => void showNeurons(), { signal });
+  root.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") select(link, { head: null });
+  }, { signal });
+
+  const offSel = onSelection(link, ["layer", "head"], () => {
+    drawSelection();
+    drawBars();
+    if (scopeSel.value === "layer" && link.get("layer") !== neuronLayer) void showNeurons();
+  });
+  const offNeuron = onSelection(link, ["neuron"], () => void showNeurons());
+  const offTheme = followTheme(model as AnyModel, root, () => {
+    drawHeat();
+    drawBars();
+  });
+  root.dataset.dark = String(isDark(root));
+  drawHeat();
+  drawBars();
+  drawSelection();
+  await showNeurons();
+  root.dataset.ready = "true";
+
+  return () => {
+    abort.abort();
+    offSel();
+    offNeuron();
+    offTheme();
+    fetcher.dispose();
+    root.remove();
+  };
+}
