@@ -1,9 +1,11 @@
-// Attention view: head picker, the selected head's pattern on canvas, the prompt as tokens.
+// Attention view: a grid of every head's thumbnail, the selected head zoomable on canvas with
+// token labels, and the prompt as a (virtualized) token strip coloured by the active token's
+// row (where it looks) and column (who looks at it). Heads arrive on demand and are cached.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { uint8View } from "../codec";
-import { sequential } from "../colormaps";
+import { type Lut, sequential } from "../colormaps";
 import { Fetcher } from "../fetch";
-import { cellAt, paintCodes } from "../heatmap";
+import { type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import { TokenStrip } from "../tokens";
@@ -13,7 +15,10 @@ interface AttentionState {
   tokens: string[];
   layer_indices: number[];
   n_heads: number;
+  causal: boolean;
+  scores: Record<string, (number | null)[][]>;
   _initial: { layer: number; head: number; pattern: Encoded };
+  _thumbs: Encoded;
   theme: string;
   link: string;
 }
@@ -21,17 +26,52 @@ interface AttentionState {
 interface Head {
   layer: number; // model layer index
   head: number;
-  codes: Uint8Array; // [query, key] uint8, value = lo + code * scale
+  codes: Uint8Array; // [query, key] uint8 codes, value = lo + code * scale
   lo: number;
   scale: number;
   n: number;
+  reduced: boolean; // a thumbnail standing in for a head the report left out
 }
+
+type Mode = "both" | "row" | "col";
+
+const CACHE_BYTES = 256 * 2 ** 20; // decoded heads kept in the browser
+const SCORE_LABELS: Record<string, string> = {
+  previous_token: "previous token",
+  induction: "induction",
+  duplicate_token: "duplicate token",
+  first_token: "first token",
+  entropy: "entropy (low = sharp)",
+};
+const ROW_RGB = { light: [9, 105, 218], dark: [68, 147, 248] }; // where the token looks
+const COL_RGB = { light: [188, 76, 0], dark: [255, 166, 87] }; // who looks at the token
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
   const e = document.createElement(tag);
   e.className = cls;
   parent?.appendChild(e);
   return e;
+}
+
+function button(label: string, title: string, parent: HTMLElement): HTMLButtonElement {
+  const b = el("button", "cb-button", parent);
+  b.type = "button";
+  b.textContent = label;
+  b.title = title;
+  b.setAttribute("aria-label", title);
+  return b;
+}
+
+/** Token text as an axis label: whitespace made visible, never HTML (drawn on canvas). */
+export function labelOf(tok: string): string {
+  return tok.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/^ /, "·");
+}
+
+/** Thumbnails are drawn on a square-root scale so weak but structured heads stay visible. */
+function sqrtLut(lut: Lut): Lut {
+  const out = new Uint8ClampedArray(256 * 4);
+  for (let c = 0; c < 256; c++) out.set(lut.subarray(4 * Math.round(Math.sqrt(c / 255) * 255), 4 * Math.round(Math.sqrt(c / 255) * 255) + 4), 4 * c);
+  return out;
 }
 
 export async function render(props: RenderProps<AttentionState>) {
@@ -43,8 +83,16 @@ export async function render(props: RenderProps<AttentionState>) {
   const tokens = model.get("tokens");
   const layers = model.get("layer_indices");
   const nHeads = model.get("n_heads");
+  const scores = model.get("scores") ?? {};
+  const n = tokens.length;
+  const thumbsEnc = model.get("_thumbs");
+  const thumbCodes = uint8View(thumbsEnc);
+  const tSide = thumbsEnc.shape[thumbsEnc.shape.length - 1];
 
+  // ---- DOM ------------------------------------------------------------------------------
   const root = el("div", "cb-root cb-attention", host);
+  root.tabIndex = 0;
+  root.setAttribute("aria-label", "attention view; arrows move the token (left/right) and the head (up/down)");
   const header = el("div", "cb-header", root);
   el("span", "cb-title", header).textContent = "Attention";
   const layerSel = el("select", "cb-select", header);
@@ -53,105 +101,413 @@ export async function render(props: RenderProps<AttentionState>) {
   const headSel = el("select", "cb-select", header);
   headSel.setAttribute("aria-label", "head");
   for (let h = 0; h < nHeads; h++) headSel.add(new Option(`Head ${h}`, String(h)));
+  const scoreSel = el("select", "cb-select", header);
+  scoreSel.setAttribute("aria-label", "head score");
+  scoreSel.title = "Highlight (bar under each thumbnail) and sort heads by a score";
+  scoreSel.add(new Option("scores: off", ""));
+  for (const k of Object.keys(scores)) scoreSel.add(new Option(SCORE_LABELS[k] ?? k.replace(/_/g, " "), k));
+  const sortLabel = el("label", "cb-check", header);
+  const sortBox = el("input", "", sortLabel);
+  sortBox.type = "checkbox";
+  sortBox.setAttribute("aria-label", "sort heads by score");
+  sortLabel.append(" sort");
+  const modeSel = el("select", "cb-select", header);
+  modeSel.setAttribute("aria-label", "token colouring");
+  modeSel.add(new Option("looks at + looked at by", "both"));
+  modeSel.add(new Option("looks at (row)", "row"));
+  modeSel.add(new Option("looked at by (column)", "col"));
+  const zoomOut = button("−", "zoom out (-)", header);
+  const zoomIn = button("+", "zoom in (+)", header);
+  const zoomFit = button("fit", "fit the whole head (0)", header);
   const status = el("span", "cb-status", header);
-  const body = el("div", "cb-body", root);
+  status.setAttribute("aria-live", "polite");
+
+  const body = el("div", "cb-body cb-att-body", root);
+  const gridPanel = el("div", "cb-att-grid", body);
+  gridPanel.tabIndex = 0;
+  gridPanel.setAttribute("role", "grid");
+  gridPanel.setAttribute("aria-label", "heads: arrows move the head (left/right) and the layer (up/down)");
   const figure = el("div", "cb-figure", body);
-  const canvas = el("canvas", "cb-heatmap", figure);
-  canvas.setAttribute("role", "img");
-  const tip = el("div", "cb-tip", figure);
-  tip.hidden = true;
   const side = el("div", "cb-side", body);
   const caption = el("div", "cb-caption", side);
+  const legend = el("div", "cb-legend", side);
 
-  let current: Head | null = null;
+  // ---- thumbnails grid ------------------------------------------------------------------
+  const thumbs = new Map<string, HTMLDivElement>();
+  const bars = new Map<string, HTMLDivElement>();
+  const thumbCanvases: [HTMLCanvasElement, number][] = [];
+  const headRow = el("div", "cb-att-row cb-att-colhead", gridPanel);
+  el("span", "cb-att-rowlabel", headRow);
+  for (let h = 0; h < nHeads; h++) el("span", "cb-att-headlabel", headRow).textContent = String(h);
+  layers.forEach((layer, li) => {
+    const row = el("div", "cb-att-row", gridPanel);
+    row.setAttribute("role", "row");
+    el("span", "cb-att-rowlabel", row).textContent = `L${layer}`;
+    for (let h = 0; h < nHeads; h++) {
+      const cell = el("div", "cb-thumb", row);
+      cell.setAttribute("role", "gridcell");
+      cell.dataset.layer = String(layer);
+      cell.dataset.head = String(h);
+      cell.title = `layer ${layer} head ${h}`;
+      const c = el("canvas", "", cell);
+      el("span", "cb-thumb-h", cell).textContent = String(h);
+      bars.set(`${layer}:${h}`, el("div", "cb-thumb-bar", cell));
+      thumbs.set(`${layer}:${h}`, cell);
+      thumbCanvases.push([c, li * nHeads + h]);
+    }
+  });
+  const paintThumbs = () => {
+    const lut = sqrtLut(sequential(isDark(root)));
+    const size = tSide * tSide;
+    for (const [c, k] of thumbCanvases) paintCodes(c, tSide, tSide, thumbCodes.subarray(k * size, (k + 1) * size), lut);
+  };
+
+  const scoreOf = (name: string, li: number, h: number): number | null => {
+    const v = scores[name]?.[li]?.[h];
+    return v === null || v === undefined || !Number.isFinite(v) ? null : v;
+  };
+  const applyScores = () => {
+    const name = scoreSel.value;
+    gridPanel.classList.toggle("cb-sorted", !!name && sortBox.checked);
+    let lo = Number.POSITIVE_INFINITY;
+    let hi = Number.NEGATIVE_INFINITY;
+    if (name) {
+      layers.forEach((_, li) => {
+        for (let h = 0; h < nHeads; h++) {
+          const v = scoreOf(name, li, h);
+          if (v !== null) {
+            lo = Math.min(lo, v);
+            hi = Math.max(hi, v);
+          }
+        }
+      });
+    }
+    const unit = (v: number | null) => {
+      if (v === null || !(hi >= lo)) return 0;
+      const t = name === "entropy" ? (hi > lo ? (hi - v) / (hi - lo) : 1) : hi > 0 ? Math.max(0, v) / hi : 0;
+      return Math.max(0, Math.min(1, t));
+    };
+    layers.forEach((layer, li) => {
+      const order = Array.from({ length: nHeads }, (_, h) => h);
+      if (name && sortBox.checked) order.sort((a, b) => unit(scoreOf(name, li, b)) - unit(scoreOf(name, li, a)));
+      order.forEach((h, rank) => {
+        const key = `${layer}:${h}`;
+        const cell = thumbs.get(key) as HTMLDivElement;
+        const bar = bars.get(key) as HTMLDivElement;
+        const v = name ? scoreOf(name, li, h) : null;
+        cell.style.order = String(rank + 1);
+        bar.style.width = name ? `${Math.round(unit(v) * 100)}%` : "0";
+        cell.title = `layer ${layer} head ${h}${name ? ` · ${SCORE_LABELS[name] ?? name}: ${v === null ? "n/a" : v.toFixed(3)}` : ""}${cell.classList.contains("cb-thumb-reduced") ? " · thumbnail only in this report" : ""}`;
+      });
+    });
+    root.dataset.score = name;
+  };
+
+  // ---- heads: fetched on demand, decoded once, cached ---------------------------------------
+  const decoded = new Map<string, Head>();
+  let cachedBytes = 0;
+  const remember = (h: Head) => {
+    const key = `${h.layer}:${h.head}`;
+    if (decoded.has(key)) return;
+    decoded.set(key, h);
+    cachedBytes += h.codes.length;
+    for (const [k, old] of decoded) {
+      if (cachedBytes <= CACHE_BYTES || decoded.size <= 2) break;
+      decoded.delete(k);
+      cachedBytes -= old.codes.length;
+    }
+  };
+  const fromEncoded = (layer: number, head: number, enc: Encoded, buffers: DataView[] = []): Head => ({
+    layer, head, codes: uint8View(enc, buffers), lo: enc.lo, scale: enc.scale, n: enc.shape[enc.shape.length - 1], reduced: false,
+  });
+  const thumbHead = (layer: number, head: number): Head => {
+    const k = layers.indexOf(layer) * nHeads + head;
+    const size = tSide * tSide;
+    return { layer, head, codes: thumbCodes.subarray(k * size, (k + 1) * size), lo: thumbsEnc.lo, scale: thumbsEnc.scale, n: tSide, reduced: true };
+  };
+  let included: Set<string> | null = null; // null: every head can be fetched
+  const markReduced = (key: string) => {
+    thumbs.get(key)?.classList.add("cb-thumb-reduced");
+  };
+
   const init = model.get("_initial");
-  const initCodes = uint8View(init.pattern);
-  current = { layer: layers[init.layer], head: init.head, codes: initCodes, lo: init.pattern.lo, scale: init.pattern.scale, n: init.pattern.shape[0] };
+  let current: Head = fromEncoded(layers[init.layer], init.head, init.pattern);
+  remember(current);
 
+  // ---- zoomed heatmap -------------------------------------------------------------------------
+  const tip = el("div", "cb-tip", figure);
+  tip.hidden = true;
+  const heat = new ZoomHeatmap(figure, {
+    size: 360,
+    onHover: (cell) => {
+      if (!cell) {
+        tip.hidden = true;
+        hover(link, { hover_token: null });
+        return;
+      }
+      tip.hidden = false;
+      if (current.reduced) {
+        const [q0, q1] = blockRange(cell.row);
+        const [k0, k1] = blockRange(cell.col);
+        tip.textContent = `queries ${q0}–${q1} → keys ${k0}–${k1}: mass ${(current.lo + current.codes[cell.row * current.n + cell.col] * current.scale).toFixed(3)} (thumbnail)`;
+        return;
+      }
+      const p = current.lo + current.codes[cell.row * current.n + cell.col] * current.scale;
+      tip.textContent = `#${cell.row} ${JSON.stringify(tokens[cell.row])} → #${cell.col} ${JSON.stringify(tokens[cell.col])}: ${p.toFixed(3)}`;
+      if (link.get("hover_token") !== cell.row) hover(link, { hover_token: cell.row });
+    },
+    onClick: (cell) => {
+      if (current.reduced) return;
+      toggleLock(cell.row);
+    },
+    onZoom: () => updateStatus(),
+  }, signal);
+  heat.canvas.setAttribute("aria-label", "attention pattern");
+  const blockRange = (b: number): [number, number] => [Math.floor((b * n) / tSide), Math.floor(((b + 1) * n) / tSide) - 1];
+
+  const matrixOf = (h: Head): MatrixData => ({
+    rows: h.n,
+    cols: h.n,
+    codes: h.codes,
+    lut: sequential(isDark(root)),
+    rowLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
+    colLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
+  });
+
+  const themeColors = () => {
+    const cs = getComputedStyle(root);
+    const v = (name: string, dflt: string) => cs.getPropertyValue(name).trim() || dflt;
+    heat.setColors({ bg: v("--cb-bg", "#ffffff"), fg: v("--cb-fg", "#1f2328"), muted: v("--cb-muted", "#656d76"), accent: v("--cb-active", "#cf222e") });
+  };
+
+  let shownKey = "";
+  const drawHeat = (keepView: boolean) => {
+    heat.setData(matrixOf(current), keepView);
+    const key = `${current.layer}:${current.head}`;
+    for (const [k, cell] of thumbs) cell.classList.toggle("cb-thumb-selected", k === key);
+    if (shownKey !== key) thumbs.get(key)?.scrollIntoView?.({ block: "nearest", inline: "nearest" });
+    shownKey = key;
+    heat.canvas.setAttribute("aria-label", `attention pattern of layer ${current.layer} head ${current.head}${current.reduced ? " (thumbnail)" : ""}`);
+    root.dataset.layer = String(current.layer);
+    root.dataset.head = String(current.head);
+    root.dataset.reduced = String(current.reduced);
+    updateStatus();
+  };
+
+  const updateStatus = () => {
+    const z = heat.canvas.dataset.zoom ?? "1.00";
+    const parts = [`L${current.layer} H${current.head}`, `${n} tokens`];
+    if (Number(z) > 1.001) parts.push(`zoom ${Number(z).toFixed(1)}×`);
+    if (current.reduced) parts.push(`not in this report at full resolution: ${tSide}×${tSide} thumbnail`);
+    if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads at full resolution in this report (▨ = thumbnail only)`);
+    status.textContent = parts.join(" · ");
+    root.dataset.zoom = z;
+  };
+
+  // ---- tokens ----------------------------------------------------------------------------------
+  const toggleLock = (i: number) => select(link, { token: link.get("token") === i ? null : i });
   const strip = new TokenStrip(tokens, {
     hover: (i) => hover(link, { hover_token: i }),
-    click: (i) => select(link, { token: link.get("token") === i ? null : i }),
+    click: (i) => toggleLock(i),
   }, signal);
   side.appendChild(strip.el);
 
-  const activeToken = () => link.get("token") ?? link.get("hover_token");
-
-  const drawHeat = () => {
-    if (!current) return;
-    paintCodes(canvas, current.n, current.n, current.codes, sequential(isDark(root)));
-    canvas.setAttribute("aria-label", `attention pattern of layer ${current.layer} head ${current.head}`);
-    root.dataset.layer = String(current.layer);
-    root.dataset.head = String(current.head);
+  const activeToken = (): number | null => {
+    const t = link.get("token") ?? link.get("hover_token");
+    return t === null || t === undefined || t < 0 || t >= n ? null : t;
   };
 
+  const rgba = (rgb: number[], a: number) => `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${a.toFixed(3)})`;
   const drawTokens = () => {
     const i = activeToken();
-    strip.mark(i ?? null, "cb-token-active");
-    if (!current || i === null || i === undefined || i >= current.n) {
-      strip.color(null, sequential(false), (v) => v);
-      caption.textContent = "Hover a token to see where it attends; click to lock.";
+    const locked = link.get("token");
+    strip.mark(i, "cb-token-active");
+    root.dataset.token = i === null ? "" : String(i);
+    root.dataset.locked = String(locked !== null && locked !== undefined);
+    heat.setMarks(i === null || current.reduced ? null : i, i === null || current.reduced ? null : i);
+    legend.replaceChildren();
+    if (i === null || current.reduced) {
+      strip.paintWith(null);
+      caption.textContent = current.reduced
+        ? "This head is a thumbnail in this report: open the notebook for its full pattern."
+        : "Hover a token (or a heatmap row) to see where it looks and who looks at it; click to lock, Escape to unlock.";
       return;
     }
-    const row = Array.from(current.codes.subarray(i * current.n, (i + 1) * current.n));
-    strip.color(row, sequential(isDark(root)), (c) => c / 255);
-    caption.textContent = `Where token #${i} ${JSON.stringify(tokens[i])} attends (L${current.layer}H${current.head})${link.get("token") === i ? " · locked" : ""}`;
+    const dark = isDark(root);
+    const mode = modeSel.value as Mode;
+    const rowRgb = dark ? ROW_RGB.dark : ROW_RGB.light;
+    const colRgb = dark ? COL_RGB.dark : COL_RGB.light;
+    const codes = current.codes;
+    const m = current.n;
+    strip.paintWith((j) => {
+      const useRow = mode === "row" || (mode === "both" && j <= i);
+      const code = useRow ? codes[i * m + j] : codes[j * m + i];
+      const p = current.lo + code * current.scale;
+      if (!(p > 0)) return null;
+      const a = Math.min(1, Math.sqrt(p));
+      return { bg: rgba(useRow ? rowRgb : colRgb, a), fg: a > 0.55 ? "#fff" : "" };
+    });
+    caption.textContent = `Token #${i} ${JSON.stringify(tokens[i])} in L${current.layer} H${current.head}${locked === i ? " · locked (click again or Escape to unlock)" : ""}: where it attends`;
+    const key = (rgb: number[], text: string) => {
+      const k = el("span", "cb-legend-key", legend);
+      el("span", "cb-legend-swatch", k).style.background = rgba(rgb, 0.85);
+      k.append(text);
+    };
+    if (mode !== "col") key(rowRgb, mode === "both" ? "where it looks (earlier tokens)" : "where it looks");
+    if (mode !== "row") key(colRgb, mode === "both" ? "who looks at it (later tokens)" : "who looks at it");
   };
 
+  // ---- showing a head ----------------------------------------------------------------------------
+  let clickT0: number | null = null;
+  let wanted = "";
   const show = async () => {
     const layer = link.get("layer") ?? layers[0];
     const head = link.get("head") ?? 0;
+    if (!layers.includes(layer) || head < 0 || head >= nHeads) return;
     layerSel.value = String(layer);
     headSel.value = String(head);
-    if (current && current.layer === layer && current.head === head) return;
-    if (!layers.includes(layer) || head < 0 || head >= nHeads) return;
-    status.textContent = "loading…";
-    try {
-      const { reply, buffers } = await fetcher.get({ kind: "fetch-head", layer, head });
-      const enc = reply.pattern as Encoded;
-      current = { layer, head, codes: uint8View(enc, buffers), lo: enc.lo, scale: enc.scale, n: enc.shape[0] };
-      status.textContent = "";
-      drawHeat();
-      drawTokens();
-    } catch (err) {
-      status.textContent = String((err as Error).message ?? err);
-      root.classList.add("cb-error");
+    const key = `${layer}:${head}`;
+    wanted = key;
+    const t0 = clickT0;
+    clickT0 = null;
+    if (current.layer === layer && current.head === head && !current.reduced) return;
+    let h = decoded.get(key);
+    if (!h) {
+      if (included && !included.has(key)) {
+        h = thumbHead(layer, head);
+      } else {
+        status.textContent = `loading L${layer} H${head}…`;
+        try {
+          const { reply, buffers } = await fetcher.get({ kind: "fetch-head", layer, head });
+          h = fromEncoded(layer, head, reply.pattern as Encoded, buffers);
+          remember(h);
+        } catch (err) {
+          if (wanted !== key) return;
+          const msg = String((err as Error).message ?? err);
+          if (/not included in the report/.test(msg)) {
+            markReduced(key);
+            h = thumbHead(layer, head);
+          } else {
+            status.textContent = msg;
+            root.classList.add("cb-error");
+            return;
+          }
+        }
+      }
     }
+    if (wanted !== key) return; // a newer selection won the race
+    root.classList.remove("cb-error");
+    current = h;
+    drawHeat(true);
+    drawTokens();
+    if (t0 !== null) root.dataset.lastMs = (performance.now() - t0).toFixed(1);
+    root.dataset.shown = String(Number(root.dataset.shown ?? 0) + 1);
+    prefetch(layer, head);
+  };
+  const prefetch = (layer: number, head: number) => {
+    const next = head + 1 < nHeads ? { layer, head: head + 1 } : null;
+    if (!next || decoded.has(`${next.layer}:${next.head}`) || (included && !included.has(`${next.layer}:${next.head}`))) return;
+    fetcher.get({ kind: "fetch-head", ...next }).catch(() => undefined);
   };
 
+  const moveHead = (dl: number, dh: number) => {
+    let li = layers.indexOf(current.layer) + dl;
+    let h = current.head + dh;
+    if (h >= nHeads) {
+      h = 0;
+      li += 1;
+    } else if (h < 0) {
+      h = nHeads - 1;
+      li -= 1;
+    }
+    li = Math.max(0, Math.min(layers.length - 1, li));
+    select(link, { layer: layers[li], head: h });
+  };
+  const moveToken = (d: number) => {
+    const t = activeToken() ?? (d > 0 ? -1 : n);
+    const next = Math.max(0, Math.min(n - 1, t + d));
+    select(link, { token: next });
+    strip.reveal(next);
+    heat.reveal(next, next);
+  };
+
+  // ---- events ------------------------------------------------------------------------------------
+  gridPanel.addEventListener("click", (ev) => {
+    const cell = (ev.target as HTMLElement).closest?.(".cb-thumb") as HTMLElement | null;
+    if (!cell) return;
+    clickT0 = performance.now();
+    select(link, { layer: Number(cell.dataset.layer), head: Number(cell.dataset.head) });
+  }, { signal });
   layerSel.addEventListener("change", () => select(link, { layer: Number(layerSel.value) }), { signal });
   headSel.addEventListener("change", () => select(link, { head: Number(headSel.value) }), { signal });
-  canvas.addEventListener("pointermove", (ev) => {
-    const cell = cellAt(canvas, ev);
-    if (!cell || !current) {
-      tip.hidden = true;
-      return;
-    }
-    const p = current.lo + current.codes[cell.row * current.n + cell.col] * current.scale;
-    tip.hidden = false;
-    tip.textContent = `${JSON.stringify(tokens[cell.row])} → ${JSON.stringify(tokens[cell.col])}: ${p.toFixed(3)}`;
-    if (link.get("hover_token") !== cell.row) hover(link, { hover_token: cell.row });
+  scoreSel.addEventListener("change", applyScores, { signal });
+  sortBox.addEventListener("change", applyScores, { signal });
+  modeSel.addEventListener("change", drawTokens, { signal });
+  zoomIn.addEventListener("click", () => heat.zoom(2), { signal });
+  zoomOut.addEventListener("click", () => heat.zoom(0.5), { signal });
+  zoomFit.addEventListener("click", () => heat.fit(), { signal });
+  gridPanel.addEventListener("keydown", (ev) => {
+    const moves: Record<string, [number, number]> = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+    const mv = moves[ev.key];
+    if (!mv) return;
+    ev.preventDefault();
+    ev.stopPropagation();
+    clickT0 = performance.now();
+    moveHead(mv[0], mv[1]);
   }, { signal });
-  canvas.addEventListener("pointerleave", () => {
-    tip.hidden = true;
-    hover(link, { hover_token: null });
-  }, { signal });
-  canvas.addEventListener("click", (ev) => {
-    const cell = cellAt(canvas, ev);
-    if (cell) select(link, { token: link.get("token") === cell.row ? null : cell.row });
-  }, { signal });
-  root.tabIndex = 0;
   root.addEventListener("keydown", (ev) => {
-    if (ev.key === "Escape") select(link, { token: null });
+    if ((ev.target as HTMLElement).tagName === "SELECT" || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    const k = ev.key;
+    if (k === "Escape") select(link, { token: null });
+    else if (k === "ArrowLeft") moveToken(-1);
+    else if (k === "ArrowRight") moveToken(1);
+    else if (k === "ArrowUp") moveHead(0, -1);
+    else if (k === "ArrowDown") moveHead(0, 1);
+    else if (k === "PageUp") moveHead(-1, 0);
+    else if (k === "PageDown") moveHead(1, 0);
+    else if (k === "+" || k === "=") heat.zoom(2);
+    else if (k === "-") heat.zoom(0.5);
+    else if (k === "0") heat.fit();
+    else return;
+    ev.preventDefault();
   }, { signal });
 
-  const offSel = onSelection(link, ["layer", "head"], () => void show());
+  let showQueued = false;
+  const scheduleShow = () => {
+    // layer and head change one after the other: show once, after both.
+    if (showQueued) return;
+    showQueued = true;
+    queueMicrotask(() => {
+      showQueued = false;
+      void show();
+    });
+  };
+  const offSel = onSelection(link, ["layer", "head"], scheduleShow);
   const offTok = onSelection(link, ["token", "hover_token"], drawTokens);
-  const offTheme = followTheme(model as AnyModel, root, () => {
-    drawHeat();
+  const redraw = () => {
+    themeColors();
+    paintThumbs();
+    drawHeat(true);
     drawTokens();
-  });
-  drawHeat();
+  };
+  const offTheme = followTheme(model as AnyModel, root, redraw);
+
+  themeColors();
+  paintThumbs();
+  applyScores();
+  drawHeat(false);
   drawTokens();
+  root.dataset.firstPaintMs = performance.now().toFixed(0);
+
+  // Which heads a static report embeds (live, every head); never blocks the first paint.
+  fetcher.get({ kind: "fetch-included" }).then(({ reply }) => {
+    if (reply.all) return;
+    included = new Set((reply.heads as [number, number][]).map(([l, h]) => `${l}:${h}`));
+    for (const key of thumbs.keys()) if (!included.has(key)) markReduced(key);
+    root.dataset.included = String(included.size);
+    applyScores();
+    updateStatus();
+  }, () => undefined);
   await show();
 
   return () => {
