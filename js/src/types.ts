@@ -10,6 +10,8 @@ export interface Encoded {
   lo: number;
   scale: number;
   data: DataView | ArrayBuffer | Uint8Array | number;
+  /** Only the lower triangle (diagonal included) of each matrix in the last two dims is stored. */
+  tril?: boolean;
 }
 
 export interface Tensor {
