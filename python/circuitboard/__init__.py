@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._api import attention, logit_attribution, logit_lens_view
+from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
 from ._errors import CircuitboardWarning
+from .data import load_texts
 from .export import report
 from .widgets import (
     AttentionView,
@@ -19,6 +20,8 @@ from .widgets import (
     Link,
     LogitAttributionView,
     LogitLensView,
+    NeuronDashboard,
+    NeuronsView,
     board,
     link,
 )
@@ -30,10 +33,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "Capture": "circuitboard.capture",
     "capture": "circuitboard.capture",
+    "from_transformer_lens": "circuitboard.capture",
+    "load_capture": "circuitboard.capture",
     "load_default_model": "circuitboard.models",
     "direct_logit_attribution": "circuitboard.analysis",
     "head_scores": "circuitboard.analysis",
     "logit_lens": "circuitboard.analysis",
+    "top_activations": "circuitboard.analysis",
 }
 
 
@@ -53,15 +59,23 @@ __all__ = [
     "Link",
     "LogitAttributionView",
     "LogitLensView",
+    "NeuronDashboard",
+    "NeuronsView",
     "attention",
     "board",
     "capture",
     "direct_logit_attribution",
+    "from_transformer_lens",
     "head_scores",
     "link",
+    "load_capture",
     "load_default_model",
+    "load_texts",
     "logit_attribution",
     "logit_lens",
     "logit_lens_view",
+    "neuron_dashboard",
+    "neurons",
     "report",
+    "top_activations",
 ]

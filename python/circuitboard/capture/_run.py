@@ -1,61 +1,304 @@
-"""`capture()`: run a model once and record what the views need (minimal version)."""
+"""`capture()`: run a Hugging Face model on prompts and record what the views need."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from . import _memory
 from ._capture import Capture, ModelInfo
+from ._hooks import Recorder
+from ._tokens import decode_incremental, tokenize
+from .adapters import Adapter, get_adapter
+from .adapters._base import get_module
+
+DEFAULT_MAX_MEMORY = "8GiB"
+BATCH_TOKENS = 4096  # padded tokens per forward pass, whatever batch_size says
+PROGRESS_FROM = 16  # show a progress bar from this many prompts on
 
 
-def _token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
-    return [tokenizer.decode([i]) for i in ids]
+def model_info(model: Any, adapter: Adapter) -> ModelInfo:
+    """The :class:`ModelInfo` of a Hugging Face model served by ``adapter``."""
+    cfg = model.config
+    dims = adapter.dims(cfg)
+    return ModelInfo(
+        architecture=adapter.name,
+        model_name=getattr(cfg, "_name_or_path", "") or cfg.model_type,
+        norm=adapter.norm,
+        causal=adapter.causal,
+        **dims,
+    )
 
 
-@torch.no_grad()
-def capture(model: Any, tokenizer: Any, prompt: str) -> Capture:
-    """Run ``model`` on ``prompt`` and record tokens, logits and every attention pattern.
+def _parse_layers(layers: Any, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    items = [layers] if isinstance(layers, int) else list(layers)
+    out: list[int] = []
+    for layer in items:
+        ok = isinstance(layer, int) and not isinstance(layer, bool)
+        if not ok or not -n_layers <= layer < n_layers:
+            last = n_layers - 1
+            raise ValueError(
+                f"layers= got {layer!r}; the model has {n_layers} layers, so use ints in "
+                f"[0, {last}] (negative counts from the end), e.g. layers=[0, {last}]."
+            )
+        out.append(layer % n_layers)
+    return sorted(set(out))
+
+
+def _parse_prompts(prompts: Any) -> tuple[list[str], bool]:
+    if isinstance(prompts, str):
+        items, single = [prompts], True
+    elif isinstance(prompts, Sequence) and not isinstance(prompts, bytes):
+        items, single = list(prompts), False
+    else:
+        raise ValueError(
+            f"prompts must be a string or a list of strings; got {type(prompts).__name__}."
+        )
+    if not items:
+        raise ValueError("prompts is an empty list; pass at least one prompt.")
+    for i, p in enumerate(items):
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"prompts[{i}] must be a non-empty string; got {p!r}.")
+    return items, single
+
+
+@contextlib.contextmanager
+def _capture_mode(model: Any, eager: bool) -> Iterator[None]:
+    """Eval mode, and eager attention when asked; both restored on exit, also on errors."""
+    was_training = model.training
+    before = getattr(model.config, "_attn_implementation", None)
+    switch = eager and before not in (None, "eager")
+    try:
+        model.eval()
+        if switch:
+            model.set_attn_implementation("eager")
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(before)
+        model.train(was_training)
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped by similar length (longest first) to keep padding small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if (
+            out
+            and len(out[-1]) < batch_size
+            and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max(BATCH_TOKENS, lengths[out[-1][0]])
+        ):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _generate(
+    model: Any, tokenizer: Any, ids: list[int], device: Any, max_new_tokens: int, kwargs: dict
+) -> list[int]:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    opts = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad}
+    opts.update(kwargs)
+    x = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **opts)
+    return out[0, len(ids) :].tolist()
+
+
+def capture(
+    model: Any,
+    tokenizer: Any,
+    prompts: str | Sequence[str],
+    *,
+    layers: int | Sequence[int] | None = None,
+    what: str | Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float16,
+    max_memory: int | float | str | None = DEFAULT_MAX_MEMORY,
+    batch_size: int = 8,
+    max_new_tokens: int = 0,
+    generate_kwargs: dict[str, Any] | None = None,
+    progress: bool | None = None,
+) -> Capture | list[Capture]:
+    """Run ``model`` on ``prompts`` and record activations under TransformerLens names.
+
+    Parameters
+    ----------
+    model
+        A Hugging Face ``transformers`` model with its head (``AutoModelForCausalLM``; BERT:
+        ``AutoModelForMaskedLM``) of a supported family: GPT-2, Llama / SmolLM2 / Mistral /
+        Qwen2 / Qwen3, GPT-NeoX (Pythia), Gemma / Gemma 2 / Gemma 3 text, BERT. Models loaded
+        with ``device_map="auto"`` work; everything recorded is gathered to CPU.
+    tokenizer
+        Its tokenizer. Token texts are exact slices of the prompt (character offsets of a fast
+        tokenizer; see :mod:`circuitboard.capture._tokens`), so they join back to the prompt;
+        special tokens the tokenizer adds (BOS) are kept.
+    prompts
+        One string (returns one :class:`Capture`) or a list (returns a list, same order).
+    layers
+        Layer indices to record (negative counts from the end); default all.
+    what
+        Kinds to record: ``"embed"`` (``hook_embed``, ``hook_pos_embed``), ``"resid_pre"``,
+        ``"pattern"`` (``attn.hook_pattern``), ``"z"`` (``attn.hook_z``, the per-head input of
+        the output projection), ``"attn_out"``, ``"resid_mid"``, ``"mlp_post"``
+        (``mlp.hook_post``, the input of the MLP's down projection), ``"mlp_out"``,
+        ``"resid_post"``, ``"scale"`` (``ln_final.hook_scale``), ``"logits"``; or ``"all"``.
+        TransformerLens hook names (``"attn.hook_pattern"``) are accepted too. Default:
+        everything except ``attn_out`` and ``mlp_out``.
+    dtype
+        Storage dtype of activations (default float16, on CPU). ``ln_final.hook_scale`` and
+        ``logits`` are always float32. Use ``torch.float32`` for exactness checks.
+    max_memory
+        Refuse (ValueError, before running anything) when the estimated storage exceeds this:
+        bytes or a string like ``"8GiB"``; ``None`` for no limit.
+    batch_size
+        Prompts per forward pass (similar lengths are batched together, right-padded with an
+        attention mask; at most ~4,096 padded tokens per pass).
+    max_new_tokens
+        Let the model generate this many tokens first (greedy unless ``generate_kwargs`` say
+        otherwise; causal models only), then record prompt and generated tokens together in
+        one pass: the capture shows what the model computed at every step of the generation.
+        ``cap.n_prompt_tokens`` marks where the generated tokens start.
+    generate_kwargs
+        Extra arguments for ``model.generate``.
+    progress
+        Show a tqdm progress bar; default: from 16 prompts on.
+
+    Returns
+    -------
+    Capture or list of Capture
+        Per prompt, no batch dimension: tokens, token ids, float32 logits ``[pos, vocab]``,
+        the tensors, :class:`ModelInfo` and the weights as views of the model's parameters.
+
+    Notes
+    -----
+    The model runs in eval mode under ``torch.no_grad()``. Attention weights come from eager
+    attention: a model loaded with SDPA or flash attention is switched to ``"eager"`` for the
+    capture and restored afterwards. Hooks are always removed and the attention implementation
+    and training mode restored, also when the forward raises. The numbers are the model's own:
+    nothing is re-implemented.
+
+    For a model too large for local hardware, run it remotely with nnsight's NDIF backend
+    (``nnsight.LanguageModel(name).trace(prompt, remote=True)``), save the same modules'
+    inputs/outputs this function records (see the adapter for the module paths) and build a
+    :class:`Capture` from them, as :func:`circuitboard.from_transformer_lens` does from a cache.
 
     Examples
     --------
-    >>> cap = capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
-    >>> cap["blocks.0.attn.hook_pattern"].shape  # doctest: +SKIP
-    torch.Size([9, 9, 9])
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> model, tok = tiny_llama()
+    >>> cap = capture(model, tok, "When Mary and John went to the store")
+    >>> cap["blocks.0.attn.hook_pattern"].shape[0], cap.tokens[:2]
+    (4, ['<s>', 'When'])
+    >>> caps = capture(model, tok, ["a b", "the store"], layers=[-1], what=["pattern", "logits"])
+    >>> caps[1].names()
+    ['blocks.1.attn.hook_pattern']
     """
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")
-    enc = tokenizer(prompt, return_tensors="pt")
-    ids = enc["input_ids"].to(model.device)
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
+    items, single = _parse_prompts(prompts)
+    adapter = get_adapter(model)
+    info = model_info(model, adapter)
+    n_blocks = adapter.n_blocks(model)
+    layer_list = _parse_layers(layers, n_blocks)
+    kinds = _memory.parse_what(what)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}.")
+    if max_new_tokens and not adapter.causal:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} needs a causal language model; {adapter.name} is a "
+            "bidirectional encoder. Capture the prompt alone (max_new_tokens=0)."
+        )
+    _memory.parse_bytes(max_memory)  # validate early
+    device = get_module(model, adapter.embed).weight.device
+
+    # Tokenize (and generate) first, so the memory estimate sees the final lengths.
+    ids_list: list[list[int]] = []
+    texts_list: list[list[str]] = []
+    n_prompt: list[int] = []
+    for p in items:
+        ids, texts = tokenize(tokenizer, p)
+        if not ids:
+            raise ValueError(f"the tokenizer produced no tokens for prompt {p!r}.")
+        n_prompt.append(len(ids))
+        ids_list.append(ids)
+        texts_list.append(texts)
+    lengths = [len(i) + max_new_tokens for i in ids_list]
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and max(lengths) > max_pos:
+        raise ValueError(
+            f"a prompt has {max(lengths)} tokens (with generated ones), more than the model's "
+            f"max_position_embeddings={max_pos}. Shorten the prompt or lower max_new_tokens."
+        )
+    est = _memory.estimate(
+        info, lengths, len(layer_list), kinds, dtype, has_pos_embed=adapter.pos_embed is not None
+    )
+    _memory.check(est, max_memory, len(items), len(layer_list))
+
+    show = progress if progress is not None else len(items) >= PROGRESS_FROM
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="circuitboard capture", unit="prompt")
+
+    logits_out: list[torch.Tensor | None] = [None] * len(items)
     try:
-        out = model(input_ids=ids, output_attentions=True)
+        if max_new_tokens:
+            for i, ids in enumerate(ids_list):
+                gen_kw = generate_kwargs or {}
+                new = _generate(model, tokenizer, ids, device, max_new_tokens, gen_kw)
+                texts_list[i] = texts_list[i] + decode_incremental(tokenizer, ids, new)
+                ids_list[i] = ids + new
+        lengths = [len(i) for i in ids_list]
+        with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds):
+            rec = Recorder(model, adapter, info, layer_list, kinds, len(items), dtype)
+            try:
+                for batch in _batches(lengths, batch_size):
+                    n_max = lengths[batch[0]]
+                    x = torch.zeros(len(batch), n_max, dtype=torch.long)
+                    mask = torch.zeros(len(batch), n_max, dtype=torch.long)
+                    for r, i in enumerate(batch):
+                        x[r, : lengths[i]] = torch.tensor(ids_list[i])
+                        mask[r, : lengths[i]] = 1
+                    rec.rows = [(i, lengths[i]) for i in batch]
+                    x, mask = x.to(device), mask.to(device)
+                    out = model(input_ids=x, attention_mask=mask, use_cache=False)
+                    if "logits" in kinds:
+                        logits = out.logits if hasattr(out, "logits") else out[0]
+                        for r, i in enumerate(batch):
+                            logits_out[i] = logits[r, : lengths[i]].detach().float().cpu()
+                    del out
+                    if bar is not None:
+                        bar.update(len(batch))
+            finally:
+                rec.close()
     finally:
-        model.set_attn_implementation(before)
-    cfg = model.config
-    tensors = {
-        f"blocks.{l}.attn.hook_pattern": a[0].float().cpu() for l, a in enumerate(out.attentions)
-    }
-    n_heads = cfg.num_attention_heads
-    info = ModelInfo(
-        architecture=cfg.model_type,
-        model_name=getattr(cfg, "_name_or_path", "") or cfg.model_type,
-        n_layers=cfg.num_hidden_layers,
-        n_heads=n_heads,
-        n_kv_heads=getattr(cfg, "num_key_value_heads", n_heads) or n_heads,
-        d_model=cfg.hidden_size,
-        d_head=getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
-        d_mlp=getattr(cfg, "intermediate_size", 4 * cfg.hidden_size),
-        d_vocab=cfg.vocab_size,
-        norm="rmsnorm",
-    )
-    return Capture(
-        tokens=_token_texts(tokenizer, ids[0].tolist()),
-        token_ids=ids[0].cpu(),
-        tensors=tensors,
-        logits=out.logits[0].float().cpu(),
-        info=info,
-        prompt=prompt,
-        tokenizer=tokenizer,
-    )
+        if bar is not None:
+            bar.close()
+
+    weights = adapter.weights(model, adapter, info)
+    weights = {k: v.detach() for k, v in weights.items()}
+    caps = [
+        Capture(
+            tokens=texts_list[i],
+            token_ids=torch.tensor(ids_list[i], dtype=torch.long),
+            tensors=rec.store[i],
+            logits=logits_out[i],
+            info=info,
+            weights=weights,
+            prompt=items[i],
+            tokenizer=tokenizer,
+            n_prompt_tokens=n_prompt[i],
+        )
+        for i in range(len(items))
+    ]
+    return caps[0] if single else caps

@@ -1,0 +1,110 @@
+"""Save a :class:`Capture` to one safetensors file and load it back without the model.
+
+Layout: tensors under ``tensors/<name>``, weights under ``weights/<name>``, plus ``token_ids``
+and ``logits``; the safetensors metadata key ``"circuitboard"`` holds JSON with
+``format_version``, tokens, prompt, ``n_prompt_tokens`` and the :class:`ModelInfo`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ._capture import FORMAT_VERSION, Capture, ModelInfo
+
+META_KEY = "circuitboard"
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    # safetensors refuses views that share storage (tied embeddings, fused qkv slices): copy.
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
+def save_capture(cap: Capture, path: str | Path, *, weights: bool = True) -> None:
+    """Write ``cap`` to ``path`` (see the module docstring); ``cap.save(path)`` calls this."""
+    from safetensors.torch import save_file
+
+    data: dict[str, torch.Tensor] = {"token_ids": _plain(cap.token_ids)}
+    if cap.logits is not None:
+        data["logits"] = _plain(cap.logits)
+    for k, v in cap.tensors.items():
+        data["tensors/" + k] = _plain(v)
+    if weights:
+        for k, v in cap.weights.items():
+            data["weights/" + k] = _plain(v)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokens": list(cap.tokens),
+        "prompt": cap.prompt,
+        "n_prompt_tokens": cap.n_prompt_tokens,
+        "info": cap.info.to_dict() if cap.info is not None else None,
+        "names": list(cap.tensors),
+        "weight_names": list(cap.weights) if weights else [],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(data, str(path), metadata={META_KEY: json.dumps(meta)})
+
+
+def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
+    """Open a capture written by :meth:`Capture.save`; no model or tokenizer needed.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> pattern = {"blocks.0.attn.hook_pattern": torch.ones(1, 2, 2)}
+    >>> cap = Capture(["a", "b"], torch.tensor([1, 2]), pattern)
+    >>> path = os.path.join(tempfile.mkdtemp(), "cap.safetensors")
+    >>> cap.save(path)
+    >>> load_capture(path).names()
+    ['blocks.0.attn.hook_pattern']
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no capture file at {path}; write one with cap.save(path).")
+    try:
+        f = safe_open(str(path), framework="pt", device=device)
+    except Exception as e:  # not a safetensors file at all
+        raise ValueError(
+            f"{path} is not a circuitboard capture (not a safetensors file: {e}). "
+            "Write captures with cap.save(path)."
+        ) from None
+    with f:
+        raw = (f.metadata() or {}).get(META_KEY)
+        if raw is None:
+            raise ValueError(
+                f"{path} is a safetensors file but not a circuitboard capture (no "
+                f"{META_KEY!r} metadata). Write captures with cap.save(path)."
+            )
+        meta = json.loads(raw)
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            hint = (
+                "it was written by a newer circuitboard: upgrade (pip install -U circuitboard)"
+                if isinstance(version, int) and version > FORMAT_VERSION
+                else "re-capture it with this version (cb.capture(...).save(path))"
+            )
+            raise ValueError(
+                f"{path} has capture format version {version!r}; this circuitboard reads "
+                f"version {FORMAT_VERSION}. To open it, {hint}."
+            )
+        keys = set(f.keys())
+        tensors = {n: f.get_tensor("tensors/" + n) for n in meta["names"]}
+        weights = {n: f.get_tensor("weights/" + n) for n in meta["weight_names"]}
+        logits = f.get_tensor("logits") if "logits" in keys else None
+        token_ids = f.get_tensor("token_ids")
+    info = ModelInfo(**meta["info"]) if meta.get("info") else None
+    return Capture(
+        tokens=list(meta["tokens"]),
+        token_ids=token_ids,
+        tensors=tensors,
+        logits=logits,
+        info=info,
+        weights=weights,
+        prompt=meta.get("prompt"),
+        n_prompt_tokens=meta.get("n_prompt_tokens"),
+    )

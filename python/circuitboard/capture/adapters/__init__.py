@@ -1,0 +1,82 @@
+"""Registry of architecture adapters: ``config.model_type`` → :class:`Adapter`.
+
+Adding an architecture is one small file: copy ``llama.py``, change the module paths (and the
+``weights`` / ``dims`` functions if its projections are laid out differently), then::
+
+    from circuitboard.capture.adapters import register
+    register(MY_ADAPTER)
+
+Built-in adapters live next to this file, one per family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import bert, gemma, gpt2, llama, neox
+from ._base import Adapter, get_module
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter, *, replace: bool = False) -> Adapter:
+    """Make ``adapter`` serve every ``config.model_type`` in ``adapter.model_types``.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> from circuitboard.capture.adapters import llama, register
+    >>> _ = register(dataclasses.replace(llama.ADAPTER, name="olmo", model_types=("olmo",)))
+    """
+    for mt in adapter.model_types:
+        if mt in _REGISTRY and not replace and _REGISTRY[mt] is not adapter:
+            raise ValueError(
+                f"model_type {mt!r} already has adapter {_REGISTRY[mt].name!r}; "
+                "pass replace=True to override it."
+            )
+        _REGISTRY[mt] = adapter
+    return adapter
+
+
+for _a in (gpt2.ADAPTER, llama.ADAPTER, neox.ADAPTER, gemma.ADAPTER, gemma.ADAPTER2, bert.ADAPTER):
+    register(_a)
+
+
+def supported() -> list[str]:
+    """The ``config.model_type`` values with an adapter, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_adapter(model: Any) -> Adapter:
+    """The adapter for ``model`` (a Hugging Face ``PreTrainedModel``), or a ValueError saying
+    which architectures are supported and how to add one."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ValueError(
+            f"capture() needs a Hugging Face transformers model (with .config.model_type); got "
+            f"{type(model).__name__}. For a TransformerLens model use "
+            "cb.from_transformer_lens(cache, model, tokens)."
+        )
+    adapter = _REGISTRY.get(model_type)
+    if adapter is None:
+        raise ValueError(
+            f"No circuitboard adapter for model_type {model_type!r} ({type(model).__name__}). "
+            f"Supported: {', '.join(supported())}. To add one, write a small Adapter naming its "
+            "module paths (copy python/circuitboard/capture/adapters/llama.py) and call "
+            "circuitboard.capture.adapters.register(adapter); or capture it through "
+            "TransformerLens and use cb.from_transformer_lens."
+        )
+    for path in (adapter.blocks, adapter.final_norm, adapter.unembed):
+        try:
+            get_module(model, path)
+        except (AttributeError, IndexError):
+            raise ValueError(
+                f"{type(model).__name__} has no module {path!r}, which the {adapter.name!r} "
+                "adapter reads. capture() needs the model with its language-model head: load it "
+                "with AutoModelForCausalLM (or AutoModelForMaskedLM for BERT)."
+            ) from None
+    return adapter
+
+
+__all__ = ["Adapter", "get_adapter", "register", "supported"]

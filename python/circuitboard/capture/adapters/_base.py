@@ -1,0 +1,177 @@
+"""The `Adapter` record: where one architecture family keeps the modules a capture hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+NORMS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
+
+
+def get_module(root: Any, path: str) -> Any:
+    """Follow a dotted attribute path (``"model.layers"``); ``""`` is ``root`` itself."""
+    mod = root
+    for part in filter(None, path.split(".")):
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def cfg_get(config: Any, *names: str, default: Any = None) -> Any:
+    """The first of ``names`` that the config sets to a non-None value."""
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def zeros_like_bias(n: int, ref: torch.Tensor) -> torch.Tensor:
+    """An all-zero bias (a fresh tensor, not a view) for a projection that has none."""
+    return torch.zeros(n, dtype=ref.dtype, device=ref.device)
+
+
+def bias(module: Any, n: int) -> torch.Tensor:
+    """``module.bias``, or zeros of length ``n`` when the module has none."""
+    b = getattr(module, "bias", None)
+    return b if b is not None else zeros_like_bias(n, module.weight)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What circuitboard needs to know about one architecture family.
+
+    All module paths are attribute paths; ``blocks`` is relative to the model, the
+    ``block_*`` paths are relative to one block, the rest relative to the model.
+
+    Parameters
+    ----------
+    name
+        Adapter name, stored as ``ModelInfo.architecture``.
+    model_types
+        ``config.model_type`` values this adapter serves.
+    blocks
+        The ``ModuleList`` of transformer blocks, e.g. ``"model.layers"``.
+    block_attn
+        The attention module; it must return ``(output, weights)`` (weights non-None under
+        eager attention), as every ``transformers`` attention class does.
+    block_o_proj
+        The attention's output projection; its *input* is ``attn.hook_z``.
+    block_mlp_down
+        The MLP's output (down) projection; its *input* is ``mlp.hook_post``.
+    block_mid
+        A module whose *input* is ``hook_resid_mid`` (the norm before the MLP). ``None`` for
+        parallel attention + MLP blocks: then ``resid_mid = resid_pre + attn_out``.
+    block_attn_out / block_mlp_out
+        Modules whose *output* is what attention / the MLP add to the residual stream
+        (``hook_attn_out`` / ``hook_mlp_out``); a ``(path, index)`` tuple picks an element of a
+        tuple output.
+    embed / pos_embed
+        Token and (learned) position embedding modules (``hook_embed`` / ``hook_pos_embed``).
+    final_norm / unembed
+        The final norm (``ln_final``) and the unembedding (``lm_head``).
+    norm
+        ``"layernorm"``, ``"rmsnorm"`` or ``"gemma_rmsnorm"`` (multiplies by ``1 + w``).
+    weights
+        ``weights(model, adapter, info) -> dict`` of TransformerLens-named parameter views.
+    dims
+        ``dims(config) -> dict`` with ``n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp,
+        d_vocab`` and optionally ``final_logit_softcap, parallel_attn_mlp``.
+    causal
+        False for bidirectional encoders (BERT).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str
+    block_attn: str
+    block_o_proj: str
+    block_mlp_down: str
+    block_mid: str | None
+    block_attn_out: tuple[str, int | None]
+    block_mlp_out: tuple[str, int | None]
+    embed: str
+    final_norm: str
+    unembed: str
+    norm: str
+    weights: Callable[[Any, Adapter, Any], dict[str, torch.Tensor]]
+    dims: Callable[[Any], dict[str, Any]]
+    pos_embed: str | None = None
+    causal: bool = True
+    head: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    """Optional ``head(model, resid) -> logits`` when the unembedding is more than
+    final norm + ``unembed`` (BERT's MLM transform); used by tests and the logit lens."""
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(
+                f"Adapter {self.name!r}: norm must be one of {NORMS}; got {self.norm!r}."
+            )
+
+    def block(self, model: Any, layer: int) -> Any:
+        return get_module(model, self.blocks)[layer]
+
+    def n_blocks(self, model: Any) -> int:
+        return len(get_module(model, self.blocks))
+
+    def logits_from_resid(
+        self, model: Any, resid: torch.Tensor, softcap: float | None = None
+    ) -> torch.Tensor:
+        """Apply the model's own final norm and unembedding (and soft-cap) to a residual."""
+        if self.head is not None:
+            return self.head(model, resid)
+        logits = get_module(model, self.unembed)(get_module(model, self.final_norm)(resid))
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+
+def linear_weights(
+    model: Any,
+    adapter: Adapter,
+    info: Any,
+    *,
+    q: str,
+    k: str,
+    v: str,
+    o: str,
+    down: str,
+) -> dict[str, torch.Tensor]:
+    """TransformerLens-named views of ``nn.Linear`` projections (Llama, Mistral, Qwen2, Gemma)."""
+    H, KV, dh, D = info.n_heads, info.n_kv_heads, info.d_head, info.d_model
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(info.n_layers):
+        blk = adapter.block(model, layer)
+        p = f"blocks.{layer}."
+        for name, path, heads in (("Q", q, H), ("K", k, KV), ("V", v, KV)):
+            lin = get_module(blk, path)
+            out[p + f"attn.W_{name}"] = lin.weight.view(heads, dh, D).transpose(1, 2)
+            out[p + f"attn.b_{name}"] = bias(lin, heads * dh).view(heads, dh)
+        lin_o = get_module(blk, o)
+        out[p + "attn.W_O"] = lin_o.weight.T.view(H, dh, D)
+        out[p + "attn.b_O"] = bias(lin_o, D)
+        lin_d = get_module(blk, down)
+        out[p + "mlp.W_out"] = lin_d.weight.T
+        out[p + "mlp.b_out"] = bias(lin_d, D)
+    return out
+
+
+def common_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """Embedding, final norm and unembedding views shared by every family."""
+    emb = get_module(model, adapter.embed)
+    norm = get_module(model, adapter.final_norm)
+    lm = get_module(model, adapter.unembed)
+    D = info.d_model
+    w = norm.weight
+    out = {
+        "embed.W_E": emb.weight,
+        "ln_final.w": w,
+        "ln_final.b": bias(norm, D),
+        "unembed.W_U": lm.weight.T,
+        "unembed.b_U": bias(lm, lm.weight.shape[0]),
+    }
+    if adapter.pos_embed:
+        out["pos_embed.W_pos"] = get_module(model, adapter.pos_embed).weight
+    return out

@@ -1,0 +1,67 @@
+"""Gemma family: Gemma, Gemma 2, Gemma 3 text ((1 + w) RMSNorm, scaled embeddings, soft-capping).
+
+Gemma 2/3 put a norm on each sublayer's output before the residual add ("sandwich" norms), so
+``hook_attn_out`` / ``hook_mlp_out`` are the *normed* writes, and per-head writes through ``W_O``
+are the writes before that norm (they do not add up to ``hook_attn_out``).
+The token embedding is scaled by ``sqrt(d_model)`` inside the embedding module: ``hook_embed``
+includes that factor, ``embed.W_E`` does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import Adapter, common_weights, linear_weights
+from .llama import llama_dims
+
+
+def gemma_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
+    out = linear_weights(
+        model,
+        adapter,
+        info,
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        o="self_attn.o_proj",
+        down="mlp.down_proj",
+    )
+    out.update(common_weights(model, adapter, info))
+    return out
+
+
+ADAPTER = Adapter(
+    name="gemma",
+    model_types=("gemma",),
+    blocks="model.layers",
+    block_attn="self_attn",
+    block_o_proj="self_attn.o_proj",
+    block_mlp_down="mlp.down_proj",
+    block_mid="post_attention_layernorm",
+    block_attn_out=("self_attn", 0),
+    block_mlp_out=("mlp", None),
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    unembed="lm_head",
+    norm="gemma_rmsnorm",
+    weights=gemma_weights,
+    dims=llama_dims,
+)
+
+ADAPTER2 = Adapter(
+    name="gemma2",
+    model_types=("gemma2", "gemma3_text"),
+    blocks="model.layers",
+    block_attn="self_attn",
+    block_o_proj="self_attn.o_proj",
+    block_mlp_down="mlp.down_proj",
+    block_mid="pre_feedforward_layernorm",
+    block_attn_out=("post_attention_layernorm", None),
+    block_mlp_out=("post_feedforward_layernorm", None),
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    unembed="lm_head",
+    norm="gemma_rmsnorm",
+    weights=gemma_weights,
+    dims=llama_dims,
+)
