@@ -3,7 +3,9 @@ import type { RenderProps } from "@anywidget/types";
 import { attachFigure } from "./figure";
 import * as attention from "./views/attention";
 import * as attribution from "./views/attribution";
+import * as dashboard from "./views/dashboard";
 import * as lens from "./views/lens";
+import * as neurons from "./views/neurons";
 
 type Cleanup = void | (() => void | Promise<void>);
 type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
@@ -11,7 +13,9 @@ type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
 export const VIEWS: Record<string, View> = {
   attention: attention as unknown as View,
   attribution: attribution as unknown as View,
+  dashboard: dashboard as unknown as View,
   lens: lens as unknown as View,
+  neurons: neurons as unknown as View,
   link: { render: () => undefined }, // the shared selection has no visual
 };
 

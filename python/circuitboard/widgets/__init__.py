@@ -4,9 +4,11 @@ from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
 from ._codec import decode, encode
+from ._dashboard import NeuronDashboard
 from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
+from ._neurons import NeuronsView
 from ._view import View
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "Link",
     "LogitAttributionView",
     "LogitLensView",
+    "NeuronDashboard",
+    "NeuronsView",
     "View",
     "board",
     "decode",

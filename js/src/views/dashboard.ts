@@ -1,0 +1,224 @@
+// Neuron dashboard: top-activating examples (context coloured by the neuron, maximum outlined),
+// a histogram of the neuron over the dataset, and the tokens it promotes / suppresses.
+import type { AnyModel, RenderProps } from "@anywidget/types";
+import { decode } from "../codec";
+import { cssColor, diverging } from "../colormaps";
+import { Fetcher } from "../fetch";
+import { onSelection, resolveLink, select } from "../link";
+import { followTheme, isDark } from "../theme";
+import { TokenStrip } from "../tokens";
+import type { Encoded } from "../types";
+
+interface Example {
+  text_index: number;
+  value: number;
+  tokens: string[];
+  max_at: number;
+}
+
+interface Card {
+  layer: number;
+  neuron: number;
+  examples: Example[];
+  acts: Encoded;
+  hist_edges: number[];
+  hist_counts: number[];
+  stats: { count: number; mean: number; std: number; min: number; max: number; frac_positive: number };
+  promoted: [string, number][];
+  suppressed: [string, number][];
+}
+
+interface DashboardState {
+  neurons: [number, number][];
+  n_texts: number;
+  model_name: string;
+  _initial: { layer: number; neuron: number; card: Card };
+  theme: string;
+  link: string;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  e.className = cls;
+  parent?.appendChild(e);
+  return e;
+}
+
+const fmt = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
+const NOOP = { hover: () => undefined, click: () => undefined };
+
+export async function render(props: RenderProps<DashboardState>) {
+  const { model, el: host } = props;
+  const abort = new AbortController();
+  const signal = abort.signal;
+  const link = await resolveLink(props);
+  const fetcher = new Fetcher(model as AnyModel);
+  const neurons = model.get("neurons");
+  const recorded = new Set(neurons.map(([l, n]) => `${l}:${n}`));
+
+  const root = el("div", "cb-root cb-dashboard", host);
+  const header = el("div", "cb-header", root);
+  el("span", "cb-title", header).textContent = "Neuron";
+  const pick = el("select", "cb-select", header);
+  pick.setAttribute("aria-label", "neuron");
+  for (const [l, n] of neurons) pick.add(new Option(`L${l} N${n}`, `${l}:${n}`));
+  const stats = el("span", "cb-status cb-dash-stats", header);
+  const status = el("span", "cb-status", header);
+
+  const body = el("div", "cb-body", root);
+  const left = el("div", "cb-dash-examples", body);
+  const exTitle = el("div", "cb-caption", left);
+  const exList = el("div", "cb-dash-list", left);
+  const right = el("div", "cb-dash-side", body);
+  el("div", "cb-caption", right).textContent = "Activation over every token (log count)";
+  const hist = el("canvas", "cb-dash-hist", right);
+  hist.setAttribute("role", "img");
+  const histAxis = el("div", "cb-dash-axis", right);
+  const axLo = el("span", "", histAxis);
+  const axZero = el("span", "", histAxis);
+  const axHi = el("span", "", histAxis);
+  const histTip = el("div", "cb-caption cb-dash-tip", right);
+  el("div", "cb-caption", right).textContent = "Direct logit effect (W_out · W_U)";
+  const logits = el("div", "cb-dash-logits", right);
+  const promoted = el("ol", "cb-dash-col", logits);
+  const suppressed = el("ol", "cb-dash-col", logits);
+
+  const lut = diverging();
+  let card: Card = model.get("_initial").card;
+  let acts = decode(card.acts).data;
+
+  const drawHist = () => {
+    const dpr = window.devicePixelRatio || 1;
+    const w = 280;
+    const h = 96;
+    hist.width = w * dpr;
+    hist.height = h * dpr;
+    const ctx = hist.getContext("2d");
+    if (!ctx) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    const counts = card.hist_counts;
+    const edges = card.hist_edges;
+    const top = Math.log1p(Math.max(...counts, 1));
+    const bw = w / counts.length;
+    const span = Math.max(Math.abs(edges[0]), Math.abs(edges[edges.length - 1]), 1e-9);
+    counts.forEach((c, i) => {
+      if (!c) return;
+      const mid = (edges[i] + edges[i + 1]) / 2;
+      const bh = Math.max(1, (Math.log1p(c) / top) * (h - 2));
+      const t = 0.5 * Math.min(1, 0.35 + (0.65 * Math.abs(mid)) / span);
+      ctx.fillStyle = cssColor(lut, mid >= 0 ? 0.5 + t : 0.5 - t);
+      ctx.fillRect(i * bw + 0.5, h - bh, Math.max(1, bw - 1), bh);
+    });
+    // zero line and the top examples' range
+    const x0 = ((0 - edges[0]) / (edges[edges.length - 1] - edges[0])) * w;
+    ctx.strokeStyle = isDark(root) ? "#8d96a0" : "#656d76";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(Math.round(x0) + 0.5, 0);
+    ctx.lineTo(Math.round(x0) + 0.5, h);
+    ctx.stroke();
+    axLo.textContent = fmt(edges[0]);
+    axZero.textContent = "0";
+    axZero.style.left = `${(100 * x0) / w}%`;
+    axHi.textContent = fmt(edges[edges.length - 1]);
+    hist.setAttribute("aria-label", `histogram of L${card.layer} N${card.neuron} activations`);
+  };
+
+  const draw = () => {
+    const ex = card.examples;
+    const width = card.acts.shape[1] ?? 0;
+    const vmax = Math.max(Math.abs(ex[0]?.value ?? 0), 1e-9);
+    const s = card.stats;
+    stats.textContent = `max ${fmt(s.max)} · mean ${fmt(s.mean)} ± ${fmt(s.std)} · ${(100 * s.frac_positive).toFixed(1)}% > 0 · ${s.count.toLocaleString()} tokens`;
+    exTitle.textContent = `Top ${ex.length} of ${model.get("n_texts")} texts${model.get("model_name") ? ` · ${model.get("model_name")}` : ""}`;
+    const frag = document.createDocumentFragment();
+    ex.forEach((e, r) => {
+      const row = el("div", "cb-dash-row");
+      row.dataset.rank = String(r);
+      row.dataset.text = String(e.text_index);
+      const v = el("span", "cb-dash-value", row);
+      v.textContent = fmt(e.value);
+      const strip = new TokenStrip(e.tokens, NOOP, signal);
+      strip.el.classList.add("cb-dash-strip");
+      const rowActs = acts.subarray(r * width, r * width + e.tokens.length);
+      strip.color(rowActs, lut, (x) => Math.max(0, Math.min(1, 0.5 + (0.5 * x) / vmax)));
+      e.tokens.forEach((t, i) => {
+        const sp = strip.span(i);
+        if (sp) sp.title = `${JSON.stringify(t)} · ${fmt(rowActs[i])}`;
+      });
+      strip.mark(e.max_at, "cb-token-max");
+      row.appendChild(strip.el);
+      frag.appendChild(row);
+    });
+    exList.replaceChildren(frag);
+    const fill = (ol: HTMLOListElement, items: [string, number][]) => {
+      const f = document.createDocumentFragment();
+      for (const [tok, val] of items) {
+        const li = el("li", "cb-dash-logit");
+        el("span", "cb-dash-tok", li).textContent = JSON.stringify(tok);
+        el("span", "cb-dash-num", li).textContent = `${val >= 0 ? "+" : ""}${fmt(val)}`;
+        f.appendChild(li);
+      }
+      ol.replaceChildren(f);
+    };
+    fill(promoted, card.promoted);
+    fill(suppressed, card.suppressed);
+    promoted.dataset.label = "promotes";
+    suppressed.dataset.label = "suppresses";
+    pick.value = `${card.layer}:${card.neuron}`;
+    root.dataset.layer = String(card.layer);
+    root.dataset.neuron = String(card.neuron);
+    drawHist();
+  };
+
+  hist.addEventListener("pointermove", (ev) => {
+    const r = hist.getBoundingClientRect();
+    const i = Math.floor(((ev.clientX - r.left) / r.width) * card.hist_counts.length);
+    if (i < 0 || i >= card.hist_counts.length) return;
+    histTip.textContent = `[${fmt(card.hist_edges[i])}, ${fmt(card.hist_edges[i + 1])}): ${card.hist_counts[i].toLocaleString()} tokens`;
+  }, { signal });
+  hist.addEventListener("pointerleave", () => {
+    histTip.textContent = "";
+  }, { signal });
+
+  let want = "";
+  const show = async () => {
+    const l = link.get("layer");
+    const n = link.get("neuron");
+    if (l === null || n === null || !recorded.has(`${l}:${n}`)) return; // not recorded: keep showing ours
+    if (card.layer === l && card.neuron === n) return;
+    const key = `${l}:${n}`;
+    want = key;
+    status.textContent = "loading…";
+    try {
+      const { reply, buffers } = await fetcher.get({ kind: "fetch-neuron-card", layer: l, neuron: n });
+      if (want !== key) return;
+      card = reply as unknown as Card;
+      acts = decode(card.acts, buffers).data;
+      status.textContent = "";
+      draw();
+    } catch (err) {
+      if (want === key) status.textContent = String((err as Error).message ?? err);
+    }
+  };
+
+  pick.addEventListener("change", () => {
+    const [l, n] = pick.value.split(":").map(Number);
+    select(link, { layer: l, neuron: n });
+  }, { signal });
+
+  const offSel = onSelection(link, ["layer", "neuron"], () => void show());
+  const offTheme = followTheme(model as AnyModel, root, drawHist);
+  draw();
+  await show();
+  root.dataset.ready = "true";
+
+  return () => {
+    abort.abort();
+    offSel();
+    offTheme();
+    fetcher.dispose();
+    root.remove();
+  };
+}

@@ -1,0 +1,167 @@
+"""NeuronDashboard: one neuron's top-activating examples, activation histogram and logit effects."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import traitlets
+
+from ._codec import encode
+from ._view import View, pack
+
+if TYPE_CHECKING:
+    from ..analysis._neurons import TopActivations
+
+REQUIRED = (
+    "neurons",
+    "values",
+    "text_index",
+    "window_ids",
+    "window_acts",
+    "hist_edges",
+    "hist_counts",
+)
+
+
+class NeuronDashboard(View):
+    """A dashboard for the neurons recorded by :func:`~circuitboard.analysis.top_activations`.
+
+    Shows the selected neuron's top examples (context tokens coloured by its activation, the
+    maximum outlined), a histogram of its activation over every token of the dataset, and the
+    tokens it directly promotes and suppresses through the unembedding. Follows the link's
+    ``layer`` / ``neuron`` when they name a recorded neuron; picking one selects it.
+
+    Parameters
+    ----------
+    top : TopActivations
+        The records (from ``top_activations`` or ``TopActivations.load``).
+    neuron : (layer, index), optional
+        Shown first (default: the link's selection if recorded, else the first neuron).
+
+    Examples
+    --------
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> from circuitboard.analysis import top_activations
+    >>> model, tok = tiny_llama()
+    >>> top = top_activations(model, tok, ["a b c", "the dog"], [(0, 1), (1, 2)], k=2,
+    ...                       progress=False)
+    >>> bool(NeuronDashboard(top, neuron=(1, 2)).card(1, 2)["examples"][0]["value"] == top.values[1, 0])
+    True
+    """
+
+    _view = traitlets.Unicode("dashboard").tag(sync=True)
+    neurons = traitlets.List(traitlets.List(traitlets.Int())).tag(sync=True)
+    """The recorded ``[layer, index]`` pairs."""
+    n_texts = traitlets.Int().tag(sync=True)
+    """Texts the records were computed over."""
+    model_name = traitlets.Unicode("").tag(sync=True)
+    """Name of the model, shown in the header."""
+    _initial = traitlets.Dict().tag(sync=True)  # first paint: {layer, neuron, card}
+
+    _fetchers: ClassVar[dict[str, str]] = {"fetch-neuron-card": "_fetch_card"}
+
+    def __init__(self, top: TopActivations, *, neuron: Any = None, **kwargs: Any) -> None:
+        missing = [a for a in REQUIRED if not hasattr(top, a)]
+        if missing:
+            raise TypeError(
+                f"NeuronDashboard needs the result of top_activations(...); got "
+                f"{type(top).__name__} without {missing}. Run "
+                "cb.top_activations(model, tokenizer, texts, neurons=[(layer, index)])."
+            )
+        if not len(top.neurons):
+            raise ValueError(
+                "these records hold no neurons; run top_activations with neurons=[...]."
+            )
+        self._top = top
+        link = kwargs.get("link")
+        if neuron is None and link is not None and (link.layer, link.neuron) in top.neurons:
+            neuron = (link.layer, link.neuron)
+        if neuron is None:
+            neuron = top.neurons[0]
+        if not (isinstance(neuron, (tuple, list)) and len(neuron) == 2):
+            raise TypeError(f"neuron must be a (layer, index) pair; got {neuron!r}.")
+        layer, idx = int(neuron[0]), int(neuron[1])
+        top.index(layer, idx)  # IndexError naming the recorded neurons
+        super().__init__(
+            neurons=[[int(a), int(b)] for a, b in top.neurons],
+            n_texts=len(top.texts),
+            model_name=str(getattr(top, "model_name", "") or ""),
+            _initial={"layer": layer, "neuron": idx, "card": self._card_fields(layer, idx)},
+            **kwargs,
+        )
+        if (self.link.layer, self.link.neuron) not in top.neurons:
+            self.link.select(layer=layer, neuron=idx)
+
+    def card(self, layer: int, neuron: int) -> dict[str, Any]:
+        """Everything the dashboard shows for one neuron, as plain Python values."""
+        top = self._top
+        i = top.index(layer, neuron)
+        examples = top.examples(layer, neuron)
+        return {
+            "layer": int(layer),
+            "neuron": int(neuron),
+            "examples": examples,
+            "hist_edges": top.hist_edges[i].tolist(),
+            "hist_counts": top.hist_counts[i].tolist(),
+            "stats": {
+                "count": int(top.count[i]),
+                "mean": float(top.mean[i]),
+                "std": float(top.std[i]),
+                "min": float(top.minimum[i]),
+                "max": float(top.maximum[i]),
+                "frac_positive": float(top.frac_positive[i]),
+            },
+            "promoted": [
+                [top.vocab.get(int(t), "?"), float(v)]
+                for t, v in zip(top.promoted_ids[i], top.promoted[i], strict=True)
+            ],
+            "suppressed": [
+                [top.vocab.get(int(t), "?"), float(v)]
+                for t, v in zip(top.suppressed_ids[i], top.suppressed[i], strict=True)
+            ],
+        }
+
+    def _card_fields(self, layer: int, neuron: int) -> dict[str, Any]:
+        c = self.card(layer, neuron)
+        ex = c.pop("examples")
+        width = max((len(e["tokens"]) for e in ex), default=0)
+        acts = np.zeros((len(ex), width), np.float32)
+        for r, e in enumerate(ex):
+            acts[r, : len(e["activations"])] = e["activations"]
+        c["examples"] = [
+            {
+                "text_index": e["text_index"],
+                "value": e["value"],
+                "tokens": e["tokens"],
+                "max_at": e["max_at"],
+            }
+            for e in ex
+        ]
+        c["acts"] = encode(acts, "float32")
+        return c
+
+    def _fetch_card(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        return pack(**self._card_fields(msg["layer"], msg["neuron"]))
+
+    def _card_bytes(self) -> int:
+        top = self._top
+        k, w = top.window_acts.shape[1], top.window_acts.shape[2]
+        return 600 + k * w * (4 + 12) + 40 * (top.promoted.shape[1] * 2 + top.hist_counts.shape[1])
+
+    def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
+        sel = (self.link.layer, self.link.neuron)
+        order = list(self._top.neurons)
+        if sel in order:
+            order.remove(sel)
+            order.insert(0, sel)
+        n = max(1, min(len(order), budget_bytes // self._card_bytes()))
+        return [{"kind": "fetch-neuron-card", "layer": a, "neuron": b} for a, b in order[:n]]
+
+    def export_notes(self, budget_bytes: int) -> list[str]:
+        n = len(self.export_requests(budget_bytes))
+        if n < len(self._top.neurons):
+            return [
+                f"Neuron dashboard: {n} of {len(self._top.neurons)} neurons fit the size budget."
+            ]
+        return []
