@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,24 +207,34 @@ def direct_logit_attribution(
                 f"{tuple(W_O.shape)}; expected [heads, d_head] and [heads, d_head, d_model]."
             )
         head_out = torch.einsum("hd,hdm->hm", z, W_O)
+        attn_mult = _post_norm(cap, info, li, "ln1_post", p)  # Gemma-2 style sandwich norm
+        if attn_mult is not None:
+            head_out = head_out * attn_mult
         vectors.append(head_out.sum(0))
         head_vals = head_out @ direction
         for h in range(H):
             labels.append(f"L{li}H{h}")
             values.append(float(head_vals[h]))
         b_O = weight(cap, f"blocks.{li}.attn.b_O", WHAT, optional=True)
+        if b_O is not None and attn_mult is not None:
+            b_O = b_O * attn_mult
         if b_O is not None and bool(b_O.any()):
             biases[f"L{li}.attn.b_O"] = float(b_O @ direction)
             bias_vec = bias_vec + b_O
 
         post = tensor(cap, f"blocks.{li}.mlp.hook_post", WHAT)[p]  # [d_mlp]
         W_out = weight(cap, f"blocks.{li}.mlp.W_out", WHAT)  # [d_mlp, d_model]
+        mlp_mult = _post_norm(cap, info, li, "ln2_post", p)
+        if mlp_mult is not None:
+            W_out = W_out * mlp_mult
         per_neuron = post * (W_out @ direction)
         neurons[li] = per_neuron.float()
         vectors.append(post @ W_out)
         labels.append(f"L{li}.mlp")
         values.append(float(per_neuron.sum()))
         b_out = weight(cap, f"blocks.{li}.mlp.b_out", WHAT, optional=True)
+        if b_out is not None and mlp_mult is not None:
+            b_out = b_out * mlp_mult
         if b_out is not None and bool(b_out.any()):
             biases[f"L{li}.mlp.b_out"] = float(b_out @ direction)
             bias_vec = bias_vec + b_out
@@ -270,6 +281,20 @@ def direct_logit_attribution(
     )
 
 
+def _post_norm(cap: Any, info: Any, layer: int, name: str, p: int) -> torch.Tensor | None:
+    """Frozen multiplier of a norm applied to an attention / MLP output before it joins the
+    residual (Gemma 2's ``post_attention_layernorm``), when the capture recorded it."""
+    scale = tensor(cap, f"blocks.{layer}.{name}.hook_scale", WHAT, optional=True)
+    if scale is None:
+        return None
+    w = weight(cap, f"blocks.{layer}.{name}.w", WHAT, optional=True)
+    if w is None:
+        w = torch.ones(info.d_model, dtype=torch.float64)
+    if info.norm == "gemma_rmsnorm":
+        w = 1.0 + w
+    return scale.reshape(cap.n_tokens, -1)[p, 0] * w
+
+
 def _scale_from_residual(cap: Any, info: Any, last: torch.Tensor | None, p: int) -> torch.Tensor:
     from ._common import norm_eps
 
@@ -291,9 +316,9 @@ def _multiplier(
     if last is None:
         return s
     est = _scale_from_residual(cap, info, last, p)
-    if abs(float(s * est) - 1) < 1e-2 and abs(float(s / est) - 1) > 1e-2:
-        return 1.0 / s
-    return s
+    as_multiplier = abs(math.log(float(s / est)))
+    as_divisor = abs(math.log(float(s * est)))
+    return 1.0 / s if as_divisor < 0.5 * as_multiplier and as_multiplier > 0.05 else s
 
 
 def _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value) -> float:

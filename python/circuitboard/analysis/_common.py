@@ -66,7 +66,35 @@ def norm_eps(cap: Any) -> float:
     w = getattr(cap, "weights", {}) or {}
     if "ln_final.eps" in w:
         return float(w["ln_final.eps"])
-    return DEFAULT_EPS
+    inferred = _infer_eps(cap, info)
+    return DEFAULT_EPS if inferred is None else inferred
+
+
+def _infer_eps(cap: Any, info: Any) -> float | None:
+    """The final norm's epsilon from its captured scale: ``1 / scale**2 - mean(x**2)``.
+
+    Float error makes this imprecise exactly when epsilon is negligible next to the
+    residual's mean square, so the inferred value is accurate wherever it matters.
+    """
+    tensors = getattr(cap, "tensors", {})
+    name = f"blocks.{info.n_layers - 1}.hook_resid_post" if info is not None else None
+    if name not in tensors or "ln_final.hook_scale" not in tensors:
+        return None
+    x = tensors[name].detach().to("cpu", torch.float64)
+    if info.norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    ms = (x * x).mean(-1)
+    s = tensors["ln_final.hook_scale"].detach().to("cpu", torch.float64).reshape(ms.shape)
+    if not bool((s > 0).all()):
+        return None
+    # Accept TransformerLens' divisor convention too: pick the reading closer to 1/sqrt(ms).
+    mult = (
+        s
+        if float((s * ms.sqrt()).log().abs().median()) < float((ms.sqrt() / s).log().abs().median())
+        else 1 / s
+    )
+    eps = float((1.0 / mult**2 - ms).median())
+    return max(eps, 0.0)
 
 
 def token_id(cap: Any, target: Any, name: str) -> int:
