@@ -168,8 +168,11 @@ def direct_logit_attribution(
     L, H = info.n_layers, info.n_heads
 
     # The unembedding direction, then the frozen final norm folded into it.
-    W_U = weight(cap, "unembed.W_U", WHAT)
-    u = W_U[:, t] - (W_U[:, b] if b is not None else 0.0)
+    W_U = cap.weights.get("unembed.W_U") if cap.weights else None
+    if W_U is None:
+        weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
+    cols = W_U[:, [t] if b is None else [t, b]].detach().to("cpu", torch.float64)
+    u = cols[:, 0] - (cols[:, 1] if b is not None else 0.0)
     scale = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
     last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
     if scale is None:

@@ -25,7 +25,9 @@ def require_info(cap: Any, what: str) -> Any:
     return info
 
 
-def weight(cap: Any, name: str, what: str, *, optional: bool = False) -> torch.Tensor | None:
+def weight(
+    cap: Any, name: str, what: str, *, optional: bool = False, dtype: torch.dtype = torch.float64
+) -> torch.Tensor | None:
     w = cap.weights.get(name) if getattr(cap, "weights", None) is not None else None
     if w is None:
         if optional:
@@ -35,7 +37,7 @@ def weight(cap: Any, name: str, what: str, *, optional: bool = False) -> torch.T
             f"(it has {sorted(cap.weights)[:6]} ...). Capture again with cb.capture, which "
             "records the weights analyses need."
         )
-    return w.detach().to("cpu", torch.float64)
+    return w.detach().to("cpu", dtype)
 
 
 def tensor(cap: Any, name: str, what: str, *, optional: bool = False) -> torch.Tensor | None:

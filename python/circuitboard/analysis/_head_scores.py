@@ -104,7 +104,7 @@ def head_scores(
     model: Any,
     tokenizer: Any = None,
     *,
-    seq_len: int = 40,
+    seq_len: int = 50,
     n_seqs: int = 4,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:

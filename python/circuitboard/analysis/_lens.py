@@ -65,7 +65,7 @@ def _norm_params(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     w = norm_weight(cap, info, WHAT).float()
     b = weight(cap, "ln_final.b", WHAT, optional=True)
-    W_U = weight(cap, "unembed.W_U", WHAT).float()
+    W_U = weight(cap, "unembed.W_U", WHAT, dtype=torch.float32)
     b_U = weight(cap, "unembed.b_U", WHAT, optional=True)
     return (
         w,
