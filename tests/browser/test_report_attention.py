@@ -10,12 +10,33 @@ from tests.conftest import IOI_PROMPT, open_report
 
 
 def canvas_pixels(page, selector: str = ".cb-heatmap") -> np.ndarray:
-    data = page.eval_on_selector(
-        selector,
-        "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)",
+    """The colour of each visible cell of the zoomed heatmap, sampled at the cell centres.
+
+    The canvas exposes its cell geometry (``data-x0``, ``data-y0``: canvas pixel of cell
+    (0, 0); ``data-cell``: pixels per cell), so the result is ``[rows, cols, 4]``.
+    """
+    return np.array(
+        page.eval_on_selector(
+            selector,
+            """c => {
+              const x0 = +c.dataset.x0, y0 = +c.dataset.y0, k = +c.dataset.cell;
+              const rows = +c.dataset.rows, cols = +c.dataset.cols;
+              const img = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+              const out = [];
+              for (let r = 0; r < rows; r++) {
+                const line = [];
+                for (let q = 0; q < cols; q++) {
+                  const x = Math.floor(x0 + (q + 0.5) * k), y = Math.floor(y0 + (r + 0.5) * k);
+                  const o = 4 * (y * c.width + x);
+                  line.push(Array.from(img.data.slice(o, o + 4)));
+                }
+                out.push(line);
+              }
+              return out;
+            }""",
+        ),
+        dtype=np.uint8,
     )
-    w, h = page.eval_on_selector(selector, "c => [c.width, c.height]")
-    return np.array(data, dtype=np.uint8).reshape(h, w, 4)
 
 
 def strip_colors(page) -> list[str]:
@@ -62,7 +83,7 @@ def test_head_switch_redraws(page, tmp_path):
     open_report(page, path)
     before = canvas_pixels(page)
     page.select_option('select[aria-label="head"]', "2")
-    page.wait_for_selector('.cb-attention[data-head="2"]')
+    page.wait_for_selector('.cb-attention[data-head="2"][data-shown]')
     after = canvas_pixels(page)
     assert not np.array_equal(before, after)
     assert page.cb_errors == []
