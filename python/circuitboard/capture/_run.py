@@ -100,6 +100,25 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return out
 
 
+def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
+    """Parameter views; layers offloaded by accelerate (``device_map`` with "disk"/"cpu"
+    offload keeps them on the meta device between forwards) are loaded and copied to CPU."""
+    weights = {k: v.detach() for k, v in adapter.weights(model, adapter, info).items()}
+    meta = [k for k, v in weights.items() if v.is_meta]
+    if not meta:
+        return weights
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with contextlib.ExitStack() as stack:
+        for mod in model.modules():
+            if has_offloaded_params(mod):
+                stack.enter_context(align_module_device(mod, torch.device("cpu")))
+        fresh = adapter.weights(model, adapter, info)
+        for k in meta:
+            weights[k] = fresh[k].detach().to("cpu", copy=True)
+    return weights
+
+
 def _generate(
     model: Any, tokenizer: Any, ids: list[int], device: Any, max_new_tokens: int, kwargs: dict
 ) -> list[int]:
@@ -285,8 +304,7 @@ def capture(
         if bar is not None:
             bar.close()
 
-    weights = adapter.weights(model, adapter, info)
-    weights = {k: v.detach() for k, v in weights.items()}
+    weights = _gather_weights(model, adapter, info)
     caps = [
         Capture(
             tokens=texts_list[i],
