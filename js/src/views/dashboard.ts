@@ -2,12 +2,13 @@
 // a histogram of the neuron over the dataset, and the tokens it promotes / suppresses.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode } from "../codec";
-import { cssColor, diverging } from "../colormaps";
+import { cssColor } from "../colormaps";
 import { Fetcher } from "../fetch";
 import { onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import { TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
+import { activationLut } from "./neurons";
 
 interface Example {
   text_index: number;
@@ -83,7 +84,7 @@ export async function render(props: RenderProps<DashboardState>) {
   const promoted = el("ol", "cb-dash-col", logits);
   const suppressed = el("ol", "cb-dash-col", logits);
 
-  const lut = diverging();
+  let lut = activationLut(false);
   let card: Card = model.get("_initial").card;
   let acts = decode(card.acts).data;
 
@@ -126,6 +127,7 @@ export async function render(props: RenderProps<DashboardState>) {
   };
 
   const draw = () => {
+    lut = activationLut(isDark(root));
     const ex = card.examples;
     const width = card.acts.shape[1] ?? 0;
     const vmax = Math.max(Math.abs(ex[0]?.value ?? 0), 1e-9);
@@ -209,7 +211,7 @@ export async function render(props: RenderProps<DashboardState>) {
   }, { signal });
 
   const offSel = onSelection(link, ["layer", "neuron"], () => void show());
-  const offTheme = followTheme(model as AnyModel, root, drawHist);
+  const offTheme = followTheme(model as AnyModel, root, draw);
   draw();
   await show();
   root.dataset.ready = "true";

@@ -2,10 +2,10 @@
 // neurons that fire most there (click one to select it). Data comes one column at a time.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode } from "../codec";
-import { cssColor, diverging } from "../colormaps";
+import { cssColor, diverging, type Lut } from "../colormaps";
 import { Fetcher } from "../fetch";
 import { hover, onSelection, resolveLink, select } from "../link";
-import { followTheme } from "../theme";
+import { followTheme, isDark } from "../theme";
 import { TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
 
@@ -36,6 +36,27 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?:
 }
 
 const fmt = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
+
+let darkLut: Lut | null = null;
+
+/** The diverging map for activations: RdBu on light; on dark, the page background at zero
+ * fading to bright blue (positive) / red (negative), so inactive tokens do not glare. */
+export function activationLut(dark: boolean): Lut {
+  if (!dark) return diverging();
+  if (!darkLut) {
+    const bg = [13, 17, 23];
+    const pos = [88, 166, 255];
+    const neg = [255, 110, 100];
+    darkLut = new Uint8ClampedArray(256 * 4);
+    for (let i = 0; i < 256; i++) {
+      const t = i / 255;
+      const w = Math.min(1, Math.abs(t - 0.5) * 2) ** 0.8;
+      const end = t >= 0.5 ? pos : neg;
+      darkLut.set([0, 1, 2].map((c) => bg[c] + w * (end[c] - bg[c])).concat(255), 4 * i);
+    }
+  }
+  return darkLut;
+}
 
 /** Activation → [0, 1] on the diverging map, 0.5 at zero, ±vmax at the ends. */
 export function unitOf(v: number, vmax: number): number {
@@ -89,8 +110,7 @@ export async function render(props: RenderProps<NeuronsState>) {
   const sideTitle = el("div", "cb-caption", side);
   const list = el("ol", "cb-neuron-list", side);
 
-  const lut = diverging();
-  bar.style.background = `linear-gradient(to right, ${[0, 0.25, 0.5, 0.75, 1].map((t) => cssColor(lut, t)).join(", ")})`;
+  let lut = diverging();
 
   const init = model.get("_initial");
   let current: Column = {
@@ -130,6 +150,8 @@ export async function render(props: RenderProps<NeuronsState>) {
   const drawColumn = () => {
     if (!strip) return;
     const c = current;
+    lut = activationLut(isDark(root));
+    bar.style.background = `linear-gradient(to right, ${[0, 0.25, 0.5, 0.75, 1].map((t) => cssColor(lut, t)).join(", ")})`;
     strip.color(c.values, lut, (v) => unitOf(v, c.vmax));
     const toks = prompts[c.prompt];
     let best = 0;
