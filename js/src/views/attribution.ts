@@ -52,6 +52,27 @@ export function cellSize(nLayers: number, nHeads: number): { w: number; h: numbe
   return { w, h };
 }
 
+let darkLut: Lut | null = null;
+
+/** Diverging map for this view: RdBu on light; red → background → blue on dark, so that
+ * zero recedes into the page instead of glaring white. */
+export function divergingFor(dark: boolean): Lut {
+  if (!dark) return diverging();
+  if (darkLut) return darkLut;
+  const neg = [239, 98, 92];
+  const mid = [22, 27, 34];
+  const pos = [88, 166, 255];
+  const lut = new Uint8ClampedArray(256 * 4);
+  for (let i = 0; i < 256; i++) {
+    const t = i / 255;
+    const [a, b, f] = t < 0.5 ? [neg, mid, t / 0.5] : [mid, pos, (t - 0.5) / 0.5];
+    for (let c = 0; c < 3; c++) lut[4 * i + c] = Math.round(a[c] + (b[c] - a[c]) * f);
+    lut[4 * i + 3] = 255;
+  }
+  darkLut = lut;
+  return lut;
+}
+
 export async function render(props: RenderProps<AttributionState>) {
   const { model, el: host } = props;
   const abort = new AbortController();
@@ -197,7 +218,7 @@ export async function render(props: RenderProps<AttributionState>) {
   const css = (name: string) => getComputedStyle(root).getPropertyValue(name).trim() || "#888";
 
   const drawBars = () => {
-    const lut: Lut = diverging();
+    const lut: Lut = divergingFor(isDark(root));
     const sel = link.get("layer");
     bars.forEach((c, k) => {
       const vals = k === 0 ? attn : mlp;
@@ -229,8 +250,10 @@ export async function render(props: RenderProps<AttributionState>) {
   };
 
   const drawHeat = () => {
-    paintMatrix(heat, L, H, heads, diverging(), (v) => 0.5 + (0.5 * v) / headMax);
-    paintMatrix(ramp, 1, 64, Array.from({ length: 64 }, (_, i) => -headMax + (2 * headMax * i) / 63), diverging(), (v) => 0.5 + (0.5 * v) / headMax);
+    const lut = divergingFor(isDark(root));
+    const unit = (v: number) => 0.5 + (0.5 * v) / headMax;
+    paintMatrix(heat, L, H, heads, lut, unit);
+    paintMatrix(ramp, 1, 64, Array.from({ length: 64 }, (_, i) => -headMax + (2 * headMax * i) / 63), lut, unit);
   };
 
   const drawSelection = () => {
@@ -311,7 +334,6 @@ export async function render(props: RenderProps<AttributionState>) {
     drawHeat();
     drawBars();
   });
-  root.dataset.dark = String(isDark(root));
   drawHeat();
   drawBars();
   drawSelection();

@@ -152,7 +152,7 @@ export async function render(props: RenderProps<LensState>) {
     // Tracked token row (top) and input tokens (bottom).
     ctx.fillStyle = muted;
     ctx.textAlign = "right";
-    ctx.fillText("→", lay.axis - 6, lay.top / 2);
+    ctx.fillText(model.get("target_label") === "next token" ? "next" : "tgt", lay.axis - 6, lay.top / 2);
     ctx.fillText("in", lay.axis - 6, Hpx - lay.bottom / 2);
     ctx.textAlign = "left";
     for (let p = 0; p < P; p++) {
