@@ -304,8 +304,8 @@ export class ZoomHeatmap {
   setTransform(t: Transform): void {
     if (!this.data) return;
     this.t = clampTransform(t, this.data.rows, this.data.cols, this.size, this.size);
-    this.opts.onZoom?.(this.t);
     this.draw();
+    this.opts.onZoom?.(this.t);
   }
 
   /** Redraw (cells are cached until data, colours or view change). */
