@@ -1,0 +1,1 @@
+"""Speed, size and memory measurements; each ``bench_*.py`` module's ``main()`` prints a table."""
