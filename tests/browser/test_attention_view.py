@@ -44,7 +44,9 @@ def test_clicking_a_thumbnail_shows_that_head(page, tmp_path, artifacts):
     assert_pixels_match(page, att[0, 0])
     click_thumb(page, 9, 3)
     assert_pixels_match(page, att[2, 3])
-    assert page.eval_on_selector(".cb-thumb-selected", "e => [e.dataset.layer, e.dataset.head]") == ["9", "3"]
+    assert page.eval_on_selector(
+        ".cb-thumb-selected", "e => [e.dataset.layer, e.dataset.head]"
+    ) == ["9", "3"]
     assert page.input_value('select[aria-label="head"]') == "3"
     assert "L9 H3" in page.inner_text(".cb-status")
     ms = float(page.get_attribute(".cb-attention", "data-last-ms"))
@@ -80,7 +82,11 @@ def test_hover_lock_unlock_and_escape(page, tmp_path):
     page.wait_for_selector(f'{root}[data-locked="false"]')
     # Clicking a heatmap row locks that query; Escape unlocks.
     page.mouse.move(2, 2)
-    box = page.eval_on_selector(".cb-heatmap", "c => [c.getBoundingClientRect().left, c.getBoundingClientRect().top, +c.dataset.x0, +c.dataset.y0, +c.dataset.cell]")
+    box = page.eval_on_selector(
+        ".cb-heatmap",
+        "c => { const r = c.getBoundingClientRect(), d = c.dataset;"
+        " return [r.left, r.top, +d.x0, +d.y0, +d.cell]; }",
+    )
     left, top, x0, y0, k = box
     page.mouse.click(left + x0 + 2.5 * k, top + y0 + 7.5 * k)
     page.wait_for_selector(f'{root}[data-token="7"][data-locked="true"]')
@@ -108,12 +114,18 @@ def test_4096_token_prompt_renders_zooms_and_virtualizes(page, tmp_path, artifac
     canvas = page.eval_on_selector(".cb-heatmap", "c => ({...c.dataset, w: c.width})")
     assert canvas["rows"] == "4096" and float(canvas["cell"]) < 1
     # Zoomed out, every pixel keeps the max of its cells: the diagonal band stays visible.
-    strip = page.eval_on_selector(".cb-tokens", "e => ({...e.dataset, spans: e.querySelectorAll('.cb-token').length})")
+    strip = page.eval_on_selector(
+        ".cb-tokens", "e => ({...e.dataset, spans: e.querySelectorAll('.cb-token').length})"
+    )
     assert strip["virtual"] == "true" and 0 < strip["spans"] < 1024
     # Zoom in with the button and the wheel; pan by dragging.
     page.click('button[aria-label="zoom in (+)"]')
     page.wait_for_selector('.cb-attention[data-zoom="2.00"]')
-    box = page.eval_on_selector(".cb-heatmap", "c => { const r = c.getBoundingClientRect(); return [r.left + 84 + 180, r.top + 64 + 180]; }")
+    box = page.eval_on_selector(
+        ".cb-heatmap",
+        "c => { const r = c.getBoundingClientRect();"
+        " return [r.left + 84 + 180, r.top + 64 + 180]; }",
+    )
     page.mouse.move(*box)
     for _ in range(6):
         page.mouse.wheel(0, -400)
@@ -155,7 +167,9 @@ def test_head_fetched_on_demand_from_embedded_replies_and_reduced_heads(page, tm
     page.wait_for_selector(".cb-attention[data-included]")
     kept = int(page.get_attribute(".cb-attention", "data-included"))
     assert kept == int(m.group(1))
-    reduced = page.eval_on_selector_all(".cb-thumb-reduced", "els => els.map(e => [+e.dataset.layer, +e.dataset.head])")
+    reduced = page.eval_on_selector_all(
+        ".cb-thumb-reduced", "els => els.map(e => [+e.dataset.layer, +e.dataset.head])"
+    )
     assert len(reduced) == 16 - kept and [2, 1] not in reduced
     assert "thumbnails" in page.inner_text(".cb-notes")
     # A chosen head arrives from the report's embedded replies and is drawn exactly.
@@ -187,11 +201,15 @@ def test_theme_follows_the_host_and_the_trait(page, tmp_path, artifacts):
     assert page.eval_on_selector(root, "e => getComputedStyle(e).backgroundColor") != bg
     page.hover('.cb-token[data-i="8"]')
     page.screenshot(path=str(artifacts / "attention-dark.png"), full_page=True)
-    page.eval_on_selector("body", "b => { delete b.dataset.jpThemeLight; b.classList.add('vscode-light'); }")
+    page.eval_on_selector(
+        "body", "b => { delete b.dataset.jpThemeLight; b.classList.add('vscode-light'); }"
+    )
     page.wait_for_selector(f"{root}[data-cb-theme=light]")
     assert np.array_equal(canvas_pixels(page), light)
     # The `theme` trait forces a theme whatever the host says.
-    path2 = write(cb.AttentionView(att, [f"w{i}" for i in range(12)], theme="dark"), tmp_path, "dark.html")
+    path2 = write(
+        cb.AttentionView(att, [f"w{i}" for i in range(12)], theme="dark"), tmp_path, "dark.html"
+    )
     open_report(page, path2)
     page.wait_for_selector(f"{root}[data-cb-theme=dark]")
     assert page.cb_errors == []

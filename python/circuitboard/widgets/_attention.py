@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ SCORE_NAMES = ("previous_token", "induction", "duplicate_token", "first_token", 
 
 
 def thumbnails(att: np.ndarray, size: int = THUMB) -> np.ndarray:
-    """Downsample ``[layers, heads, n, n]`` patterns to ``[layers, heads, t, t]``, ``t = min(n, size)``.
+    """Downsample ``[layers, heads, n, n]`` patterns to ``[.., t, t]``, ``t = min(n, size)``.
 
     Cell ``(a, b)`` is the attention mass that the queries of block ``a`` put on the keys of
     block ``b``, averaged over those queries: rows still sum to 1 and a sharp head stays sharp.
@@ -184,6 +185,7 @@ class AttentionView(View):
                 raise IndexError(f"export_heads has layer {lay}, which was not captured: {layers}.")
             index_in("head", h, n_heads)
         self._pending_plan: list[tuple[int, int]] | None = None
+        self._page_cost: float | None = None
         super().__init__(
             tokens=tokens,
             layer_indices=layers,
@@ -244,8 +246,8 @@ class AttentionView(View):
     def _ranked_heads(self) -> list[tuple[int, int]]:
         """Every head (model layer, head), most worth keeping at full resolution first."""
         init = self._initial
-        order: list[tuple[int, int]] = [(self.layer_indices[init["layer"]], init["head"])]
-        order += self._export_heads
+        order: list[tuple[int, int]] = list(self._export_heads)
+        order.insert(0 if not order else 1, (self.layer_indices[init["layer"]], init["head"]))
         rankings = []
         for name in ("induction", "previous_token", "duplicate_token", "entropy"):
             table = self.scores.get(name)
@@ -255,27 +257,39 @@ class AttentionView(View):
             vals = -vals if name == "entropy" else vals  # sharp heads first
             vals = np.nan_to_num(vals, nan=-np.inf)
             flat = np.argsort(-vals, axis=None, kind="stable")
-            rankings.append([(self.layer_indices[i // self.n_heads], int(i % self.n_heads)) for i in flat])
-        for group in zip(*rankings):
+            rankings.append(
+                [(self.layer_indices[i // self.n_heads], int(i % self.n_heads)) for i in flat]
+            )
+        for group in zip(*rankings, strict=False):
             order += group
         order += [(lay, h) for lay in self.layer_indices for h in range(self.n_heads)]
         seen: set[tuple[int, int]] = set()
         return [x for x in order if not (x in seen or seen.add(x))]
 
-    def export_plan(self, budget_bytes: int) -> list[tuple[int, int]]:
-        """Heads (model layer, head) a report of ``budget_bytes`` keeps at full resolution.
+    def _page_bytes_per_head(self) -> float:
+        """Estimated bytes one full head adds to a report (compressed, base64), from a sample."""
+        if getattr(self, "_page_cost", None) is None:
+            ranked = self._ranked_heads()
+            sample = ranked[:: max(1, len(ranked) // 6)][:6]
+            sizes = []
+            for lay, h in sample:
+                data = self._encode_head(self._position(lay), h)["data"]
+                sizes.append(len(zlib.compress(data, 6)) * 4 / 3 + 80)
+            self._page_cost = float(max(sizes))
+        return self._page_cost
 
-        Every head when they all fit; otherwise the chosen heads (see ``export_heads``) in
-        order while they fit, and at least the selected head. The others show thumbnails.
+    def export_plan(self, budget_bytes: int) -> list[tuple[int, int]]:
+        """Heads (model layer, head) a report keeps at full resolution, best first.
+
+        ``budget_bytes`` counts raw bytes, as the report writer passes it (it assumes ~2x
+        compression); heads are counted at their measured compressed size. Every head is
+        kept when they all fit; otherwise the chosen heads (``export_heads``, then the
+        selected head and the best-scoring ones) while they fit, at least one. The others
+        show their thumbnails.
         """
-        thumbs = len(self._thumbs["data"])
-        per_head = self.head_bytes()
-        fit = max(1, (int(budget_bytes) - thumbs) // max(per_head, 1))
+        fit = max(1, int((int(budget_bytes) / 2) // self._page_bytes_per_head()))
         ranked = self._ranked_heads()
-        if fit >= len(ranked):
-            return [(lay, h) for lay in self.layer_indices for h in range(self.n_heads)]
-        keep = set(ranked[:fit])
-        return [(lay, h) for lay in self.layer_indices for h in range(self.n_heads) if (lay, h) in keep]
+        return ranked if fit >= len(ranked) else ranked[:fit]
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
         plan = self.export_plan(budget_bytes)
@@ -290,9 +304,9 @@ class AttentionView(View):
         if len(plan) == total:
             return []
         t = self._thumbs["shape"][-1]
-        kept = ", ".join(f"L{lay}H{h}" for lay, h in plan)
+        kept = ", ".join(f"L{lay}H{h}" for lay, h in sorted(plan))
         return [
             f"Attention: {len(plan)} of {total} heads at full resolution ({kept}); the other "
-            f"{total - len(plan)} are {t}×{t} thumbnails (report size budget "
-            f"{budget_bytes / 2**20:.1f} MB; pass budget_bytes= to cb.report to include more)."
+            f"{total - len(plan)} are {t}×{t} thumbnails; raise budget_bytes= in cb.report "
+            "to include more."
         ]

@@ -26,7 +26,7 @@ class Encoded(_EncodedFields, total=False):
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Convert a numpy array, torch tensor or nested list to a float32 numpy array (no torch import)."""
+    """Convert a numpy array, torch tensor or nested list to float32 numpy (never imports torch)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bfloat16":
@@ -36,7 +36,9 @@ def to_numpy(x: Any) -> np.ndarray:
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
-        raise TypeError(f"expected a numeric array or tensor; got {type(x).__name__} of {arr.dtype}.")
+        raise TypeError(
+            f"expected a numeric array or tensor; got {type(x).__name__} of {arr.dtype}."
+        )
     return arr.astype(np.float32, copy=False)
 
 
@@ -48,8 +50,8 @@ def tril_pack(arr: np.ndarray) -> np.ndarray:
     """
     if arr.ndim < 2 or arr.shape[-1] != arr.shape[-2]:
         raise ValueError(
-            f"tril packing needs square matrices in the last two dims; got shape {tuple(arr.shape)}. "
-            "Pass tril=False for non-square data."
+            "tril packing needs square matrices in the last two dims; got shape "
+            f"{tuple(arr.shape)}. Pass tril=False for non-square data."
         )
     n = arr.shape[-1]
     flat = arr.reshape(-1, n * n)
@@ -120,7 +122,9 @@ def encode(
     if dtype == "uint8":
         finite = arr[np.isfinite(arr)]
         lo_ = float(finite.min()) if lo is None and finite.size else float(lo or 0.0)
-        hi_ = float(finite.max()) if hi is None and finite.size else float(1.0 if hi is None else hi)
+        hi_ = (
+            float(finite.max()) if hi is None and finite.size else float(1.0 if hi is None else hi)
+        )
         scale = (hi_ - lo_) / 255.0 if hi_ > lo_ else 1.0
         q = np.nan_to_num((arr - lo_) / scale, nan=0.0, posinf=255.0, neginf=0.0)
         data = np.clip(np.rint(q), 0, 255).astype(np.uint8).tobytes()
@@ -152,5 +156,3 @@ def decode(enc: Encoded) -> np.ndarray:
 def nbytes(enc: Encoded) -> int:
     """Bytes of tensor data in an encoded dict."""
     return len(enc["data"])
-
-

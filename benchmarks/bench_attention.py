@@ -1,0 +1,243 @@
+"""Attention view at full scale: exported size, first paint and click → paint, in headless Chromium.
+
+The default model (SmolLM2-135M-Instruct, 30 layers × 9 heads) reads 1,024 tokens of plain
+English prose (``benchmarks/data/prose.txt``); its real attention patterns are exported and
+opened offline in Debian's Chromium (no network). Prints a markdown table of medians.
+
+- one layer (9 heads): file size and first paint;
+- all 270 heads at full resolution: file size and first paint;
+- any head shown after its click: the browser side (click → fetch → decode → paint) with the
+  reply bytes produced by the Python fetch handler (embedded in the report), and the Python
+  handler's own time per head (what a live kernel adds, besides the comm round trip).
+
+    python benchmarks/bench_attention.py [--repeats 5] [--clicks 30] [--tokens 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import circuitboard as cb
+
+PROSE = Path(__file__).resolve().parent / "data" / "prose.txt"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+
+
+def patterns(n_tokens: int) -> tuple[np.ndarray, list[str]]:
+    """The default model's attention on the prose, cut to ``n_tokens`` (exact: it is causal)."""
+    from circuitboard.models import load_default_model
+
+    model, tok = load_default_model()
+    cap = cb.capture(model, tok, PROSE.read_text(encoding="utf-8"), what="pattern")
+    if cap.n_tokens < n_tokens:
+        raise SystemExit(f"{PROSE} has {cap.n_tokens} tokens, fewer than {n_tokens}; add text.")
+    att = cap.stack("attn.hook_pattern")[..., :n_tokens, :n_tokens].float().numpy()
+    return att, list(cap.tokens[:n_tokens])
+
+
+def open_page(browser: Any, path: Path) -> tuple[Any, float, float]:
+    """Open a report; (page, first paint ms from navigation start, wall ms until ready)."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.route(
+        "**/*",
+        lambda r: (
+            r.continue_() if r.request.url.startswith(("file:", "blob:", "data:")) else r.abort()
+        ),
+    )
+    t0 = time.perf_counter()
+    page.goto(path.resolve().as_uri())
+    page.wait_for_selector("html[data-cb-ready=true]", timeout=120_000)
+    wall = (time.perf_counter() - t0) * 1000
+    first = float(page.get_attribute(".cb-attention", "data-first-paint-ms"))
+    return page, first, wall
+
+
+def first_paint(browser: Any, path: Path, repeats: int) -> tuple[float, float]:
+    firsts, walls = [], []
+    for _ in range(repeats):
+        page, first, wall = open_page(browser, path)
+        firsts.append(first)
+        walls.append(wall)
+        page.close()
+    return statistics.median(firsts), statistics.median(walls)
+
+
+def click_to_paint(browser: Any, path: Path, heads: list[tuple[int, int]]) -> list[float]:
+    """Browser ms from a thumbnail click to the painted head, for heads never shown before."""
+    page, _, _ = open_page(browser, path)
+    out = []
+    for layer, head in heads:
+        page.click(f'.cb-thumb[data-layer="{layer}"][data-head="{head}"]')
+        page.wait_for_selector(
+            f'.cb-attention[data-layer="{layer}"][data-head="{head}"][data-reduced=false]'
+        )
+        out.append(float(page.get_attribute(".cb-attention", "data-last-ms")))
+    page.close()
+    return out
+
+
+def handler_ms(view: cb.AttentionView, heads: list[tuple[int, int]]) -> list[float]:
+    out = []
+    for layer, head in heads:
+        t0 = time.perf_counter()
+        view.answer({"kind": "fetch-head", "layer": layer, "head": head})
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5, help="page loads per first-paint median")
+    ap.add_argument("--clicks", type=int, default=30, help="heads clicked for click → paint")
+    ap.add_argument("--tokens", type=int, default=1024)
+    args = ap.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise SystemExit("chromium is not installed (apt-get install chromium).")
+    t0 = time.perf_counter()
+    att, tokens = patterns(args.tokens)
+    n_layers, n_heads = att.shape[:2]
+    print(
+        f"captured {n_layers}×{n_heads} heads × {args.tokens} tokens "
+        f"in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=ARGS)
+        d = Path(tmp)
+
+        one = cb.AttentionView(att[5:6], tokens, layers=[5])
+        p1 = cb.report(one, path=d / "layer.html")
+        fp, wall = first_paint(browser, p1, args.repeats)
+        mb = p1.stat().st_size / 1e6
+        rows.append(
+            (
+                f"1 layer × {n_heads} heads × {args.tokens} tokens: file size",
+                f"{mb:.2f} MB",
+                "≤ 6 MB",
+                ok(mb <= 6),
+            )
+        )
+        rows.append(
+            (
+                "… first paint (navigation → head drawn)",
+                f"{fp:.0f} ms (ready {wall:.0f} ms)",
+                "≤ 1,000 ms",
+                ok(fp <= 1000),
+            )
+        )
+
+        t1 = time.perf_counter()
+        full = cb.AttentionView(att, tokens)
+        t_view = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        p2 = cb.report(full, path=d / "all.html", budget_bytes=80_000_000)
+        t_export = time.perf_counter() - t1
+        html = p2.read_text(encoding="utf-8")
+        if "thumbnails" in html.split("<main", 1)[0]:
+            raise SystemExit("the full-resolution report left heads out; raise budget_bytes")
+        fp, wall = first_paint(browser, p2, args.repeats)
+        mb = p2.stat().st_size / 1e6
+        total = n_layers * n_heads
+        rows.append(
+            (
+                f"all {total} heads × {args.tokens} tokens, full resolution: file size",
+                f"{mb:.2f} MB",
+                "≤ 20 MB",
+                ok(mb <= 20),
+            )
+        )
+        rows.append(
+            (
+                "… first paint (navigation → head drawn)",
+                f"{fp:.0f} ms (ready {wall:.0f} ms)",
+                "≤ 2,000 ms",
+                ok(fp <= 2000),
+            )
+        )
+        rows.append(
+            (
+                "… Python: build the view / write the report",
+                f"{t_view:.1f} s / {t_export:.1f} s",
+                "",
+                "",
+            )
+        )
+
+        rng = random.Random(0)
+        all_heads = [
+            (lay, h) for lay in range(n_layers) for h in range(n_heads) if (lay, h) != (0, 0)
+        ]
+        heads = rng.sample(all_heads, min(args.clicks, len(all_heads)))
+        ms = click_to_paint(browser, p2, heads)
+        py = handler_ms(full, heads)
+        med, p95 = statistics.median(ms), float(np.percentile(ms, 95))
+        pmed = statistics.median(py)
+        rows.append(
+            (
+                f"any head, click → fetch → decode → paint (browser, {len(ms)} heads)",
+                f"median {med:.1f} ms, p95 {p95:.1f} ms",
+                "≤ 100 ms",
+                ok(p95 <= 100),
+            )
+        )
+        rows.append(
+            ("… Python fetch handler per head (encode, tril)", f"median {pmed:.1f} ms", "", "")
+        )
+        rows.append(
+            (
+                "… live estimate: browser + handler (+ comm round trip)",
+                f"{med + pmed:.1f} ms",
+                "≤ 100 ms",
+                ok(med + pmed <= 100),
+            )
+        )
+
+        p3 = cb.report(full, path=d / "default.html")
+        m = [
+            ln
+            for ln in p3.read_text(encoding="utf-8").split("<main", 1)[0].split("<li>")
+            if "heads at full resolution" in ln
+        ]
+        kept = m[0].split(" of ", 1)[0].split()[-1] if m else str(total)
+        rows.append(
+            (
+                f"all {total} heads, default budget: file size / heads at full resolution",
+                f"{p3.stat().st_size / 1e6:.2f} MB / {kept} of {total}",
+                "",
+                "",
+            )
+        )
+        browser.close()
+
+    print("\n| measurement | result | target | |\n|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+def ok(good: bool) -> str:
+    return "✅" if good else "❌"
+
+
+if __name__ == "__main__":
+    main()
