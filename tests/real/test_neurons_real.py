@@ -15,12 +15,23 @@ def direct_maxima(model, tok, texts, layer, neurons):
     """Each text alone, no batching or padding: ``[texts, neurons]`` max activation and argmax."""
     proj = model.model.layers[layer].mlp.down_proj
     got = {}
-    handle = proj.register_forward_pre_hook(lambda _m, a: got.__setitem__("x", a[0][0].clone()))
+
+    class Stop(Exception):
+        pass
+
+    def hook(_m, a):
+        got["x"] = a[0][0].clone()
+        raise Stop  # later layers are not needed
+
+    handle = proj.register_forward_pre_hook(hook)
     vals, pos = [], []
     try:
         with torch.no_grad():
             for t in texts:
-                model(input_ids=torch.tensor([tok(t)["input_ids"]]))
+                try:
+                    model(input_ids=torch.tensor([tok(t)["input_ids"]]))
+                except Stop:
+                    pass
                 a = got["x"][:, neurons].float()
                 v, p = a.max(0)
                 vals.append(v.numpy())
@@ -32,7 +43,7 @@ def direct_maxima(model, tok, texts, layer, neurons):
 
 def test_dashboard_top_examples_are_the_true_top_activations(default_model):
     model, tok = default_model
-    texts = cb.load_texts()[:40]
+    texts = cb.load_texts()[:30]
     layer, neurons = 15, [1517, 1174, 7, 900]
     top = cb.top_activations(
         model, tok, texts, [(layer, n) for n in neurons], k=6, batch_size=8, progress=False

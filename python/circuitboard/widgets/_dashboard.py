@@ -13,6 +13,7 @@ from ._view import View, pack
 if TYPE_CHECKING:
     from ..analysis._neurons import TopActivations
 
+MAX_EXPORT = 256  # dashboards in a report: more is rarely browsed and costs ~10 kB each
 REQUIRED = (
     "neurons",
     "values",
@@ -46,7 +47,8 @@ class NeuronDashboard(View):
     >>> model, tok = tiny_llama()
     >>> top = top_activations(model, tok, ["a b c", "the dog"], [(0, 1), (1, 2)], k=2,
     ...                       progress=False)
-    >>> bool(NeuronDashboard(top, neuron=(1, 2)).card(1, 2)["examples"][0]["value"] == top.values[1, 0])
+    >>> card = NeuronDashboard(top, neuron=(1, 2)).card(1, 2)
+    >>> bool(card["examples"][0]["value"] == top.values[1, 0])
     True
     """
 
@@ -151,17 +153,20 @@ class NeuronDashboard(View):
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
         sel = (self.link.layer, self.link.neuron)
-        order = list(self._top.neurons)
+        top = self._top
+        # selected first, then the strongest neurons; at most MAX_EXPORT within the budget
+        order = [top.neurons[i] for i in np.argsort(-np.nan_to_num(top.maximum), kind="stable")]
         if sel in order:
             order.remove(sel)
             order.insert(0, sel)
-        n = max(1, min(len(order), budget_bytes // self._card_bytes()))
+        n = max(1, min(len(order), MAX_EXPORT, budget_bytes // self._card_bytes()))
         return [{"kind": "fetch-neuron-card", "layer": a, "neuron": b} for a, b in order[:n]]
 
     def export_notes(self, budget_bytes: int) -> list[str]:
-        n = len(self.export_requests(budget_bytes))
-        if n < len(self._top.neurons):
+        n, total = len(self.export_requests(budget_bytes)), len(self._top.neurons)
+        if n < total:
             return [
-                f"Neuron dashboard: {n} of {len(self._top.neurons)} neurons fit the size budget."
+                f"Neuron dashboard: {n} of {total} neurons are included (the selected one, then "
+                "those with the largest activations)."
             ]
         return []
