@@ -117,6 +117,7 @@ export function renderWindow(
   t: Transform,
   lut32: Uint32Array,
   background: number,
+  lowerOnly = false,
 ): void {
   const colStart = new Int32Array(w + 1);
   for (let x = 0; x <= w; x++) colStart[x] = Math.floor((x - t.x0) / t.k);
@@ -135,6 +136,10 @@ export function renderWindow(
       const c0 = colStart[x];
       if (c0 < 0 || c0 >= cols) {
         out[line + x] = background;
+        continue;
+      }
+      if (lowerOnly && c0 >= r1) {
+        out[line + x] = background; // above the diagonal of a causal pattern: masked
         continue;
       }
       if (!pooled) {
@@ -173,6 +178,8 @@ export interface MatrixData {
   lut: Lut;
   rowLabel(i: number): string;
   colLabel(i: number): string;
+  /** Causal: cells above the diagonal are drawn as background (masked), not as zeros. */
+  lowerOnly?: boolean;
 }
 
 /** A canvas heatmap with wheel / button zoom, drag pan, axis labels and row/column marks. */
@@ -331,7 +338,7 @@ export class ZoomHeatmap {
       const out = new Uint32Array(img.data.buffer);
       const lut32 = new Uint32Array(d.lut.buffer, d.lut.byteOffset, 256);
       const bg = cssToUint32(this.colors.bg);
-      renderWindow(out, P, P, d.codes, d.rows, d.cols, { k: t.k * dpr, x0: t.x0 * dpr, y0: t.y0 * dpr }, lut32, bg);
+      renderWindow(out, P, P, d.codes, d.rows, d.cols, { k: t.k * dpr, x0: t.x0 * dpr, y0: t.y0 * dpr }, lut32, bg, d.lowerOnly ?? false);
       bctx.putImageData(img, 0, 0);
       this.baseKey = key;
     }

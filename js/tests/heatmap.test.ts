@@ -49,6 +49,13 @@ describe("renderWindow", () => {
     expect(Array.from(out)).toEqual([0, 200, 999, 0, 0, 999, 999, 999, 999]);
   });
 
+  it("masks cells above the diagonal of causal patterns as background", () => {
+    const codes = new Uint8Array([1, 2, 3, 4]);
+    const out = new Uint32Array(4);
+    renderWindow(out, 2, 2, codes, 2, 2, { k: 1, x0: 0, y0: 0 }, lut32, 999, true);
+    expect(Array.from(out)).toEqual([1, 999, 3, 4]);
+  });
+
   it("packs CSS colours as ImageData's little-endian RGBA", () => {
     const px = new Uint8ClampedArray(new Uint32Array([cssToUint32("#102030")]).buffer);
     expect(Array.from(px)).toEqual([16, 32, 48, 255]);

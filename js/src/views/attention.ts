@@ -5,7 +5,7 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 import { uint8View } from "../codec";
 import { type Lut, sequential } from "../colormaps";
 import { Fetcher } from "../fetch";
-import { type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
+import { cssToUint32, type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import { TokenStrip } from "../tokens";
@@ -85,6 +85,7 @@ export async function render(props: RenderProps<AttentionState>) {
   const nHeads = model.get("n_heads");
   const scores = model.get("scores") ?? {};
   const n = tokens.length;
+  const causal = model.get("causal") ?? false;
   const thumbsEnc = model.get("_thumbs");
   const thumbCodes = uint8View(thumbsEnc);
   const tSide = thumbsEnc.shape[thumbsEnc.shape.length - 1];
@@ -158,8 +159,23 @@ export async function render(props: RenderProps<AttentionState>) {
   });
   const paintThumbs = () => {
     const lut = sqrtLut(sequential(isDark(root)));
+    if (causal) {
+      // Causal heads: the blocks above the diagonal are masked (drawn as the background).
+      const bg = cssToUint32(getComputedStyle(root).getPropertyValue("--cb-bg").trim() || "#ffffff");
+      const bgRgba = new Uint8ClampedArray(new Uint32Array([bg]).buffer);
+      lut.set(bgRgba, 0);
+    }
     const size = tSide * tSide;
-    for (const [c, k] of thumbCanvases) paintCodes(c, tSide, tSide, thumbCodes.subarray(k * size, (k + 1) * size), lut);
+    for (const [c, k] of thumbCanvases) {
+      const codes = thumbCodes.subarray(k * size, (k + 1) * size);
+      if (causal) {
+        const masked = new Uint8Array(size);
+        for (let r = 0; r < tSide; r++) for (let q = 0; q < tSide; q++) masked[r * tSide + q] = q > r ? 0 : Math.max(1, codes[r * tSide + q]);
+        paintCodes(c, tSide, tSide, masked, lut);
+      } else {
+        paintCodes(c, tSide, tSide, codes, lut);
+      }
+    }
   };
 
   const scoreOf = (name: string, li: number, h: number): number | null => {
@@ -270,6 +286,7 @@ export async function render(props: RenderProps<AttentionState>) {
     cols: h.n,
     codes: h.codes,
     lut: sequential(isDark(root)),
+    lowerOnly: causal,
     rowLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
     colLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
   });
