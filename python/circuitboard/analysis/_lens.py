@@ -75,29 +75,39 @@ def _norm_params(
     )
 
 
-def _layer_logits(cap: Any, info: Any, layer: int, params: tuple | None = None) -> torch.Tensor:
-    w, b, W_U, b_U = params if params is not None else _norm_params(cap, info)
+def _normalized(cap: Any, info: Any, layer: int, params: tuple) -> torch.Tensor:
+    """``[pos, d_model]`` float32: the layer's residual through the final norm (own scale)."""
+    w, b, _, _ = params
     x = tensor(cap, f"blocks.{layer}.hook_resid_post", WHAT)
     if info.norm == "layernorm":
         x = x - x.mean(-1, keepdim=True)
     scale = torch.rsqrt((x * x).mean(-1, keepdim=True) + norm_eps(cap))
     if layer == info.n_layers - 1 and "ln_final.hook_scale" in cap.tensors:
-        # The final layer uses the scale the model used, so the lens equals its output.
+        # The final layer uses the scale the model used, so the lens equals its output
+        # (stored as a multiplier; TransformerLens' divisor convention is accepted too).
         captured = tensor(cap, "ln_final.hook_scale", WHAT).reshape(scale.shape)
-        flip = (captured * scale - 1).abs().max() < 1e-2 and (
-            captured / scale - 1
-        ).abs().max() > 1e-2
-        scale = 1.0 / captured if flip else captured
+        as_mult = (captured / scale).log().abs().median()
+        as_div = (captured * scale).log().abs().median()
+        scale = 1.0 / captured if as_div < 0.5 * as_mult and as_mult > 0.05 else captured
     y = (x * scale).float() * w
-    if b is not None:
-        y = y + b
+    return y + b if b is not None else y
+
+
+def _unembed(y: torch.Tensor, info: Any, params: tuple) -> torch.Tensor:
+    _, _, W_U, b_U = params
     logits = y @ W_U
     if b_U is not None:
         logits = logits + b_U
     soft = info.final_logit_softcap
-    if soft:
-        logits = soft * torch.tanh(logits / soft)
-    return logits
+    return soft * torch.tanh(logits / soft) if soft else logits
+
+
+def _layer_logits(cap: Any, info: Any, layer: int, params: tuple | None = None) -> torch.Tensor:
+    params = params if params is not None else _norm_params(cap, info)
+    return _unembed(_normalized(cap, info, layer, params), info, params)
+
+
+CHUNK_ROWS = 256  # rows of [layers * pos] unembedded at once (256 x 50k vocab = 50 MB)
 
 
 def logit_lens(
@@ -150,19 +160,27 @@ def logit_lens(
     safe = target_ids.clamp_min(0)
 
     params = _norm_params(cap, info)
-    top_ids, top_probs, t_probs, t_ranks = [], [], [], []
-    for li in layers:
-        logits = _layer_logits(cap, info, li, params)
+    # Every layer's rows in one matrix, unembedded in chunks: one large matmul is much
+    # faster than one per layer, and chunks bound the memory of [rows, vocab] logits.
+    ys = torch.cat([_normalized(cap, info, li, params) for li in layers])
+    tgt = safe.repeat(len(layers))
+    ok = valid.repeat(len(layers))
+    ids_parts, prob_parts, tprob_parts, rank_parts = [], [], [], []
+    for start in range(0, ys.shape[0], CHUNK_ROWS):
+        logits = _unembed(ys[start : start + CHUNK_ROWS], info, params)
+        t = tgt[start : start + CHUNK_ROWS, None]
         logp = torch.log_softmax(logits, dim=-1)
         tp, ti = logp.topk(k, dim=-1)
-        top_ids.append(ti)
-        top_probs.append(tp.exp())
-        tl = logits.gather(-1, safe[:, None])
-        rank = (logits > tl).sum(-1)
-        prob = logp.gather(-1, safe[:, None])[:, 0].exp()
-        t_probs.append(torch.where(valid, prob, torch.full_like(prob, float("nan"))))
-        t_ranks.append(torch.where(valid, rank, torch.full_like(rank, -1)))
-    top_ids_t = torch.stack(top_ids)
+        ids_parts.append(ti)
+        prob_parts.append(tp.exp())
+        rank_parts.append((logits > logits.gather(-1, t)).sum(-1))
+        tprob_parts.append(logp.gather(-1, t)[:, 0].exp())
+    shape = (len(layers), n)
+    top_ids_t = torch.cat(ids_parts).reshape(*shape, k)
+    top_probs_t = torch.cat(prob_parts).reshape(*shape, k)
+    okm = ok.reshape(shape)
+    t_probs = torch.where(okm, torch.cat(tprob_parts).reshape(shape), float("nan"))
+    t_ranks = torch.where(okm, torch.cat(rank_parts).reshape(shape), -1)
     tok = getattr(cap, "tokenizer", None)
     uniq = top_ids_t.unique().tolist()
     text = {i: (tok.decode([i]) if tok is not None else f"#{i}") for i in uniq}
@@ -171,11 +189,11 @@ def logit_lens(
         layers=layers,
         tokens=list(cap.tokens),
         top_ids=top_ids_t,
-        top_probs=torch.stack(top_probs),
+        top_probs=top_probs_t,
         top_tokens=top_tokens,
         target_ids=target_ids,
-        target_probs=torch.stack(t_probs),
-        target_ranks=torch.stack(t_ranks),
+        target_probs=t_probs,
+        target_ranks=t_ranks,
         target=tid,
         _cap=cap,
     )
