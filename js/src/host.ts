@@ -12,7 +12,6 @@ interface ReportData {
   items: ({ type: "view"; model: string } | { type: "markdown"; html: string })[];
 }
 
-const PREFIX = "IPY_MODEL_";
 
 function b64ToBytes(b64: string): Uint8Array {
   const bin = atob(b64.replace(/\s+/g, ""));
@@ -146,7 +145,7 @@ async function main(): Promise<void> {
     models.set(id, new HostModel(id, hydrate(m.state, blob) as Record<string, unknown>, data.replies[id] ?? {}, blob, manager));
   }
   const hostApi = {
-    getModel: (ref: string) => manager.get_model(ref.startsWith(PREFIX) ? ref.slice(PREFIX.length) : ref),
+    getModel: (ref: string) => manager.get_model(ref.replace(/^(IPY_MODEL_|anywidget:)/, "")),
   };
   const container = document.getElementById("cb-report") ?? document.body;
   for (const item of data.items) {

@@ -90,8 +90,16 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 }
 
 async function lookUp(props: Pick<RenderProps, "model"> & Partial<Pick<RenderProps, "host">>, ref: string): Promise<LinkModel> {
-  if (props.host?.getModel) return (await props.host.getModel(ref)) as unknown as LinkModel;
-  return (await (props.model as AnyModel).widget_manager.get_model(ref.slice(PREFIX.length))) as unknown as LinkModel;
+  const id = ref.slice(PREFIX.length);
+  // anywidget >= 0.10 hosts resolve "anywidget:<id>"; older hosts only have widget_manager.
+  if (props.host?.getModel) {
+    try {
+      return (await props.host.getModel(`anywidget:${id}`)) as unknown as LinkModel;
+    } catch (err) {
+      if (!(props.model as AnyModel).widget_manager?.get_model) throw err;
+    }
+  }
+  return (await (props.model as AnyModel).widget_manager.get_model(id)) as unknown as LinkModel;
 }
 
 /** The view's link model; a `KernelLink` when the host cannot resolve it (isolated cells). */

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import anywidget
 import traitlets
+from anywidget._file_contents import FileContents
+from anywidget._util import try_file_contents
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 BUNDLE = STATIC / "index.js"
@@ -35,6 +37,9 @@ class Base(anywidget.AnyWidget):
     _view = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
-        type(self)._esm = _bundle()
-        type(self)._css = STYLES
+        # anywidget turns a Path into file contents only for class-body `_esm`; set after the
+        # class exists, a Path would be sent as its own text (the path), so coerce it here.
+        if not isinstance(Base.__dict__.get("_esm"), FileContents):
+            Base._esm = try_file_contents(_bundle())
+            Base._css = try_file_contents(STYLES)
         super().__init__(**kwargs)

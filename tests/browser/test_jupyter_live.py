@@ -1,0 +1,258 @@
+"""Live JupyterLab: two linked widgets in separate cells follow each other and Python.
+
+Starts a private, offline JupyterLab on 127.0.0.1, opens a notebook in headless Chromium,
+runs it, clicks in one widget, and checks the other widget (DOM) and the Python traits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.jupyter, pytest.mark.slow]
+
+CELLS = [
+    "import numpy as np\n"
+    "import circuitboard as cb\n"
+    "rng = np.random.default_rng(0)\n"
+    "att = np.tril(rng.random((2, 3, 8, 8)) + 1e-3)\n"
+    "att /= att.sum(-1, keepdims=True)\n"
+    "tokens = ['When', ' Mary', ' and', ' John', ' went', ' to', ' the', ' store']\n"
+    "a = cb.AttentionView(att, tokens)\n"
+    "b = cb.AttentionView(att[::-1].copy(), tokens)\n"
+    "shared = cb.link(a, b)\n"
+    "a",
+    "b",
+    "print('SEL', {k: v for k, v in sorted(b.selection.items())})",
+    "b.selection = {'head': 1, 'layer': 1}",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_notebook(path: Path) -> None:
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"c{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": src,
+            }
+            for i, src in enumerate(CELLS)
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb), encoding="utf-8")
+
+
+def start_lab(root: Path, port: int, token: str) -> subprocess.Popen:
+    home = root.parent / "jupyter-home"
+    for d in ("config", "data", "runtime", "settings", "workspaces"):
+        (home / d).mkdir(parents=True, exist_ok=True)
+    notif = home / "settings" / "@jupyterlab" / "apputils-extension"
+    notif.mkdir(parents=True, exist_ok=True)  # no "get notified about news?" toast
+    (notif / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}', encoding="utf-8"
+    )
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.open_browser=False",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.expose_app_in_browser=True",
+        "--ServerApp.terminals_enabled=False",
+        "--LanguageServerManager.autodetect=False",
+        f"--LabApp.workspaces_dir={home / 'workspaces'}",
+        f"--LabApp.user_settings_dir={home / 'settings'}",
+    ]
+    log = open(root.parent / "lab.log", "w")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    proc.cb_log = log  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    url = f"http://127.0.0.1:{port}/api/status?token={token}"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    stop_lab(proc)
+    raise RuntimeError(
+        "JupyterLab did not start:\n" + (root.parent / "lab.log").read_text()[-3000:]
+    )
+
+
+def stop_lab(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    proc.cb_log.close()  # type: ignore[attr-defined]
+
+
+def kernel_output(page, code: str) -> str:
+    """Run ``code`` in the notebook's kernel and return what it printed."""
+    return page.evaluate(
+        """async (code) => {
+            const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+            const future = kernel.requestExecute({ code });
+            let out = "";
+            future.onIOPub = (m) => {
+                if (m.header.msg_type === "stream") out += m.content.text;
+                if (m.header.msg_type === "error") out += m.content.ename + ": " + m.content.evalue;
+            };
+            await future.done;
+            return out;
+        }""",
+        code,
+    )
+
+
+def output_text(page, index: int) -> str:
+    return page.eval_on_selector_all(
+        ".jp-Notebook .jp-Cell",
+        "(cells, i) => cells[i].querySelector('.jp-OutputArea')?.innerText ?? ''",
+        index,
+    )
+
+
+def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
+    t0 = time.monotonic()
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / "linked.ipynb")
+    port, token = free_port(), secrets.token_hex(16)
+    lab = start_lab(root, port, token)
+    context = page = None
+    errors: list[str] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        context = browser.new_context(viewport={"width": 1400, "height": 1600})
+        context.route(
+            "**/*",
+            lambda r: (
+                r.continue_()
+                if r.request.url.startswith((base, "data:", "blob:", "about:"))
+                else r.abort()
+            ),
+        )
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "console",
+            lambda m: (
+                errors.append(m.text) if m.type == "error" or "circuitboard" in m.text else None
+            ),
+        )
+        page.goto(f"{base}/lab/tree/linked.ipynb?token={token}", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.wait_for_function(
+            "() => window.jupyterapp && window.jupyterapp.shell.currentWidget", timeout=60_000
+        )
+        # Accept a kernel-select dialog if this JupyterLab shows one.
+        dialog = page.locator(".jp-Dialog .jp-mod-accept")
+        try:
+            dialog.first.click(timeout=3_000)
+        except Exception:
+            pass
+        page.wait_for_function(
+            """() => {
+                const s = window.jupyterapp.shell.currentWidget?.sessionContext;
+                return s && s.session && s.session.kernel && s.session.kernel.status === 'idle';
+            }""",
+            timeout=60_000,
+        )
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_selector(".jp-Cell:nth-child(1) .cb-attention[data-head]", timeout=60_000)
+        page.wait_for_selector(".jp-Cell:nth-child(2) .cb-attention[data-head]", timeout=60_000)
+        first = ".jp-Notebook .jp-Cell:nth-child(1)"
+        second = ".jp-Notebook .jp-Cell:nth-child(2)"
+        # The Python cell 4 already moved both views to layer 1, head 1.
+        page.wait_for_selector(
+            f'{first} .cb-attention[data-layer="1"][data-head="1"]', timeout=30_000
+        )
+        page.wait_for_selector(
+            f'{second} .cb-attention[data-layer="1"][data-head="1"]', timeout=30_000
+        )
+
+        # A click in widget A: B follows in the browser ...
+        page.select_option(f'{first} select[aria-label="head"]', "2")
+        page.wait_for_selector(f'{second} .cb-attention[data-head="2"]', timeout=15_000)
+        # ... a hover in A highlights in B without a kernel round trip ...
+        page.hover(f'{first} .cb-token[data-i="6"]')
+        page.wait_for_selector(f'{second} .cb-token[data-i="6"].cb-token-active', timeout=5_000)
+        page.mouse.move(0, 0)
+        # ... a click on a token locks it in both ...
+        page.click(f'{first} .cb-token[data-i="4"]')
+        page.wait_for_selector(f'{second} .cb-token[data-i="4"].cb-token-active', timeout=15_000)
+        # ... and Python saw the click (read back through the kernel).
+        text = kernel_output(page, "print('SEL', {k: v for k, v in sorted(b.selection.items())})")
+        assert re.search(r"SEL .*'head': 2.*'layer': 1.*'token': 4", text), text
+        # Python moves both views again.
+        kernel_output(page, "a.selection = {'head': 0, 'token': None}")
+        page.wait_for_selector(f'{first} .cb-attention[data-head="0"]', timeout=15_000)
+        page.wait_for_selector(f'{second} .cb-attention[data-head="0"]', timeout=15_000)
+        page.screenshot(path=str(artifacts / "jupyter-live-linked.png"), full_page=False)
+        assert errors == []
+    except Exception as err:
+        if page is not None:
+            page.screenshot(path=str(artifacts / "jupyter-live-failure.png"))
+            if page.locator("text=Click to show javascript error").count():
+                page.locator("text=Click to show javascript error").first.click()
+                page.wait_for_timeout(500)
+            outs = [output_text(page, i) for i in range(len(CELLS))]
+            raise AssertionError(f"{err}\noutputs: {outs}\nerrors: {errors}") from None
+        raise
+    finally:
+        if context is not None:
+            context.close()
+        stop_lab(lab)
+    assert time.monotonic() - t0 < 120
