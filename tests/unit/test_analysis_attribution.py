@@ -57,8 +57,10 @@ def test_labels_and_neurons_are_consistent(tiny_cap):
         neurons = attr.neurons(layer)
         assert neurons.shape == (info.d_mlp,)
         assert float(neurons.double().sum()) == pytest.approx(attr[f"L{layer}.mlp"], abs=1e-5)
-        assert float(attr.heads[layer].sum()) == pytest.approx(float(attr.mlp.new_tensor(
-            [attr[f"L{layer}H{h}"] for h in range(info.n_heads)]).sum()), abs=1e-6)
+        assert float(attr.heads[layer].sum()) == pytest.approx(
+            float(attr.mlp.new_tensor([attr[f"L{layer}H{h}"] for h in range(info.n_heads)]).sum()),
+            abs=1e-6,
+        )
     # Neurons are not in `values` (no double counting): only layer totals are.
     assert not any(lab.startswith("L0N") for lab in attr.labels)
     top = attr.top_neurons(3)
@@ -128,6 +130,41 @@ def test_gemma2_pre_cap_is_exact_or_refused(gemma2_cap):
         return
     attr = direct_logit_attribution(gemma2_cap, 5, baseline=7, softcap="pre")
     assert close(attr.total, attr.model_value, attr.values)
+
+
+def test_gemma2_sandwich_norms_fold_exactly():
+    # With the post-attention / post-MLP norms' scales recorded (TransformerLens names
+    # blocks.{l}.ln1_post / ln2_post), Gemma 2's pre-cap logit splits exactly.
+    from dataclasses import replace
+
+    model, tok = FACTORIES["gemma2"]()
+    cap = capture_for_analysis(model, tok, PROMPT)
+    tensors, weights, handles = dict(cap.tensors), dict(cap.weights), []
+
+    def record(name, module):
+        def hook(_m, args, _out):
+            x = args[0][0].double()
+            tensors[f"{name}.hook_scale"] = torch.rsqrt((x * x).mean(-1, keepdim=True) + module.eps)
+
+        weights[f"{name}.w"] = module.weight.detach().float()
+        handles.append(module.register_forward_hook(hook))
+
+    for i, layer in enumerate(model.model.layers):
+        record(f"blocks.{i}.ln1_post", layer.post_attention_layernorm)
+        record(f"blocks.{i}.ln2_post", layer.post_feedforward_layernorm)
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.as_tensor(cap.token_ids)[None])
+    finally:
+        for h in handles:
+            h.remove()
+    cap2 = replace(cap, tensors=tensors, weights=weights)
+    attr = direct_logit_attribution(cap2, 5, baseline=7, softcap="pre")
+    c = cap.info.final_logit_softcap
+    pre = c * torch.atanh(cap.logits[-1].double() / c)
+    assert attr.model_value == pytest.approx(float(pre[5] - pre[7]), abs=1e-4)
+    assert close(attr.total, attr.model_value, attr.values)
+    assert attr.residual_error < 1e-5
 
 
 @pytest.fixture(scope="module")
