@@ -1,4 +1,8 @@
-"""`circuitboard` command line: write a report for a prompt from the default or any model."""
+"""`circuitboard` command line: write the standard linked board for a prompt as one HTML file.
+
+    circuitboard report --prompt "When Mary and John went to the store, John gave a drink to" \\
+        -o report.html [--model NAME] [--target " Mary" --baseline " John"] [--budget-mb 50]
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
-def _load(name: str | None):
+def _load(name: str | None) -> tuple[Any, Any]:
     if name is None:
         from .models import load_default_model
 
@@ -22,26 +27,143 @@ def _load(name: str | None):
     return model.eval(), tok
 
 
+def top_two(cap: Any) -> tuple[int, int]:
+    """Token ids of the model's top prediction after the prompt and its runner-up."""
+    import numpy as np
+
+    if cap.logits is None:
+        raise ValueError(
+            "this capture has no logits, so the top prediction is unknown; pass --target "
+            "(and --baseline)."
+        )
+    last = np.asarray(
+        cap.logits[-1].float().cpu() if hasattr(cap.logits, "float") else cap.logits[-1]
+    )
+    order = np.argsort(-last, kind="stable")
+    return int(order[0]), int(order[1])
+
+
+def _token_text(tok: Any, tid: int) -> str:
+    try:
+        return tok.decode([tid])
+    except Exception:  # a tokenizer without decode: show the id
+        return f"#{tid}"
+
+
+def build_board(
+    cap: Any, tok: Any, *, target: Any = None, baseline: Any = None, log: Any = None
+) -> tuple[list[Any], dict[str, float]]:
+    """The standard board for one capture: attribution, attention, logit lens, neurons.
+
+    Returns the report items (an intro in Markdown, then a :class:`~circuitboard.Board`) and
+    the seconds each view took to build. Views whose data the capture lacks are left out
+    with a line in the intro.
+    """
+    import circuitboard as cb
+
+    timings: dict[str, float] = {}
+    views: list[Any] = []
+    skipped: list[str] = []
+    if target is None:
+        t_id, b_id = top_two(cap)
+        target = t_id
+        baseline = b_id if baseline is None else baseline
+        what = (
+            f"the model's top prediction `{_token_text(tok, t_id)!r}` against its runner-up "
+            f"`{_token_text(tok, b_id)!r}`"
+        )
+    else:
+        what = f"`{target!r}`" + (f" against `{baseline!r}`" if baseline is not None else "")
+
+    def add(name: str, make: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            views.append(make())
+        except (ValueError, KeyError) as err:  # the capture lacks what this view needs
+            skipped.append(f"{name}: {err}")
+            if log:
+                print(f"skipped {name}: {err}", file=log)
+        timings[name] = time.perf_counter() - t0
+
+    add("attribution", lambda: cb.logit_attribution(cap, target=target, baseline=baseline))
+    add("attention", lambda: cb.attention(cap))
+    add("logit lens", lambda: cb.logit_lens_view(cap))
+    add("neurons", lambda: cb.neurons(cap))
+    if not views:
+        raise ValueError(
+            "none of the views could be built from this capture:\n" + "\n".join(skipped)
+        )
+    intro = [
+        f"**Prompt** ({cap.n_tokens} tokens): `{cap.prompt}`",
+        f"**Attribution** of {what}. Click a head in the attribution heatmap to open it in the "
+        "attention view; hover a token anywhere to follow it in every view.",
+    ]
+    intro += [f"- left out: {s}" for s in skipped]
+    return ["\n\n".join(intro), cb.board(*views)], timings
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="circuitboard", description=__doc__)
+    parser = argparse.ArgumentParser(prog="circuitboard", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="write an offline HTML report for a prompt")
-    rep.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to run (default: the IOI prompt)")
-    rep.add_argument("--model", default=None, help="HF model name or local path (default: SmolLM2-135M)")
-    rep.add_argument("-o", "--output", default="report.html", help="output file (default: report.html)")
-    rep.add_argument("--title", default=None)
+    rep = sub.add_parser(
+        "report",
+        help="write an offline HTML report (attribution, attention, logit lens, neurons, linked)",
+    )
+    rep.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="text to run (default: the IOI prompt)"
+    )
+    rep.add_argument(
+        "--model", default=None, help="HF model name or local path (default: SmolLM2-135M)"
+    )
+    rep.add_argument(
+        "-o", "--output", default="report.html", help="output file (default: report.html)"
+    )
+    rep.add_argument("--title", default=None, help="page title (default: model and prompt)")
+    rep.add_argument(
+        "--target",
+        default=None,
+        help="answer token to attribute, e.g. ' Mary' (default: the top prediction)",
+    )
+    rep.add_argument(
+        "--baseline",
+        default=None,
+        help="token to compare against, e.g. ' John' (default: the runner-up)",
+    )
+    rep.add_argument(
+        "--budget-mb",
+        type=float,
+        default=50.0,
+        help="largest file size in MB; lossy reductions are listed in the page",
+    )
     args = parser.parse_args(argv)
 
     import circuitboard as cb
 
     t0 = time.perf_counter()
     model, tok = _load(args.model)
+    t_load = time.perf_counter() - t0
     cap = cb.capture(model, tok, args.prompt)
-    title = args.title or f"circuitboard · {cap.info.model_name if cap.info else 'model'}"
-    intro = f"**Prompt** ({cap.n_tokens} tokens): `{args.prompt}`"
-    out = cb.report(intro, cb.attention(cap), path=Path(args.output), title=title)
-    size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    t_cap = time.perf_counter() - t0 - t_load
+    items, timings = build_board(
+        cap, tok, target=args.target, baseline=args.baseline, log=sys.stderr
+    )
+    name = cap.info.model_name if getattr(cap, "info", None) else (args.model or "model")
+    title = args.title or f"circuitboard · {name}"
+    t1 = time.perf_counter()
+    try:
+        out = cb.report(
+            *items, path=Path(args.output), title=title, budget_bytes=int(args.budget_mb * 1e6)
+        )
+    except ValueError as err:
+        print(f"circuitboard: {err}", file=sys.stderr)
+        return 2
+    t_rep = time.perf_counter() - t1
+    views = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s "
+        f"(load {t_load:.1f}s, capture {t_cap:.1f}s, {views}, write {t_rep:.1f}s)",
+        file=sys.stderr,
+    )
     return 0
 
 
