@@ -99,10 +99,18 @@ def test_raising_forward_removes_hooks_and_restores(tiny):
 def test_residual_stream_bookkeeping(tiny):
     """Component tensors add up the way the architecture says (pre-norm models)."""
     name, model, tok = tiny
-    if name == "bert":
-        pytest.skip("BERT normalizes after each residual add; nothing sums there")
     cap = cb.capture(model, tok, PROMPT, what="all", **F32)
     info, W = cap.info, cap.weights
+    if name == "bert":  # post-norm: each residual add is followed by the block's LayerNorm
+        for layer in range(info.n_layers):
+            blk, p = model.bert.encoder.layer[layer], f"blocks.{layer}."
+            pre, mid = cap[p + "hook_resid_pre"], cap[p + "hook_resid_mid"]
+            with torch.no_grad():
+                mid_ref = blk.attention.output.LayerNorm(cap[p + "hook_attn_out"] + pre)
+                post_ref = blk.output.LayerNorm(cap[p + "hook_mlp_out"] + mid)
+            torch.testing.assert_close(mid, mid_ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cap[p + "hook_resid_post"], post_ref, atol=1e-5, rtol=1e-5)
+        return
     emb = cap["hook_embed"] + (cap["hook_pos_embed"] if "hook_pos_embed" in cap else 0)
     torch.testing.assert_close(emb, cap["blocks.0.hook_resid_pre"], atol=1e-6, rtol=1e-6)
     for layer in range(info.n_layers):
@@ -130,11 +138,13 @@ def test_residual_stream_bookkeeping(tiny):
 def test_final_scale_and_unembed_weights(tiny):
     """resid * hook_scale * w (+ b) through W_U + b_U gives the logits (frozen-scale DLA)."""
     name, model, tok = tiny
-    if name == "bert":
-        pytest.skip("BERT's MLM head is not a norm + linear unembedding")
     cap = cb.capture(model, tok, PROMPT, **F32)
     info, W = cap.info, cap.weights
     x = cap[f"blocks.{info.n_layers - 1}.hook_resid_post"]
+    if name == "bert":  # the MLM head transforms resid_post (dense, GELU) before its LayerNorm
+        t = model.cls.predictions.transform
+        with torch.no_grad():
+            x = t.transform_act_fn(t.dense(x))
     if info.norm == "layernorm":
         x = x - x.mean(-1, keepdim=True)
     w = W["ln_final.w"] + (1 if info.norm == "gemma_rmsnorm" else 0)
@@ -189,7 +199,9 @@ def test_tokens_join_back_to_prompt(tiny):
 def test_generation_captures_prompt_and_new_tokens(name):
     model, tok = FACTORIES[name]()
     n_prompt = len(tok(PROMPT)["input_ids"])
+    model.train()  # GPT-2 has dropout: generation must run in eval mode too
     cap = cb.capture(model, tok, PROMPT, max_new_tokens=4, **F32)
+    assert model.training
     assert cap.n_prompt_tokens == n_prompt and cap.n_generated == 4
     assert cap.n_tokens == len(cap.tokens) == n_prompt + 4
     assert cap["blocks.0.attn.hook_pattern"].shape[-1] == n_prompt + 4

@@ -128,7 +128,7 @@ def _generate(
     opts = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad}
     opts.update(kwargs)
     x = torch.tensor([ids], device=device)
-    with torch.no_grad():
+    with torch.no_grad(), _capture_mode(model, eager=False):  # eval mode: no dropout
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **opts)
     return out[0, len(ids) :].tolist()
 
@@ -216,7 +216,7 @@ def capture(
     >>> model, tok = tiny_llama()
     >>> cap = capture(model, tok, "When Mary and John went to the store")
     >>> cap["blocks.0.attn.hook_pattern"].shape[0], cap.tokens[:2]
-    (4, ['<s>', 'When'])
+    (4, ['<s>', 'Whe'])
     >>> caps = capture(model, tok, ["a b", "the store"], layers=[-1], what=["pattern", "logits"])
     >>> caps[1].names()
     ['blocks.1.attn.hook_pattern']
@@ -293,8 +293,11 @@ def capture(
                     out = model(input_ids=x, attention_mask=mask, use_cache=False)
                     if "logits" in kinds:
                         logits = out.logits if hasattr(out, "logits") else out[0]
+                        whole = len(batch) == 1 and logits.device.type == "cpu"
                         for r, i in enumerate(batch):
-                            logits_out[i] = logits[r, : lengths[i]].detach().float().cpu()
+                            lg = logits[r, : lengths[i]].detach()
+                            # a view would keep the whole padded batch alive: copy unless whole
+                            logits_out[i] = lg.to("cpu", torch.float32, copy=not whole)
                     del out
                     if bar is not None:
                         bar.update(len(batch))
