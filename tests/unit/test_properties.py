@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis): codec round trips over shapes and dtypes."""
+"""Property-based tests (hypothesis): codec round trips; hook cleanup when a capture fails."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from circuitboard.widgets import decode, encode
 
 finite32 = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 shapes = array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9)
+any64 = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 
 @settings(max_examples=150, deadline=None)
@@ -40,10 +41,116 @@ def test_float_round_trip(x, dtype):
 
 
 @settings(max_examples=100, deadline=None)
-@given(arrays(np.float64, shapes, elements=st.floats(allow_nan=True, allow_infinity=True, width=64)))
+@given(arrays(np.float64, shapes, elements=any64))
 def test_non_finite_values_never_crash(x):
     for dtype in ("uint8", "float16", "float32"):
         out = decode(encode(x, dtype))
         assert out.shape == x.shape
         if dtype != "uint8":
             assert (np.isnan(out) == np.isnan(x)).all()
+
+
+@st.composite
+def square_stacks(draw):
+    n = draw(st.integers(1, 9))
+    lead = draw(st.lists(st.integers(1, 3), max_size=2))
+    return draw(arrays(np.float32, (*lead, n, n), elements=st.floats(0, 1, width=32)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(square_stacks())
+def test_tril_round_trip_keeps_the_lower_triangle(x):
+    low = np.tril(x)
+    out = decode(encode(low, lo=0.0, hi=1.0, tril=True))
+    assert out.shape == low.shape
+    assert np.abs(out - low).max() <= 0.5 / 255 + 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, shapes, elements=any64))
+def test_encode_never_warns(x):
+    """Overflow to ±inf (float16/32) and NaN are intended; the codec stays silent."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in ("uint8", "float16", "float32"):
+            encode(x, dtype)
+
+
+# -- hook cleanup: a forward that raises at a random layer leaves the model as it was ---------
+
+_MODELS: dict[str, tuple] = {}
+
+
+def _tiny(name: str) -> tuple:
+    if name not in _MODELS:
+        from tests.unit.tiny_models import FACTORIES
+
+        _MODELS[name] = FACTORIES[name]()
+    return _MODELS[name]
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _hooks(model) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(["gpt2", "llama", "neox", "gemma2", "qwen2", "bert"]),
+    layer_frac=st.floats(0, 1, exclude_max=True),
+    part=st.sampled_from(["block", "attn", "mlp_down"]),
+    training=st.booleans(),
+    what=st.sampled_from([None, "all", ("pattern",), ("mlp_post", "z")]),
+)
+def test_failed_capture_leaves_no_hooks_and_restores_the_model(
+    name, layer_frac, part, training, what
+):
+    import pytest
+    import torch
+
+    import circuitboard as cb
+    from circuitboard.capture.adapters import get_adapter
+    from circuitboard.capture.adapters._base import get_module
+
+    model, tok = _tiny(name)
+    model.train(training)
+    adapter = get_adapter(model)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        model.eval()
+        before = model(input_ids=ids).logits.clone()
+        model.train(training)
+    attn_impl = model.config._attn_implementation
+    hooks = _hooks(model)
+    layer = int(layer_frac * adapter.n_blocks(model))
+    block = adapter.block(model, layer)
+    path = {"block": None, "attn": adapter.block_attn, "mlp_down": adapter.block_mlp_down}[part]
+    target = block if path is None else get_module(block, path)
+
+    def explode(*args, **kwargs):
+        raise Boom(f"forward failed at layer {layer} ({part})")
+
+    target.forward = explode  # instance attribute: nn.Module.__call__ picks it up
+    try:
+        with pytest.raises(Boom, match=f"layer {layer}"):
+            cb.capture(model, tok, "When Mary and John went to the store", what=what)
+    finally:
+        del target.forward
+    assert _hooks(model) == hooks, "capture left hooks behind"
+    assert model.config._attn_implementation == attn_impl
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+    with torch.no_grad():
+        model.eval()
+        after = model(input_ids=ids).logits
+        model.train(training)
+    assert torch.equal(before, after)
+    model.eval()

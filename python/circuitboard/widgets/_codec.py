@@ -39,7 +39,8 @@ def to_numpy(x: Any) -> np.ndarray:
         raise TypeError(
             f"expected a numeric array or tensor; got {type(x).__name__} of {arr.dtype}."
         )
-    return arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge float64 → ±inf, shown as such
+        return arr.astype(np.float32, copy=False)
 
 
 def tril_pack(arr: np.ndarray) -> np.ndarray:
@@ -126,11 +127,13 @@ def encode(
             float(finite.max()) if hi is None and finite.size else float(1.0 if hi is None else hi)
         )
         scale = (hi_ - lo_) / 255.0 if hi_ > lo_ else 1.0
-        q = np.nan_to_num((arr - lo_) / scale, nan=0.0, posinf=255.0, neginf=0.0)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            q = np.nan_to_num((arr - lo_) / scale, nan=0.0, posinf=255.0, neginf=0.0)
         data = np.clip(np.rint(q), 0, 255).astype(np.uint8).tobytes()
         return Encoded(dtype="uint8", shape=shape, lo=lo_, scale=scale, data=data)
     if dtype in ("float16", "float32"):
-        out = arr.astype("<f2" if dtype == "float16" else "<f4")
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is intended
+            out = arr.astype("<f2" if dtype == "float16" else "<f4")
         return Encoded(dtype=dtype, shape=shape, lo=0.0, scale=1.0, data=out.tobytes())
     raise ValueError(f"dtype must be 'uint8', 'float16' or 'float32'; got {dtype!r}.")
 

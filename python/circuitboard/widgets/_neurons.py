@@ -188,8 +188,9 @@ class NeuronsView(View):
         """The colour scale's half-width: the neuron's largest ``|activation|`` over all prompts."""
         li = self._position(layer)
         ni = index_in("neuron", neuron, self._acts[0].shape[2])
-        m = max(float(np.nanmax(np.abs(a[li, :, ni]))) for a in self._acts)
-        return m if np.isfinite(m) and m > 0 else 1.0
+        cols = [np.abs(a[li, :, ni]) for a in self._acts]
+        m = max((float(c[np.isfinite(c)].max()) for c in cols if np.isfinite(c).any()), default=0.0)
+        return m if m > 0 else 1.0  # NaN / inf are drawn in their own colour, not scaled
 
     def top_neurons(
         self, layer: int, token: int, prompt: int = 0, n: int | None = None
@@ -207,7 +208,7 @@ class NeuronsView(View):
         a = self._prompt(prompt)[self._position(layer)]
         if a.shape[0] > 1:
             a = a[1:]
-        return int(np.nanargmax(a.max(0)))
+        return int(np.argmax(np.where(np.isnan(a), -np.inf, a).max(0)))  # all-NaN: neuron 0
 
     # -- fetch handlers ----------------------------------------------------------------------
     def _fetch_neuron(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
