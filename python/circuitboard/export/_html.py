@@ -347,8 +347,11 @@ def report(
     >>> cb.report(view, path=tmp_path / "r.html").stat().st_size > 0  # doctest: +SKIP
     True
     """
-    text = build_report(list(items), title=title, budget_bytes=budget_bytes)
     out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"path={str(out)!r} is a directory; pass a file path such as "
+                                f"{str(out / 'report.html')!r}.")
+    text = build_report(list(items), title=title, budget_bytes=budget_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
