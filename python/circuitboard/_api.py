@@ -37,21 +37,38 @@ def attention(cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs
 
 
 def logit_attribution(
-    cap: Capture, target: Any, baseline: Any = None, *, pos: int = -1, **kwargs: Any
+    cap: Capture,
+    target: Any,
+    baseline: Any = None,
+    *,
+    pos: int = -1,
+    follow_token: bool = True,
+    **kwargs: Any,
 ) -> LogitAttributionView:
     """Direct logit attribution view: heads heatmap, per-layer bars, top neurons.
 
     ``target`` / ``baseline`` are one-token strings (``" Mary"``) or ids; see
-    :func:`circuitboard.direct_logit_attribution` for the exact decomposition.
+    :func:`circuitboard.direct_logit_attribution` for the exact decomposition. With
+    ``follow_token`` the view re-attributes at the token selected in linked views
+    (every position is computed up front; a report embeds them within its budget).
 
     Examples
     --------
     >>> cb.logit_attribution(cap, target=" Mary", baseline=" John")  # doctest: +SKIP
     """
     from .analysis import direct_logit_attribution
+    from .analysis._attribution import attribute_positions
 
     attr = direct_logit_attribution(cap, target, baseline=baseline, pos=pos)
-    return LogitAttributionView(attr, tokens=list(cap.tokens), **kwargs)
+
+    def every_position(chunk: int = 64):  # chunks bound the per-neuron arrays held at once
+        for start in range(0, cap.n_tokens, chunk):
+            stop = min(start + chunk, cap.n_tokens)
+            chunk_pos = list(range(start, stop))
+            yield from attribute_positions(cap, attr.target, attr.baseline, chunk_pos)
+
+    others = every_position() if follow_token else None
+    return LogitAttributionView(attr, tokens=list(cap.tokens), positions=others, **kwargs)
 
 
 def logit_lens_view(

@@ -170,3 +170,34 @@ def test_default_model_attribution_and_lens(page, default_model, tmp_path, artif
     page.screenshot(path=str(artifacts / f"attribution-lens-default-{theme}.png"), full_page=True)
     assert page.cb_errors == []
     assert page.cb_blocked == []
+
+
+def test_lens_click_moves_attribution_to_that_position(page, tmp_path):
+    from tests.unit.analysis_helpers import capture_for_analysis
+    from tests.unit.tiny_models import FACTORIES
+
+    model, tok = FACTORIES["llama"]()
+    cap = capture_for_analysis(model, tok, IOI_PROMPT)
+    link = cb.Link()
+    dla = cb.logit_attribution(cap, 5, baseline=7, link=link)
+    lens = cb.logit_lens_view(cap, link=link)
+    path = cb.report(dla, lens, path=tmp_path / "follow.html")
+    open_report(page, path)
+    last = cap.n_tokens - 1
+    page.wait_for_selector(f'.cb-dla[data-pos="{last}"]')
+    before = canvas_pixels(page, ".cb-dla-heat")
+    desc_before = page.inner_text(".cb-dla-desc")
+    # Click layer 0 at position 3 in the lens: the attribution re-attributes at position 3.
+    box = page.query_selector(".cb-lens-grid").bounding_box()
+    h = page.eval_on_selector(".cb-lens-grid", "c => c.clientHeight")
+    row_h = (h - 12) / (cap.info.n_layers + 2)
+    page.mouse.click(box["x"] + 34 + 64 * 3 + 20, box["y"] + row_h + 6 + row_h * 1.5)
+    page.wait_for_selector('.cb-lens[data-token="3"]')
+    page.wait_for_selector('.cb-dla[data-pos="3"]')
+    assert "position 3" in page.inner_text(".cb-dla-desc") != desc_before
+    assert not np.array_equal(before, canvas_pixels(page, ".cb-dla-heat"))
+    # Unselecting the token (Escape in the lens) returns to the original position.
+    page.focus(".cb-lens")
+    page.keyboard.press("Escape")
+    page.wait_for_selector(f'.cb-dla[data-pos="{last}"]')
+    assert page.cb_errors == []

@@ -76,3 +76,37 @@ def test_views_refuse_other_objects():
 def test_lazy_names_resolve():
     assert callable(cb.direct_logit_attribution)
     assert callable(cb.logit_lens) and callable(cb.head_scores)
+
+
+def test_attribution_view_follows_positions(cap):
+    from circuitboard.analysis import direct_logit_attribution
+
+    view = cb.logit_attribution(cap, 5, baseline=7)
+    n = cap.n_tokens
+    assert view.positions == list(range(n)) and view.pos == n - 1
+    fields, buffers = view.answer({"kind": "fetch-position", "pos": 2})
+    attr2 = direct_logit_attribution(cap, 5, baseline=7, pos=2)
+    assert fields["pos"] == 2 and fields["model_value"] == pytest.approx(attr2.model_value)
+    heads = np.frombuffer(buffers[fields["heads"]["data"]], dtype="<f4").reshape(2, 4)
+    np.testing.assert_allclose(heads, attr2.heads.numpy(), rtol=1e-5, atol=1e-7)
+    assert len(fields["layer_top"]) == 2 and fields["layer_top"][1][0][0] == 1
+    with pytest.raises(IndexError, match="no attribution at position"):
+        view.answer({"kind": "fetch-position", "pos": 99})
+    kinds = [r["kind"] for r in view.export_requests(10**6)]
+    assert kinds.count("fetch-position") == n
+    small = view.export_requests(100)
+    assert [r for r in small if r["kind"] == "fetch-position"] == []
+    assert "positions embedded" in view.export_notes(100)[0]
+    fixed = cb.logit_attribution(cap, 5, follow_token=False)
+    assert fixed.positions == []
+
+
+def test_all_positions_match_single_calls(cap):
+    from circuitboard.analysis import direct_logit_attribution
+    from circuitboard.analysis._attribution import attribute_positions
+
+    many = attribute_positions(cap, 5, 7, list(range(cap.n_tokens)))
+    for p in (0, 4, cap.n_tokens - 1):
+        one = direct_logit_attribution(cap, 5, baseline=7, pos=p)
+        np.testing.assert_allclose(many[p].values.numpy(), one.values.numpy(), rtol=1e-6, atol=1e-7)
+        assert many[p].model_value == one.model_value

@@ -20,6 +20,8 @@ interface AttributionState {
   _layers: Encoded;
   _terms: [string, number][];
   _top_neurons: [number, number, number][];
+  pos: number;
+  positions: number[];
   theme: string;
   link: string;
 }
@@ -81,12 +83,55 @@ export async function render(props: RenderProps<AttributionState>) {
   const fetcher = new Fetcher(model as AnyModel);
   const L = model.get("n_layers");
   const H = model.get("n_heads");
-  const heads = decode(model.get("_heads")).data; // [L, H]
-  const layerVals = decode(model.get("_layers")).data; // [2, L]: attn, mlp
-  const attn = layerVals.subarray(0, L);
-  const mlp = layerVals.subarray(L, 2 * L);
-  const headMax = symmetricMax(heads);
-  const barMax = symmetricMax(layerVals);
+  const positions = new Set(model.get("positions"));
+  const initialPos = model.get("pos");
+  // The position shown: the initial one from traits, others fetched when a token is selected.
+  type Neuron = [number, number, number];
+  interface Shown {
+    pos: number;
+    description: string;
+    model_value: number;
+    total: number;
+    heads: Float32Array; // [L, H]
+    attn: Float32Array; // [L]
+    mlp: Float32Array; // [L]
+    layerVals: Float32Array; // [2, L]
+    terms: [string, number][];
+    top: Neuron[];
+    layerTop: Neuron[][] | null; // per-layer top neurons (else fetch-neurons)
+    headMax: number;
+    barMax: number;
+  }
+  const shownFrom = (f: Record<string, unknown>, buffers: DataView[] = []): Shown => {
+    const heads = decode(f.heads as Encoded, buffers).data;
+    const layerVals = decode(f.layers as Encoded, buffers).data;
+    return {
+      pos: f.pos as number,
+      description: f.description as string,
+      model_value: f.model_value as number,
+      total: f.total as number,
+      heads,
+      attn: layerVals.subarray(0, L),
+      mlp: layerVals.subarray(L, 2 * L),
+      layerVals,
+      terms: f.terms as [string, number][],
+      top: f.top_neurons as Neuron[],
+      layerTop: (f.layer_top as Neuron[][] | undefined) ?? null,
+      headMax: symmetricMax(heads),
+      barMax: symmetricMax(layerVals),
+    };
+  };
+  const initial = shownFrom({
+    pos: initialPos,
+    description: model.get("description"),
+    model_value: model.get("model_value"),
+    total: model.get("total"),
+    heads: model.get("_heads"),
+    layers: model.get("_layers"),
+    terms: model.get("_terms"),
+    top_neurons: model.get("_top_neurons"),
+  });
+  let cur = initial;
   const { w: cw, h: ch } = cellSize(L, H);
   const BAR_W = 72;
 
@@ -95,9 +140,7 @@ export async function render(props: RenderProps<AttributionState>) {
   const header = el("div", "cb-header", root);
   el("span", "cb-title", header).textContent = "Logit attribution";
   const desc = el("span", "cb-dla-desc", header);
-  desc.textContent = model.get("description");
   const sums = el("span", "cb-status", header);
-  sums.textContent = `model ${fmt(model.get("model_value"))} · sum of parts ${fmt(model.get("total"))}`;
 
   const body = el("div", "cb-body", root);
   const figure = el("div", "cb-figure cb-dla-figure", body);
@@ -143,9 +186,9 @@ export async function render(props: RenderProps<AttributionState>) {
   }
   // Colour bar.
   const legend = el("div", "cb-dla-legend", figure);
-  el("span", "", legend).textContent = fmt(-headMax);
+  const legendLo = el("span", "", legend);
   const ramp = el("canvas", "cb-dla-ramp", legend);
-  el("span", "", legend).textContent = fmt(headMax);
+  const legendHi = el("span", "", legend);
   const tip = el("div", "cb-tip cb-dla-tip", figure);
   tip.hidden = true;
 
@@ -179,9 +222,17 @@ export async function render(props: RenderProps<AttributionState>) {
     return row;
   };
 
-  const terms = model.get("_terms");
-  const termMax = symmetricMax(terms.map((t) => t[1]).concat(Array.from(layerVals)));
-  for (const [label, value] of terms) listRow(termsBox, label, value, termMax);
+  const drawText = () => {
+    desc.textContent = cur.description;
+    const follow = positions.size > 0 && cur.pos !== initialPos ? " · following the selected token" : "";
+    sums.textContent = `model ${fmt(cur.model_value)} · sum of parts ${fmt(cur.total)}${follow}`;
+    legendLo.textContent = fmt(-cur.headMax);
+    legendHi.textContent = fmt(cur.headMax);
+    termsBox.replaceChildren();
+    const termMax = symmetricMax(cur.terms.map((t) => t[1]).concat(Array.from(cur.layerVals)));
+    for (const [label, value] of cur.terms) listRow(termsBox, label, value, termMax);
+    root.dataset.pos = String(cur.pos);
+  };
 
   let neuronLayer: number | null = null;
   const showNeurons = async () => {
@@ -190,17 +241,21 @@ export async function render(props: RenderProps<AttributionState>) {
     let top: [number, number, number][];
     if (scope === "layer" && layer !== null && layer !== undefined && layer >= 0 && layer < L) {
       neuronTitle.textContent = `Top neurons in L${layer}`;
-      try {
-        const { reply } = await fetcher.get({ kind: "fetch-neurons", layer });
-        top = reply.top as [number, number, number][];
-      } catch (err) {
-        neuronBox.textContent = String((err as Error).message ?? err);
-        return;
+      if (cur.layerTop) {
+        top = cur.layerTop[layer];
+      } else {
+        try {
+          const { reply } = await fetcher.get({ kind: "fetch-neurons", layer });
+          top = reply.top as [number, number, number][];
+        } catch (err) {
+          neuronBox.textContent = String((err as Error).message ?? err);
+          return;
+        }
       }
       neuronLayer = layer;
     } else {
       neuronTitle.textContent = "Top neurons";
-      top = model.get("_top_neurons");
+      top = cur.top;
       neuronLayer = null;
     }
     root.dataset.neuronScope = neuronLayer === null ? "all" : String(neuronLayer);
@@ -220,8 +275,9 @@ export async function render(props: RenderProps<AttributionState>) {
   const drawBars = () => {
     const lut: Lut = divergingFor(isDark(root));
     const sel = link.get("layer");
+    const barMax = cur.barMax;
     bars.forEach((c, k) => {
-      const vals = k === 0 ? attn : mlp;
+      const vals = k === 0 ? cur.attn : cur.mlp;
       const r = dpr();
       c.width = BAR_W * r;
       c.height = L * ch * r;
@@ -251,8 +307,9 @@ export async function render(props: RenderProps<AttributionState>) {
 
   const drawHeat = () => {
     const lut = divergingFor(isDark(root));
+    const headMax = cur.headMax;
     const unit = (v: number) => 0.5 + (0.5 * v) / headMax;
-    paintMatrix(heat, L, H, heads, lut, unit);
+    paintMatrix(heat, L, H, cur.heads, lut, unit);
     paintMatrix(ramp, 1, 64, Array.from({ length: 64 }, (_, i) => -headMax + (2 * headMax * i) / 63), lut, unit);
   };
 
@@ -291,7 +348,7 @@ export async function render(props: RenderProps<AttributionState>) {
   heat.addEventListener("pointermove", (ev) => {
     const cell = cellAt(heat, ev);
     if (!cell) return hide();
-    const v = heads[cell.row * H + cell.col];
+    const v = cur.heads[cell.row * H + cell.col];
     show(`L${cell.row}H${cell.col}: ${fmt(v)}`, `L${cell.row}H${cell.col}`, ev);
   }, { signal });
   heat.addEventListener("pointerleave", hide, { signal });
@@ -309,7 +366,7 @@ export async function render(props: RenderProps<AttributionState>) {
       const l = layerAt(ev);
       if (l === null) return hide();
       const label = k === 0 ? `L${l} attention (all heads)` : `L${l}.mlp`;
-      show(`${label}: ${fmt(k === 0 ? attn[l] : mlp[l])}`, k === 0 ? `L${l}.attn` : `L${l}.mlp`, ev);
+      show(`${label}: ${fmt(k === 0 ? cur.attn[l] : cur.mlp[l])}`, k === 0 ? `L${l}.attn` : `L${l}.mlp`, ev);
     }, { signal });
     c.addEventListener("pointerleave", hide, { signal });
     c.addEventListener("click", (ev) => {
@@ -330,20 +387,48 @@ export async function render(props: RenderProps<AttributionState>) {
     if (scopeSel.value === "layer" && link.get("layer") !== neuronLayer) void showNeurons();
   });
   const offNeuron = onSelection(link, ["neuron"], () => void showNeurons());
+  // Follow the selected token: re-attribute at that position (fetched, cached).
+  let wanted = initialPos;
+  const followToken = async () => {
+    const tok = link.get("token");
+    const pos = tok !== null && tok !== undefined && positions.has(tok) ? tok : initialPos;
+    wanted = pos;
+    if (pos === cur.pos) return;
+    let next = initial;
+    if (pos !== initialPos) {
+      try {
+        const { reply, buffers } = await fetcher.get({ kind: "fetch-position", pos });
+        next = shownFrom(reply, buffers);
+      } catch (err) {
+        sums.textContent = String((err as Error).message ?? err);
+        return;
+      }
+    }
+    if (wanted !== pos) return; // a later selection won
+    cur = next;
+    drawText();
+    drawHeat();
+    drawBars();
+    await showNeurons();
+  };
+  const offToken = positions.size > 0 ? onSelection(link, ["token"], () => void followToken()) : () => undefined;
   const offTheme = followTheme(model as AnyModel, root, () => {
     drawHeat();
     drawBars();
   });
+  drawText();
   drawHeat();
   drawBars();
   drawSelection();
   await showNeurons();
+  if (positions.size > 0) await followToken();
   root.dataset.ready = "true";
 
   return () => {
     abort.abort();
     offSel();
     offNeuron();
+    offToken();
     offTheme();
     fetcher.dispose();
     root.remove();

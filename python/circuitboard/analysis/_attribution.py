@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,103 +160,122 @@ def direct_logit_attribution(
             "Pass softcap='pre' to attribute the logit before the cap (model_value is then the "
             "pre-cap logit too)."
         )
-    n = cap.n_tokens
-    p = position(pos, n)
+    p = position(pos, cap.n_tokens)
     t = token_id(cap, target, "target")
     b = token_id(cap, baseline, "baseline") if baseline is not None else None
-    L, H = info.n_layers, info.n_heads
+    return attribute_positions(cap, t, b, [p])[0]
 
-    # The unembedding direction, then the frozen final norm folded into it.
+
+def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -> list[Attribution]:
+    """:func:`direct_logit_attribution` at several positions at once (token ids, checked
+    positions, soft-cap policy already decided by the caller); one pass over the weights."""
+    info = require_info(cap, WHAT)
+    n = cap.n_tokens
+    L, H = info.n_layers, info.n_heads
+    P = torch.tensor(positions, dtype=torch.long)
+    Q = len(positions)
+
+    # The unembedding direction, then the frozen final norm folded into it: [Q, d_model].
     W_U = cap.weights.get("unembed.W_U") if cap.weights else None
     if W_U is None:
         weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
     cols = W_U[:, [t] if b is None else [t, b]].detach().to("cpu", torch.float64)
     u = cols[:, 0] - (cols[:, 1] if b is not None else 0.0)
-    scale = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
+    captured = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
     last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
-    if scale is None:
-        scale = _scale_from_residual(cap, info, last, p)
+    if captured is None:
+        if last is None:
+            raise KeyError(
+                f"{WHAT} needs 'ln_final.hook_scale' (or the last layer's hook_resid_post to "
+                "recompute it); capture again with cb.capture's default `what=`."
+            )
+        scale = _scale_from_residual(cap, info, last[P])
     else:
-        scale = _multiplier(scale.reshape(n, -1)[p, 0], cap, info, last, p)
+        scale = captured.reshape(n, -1)[P, 0]
+        if last is not None:
+            scale = _as_multiplier(scale, _scale_from_residual(cap, info, last[P]))
     w = norm_weight(cap, info, WHAT)
-    direction = scale * w * u
-    if info.norm == "layernorm":
-        direction = direction - direction.mean()  # (x - mean x) . v == x . (v - mean v)
+    direction = scale[:, None] * (w * u)[None]
+    if info.norm == "layernorm":  # (x - mean x) . v == x . (v - mean v)
+        direction = direction - direction.mean(-1, keepdim=True)
 
     labels: list[str] = []
-    values: list[float] = []
-    vectors: list[torch.Tensor] = []  # every term's residual vector, to check the total
-    biases: dict[str, float] = {}
+    columns: list[torch.Tensor] = []  # one [Q] column per label
+    vectors: list[torch.Tensor] = []  # every term's [Q, d_model], to check the total
+    biases: dict[str, torch.Tensor] = {}
 
-    resid0 = tensor(cap, "blocks.0.hook_resid_pre", WHAT)[p]
+    def dot(x: torch.Tensor) -> torch.Tensor:
+        return (x * direction).sum(-1)
+
+    resid0 = tensor(cap, "blocks.0.hook_resid_pre", WHAT)[P]
     pos_embed = tensor(cap, "hook_pos_embed", WHAT, optional=True)
-    embed = resid0 - pos_embed[p] if pos_embed is not None else resid0
     labels.append("embed")
-    values.append(float(embed @ direction))
+    columns.append(dot(resid0 - pos_embed[P] if pos_embed is not None else resid0))
     vectors.append(resid0)
     if pos_embed is not None:
         labels.append("pos_embed")
-        values.append(float(pos_embed[p] @ direction))
+        columns.append(dot(pos_embed[P]))
 
     neurons: dict[int, torch.Tensor] = {}
     bias_vec = torch.zeros_like(resid0)
     for li in range(L):
-        z = tensor(cap, f"blocks.{li}.attn.hook_z", WHAT)[p]  # [heads, d_head]
+        z = tensor(cap, f"blocks.{li}.attn.hook_z", WHAT)[P]  # [Q, heads, d_head]
         W_O = weight(cap, f"blocks.{li}.attn.W_O", WHAT)  # [heads, d_head, d_model]
-        if z.shape[0] != W_O.shape[0] or z.shape[-1] != W_O.shape[1]:
+        if z.shape[1] != W_O.shape[0] or z.shape[-1] != W_O.shape[1]:
             raise ValueError(
-                f"blocks.{li}.attn.hook_z has shape {tuple(z.shape)} but W_O is "
+                f"blocks.{li}.attn.hook_z has shape {tuple(z.shape[1:])} per position but W_O is "
                 f"{tuple(W_O.shape)}; expected [heads, d_head] and [heads, d_head, d_model]."
             )
-        head_out = torch.einsum("hd,hdm->hm", z, W_O)
-        attn_mult = _post_norm(cap, info, li, "ln1_post", p)  # Gemma-2 style sandwich norm
+        head_out = torch.einsum("qhd,hdm->qhm", z, W_O)
+        attn_mult = _post_norm(cap, info, li, "ln1_post", P)  # Gemma-2 style sandwich norm
         if attn_mult is not None:
-            head_out = head_out * attn_mult
-        vectors.append(head_out.sum(0))
-        head_vals = head_out @ direction
+            head_out = head_out * attn_mult[:, None]
+        vectors.append(head_out.sum(1))
+        head_vals = torch.einsum("qhm,qm->qh", head_out, direction)
         for h in range(H):
             labels.append(f"L{li}H{h}")
-            values.append(float(head_vals[h]))
+            columns.append(head_vals[:, h])
         b_O = weight(cap, f"blocks.{li}.attn.b_O", WHAT, optional=True)
-        if b_O is not None and attn_mult is not None:
-            b_O = b_O * attn_mult
         if b_O is not None and bool(b_O.any()):
-            biases[f"L{li}.attn.b_O"] = float(b_O @ direction)
+            b_O = b_O * attn_mult if attn_mult is not None else b_O.expand(Q, -1)
+            biases[f"L{li}.attn.b_O"] = dot(b_O)
             bias_vec = bias_vec + b_O
 
-        post = tensor(cap, f"blocks.{li}.mlp.hook_post", WHAT)[p]  # [d_mlp]
+        post = tensor(cap, f"blocks.{li}.mlp.hook_post", WHAT)[P]  # [Q, d_mlp]
         W_out = weight(cap, f"blocks.{li}.mlp.W_out", WHAT)  # [d_mlp, d_model]
-        mlp_mult = _post_norm(cap, info, li, "ln2_post", p)
-        if mlp_mult is not None:
-            W_out = W_out * mlp_mult
-        per_neuron = post * (W_out @ direction)
+        mlp_mult = _post_norm(cap, info, li, "ln2_post", P)
+        eff = direction * mlp_mult if mlp_mult is not None else direction  # [Q, d_model]
+        per_neuron = post * (eff @ W_out.T)  # [Q, d_mlp]
         neurons[li] = per_neuron.float()
-        vectors.append(post @ W_out)
+        out = post @ W_out
+        vectors.append(out * mlp_mult if mlp_mult is not None else out)
         labels.append(f"L{li}.mlp")
-        values.append(float(per_neuron.sum()))
+        columns.append(per_neuron.sum(-1))
         b_out = weight(cap, f"blocks.{li}.mlp.b_out", WHAT, optional=True)
-        if b_out is not None and mlp_mult is not None:
-            b_out = b_out * mlp_mult
         if b_out is not None and bool(b_out.any()):
-            biases[f"L{li}.mlp.b_out"] = float(b_out @ direction)
+            b_out = b_out * mlp_mult if mlp_mult is not None else b_out.expand(Q, -1)
+            biases[f"L{li}.mlp.b_out"] = dot(b_out)
             bias_vec = bias_vec + b_out
     vectors.append(bias_vec)
 
     ln_b = weight(cap, "ln_final.b", WHAT, optional=True)
     if ln_b is not None and bool(ln_b.any()):
-        biases["ln_final.b"] = float(ln_b @ u)
+        biases["ln_final.b"] = (ln_b @ u).expand(Q)
     b_U = weight(cap, "unembed.b_U", WHAT, optional=True)
     if b_U is not None and bool(b_U.any()):
-        biases["unembed.b_U"] = float(b_U[t] - (b_U[b] if b is not None else 0.0))
+        biases["unembed.b_U"] = (b_U[t] - (b_U[b] if b is not None else 0.0)).expand(Q)
     labels.append("bias")
-    values.append(sum(biases.values()))
+    columns.append(
+        torch.stack(list(biases.values())).sum(0) if biases else torch.zeros(Q, dtype=torch.float64)
+    )
 
     # The components must rebuild the final residual; else the architecture adds a term the
     # capture does not record (e.g. Gemma-2's norms after attention / MLP outputs).
-    err = 0.0
+    errs = torch.zeros(Q, dtype=torch.float64)
     if last is not None:
         rebuilt = torch.stack(vectors).sum(0)
-        err = float((rebuilt - last[p]).norm() / last[p].norm().clamp_min(1e-12))
+        errs = (rebuilt - last[P]).norm(dim=-1) / last[P].norm(dim=-1).clamp_min(1e-12)
+        err = float(errs.max())
         low = cap.tensors[f"blocks.{L - 1}.hook_resid_post"].dtype in (
             torch.float16,
             torch.bfloat16,
@@ -271,27 +289,35 @@ def direct_logit_attribution(
                 "a direct attribution would not be exact. File an issue with the model name."
             )
 
-    model_value = _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value)
-    return Attribution(
-        labels=labels,
-        values=torch.tensor(values, dtype=torch.float32),
-        model_value=model_value,
-        target=t,
-        baseline=b,
-        pos=p,
-        n_layers=L,
-        n_heads=H,
-        target_text=token_text(cap, t),
-        baseline_text=token_text(cap, b) if b is not None else "",
-        biases=biases,
-        residual_error=err,
-        _neurons=neurons,
-    )
+    values = torch.stack(columns, dim=1).float()  # [Q, labels]
+    out: list[Attribution] = []
+    for qi, p in enumerate(positions):
+        model_value = _model_value(
+            cap, info, p, t, b, last, float(scale[qi]), w, u, b_U, ln_b, info.final_logit_softcap
+        )
+        out.append(
+            Attribution(
+                labels=labels,
+                values=values[qi].clone(),
+                model_value=model_value,
+                target=t,
+                baseline=b,
+                pos=p,
+                n_layers=L,
+                n_heads=H,
+                target_text=token_text(cap, t),
+                baseline_text=token_text(cap, b) if b is not None else "",
+                biases={k: float(v[qi]) for k, v in biases.items()},
+                residual_error=float(errs[qi]),
+                _neurons={li: v[qi].clone() for li, v in neurons.items()},
+            )
+        )
+    return out
 
 
-def _post_norm(cap: Any, info: Any, layer: int, name: str, p: int) -> torch.Tensor | None:
-    """Frozen multiplier of a norm applied to an attention / MLP output before it joins the
-    residual (Gemma 2's ``post_attention_layernorm``), when the capture recorded it."""
+def _post_norm(cap: Any, info: Any, layer: int, name: str, P: torch.Tensor) -> torch.Tensor | None:
+    """``[Q, d_model]`` frozen multiplier of a norm applied to an attention / MLP output
+    before it joins the residual (Gemma 2), when the capture recorded its scale."""
     scale = tensor(cap, f"blocks.{layer}.{name}.hook_scale", WHAT, optional=True)
     if scale is None:
         return None
@@ -300,32 +326,22 @@ def _post_norm(cap: Any, info: Any, layer: int, name: str, p: int) -> torch.Tens
         w = torch.ones(info.d_model, dtype=torch.float64)
     if info.norm == "gemma_rmsnorm":
         w = 1.0 + w
-    return scale.reshape(cap.n_tokens, -1)[p, 0] * w
+    return scale.reshape(cap.n_tokens, -1)[P, :1] * w[None]
 
 
-def _scale_from_residual(cap: Any, info: Any, last: torch.Tensor | None, p: int) -> torch.Tensor:
+def _scale_from_residual(cap: Any, info: Any, x: torch.Tensor) -> torch.Tensor:
+    """``[Q]`` the final norm's multiplier recomputed from residual rows ``x`` ``[Q, d]``."""
     from ._common import norm_eps
 
-    if last is None:
-        raise KeyError(
-            f"{WHAT} needs 'ln_final.hook_scale' (or the last layer's hook_resid_post to "
-            "recompute it); capture again with cb.capture's default `what=`."
-        )
-    x = last[p]
     if info.norm == "layernorm":
-        x = x - x.mean()
-    return torch.rsqrt((x * x).mean() + norm_eps(cap))
+        x = x - x.mean(-1, keepdim=True)
+    return torch.rsqrt((x * x).mean(-1) + norm_eps(cap))
 
 
-def _multiplier(
-    s: torch.Tensor, cap: Any, info: Any, last: torch.Tensor | None, p: int
-) -> torch.Tensor:
+def _as_multiplier(s: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
     """``hook_scale`` as the factor the norm multiplies by (accepts TransformerLens' divisor)."""
-    if last is None:
-        return s
-    est = _scale_from_residual(cap, info, last, p)
-    as_multiplier = abs(math.log(float(s / est)))
-    as_divisor = abs(math.log(float(s * est)))
+    as_multiplier = float((s / est).log().abs().median())
+    as_divisor = float((s * est).log().abs().median())
     return 1.0 / s if as_divisor < 0.5 * as_multiplier and as_multiplier > 0.05 else s
 
 

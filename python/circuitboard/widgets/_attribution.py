@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,10 +61,24 @@ class LogitAttributionView(View):
     _layers = traitlets.Dict().tag(sync=True)  # Encoded float32 [2, layers]: attn, mlp
     _terms = traitlets.List().tag(sync=True)  # [[label, value]] for embed / pos_embed / bias
     _top_neurons = traitlets.List().tag(sync=True)  # [[layer, neuron, value]] over all layers
+    pos = traitlets.Int(-1).tag(sync=True)
+    """The position shown first (the attribution's own)."""
+    positions = traitlets.List(traitlets.Int()).tag(sync=True)
+    """Positions the view can switch to when a token is selected (empty: fixed position)."""
 
-    _fetchers: ClassVar[dict[str, str]] = {"fetch-neurons": "_fetch_neurons"}
+    _fetchers: ClassVar[dict[str, str]] = {
+        "fetch-neurons": "_fetch_neurons",
+        "fetch-position": "_fetch_position",
+    }
 
-    def __init__(self, attribution: Any, *, tokens: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        attribution: Any,
+        *,
+        tokens: list[str] | None = None,
+        positions: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         try:
             heads = to_numpy(attribution.heads)
             mlp = to_numpy(attribution.mlp)
@@ -83,11 +98,7 @@ class LogitAttributionView(View):
         neurons = [to_numpy(attribution.neurons(layer)) for layer in range(n_layers)]
         self._neurons = neurons
         attn = heads.sum(1)
-        terms = [
-            [lab, float(v)]
-            for lab, v in zip(labels, values, strict=True)
-            if not (lab.startswith("L") and ("H" in lab or lab.endswith(".mlp")))
-        ]
+        terms = _terms(labels, values)
         super().__init__(
             description=str(getattr(attribution, "description", "")),
             n_layers=n_layers,
@@ -99,8 +110,14 @@ class LogitAttributionView(View):
             _layers=encode(np.stack([attn, mlp]), "float32"),
             _terms=terms,
             _top_neurons=self._top(None, N_TOP),
+            pos=int(getattr(attribution, "pos", -1)),
             **kwargs,
         )
+        # Other positions, reduced at once to what the view shows (no per-neuron arrays kept).
+        self._positions: dict[int, dict[str, Any]] = {}
+        for other in positions or ():
+            self._positions[int(other.pos)] = _summary(other, n_layers)
+        self.positions = sorted(self._positions)
 
     def _top(self, layer: int | None, k: int) -> list[list[Any]]:
         if layer is None:
@@ -124,5 +141,69 @@ class LogitAttributionView(View):
         self.neurons(layer)  # validates
         return pack(layer=int(layer), top=self._top(int(layer), N_TOP))
 
+    def _fetch_position(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        pos = msg.get("pos")
+        if pos not in self._positions:
+            raise IndexError(
+                f"no attribution at position {pos!r}; this view has positions "
+                f"{self.positions[:8]}{' ...' if len(self.positions) > 8 else ''}. Build it with "
+                "cb.logit_attribution(cap, ...) to follow the selected token."
+            )
+        return pack(**self._positions[pos])
+
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
-        return [{"kind": "fetch-neurons", "layer": layer} for layer in range(self.n_layers)]
+        reqs: list[dict[str, Any]] = [
+            {"kind": "fetch-neurons", "layer": layer} for layer in range(self.n_layers)
+        ]
+        per = 4 * (self.n_layers * self.n_heads + 2 * self.n_layers) + 40 * self.n_layers * N_LAYER
+        for n, pos in enumerate(self.positions):
+            if (n + 1) * per > budget_bytes:
+                break
+            reqs.append({"kind": "fetch-position", "pos": pos})
+        return reqs
+
+    def export_notes(self, budget_bytes: int) -> list[str]:
+        shown = sum(r["kind"] == "fetch-position" for r in self.export_requests(budget_bytes))
+        if shown < len(self.positions):
+            return [
+                f"Logit attribution: {shown} of {len(self.positions)} positions embedded "
+                "(raise the report budget to follow every token)."
+            ]
+        return []
+
+
+N_LAYER = 8  # top neurons per layer sent with each position
+
+
+def _summary(attr: Any, n_layers: int) -> dict[str, Any]:
+    """What the view shows of one position's attribution (the reply to fetch-position)."""
+    heads = to_numpy(attr.heads)
+    mlp = to_numpy(attr.mlp)
+    values = to_numpy(attr.values)
+    neurons = np.stack([to_numpy(attr.neurons(layer)) for layer in range(n_layers)])
+    flat = neurons.reshape(-1)
+    d = neurons.shape[1]
+    top = [[int(i // d), int(i % d), float(flat[i])] for i in np.argsort(-np.abs(flat))[:N_TOP]]
+    layer_top = []
+    for layer in range(n_layers):
+        order = np.argsort(-np.abs(neurons[layer]), kind="stable")[:N_LAYER]
+        layer_top.append([[layer, int(i), float(neurons[layer, i])] for i in order])
+    return {
+        "pos": int(attr.pos),
+        "description": str(getattr(attr, "description", "")),
+        "model_value": float(attr.model_value),
+        "total": float(values.astype(np.float64).sum()),
+        "heads": encode(heads, "float32"),
+        "layers": encode(np.stack([heads.sum(1), mlp]), "float32"),
+        "terms": _terms(list(attr.labels), values),
+        "top_neurons": top,
+        "layer_top": layer_top,
+    }
+
+
+def _terms(labels: list[str], values: np.ndarray) -> list[list[Any]]:
+    return [
+        [lab, float(v)]
+        for lab, v in zip(labels, values, strict=True)
+        if not (lab.startswith("L") and ("H" in lab or lab.endswith(".mlp")))
+    ]
