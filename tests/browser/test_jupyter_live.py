@@ -240,6 +240,16 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
         kernel_output(page, "a.selection = {'head': 0, 'token': None}")
         page.wait_for_selector(f'{first} .cb-attention[data-head="0"]', timeout=15_000)
         page.wait_for_selector(f'{second} .cb-attention[data-head="0"]', timeout=15_000)
+        # A figure drawn by the displayed widget, asked from Python (written on the reply).
+        kernel_output(page, "fut = b.save_svg('fig.svg', via='browser')")
+        text = ""
+        for _ in range(50):
+            text = kernel_output(page, "print('FIG', fut.done() and fut.result().stat().st_size)")
+            if re.search(r"FIG [1-9]", text):
+                break
+            page.wait_for_timeout(200)
+        assert re.search(r"FIG [1-9]", text), text
+        assert (root / "fig.svg").read_text(encoding="utf-8").startswith("<svg")
         page.screenshot(path=str(artifacts / "jupyter-live-linked.png"), full_page=False)
         assert errors == []
     except Exception as err:
