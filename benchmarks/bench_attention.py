@@ -6,9 +6,9 @@ opened offline in Debian's Chromium (no network). Prints a markdown table of med
 
 - one layer (9 heads): file size and first paint;
 - all 270 heads at full resolution: file size and first paint;
-- any head shown after its click: the browser side (click → fetch → decode → paint) with the
-  reply bytes produced by the Python fetch handler (embedded in the report), and the Python
-  handler's own time per head (what a live kernel adds, besides the comm round trip).
+- any head shown after its click (click → fetch → decode → paint): in the report, whose
+  embedded replies are the Python fetch handler's bytes; the handler's own time per head;
+  and in a live JupyterLab (the kernel answers over the comm), when JupyterLab is installed.
 
     python benchmarks/bench_attention.py [--repeats 5] [--clicks 30] [--tokens 1024]
 """
@@ -89,6 +89,82 @@ def click_to_paint(browser: Any, path: Path, heads: list[tuple[int, int]]) -> li
         out.append(float(page.get_attribute(".cb-attention", "data-last-ms")))
     page.close()
     return out
+
+
+def live_click_to_paint(
+    browser: Any, att: np.ndarray, tokens: list[str], heads: list[tuple[int, int]], tmp: Path
+) -> list[float]:
+    """Click → paint in a live JupyterLab: the request goes to the kernel and back over the comm."""
+    import json
+    import secrets
+
+    from tests.browser.test_jupyter_live import free_port, start_lab, stop_lab
+
+    root = tmp / "lab"
+    root.mkdir()
+    np.save(root / "att.npy", att.astype(np.float16))
+    (root / "tokens.json").write_text(json.dumps(tokens), encoding="utf-8")
+    src = (
+        "import json, numpy as np, circuitboard as cb\n"
+        "att = np.load('att.npy').astype(np.float32)\n"
+        "view = cb.AttentionView(att, json.load(open('tokens.json')))\n"
+        "view"
+    )
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "c0",
+                "metadata": {},
+                "outputs": [],
+                "source": src,
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "live.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    port, token = free_port(), secrets.token_hex(16)
+    lab = start_lab(root, port, token)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1200})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        ctx.route(
+            "**/*",
+            lambda r: (
+                r.continue_() if r.request.url.startswith((base, "data:", "blob:")) else r.abort()
+            ),
+        )
+        page = ctx.new_page()
+        page.goto(f"{base}/lab/tree/live.ipynb?token={token}", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        try:  # a kernel-select dialog, when this JupyterLab shows one
+            page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=3_000)
+        except Exception:
+            pass
+        page.wait_for_function(
+            "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
+            "?.kernel?.status === 'idle'",
+            timeout=60_000,
+        )
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_selector(".cb-attention[data-head]", timeout=180_000)
+        out = []
+        for layer, head in heads:
+            page.click(f'.cb-thumb[data-layer="{layer}"][data-head="{head}"]')
+            page.wait_for_selector(
+                f'.cb-attention[data-layer="{layer}"][data-head="{head}"][data-reduced=false]',
+                timeout=30_000,
+            )
+            out.append(float(page.get_attribute(".cb-attention", "data-last-ms")))
+        return out
+    finally:
+        ctx.close()
+        stop_lab(lab)
 
 
 def handler_ms(view: cb.AttentionView, heads: list[tuple[int, int]]) -> list[float]:
@@ -204,14 +280,19 @@ def main() -> None:
         rows.append(
             ("… Python fetch handler per head (encode, tril)", f"median {pmed:.1f} ms", "", "")
         )
-        rows.append(
-            (
-                "… live estimate: browser + handler (+ comm round trip)",
-                f"{med + pmed:.1f} ms",
-                "≤ 100 ms",
-                ok(med + pmed <= 100),
+        try:
+            live = live_click_to_paint(browser, att, tokens, heads, d)
+            lmed, lp95 = statistics.median(live), float(np.percentile(live, 95))
+            rows.append(
+                (
+                    f"… live JupyterLab: click → comm → kernel → paint ({len(live)} heads)",
+                    f"median {lmed:.1f} ms, p95 {lp95:.1f} ms",
+                    "≤ 100 ms",
+                    ok(lp95 <= 100),
+                )
             )
-        )
+        except Exception as err:  # JupyterLab missing or failing: say so, keep the other rows
+            rows.append(("… live JupyterLab", f"not measured: {str(err)[:80]}", "", ""))
 
         p3 = cb.report(full, path=d / "default.html")
         m = [

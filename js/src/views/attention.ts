@@ -302,7 +302,14 @@ export async function render(props: RenderProps<AttentionState>) {
     heat.setData(matrixOf(current), keepView);
     const key = `${current.layer}:${current.head}`;
     for (const [k, cell] of thumbs) cell.classList.toggle("cb-thumb-selected", k === key);
-    if (shownKey !== key) thumbs.get(key)?.scrollIntoView?.({ block: "nearest", inline: "nearest" });
+    const cell = thumbs.get(key);
+    if (shownKey !== key && cell) {
+      // Scroll the grid only (never the notebook) so the selected thumbnail is in view.
+      const top = cell.offsetTop - 16;
+      if (top < gridPanel.scrollTop || top + cell.offsetHeight + 16 > gridPanel.scrollTop + gridPanel.clientHeight) {
+        gridPanel.scrollTop = Math.max(0, top - gridPanel.clientHeight / 2);
+      }
+    }
     shownKey = key;
     heat.canvas.setAttribute("aria-label", `attention pattern of layer ${current.layer} head ${current.head}${current.reduced ? " (thumbnail)" : ""}`);
     root.dataset.layer = String(current.layer);
