@@ -17,12 +17,14 @@ from .export import report
 from .widgets import (
     AttentionView,
     Board,
+    CompareView,
     Link,
     LogitAttributionView,
     LogitLensView,
     NeuronDashboard,
     NeuronsView,
     board,
+    compare_view,
     link,
 )
 
@@ -33,6 +35,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Capture": "circuitboard.capture",
     "capture": "circuitboard.capture",
+    "compare": "circuitboard.analysis",
+    "Comparison": "circuitboard.analysis",
     "from_transformer_lens": "circuitboard.capture",
     "load_capture": "circuitboard.capture",
     "load_default_model": "circuitboard.models",
@@ -56,6 +60,8 @@ __all__ = [
     "Board",
     "Capture",
     "CircuitboardWarning",
+    "CompareView",
+    "Comparison",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -64,6 +70,8 @@ __all__ = [
     "attention",
     "board",
     "capture",
+    "compare",
+    "compare_view",
     "direct_logit_attribution",
     "from_transformer_lens",
     "head_scores",

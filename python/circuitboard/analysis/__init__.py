@@ -1,6 +1,7 @@
 """Pure tensor math on a Capture: exact logit attribution, logit lens, head scores."""
 
 from ._attribution import Attribution, direct_logit_attribution
+from ._compare import Comparison, Effect, RunningStats, compare
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
 from ._neurons import TopActivations, logit_effects, top_activations
@@ -8,8 +9,12 @@ from ._neurons import TopActivations, logit_effects, top_activations
 __all__ = [
     "SCORES",
     "Attribution",
+    "Comparison",
+    "Effect",
     "LogitLens",
+    "RunningStats",
     "TopActivations",
+    "compare",
     "direct_logit_attribution",
     "head_scores",
     "logit_effects",

@@ -4,6 +4,7 @@ from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
 from ._codec import decode, encode
+from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
 from ._lens import LogitLensView
 from ._link import Link
@@ -14,6 +15,7 @@ from ._view import View
 __all__ = [
     "AttentionView",
     "Board",
+    "CompareView",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -21,6 +23,7 @@ __all__ = [
     "NeuronsView",
     "View",
     "board",
+    "compare_view",
     "decode",
     "encode",
     "link",

@@ -1,0 +1,684 @@
+"""Per-category statistics of model components and their differences (effect sizes, t).
+
+Every statistic is kept as mergeable running moments (count, mean, M2; Welford / Chan), so a
+category's prompts can be processed in any number of shards, on any machine, and reduced
+later with :meth:`Comparison.merge` or :meth:`RunningStats.merge`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEAD_STATS: dict[str, str] = {
+    "head_write": "‖z·W_O‖: norm of what the head writes to the residual",
+    "attn_first": "attention to the first token",
+    "attn_prev": "attention to the previous token",
+    "attn_entropy": "attention entropy (nats)",
+}
+"""Per-head statistics ``[layers, heads]``, name → description."""
+LAYER_STATS: dict[str, str] = {
+    "attn_out": "‖attention output‖",
+    "mlp_out": "‖MLP output‖",
+}
+"""Per-layer statistics ``[layers]``."""
+NEURON_STATS: dict[str, str] = {"neurons": "MLP neuron activation (mlp.hook_post)"}
+"""Per-neuron statistics ``[layers, d_mlp]``."""
+STATS: dict[str, str] = {**HEAD_STATS, **LAYER_STATS, **NEURON_STATS}
+MEASURES = ("d", "t", "diff")
+_NEEDS = {  # stat → capture kinds
+    "head_write": ("z",),
+    "attn_first": ("pattern",),
+    "attn_prev": ("pattern",),
+    "attn_entropy": ("pattern",),
+    "attn_out": ("attn_out",),
+    "mlp_out": ("mlp_out",),
+    "neurons": ("mlp_post",),
+}
+
+
+# -- running moments ---------------------------------------------------------------------------
+@dataclass
+class RunningStats:
+    """Count, mean and sum of squared deviations (M2) of samples of an array, mergeable.
+
+    ``update`` adds a batch of samples (first axis); ``merge`` combines two shards exactly
+    (Chan et al.), in any order, so ``var`` equals numpy's on all samples together.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(10.0).reshape(5, 2)
+    >>> a = RunningStats.of(x[:2]).merge(RunningStats.of(x[2:]))
+    >>> a.count, a.mean.tolist(), np.allclose(a.var(), x.var(0, ddof=1))
+    (5, [4.0, 5.0], True)
+    """
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: Sequence[int]) -> RunningStats:
+        """No samples yet, for arrays of ``shape``."""
+        return cls(0, np.zeros(tuple(shape)), np.zeros(tuple(shape)))
+
+    @classmethod
+    def of(cls, samples: Any) -> RunningStats:
+        """Statistics of ``samples`` ``[n, *shape]`` (float64 internally)."""
+        x = np.asarray(samples, dtype=np.float64)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"samples must be [n, ...] with n >= 1; got shape {tuple(x.shape)}.")
+        mean = x.mean(0)
+        return cls(int(x.shape[0]), mean, ((x - mean) ** 2).sum(0))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mean.shape)
+
+    def merge(self, other: RunningStats) -> RunningStats:
+        """The statistics of both shards' samples together (a new object)."""
+        if self.shape != other.shape:
+            raise ValueError(
+                f"cannot merge statistics of shape {self.shape} with {other.shape}; "
+                "merge shards of the same model, layers and statistic."
+            )
+        if other.count == 0:
+            return RunningStats(self.count, self.mean.copy(), self.m2.copy())
+        if self.count == 0:
+            return RunningStats(other.count, other.mean.copy(), other.m2.copy())
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
+        return RunningStats(n, mean, m2)
+
+    def update(self, samples: Any) -> RunningStats:
+        """Add samples ``[n, *shape]`` in place; returns ``self``."""
+        merged = self.merge(RunningStats.of(samples))
+        self.count, self.mean, self.m2 = merged.count, merged.mean, merged.m2
+        return self
+
+    def var(self, ddof: int = 1) -> np.ndarray:
+        """Variance (``ddof=1``: sample variance; NaN with fewer than ``ddof + 1`` samples)."""
+        if self.count - ddof <= 0:
+            return np.full(self.shape, np.nan)
+        return self.m2 / (self.count - ddof)
+
+    def std(self, ddof: int = 1) -> np.ndarray:
+        """Standard deviation, see :meth:`var`."""
+        return np.sqrt(self.var(ddof))
+
+
+@dataclass(frozen=True)
+class Effect:
+    """The difference between two categories for every component of one statistic.
+
+    ``diff = mean_a - mean_b``; ``d`` is Cohen's d (``diff`` over the pooled standard
+    deviation); ``t`` is Welch's t statistic (``diff / sqrt(var_a/n_a + var_b/n_b)``). Where
+    both categories are constant, ``d`` and ``t`` are 0 for equal means and ±inf otherwise.
+    """
+
+    stat: str
+    a: str
+    b: str
+    mean_a: np.ndarray
+    mean_b: np.ndarray
+    std_a: np.ndarray
+    std_b: np.ndarray
+    n_a: int
+    n_b: int
+    diff: np.ndarray
+    d: np.ndarray
+    t: np.ndarray
+
+    def measure(self, by: str) -> np.ndarray:
+        """``d``, ``t`` or ``diff`` by name."""
+        if by not in MEASURES:
+            raise ValueError(f"by={by!r} is not a measure; use one of {list(MEASURES)}.")
+        return getattr(self, by)
+
+
+def effect_size(a: RunningStats, b: RunningStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(diff, d, t)`` between two sets of running statistics (see :class:`Effect`).
+
+    >>> a = RunningStats.of([[1.0], [3.0]]); b = RunningStats.of([[0.0], [2.0]])
+    >>> [round(float(v[0]), 4) for v in effect_size(a, b)]
+    [1.0, 0.7071, 0.7071]
+    """
+    if a.count < 2 or b.count < 2:
+        raise ValueError(
+            f"effect sizes need at least 2 samples per category; got {a.count} and {b.count}. "
+            "Add prompts to the smaller category (or use pos='all' to count every token)."
+        )
+    diff = a.mean - b.mean
+    pooled = np.sqrt((a.m2 + b.m2) / (a.count + b.count - 2))
+    se = np.sqrt(a.var() / a.count + b.var() / b.count)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(pooled > 0, diff / np.where(pooled > 0, pooled, 1), _degenerate(diff))
+        t = np.where(se > 0, diff / np.where(se > 0, se, 1), _degenerate(diff))
+    return diff, d, t
+
+
+def _degenerate(diff: np.ndarray) -> np.ndarray:
+    return np.where(diff == 0, 0.0, np.sign(diff) * np.inf)
+
+
+# -- per-prompt samples --------------------------------------------------------------------
+def _positions(pos: int | str, n_tokens: int, prompt: str | None) -> Any:
+    if isinstance(pos, str):
+        return slice(None)
+    if not -n_tokens <= pos < n_tokens:
+        raise ValueError(
+            f"pos={pos} is outside a prompt of {n_tokens} tokens ({prompt!r}); use a position "
+            f"in [-{n_tokens}, {n_tokens - 1}], or pos='all' / 'mean'."
+        )
+    return [pos % n_tokens]
+
+
+def samples_from_capture(
+    cap: Any, stats: Sequence[str], layers: Sequence[int], pos: int | str = -1
+) -> dict[str, np.ndarray]:
+    """One prompt's samples of each statistic: ``{stat: [n, *shape]}`` (float64).
+
+    ``n`` is 1 for an int ``pos`` or ``"mean"`` (the mean over the prompt's tokens) and the
+    number of tokens for ``"all"``. Head statistics are ``[n, layers, heads]``, layer
+    statistics ``[n, layers]``, neurons ``[n, layers, d_mlp]``.
+    """
+    import torch
+
+    T = cap.n_tokens
+    idx = _positions(pos, T, cap.prompt)
+    q = torch.arange(T)[idx]  # query positions, [n]
+    out: dict[str, list[np.ndarray]] = {s: [] for s in stats}
+    with torch.no_grad():
+        for layer in layers:
+            if "head_write" in out:
+                w = cap.per_head_writes(layer)[q]  # [n, H, d_model]
+                out["head_write"].append(w.norm(dim=-1).double().numpy())
+            if any(s in out for s in ("attn_first", "attn_prev", "attn_entropy")):
+                p = cap[f"blocks.{layer}.attn.hook_pattern"].float()[:, q, :]  # [H, n, k]
+                if "attn_first" in out:
+                    out["attn_first"].append(p[..., 0].T.double().numpy())
+                if "attn_prev" in out:
+                    prev = torch.gather(
+                        p, 2, (q - 1).clamp(min=0).view(1, -1, 1).expand(p.shape[0], -1, 1)
+                    )
+                    prev = prev[..., 0] * (q > 0).to(prev.dtype)
+                    out["attn_prev"].append(prev.T.double().numpy())
+                if "attn_entropy" in out:
+                    pl = p.double()
+                    ent = -(torch.where(pl > 0, pl * pl.log(), torch.zeros_like(pl))).sum(-1)
+                    out["attn_entropy"].append(ent.T.numpy())
+            for s, hook in (("attn_out", "hook_attn_out"), ("mlp_out", "hook_mlp_out")):
+                if s in out:
+                    x = cap[f"blocks.{layer}.{hook}"].float()[q]  # [n, d_model]
+                    out[s].append(x.norm(dim=-1).double().numpy())
+            if "neurons" in out:
+                out["neurons"].append(cap[f"blocks.{layer}.mlp.hook_post"].double()[q].numpy())
+    res = {s: np.stack(v, axis=1) for s, v in out.items()}  # layer axis after samples
+    if pos == "mean":
+        res = {s: v.mean(0, keepdims=True) for s, v in res.items()}
+    return res
+
+
+# -- the comparison ------------------------------------------------------------------------
+@dataclass(eq=False)
+class Comparison:
+    """Running statistics of model components per category of prompts.
+
+    ``stats[category][stat]`` is a :class:`RunningStats`; head statistics have shape
+    ``[len(layers), n_heads]``, ``attn_out`` / ``mlp_out`` ``[len(layers)]`` and ``neurons``
+    ``[len(layers), d_mlp]`` (rows follow ``layers``, the model's layer indices).
+
+    Examples
+    --------
+    >>> cmp = cb.compare(model, tok, {"IOI": ioi_prompts, "other": other_prompts})  # doctest: +SKIP
+    >>> cmp.effect("IOI", "other", "head_write").d.shape  # doctest: +SKIP
+    (30, 9)
+    >>> cmp.top("IOI", "other", "neurons", k=3)  # doctest: +SKIP
+    [{'label': 'L21 N860', 'd': 4.1, ...}, ...]
+    >>> both = shard1.merge(shard2)  # same categories, both shards  # doctest: +SKIP
+    """
+
+    categories: list[str]
+    stats: dict[str, dict[str, RunningStats]]
+    layers: list[int]
+    n_heads: int
+    d_mlp: int
+    pos: int | str = -1
+    n_prompts: dict[str, int] = field(default_factory=dict)
+    model_name: str = ""
+
+    def __repr__(self) -> str:
+        cats = ", ".join(f"{c!r}: {self.n_prompts.get(c, '?')}" for c in self.categories)
+        return (
+            f"Comparison({{{cats}}} prompts, {len(self.layers)} layers × {self.n_heads} heads, "
+            f"pos={self.pos!r}, stats={self.stat_names})"
+        )
+
+    @property
+    def stat_names(self) -> list[str]:
+        """The statistics held (the same for every category)."""
+        first = self.stats[self.categories[0]] if self.categories else {}
+        return [s for s in STATS if s in first]
+
+    def _check(self, category: str) -> None:
+        if category not in self.stats:
+            raise KeyError(f"no category {category!r}; this comparison has {self.categories}.")
+
+    def _check_stat(self, stat: str) -> None:
+        if stat not in self.stat_names:
+            raise ValueError(
+                f"stat={stat!r} is not in this comparison; it holds {self.stat_names}. "
+                "Compare again with stats=[...] including it."
+            )
+
+    def count(self, category: str) -> int:
+        """Samples per component in ``category`` (prompts, or tokens with ``pos='all'``)."""
+        self._check(category)
+        return next(iter(self.stats[category].values())).count
+
+    def effect(self, a: str, b: str, stat: str = "head_write") -> Effect:
+        """Difference of category ``a`` minus ``b`` for ``stat`` (see :class:`Effect`)."""
+        self._check(a)
+        self._check(b)
+        self._check_stat(stat)
+        sa, sb = self.stats[a][stat], self.stats[b][stat]
+        diff, d, t = effect_size(sa, sb)
+        return Effect(
+            stat, a, b, sa.mean, sb.mean, sa.std(), sb.std(), sa.count, sb.count, diff, d, t
+        )
+
+    def top(
+        self,
+        a: str,
+        b: str,
+        stat: str = "neurons",
+        *,
+        k: int = 20,
+        by: str = "d",
+        layer: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``k`` components of ``stat`` that differ most (largest ``|by|``), ranked.
+
+        Each entry: ``label`` (``L3H2``, ``L3 N120``, ``L3``), ``layer`` (model index),
+        ``head`` / ``neuron`` where relevant, ``d``, ``t``, ``diff``, ``mean_a``, ``std_a``,
+        ``mean_b``, ``std_b``. ``layer`` restricts to one model layer.
+        """
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}.")
+        e = self.effect(a, b, stat)
+        score = np.abs(np.nan_to_num(e.measure(by), nan=-1.0, posinf=np.inf))
+        rows = np.arange(len(self.layers))
+        if layer is not None:
+            if layer not in self.layers:
+                raise IndexError(f"layer={layer!r} was not compared; layers are {self.layers}.")
+            rows = np.array([self.layers.index(layer)])
+        sub = score[rows]
+        flat = sub.reshape(len(rows), -1)
+        order = np.argsort(-flat, axis=None, kind="stable")[:k]
+        out = []
+        for i in order:
+            r, c = divmod(int(i), flat.shape[1])
+            ix = (int(rows[r]),) if e.d.ndim == 1 else (int(rows[r]), c)
+            li = self.layers[ix[0]]
+            entry: dict[str, Any] = {"layer": li}
+            if stat in HEAD_STATS:
+                entry.update(label=f"L{li}H{c}", head=c)
+            elif stat in NEURON_STATS:
+                entry.update(label=f"L{li} N{c}", neuron=c)
+            else:
+                entry.update(label=f"L{li}")
+            for key in ("d", "t", "diff", "mean_a", "std_a", "mean_b", "std_b"):
+                entry[key] = float(getattr(e, key)[ix])
+            out.append(entry)
+        return out
+
+    def merge(self, *others: Comparison) -> Comparison:
+        """Combine shards: categories of the same name pool their prompts (exactly).
+
+        Shards must share layers, heads, d_mlp, pos and statistics; categories present in
+        only some shards are kept as they are.
+        """
+        res = Comparison(
+            list(self.categories),
+            {c: dict(s) for c, s in self.stats.items()},
+            list(self.layers),
+            self.n_heads,
+            self.d_mlp,
+            self.pos,
+            dict(self.n_prompts),
+            self.model_name,
+        )
+        for o in others:
+            if not isinstance(o, Comparison):
+                raise TypeError(f"merge takes Comparison objects; got {type(o).__name__}.")
+            mine = (res.layers, res.n_heads, res.d_mlp, res.pos, res.stat_names)
+            theirs = (o.layers, o.n_heads, o.d_mlp, o.pos, o.stat_names)
+            if mine != theirs:
+                raise ValueError(
+                    "cannot merge comparisons made differently: (layers, n_heads, d_mlp, pos, "
+                    f"stats) are {mine} and {theirs}. Compare every shard with the same "
+                    "layers=, pos= and stats=."
+                )
+            for c in o.categories:
+                if c in res.stats:
+                    res.stats[c] = {s: res.stats[c][s].merge(v) for s, v in o.stats[c].items()}
+                    res.n_prompts[c] = res.n_prompts.get(c, 0) + o.n_prompts.get(c, 0)
+                else:
+                    res.categories.append(c)
+                    res.stats[c] = dict(o.stats[c])
+                    res.n_prompts[c] = o.n_prompts.get(c, 0)
+        return res
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write to a ``.npz`` file (no pickle); :meth:`load` reads it back, e.g. to merge."""
+        import json
+
+        arrays: dict[str, np.ndarray] = {}
+        meta = {
+            "categories": self.categories,
+            "layers": self.layers,
+            "n_heads": self.n_heads,
+            "d_mlp": self.d_mlp,
+            "pos": self.pos,
+            "n_prompts": self.n_prompts,
+            "model_name": self.model_name,
+            "counts": {c: {s: v.count for s, v in st.items()} for c, st in self.stats.items()},
+        }
+        for ci, c in enumerate(self.categories):
+            for s, v in self.stats[c].items():
+                arrays[f"{ci}/{s}/mean"] = v.mean
+                arrays[f"{ci}/{s}/m2"] = v.m2
+        out = Path(path)
+        with open(out, "wb") as f:
+            np.savez_compressed(
+                f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays
+            )
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Comparison:
+        """Read a file written by :meth:`save`."""
+        import json
+
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            stats = {
+                c: {
+                    s: RunningStats(n, z[f"{ci}/{s}/mean"], z[f"{ci}/{s}/m2"])
+                    for s, n in meta["counts"][c].items()
+                }
+                for ci, c in enumerate(meta["categories"])
+            }
+        return cls(
+            meta["categories"],
+            stats,
+            meta["layers"],
+            meta["n_heads"],
+            meta["d_mlp"],
+            meta["pos"],
+            meta["n_prompts"],
+            meta["model_name"],
+        )
+
+    @classmethod
+    def from_captures(
+        cls,
+        categories: Mapping[str, Sequence[Any]],
+        *,
+        pos: int | str = -1,
+        stats: Sequence[str] | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> Comparison:
+        """Statistics from captures already made (``{name: [Capture, ...]}``).
+
+        >>> cmp = Comparison.from_captures({"A": caps_a, "B": caps_b})  # doctest: +SKIP
+        """
+        _check_categories(categories, what="captures")
+        stat_list = _parse_stats(stats)
+        _parse_pos(pos)
+        first = next(iter(categories.values()))[0]
+        info = first.info
+        layer_list = list(layers) if layers is not None else _available_layers(first, stat_list)
+        n_heads = (
+            info.n_heads
+            if info is not None
+            else int(first[f"blocks.{layer_list[0]}.attn.hook_z"].shape[1])
+        )
+        d_mlp = info.d_mlp if info is not None else 0
+        acc = _Accumulator(stat_list, layer_list, pos)
+        for name, caps in categories.items():
+            for cap in caps:
+                acc.add(name, cap)
+        return acc.result(list(categories), n_heads, d_mlp, getattr(info, "model_name", ""))
+
+
+class _Accumulator:
+    def __init__(self, stats: list[str], layers: list[int], pos: int | str) -> None:
+        self.stats, self.layers, self.pos = stats, layers, pos
+        self.acc: dict[str, dict[str, RunningStats]] = {}
+        self.n: dict[str, int] = {}
+        self.pending: dict[str, dict[str, list[np.ndarray]]] = {}
+
+    def add(self, name: str, cap: Any) -> None:
+        samples = samples_from_capture(cap, self.stats, self.layers, self.pos)
+        pend = self.pending.setdefault(name, {s: [] for s in self.stats})
+        for s, v in samples.items():
+            pend[s].append(v)
+        self.n[name] = self.n.get(name, 0) + 1
+        if len(pend[self.stats[0]]) >= 32:
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        pend = self.pending.pop(name, None)
+        if not pend:
+            return
+        cur = self.acc.setdefault(name, {})
+        for s, vs in pend.items():
+            if vs:
+                x = np.concatenate(vs)
+                cur[s] = cur[s].update(x) if s in cur else RunningStats.of(x)
+
+    def result(self, names: list[str], n_heads: int, d_mlp: int, model_name: str) -> Comparison:
+        for name in list(self.pending):
+            self.flush(name)
+        return Comparison(
+            names,
+            {c: self.acc[c] for c in names},
+            list(self.layers),
+            int(n_heads),
+            int(d_mlp),
+            self.pos,
+            {c: self.n.get(c, 0) for c in names},
+            model_name,
+        )
+
+
+def _available_layers(cap: Any, stats: list[str]) -> list[int]:
+    hooks = {
+        "head_write": "attn.hook_z",
+        "attn_first": "attn.hook_pattern",
+        "attn_prev": "attn.hook_pattern",
+        "attn_entropy": "attn.hook_pattern",
+        "attn_out": "hook_attn_out",
+        "mlp_out": "hook_mlp_out",
+        "neurons": "mlp.hook_post",
+    }
+    sets = [set(cap.layers(hooks[s])) for s in stats]
+    layers = sorted(set.intersection(*sets)) if sets else []
+    if not layers:
+        raise ValueError(
+            f"the captures hold no layer with every tensor that stats={stats} need; capture "
+            "with what=('z', 'pattern', 'attn_out', 'mlp_out', 'mlp_post') or pass fewer stats=."
+        )
+    return layers
+
+
+def _check_categories(categories: Any, what: str = "prompts") -> None:
+    if not isinstance(categories, Mapping):
+        raise TypeError(
+            f"categories must be a dict {{name: [{what}...]}}; got {type(categories).__name__}. "
+            'Example: {"IOI": [...], "other": [...]}.'
+        )
+    if len(categories) < 2:
+        raise ValueError(
+            f"compare needs at least 2 categories; got {len(categories)} "
+            f"({list(categories)}). Add another category of {what} to compare against."
+        )
+    for name, items in categories.items():
+        if not isinstance(name, str):
+            raise TypeError(
+                f"category names must be strings; got {name!r} ({type(name).__name__})."
+            )
+        if isinstance(items, (str, bytes)):
+            raise TypeError(
+                f"category {name!r} is a single string; pass a list of {what}: [{items!r}]."
+            )
+        if not isinstance(items, Sequence) or len(items) == 0:
+            raise ValueError(
+                f"category {name!r} has no {what} (got {items!r}); every category needs at "
+                f"least one (two or more for effect sizes)."
+            )
+
+
+def _parse_stats(stats: Sequence[str] | None) -> list[str]:
+    if stats is None:
+        return list(STATS)
+    items = [stats] if isinstance(stats, str) else list(stats)
+    bad = [s for s in items if s not in STATS]
+    if bad or not items:
+        raise ValueError(f"stats= got {items!r}; choose from {list(STATS)}.")
+    return [s for s in STATS if s in items]
+
+
+def _parse_pos(pos: Any) -> None:
+    ok = (isinstance(pos, int) and not isinstance(pos, bool)) or pos in ("all", "mean")
+    if not ok:
+        raise ValueError(
+            f"pos= got {pos!r}; use a token index (-1: the last token), 'all' (every token is a "
+            "sample) or 'mean' (each prompt's mean over its tokens)."
+        )
+
+
+def compare(
+    model: Any,
+    tokenizer: Any,
+    categories: Mapping[str, Sequence[str]],
+    *,
+    pos: int | str = -1,
+    layers: int | Sequence[int] | None = None,
+    stats: Sequence[str] | None = None,
+    batch_size: int = 8,
+    dtype: Any = None,
+    progress: bool | None = None,
+) -> Comparison:
+    """Which heads, layers and neurons behave differently between categories of prompts.
+
+    Runs the model on every prompt (in batches of ``batch_size``, so memory holds one batch's
+    activations and the running statistics, never all captures) and keeps, per category and
+    component, mergeable mean / variance of:
+
+    - ``head_write``: ``‖z_h · W_O_h‖``, the norm of head ``h``'s write to the residual stream;
+    - ``attn_first`` / ``attn_prev``: attention to the first / the previous token;
+    - ``attn_entropy``: entropy of the head's attention distribution (nats);
+    - ``attn_out`` / ``mlp_out``: norm of each layer's attention / MLP output;
+    - ``neurons``: every MLP neuron's activation (``blocks.{l}.mlp.hook_post``).
+
+    Parameters
+    ----------
+    model, tokenizer
+        A Hugging Face causal LM and its tokenizer (see :func:`circuitboard.capture`).
+    categories
+        ``{name: [prompt, ...]}``: at least 2 categories with at least one prompt each (2+ for
+        effect sizes).
+    pos
+        Which token of each prompt is a sample: an index (default ``-1``, the last token; the
+        answer position of a prompt), ``"all"`` (every token is a sample) or ``"mean"`` (each
+        prompt's mean over its tokens is one sample).
+    layers
+        Model layers to compare (default all).
+    stats
+        Subset of the statistic names above (default all; ``neurons`` dominates memory:
+        3 × layers × d_mlp float64 per category).
+    batch_size
+        Prompts per forward pass.
+    dtype
+        Capture dtype (default float32; ``torch.float16`` halves activation memory).
+
+    Returns
+    -------
+    Comparison
+        ``.effect(a, b, stat)`` (Cohen's d, Welch's t, differences), ``.top(...)``,
+        ``.merge(...)`` for shards; view it with :func:`circuitboard.compare_view`.
+
+    Examples
+    --------
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> model, tok = tiny_llama()
+    >>> cmp = compare(model, tok, {"A": ["a b", "the store"], "B": ["Mary and John", "1 2 3"]})
+    >>> cmp.effect("A", "B", "head_write").d.shape
+    (2, 4)
+    """
+    import torch
+
+    from ..capture import capture
+    from ..capture._run import _parse_layers
+    from ..capture.adapters import get_adapter
+
+    _check_categories(categories)
+    for name, prompts in categories.items():
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p:
+                raise ValueError(
+                    f"category {name!r}: prompts[{i}] must be a non-empty string; got {p!r}."
+                )
+    _parse_pos(pos)
+    stat_list = _parse_stats(stats)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    adapter = get_adapter(model)
+    layer_list = _parse_layers(layers, adapter.n_blocks(model))
+    kinds = sorted({k for s in stat_list for k in _NEEDS[s]})
+    dt = torch.float32 if dtype is None else dtype
+    total = sum(len(p) for p in categories.values())
+    show = progress if progress is not None else total >= 64
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="circuitboard compare", unit="prompt")
+    acc = _Accumulator(stat_list, layer_list, pos)
+    info = None
+    chunk = max(batch_size, 4 * batch_size)
+    try:
+        for name, prompts in categories.items():
+            for start in range(0, len(prompts), chunk):
+                caps = capture(
+                    model,
+                    tokenizer,
+                    list(prompts[start : start + chunk]),
+                    layers=layer_list,
+                    what=kinds,
+                    dtype=dt,
+                    batch_size=batch_size,
+                    max_memory=None,
+                    progress=False,
+                )
+                for cap in caps:
+                    acc.add(name, cap)
+                info = caps[0].info
+                if bar is not None:
+                    bar.update(len(caps))
+                del caps
+            acc.flush(name)
+    finally:
+        if bar is not None:
+            bar.close()
+    return acc.result(list(categories), info.n_heads, info.d_mlp, info.model_name)
