@@ -261,3 +261,19 @@ def test_scores_highlight_and_sort_heads(page, tmp_path):
     assert page.eval_on_selector(f"{best} .cb-thumb-bar", "e => e.style.width") == "100%"
     assert "previous token: 1.000" in page.get_attribute(best, "title")
     assert page.cb_errors == []
+
+
+def test_linked_views_follow_each_other(page, tmp_path):
+    """Two views on one Link: a click in one moves the other (the path Python changes take)."""
+    att = random_attention(layers=2, heads=3, n=10)
+    tokens = [f"w{i}" for i in range(10)]
+    a = cb.AttentionView(att, tokens)
+    b = cb.AttentionView(att[::-1].copy(), tokens)
+    cb.link(a, b)
+    open_report(page, cb.report(a, b, path=tmp_path / "linked.html"))
+    first, second = ".cb-slot >> nth=0", ".cb-slot >> nth=1"
+    page.locator(first).locator('.cb-thumb[data-layer="1"][data-head="2"]').click()
+    page.locator(second).locator('.cb-attention[data-layer="1"][data-head="2"]').wait_for()
+    page.locator(first).locator('.cb-token[data-i="3"]').click()
+    page.locator(second).locator('.cb-attention[data-token="3"][data-locked="true"]').wait_for()
+    assert page.cb_errors == []
