@@ -35,6 +35,9 @@ CELLS = [
     "b",
     "print('SEL', {k: v for k, v in sorted(b.selection.items())})",
     "b.selection = {'head': 1, 'layer': 1}",
+    "board = cb.board(cb.AttentionView(att, tokens), cb.AttentionView(att, tokens), "
+    "title='A board', columns=2)\n"
+    "board",
 ]
 
 
@@ -222,6 +225,11 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
         page.wait_for_selector(
             f'{second} .cb-attention[data-layer="1"][data-head="1"]', timeout=30_000
         )
+
+        # A board renders its title and both views side by side.
+        page.wait_for_selector(".jp-Cell:nth-child(5) .cb-attention[data-head]", timeout=30_000)
+        assert page.locator(".jp-Cell:nth-child(5) .cb-attention").count() == 2
+        assert "A board" in output_text(page, 4)
 
         # A click in widget A: B follows in the browser ...
         page.select_option(f'{first} select[aria-label="head"]', "2")
