@@ -133,3 +133,16 @@ def test_figure_argument_errors(tmp_path):
         a.save_png(tmp_path / "f.png", via="gpu")
     with pytest.raises(ValueError, match="theme must be None, 'light' or 'dark'; got 'blue'"):
         a.save_svg(tmp_path / "f.svg", theme="blue")
+
+
+@pytest.mark.parametrize("value", ["3", 1.5, True])
+def test_selection_values_are_ints(value):
+    (a,) = views(1)
+    with pytest.raises(TypeError, match=r"selection values are ints or None; got head="):
+        a.selection = {"head": value}
+
+
+def test_numpy_ints_are_fine():
+    (a,) = views(1)
+    a.selection = {"head": np.int64(2), "token": None}
+    assert a.selection["head"] == 2 and type(a.selection["head"]) is int

@@ -27,8 +27,9 @@ def _bundle() -> Path:
 
 
 def request_key(msg: dict[str, Any]) -> str:
-    """Canonical key of a fetch request (without its ``id``); ``js/src/fetch.ts`` builds the same."""
-    return json.dumps({k: v for k, v in msg.items() if k != "id"}, sort_keys=True, separators=(",", ":"))
+    """Canonical key of a fetch request (no ``id``); ``js/src/fetch.ts`` builds the same."""
+    fields = {k: v for k, v in msg.items() if k != "id"}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 class Base(anywidget.AnyWidget):

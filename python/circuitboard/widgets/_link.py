@@ -48,8 +48,15 @@ class Link(Base):
         unknown = set(values) - set(SELECTION_KEYS)
         if unknown:
             raise KeyError(
-                f"unknown selection keys {sorted(unknown)}; expected some of {list(SELECTION_KEYS)}."
+                f"unknown selection keys {sorted(unknown)}; "
+                f"expected some of {list(SELECTION_KEYS)}."
             )
+        for k, v in values.items():
+            if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__")):
+                raise TypeError(
+                    f"selection values are ints or None; got {k}={v!r}. "
+                    f"Example: view.selection = {{'layer': 3, 'head': 0}}."
+                )
         with self.hold_sync():
             for k, v in values.items():
                 setattr(self, k, None if v is None else int(v))
