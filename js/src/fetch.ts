@@ -4,6 +4,12 @@ import type { Reply } from "./types";
 
 export const FETCH_TIMEOUT_MS = 15_000;
 
+/** The wait before a request counts as unanswered; `html[data-cb-fetch-timeout-ms]` overrides. */
+export function fetchTimeoutMs(): number {
+  const v = Number(document.documentElement.dataset.cbFetchTimeoutMs);
+  return Number.isFinite(v) && v > 0 ? v : FETCH_TIMEOUT_MS;
+}
+
 /** Canonical request key: JSON with sorted keys, no `id` (Python's request_key builds the same). */
 export function requestKey(msg: Record<string, unknown>): string {
   const keys = Object.keys(msg).filter((k) => k !== "id").sort();
@@ -56,7 +62,7 @@ export class Fetcher {
       const timer = window.setTimeout(() => {
         this.pending.delete(id);
         reject(new Error("[circuitboard] no answer from the Python kernel: it may have stopped or restarted. Re-run the cell."));
-      }, FETCH_TIMEOUT_MS);
+      }, fetchTimeoutMs());
       this.pending.set(id, { resolve, reject, timer });
       this.model.send({ ...msg, id });
     });

@@ -82,6 +82,7 @@ class HostModel {
   send(content: Record<string, unknown>): void {
     // Only fetch requests are answered; figure replies and link fallbacks are for a kernel.
     if (typeof content.kind !== "string" || !content.kind.startsWith("fetch") || typeof content.id !== "number") return;
+    if (document.documentElement.dataset.cbKernel === "gone") return; // test hook: a kernel that never answers
     const id = content.id as number;
     const key = requestKeyOf(content);
     const hit = this.replies?.[key];

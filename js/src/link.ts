@@ -123,14 +123,36 @@ export function viaKernel(link: LinkModel): boolean {
   return (link as unknown as { viaKernel?: boolean }).viaKernel === true;
 }
 
-/** Browser-only update (hover): other views see it at once, the kernel never does. */
-export function hover(link: LinkModel, values: Partial<Selection>): void {
+function apply(link: LinkModel, values: Partial<Selection>): void {
   for (const [k, v] of Object.entries(values)) link.set(k as keyof Selection, v as never);
 }
 
-/** A click: update every view and the Python traits. */
+// Hovers coalesced per link: at most one update per animation frame, the latest values win.
+const pendingHover = new WeakMap<LinkModel, Partial<Selection>>();
+
+function flushHover(link: LinkModel): void {
+  const values = pendingHover.get(link);
+  if (!values) return;
+  pendingHover.delete(link);
+  apply(link, values);
+}
+
+/** Browser-only update (hover): other views see it on the next frame, the kernel never does.
+ * Throttled to one update per animation frame however fast the pointer moves. */
+export function hover(link: LinkModel, values: Partial<Selection>): void {
+  const pending = pendingHover.get(link);
+  if (pending) {
+    Object.assign(pending, values);
+    return;
+  }
+  pendingHover.set(link, { ...values });
+  requestAnimationFrame(() => flushHover(link));
+}
+
+/** A click: update every view and the Python traits (at once; pending hovers apply first). */
 export function select(link: LinkModel, values: Partial<Selection>): void {
-  hover(link, values);
+  flushHover(link);
+  apply(link, values);
   link.save_changes();
 }
 

@@ -35,6 +35,28 @@ def pack(**fields: Any) -> tuple[dict[str, Any], list[bytes]]:
     return out, buffers
 
 
+MAX_REPLY_BYTES = 10 * 1024 * 1024
+"""Largest fetch reply: Jupyter servers drop websocket messages above 10 MiB by default."""
+
+
+def check_reply_size(msg: dict[str, Any], buffers: list[bytes]) -> None:
+    """Refuse a reply the message cap would drop (the view shows the error instead of hanging).
+
+    >>> check_reply_size({"kind": "fetch-head"}, [bytes(MAX_REPLY_BYTES + 1)])
+    Traceback (most recent call last):
+    ...
+    ValueError: the fetch-head reply is 10.0 MiB, above the 10 MiB message limit ...
+    """
+    size = sum(len(b) for b in buffers)
+    if size > MAX_REPLY_BYTES:
+        raise ValueError(
+            f"the {msg.get('kind')} reply is {size / 2**20:.1f} MiB, above the 10 MiB message "
+            "limit of Jupyter servers; view fewer tokens (a shorter prompt) or a saved report "
+            "(cb.report), or raise the server's limit (ServerApp.tornado_settings "
+            "websocket_max_message_size)."
+        )
+
+
 class View(Base):
     """A visual view: holds a :class:`Link` and answers the browser's fetch requests.
 
@@ -119,6 +141,7 @@ class View(Base):
             return
         try:
             fields, buffers = self.answer(msg)
+            check_reply_size(msg, buffers)
             self.send({"kind": "reply", "id": msg["id"], "ok": True, **fields}, buffers)
         except Exception as err:  # reported in the view, never a silent hang
             self.send({"kind": "reply", "id": msg["id"], "ok": False, "error": str(err)})
