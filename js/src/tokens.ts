@@ -15,7 +15,10 @@ export interface TokenStripOptions {
 }
 
 /** Background and text colour of token `i`, or null for the default look. */
-export type TokenPaint = (i: number) => { bg: string; fg: string } | null;
+export type TokenPaint = (i: number) => { bg: string; fg: string; nan?: boolean } | null;
+
+/** NaN / ±inf tokens: magenta, as in heatmaps, and class `cb-token-nan`. */
+const NAN_PAINT = { bg: "rgb(255, 0, 255)", fg: "#fff", nan: true };
 
 export const BLOCK = 256;
 export const EAGER = 1024;
@@ -140,6 +143,7 @@ export class TokenStrip {
     const p = this.paint?.(i) ?? null;
     s.style.background = p ? p.bg : "";
     s.style.color = p ? p.fg : "";
+    s.classList.toggle("cb-token-nan", p?.nan === true);
   }
 
   /** Colour every token through `paint` (null restores the default look). */
@@ -158,6 +162,7 @@ export class TokenStrip {
       return;
     }
     this.paintWith((i) => {
+      if (!Number.isFinite(values[i])) return NAN_PAINT;
       const t = toUnit(values[i]);
       return { bg: cssColor(lut, t), fg: textOn(lut, t) };
     });

@@ -71,7 +71,9 @@ def _collect(widgets: Iterable[Base]) -> list[Base]:
 
 def _safe_json(data: Any) -> str:
     # '<' escaped so no string (a token such as "</script>") can end the script element.
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+    from ..widgets._view import json_safe  # NaN / inf → null: JSON.parse rejects NaN
+
+    text = json.dumps(json_safe(data), ensure_ascii=True, separators=(",", ":"), sort_keys=True)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import Future
 from pathlib import Path
@@ -14,6 +15,22 @@ from ._bundle import Base
 from ._link import SELECTION_KEYS, Link
 
 _MIRRORED = (*SELECTION_KEYS, "hover_token")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) as ``None``: JSON has no NaN, and a
+    browser's ``JSON.parse`` rejects the whole message if one slips in.
+
+    >>> json_safe({"v": [1.0, float("nan"), float("inf")], "n": 2})
+    {'v': [1.0, None, None], 'n': 2}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def pack(**fields: Any) -> tuple[dict[str, Any], list[bytes]]:
@@ -31,7 +48,7 @@ def pack(**fields: Any) -> tuple[dict[str, Any], list[bytes]]:
             out[key] = {**value, "data": len(buffers)}
             buffers.append(bytes(value["data"]))
         else:
-            out[key] = value
+            out[key] = json_safe(value)
     return out, buffers
 
 
