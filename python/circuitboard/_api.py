@@ -56,19 +56,28 @@ def logit_attribution(
     --------
     >>> cb.logit_attribution(cap, target=" Mary", baseline=" John")  # doctest: +SKIP
     """
-    from .analysis import direct_logit_attribution
-    from .analysis._attribution import attribute_positions
+    from .analysis._attribution import attribute_positions, prepare
 
-    attr = direct_logit_attribution(cap, target, baseline=baseline, pos=pos)
+    t, b, p = prepare(cap, target, baseline, pos)
+    if not follow_token:
+        attr = attribute_positions(cap, t, b, [p])[0]
+        return LogitAttributionView(attr, tokens=list(cap.tokens), **kwargs)
+    # Chunks of positions bound the per-neuron arrays held at once; the chunk holding `pos`
+    # goes first so that its attribution seeds the view.
+    chunks = [range(s, min(s + 64, cap.n_tokens)) for s in range(0, cap.n_tokens, 64)]
+    home = next(c for c in chunks if p in c)
+    home_attrs = attribute_positions(cap, t, b, list(home))
 
-    def every_position(chunk: int = 64):  # chunks bound the per-neuron arrays held at once
-        for start in range(0, cap.n_tokens, chunk):
-            stop = min(start + chunk, cap.n_tokens)
-            chunk_pos = list(range(start, stop))
-            yield from attribute_positions(cap, attr.target, attr.baseline, chunk_pos)
+    def every_position():
+        yield from home_attrs
+        for c in chunks:
+            if c is not home:
+                yield from attribute_positions(cap, t, b, list(c))
 
-    others = every_position() if follow_token else None
-    return LogitAttributionView(attr, tokens=list(cap.tokens), positions=others, **kwargs)
+    attr = home_attrs[p - home.start]
+    return LogitAttributionView(
+        attr, tokens=list(cap.tokens), positions=every_position(), **kwargs
+    )
 
 
 def logit_lens_view(

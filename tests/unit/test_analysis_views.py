@@ -110,3 +110,18 @@ def test_all_positions_match_single_calls(cap):
         one = direct_logit_attribution(cap, 5, baseline=7, pos=p)
         np.testing.assert_allclose(many[p].values.numpy(), one.values.numpy(), rtol=1e-6, atol=1e-7)
         assert many[p].model_value == one.model_value
+
+
+def test_long_prompt_positions_in_chunks():
+    from circuitboard.analysis import direct_logit_attribution
+
+    model, tok = FACTORIES["llama"]()
+    long = capture_for_analysis(model, tok, " ".join([PROMPT] * 5))
+    n = long.n_tokens
+    assert n > 64, "needs more than one chunk of positions"
+    view = cb.logit_attribution(long, 5, pos=10)
+    assert view.pos == 10 and view.positions == list(range(n))
+    fields, _ = view.answer({"kind": "fetch-position", "pos": n - 2})
+    assert fields["model_value"] == pytest.approx(
+        direct_logit_attribution(long, 5, pos=n - 2).model_value
+    )

@@ -149,6 +149,15 @@ def direct_logit_attribution(
     >>> abs(attr.total - attr.model_value) < 1e-4 * abs(attr.model_value)  # doctest: +SKIP
     True
     """
+    t, b, p = prepare(cap, target, baseline, pos, softcap)
+    return attribute_positions(cap, t, b, [p])[0]
+
+
+def prepare(
+    cap: Any, target: Any, baseline: Any = None, pos: int = -1, softcap: str = "refuse"
+) -> tuple[int, int | None, int]:
+    """Check the arguments of :func:`direct_logit_attribution`; returns ``(target id,
+    baseline id or None, position)``."""
     info = require_info(cap, WHAT)
     if softcap not in ("refuse", "pre"):
         raise ValueError(f"softcap must be 'refuse' or 'pre'; got {softcap!r}.")
@@ -163,7 +172,7 @@ def direct_logit_attribution(
     p = position(pos, cap.n_tokens)
     t = token_id(cap, target, "target")
     b = token_id(cap, baseline, "baseline") if baseline is not None else None
-    return attribute_positions(cap, t, b, [p])[0]
+    return t, b, p
 
 
 def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -> list[Attribution]:
