@@ -199,10 +199,12 @@ def samples_from_capture(
     with torch.no_grad():
         for layer in layers:
             if "head_write" in out:
-                w = cap.per_head_writes(layer)[q]  # [n, H, d_model]
+                z = cap[f"blocks.{layer}.attn.hook_z"][q].float()  # [n, H, d_head]
+                w_o = _w_o(cap, layer, z.device)
+                w = torch.einsum("nhd,hdm->nhm", z, w_o)  # what each head writes
                 out["head_write"].append(w.norm(dim=-1).double().numpy())
             if any(s in out for s in ("attn_first", "attn_prev", "attn_entropy")):
-                p = cap[f"blocks.{layer}.attn.hook_pattern"].float()[:, q, :]  # [H, n, k]
+                p = cap[f"blocks.{layer}.attn.hook_pattern"][:, q, :].float()  # [H, n, k]
                 if "attn_first" in out:
                     out["attn_first"].append(p[..., 0].T.double().numpy())
                 if "attn_prev" in out:
@@ -217,14 +219,26 @@ def samples_from_capture(
                     out["attn_entropy"].append(ent.T.numpy())
             for s, hook in (("attn_out", "hook_attn_out"), ("mlp_out", "hook_mlp_out")):
                 if s in out:
-                    x = cap[f"blocks.{layer}.{hook}"].float()[q]  # [n, d_model]
+                    x = cap[f"blocks.{layer}.{hook}"][q].float()  # [n, d_model]
                     out[s].append(x.norm(dim=-1).double().numpy())
             if "neurons" in out:
-                out["neurons"].append(cap[f"blocks.{layer}.mlp.hook_post"].double()[q].numpy())
+                out["neurons"].append(cap[f"blocks.{layer}.mlp.hook_post"][q].double().numpy())
     res = {s: np.stack(v, axis=1) for s, v in out.items()}  # layer axis after samples
     if pos == "mean":
         res = {s: v.mean(0, keepdims=True) for s, v in res.items()}
     return res
+
+
+def _w_o(cap: Any, layer: int, device: Any) -> Any:
+    import torch
+
+    key = f"blocks.{layer}.attn.W_O"
+    if key not in cap.weights:
+        raise KeyError(
+            f"{key!r} is not in cap.weights; head_write needs the output projection. Use "
+            "captures from cb.capture(), or leave 'head_write' out of stats=."
+        )
+    return cap.weights[key].detach().to(device=device, dtype=torch.float32)
 
 
 # -- the comparison ------------------------------------------------------------------------
