@@ -68,3 +68,32 @@ def test_same_prompt_same_bytes(tiny, tmp_path):
     for name in ("a.html", "b.html"):
         assert cli.main(["report", "--prompt", "one two three", "-o", str(tmp_path / name)]) == 0
     assert (tmp_path / "a.html").read_bytes() == (tmp_path / "b.html").read_bytes()
+
+
+def test_same_bytes_across_processes(tmp_path):
+    """Nothing depends on hash seeds, dict order of a process, clocks or object ids."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys; import circuitboard.cli as cli; from tests.unit.tiny_models import tiny_llama;"
+        "m = tiny_llama(); cli._load = lambda name: m;"
+        "sys.exit(cli.main(['report', '--prompt', 'one two three', '-o', sys.argv[1]]))"
+    )
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"{seed}.html"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", script, str(out)],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
