@@ -29,7 +29,8 @@ def test_hostile_tokens_in_exported_attention_view(page, tmp_path, artifacts):
     assert page.evaluate("() => window.__pwned === undefined")
     shown = page.eval_on_selector_all(".cb-token", "els => els.map(e => e.textContent)")
     assert shown[: len(tokens)] == tokens
-    assert page.evaluate("() => document.querySelectorAll('img, svg, iframe, b, style:not(head style)').length") == 0
+    injected = "img, svg, iframe, b, style:not(head style)"
+    assert page.evaluate(f"() => document.querySelectorAll({injected!r}).length") == 0
     assert "<script>" in page.inner_text("body")  # shown as text, not run
     assert page.title() == "</title><script>window.__pwned=98</script>"
     page.screenshot(path=str(artifacts / "hostile-tokens.png"), full_page=True)
