@@ -402,7 +402,9 @@ export async function render(props: RenderProps<AttentionState>) {
       } else {
         status.textContent = `loading L${layer} H${head}…`;
         try {
+          const f0 = performance.now();
           const { reply, buffers } = await fetcher.get({ kind: "fetch-head", layer, head });
+          root.dataset.lastFetchMs = (performance.now() - f0).toFixed(1);
           h = fromEncoded(layer, head, reply.pattern as Encoded, buffers);
           remember(h);
         } catch (err) {
@@ -428,6 +430,12 @@ export async function render(props: RenderProps<AttentionState>) {
     root.dataset.shown = String(Number(root.dataset.shown ?? 0) + 1);
     prefetch(layer, head);
   };
+  /** Ask for a head now (cached by the fetcher) unless it is decoded or left out of a report. */
+  const request = (layer: number, head: number) => {
+    const key = `${layer}:${head}`;
+    if (decoded.has(key) || (included && !included.has(key)) || !layers.includes(layer) || head < 0 || head >= nHeads) return;
+    fetcher.get({ kind: "fetch-head", layer, head }).catch(() => undefined);
+  };
   const prefetch = (layer: number, head: number) => {
     const next = head + 1 < nHeads ? { layer, head: head + 1 } : null;
     if (!next || decoded.has(`${next.layer}:${next.head}`) || (included && !included.has(`${next.layer}:${next.head}`))) return;
@@ -445,6 +453,7 @@ export async function render(props: RenderProps<AttentionState>) {
       li -= 1;
     }
     li = Math.max(0, Math.min(layers.length - 1, li));
+    request(layers[li], h);
     select(link, { layer: layers[li], head: h });
   };
   const moveToken = (d: number) => {
@@ -460,7 +469,10 @@ export async function render(props: RenderProps<AttentionState>) {
     const cell = (ev.target as HTMLElement).closest?.(".cb-thumb") as HTMLElement | null;
     if (!cell) return;
     clickT0 = performance.now();
-    select(link, { layer: Number(cell.dataset.layer), head: Number(cell.dataset.head) });
+    const layer = Number(cell.dataset.layer);
+    const head = Number(cell.dataset.head);
+    request(layer, head); // before the selection's own message, so the kernel answers it first
+    select(link, { layer, head });
   }, { signal });
   layerSel.addEventListener("change", () => select(link, { layer: Number(layerSel.value) }), { signal });
   headSel.addEventListener("change", () => select(link, { head: Number(headSel.value) }), { signal });
