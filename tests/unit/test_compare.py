@@ -279,3 +279,20 @@ def test_view_errors(cmp):
         view.b = "C"
     with pytest.raises(IndexError, match="a=5 is not a category index"):
         view.answer({"kind": "fetch-neurons", "a": 5, "b": 0, "by": "d", "layer": None})
+
+
+@pytest.mark.parametrize("factory", ["tiny_gpt2", "tiny_gemma2", "tiny_neox"])
+def test_other_architectures_and_layer_subset(factory):
+    from tests.unit import tiny_models
+
+    model, tok = getattr(tiny_models, factory)()
+    cmp = compare(model, tok, {"A": A, "B": B}, layers=[-1], pos="mean")
+    n_layers = model.config.num_hidden_layers
+    assert cmp.layers == [n_layers - 1]
+    e = cmp.effect("A", "B", "head_write")
+    assert e.d.shape == (1, cmp.n_heads) and np.isfinite(e.d).all()
+    assert cmp.stats["B"]["neurons"].shape == (1, cmp.d_mlp)
+    top = cmp.top("A", "B", "head_write", k=2)
+    assert top[0]["layer"] == n_layers - 1
+    view = cb.compare_view(cmp)
+    assert view.layers == [n_layers - 1] and view.pos == "mean"
