@@ -46,6 +46,35 @@ function textWidth(font: string, text: string): number {
   return measure.measureText(text).width;
 }
 
+/** A CSS `linear-gradient(...)` drawn on a canvas (colour bars are often CSS gradients). */
+function gradientCanvas(css: string, w: number, h: number): HTMLCanvasElement | null {
+  const m = css.match(/^linear-gradient\((.*)\)$/);
+  if (!m) return null;
+  const parts = m[1].split(/,(?![^(]*\))/).map((x) => x.trim());
+  let dir = "to bottom";
+  if (/^(to |\d)/.test(parts[0])) dir = parts.shift() ?? dir;
+  const horizontal = dir === "to right" || dir === "90deg";
+  const c = document.createElement("canvas");
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext("2d");
+  if (!ctx || parts.length < 2) return null;
+  const g = horizontal ? ctx.createLinearGradient(0, 0, w, 0) : ctx.createLinearGradient(0, 0, 0, h);
+  parts.forEach((p, i) => {
+    const stop = p.match(/^(.*?)(?:\s+([\d.]+)%)?$/);
+    const color = stop?.[1] ?? p;
+    const at = stop?.[2] !== undefined ? Number(stop[2]) / 100 : i / (parts.length - 1);
+    try {
+      g.addColorStop(Math.min(1, Math.max(0, at)), color);
+    } catch {
+      /* an unparsable stop: skip it */
+    }
+  });
+  ctx.fillStyle = g;
+  ctx.fillRect(0, 0, w, h);
+  return c;
+}
+
 /** Walk `root` (a view's .cb-root) into drawing primitives in its own coordinates. */
 export function collect(root: HTMLElement): Figure {
   const R = root.getBoundingClientRect();
@@ -104,12 +133,16 @@ export function collect(root: HTMLElement): Figure {
         prims.push({ kind: "rect", ...b, fill, stroke: stroke ?? shadow, radius: Number.parseFloat(cs.borderTopLeftRadius) || 0 });
       }
     }
+    if (clip(b) && cs.backgroundImage.startsWith("linear-gradient")) {
+      const bar = gradientCanvas(cs.backgroundImage, Math.max(1, Math.round(b.w)), Math.max(1, Math.round(b.h)));
+      if (bar) prims.push({ kind: "image", ...b, canvas: bar, pixelated: false });
+    }
     if (el instanceof HTMLCanvasElement) {
       if (clip(b) && el.width > 0 && el.height > 0) prims.push({ kind: "image", ...b, canvas: el, pixelated: cs.imageRendering === "pixelated" });
       return;
     }
-    if (el instanceof HTMLSelectElement) {
-      const text = el.selectedOptions[0]?.textContent ?? "";
+    if (el instanceof HTMLSelectElement || (el instanceof HTMLInputElement && /^(text|number|search|)$/.test(el.type))) {
+      const text = el instanceof HTMLSelectElement ? (el.selectedOptions[0]?.textContent ?? "") : el.value;
       const font = fontOf(cs);
       prims.push({ kind: "text", x: b.x + (Number.parseFloat(cs.paddingLeft) || 0) + 2, y: baseline(font, b.y, b.h), text, font, fill: cs.color });
       return;

@@ -127,6 +127,22 @@ def test_figures_png_and_svg(tmp_path, artifacts):
     assert bg.startswith("rgb(") and sum(map(int, bg[4:-1].split(","))) < 150
 
 
+def test_board_figures(tmp_path, artifacts):
+    board = synthetic_board()
+    board.selection = {"layer": 2, "head": 1, "token": 3}
+    w, h = png_size(board.save_png(tmp_path / "board.png", scale=1).read_bytes())
+    assert w > 600 and h > 900, "three views stacked"
+    svg = board.save_svg(tmp_path / "board.svg")
+    root = ET.parse(svg).getroot()
+    panels = [c for c in root if c.tag.endswith("svg")]
+    assert len(panels) == 3
+    ys = [float(c.get("y")) for c in panels]
+    assert ys == sorted(ys) and ys[0] == 0
+    texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    assert "Logit attribution" in texts and "Attention" in texts and "Neurons" in texts
+    (artifacts / "figure-board.svg").write_bytes(svg.read_bytes())
+
+
 def test_figure_without_browser_says_how(monkeypatch, tmp_path):
     import circuitboard.export._figure as fig
 

@@ -1,7 +1,8 @@
-"""Headless figures: a view rendered in Chromium (Playwright) and saved through its ⤓ buttons."""
+"""Headless figures: views rendered in Chromium (Playwright) and saved through their ⤓ buttons."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,11 @@ _ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+_LOCAL = ("file:", "blob:", "data:", "about:")
+_BOARD_CSS = (
+    ".cb-figure-buttons,.cb-notes,.cb-page-header,.cb-page-footer{display:none!important}"
+    "body{padding:8px!important}"
+)
 
 
 def _no_browser(reason: str) -> RuntimeError:
@@ -30,8 +36,41 @@ def _no_browser(reason: str) -> RuntimeError:
     )
 
 
+def _download(page: Any, slot: Any, fmt: str, target: Path) -> bytes:
+    with page.expect_download(timeout=30_000) as info:
+        slot.locator(f".cb-figure-button[data-format={fmt}]").first.click()
+    info.value.save_as(str(target))
+    return target.read_bytes()
+
+
+def _stack_svgs(parts: list[bytes], gap: int = 12) -> bytes:
+    """Several view SVGs one under the other in one SVG document."""
+    out, y, width = [], 0, 0
+    for data in parts:
+        text = data.decode("utf-8")
+        m = re.match(r'<svg xmlns="http://www.w3.org/2000/svg" width="(\d+)" height="(\d+)"', text)
+        if not m:
+            raise RuntimeError("unexpected SVG from the view's figure button")
+        w, h = int(m.group(1)), int(m.group(2))
+        out.append(text.replace("<svg ", f'<svg x="0" y="{y}" ', 1))
+        y += h + gap
+        width = max(width, w)
+    height = max(y - gap, 1)
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+    )
+    return ("\n".join([head, *out, "</svg>"]) + "\n").encode("utf-8")
+
+
 def _render(
-    html_path: Path, out_dir: Path, fmt: str, scale: float, theme: str | None, width: int
+    html_path: Path,
+    out_dir: Path,
+    fmt: str,
+    scale: float,
+    theme: str | None,
+    width: int,
+    board: bool,
 ) -> bytes:
     try:
         from playwright.sync_api import sync_playwright
@@ -42,43 +81,42 @@ def _render(
         try:
             browser = p.chromium.launch(executable_path=exe, args=_ARGS)
         except Exception as err:
-            raise _no_browser(
-                f"no Chromium could be started ({str(err).splitlines()[0]})"
-            ) from None
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise _no_browser(f"no Chromium could be started ({first})") from None
         try:
             context = browser.new_context(
                 viewport={"width": width, "height": 900},
+                device_scale_factor=float(scale) if board and fmt == "png" else 1,
                 accept_downloads=True,
                 color_scheme="dark" if theme == "dark" else "light",
             )
             context.route(
-                "**/*",
-                lambda r: (
-                    r.continue_()
-                    if r.request.url.startswith(("file:", "blob:", "data:", "about:"))
-                    else r.abort()
-                ),
+                "**/*", lambda r: r.continue_() if r.request.url.startswith(_LOCAL) else r.abort()
             )
             page = context.new_page()
             page.goto(html_path.resolve().as_uri())
             page.wait_for_selector("html[data-cb-ready=true]", timeout=30_000)
-            page.eval_on_selector(
-                ".cb-slot .cb-root", f"el => {{ el.dataset.cbFigureScale = '{float(scale)}'; }}"
+            page.eval_on_selector_all(
+                ".cb-slot .cb-root", f"els => els.forEach(e => e.dataset.cbFigureScale = '{scale}')"
             )
             page.wait_for_timeout(100)
-            with page.expect_download(timeout=30_000) as info:
-                page.click(f".cb-slot .cb-figure-button[data-format={fmt}]")
-            target = out_dir / f"figure.{fmt}"
-            info.value.save_as(str(target))
-            return target.read_bytes()
+            slots = page.locator(".cb-slot").all()
+            if not board:
+                return _download(page, slots[0], fmt, out_dir / f"figure.{fmt}")
+            if fmt == "png":  # the page as laid out, at `scale` device pixels per CSS pixel
+                page.add_style_tag(content=_BOARD_CSS)
+                page.wait_for_timeout(100)
+                return page.locator("#cb-report").screenshot(type="png")
+            parts = [_download(page, s, fmt, out_dir / f"f{i}.svg") for i, s in enumerate(slots)]
+            return _stack_svgs(parts)
         finally:
             browser.close()
 
 
 def render_figure(
-    view: Any, fmt: str, *, scale: float = 2.0, theme: str | None = None, width: int = 1000
+    item: Any, fmt: str, *, scale: float = 2.0, theme: str | None = None, width: int = 1000
 ) -> bytes:
-    """PNG or SVG bytes of ``view`` drawn by the real bundle in headless Chromium.
+    """PNG or SVG bytes of a view (or a board: its views stacked) drawn in headless Chromium.
 
     Runs Playwright in a worker thread, so it also works inside a notebook's event loop.
     """
@@ -86,20 +124,26 @@ def render_figure(
         raise ValueError(f"figure format must be 'png' or 'svg'; got {fmt!r}.")
     if not 0.25 <= float(scale) <= 8:
         raise ValueError(f"scale must be between 0.25 and 8; got {scale!r}.")
+    if theme not in (None, "light", "dark"):
+        raise ValueError(f"theme must be None, 'light' or 'dark'; got {theme!r}.")
+    board = hasattr(item, "report_items")
+    views = list(item.views) if board else [item]
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="circuitboard-figure-") as tmp:
         tmp_dir = Path(tmp)
-        old_theme = view.theme
+        old = [v.theme for v in views]
         try:
             if theme is not None:
-                view.theme = theme
-            path = report(view, path=tmp_dir / "view.html", title="figure")
+                for v in views:
+                    v.theme = theme
+            path = report(item, path=tmp_dir / "figure.html", title="figure")
         finally:
-            view.theme = old_theme
+            for v, t in zip(views, old, strict=True):
+                v.theme = t
 
         def work() -> None:
             try:
-                result["data"] = _render(path, tmp_dir, fmt, scale, theme, width)
+                result["data"] = _render(path, tmp_dir, fmt, scale, theme, width, board)
             except BaseException as err:  # re-raised in the caller's thread
                 result["error"] = err
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 import ipywidgets
@@ -82,6 +83,36 @@ class Board(ipywidgets.VBox):
     @selection.setter
     def selection(self, values: dict[str, Any]) -> None:
         self.link.select(**values)
+
+    def save_png(self, path: Any, *, scale: float = 2.0, theme: str | None = None) -> Any:
+        """Save the board as one PNG (its views as laid out in a report page, ``scale``×).
+
+        Rendered in headless Chromium like :meth:`View.save_png`.
+
+        Examples
+        --------
+        >>> board.save_png("figure.png")  # doctest: +SKIP
+        PosixPath('figure.png')
+        """
+        return self._save(path, "png", scale, theme)
+
+    def save_svg(self, path: Any, *, theme: str | None = None) -> Any:
+        """Save the board as one SVG: each view's SVG, one under the other.
+
+        Examples
+        --------
+        >>> board.save_svg("figure.svg")  # doctest: +SKIP
+        PosixPath('figure.svg')
+        """
+        return self._save(path, "svg", 1.0, theme)
+
+    def _save(self, path: Any, fmt: str, scale: float, theme: str | None) -> Any:
+        from ..export._figure import render_figure
+        from ._view import _write_atomic
+
+        out = Path(path)
+        _write_atomic(out, render_figure(self, fmt, scale=scale, theme=theme))
+        return out
 
     def report_items(self) -> list[Any]:
         """What :func:`circuitboard.report` writes for this board: the title, then the views."""
