@@ -39,7 +39,7 @@ def browser() -> Iterator[Any]:
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium).")
+        pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium).")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         yield b
@@ -57,7 +57,10 @@ def page(browser: Any) -> Iterator[Any]:
     pg = context.new_page()
     errors = PageErrors()
     blocked: list[str] = []
-    pg.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    pg.on(
+        "console",
+        lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
+    )
     pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     pg.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
 

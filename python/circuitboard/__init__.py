@@ -2,7 +2,8 @@
 
 >>> import circuitboard as cb
 >>> model, tokenizer = cb.load_default_model()  # doctest: +SKIP
->>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
+>>> prompt = "When Mary and John went to the store, John gave a drink to"
+>>> cap = cb.capture(model, tokenizer, prompt)  # doctest: +SKIP
 >>> cb.attention(cap)  # doctest: +SKIP
 """
 

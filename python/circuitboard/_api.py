@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from .capture import Capture
 
 
-def attention(cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs: Any) -> AttentionView:
+def attention(
+    cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs: Any
+) -> AttentionView:
     """Attention view of every captured layer and head of a capture.
 
     Examples

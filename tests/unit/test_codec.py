@@ -35,7 +35,7 @@ def test_encode_rejects_unknown_dtype():
 @pytest.mark.parametrize(
     ("attention", "tokens", "error", "match"),
     [
-        (np.zeros((2, 2)), ["a", "b"], ValueError, r"has 2 dims .* expected \[layers, heads, query, key\]"),
+        (np.zeros((2, 2)), ["a", "b"], ValueError, r"has 2 dims .* \[layers, heads, query, key\]"),
         (np.zeros((1, 1, 1, 2, 2)), ["a", "b"], ValueError, "has 5 dims"),
         (np.full((1, 2, 2), 0.5), ["a"], ValueError, "got 1 tokens but attention has 2 positions"),
         (np.full((1, 2, 2), 0.5), "ab", TypeError, "tokens must be a list of strings"),
@@ -59,6 +59,9 @@ def test_widgets_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, circuitboard, circuitboard.widgets, circuitboard.export; print('torch' in sys.modules)"
+    code = (
+        "import sys, circuitboard, circuitboard.widgets, circuitboard.export; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -40,7 +40,10 @@ def gguf_path() -> Path:
 
 
 def _save_plain(model: Any, folder: Path) -> None:
-    """Save de-quantized weights as a plain float32 checkpoint (GGUF models refuse save_pretrained)."""
+    """Save de-quantized weights as a plain float32 checkpoint.
+
+    GGUF-loaded models refuse ``save_pretrained``, so the config and weights are written here.
+    """
     import json
 
     from safetensors.torch import save_model

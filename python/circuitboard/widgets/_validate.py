@@ -27,7 +27,9 @@ def attention_array(attention: Any) -> np.ndarray:
             "attention[None] (adds the heads dim)."
         )
     if 0 in arr.shape:
-        raise ValueError(f"attention is empty (shape {tuple(arr.shape)}); capture a non-empty prompt.")
+        raise ValueError(
+            f"attention is empty (shape {tuple(arr.shape)}); capture a non-empty prompt."
+        )
     return arr
 
 
