@@ -201,3 +201,25 @@ def test_lens_click_moves_attribution_to_that_position(page, tmp_path):
     page.keyboard.press("Escape")
     page.wait_for_selector(f'.cb-dla[data-pos="{last}"]')
     assert page.cb_errors == []
+
+
+def test_lens_with_a_long_prompt_still_draws(page, tmp_path):
+    n = 900
+    rng = np.random.default_rng(0)
+
+    class Long:
+        layers = [0, 1]
+        tokens = [f"t{i}" for i in range(n)]
+        top_tokens = [[["a", "b"] for _ in range(n)] for _ in range(2)]
+        top_probs = rng.uniform(size=(2, n, 2))
+        target_ids = np.arange(n)
+        target_probs = rng.uniform(size=(2, n))
+        target_ranks = np.zeros((2, n))
+
+    path = cb.report(cb.LogitLensView(Long(), target_tokens=["x"] * n), path=tmp_path / "long.html")
+    open_report(page, path)
+    w = page.eval_on_selector(".cb-lens-grid", "c => c.width")
+    assert 0 < w <= 32767
+    px = canvas_pixels(page, ".cb-lens-grid")
+    assert px[..., :3].std() > 5
+    assert page.cb_errors == []

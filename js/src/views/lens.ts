@@ -46,7 +46,8 @@ export interface LensLayout {
 
 export function lensLayout(nLayers: number, nPos: number): LensLayout {
   const row = Math.max(12, Math.min(20, Math.floor(540 / Math.max(nLayers, 1))));
-  const col = nPos > 40 ? 48 : 64;
+  // Canvases wider than ~32k px fail to draw: very long prompts get narrower, text-less columns.
+  const col = Math.max(4, Math.min(nPos > 40 ? 48 : 64, Math.floor(30000 / Math.max(nPos, 1))));
   return { axis: 34, col, row, top: row + 6, bottom: row + 6 };
 }
 
@@ -118,7 +119,7 @@ export async function render(props: RenderProps<LensState>) {
   const draw = () => {
     const dark = isDark(root);
     const lut = sequential(dark);
-    const r = Math.max(1, Math.round(window.devicePixelRatio || 1));
+    const r = Math.max(1, Math.min(Math.round(window.devicePixelRatio || 1), Math.floor(32000 / W)));
     canvas.width = W * r;
     canvas.height = Hpx * r;
     const ctx = canvas.getContext("2d");
@@ -145,8 +146,10 @@ export async function render(props: RenderProps<LensState>) {
         ctx.fillStyle = Number.isFinite(t) ? cssColor(lut, t) : panel;
         ctx.fillRect(x, y, lay.col - 1, lay.row - 1);
         ctx.fillStyle = Number.isFinite(t) ? textOn(lut, t) : muted;
-        const text = visible(strings[topIndex[(li * P + p) * k]] ?? "");
-        ctx.fillText(fit(ctx, text, lay.col - 6), x + 3, y + lay.row / 2);
+        if (lay.col >= 20) {
+          const text = visible(strings[topIndex[(li * P + p) * k]] ?? "");
+          ctx.fillText(fit(ctx, text, lay.col - 6), x + 3, y + lay.row / 2);
+        }
       }
     }
     // Tracked token row (top) and input tokens (bottom).
@@ -155,7 +158,7 @@ export async function render(props: RenderProps<LensState>) {
     ctx.fillText(model.get("target_label") === "next token" ? "next" : "tgt", lay.axis - 6, lay.top / 2);
     ctx.fillText("in", lay.axis - 6, Hpx - lay.bottom / 2);
     ctx.textAlign = "left";
-    for (let p = 0; p < P; p++) {
+    for (let p = 0; p < P && lay.col >= 20; p++) {
       const x = lay.axis + p * lay.col + 3;
       ctx.fillStyle = muted;
       ctx.fillText(fit(ctx, visible(targets[p] ?? ""), lay.col - 6), x, lay.top / 2);
