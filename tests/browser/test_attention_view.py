@@ -49,6 +49,12 @@ def test_clicking_a_thumbnail_shows_that_head(page, tmp_path, artifacts):
     assert_pixels_match(page, att[0, 0])
     click_thumb(page, 9, 3)
     assert_pixels_match(page, att[2, 3])
+    linear = canvas_pixels(page)
+    page.select_option('select[aria-label="colour scale"]', "sqrt")
+    page.wait_for_selector('.cb-attention[data-scale="sqrt"]')
+    assert_pixels_match(page, att[2, 3])  # still monotonic, lighter weights stand out more
+    assert canvas_pixels(page)[..., :3].astype(int).sum() < linear[..., :3].astype(int).sum()
+    page.select_option('select[aria-label="colour scale"]', "linear")
     assert page.eval_on_selector(
         ".cb-thumb-selected", "e => [e.dataset.layer, e.dataset.head]"
     ) == ["9", "3"]
@@ -123,6 +129,7 @@ def test_4096_token_prompt_renders_zooms_and_virtualizes(page, tmp_path, artifac
         ".cb-tokens", "e => ({...e.dataset, spans: e.querySelectorAll('.cb-token').length})"
     )
     assert strip["virtual"] == "true" and 0 < strip["spans"] < 1024
+    assert page.get_attribute(".cb-attention", "data-scale") == "sqrt"  # long prompt default
     # Zoom in with the button and the wheel; pan by dragging.
     page.click('button[aria-label="zoom in (+)"]')
     page.wait_for_selector('.cb-attention[data-zoom="2.00"]')

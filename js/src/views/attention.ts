@@ -112,6 +112,12 @@ export async function render(props: RenderProps<AttentionState>) {
   sortBox.type = "checkbox";
   sortBox.setAttribute("aria-label", "sort heads by score");
   sortLabel.append(" sort");
+  const scaleSel = el("select", "cb-select", header);
+  scaleSel.setAttribute("aria-label", "colour scale");
+  scaleSel.title = "Colour scale of the heatmap; the tooltip always shows the exact weight";
+  scaleSel.add(new Option("linear", "linear"));
+  scaleSel.add(new Option("√ scale", "sqrt"));
+  scaleSel.value = n > 256 ? "sqrt" : "linear"; // long prompts: most weights are tiny
   const modeSel = el("select", "cb-select", header);
   modeSel.setAttribute("aria-label", "token colouring");
   modeSel.add(new Option("looks at + looked at by", "both"));
@@ -285,7 +291,7 @@ export async function render(props: RenderProps<AttentionState>) {
     rows: h.n,
     cols: h.n,
     codes: h.codes,
-    lut: sequential(isDark(root)),
+    lut: scaleSel.value === "sqrt" ? sqrtLut(sequential(isDark(root))) : sequential(isDark(root)),
     lowerOnly: causal,
     rowLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
     colLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
@@ -322,6 +328,7 @@ export async function render(props: RenderProps<AttentionState>) {
     const z = heat.canvas.dataset.zoom ?? "1.00";
     const parts = [`L${current.layer} H${current.head}`, `${n} tokens`];
     if (Number(z) > 1.001) parts.push(`zoom ${Number(z).toFixed(1)}×`);
+    root.dataset.scale = scaleSel.value;
     if (current.reduced) parts.push(`not in this report at full resolution: ${tSide}×${tSide} thumbnail`);
     if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads at full resolution in this report (▨ = thumbnail only)`);
     status.textContent = parts.join(" · ");
@@ -479,6 +486,7 @@ export async function render(props: RenderProps<AttentionState>) {
   scoreSel.addEventListener("change", applyScores, { signal });
   sortBox.addEventListener("change", applyScores, { signal });
   modeSel.addEventListener("change", drawTokens, { signal });
+  scaleSel.addEventListener("change", () => drawHeat(true), { signal });
   zoomIn.addEventListener("click", () => heat.zoom(2), { signal });
   zoomOut.addEventListener("click", () => heat.zoom(0.5), { signal });
   zoomFit.addEventListener("click", () => heat.fit(), { signal });
