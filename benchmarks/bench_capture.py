@@ -51,30 +51,28 @@ def _reset_peak() -> None:
         pass
 
 
-def _once(fn) -> tuple[float, int]:
-    """Seconds of one run and its extra peak RSS over the RSS before it."""
+def _once(fn) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (all threads of this process) and extra peak RSS of one run."""
     _reset_peak()
     base, _ = _rss()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     _, peak = _rss()
     del out
-    return dt, peak - base
+    return dt, dc, peak - base
 
 
-def _measure(fns, repeats: int) -> list[tuple[float, int]]:
-    """Median seconds and median extra peak RSS of each function; runs are interleaved
-    (a, b, a, b, ...) so that load from other processes hits all of them alike."""
+def _measure(fns, repeats: int) -> list[tuple[float, float, int]]:
+    """Median wall seconds, CPU seconds and extra peak RSS of each function; runs are
+    interleaved (a, b, a, b, ...) so that load from other processes hits all of them alike."""
     for fn in fns:
         fn()  # warm-up
-    runs: list[list[tuple[float, int]]] = [[] for _ in fns]
+    runs: list[list[tuple[float, float, int]]] = [[] for _ in fns]
     for _ in range(repeats):
         for k, fn in enumerate(fns):
             runs[k].append(_once(fn))
-    return [
-        (statistics.median(t for t, _ in r), int(statistics.median(m for _, m in r))) for r in runs
-    ]
+    return [tuple(statistics.median(x[i] for x in r) for i in range(3)) for r in runs]
 
 
 def prompt_of(tok, n: int) -> str:
@@ -106,26 +104,28 @@ def main() -> None:
         def capture_all(prompt=prompt):
             return cb.capture(model, tok, prompt, what="all", max_memory=None)
 
-        (t_plain, m_plain), (t_cap, m_cap) = _measure([plain_eager, capture_all], args.repeats)
+        plain, capt = _measure([plain_eager, capture_all], args.repeats)
         cap = capture_all()
         stored = sum(t.nbytes for t in cap.tensors.values()) + cap.logits.nbytes
-        rows.append((ids.shape[1], t_plain, t_cap, m_plain, m_cap, stored))
+        rows.append((ids.shape[1], plain, capt, stored))
         del cap
 
     mib = 2**20
     print(
         f"SmolLM2-135M-Instruct, float32 weights on CPU, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats} runs; capture = what='all', float16 storage\n"
+        f"median of {args.repeats} interleaved runs; capture = what='all', float16 storage. "
+        "CPU time is this process's (all threads), less sensitive to other load than wall time.\n"
     )
     print(
-        "| tokens | eager forward | capture (all) | ratio | stored | extra peak, forward "
-        "| extra peak, capture | capture peak − forward peak |"
+        "| tokens | eager forward wall / CPU | capture wall / CPU | ratio wall / CPU | stored "
+        "| extra peak RSS, forward | extra peak RSS, capture |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, tp, tc, mp, mc, st in rows:
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, (tp, cp, mp), (tc, cc, mc), st in rows:
         print(
-            f"| {n} | {tp:.3f} s | {tc:.3f} s | {tc / tp:.2f}× | {st / mib:.0f} MiB | "
-            f"{mp / mib:.0f} MiB | {mc / mib:.0f} MiB | {(mc - mp) / mib:.0f} MiB |"
+            f"| {n} | {tp:.2f} s / {cp:.2f} s | {tc:.2f} s / {cc:.2f} s "
+            f"| {tc / tp:.2f}× / {cc / cp:.2f}× | {st / mib:.0f} MiB "
+            f"| {mp / mib:.0f} MiB | {mc / mib:.0f} MiB |"
         )
 
 
