@@ -255,13 +255,36 @@ export async function render(props: RenderProps<NeuronsState>) {
       root.classList.remove("cb-failed");
     } catch (err) {
       if (want !== key) return;
-      status.textContent = String((err as Error).message ?? err);
-      root.classList.add("cb-failed");
+      const fallback = lay !== current.layer ? await strongestIn(p, lay) : null;
+      if (want !== key) return;
+      if (fallback) {
+        current = fallback;
+        status.textContent = `neuron ${neu} of layer ${lay} is not in this page; showing the layer's strongest neuron here`;
+        root.classList.remove("cb-failed");
+      } else {
+        status.textContent = String((err as Error).message ?? err);
+        root.classList.add("cb-failed");
+      }
     } finally {
       if (want === key) delete root.dataset.loading;
     }
     drawColumn();
     void drawList();
+  };
+
+  // A layer change (say, a head clicked in another view) can ask for a neuron a report did not
+  // keep; its per-token top lists are always kept, so show that layer's strongest neuron instead.
+  const strongestIn = async (p: number, layer: number): Promise<Column | null> => {
+    const tok = link.get("token") ?? link.get("hover_token") ?? prompts[p].length - 1;
+    try {
+      const top = await fetcher.get({ kind: "fetch-top-neurons", prompt: p, layer, token: tok });
+      const first = (top.reply.neurons as number[] | undefined)?.[0];
+      if (first === undefined) return null;
+      const { reply, buffers } = await fetcher.get({ kind: "fetch-neuron", prompt: p, layer, neuron: first });
+      return { prompt: p, layer, neuron: first, values: decode(reply.values as Encoded, buffers).data, vmax: reply.vmax as number };
+    } catch {
+      return null;
+    }
   };
 
   layerSel.addEventListener("change", () => select(link, { layer: Number(layerSel.value) }), { signal });
