@@ -31,3 +31,10 @@ HOSTILE_TOKENS = [
     "\ud800 lone surrogate",
     "\x00nul",
 ]
+
+
+def shown(token: str) -> str:
+    """What a page shows for ``token``: lone surrogates (unencodable) become U+FFFD."""
+    from circuitboard.widgets._validate import displayable
+
+    return displayable(token)

@@ -16,7 +16,7 @@ import pytest
 
 import circuitboard as cb
 from tests.conftest import open_report
-from tests.hostile import HOSTILE_TOKENS
+from tests.hostile import HOSTILE_TOKENS, shown
 
 INJECTED = "img, svg, iframe, b, object, embed, #cb-report style, #cb-report script"
 
@@ -80,17 +80,17 @@ def test_hostile_text_in_each_exported_view(page, tmp_path, artifacts, name):
     open_report(page, path)
     poke(page)
     check_page(page)
-    shown = page.eval_on_selector_all(
+    texts = page.eval_on_selector_all(
         "#cb-report .cb-token", "els => els.map(e => e.textContent)"
     )
     if name in ("attention", "neurons"):
         n = len(views["tokens"])
-        assert shown[:n] == views["tokens"]
+        assert texts[:n] == [shown(t) for t in views["tokens"]]
     if name == "dashboard":
         # each token is a piece of a dataset text (BOS and split multibyte characters aside)
-        pieces = [t for t in shown if t != "<s>" and "\ufffd" not in t]
-        assert pieces and all(any(t in text for text in views["texts"]) for t in pieces), shown
-        assert any("<" in t or "&" in t for t in shown)  # markup shown as text
+        pieces = [t for t in texts if t != "<s>" and "\ufffd" not in t]
+        assert pieces and all(any(t in text for text in views["texts"]) for t in pieces), texts
+        assert any("<" in t or "&" in t for t in texts)  # markup shown as text
     assert page.title() == HOSTILE_TOKENS[0]
     page.screenshot(path=str(artifacts / f"hostile-{name}.png"), full_page=True)
 

@@ -6,7 +6,7 @@ import numpy as np
 
 import circuitboard as cb
 from tests.conftest import open_report
-from tests.hostile import HOSTILE_TOKENS
+from tests.hostile import HOSTILE_TOKENS, shown
 
 
 def uniform_causal(n: int) -> np.ndarray:
@@ -27,8 +27,8 @@ def test_hostile_tokens_in_exported_attention_view(page, tmp_path, artifacts):
     page.click(".cb-token >> nth=5")
     page.mouse.move(5, 5)
     assert page.evaluate("() => window.__pwned === undefined")
-    shown = page.eval_on_selector_all(".cb-token", "els => els.map(e => e.textContent)")
-    assert shown[: len(tokens)] == tokens
+    texts = page.eval_on_selector_all(".cb-token", "els => els.map(e => e.textContent)")
+    assert texts[: len(tokens)] == [shown(t) for t in tokens]
     injected = "img, svg, iframe, b, style:not(head style)"
     assert page.evaluate(f"() => document.querySelectorAll({injected!r}).length") == 0
     assert "<script>" in page.inner_text("body")  # shown as text, not run

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import HOSTILE_TOKENS, shown
+
 pytestmark = [pytest.mark.jupyter, pytest.mark.slow]
 
 CELLS = [
@@ -38,6 +40,12 @@ CELLS = [
     "board = cb.board(cb.AttentionView(att, tokens), cb.AttentionView(att, tokens), "
     "title='A board', columns=2)\n"
     "board",
+    # Hostile token text in a live view (issue 8): shown as text, never run.
+    "import json\n"
+    f"hostile = json.loads({json.dumps(json.dumps(HOSTILE_TOKENS))})\n"
+    "att_h = np.tril(np.ones((1, 2, len(hostile), len(hostile))))\n"
+    "att_h /= att_h.sum(-1, keepdims=True)\n"
+    "cb.AttentionView(att_h, hostile)",
 ]
 
 
@@ -189,6 +197,7 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
         )
         page = context.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
         page.on(
             "console",
             lambda m: (
@@ -230,6 +239,21 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
         page.wait_for_selector(".jp-Cell:nth-child(5) .cb-attention[data-head]", timeout=30_000)
         assert page.locator(".jp-Cell:nth-child(5) .cb-attention").count() == 2
         assert "A board" in output_text(page, 4)
+
+        # Hostile tokens in a live view: exact text, no script ran, no element injected.
+        hostile = ".jp-Notebook .jp-Cell:nth-child(6)"
+        page.wait_for_selector(f"{hostile} .cb-attention[data-head]", timeout=30_000)
+        page.hover(f'{hostile} .cb-token[data-i="3"]')
+        page.click(f'{hostile} .cb-token[data-i="5"]')
+        texts = page.eval_on_selector_all(
+            f"{hostile} .cb-token", "els => els.map(e => e.textContent)"
+        )
+        assert texts[: len(HOSTILE_TOKENS)] == [shown(t) for t in HOSTILE_TOKENS]
+        assert page.evaluate("() => window.__pwned === undefined")
+        injected = f"{hostile} .jp-OutputArea img, {hostile} .jp-OutputArea iframe"
+        assert page.locator(injected).count() == 0
+        page.keyboard.press("Escape")
+        page.mouse.move(0, 0)
 
         # A click in widget A: B follows in the browser ...
         page.select_option(f'{first} select[aria-label="head"]', "2")

@@ -50,7 +50,21 @@ def token_list(tokens: Any, n: int, what: str) -> list[str]:
             f"got {len(tokens)} tokens but {what} has {n} positions; pass exactly one token "
             "string per position."
         )
-    return list(tokens)
+    return [displayable(t) for t in tokens]
+
+
+def displayable(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates replaced by U+FFFD (pairs are joined).
+
+    No page can show a lone surrogate, and Jupyter cannot even send one (UTF-8 has no encoding
+    for it), so it becomes the replacement character; every other character is kept as is.
+
+    >>> displayable("a\\ud800b") == "a\\ufffdb", displayable("\\ud83d\\ude00") == "\\U0001f600"
+    (True, True)
+    """
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def index_in(name: str, value: int, size: int) -> int:
