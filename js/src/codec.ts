@@ -66,7 +66,8 @@ export function decode(enc: Encoded, buffers: DataView[] = []): Tensor {
   const out = new Float32Array(n);
   if (enc.dtype === "uint8") {
     if (bytes.length < n) throw new Error(`[circuitboard] uint8 tensor has ${bytes.length} bytes, expected ${n}`);
-    for (let i = 0; i < n; i++) out[i] = enc.lo + bytes[i] * enc.scale;
+    const bad = enc.nonfinite ?? -1;
+    for (let i = 0; i < n; i++) out[i] = bytes[i] === bad ? Number.NaN : enc.lo + bytes[i] * enc.scale;
   } else if (enc.dtype === "float16" || enc.dtype === "float32") {
     const width = enc.dtype === "float16" ? 2 : 4;
     if (bytes.length < n * width) {

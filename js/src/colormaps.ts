@@ -3,6 +3,11 @@ import { interpolateBlues, interpolateRdBu, interpolateViridis } from "d3-scale-
 
 export type Lut = Uint8ClampedArray; // 256 × RGBA
 
+/** NaN / ±inf are drawn magenta everywhere (heatmaps, thumbnails, token backgrounds). */
+export const NAN_RGB: [number, number, number] = [255, 0, 255];
+export const NAN_RGBA = new Uint8ClampedArray([...NAN_RGB, 255]);
+export const NAN_CSS = `rgb(${NAN_RGB.join(", ")})`;
+
 function parse(css: string): [number, number, number] {
   const m = css.match(/\d+(\.\d+)?/g);
   if (css.startsWith("#")) {

@@ -1,5 +1,5 @@
 // Draws matrices on canvas: one pixel per cell (paintMatrix/paintCodes) or a zoomable window.
-import type { Lut } from "./colormaps";
+import { type Lut, NAN_RGB } from "./colormaps";
 
 /** Paint `values` (row-major, rows × cols) through `lut`; `toUnit` maps a value to [0, 1]. */
 export function paintMatrix(
@@ -9,7 +9,7 @@ export function paintMatrix(
   values: ArrayLike<number>,
   lut: Lut,
   toUnit: (v: number) => number,
-  nanColor: [number, number, number] = [255, 0, 255],
+  nanColor: [number, number, number] = NAN_RGB,
 ): void {
   if (canvas.width !== cols) canvas.width = cols;
   if (canvas.height !== rows) canvas.height = rows;

@@ -1,6 +1,6 @@
 // The prompt as a strip of tokens: text only (never HTML), coloured by values, hover/click.
 // Long prompts are virtualized: tokens live in blocks whose spans exist only near the view.
-import { cssColor, type Lut, textOn } from "./colormaps";
+import { cssColor, type Lut, NAN_CSS, textOn } from "./colormaps";
 
 export interface TokenStripEvents {
   hover(i: number | null): void;
@@ -18,7 +18,7 @@ export interface TokenStripOptions {
 export type TokenPaint = (i: number) => { bg: string; fg: string; nan?: boolean } | null;
 
 /** NaN / ±inf tokens: magenta, as in heatmaps, and class `cb-token-nan`. */
-const NAN_PAINT = { bg: "rgb(255, 0, 255)", fg: "#fff", nan: true };
+export const NAN_PAINT = { bg: NAN_CSS, fg: "#fff", nan: true };
 
 export const BLOCK = 256;
 export const EAGER = 1024;

@@ -12,6 +12,8 @@ export interface Encoded {
   data: DataView | ArrayBuffer | Uint8Array | number;
   /** Only the lower triangle (diagonal included) of each matrix in the last two dims is stored. */
   tril?: boolean;
+  /** uint8 only: the code that marks NaN / ±inf (finite values then use 0..254). */
+  nonfinite?: number;
 }
 
 export interface Tensor {

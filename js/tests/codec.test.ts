@@ -67,3 +67,16 @@ describe("tril packing", () => {
     expect(() => uint8View(enc({ shape: [3, 3], tril: true, data: new Uint8Array(5) }))).toThrow(/expected 6/);
   });
 });
+
+describe("non-finite uint8 codes", () => {
+  it("decodes the flagged code as NaN and the rest by lo + code * scale", () => {
+    const t = decode({ dtype: "uint8", shape: [3], lo: 0, scale: 1 / 254, data: new Uint8Array([0, 255, 254]), nonfinite: 255 });
+    expect(Number.isNaN(t.data[1])).toBe(true);
+    expect(t.data[0]).toBe(0);
+    expect(t.data[2]).toBeCloseTo(1, 6);
+  });
+  it("without the flag, 255 is an ordinary value", () => {
+    const t = decode({ dtype: "uint8", shape: [1], lo: 0, scale: 1 / 255, data: new Uint8Array([255]) });
+    expect(t.data[0]).toBeCloseTo(1, 6);
+  });
+});

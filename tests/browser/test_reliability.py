@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import circuitboard as cb
+from tests.browser.test_report_attention import canvas_pixels
 from tests.conftest import open_report
 
 
@@ -83,5 +84,19 @@ def test_nan_attention_renders_without_errors(page, tmp_path):
     att[0, 0, 3, 0] = np.inf
     path = cb.report(cb.AttentionView(att, list("abcd")), path=tmp_path / "nanatt.html")
     open_report(page, path)
-    page.hover(".cb-token >> nth=2")
+    px = canvas_pixels(page)[..., :3]
+    magenta = (px == [255, 0, 255]).all(-1)
+    assert magenta[2, 1] and magenta[3, 0], "NaN and inf cells are drawn magenta"
+    assert magenta.sum() == 2, "only the non-finite cells are magenta"
+    # The token strip marks the non-finite weights of the hovered row, and the tooltip says so.
+    page.hover('.cb-token[data-i="2"]')
+    page.wait_for_selector('.cb-token[data-i="1"].cb-token-nan')
+    left, top, x0, y0, k = page.eval_on_selector(
+        ".cb-heatmap",
+        "c => { const r = c.getBoundingClientRect(), d = c.dataset;"
+        " return [r.left, r.top, +d.x0, +d.y0, +d.cell]; }",
+    )
+    dpr = page.evaluate("() => window.devicePixelRatio || 1")
+    page.mouse.move(left + (x0 + 1.5 * k) / dpr, top + (y0 + 2.5 * k) / dpr)
+    assert "NaN" in page.inner_text(".cb-tip")
     assert page.cb_errors == []

@@ -48,6 +48,20 @@ def test_non_finite_values_never_crash(x):
         assert out.shape == x.shape
         if dtype != "uint8":
             assert (np.isnan(out) == np.isnan(x)).all()
+        else:  # every NaN / ±inf (in float32, where views work) comes back as NaN
+            with np.errstate(over="ignore"):
+                assert (np.isnan(out) == ~np.isfinite(x.astype(np.float32))).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.float32, shapes, elements=st.floats(0, 1, width=32) | st.just(float("nan"))))
+def test_uint8_with_nan_keeps_finite_values_within_half_a_step(x):
+    enc = encode(x, lo=0.0, hi=1.0)
+    out = decode(enc)
+    finite = np.isfinite(x)
+    assert (np.isnan(out) == ~finite).all()
+    assert np.abs(out[finite] - x[finite]).max(initial=0) <= enc["scale"] / 2 + 1e-6
+    assert ("nonfinite" in enc) == (not finite.all())  # finite data keeps the plain encoding
 
 
 @st.composite

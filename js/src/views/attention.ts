@@ -3,12 +3,12 @@
 // row (where it looks) and column (who looks at it). Heads arrive on demand and are cached.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { uint8View } from "../codec";
-import { type Lut, sequential } from "../colormaps";
+import { type Lut, NAN_RGBA, sequential } from "../colormaps";
 import { Fetcher } from "../fetch";
 import { cssToUint32, type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
-import { TokenStrip } from "../tokens";
+import { NAN_PAINT, TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
 
 interface AttentionState {
@@ -29,6 +29,7 @@ interface Head {
   codes: Uint8Array; // [query, key] uint8 codes, value = lo + code * scale
   lo: number;
   scale: number;
+  nonfinite: number | null; // the code that marks NaN / ±inf, when the data has any
   n: number;
   reduced: boolean; // a thumbnail standing in for a head the report left out
 }
@@ -65,6 +66,23 @@ function button(label: string, title: string, parent: HTMLElement): HTMLButtonEl
 /** Token text as an axis label: whitespace made visible, never HTML (drawn on canvas). */
 export function labelOf(tok: string): string {
   return tok.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/^ /, "·");
+}
+
+/** The value of a code: NaN for the code that marks non-finite data. */
+function valueOf(h: Head, code: number): number {
+  return code === h.nonfinite ? Number.NaN : h.lo + code * h.scale;
+}
+
+function fmtP(p: number): string {
+  return Number.isFinite(p) ? p.toFixed(3) : "NaN/∞ (not a finite number)";
+}
+
+/** A copy of `lut` whose entry `code` is magenta: non-finite cells stand out in every view. */
+function markNonFinite(lut: Lut, code: number | null | undefined): Lut {
+  if (code === null || code === undefined) return lut;
+  const out = new Uint8ClampedArray(lut);
+  out.set(NAN_RGBA, 4 * code);
+  return out;
 }
 
 /** Thumbnails are drawn on a square-root scale so weak but structured heads stay visible. */
@@ -164,7 +182,7 @@ export async function render(props: RenderProps<AttentionState>) {
     }
   });
   const paintThumbs = () => {
-    const lut = sqrtLut(sequential(isDark(root)));
+    const lut = markNonFinite(sqrtLut(sequential(isDark(root))), thumbsEnc.nonfinite);
     if (causal) {
       // Causal heads: the blocks above the diagonal are masked (drawn as the background).
       const bg = cssToUint32(getComputedStyle(root).getPropertyValue("--cb-bg").trim() || "#ffffff");
@@ -241,11 +259,15 @@ export async function render(props: RenderProps<AttentionState>) {
   };
   const fromEncoded = (layer: number, head: number, enc: Encoded, buffers: DataView[] = []): Head => ({
     layer, head, codes: uint8View(enc, buffers), lo: enc.lo, scale: enc.scale, n: enc.shape[enc.shape.length - 1], reduced: false,
+    nonfinite: enc.nonfinite ?? null,
   });
   const thumbHead = (layer: number, head: number): Head => {
     const k = layers.indexOf(layer) * nHeads + head;
     const size = tSide * tSide;
-    return { layer, head, codes: thumbCodes.subarray(k * size, (k + 1) * size), lo: thumbsEnc.lo, scale: thumbsEnc.scale, n: tSide, reduced: true };
+    return {
+      layer, head, codes: thumbCodes.subarray(k * size, (k + 1) * size), lo: thumbsEnc.lo, scale: thumbsEnc.scale,
+      n: tSide, reduced: true, nonfinite: thumbsEnc.nonfinite ?? null,
+    };
   };
   let included: Set<string> | null = null; // null: every head can be fetched
   const markReduced = (key: string) => {
@@ -271,11 +293,11 @@ export async function render(props: RenderProps<AttentionState>) {
       if (current.reduced) {
         const [q0, q1] = blockRange(cell.row);
         const [k0, k1] = blockRange(cell.col);
-        tip.textContent = `queries ${q0}–${q1} → keys ${k0}–${k1}: mass ${(current.lo + current.codes[cell.row * current.n + cell.col] * current.scale).toFixed(3)} (thumbnail)`;
+        tip.textContent = `queries ${q0}–${q1} → keys ${k0}–${k1}: mass ${fmtP(valueOf(current, current.codes[cell.row * current.n + cell.col]))} (thumbnail)`;
         return;
       }
-      const p = current.lo + current.codes[cell.row * current.n + cell.col] * current.scale;
-      tip.textContent = `#${cell.row} ${JSON.stringify(tokens[cell.row])} → #${cell.col} ${JSON.stringify(tokens[cell.col])}: ${p.toFixed(3)}`;
+      const p = valueOf(current, current.codes[cell.row * current.n + cell.col]);
+      tip.textContent = `#${cell.row} ${JSON.stringify(tokens[cell.row])} → #${cell.col} ${JSON.stringify(tokens[cell.col])}: ${fmtP(p)}`;
       if (link.get("hover_token") !== cell.row) hover(link, { hover_token: cell.row });
     },
     onClick: (cell) => {
@@ -291,7 +313,7 @@ export async function render(props: RenderProps<AttentionState>) {
     rows: h.n,
     cols: h.n,
     codes: h.codes,
-    lut: scaleSel.value === "sqrt" ? sqrtLut(sequential(isDark(root))) : sequential(isDark(root)),
+    lut: markNonFinite(scaleSel.value === "sqrt" ? sqrtLut(sequential(isDark(root))) : sequential(isDark(root)), h.nonfinite),
     lowerOnly: causal,
     rowLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
     colLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
@@ -373,7 +395,8 @@ export async function render(props: RenderProps<AttentionState>) {
     strip.paintWith((j) => {
       const useRow = mode === "row" || (mode === "both" && j <= i);
       const code = useRow ? codes[i * m + j] : codes[j * m + i];
-      const p = current.lo + code * current.scale;
+      const p = valueOf(current, code);
+      if (Number.isNaN(p)) return NAN_PAINT;
       if (!(p > 0)) return null;
       const a = Math.min(1, Math.sqrt(p));
       return { bg: rgba(useRow ? rowRgb : colRgb, a), fg: a > 0.55 ? "#fff" : "" };

@@ -23,6 +23,10 @@ class _EncodedFields(TypedDict):
 
 class Encoded(_EncodedFields, total=False):
     tril: bool  # only the lower triangle (incl. diagonal) of each matrix is stored
+    nonfinite: int  # uint8 only: this code marks NaN / ±inf (values then use codes 0..254)
+
+
+NONFINITE_CODE = 255
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -98,8 +102,9 @@ def encode(
     """Encode an array for the browser.
 
     ``uint8`` maps ``[lo, hi]`` (default: the data's min and max, or ``[0, 1]`` for
-    probabilities passed with ``lo=0, hi=1``) onto 0..255. Non-finite values are stored as
-    ``lo`` in uint8; use float16/float32 to keep them visible.
+    probabilities passed with ``lo=0, hi=1``) onto 0..255. When the array holds NaN or ±inf,
+    it maps ``[lo, hi]`` onto 0..254 instead and stores every non-finite value as code 255
+    (flagged by ``nonfinite: 255``), so views can draw them distinctly.
 
     ``tril=True`` stores only the lower triangle (diagonal included) of each matrix in the
     last two dims, about half the bytes for causal attention; decoders fill the rest with 0.
@@ -126,11 +131,18 @@ def encode(
         hi_ = (
             float(finite.max()) if hi is None and finite.size else float(1.0 if hi is None else hi)
         )
-        scale = (hi_ - lo_) / 255.0 if hi_ > lo_ else 1.0
+        bad = ~np.isfinite(arr)
+        top = 254 if bad.any() else 255  # code 255 is reserved for non-finite values
+        scale = (hi_ - lo_) / top if hi_ > lo_ else 1.0
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            q = np.nan_to_num((arr - lo_) / scale, nan=0.0, posinf=255.0, neginf=0.0)
-        data = np.clip(np.rint(q), 0, 255).astype(np.uint8).tobytes()
-        return Encoded(dtype="uint8", shape=shape, lo=lo_, scale=scale, data=data)
+            q = np.clip(np.rint(np.nan_to_num((arr - lo_) / scale)), 0, top).astype(np.uint8)
+        if top == 254:
+            q[bad] = NONFINITE_CODE
+            return Encoded(
+                dtype="uint8", shape=shape, lo=lo_, scale=scale, data=q.tobytes(),
+                nonfinite=NONFINITE_CODE,
+            )
+        return Encoded(dtype="uint8", shape=shape, lo=lo_, scale=scale, data=q.tobytes())
     if dtype in ("float16", "float32"):
         with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is intended
             out = arr.astype("<f2" if dtype == "float16" else "<f4")
@@ -145,8 +157,10 @@ def decode(enc: Encoded) -> np.ndarray:
         return tril_unpack(flat, list(enc["shape"]))
     raw = bytes(enc["data"])
     if enc["dtype"] == "uint8":
-        q = np.frombuffer(raw, dtype=np.uint8).astype(np.float32)
-        arr = enc["lo"] + q * enc["scale"]
+        codes = np.frombuffer(raw, dtype=np.uint8)
+        arr = enc["lo"] + codes.astype(np.float32) * enc["scale"]
+        if enc.get("nonfinite") is not None:
+            arr[codes == enc["nonfinite"]] = np.nan
     elif enc["dtype"] == "float16":
         arr = np.frombuffer(raw, dtype="<f2").astype(np.float32)
     elif enc["dtype"] == "float32":
