@@ -9,20 +9,11 @@ from typing import Any
 
 import pytest
 
+from circuitboard.export._figure import CHROMIUM_ARGS, LOCAL_SCHEMES
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
-LOCAL_SCHEMES = ("file:", "blob:", "data:", "about:")
 
 
 @pytest.fixture(scope="session")

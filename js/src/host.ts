@@ -1,9 +1,9 @@
 // The static report's host: implements the anywidget model API over embedded state and replies.
+import { Emitter } from "./emitter";
 import type { Reply } from "./types";
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type BlobRef = { $blob: [number, number] };
-type Handler = (...args: unknown[]) => void;
 
 interface ReportData {
   version: number;
@@ -42,15 +42,16 @@ function hydrate(v: Json | BlobRef, blob: Uint8Array): unknown {
   return v;
 }
 
-class HostModel {
-  private handlers = new Map<string, Set<Handler>>();
+class HostModel extends Emitter {
   constructor(
     readonly id: string,
     private state: Record<string, unknown>,
     private replies: ReportData["replies"][string],
     private blob: Uint8Array,
     readonly widget_manager: { get_model(id: string): Promise<HostModel> },
-  ) {}
+  ) {
+    super();
+  }
 
   get(key: string): unknown {
     return this.state[key];
@@ -61,18 +62,6 @@ class HostModel {
     this.state[key] = value;
     this.emit(`change:${key}`);
     this.emit("change");
-  }
-
-  on(event: string, cb: Handler): void {
-    let set = this.handlers.get(event);
-    if (!set) this.handlers.set(event, (set = new Set()));
-    set.add(cb);
-  }
-
-  off(event?: string | null, cb?: Handler | null): void {
-    if (!event) this.handlers.clear();
-    else if (!cb) this.handlers.delete(event);
-    else this.handlers.get(event)?.delete(cb);
   }
 
   save_changes(): void {
@@ -94,10 +83,6 @@ class HostModel {
         this.emit("msg:custom", { kind: "reply", id, ok: false, error: "this part was not included in the report (size budget); open the notebook to see it." } as Reply, []);
       }
     }, 0);
-  }
-
-  private emit(event: string, ...args: unknown[]): void {
-    for (const cb of [...(this.handlers.get(event) ?? [])]) cb(...args);
   }
 }
 

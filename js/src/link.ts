@@ -5,22 +5,22 @@
 // isolate output cells (Colab) cannot resolve another widget's model; then the view falls back
 // to a `KernelLink` over its own `_sel` trait and the kernel forwards clicks between views.
 import type { AnyModel, RenderProps } from "@anywidget/types";
+import { Emitter } from "./emitter";
 import type { LinkModel, Selection } from "./types";
 
 const PREFIX = "IPY_MODEL_";
 export const RESOLVE_TIMEOUT_MS = 4_000;
 const KEYS: (keyof Selection)[] = ["layer", "head", "token", "neuron", "prompt", "hover_token"];
 
-type Handler = (...args: unknown[]) => void;
 
 /** A link that lives on the view's own model: clicks go through the kernel, hovers stay local. */
-export class KernelLink {
+export class KernelLink extends Emitter {
   readonly viaKernel = true;
   private state: Selection = { layer: null, head: null, token: null, neuron: null, prompt: 0, hover_token: null };
-  private handlers = new Map<string, Set<Handler>>();
   private onRemote = () => this.merge(this.model.get("_sel") as Partial<Selection> | undefined);
 
   constructor(private model: AnyModel) {
+    super();
     this.merge(model.get("_sel") as Partial<Selection> | undefined);
     model.on("change:_sel", this.onRemote);
     model.send({ kind: "link-fallback" }); // asks Python to mirror the shared link into `_sel`
@@ -46,18 +46,6 @@ export class KernelLink {
     this.model.save_changes();
   }
 
-  on(event: string, cb: Handler): void {
-    let set = this.handlers.get(event);
-    if (!set) this.handlers.set(event, (set = new Set()));
-    set.add(cb);
-  }
-
-  off(event?: string | null, cb?: Handler | null): void {
-    if (!event) this.handlers.clear();
-    else if (!cb) this.handlers.delete(event);
-    else this.handlers.get(event)?.delete(cb);
-  }
-
   send(): void {}
 
   get widget_manager(): AnyModel["widget_manager"] {
@@ -66,10 +54,6 @@ export class KernelLink {
 
   dispose(): void {
     this.model.off("change:_sel", this.onRemote);
-  }
-
-  private emit(event: string): void {
-    for (const cb of [...(this.handlers.get(event) ?? [])]) cb();
   }
 }
 

@@ -10,6 +10,7 @@ import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import { NAN_PAINT, TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
+import { el } from "../dom";
 
 interface AttentionState {
   tokens: string[];
@@ -46,13 +47,6 @@ const SCORE_LABELS: Record<string, string> = {
 };
 const ROW_RGB = { light: [9, 105, 218], dark: [68, 147, 248] }; // where the token looks
 const COL_RGB = { light: [188, 76, 0], dark: [255, 166, 87] }; // who looks at the token
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  parent?.appendChild(e);
-  return e;
-}
 
 function button(label: string, title: string, parent: HTMLElement): HTMLButtonElement {
   const b = el("button", "cb-button", parent);

@@ -8,6 +8,7 @@ import { cellAt, paintMatrix } from "../heatmap";
 import { onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
+import { el } from "../dom";
 
 interface AttributionState {
   description: string;
@@ -24,13 +25,6 @@ interface AttributionState {
   positions: number[];
   theme: string;
   link: string;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  parent?.appendChild(e);
-  return e;
 }
 
 export function fmt(v: number): string {

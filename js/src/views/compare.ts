@@ -11,6 +11,7 @@ import { onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
 import { cellSize, divergingFor, fmt, symmetricMax } from "./attribution";
+import { el } from "../dom";
 
 type Measure = "d" | "t" | "diff";
 
@@ -37,13 +38,6 @@ interface CompareState {
 
 const MEASURE_NAMES: Record<Measure, string> = { d: "Cohen's d", t: "Welch's t", diff: "Δ mean" };
 const NEURON_COLS = 9; // layer, neuron, d, t, diff, mean_a, std_a, mean_b, std_b
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  parent?.appendChild(e);
-  return e;
-}
 
 /** Effect of a − b from means, standard deviations (ddof 1) and counts; NaN when n < 2. */
 export function effectOf(ma: number, sa: number, na: number, mb: number, sb: number, nb: number, m: Measure): number {

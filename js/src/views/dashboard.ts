@@ -9,6 +9,7 @@ import { followTheme, isDark } from "../theme";
 import { TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
 import { activationLut } from "./neurons";
+import { el } from "../dom";
 
 interface Example {
   text_index: number;
@@ -36,13 +37,6 @@ interface DashboardState {
   _initial: { layer: number; neuron: number; card: Card };
   theme: string;
   link: string;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  parent?.appendChild(e);
-  return e;
 }
 
 const fmt = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));

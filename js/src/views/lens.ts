@@ -6,6 +6,7 @@ import { cssColor, sequential, textOn } from "../colormaps";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
+import { el } from "../dom";
 
 interface LensState {
   tokens: string[];
@@ -21,13 +22,6 @@ interface LensState {
   _target_rank: Encoded;
   theme: string;
   link: string;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  parent?.appendChild(e);
-  return e;
 }
 
 /** Token text made visible in a cell: newlines and tabs as symbols, nothing interpreted. */

@@ -8,6 +8,7 @@ import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import { TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
+import { el } from "../dom";
 
 interface NeuronsState {
   prompts: string[][];
@@ -26,13 +27,6 @@ interface Column {
   neuron: number;
   values: Float32Array;
   vmax: number;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, parent?: HTMLElement): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  e.className = cls;
-  parent?.appendChild(e);
-  return e;
 }
 
 const fmt = (v: number | null) =>

@@ -11,7 +11,8 @@ from typing import Any
 
 from ._html import report
 
-_ARGS = [
+# Offline headless Chromium: without the background-networking flags it keeps dialling out.
+CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -19,8 +20,9 @@ _ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-quic",
 ]
-_LOCAL = ("file:", "blob:", "data:", "about:")
+LOCAL_SCHEMES = ("file:", "blob:", "data:", "about:")
 _BOARD_CSS = (
     ".cb-figure-buttons,.cb-notes,.cb-page-header,.cb-page-footer{display:none!important}"
     "body{padding:8px!important}"
@@ -79,7 +81,7 @@ def _render(
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     with sync_playwright() as p:
         try:
-            browser = p.chromium.launch(executable_path=exe, args=_ARGS)
+            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         except Exception as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise _no_browser(f"no Chromium could be started ({first})") from None
@@ -91,7 +93,8 @@ def _render(
                 color_scheme="dark" if theme == "dark" else "light",
             )
             context.route(
-                "**/*", lambda r: r.continue_() if r.request.url.startswith(_LOCAL) else r.abort()
+                "**/*",
+                lambda r: r.continue_() if r.request.url.startswith(LOCAL_SCHEMES) else r.abort(),
             )
             page = context.new_page()
             page.goto(html_path.resolve().as_uri())
