@@ -50,6 +50,14 @@ def _cap() -> Any:
     return cb.capture(model, tok, "When Mary and John went", dtype=torch.float32)
 
 
+@functools.cache
+def _bert_cap() -> Any:
+    from tests.unit.tiny_models import FACTORIES
+
+    model, tok = FACTORIES["bert"]()
+    return cb.capture(model, tok, "a b c")
+
+
 def _capture(*args: Any, **kwargs: Any) -> Callable[[], Any]:
     return lambda: cb.capture(*_llama(), *args, **kwargs)
 
@@ -164,6 +172,10 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      ValueError, r"is \d+ tokens .*expected exactly one\. Mind the leading space"),
     ("dla empty target", lambda: cb.direct_logit_attribution(_cap(), ""), ValueError,
      "is 0 tokens"),
+    ("dla on an encoder", lambda: cb.direct_logit_attribution(_bert_cap(), 5), ValueError,
+     r"decoder language models only; .*bert.*Use the attention and neuron views"),
+    ("lens on an encoder", lambda: cb.logit_lens(_bert_cap()), ValueError,
+     r"decoder language models only"),
     ("dla id out of vocab", lambda: cb.direct_logit_attribution(_cap(), 10**6), IndexError,
      "target=1000000 is not a token id: the vocabulary has 384 tokens"),
     ("dla baseline out of vocab", lambda: cb.direct_logit_attribution(_cap(), 5, baseline=-1),

@@ -7,7 +7,16 @@ from typing import Any
 
 import torch
 
-from ._common import norm_weight, position, require_info, tensor, token_id, token_text, weight
+from ._common import (
+    norm_weight,
+    position,
+    require_decoder,
+    require_info,
+    tensor,
+    token_id,
+    token_text,
+    weight,
+)
 
 WHAT = "direct_logit_attribution"
 
@@ -159,6 +168,7 @@ def prepare(
     """Check the arguments of :func:`direct_logit_attribution`; returns ``(target id,
     baseline id or None, position)``."""
     info = require_info(cap, WHAT)
+    require_decoder(info, WHAT)
     if softcap not in ("refuse", "pre"):
         raise ValueError(f"softcap must be 'refuse' or 'pre'; got {softcap!r}.")
     cap_value = info.final_logit_softcap

@@ -25,6 +25,18 @@ def require_info(cap: Any, what: str) -> Any:
     return info
 
 
+def require_decoder(info: Any, what: str) -> None:
+    """Refuse encoders: their logits are not the final residual through one norm + unembedding."""
+    if not info.causal:
+        raise ValueError(
+            f"{what} reads logits as the final residual stream through one norm and the "
+            f"unembedding, which holds for decoder language models only; {info.model_name!r} "
+            f"({info.architecture}) is an encoder whose blocks normalize after each residual "
+            "addition and whose prediction head is nonlinear, so its logits are not a sum of "
+            "component outputs. Use the attention and neuron views for it, or a causal LM."
+        )
+
+
 def weight(
     cap: Any, name: str, what: str, *, optional: bool = False, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor | None:

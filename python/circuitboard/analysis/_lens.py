@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._common import norm_eps, norm_weight, require_info, tensor, token_id, weight
+from ._common import norm_eps, norm_weight, require_decoder, require_info, tensor, token_id, weight
 
 WHAT = "logit_lens"
 
@@ -137,6 +137,7 @@ def logit_lens(
     torch.Size([30, 15, 5])
     """
     info = require_info(cap, WHAT)
+    require_decoder(info, WHAT)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}.")
     k = min(k, info.d_vocab)
