@@ -158,7 +158,8 @@ def decode(enc: Encoded) -> np.ndarray:
     raw = bytes(enc["data"])
     if enc["dtype"] == "uint8":
         codes = np.frombuffer(raw, dtype=np.uint8)
-        arr = enc["lo"] + codes.astype(np.float32) * enc["scale"]
+        with np.errstate(over="ignore"):  # ranges near float32's limit round to ±inf
+            arr = enc["lo"] + codes.astype(np.float32) * enc["scale"]
         if enc.get("nonfinite") is not None:
             arr[codes == enc["nonfinite"]] = np.nan
     elif enc["dtype"] == "float16":
