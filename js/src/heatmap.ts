@@ -425,7 +425,8 @@ export class ZoomHeatmap {
   }
 }
 
-function fitText(ctx: CanvasRenderingContext2D, text: string, width: number): string {
+/** `text`, cut with "…" to fit `width` pixels in the context's font. */
+export function fitText(ctx: CanvasRenderingContext2D, text: string, width: number): string {
   if (ctx.measureText(text).width <= width) return text;
   let lo = 0;
   let hi = text.length;

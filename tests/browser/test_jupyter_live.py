@@ -173,6 +173,14 @@ def kernel_output(page, code: str) -> str:
     )
 
 
+def offline_context(browser, base: str, viewport: dict[str, int]):
+    """A browser context that reaches the local server only; everything else is aborted."""
+    context = browser.new_context(viewport=viewport)
+    local = (base, "data:", "blob:", "about:")
+    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(local) else r.abort())
+    return context
+
+
 def open_and_run(page, url: str) -> None:
     """Open a notebook, accept a kernel-select dialog if shown, wait for the kernel, run all."""
     page.goto(url, timeout=60_000)
@@ -213,15 +221,7 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
     errors: list[str] = []
     try:
         base = f"http://127.0.0.1:{port}"
-        context = browser.new_context(viewport={"width": 1400, "height": 1600})
-        context.route(
-            "**/*",
-            lambda r: (
-                r.continue_()
-                if r.request.url.startswith((base, "data:", "blob:", "about:"))
-                else r.abort()
-            ),
-        )
+        context = offline_context(browser, base, {"width": 1400, "height": 1600})
         page = context.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
@@ -321,15 +321,7 @@ def test_linked_widgets_in_live_notebook7(browser, tmp_path, artifacts):
     errors: list[str] = []
     try:
         base = f"http://127.0.0.1:{port}"
-        context = browser.new_context(viewport={"width": 1200, "height": 1400})
-        context.route(
-            "**/*",
-            lambda r: (
-                r.continue_()
-                if r.request.url.startswith((base, "data:", "blob:", "about:"))
-                else r.abort()
-            ),
-        )
+        context = offline_context(browser, base, {"width": 1200, "height": 1400})
         page = context.new_page()
         # Notebook 7.6 throws one error of its own while loading settings ("reading 'schema'"),
         # also in a notebook without any widget; errors from its bundle are not ours to assert.

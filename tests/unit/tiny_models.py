@@ -222,6 +222,17 @@ def tiny_neox(seed: int = 0) -> tuple[Any, Any]:
     return _build(cfg, GPTNeoXForCausalLM, seed), tiny_tokenizer("plain")
 
 
+def _randomize_norms(model: Any) -> Any:
+    """Random init leaves Gemma's (1 + w) norm weights at zero: make them non-trivial."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
 def tiny_gemma2(seed: int = 0) -> tuple[Any, Any]:
     """Gemma 2: (1 + w) RMSNorm, sandwich norms, embedding scaling, attention and final logit
     soft-capping, GQA, a sliding-window layer; eager attention only (no SDPA)."""
@@ -245,15 +256,7 @@ def tiny_gemma2(seed: int = 0) -> tuple[Any, Any]:
         eos_token_id=2,
         pad_token_id=0,
     )
-    model = _build(cfg, Gemma2ForCausalLM, seed)
-    # Random init leaves the (1 + w) norm weights at zero: make them non-trivial.
-    import torch
-
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.3)
-    return model, tiny_tokenizer("bos")
+    return _randomize_norms(_build(cfg, Gemma2ForCausalLM, seed)), tiny_tokenizer("bos")
 
 
 def tiny_gemma(seed: int = 0) -> tuple[Any, Any]:
@@ -274,14 +277,7 @@ def tiny_gemma(seed: int = 0) -> tuple[Any, Any]:
         eos_token_id=2,
         pad_token_id=0,
     )
-    model = _build(cfg, GemmaForCausalLM, seed)
-    import torch
-
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.3)
-    return model, tiny_tokenizer("bos")
+    return _randomize_norms(_build(cfg, GemmaForCausalLM, seed)), tiny_tokenizer("bos")
 
 
 def tiny_bert(seed: int = 0) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode } from "../codec";
 import { cssColor, sequential, textOn } from "../colormaps";
 import { hover, onSelection, resolveLink, select } from "../link";
+import { fitText } from "../heatmap";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
 import { el } from "../dom";
@@ -98,17 +99,6 @@ export async function render(props: RenderProps<LensState>) {
   const value = (li: number, p: number) =>
     colorSel.value === "target" ? targetProb[li * P + p] : topProb[(li * P + p) * k];
 
-  const fit = (ctx: CanvasRenderingContext2D, text: string, width: number) => {
-    if (ctx.measureText(text).width <= width) return text;
-    let lo = 0;
-    let hi = text.length;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (ctx.measureText(`${text.slice(0, mid)}…`).width <= width) lo = mid;
-      else hi = mid - 1;
-    }
-    return `${text.slice(0, lo)}…`;
-  };
 
   const draw = () => {
     const dark = isDark(root);
@@ -142,7 +132,7 @@ export async function render(props: RenderProps<LensState>) {
         ctx.fillStyle = Number.isFinite(t) ? textOn(lut, t) : muted;
         if (lay.col >= 20) {
           const text = visible(strings[topIndex[(li * P + p) * k]] ?? "");
-          ctx.fillText(fit(ctx, text, lay.col - 6), x + 3, y + lay.row / 2);
+          ctx.fillText(fitText(ctx, text, lay.col - 6), x + 3, y + lay.row / 2);
         }
       }
     }
@@ -155,9 +145,9 @@ export async function render(props: RenderProps<LensState>) {
     for (let p = 0; p < P && lay.col >= 20; p++) {
       const x = lay.axis + p * lay.col + 3;
       ctx.fillStyle = muted;
-      ctx.fillText(fit(ctx, visible(targets[p] ?? ""), lay.col - 6), x, lay.top / 2);
+      ctx.fillText(fitText(ctx, visible(targets[p] ?? ""), lay.col - 6), x, lay.top / 2);
       ctx.fillStyle = fg;
-      ctx.fillText(fit(ctx, visible(tokens[p]), lay.col - 6), x, Hpx - lay.bottom / 2);
+      ctx.fillText(fitText(ctx, visible(tokens[p]), lay.col - 6), x, Hpx - lay.bottom / 2);
     }
     root.dataset.colorBy = colorSel.value;
   };
