@@ -8,8 +8,6 @@ from typing import Any
 
 import anywidget
 import traitlets
-from anywidget._file_contents import FileContents
-from anywidget._util import try_file_contents
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 BUNDLE = STATIC / "index.js"
@@ -35,12 +33,12 @@ def request_key(msg: dict[str, Any]) -> str:
 class Base(anywidget.AnyWidget):
     """Loads the one bundle; ``_view`` tells ``index.ts`` which view module renders it."""
 
+    # Paths in the class body: anywidget sends the files' contents (and reloads them when
+    # ANYWIDGET_HMR=1). An unbuilt checkout gets a placeholder; __init__ raises the real error.
+    _esm = BUNDLE if BUNDLE.is_file() else "export default {};"
+    _css = STYLES if STYLES.is_file() else ""
     _view = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
-        # anywidget turns a Path into file contents only for class-body `_esm`; set after the
-        # class exists, a Path would be sent as its own text (the path), so coerce it here.
-        if not isinstance(Base.__dict__.get("_esm"), FileContents):
-            Base._esm = try_file_contents(_bundle())
-            Base._css = try_file_contents(STYLES)
+        _bundle()
         super().__init__(**kwargs)
