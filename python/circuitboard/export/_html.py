@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..widgets._bundle import STATIC, Base, request_key
-from ..widgets._view import View
+from ..widgets._view import View, json_safe
 from ._markdown import markdown_to_html
 
 DEFAULT_BUDGET = 50_000_000  # bytes of the written file
@@ -70,11 +70,10 @@ def _collect(widgets: Iterable[Base]) -> list[Base]:
 
 
 def _safe_json(data: Any) -> str:
-    # '<' escaped so no string (a token such as "</script>") can end the script element.
-    from ..widgets._view import json_safe  # NaN / inf → null: JSON.parse rejects NaN
-
+    # ASCII-only, and '<' escaped so no string (a token such as "</script>") can end the
+    # script element; NaN / inf become null because JSON.parse rejects them.
     text = json.dumps(json_safe(data), ensure_ascii=True, separators=(",", ":"), sort_keys=True)
-    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text.replace("<", "\\u003c")
 
 
 def _shrink(data: bytes) -> int:
