@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_jupyter_live import free_port, offline_context
+from tests.browser.test_jupyter_live import free_port, offline_context, stop_lab
 
 pytestmark = pytest.mark.slow
 
@@ -64,19 +64,8 @@ def start_marimo(app: Path, port: int) -> subprocess.Popen:
                     return proc
         except OSError:
             time.sleep(0.3)
-    stop(proc)
+    stop_lab(proc)
     raise RuntimeError("marimo did not start:\n" + (app.parent / "marimo.log").read_text()[-3000:])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    proc.cb_log.close()  # type: ignore[attr-defined]
 
 
 def test_linked_views_in_marimo(browser, tmp_path, artifacts):
@@ -108,4 +97,4 @@ def test_linked_views_in_marimo(browser, tmp_path, artifacts):
     finally:
         if context is not None:
             context.close()
-        stop(server)
+        stop_lab(server)
