@@ -9,26 +9,10 @@ includes that factor, ``embed.W_E`` does not.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
-from ._base import Adapter, common_weights, linear_weights
-from .llama import llama_dims
-
-
-def gemma_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
-    out = linear_weights(
-        model,
-        adapter,
-        info,
-        q="self_attn.q_proj",
-        k="self_attn.k_proj",
-        v="self_attn.v_proj",
-        o="self_attn.o_proj",
-        down="mlp.down_proj",
-    )
-    out.update(common_weights(model, adapter, info))
-    return out
-
+from ._base import Adapter
+from .llama import llama_dims, llama_weights
 
 ADAPTER = Adapter(
     name="gemma",
@@ -44,24 +28,16 @@ ADAPTER = Adapter(
     final_norm="model.norm",
     unembed="lm_head",
     norm="gemma_rmsnorm",
-    weights=gemma_weights,
+    weights=llama_weights,  # same module paths as Llama
     dims=llama_dims,
 )
 
-ADAPTER2 = Adapter(
+# Gemma 2 / 3 differ only in their sandwich norms around each sublayer.
+ADAPTER2 = replace(
+    ADAPTER,
     name="gemma2",
     model_types=("gemma2", "gemma3_text"),
-    blocks="model.layers",
-    block_attn="self_attn",
-    block_o_proj="self_attn.o_proj",
-    block_mlp_down="mlp.down_proj",
     block_mid="pre_feedforward_layernorm",
     block_attn_out=("post_attention_layernorm", None),
     block_mlp_out=("post_feedforward_layernorm", None),
-    embed="model.embed_tokens",
-    final_norm="model.norm",
-    unembed="lm_head",
-    norm="gemma_rmsnorm",
-    weights=gemma_weights,
-    dims=llama_dims,
 )
