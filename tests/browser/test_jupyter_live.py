@@ -127,11 +127,13 @@ def start_lab(root: Path, port: int, token: str, app: str = "lab") -> subprocess
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     proc.cb_log = log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    url = f"http://127.0.0.1:{port}/api/status?token={token}"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
+    return wait_until_serving(proc, f"http://127.0.0.1:{port}/api/status?token={token}")
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float = 60) -> subprocess.Popen:
+    """Return ``proc`` once ``url`` answers 200; else stop it and raise with its log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -139,9 +141,8 @@ def start_lab(root: Path, port: int, token: str, app: str = "lab") -> subprocess
         except OSError:
             time.sleep(0.3)
     stop_lab(proc)
-    raise RuntimeError(
-        "JupyterLab did not start:\n" + (root.parent / "lab.log").read_text()[-3000:]
-    )
+    log = Path(proc.cb_log.name).read_text()[-3000:]  # type: ignore[attr-defined]
+    raise RuntimeError(f"the server behind {url} did not start:\n{log}")
 
 
 def stop_lab(proc: subprocess.Popen) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.browser.test_jupyter_live import free_port, offline_context, stop_lab
+from tests.browser.test_jupyter_live import (
+    free_port,
+    offline_context,
+    stop_lab,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +59,7 @@ def start_marimo(app: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, cwd=app.parent, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     proc.cb_log = log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    stop_lab(proc)
-    raise RuntimeError("marimo did not start:\n" + (app.parent / "marimo.log").read_text()[-3000:])
+    return wait_until_serving(proc, f"http://127.0.0.1:{port}/")
 
 
 def test_linked_views_in_marimo(browser, tmp_path, artifacts):
