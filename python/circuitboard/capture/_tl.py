@@ -132,6 +132,8 @@ def from_transformer_lens(
     prompt
         The prompt text, kept as ``cap.prompt``.
 
+    Notes
+    -----
     Token texts come from incremental decoding, so they join back to ``tokenizer.decode``.
     Weights: for a ``TransformerBridge`` around a model circuitboard has an adapter for, the
     same parameter views :func:`capture` gives; otherwise TransformerLens' own ``W_O``,

@@ -26,6 +26,8 @@ class LogitAttributionView(View):
     tokens : list of str, optional
         The prompt, shown as context.
 
+    Notes
+    -----
     Clicking a head selects ``{layer, head}`` in the link (a linked attention view opens
     it); clicking an MLP bar selects the layer and lists its top neurons.
 
