@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from .capture import Capture
 
 
+def _with_provenance(view: Any, cap: Any) -> Any:
+    """Attach the provenance of ``cap`` (or of a list of captures) to ``view``."""
+    from .capture._provenance import combined_provenance
+
+    view.provenance = combined_provenance(cap if isinstance(cap, list) else [cap])
+    return view
+
+
 def attention(
     cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs: Any
 ) -> AttentionView:
@@ -35,7 +43,8 @@ def attention(
         )
     att = cap.stack("attn.hook_pattern")
     first = layers.index(layer) if layer is not None and layer in layers else 0
-    return AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    view = AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    return _with_provenance(view, cap)
 
 
 def logit_attribution(
@@ -63,7 +72,7 @@ def logit_attribution(
     t, b, p = prepare(cap, target, baseline, pos)
     if not follow_token:
         attr = attribute_positions(cap, t, b, [p])[0]
-        return LogitAttributionView(attr, tokens=list(cap.tokens), **kwargs)
+        return _with_provenance(LogitAttributionView(attr, tokens=list(cap.tokens), **kwargs), cap)
     # Chunks of positions bound the per-neuron arrays held at once; the chunk holding `pos`
     # goes first so that its attribution seeds the view.
     chunks = [range(s, min(s + 64, cap.n_tokens)) for s in range(0, cap.n_tokens, 64)]
@@ -77,9 +86,8 @@ def logit_attribution(
                 yield from attribute_positions(cap, t, b, list(c))
 
     attr = home_attrs[p - home.start]
-    return LogitAttributionView(
-        attr, tokens=list(cap.tokens), positions=every_position(), **kwargs
-    )
+    view = LogitAttributionView(attr, tokens=list(cap.tokens), positions=every_position(), **kwargs)
+    return _with_provenance(view, cap)
 
 
 def logit_lens_view(
@@ -93,7 +101,7 @@ def logit_lens_view(
     """
     from .analysis import logit_lens
 
-    return LogitLensView(logit_lens(cap, target=target, k=k), **kwargs)
+    return _with_provenance(LogitLensView(logit_lens(cap, target=target, k=k), **kwargs), cap)
 
 
 def neurons(
@@ -136,7 +144,7 @@ def neurons(
     ]
     if layer is not None and layer < 0:
         layer += max(layers) + 1
-    return NeuronsView(
+    view = NeuronsView(
         acts if len(caps) > 1 else acts[0],
         [c.tokens for c in caps] if len(caps) > 1 else caps[0].tokens,
         layers=layers,
@@ -145,6 +153,7 @@ def neurons(
         labels=labels,
         **kwargs,
     )
+    return _with_provenance(view, caps)
 
 
 def neuron_dashboard(

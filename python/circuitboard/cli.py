@@ -2,6 +2,7 @@
 
     circuitboard report --prompt "When Mary and John went to the store, John gave a drink to" \\
         -o report.html [--model NAME] [--target " Mary" --baseline " John"] [--budget-mb 50]
+    circuitboard verify report.html     # recompute the report's checks from its embedded data
 """
 
 from __future__ import annotations
@@ -135,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         default=50.0,
         help="largest file size in MB; lossy reductions are listed in the page",
     )
+    ver = sub.add_parser(
+        "verify",
+        help="recompute a report's checks from its embedded data (exit 1 when any fails)",
+    )
+    ver.add_argument("reports", nargs="+", help="report .html files written by circuitboard")
     args = parser.parse_args(argv)
+    if args.command == "verify":
+        return _verify(args.reports)
 
     import circuitboard as cb
 
@@ -165,6 +173,21 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _verify(paths: list[str]) -> int:
+    from .export._verify import verify_report
+
+    failed = 0
+    for path in paths:
+        if not Path(path).is_file():
+            print(f"circuitboard verify: {path}: no such file", file=sys.stderr)
+            failed += 1
+            continue
+        result = verify_report(path)
+        print(result.summary())
+        failed += not result.ok
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ class ModelInfo:
     causal: bool = True
     final_logit_softcap: float | None = None
     parallel_attn_mlp: bool = False  # GPT-NeoX/Pythia: the MLP reads resid_pre, not resid_mid
+    attn_implementation: str = ""  # the model's attention kernel when captured ("sdpa", ...)
+    source: str = ""  # JSON: the weights file and its sha256, where the loader knows them
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

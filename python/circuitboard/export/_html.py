@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..widgets._bundle import STATIC, Base, request_key
+from ..widgets._checks import view_checks
 from ..widgets._view import View, json_safe
 from ._markdown import markdown_to_html
+from ._proof import PROOF_CSS, badges_html, content_hash, provenance_html
 
 DEFAULT_BUDGET = 50_000_000  # bytes of the written file
 PREFIX = "IPY_MODEL_"
@@ -244,11 +246,21 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
             {**it, "model": ids[it["model"]]} if it["type"] == "view" else it for it in layout
         ],
     }
+    # Each view's identities, computed from exactly the state the page embeds.
+    proof_views = {
+        ids[w.model_id]: {
+            "view": getattr(w, "report_name", None) or type(w).__name__.removesuffix("View"),
+            "checks": view_checks(_state(w)),
+            "provenance": dict(w.provenance),
+        }
+        for w in views
+    }
     body = []
     for it in data["items"]:
         if it["type"] == "markdown":
             body.append(f'<section class="cb-md">{it["html"]}</section>')
         else:
+            body.append(badges_html(proof_views[it["model"]]["checks"], it["model"]))
             body.append(f'<section class="cb-slot" data-cb-model="{it["model"]}"></section>')
     note_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     notes_block = (
@@ -261,6 +273,8 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
     body_html = "\n".join(body)
     state_json = _safe_json(data)
     blob_b64 = base64.b64encode(blob.compressed()).decode("ascii")
+    proof = {"content_sha256": content_hash(state_json, blob_b64), "views": proof_views}
+    provenance_block = provenance_html([v["provenance"] for v in proof_views.values()])
     bundle_b64 = base64.b64encode(bundle).decode("ascii")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -279,11 +293,13 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
 {_TOGGLE}
 </header>
 {notes_block}
+{provenance_block}
 <main id="cb-report">
 {body_html}
 </main>
 <footer class="cb-page-footer">{_footer()}</footer>
 <script id="cb-state" type="application/json">{state_json}</script>
+<script id="cb-proof" type="application/json">{_safe_json(proof)}</script>
 <script id="cb-blob" type="text/plain">{blob_b64}</script>
 <script id="cb-bundle" type="text/plain">{bundle_b64}</script>
 <script>{host}</script>
@@ -329,7 +345,7 @@ def _page_css() -> str:
         "white-space:pre-wrap}"
         ".cb-slot{margin:12px 0}"
         ".cb-page-footer{color:var(--pg-muted);font-size:12px;margin-top:24px;"
-        "border-top:1px solid var(--pg-border);padding-top:8px}"
+        "border-top:1px solid var(--pg-border);padding-top:8px}" + PROOF_CSS
     )
 
 

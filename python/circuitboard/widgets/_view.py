@@ -87,6 +87,10 @@ class View(Base):
     theme = traitlets.Unicode("auto").tag(sync=True)
     """"auto" follows the host (JupyterLab, VS Code, marimo, OS); or "light" / "dark"."""
 
+    provenance = traitlets.Dict().tag(sync=True)
+    """Where the numbers came from (model, weights hash, dtype, versions, prompt, tensor hash);
+    set by the ``cb.*`` shortcuts that build a view from a capture. Reports show it."""
+
     _sel = traitlets.Dict().tag(sync=True)  # the link mirrored, only where the host isolates cells
 
     _fetchers: ClassVar[dict[str, str]] = {}

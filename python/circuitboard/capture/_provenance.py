@@ -1,0 +1,105 @@
+"""Where a capture's numbers came from: model, weights, dtype, attention path, versions, input.
+
+A report carries this next to every view built from a capture, so a reader can tell which
+model file and which software produced the numbers, and whether two reports show the same data
+(the tensor hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import weakref
+from typing import Any
+
+import torch
+
+_CACHE: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in sorted name order (device-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def provenance(cap: Any) -> dict[str, Any]:
+    """The provenance of a :class:`~circuitboard.Capture` as a JSON-ready dict (cached per capture).
+
+    Keys: ``model``, ``architecture``, ``model_file`` (file name and sha256 of the weights file
+    where the loader knows it, e.g. the default model's GGUF), ``weights_sha256`` (of the
+    parameters the analyses read, ``cap.weights``), ``dtype`` (storage dtype of the captured
+    tensors), ``attention`` (the attention implementation and how patterns were obtained),
+    ``versions`` (circuitboard, torch, transformers), ``prompt``, ``n_tokens`` and
+    ``tensors_sha256`` (token ids, logits and every captured tensor).
+
+    Examples
+    --------
+    >>> from circuitboard.capture import Capture
+    >>> cap = Capture(["a", "b"], torch.tensor([1, 2]), {"hook_embed": torch.zeros(2, 4)})
+    >>> p = provenance(cap)
+    >>> p["dtype"], p["n_tokens"], len(p["tensors_sha256"])
+    ('float32', 2, 64)
+    """
+    try:
+        return _CACHE[cap]
+    except (KeyError, TypeError):
+        pass
+    info = cap.info
+    tensors = dict(cap.tensors)
+    tensors["token_ids"] = cap.token_ids
+    if cap.logits is not None:
+        tensors["logits"] = cap.logits
+    stored = sorted({str(t.dtype).removeprefix("torch.") for t in cap.tensors.values()})
+    source = json.loads(getattr(info, "source", "") or "{}") if info is not None else {}
+    out = {
+        "model": getattr(info, "model_name", "") or "unknown (capture built by hand)",
+        "architecture": getattr(info, "architecture", "") or "unknown",
+        "model_file": source or None,
+        "weights_sha256": tensor_digest(cap.weights) if cap.weights else None,
+        "dtype": ", ".join(stored) or "none",
+        "attention": getattr(info, "attn_implementation", "") or "unknown",
+        "versions": {
+            "circuitboard": _version("circuitboard"),
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+        },
+        "prompt": cap.prompt,
+        "n_tokens": cap.n_tokens,
+        "tensors_sha256": tensor_digest(tensors),
+    }
+    try:
+        _CACHE[cap] = out
+    except TypeError:  # not weak-referenceable: just not cached
+        pass
+    return out
+
+
+def combined_provenance(caps: list[Any]) -> dict[str, Any]:
+    """One capture's :func:`provenance`; for several, their prompts and one hash over all."""
+    first = provenance(caps[0])
+    if len(caps) == 1:
+        return first
+    each = [provenance(c) for c in caps]
+    joined = hashlib.sha256("".join(p["tensors_sha256"] for p in each).encode()).hexdigest()
+    return {
+        **first,
+        "prompt": [p["prompt"] for p in each],
+        "n_tokens": [p["n_tokens"] for p in each],
+        "tensors_sha256": joined,
+    }
