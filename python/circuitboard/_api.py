@@ -43,7 +43,7 @@ def logit_attribution(
     target: Any,
     baseline: Any = None,
     *,
-    pos: int = -1,
+    pos: int | None = None,
     follow_token: bool = True,
     **kwargs: Any,
 ) -> LogitAttributionView:
