@@ -12,6 +12,7 @@ from .widgets import (
     NeuronDashboard,
     NeuronsView,
 )
+from .widgets._view import image_state
 
 if TYPE_CHECKING:
     from .capture import Capture
@@ -35,7 +36,9 @@ def attention(
         )
     att = cap.stack("attn.hook_pattern")
     first = layers.index(layer) if layer is not None and layer in layers else 0
-    return AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    view = AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    view.image = image_state(getattr(cap, "image", None))
+    return view
 
 
 def logit_attribution(
@@ -136,7 +139,7 @@ def neurons(
     ]
     if layer is not None and layer < 0:
         layer += max(layers) + 1
-    return NeuronsView(
+    view = NeuronsView(
         acts if len(caps) > 1 else acts[0],
         [c.tokens for c in caps] if len(caps) > 1 else caps[0].tokens,
         layers=layers,
@@ -145,6 +148,9 @@ def neurons(
         labels=labels,
         **kwargs,
     )
+    if any(getattr(c, "image", None) for c in caps):
+        view.images = [image_state(getattr(c, "image", None)) or None for c in caps]
+    return view
 
 
 def neuron_dashboard(
