@@ -12,6 +12,7 @@ from .widgets import (
     NeuronDashboard,
     NeuronsView,
 )
+from .widgets._view import image_state
 
 if TYPE_CHECKING:
     from .capture import Capture
@@ -44,6 +45,7 @@ def attention(
     att = cap.stack("attn.hook_pattern")
     first = layers.index(layer) if layer is not None and layer in layers else 0
     view = AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    view.image = image_state(getattr(cap, "image", None))
     return _with_provenance(view, cap)
 
 
@@ -52,7 +54,7 @@ def logit_attribution(
     target: Any,
     baseline: Any = None,
     *,
-    pos: int = -1,
+    pos: int | None = None,
     follow_token: bool = True,
     **kwargs: Any,
 ) -> LogitAttributionView:
@@ -153,6 +155,8 @@ def neurons(
         labels=labels,
         **kwargs,
     )
+    if any(getattr(c, "image", None) for c in caps):
+        view.images = [image_state(getattr(c, "image", None)) or None for c in caps]
     return _with_provenance(view, caps)
 
 

@@ -312,3 +312,25 @@ FACTORIES: dict[str, Callable[..., tuple[Any, Any]]] = {
 
 CAUSAL = [n for n in FACTORIES if n != "bert"]
 """The causal language models among :data:`FACTORIES` (BERT is bidirectional)."""
+
+
+def tiny_vit(seed: int = 0, channels: int = 3) -> tuple[Any, None]:
+    """ViT image classifier: 8×8 images, 4×4 patches (4 patches + CLS), 5 classes, random."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=channels,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+        id2label={i: f"class {i}" for i in range(5)},
+        label2id={f"class {i}": i for i in range(5)},
+        attn_implementation="sdpa",
+    )
+    model = _build(cfg, ViTForImageClassification, seed)
+    model.config.circuitboard_pixel_norm = {"mean": [0.5] * channels, "std": [0.25] * channels}
+    return model, None

@@ -8,7 +8,8 @@ import { Fetcher } from "../fetch";
 import { cssToUint32, type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
-import { NAN_PAINT, TokenStrip } from "../tokens";
+import { type ImageInfo, tokenStrip } from "../patches";
+import { NAN_PAINT } from "../tokens";
 import type { Encoded } from "../types";
 import { el } from "../dom";
 
@@ -20,6 +21,7 @@ interface AttentionState {
   scores: Record<string, (number | null)[][]>;
   _initial: { layer: number; head: number; pattern: Encoded };
   _thumbs: Encoded;
+  image: ImageInfo | Record<string, never>; // an image capture's patch grid ({} for text)
   theme: string;
   link: string;
 }
@@ -135,6 +137,9 @@ export async function render(props: RenderProps<AttentionState>) {
   modeSel.add(new Option("looks at + looked at by", "both"));
   modeSel.add(new Option("looks at (row)", "row"));
   modeSel.add(new Option("looked at by (column)", "col"));
+  // Without a causal mask a token looks both ways, so "both" (row before it, column after)
+  // would mix two questions: start with where it looks.
+  if (!causal) modeSel.value = "row";
   const zoomOut = button("−", "zoom out (-)", header);
   const zoomIn = button("+", "zoom in (+)", header);
   const zoomFit = button("fit", "fit the whole head (0)", header);
@@ -353,7 +358,7 @@ export async function render(props: RenderProps<AttentionState>) {
 
   // ---- tokens ----------------------------------------------------------------------------------
   const toggleLock = (i: number) => select(link, { token: link.get("token") === i ? null : i });
-  const strip = new TokenStrip(tokens, {
+  const strip = tokenStrip(tokens, model.get("image") as ImageInfo, {
     hover: (i) => hover(link, { hover_token: i }),
     click: (i) => toggleLock(i),
   }, signal);

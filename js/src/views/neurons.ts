@@ -6,7 +6,8 @@ import { cssColor, diverging, type Lut } from "../colormaps";
 import { Fetcher } from "../fetch";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
-import { TokenStrip } from "../tokens";
+import { type ImageInfo, type PatchGrid, tokenStrip } from "../patches";
+import type { TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
 import { el } from "../dom";
 
@@ -17,6 +18,7 @@ interface NeuronsState {
   d_mlp: number;
   n_top: number;
   _initial: { prompt: number; layer: number; neuron: number; values: Encoded; vmax: number };
+  images: (ImageInfo | null)[]; // per prompt: an image capture's patch grid (empty for text)
   theme: string;
   link: string;
 }
@@ -116,7 +118,7 @@ export async function render(props: RenderProps<NeuronsState>) {
     vmax: init.vmax,
   };
   let stripAbort = new AbortController();
-  let strip: TokenStrip | null = null;
+  let strip: TokenStrip | PatchGrid | null = null;
   let stripPrompt = -1;
   let listKey = "";
 
@@ -131,7 +133,8 @@ export async function render(props: RenderProps<NeuronsState>) {
     stripAbort.abort();
     stripAbort = new AbortController();
     stripBox.replaceChildren();
-    strip = new TokenStrip(prompts[p], {
+    const images = model.get("images") ?? [];
+    strip = tokenStrip(prompts[p], images[p], {
       hover: (i) => hover(link, { hover_token: i }),
       click: (i) => select(link, { token: link.get("token") === i ? null : i }),
     }, stripAbort.signal);

@@ -120,7 +120,7 @@ class Attribution:
 
 
 def direct_logit_attribution(
-    cap: Any, target: Any, baseline: Any = None, pos: int = -1, *, softcap: str = "refuse"
+    cap: Any, target: Any, baseline: Any = None, pos: int | None = None, *, softcap: str = "refuse"
 ) -> Attribution:
     """Split the logit of ``target`` (minus ``baseline``'s) at ``pos`` into component contributions.
 
@@ -140,8 +140,9 @@ def direct_logit_attribution(
     target, baseline : str or int
         A token (a string that is exactly one token, e.g. ``" Mary"``) or a token id.
         With a baseline the attributed quantity is ``logit[target] - logit[baseline]``.
-    pos : int
-        Position whose next-token logits are explained (default: the last).
+    pos : int, optional
+        Position whose logits are explained (default: where the model reads its prediction,
+        the last token of a language model, the CLS token of a ViT).
     softcap : {"refuse", "pre"}
         Models with final logit soft-capping (Gemma 2) are not linear in the residual:
         ``"refuse"`` raises, ``"pre"`` attributes the logit before the cap.
@@ -163,7 +164,7 @@ def direct_logit_attribution(
 
 
 def prepare(
-    cap: Any, target: Any, baseline: Any = None, pos: int = -1, softcap: str = "refuse"
+    cap: Any, target: Any, baseline: Any = None, pos: int | None = None, softcap: str = "refuse"
 ) -> tuple[int, int | None, int]:
     """Check the arguments of :func:`direct_logit_attribution`; returns ``(target id,
     baseline id or None, position)``."""
@@ -179,6 +180,8 @@ def prepare(
             "Pass softcap='pre' to attribute the logit before the cap (model_value is then the "
             "pre-cap logit too)."
         )
+    if pos is None:  # where the model reads its prediction: the last token, or ViT's CLS
+        pos = 0 if getattr(cap, "image", None) is not None else -1
     p = position(pos, cap.n_tokens)
     t = token_id(cap, target, "target")
     b = token_id(cap, baseline, "baseline") if baseline is not None else None

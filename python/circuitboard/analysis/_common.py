@@ -26,8 +26,10 @@ def require_info(cap: Any, what: str) -> Any:
 
 
 def require_decoder(info: Any, what: str) -> None:
-    """Refuse encoders: their logits are not the final residual through one norm + unembedding."""
-    if not info.causal:
+    """Refuse post-norm encoders (BERT): their logits are not the final residual through one
+    norm and the unembedding. Pre-norm encoders such as ViT are fine."""
+    pre_norm = getattr(info, "pre_norm", None)
+    if not (pre_norm if pre_norm is not None else info.causal):
         raise ValueError(
             f"{what} reads logits as the final residual stream through one norm and the "
             f"unembedding, which holds for decoder language models only; {info.model_name!r} "

@@ -31,6 +31,9 @@ class ModelInfo:
     parallel_attn_mlp: bool = False  # GPT-NeoX/Pythia: the MLP reads resid_pre, not resid_mid
     attn_implementation: str = ""  # the model's attention kernel when captured ("sdpa", ...)
     source: str = ""  # JSON: the weights file and its sha256, where the loader knows them
+    # Blocks normalize their inputs, so the residual stream is a sum of component writes
+    # (None, in captures saved before this field: decoders yes, encoders no).
+    pre_norm: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -85,6 +88,9 @@ class Capture(Mapping[str, torch.Tensor]):
     prompt: str | None = None
     tokenizer: Any = field(default=None, repr=False, compare=False)
     n_prompt_tokens: int | None = None
+    image: dict[str, Any] | None = field(default=None, repr=False)
+    """Image captures (ViT): ``{"grid": [rows, cols], "patch": pixels per side, "pixels":
+    [C, H, W] in [0, 1]}``; token 0 is CLS, token ``1 + r * cols + c`` the patch at (r, c)."""
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:

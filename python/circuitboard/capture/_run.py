@@ -32,6 +32,7 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         causal=adapter.causal,
         attn_implementation=str(getattr(cfg, "_attn_implementation", "") or ""),
         source=json.dumps(getattr(cfg, "circuitboard_source", None) or {}, sort_keys=True),
+        pre_norm=adapter.pre_norm,
         **dims,
     )
 
@@ -60,7 +61,8 @@ def _parse_prompts(prompts: Any) -> tuple[list[str], bool]:
         items, single = list(prompts), False
     else:
         raise ValueError(
-            f"prompts must be a string or a list of strings; got {type(prompts).__name__}."
+            f"prompts must be a string or a list of strings; got {type(prompts).__name__}. "
+            "Images go to an image model (ViTForImageClassification), not a language model."
         )
     if not items:
         raise ValueError("prompts is an empty list; pass at least one prompt.")
@@ -224,8 +226,15 @@ def capture(
     >>> caps[1].names()
     ['blocks.1.attn.hook_pattern']
     """
-    items, single = _parse_prompts(prompts)
     adapter = get_adapter(model)
+    if adapter.modality == "image":
+        from ._images import capture_images
+
+        return capture_images(
+            model, tokenizer, prompts, adapter=adapter, layers=layers, what=what, dtype=dtype,
+            max_memory=max_memory, batch_size=batch_size,
+        )
+    items, single = _parse_prompts(prompts)
     info = model_info(model, adapter)
     n_blocks = adapter.n_blocks(model)
     layer_list = _parse_layers(layers, n_blocks)

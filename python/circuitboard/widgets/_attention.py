@@ -135,6 +135,8 @@ class AttentionView(View):
     """Head scores ``{name: [layers][heads]}`` the grid can sort and highlight by."""
     _initial = traitlets.Dict().tag(sync=True)  # {layer, head, pattern: Encoded} first paint
     _thumbs = traitlets.Dict().tag(sync=True)  # Encoded [layers, heads, t, t] uint8
+    image = traitlets.Dict().tag(sync=True)
+    """An image capture's patch grid (:func:`image_state`); the tokens are then CLS + patches."""
 
     _fetchers: ClassVar[dict[str, str]] = {
         "fetch-head": "_fetch_head",

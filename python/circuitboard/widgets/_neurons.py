@@ -68,6 +68,8 @@ class NeuronsView(View):
     prompts = traitlets.List(traitlets.List(traitlets.Unicode())).tag(sync=True)
     """Token strings of each prompt."""
     labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    images = traitlets.List().tag(sync=True)
+    """Per prompt, an image capture's patch grid (:func:`image_state`), or None for text."""
     """A short name per prompt."""
     layer_indices = traitlets.List(traitlets.Int()).tag(sync=True)
     """Model layer index of each captured layer."""

@@ -8,10 +8,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import traitlets
 from ipywidgets import widget_serialization
 
 from ._bundle import Base
+from ._codec import encode, to_numpy
 from ._link import SELECTION_KEYS, Link
 
 _MIRRORED = (*SELECTION_KEYS, "hover_token")
@@ -31,6 +33,24 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def image_state(image: Any) -> dict[str, Any]:
+    """The patch grid a view draws for an image capture: grid, patch side and the pixels
+    (``[C, H, W]`` in [0, 1], 8-bit); ``{}`` for a text capture (``image`` None).
+
+    >>> import numpy as np
+    >>> state = image_state({"grid": [2, 2], "patch": 4, "pixels": np.zeros((1, 8, 8))})
+    >>> state["grid"], state["pixels"]["shape"]
+    ([2, 2], [1, 8, 8])
+    """
+    if not image:
+        return {}
+    return {
+        "grid": [int(g) for g in image["grid"]],
+        "patch": int(image["patch"]),
+        "pixels": encode(to_numpy(image["pixels"]).astype(np.float32), "uint8"),
+    }
 
 
 def pack(**fields: Any) -> tuple[dict[str, Any], list[bytes]]:

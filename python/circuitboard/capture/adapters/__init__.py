@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import bert, gemma, gpt2, llama, neox
+from . import bert, gemma, gpt2, llama, neox, vit
 from ._base import Adapter, get_module
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -38,7 +38,15 @@ def register(adapter: Adapter, *, replace: bool = False) -> Adapter:
     return adapter
 
 
-for _a in (gpt2.ADAPTER, llama.ADAPTER, neox.ADAPTER, gemma.ADAPTER, gemma.ADAPTER2, bert.ADAPTER):
+for _a in (
+    gpt2.ADAPTER,
+    llama.ADAPTER,
+    neox.ADAPTER,
+    gemma.ADAPTER,
+    gemma.ADAPTER2,
+    bert.ADAPTER,
+    vit.ADAPTER,
+):
     register(_a)
 
 
@@ -73,8 +81,9 @@ def get_adapter(model: Any) -> Adapter:
         except (AttributeError, IndexError):
             raise ValueError(
                 f"{type(model).__name__} has no module {path!r}, which the {adapter.name!r} "
-                "adapter reads. capture() needs the model with its language-model head: load it "
-                "with AutoModelForCausalLM (or AutoModelForMaskedLM for BERT)."
+                "adapter reads. capture() needs the model with its head: load it with "
+                "AutoModelForCausalLM (AutoModelForMaskedLM for BERT, "
+                "ViTForImageClassification for ViT)."
             ) from None
     return adapter
 

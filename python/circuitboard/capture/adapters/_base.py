@@ -80,7 +80,12 @@ class Adapter:
         ``dims(config) -> dict`` with ``n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp,
         d_vocab`` and optionally ``final_logit_softcap, parallel_attn_mlp``.
     causal
-        False for bidirectional encoders (BERT).
+        False for bidirectional encoders (BERT, ViT).
+    modality
+        ``"text"`` (token ids in) or ``"image"`` (pixel values in; tokens are patches).
+    pre_norm
+        False for blocks that normalize *after* the residual addition (BERT): their residual
+        stream is not a sum of component writes, so attribution refuses them.
     """
 
     name: str
@@ -100,6 +105,8 @@ class Adapter:
     dims: Callable[[Any], dict[str, Any]]
     pos_embed: str | None = None
     causal: bool = True
+    modality: str = "text"
+    pre_norm: bool = True
     head: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     """Optional ``head(model, resid) -> logits`` when the unembedding is more than
     final norm + ``unembed`` (BERT's MLM transform); used by tests and the logit lens."""

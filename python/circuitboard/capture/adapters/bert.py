@@ -70,5 +70,6 @@ ADAPTER = Adapter(
     weights=bert_weights,
     dims=bert_dims,
     causal=False,
+    pre_norm=False,
     head=bert_head,
 )
