@@ -38,6 +38,13 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _attention(info: Any) -> str:
+    """The kernel that computed attention, and how patterns were obtained."""
+    kernel = getattr(info, "attn_implementation", None) or "unknown"
+    path = getattr(info, "attention_path", None)
+    return f"{kernel}; patterns: {path}" if path else kernel
+
+
 def provenance(cap: Any) -> dict[str, Any]:
     """The provenance of a :class:`~circuitboard.Capture` as a JSON-ready dict (cached per capture).
 
@@ -73,7 +80,7 @@ def provenance(cap: Any) -> dict[str, Any]:
         "model_file": source or None,
         "weights_sha256": tensor_digest(cap.weights) if cap.weights else None,
         "dtype": ", ".join(stored) or "none",
-        "attention": getattr(info, "attn_implementation", "") or "unknown",
+        "attention": _attention(info),
         "versions": {
             "circuitboard": _version("circuitboard"),
             "torch": torch.__version__,
