@@ -49,6 +49,9 @@ def test_patterns_equal_output_attentions(vit: Any, caps: list[Any]) -> None:
     finally:
         vit.set_attn_implementation(before)
     assert vit.config._attn_implementation == before
+    # queries and keys came through the attention interface; patterns are recomputed
+    assert caps[0].info.attention_path == "interface"
+    assert "blocks.0.attn.hook_q" in caps[0].names()
     for i, cap in enumerate(caps):
         for layer in range(2):
             got = cap[f"blocks.{layer}.attn.hook_pattern"]

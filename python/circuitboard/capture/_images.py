@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _memory
+from ._capture import Capture
+from ._patterns import Patterns
+from ._run import _gather_weights, _parse_layers, model_info, record
+from .adapters._base import get_module
+
 
 class ClassLabels:
     """A tokenizer-shaped view of a classifier's labels, so targets can be named (``"3"``).
@@ -146,12 +152,6 @@ def capture_images(
     batch_size: int = 8,
 ) -> Any:
     """:func:`circuitboard.capture` for an image model; see there. One Capture per image."""
-    from . import _memory
-    from ._capture import Capture
-    from ._hooks import Recorder
-    from ._run import _capture_mode, _gather_weights, _parse_layers, model_info
-    from .adapters._base import get_module
-
     single = isinstance(images, (np.ndarray, torch.Tensor)) and np.ndim(images) in (2, 3)
     if single and np.ndim(images) == 3 and np.shape(images)[0] != model.config.num_channels:
         single = False  # [N, H, W] grayscale batch
@@ -168,26 +168,31 @@ def capture_images(
     _memory.check(est, max_memory, len(arr), len(layer_list))
     labels = ClassLabels(getattr(model.config, "id2label", None) or {})
     head = get_module(model, adapter.unembed)
+    logits_out: list[torch.Tensor] = [torch.empty(0)] * len(arr)
     normed: list[torch.Tensor] = []
-    logits_out: list[torch.Tensor] = []
-    with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds):
-        rec = Recorder(model, adapter, info, layer_list, kinds, len(arr), dtype)
-        grab = get_module(model, adapter.final_norm).register_forward_hook(
-            lambda mod, args, out: normed.append(out)
+
+    def forward(rec: Any, batch: list[int]) -> None:
+        rec.rows = [(i, n_tokens) for i in batch]
+        normed.clear()
+        out = model(pixel_values=pixel_batch(model, processor, arr[batch]))
+        # The classifier at every position; row 0 (CLS) is the model's own output.
+        every = head(normed[-1]).float()
+        every[:, 0] = out.logits.float()
+        for r, i in enumerate(batch):
+            logits_out[i] = every[r].detach().cpu()
+
+    grab = get_module(model, adapter.final_norm).register_forward_hook(
+        lambda mod, args, out: normed.append(out)
+    )
+    try:
+        batches = [
+            list(range(s, min(s + batch_size, len(arr)))) for s in range(0, len(arr), batch_size)
+        ]
+        rec, info = record(
+            model, adapter, info, layer_list, kinds, dtype, len(arr), batches, forward
         )
-        try:
-            for start in range(0, len(arr), batch_size):
-                rows = range(start, min(start + batch_size, len(arr)))
-                rec.rows = [(i, n_tokens) for i in rows]
-                normed.clear()
-                out = model(pixel_values=pixel_batch(model, processor, arr[rows.start : rows.stop]))
-                # The classifier at every position; row 0 (CLS) is the model's own output.
-                every = head(normed[-1]).float()
-                every[:, 0] = out.logits.float()
-                logits_out.extend(every.detach().cpu())
-        finally:
-            grab.remove()
-            rec.close()
+    finally:
+        grab.remove()
     weights = _gather_weights(model, adapter, info)
     caps = [
         Capture(
@@ -201,6 +206,7 @@ def capture_images(
             tokenizer=labels,
             n_prompt_tokens=n_tokens,
             image={"grid": list(grid), "patch": p, "pixels": torch.from_numpy(arr[i].copy())},
+            patterns=Patterns(rec.store[i], rec.specs[i]) if rec.qk else None,
         )
         for i in range(len(arr))
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -171,6 +171,67 @@ def _generate(
     return out[0, len(ids) :].tolist()
 
 
+def record(
+    model: Any,
+    adapter: Adapter,
+    info: ModelInfo,
+    layer_list: list[int],
+    kinds: tuple[str, ...],
+    dtype: torch.dtype,
+    n_items: int,
+    batches: list[list[int]],
+    forward: Callable[[Recorder, list[int]], None],
+    bar: Any = None,
+) -> tuple[Recorder, ModelInfo]:
+    """Run ``forward(rec, batch)`` for every batch with the capture hooks installed.
+
+    Queries and keys go through the attention interface where the model's attention calls it
+    (patterns then come on demand); otherwise the model is switched to eager attention for the
+    capture and patterns are stored. Returns the recorder and ``info`` with the kernel and path
+    used. Hooks are removed and the model restored also when a forward raises.
+    """
+    qk_ok, qk_kernel = interface_status(model) if "pattern" in kinds else (False, "")
+    blocks = [adapter.block(model, i) for i in range(adapter.n_blocks(model))]
+
+    def run(qk: bool) -> Recorder:
+        with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds and not qk):
+            rec = Recorder(model, adapter, info, layer_list, kinds, n_items, dtype, qk=qk)
+            try:
+                hooks = attention_hooks(model, rec.attention_hooks(), blocks=blocks) if qk else None
+                with hooks or contextlib.nullcontext() as session:
+                    for batch in batches:
+                        forward(rec, batch)
+                        if session is not None and not set(layer_list) <= session.seen:
+                            missing = sorted(set(layer_list) - session.seen)
+                            raise InterfaceUnavailable(
+                                f"the attention of layers {missing} did not call the attention "
+                                "interface"
+                            )
+                        if bar is not None:
+                            bar.update(len(batch))
+            finally:
+                rec.close()
+        return rec
+
+    path, kernel = "eager", getattr(model.config, "_attn_implementation", None)
+    if "pattern" in kinds and qk_ok:
+        try:
+            rec = run(qk=True)
+            path = "interface"
+        except InterfaceUnavailable as e:  # the model's attention cannot go through it
+            path = f"eager (the attention interface was not usable: {e})"
+            if bar is not None:
+                bar.reset()
+            rec = run(qk=False)
+    else:
+        if "pattern" in kinds:
+            path = f"eager (the attention interface was not usable: {qk_kernel})"
+        rec = run(qk=False)
+    if "pattern" in kinds:
+        kernel = qk_kernel if path == "interface" else "eager"
+    return rec, dataclasses.replace(info, attn_implementation=kernel, attention_path=path)
+
+
 def capture(
     model: Any,
     tokenizer: Any,
@@ -276,8 +337,15 @@ def capture(
         from ._images import capture_images
 
         return capture_images(
-            model, tokenizer, prompts, adapter=adapter, layers=layers, what=what, dtype=dtype,
-            max_memory=max_memory, batch_size=batch_size,
+            model,
+            tokenizer,
+            prompts,
+            adapter=adapter,
+            layers=layers,
+            what=what,
+            dtype=dtype,
+            max_memory=max_memory,
+            batch_size=batch_size,
         )
     items, single = _parse_prompts(prompts)
     info = model_info(model, adapter)
@@ -314,7 +382,7 @@ def capture(
             f"a prompt has {max(lengths)} tokens (with generated ones), more than the model's "
             f"max_position_embeddings={max_pos}. Shorten the prompt or lower max_new_tokens."
         )
-    qk_ok, qk_kernel = interface_status(model) if "pattern" in kinds else (False, "")
+    qk_ok, _ = interface_status(model) if "pattern" in kinds else (False, "")
     model_dtype = get_module(model, adapter.embed).weight.dtype
     est = _memory.estimate(
         info,
@@ -336,27 +404,6 @@ def capture(
 
     logits_out: list[torch.Tensor | None] = [None] * len(items)
 
-    def run(qk: bool) -> Recorder:
-        with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds and not qk):
-            rec = Recorder(model, adapter, info, layer_list, kinds, len(items), dtype, qk=qk)
-            try:
-                hooks = attention_hooks(model, rec.attention_hooks(), blocks=blocks) if qk else None
-                with hooks or contextlib.nullcontext() as session:
-                    for batch in _batches(lengths, batch_size):
-                        _forward(model, rec, batch, ids_list, lengths, kinds, device, logits_out)
-                        if session is not None and not set(layer_list) <= session.seen:
-                            missing = sorted(set(layer_list) - session.seen)
-                            raise InterfaceUnavailable(
-                                f"the attention of layers {missing} did not call the attention "
-                                "interface"
-                            )
-                        if bar is not None:
-                            bar.update(len(batch))
-            finally:
-                rec.close()
-        return rec
-
-    path, kernel = "eager", getattr(model.config, "_attn_implementation", None)
     try:
         if max_new_tokens:
             for i, ids in enumerate(ids_list):
@@ -365,26 +412,23 @@ def capture(
                 texts_list[i] = texts_list[i] + decode_incremental(tokenizer, ids, new)
                 ids_list[i] = ids + new
         lengths = [len(i) for i in ids_list]
-        blocks = [adapter.block(model, i) for i in range(n_blocks)]
-        if "pattern" in kinds and qk_ok:
-            try:
-                rec = run(qk=True)
-                path = "interface"
-            except InterfaceUnavailable as e:  # the model's attention cannot go through it
-                path = f"eager (the attention interface was not usable: {e})"
-                if bar is not None:
-                    bar.reset()
-                rec = run(qk=False)
-        else:
-            if "pattern" in kinds:
-                path = f"eager (the attention interface was not usable: {qk_kernel})"
-            rec = run(qk=False)
+        rec, info = record(
+            model,
+            adapter,
+            info,
+            layer_list,
+            kinds,
+            dtype,
+            len(items),
+            _batches(lengths, batch_size),
+            lambda rec, batch: _forward(
+                model, rec, batch, ids_list, lengths, kinds, device, logits_out
+            ),
+            bar,
+        )
     finally:
         if bar is not None:
             bar.close()
-    if "pattern" in kinds:
-        kernel = qk_kernel if path == "interface" else "eager"
-    info = dataclasses.replace(info, attn_implementation=kernel, attention_path=path)
 
     weights = _gather_weights(model, adapter, info)
     caps = [
