@@ -33,7 +33,6 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         model_name=getattr(cfg, "_name_or_path", "") or cfg.model_type,
         norm=adapter.norm,
         causal=adapter.causal,
-        attn_implementation=str(getattr(cfg, "_attn_implementation", "") or ""),
         source=json.dumps(getattr(cfg, "circuitboard_source", None) or {}, sort_keys=True),
         pre_norm=adapter.pre_norm,
         **dims,
