@@ -29,6 +29,9 @@ class ModelInfo:
     causal: bool = True
     final_logit_softcap: float | None = None
     parallel_attn_mlp: bool = False  # GPT-NeoX/Pythia: the MLP reads resid_pre, not resid_mid
+    n_experts: int = 0  # mixture of experts: d_mlp is then one expert's width
+    n_experts_per_tok: int = 0
+    d_shared_expert: int = 0  # Qwen2-MoE's always-on shared expert
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -81,6 +81,10 @@ class Recorder:
         for r, (idx, n) in enumerate(self.rows):
             self.store[idx][name] = self._copy(t[r, :n], dtype)
 
+    def put_flat(self, name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """Store ``t`` whose batch and position dims were flattened (``[b * pos, ...]``)."""
+        self.put(name, t.reshape(len(self.rows), -1, *t.shape[1:]), dtype)
+
     def put_pattern(self, name: str, w: torch.Tensor) -> None:
         for r, (idx, n) in enumerate(self.rows):
             self.store[idx][name] = self._copy(w[r, :, :n, :n])
@@ -176,7 +180,12 @@ class Recorder:
                 pre=True,
             )
 
-        if "mlp_post" in w:
+        if a.post_norms is not None and "scale" in w:
+            self._install_post_norms(blk, p)
+
+        if a.moe is not None and "mlp_post" in w:
+            self._install_moe(blk, p)
+        elif "mlp_post" in w:
             self._add(
                 get_module(blk, a.block_mlp_down),
                 lambda mod, args: self.put(p + "mlp.hook_post", args[0]),
@@ -193,6 +202,66 @@ class Recorder:
 
         if "resid_post" in w:
             self._add(blk, lambda mod, args, out: self.put(p + "hook_resid_post", _first(out)))
+
+    def _install_post_norms(self, blk: Any, p: str) -> None:
+        """Frozen multipliers of the norms on the attention / MLP outputs (OLMo 2, Gemma 2)."""
+        kind = self.adapter.norm
+        for name, path in zip(("ln1_post", "ln2_post"), self.adapter.post_norms, strict=True):
+
+            def hook(mod: Any, args: tuple, name: str = name) -> None:
+                scale = norm_scale(mod, args[0], kind)
+                self.put(p + f"{name}.hook_scale", scale, torch.float32)
+
+            self._add(get_module(blk, path), hook, pre=True)
+
+    def _install_moe(self, blk: Any, p: str) -> None:
+        """Router logits, chosen experts, routing weights and every expert's neurons of a
+        mixture-of-experts layer (``mlp.hook_post`` for a dense layer of a mixed model)."""
+        from .adapters.moe import expert_matrices, moe_layer
+
+        spec = self.adapter.moe
+        experts = moe_layer(self.adapter, blk)
+        if experts is None:
+            self._add(
+                get_module(blk, "mlp.down_proj"),
+                lambda mod, args: self.put(p + "mlp.hook_post", args[0]),
+                pre=True,
+            )
+            return
+
+        def router_hook(mod: Any, args: tuple, out: Any) -> None:
+            self.put_flat(p + "mlp.hook_router_logits", _first(out), torch.float32)
+
+        def experts_hook(mod: Any, args: tuple, kwargs: dict) -> None:
+            named = dict(zip(("hidden_states", "top_k_index", "top_k_weights"), args))
+            named.update(kwargs)
+            x, idx, wts = named["hidden_states"], named["top_k_index"], named["top_k_weights"]
+            self.put_flat(p + "mlp.hook_expert_indices", idx, torch.long)
+            self.put_flat(p + "mlp.hook_expert_weights", wts, torch.float32)
+            for e in range(experts.gate_up_proj.shape[0]):
+                gu, down = expert_matrices(experts, e)
+                post = x.new_zeros(x.shape[0], down.shape[1])
+                rows = (idx == e).any(-1).nonzero()[:, 0]
+                if len(rows):
+                    # the model's own gating (act(gate) * up) on the rows routed to expert e
+                    post[rows] = experts._apply_gate(torch.nn.functional.linear(x[rows], gu))
+                self.put_flat(p + f"mlp.experts.{e}.hook_post", post)
+
+        self._add(get_module(blk, spec.router), router_hook)
+        self._add(experts, experts_hook, pre=True, kwargs=True)
+        if spec.shared:
+            shared = get_module(blk, spec.shared)
+            self._add(
+                shared.down_proj,
+                lambda mod, args: self.put_flat(p + "mlp.shared_expert.hook_post", args[0]),
+                pre=True,
+            )
+
+            def gate_hook(mod: Any, args: tuple, out: Any) -> None:
+                value = torch.sigmoid(out.float())
+                self.put_flat(p + "mlp.hook_shared_expert_gate", value, torch.float32)
+
+            self._add(get_module(blk, spec.shared_gate), gate_hook)
 
     def close(self) -> None:
         """Remove every hook this recorder installed (idempotent)."""

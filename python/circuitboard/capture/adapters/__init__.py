@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import bert, gemma, gpt2, llama, neox
+from . import bert, gemma, gpt2, gpt_neo, gptj, llama, moe, neox, olmo2, phi, phi3, stablelm
 from ._base import Adapter, get_module
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -38,7 +38,22 @@ def register(adapter: Adapter, *, replace: bool = False) -> Adapter:
     return adapter
 
 
-for _a in (gpt2.ADAPTER, llama.ADAPTER, neox.ADAPTER, gemma.ADAPTER, gemma.ADAPTER2, bert.ADAPTER):
+for _a in (
+    gpt2.ADAPTER,
+    llama.ADAPTER,
+    neox.ADAPTER,
+    gemma.ADAPTER,
+    gemma.ADAPTER2,
+    bert.ADAPTER,
+    gpt_neo.ADAPTER,
+    gptj.ADAPTER,
+    phi.ADAPTER,
+    phi3.ADAPTER,
+    stablelm.ADAPTER,
+    olmo2.ADAPTER,
+    moe.ADAPTER,
+    moe.ADAPTER_SHARED,
+):
     register(_a)
 
 
@@ -67,6 +82,8 @@ def get_adapter(model: Any) -> Adapter:
             "circuitboard.capture.adapters.register(adapter); or capture it through "
             "TransformerLens and use cb.from_transformer_lens."
         )
+    if adapter.for_config is not None:
+        adapter = adapter.for_config(adapter, config)
     for path in (adapter.blocks, adapter.final_norm, adapter.unembed):
         try:
             get_module(model, path)

@@ -40,6 +40,22 @@ def bias(module: Any, n: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class MoE:
+    """Where a mixture-of-experts MLP keeps its router and experts (paths relative to a block).
+
+    ``experts`` is transformers' fused experts module (``gate_up_proj`` ``[E, 2 * d_expert,
+    d_model]`` and ``down_proj`` ``[E, d_model, d_expert]`` 3-D parameters, called as
+    ``experts(hidden, top_k_index, top_k_weights)``). ``shared`` / ``shared_gate`` name Qwen-MoE's
+    always-on shared expert (a dense MLP) and its sigmoid gate.
+    """
+
+    router: str = "mlp.gate"
+    experts: str = "mlp.experts"
+    shared: str | None = None
+    shared_gate: str | None = None
+
+
+@dataclass(frozen=True)
 class Adapter:
     """What circuitboard needs to know about one architecture family.
 
@@ -81,6 +97,19 @@ class Adapter:
         d_vocab`` and optionally ``final_logit_softcap, parallel_attn_mlp``.
     causal
         False for bidirectional encoders (BERT).
+    post_norms
+        ``(attn_norm, mlp_norm)`` paths (relative to a block) of norms applied to the attention
+        / MLP output before the residual add (OLMo 2, Gemma 2). Capture records their frozen
+        multipliers as ``blocks.{l}.ln1_post.hook_scale`` / ``ln2_post.hook_scale`` and their
+        weights as ``blocks.{l}.ln1_post.w`` / ``ln2_post.w``, so attribution stays exact.
+    moe
+        A :class:`MoE` record for mixture-of-experts MLPs (Mixtral, Qwen-MoE, OLMoE).
+    for_config
+        ``for_config(adapter, config) -> Adapter``: the variant serving this config (e.g.
+        StableLM with or without parallel residual); ``None``: the adapter as it is.
+    supports
+        What works for this family: ``{"capture", "dla", "patching", "explanation"}`` mapped to
+        ``True`` or to the reason it does not (listed by ``cb.supported_architectures()``).
     """
 
     name: str
@@ -103,6 +132,11 @@ class Adapter:
     head: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     """Optional ``head(model, resid) -> logits`` when the unembedding is more than
     final norm + ``unembed`` (BERT's MLM transform); used by tests and the logit lens."""
+    post_norms: tuple[str, str] | None = None
+    moe: MoE | None = None
+    for_config: Callable[[Adapter, Any], Adapter] | None = field(default=None, repr=False)
+    supports: dict[str, Any] = field(default_factory=dict, repr=False)
+    notes: str = ""
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -137,9 +171,11 @@ def linear_weights(
     k: str,
     v: str,
     o: str,
-    down: str,
+    down: str | None,
 ) -> dict[str, torch.Tensor]:
-    """TransformerLens-named views of ``nn.Linear`` projections (Llama, Mistral, Qwen2, Gemma)."""
+    """TransformerLens-named views of ``nn.Linear`` projections (Llama, Mistral, Qwen2, Gemma).
+
+    ``down=None`` leaves out the MLP (mixture-of-experts layers name their experts' weights)."""
     H, KV, dh, D = info.n_heads, info.n_kv_heads, info.d_head, info.d_model
     out: dict[str, torch.Tensor] = {}
     for layer in range(info.n_layers):
@@ -152,6 +188,8 @@ def linear_weights(
         lin_o = get_module(blk, o)
         out[p + "attn.W_O"] = lin_o.weight.T.view(H, dh, D)
         out[p + "attn.b_O"] = bias(lin_o, D)
+        if down is None:
+            continue
         lin_d = get_module(blk, down)
         out[p + "mlp.W_out"] = lin_d.weight.T
         out[p + "mlp.b_out"] = bias(lin_d, D)
@@ -174,4 +212,16 @@ def common_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.T
     }
     if adapter.pos_embed:
         out["pos_embed.W_pos"] = get_module(model, adapter.pos_embed).weight
+    return out
+
+
+def post_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """``blocks.{l}.ln1_post.w`` / ``ln2_post.w``: weights of the norms on sublayer outputs."""
+    out: dict[str, torch.Tensor] = {}
+    if adapter.post_norms is None:
+        return out
+    for layer in range(info.n_layers):
+        blk = adapter.block(model, layer)
+        for name, path in zip(("ln1_post", "ln2_post"), adapter.post_norms, strict=True):
+            out[f"blocks.{layer}.{name}.w"] = get_module(blk, path).weight
     return out

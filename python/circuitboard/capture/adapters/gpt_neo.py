@@ -1,0 +1,61 @@
+"""GPT-Neo: LayerNorm, learned positions, alternating global / local (windowed) attention layers.
+
+GPT-Neo does not scale its attention scores by ``1 / sqrt(d_head)``; its local layers mask keys
+more than ``window_size`` tokens back. Both happen inside the model's own attention, so the
+captured patterns are the model's. The unembedding is tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import Adapter, common_weights, linear_weights
+
+
+def gpt_neo_dims(config: Any) -> dict[str, Any]:
+    H = config.num_heads
+    return {
+        "n_layers": config.num_layers,
+        "n_heads": H,
+        "n_kv_heads": H,
+        "d_model": config.hidden_size,
+        "d_head": config.hidden_size // H,
+        "d_mlp": config.intermediate_size or 4 * config.hidden_size,
+        "d_vocab": config.vocab_size,
+    }
+
+
+def gpt_neo_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
+    out = linear_weights(
+        model,
+        adapter,
+        info,
+        q="attn.attention.q_proj",
+        k="attn.attention.k_proj",
+        v="attn.attention.v_proj",
+        o="attn.attention.out_proj",
+        down="mlp.c_proj",
+    )
+    out.update(common_weights(model, adapter, info))
+    return out
+
+
+ADAPTER = Adapter(
+    name="gpt_neo",
+    model_types=("gpt_neo",),
+    blocks="transformer.h",
+    block_attn="attn.attention",
+    block_o_proj="attn.attention.out_proj",
+    block_mlp_down="mlp.c_proj",
+    block_mid="ln_2",
+    block_attn_out=("attn", 0),
+    block_mlp_out=("mlp", None),
+    embed="transformer.wte",
+    pos_embed="transformer.wpe",
+    final_norm="transformer.ln_f",
+    unembed="lm_head",
+    norm="layernorm",
+    weights=gpt_neo_weights,
+    dims=gpt_neo_dims,
+    notes="local/global layers (window from config.window_size); no 1/sqrt(d_head) scaling",
+)
