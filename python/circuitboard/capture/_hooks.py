@@ -26,9 +26,13 @@ def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
 
-def norm_scale(module: Any, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The factor a norm multiplies its (centred, for LayerNorm) input by, in float32."""
-    eps = getattr(module, "variance_epsilon", None)
+def norm_scale(
+    module: Any, x: torch.Tensor, kind: str, eps: float | None = None
+) -> torch.Tensor:
+    """The factor a norm multiplies its (centred, for LayerNorm) input by, in float32
+    (``eps``: for norms that keep their epsilon in code, not in an attribute)."""
+    if eps is None:
+        eps = getattr(module, "variance_epsilon", None)
     if eps is None:
         eps = getattr(module, "eps", 1e-6)
     x = x.float()
@@ -110,7 +114,8 @@ class Recorder:
             kind = a.norm
 
             def scale_hook(mod: Any, args: tuple) -> None:
-                self.put("ln_final.hook_scale", norm_scale(mod, args[0], kind), torch.float32)
+                scale = norm_scale(mod, args[0], kind, a.final_norm_eps)
+                self.put("ln_final.hook_scale", scale, torch.float32)
 
             self._add(norm, scale_hook, pre=True)
         for layer in layers:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import bert, gemma, gpt2, gpt_neo, gptj, llama, moe, neox, olmo2, phi, phi3, stablelm
 from ._base import Adapter, get_module
+from ._fallback import LayoutError, infer_adapter
 
 _REGISTRY: dict[str, Adapter] = {}
 
@@ -75,13 +76,17 @@ def get_adapter(model: Any) -> Adapter:
         )
     adapter = _REGISTRY.get(model_type)
     if adapter is None:
-        raise ValueError(
-            f"No circuitboard adapter for model_type {model_type!r} ({type(model).__name__}). "
-            f"Supported: {', '.join(supported())}. To add one, write a small Adapter naming its "
-            "module paths (copy python/circuitboard/capture/adapters/llama.py) and call "
-            "circuitboard.capture.adapters.register(adapter); or capture it through "
-            "TransformerLens and use cb.from_transformer_lens."
-        )
+        try:
+            return infer_adapter(model)
+        except LayoutError as err:
+            raise ValueError(
+                f"No circuitboard adapter for model_type {model_type!r} ({type(model).__name__}), "
+                f"and the fallback could not infer or prove its layout: {err}. "
+                f"Supported: {', '.join(supported())}. To add one, write a small Adapter naming "
+                "its module paths (copy python/circuitboard/capture/adapters/llama.py) and call "
+                "circuitboard.capture.adapters.register(adapter); or capture it through "
+                "TransformerLens and use cb.from_transformer_lens."
+            ) from None
     if adapter.for_config is not None:
         adapter = adapter.for_config(adapter, config)
     for path in (adapter.blocks, adapter.final_norm, adapter.unembed):

@@ -136,6 +136,9 @@ class Adapter:
     moe: MoE | None = None
     for_config: Callable[[Adapter, Any], Adapter] | None = field(default=None, repr=False)
     supports: dict[str, Any] = field(default_factory=dict, repr=False)
+    final_norm_eps: float | None = None
+    """The final norm's epsilon when the module keeps it in code (OLMo's parameter-free
+    LayerNorm); None: read from the module (``eps`` / ``variance_epsilon``)."""
     notes: str = ""
 
     def __post_init__(self) -> None:
