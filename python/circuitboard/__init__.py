@@ -45,6 +45,7 @@ _LAZY = {
     "head_scores": "circuitboard.analysis",
     "logit_lens": "circuitboard.analysis",
     "top_activations": "circuitboard.analysis",
+    "supported_architectures": "circuitboard.capture",
 }
 
 
@@ -86,5 +87,6 @@ __all__ = [
     "neuron_dashboard",
     "neurons",
     "report",
+    "supported_architectures",
     "top_activations",
 ]

@@ -5,7 +5,7 @@ from ._io import load_capture
 from ._run import capture
 from ._tl import from_transformer_lens
 from .adapters import register as register_adapter
-from .adapters import supported as supported_architectures
+from .adapters import supported_architectures
 
 __all__ = [
     "FORMAT_VERSION",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import bert, gemma, gpt2, gpt_neo, gptj, llama, moe, neox, olmo2, phi, phi3, stablelm
-from ._base import Adapter, get_module
+from ._base import Adapter, MoE, get_module
 from ._fallback import LayoutError, infer_adapter
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -63,6 +63,64 @@ def supported() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_QK_NORM = (
+    "patterns and OV yes; W_Q / W_K act before the query/key norms of models that have them "
+    "(OLMo 2, OLMoE, Qwen3), so a QK split into residual components is approximate there"
+)
+_DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
+    "bert": {
+        "dla": "no: post-norm encoder; logits are not a sum of component writes",
+        "patching": "no: bidirectional encoder (patching is defined for causal LMs)",
+        "notes": "bidirectional; MLM head",
+    },
+    "gemma": {"notes": "(1 + w) RMSNorm; scaled embeddings"},
+    "gemma2": {
+        "dla": "exact before the final soft-cap (softcap='pre')",
+        "notes": "sandwich norms frozen for exact DLA; attention soft-cap; sliding window",
+    },
+    "gpt2": {"notes": "Conv1D projections; learned positions"},
+    "gpt_neox": {"notes": "fused per-head qkv; parallel attention + MLP; partial rotary"},
+    "llama": {"explanation": _QK_NORM, "notes": "GQA; RoPE; Qwen2 q/k/v biases"},
+    "moe": {"explanation": _QK_NORM},
+    "olmo2": {"explanation": _QK_NORM},
+}
+
+
+def supported_architectures() -> list[dict[str, Any]]:
+    """Every registered adapter and what works with it, one dict per adapter.
+
+    Keys: ``name``, ``model_types``, ``capture``, ``dla`` (exact direct logit attribution),
+    ``patching``, ``explanation`` (QK/OV explanation of attention) — each ``True`` or a string
+    saying what holds instead — and ``notes``. A model type without an adapter goes through the
+    proven fallback (:func:`circuitboard.capture.adapters._fallback.infer_adapter`).
+
+    Examples
+    --------
+    >>> rows = supported_architectures()
+    >>> row = next(r for r in rows if r["name"] == "phi3")
+    >>> row["model_types"], row["capture"], row["dla"]
+    (['phi3'], True, True)
+    """
+    seen: dict[str, Adapter] = {}
+    for adapter in _REGISTRY.values():
+        seen.setdefault(adapter.name, adapter)
+    rows = []
+    for name, adapter in sorted(seen.items()):
+        row: dict[str, Any] = {
+            "name": name,
+            "model_types": sorted(mt for mt, a in _REGISTRY.items() if a is adapter),
+            "capture": True,
+            "dla": True,
+            "patching": True,
+            "explanation": True,
+        }
+        row["notes"] = adapter.notes
+        row.update(_DEFAULT_SUPPORTS.get(name, {}))
+        row.update(adapter.supports)
+        rows.append(row)
+    return rows
+
+
 def get_adapter(model: Any) -> Adapter:
     """The adapter for ``model`` (a Hugging Face ``PreTrainedModel``), or a ValueError saying
     which architectures are supported and how to add one."""
@@ -101,4 +159,13 @@ def get_adapter(model: Any) -> Adapter:
     return adapter
 
 
-__all__ = ["Adapter", "get_adapter", "register", "supported"]
+__all__ = [
+    "Adapter",
+    "LayoutError",
+    "MoE",
+    "get_adapter",
+    "infer_adapter",
+    "register",
+    "supported",
+    "supported_architectures",
+]
