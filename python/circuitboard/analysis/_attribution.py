@@ -363,10 +363,8 @@ def _moe_terms(
     p = f"blocks.{layer}.mlp."
     if p + "experts.0.hook_post" not in cap.tensors:
         return None
-    idx = cap.tensors[p + "hook_expert_indices"][P].long()  # [Q, k]
-    wts = tensor(cap, p + "hook_expert_weights", WHAT)[P]  # [Q, k]
-    n_experts = sum(1 for n in cap.tensors if n.startswith(p + "experts.") and n.endswith("post"))
-    routing = torch.zeros(len(P), n_experts, dtype=torch.float64).scatter_add_(1, idx, wts)
+    routing = tensor(cap, p + "hook_expert_weights", WHAT)[P]  # [Q, experts], 0 = not chosen
+    n_experts = routing.shape[-1]
     scaled = [
         (routing[:, e, None] * tensor(cap, p + f"experts.{e}.hook_post", WHAT)[P],
          weight(cap, p + f"experts.{e}.W_out", WHAT))

@@ -241,9 +241,12 @@ class Recorder:
             named = dict(zip(("hidden_states", "top_k_index", "top_k_weights"), args))
             named.update(kwargs)
             x, idx, wts = named["hidden_states"], named["top_k_index"], named["top_k_weights"]
+            n_experts = experts.gate_up_proj.shape[0]
+            # TransformerLens' layout: the routing weight of every expert, zero where unchosen
+            dense = wts.new_zeros(idx.shape[0], n_experts + 1).scatter_add_(1, idx, wts)
             self.put_flat(p + "mlp.hook_expert_indices", idx, torch.long)
-            self.put_flat(p + "mlp.hook_expert_weights", wts, torch.float32)
-            for e in range(experts.gate_up_proj.shape[0]):
+            self.put_flat(p + "mlp.hook_expert_weights", dense[:, :n_experts], torch.float32)
+            for e in range(n_experts):
                 gu, down = expert_matrices(experts, e)
                 post = x.new_zeros(x.shape[0], down.shape[1])
                 rows = (idx == e).any(-1).nonzero()[:, 0]

@@ -3,13 +3,15 @@
 transformers stores a layer's experts as two fused 3-D parameters (``gate_up_proj``
 ``[E, 2 * d_expert, d_model]``, ``down_proj`` ``[E, d_model, d_expert]``). Capture records, per
 MoE layer: the router logits ``mlp.hook_router_logits`` ``[pos, E]``, the chosen experts
-``mlp.hook_expert_indices`` ``[pos, k]`` and their routing weights ``mlp.hook_expert_weights``
-``[pos, k]`` (as the model used them), and each expert's neurons
+``mlp.hook_expert_indices`` ``[pos, k]`` and the routing weights ``mlp.hook_expert_weights``
+``[pos, E]`` (as the model used them; zero for experts not chosen, TransformerLens' layout), and
+each expert's neurons
 ``mlp.experts.{e}.hook_post`` ``[pos, d_expert]`` (zero at tokens not routed to ``e``).
 Weights: ``mlp.W_gate`` (router, ``[d_model, E]``) and per expert ``mlp.experts.{e}.W_in`` /
 ``W_gate`` / ``W_out``, all views of the fused parameters. The MLP output is
 ``sum_e w_e * post_e @ W_out_e`` (+ Qwen2-MoE's ``sigmoid(gate) * shared_post @ W_out_shared``),
-so direct logit attribution splits exactly per expert and per expert neuron.
+so direct logit attribution splits exactly per expert and per expert neuron. Qwen2-MoE adds
+``mlp.shared_expert.hook_post`` and its sigmoid gate ``mlp.hook_shared_expert_gate`` ``[pos, 1]``.
 """
 
 from __future__ import annotations
