@@ -63,10 +63,10 @@ def supported() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_QK_NORM = (
-    "patterns and OV yes; W_Q / W_K act before the query/key norms of models that have them "
-    "(OLMo 2, OLMoE, Qwen3), so a QK split into residual components is approximate there"
-)
+def _qk_norm(which: str) -> str:
+    return f"yes; the QK split is approximate where q/k norms act ({which})"
+
+
 _DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
     "bert": {
         "dla": "no: post-norm encoder; logits are not a sum of component writes",
@@ -80,9 +80,11 @@ _DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
     },
     "gpt2": {"notes": "Conv1D projections; learned positions"},
     "gpt_neox": {"notes": "fused per-head qkv; parallel attention + MLP; partial rotary"},
-    "llama": {"explanation": _QK_NORM, "notes": "GQA; RoPE; Qwen2 q/k/v biases"},
-    "moe": {"explanation": _QK_NORM},
-    "olmo2": {"explanation": _QK_NORM},
+    "llama": {"explanation": _qk_norm("Qwen3"), "notes": "GQA; RoPE; Qwen2 q/k/v biases"},
+    "moe": {"explanation": _qk_norm("OLMoE, Qwen3-MoE")},
+    "olmo2": {"explanation": _qk_norm("all layers")},
+    "phi": {"explanation": _qk_norm("qk_layernorm=True")},
+    "stablelm": {"explanation": _qk_norm("qk_layernorm=True")},
 }
 
 
