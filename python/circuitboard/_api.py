@@ -168,7 +168,7 @@ def _expert_neurons(caps: list[Capture], expert: int | None, **kwargs: Any) -> N
     if expert is not None and not 0 <= expert < n_experts:
         raise ValueError(f"expert={expert} is out of range: the model has {n_experts} experts.")
     acts, tokens, labels = [], [], []
-    for i, c in enumerate(caps):
+    for c in caps:
         name = (c.prompt[:30] + "…" if len(c.prompt) > 30 else c.prompt) if c.prompt else ""
         for e in chosen:
             stack = c.stack(f"mlp.experts.{e}.hook_post")  # [layers, pos, d_expert]

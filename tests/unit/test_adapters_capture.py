@@ -121,7 +121,9 @@ def test_heads_and_neurons_rebuild_the_residual_stream(arch):
         attn_out, mlp_out = cap[p + "hook_attn_out"], cap[p + "hook_mlp_out"]
         heads = cap.per_head_writes(layer).sum(1) + W[p + "attn.b_O"]
         torch.testing.assert_close(heads * _post_norm(cap, layer, "ln1_post"), attn_out)
-        torch.testing.assert_close(_mlp_write(cap, layer) * _post_norm(cap, layer, "ln2_post"), mlp_out)
+        torch.testing.assert_close(
+            _mlp_write(cap, layer) * _post_norm(cap, layer, "ln2_post"), mlp_out
+        )
         torch.testing.assert_close(mid, pre + attn_out, atol=1e-5, rtol=1e-5)
         # parallel blocks (GPT-J, Phi): the MLP reads resid_pre, and mid = pre + attn_out
         torch.testing.assert_close(post, mid + mlp_out, atol=1e-5, rtol=1e-5)
@@ -233,7 +235,9 @@ def test_transformer_bridge_capture_equals_ours(name):
     if ours.info.n_experts:  # TL: routing weights [tokens, experts] and router logits
         for layer in range(ours.info.n_layers):
             p = f"blocks.{layer}.mlp."
-            torch.testing.assert_close(cache[p + "hook_expert_weights"], ours[p + "hook_expert_weights"])
+            torch.testing.assert_close(
+                cache[p + "hook_expert_weights"], ours[p + "hook_expert_weights"]
+            )
             torch.testing.assert_close(cache[p + "gate.hook_out"], ours[p + "hook_router_logits"])
     expected = {"ln_final.hook_scale", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z"}
     assert expected <= {k for k in ours.names() if k in cache.keys()}

@@ -38,7 +38,9 @@ def _model(model_type: str, **extra):
 
 
 def _hooks(model):
-    return [(n, list(m._forward_hooks), list(m._forward_pre_hooks)) for n, m in model.named_modules()]
+    return [
+        (n, list(m._forward_hooks), list(m._forward_pre_hooks)) for n, m in model.named_modules()
+    ]
 
 
 # starcoder2: LayerNorm with biases, GQA, c_fc/c_proj MLP; olmo: parameter-free LayerNorm whose

@@ -446,7 +446,8 @@ def tiny_qwen2_moe(seed: int = 0) -> tuple[Any, Any]:
         num_experts_per_tok=2,
         attn_implementation="sdpa",
     )
-    model = _noisy(_build(cfg, Qwen2MoeForCausalLM, seed), "mlp.gate", "shared_expert_gate", std=1.0)
+    model = _build(cfg, Qwen2MoeForCausalLM, seed)
+    model = _noisy(model, "mlp.gate", "shared_expert_gate", std=1.0)
     return model, tiny_tokenizer("plain")
 
 

@@ -26,9 +26,7 @@ def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
 
-def norm_scale(
-    module: Any, x: torch.Tensor, kind: str, eps: float | None = None
-) -> torch.Tensor:
+def norm_scale(module: Any, x: torch.Tensor, kind: str, eps: float | None = None) -> torch.Tensor:
     """The factor a norm multiplies its (centred, for LayerNorm) input by, in float32
     (``eps``: for norms that keep their epsilon in code, not in an attribute)."""
     if eps is None:
@@ -238,7 +236,7 @@ class Recorder:
             self.put_flat(p + "mlp.hook_router_logits", _first(out), torch.float32)
 
         def experts_hook(mod: Any, args: tuple, kwargs: dict) -> None:
-            named = dict(zip(("hidden_states", "top_k_index", "top_k_weights"), args))
+            named = dict(zip(("hidden_states", "top_k_index", "top_k_weights"), args, strict=False))
             named.update(kwargs)
             x, idx, wts = named["hidden_states"], named["top_k_index"], named["top_k_weights"]
             n_experts = experts.gate_up_proj.shape[0]

@@ -241,7 +241,7 @@ def _norm_kind(
     w = getattr(module, "weight", None)
     b = getattr(module, "bias", None)
     own = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-    for eps in ([None] if own is not None else [1e-5, 1e-6, 1e-8, 1e-12, 0.0]):
+    for eps in [None] if own is not None else [1e-5, 1e-6, 1e-8, 1e-12, 0.0]:
         for kind in ("layernorm", "rmsnorm", "gemma_rmsnorm"):
             xc = x - x.mean(-1, keepdim=True) if kind == "layernorm" else x
             s = norm_scale(module, x, "layernorm" if kind == "layernorm" else "rmsnorm", eps)
@@ -255,8 +255,10 @@ def _norm_kind(
 def _infer(model: Any, ids: torch.Tensor) -> tuple[_Found, dict[str, Any]]:
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
-        raise LayoutError("the layout: this is an encoder-decoder model (the fallback reads "
-                          "decoder-only causal language models)")
+        raise LayoutError(
+            "the layout: this is an encoder-decoder model (the fallback reads "
+            "decoder-only causal language models)"
+        )
     dims = _dims_from_config(config)
     f = _Found()
     f.blocks = _find_blocks(model, dims["n_layers"])
@@ -480,7 +482,9 @@ def prove(model: Any, adapter: Adapter, ids: torch.Tensor) -> None:
             z, W_O = cap[p + "attn.hook_z"], weights[p + "attn.W_O"]
             heads = torch.einsum("phd,hdm->pm", z, W_O.to(z.dtype)) + weights[p + "attn.b_O"]
             if not _close(heads, cap[p + "hook_attn_out"], tol):
-                failures.append(f"layer {layer}: per-head writes do not sum to the attention output")
+                failures.append(
+                    f"layer {layer}: per-head writes do not sum to the attention output"
+                )
             mlp = cap[p + "mlp.hook_post"] @ weights[p + "mlp.W_out"] + weights[p + "mlp.b_out"]
             if not _close(mlp, cap[p + "hook_mlp_out"], tol):
                 failures.append(f"layer {layer}: neurons times W_out do not give the MLP output")
