@@ -390,10 +390,10 @@ def inferred_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch
     out.update(
         {
             "embed.W_E": emb.weight,
-            "ln_final.w": w if w is not None else torch.ones(D, dtype=W_U.dtype),  # type: ignore[union-attr]
+            "ln_final.w": w if w is not None else torch.ones(D, dtype=W_U.dtype, device=W_U.device),  # type: ignore[union-attr]
             "ln_final.b": getattr(norm, "bias", None)
             if getattr(norm, "bias", None) is not None
-            else torch.zeros(D, dtype=W_U.dtype),  # type: ignore[union-attr]
+            else torch.zeros(D, dtype=W_U.dtype, device=W_U.device),  # type: ignore[union-attr]
             "unembed.W_U": W_U.T,  # type: ignore[union-attr]
             "unembed.b_U": bias(lm, W_U.shape[0]),  # type: ignore[union-attr]
         }
@@ -454,33 +454,41 @@ def prove(model: Any, adapter: Adapter, ids: torch.Tensor) -> None:
             rec.rows = [(0, ids.shape[1])]
             got = model(input_ids=ids, use_cache=False).logits
         except RuntimeError as err:
+            if "returned no attention weights" not in str(err):
+                raise
             raise LayoutError(f"the attention pattern: {err}") from None
         finally:
             rec.close()
     with torch.no_grad():
-        cap = rec.store[0]
-        weights = adapter.weights(model, adapter, info)
+        # the checks run on CPU in float64; the model's own modules on its device and dtype
+        cap = {k: v.double() for k, v in rec.store[0].items()}
+        weights = {
+            k: v.detach().to("cpu", torch.float64)
+            for k, v in adapter.weights(model, adapter, info).items()
+        }
+        device = ids.device
         failures = []
         if not _close(got, ref, tol):
             failures.append("the logits with capture hooks installed differ from a plain forward")
         last = cap[f"blocks.{info.n_layers - 1}.hook_resid_post"]
-        if not _close(adapter.logits_from_resid(model, last), ref[0], tol):
+        last_model = rec.store[0][f"blocks.{info.n_layers - 1}.hook_resid_post"].to(device)
+        if not _close(adapter.logits_from_resid(model, last_model).cpu(), ref[0].cpu(), tol):
             failures.append(
                 f"the last residual through {adapter.final_norm} and {adapter.unembed} does not "
                 "reproduce the logits (the model rescales or caps them after the unembedding)"
             )
         x = last - last.mean(-1, keepdim=True) if info.norm == "layernorm" else last
-        w = weights["ln_final.w"].to(x.dtype)
+        w = weights["ln_final.w"]
         w = 1 + w if info.norm == "gemma_rmsnorm" else w
         norm = get_module(model, adapter.final_norm)
-        frozen = x * cap["ln_final.hook_scale"].to(x.dtype) * w + weights["ln_final.b"]
-        if not _close(frozen, norm(last), tol):
+        frozen = x * cap["ln_final.hook_scale"] * w + weights["ln_final.b"]
+        if not _close(frozen, norm(last_model).cpu(), tol):
             failures.append(f"the frozen-scale {info.norm} formula does not reproduce "
                             f"{adapter.final_norm}")  # fmt: skip
         for layer in layers:
             p = f"blocks.{layer}."
             z, W_O = cap[p + "attn.hook_z"], weights[p + "attn.W_O"]
-            heads = torch.einsum("phd,hdm->pm", z, W_O.to(z.dtype)) + weights[p + "attn.b_O"]
+            heads = torch.einsum("phd,hdm->pm", z, W_O) + weights[p + "attn.b_O"]
             if not _close(heads, cap[p + "hook_attn_out"], tol):
                 failures.append(
                     f"layer {layer}: per-head writes do not sum to the attention output"
