@@ -61,7 +61,12 @@ class Capture(Mapping[str, torch.Tensor]):
     Besides the per-layer tensors a capture from :func:`circuitboard.capture` holds
     ``hook_embed`` (the token embedding added to the residual stream, Gemma's ``sqrt(d_model)``
     scale included) and, for learned positions (GPT-2, BERT), ``hook_pos_embed``. Optional
-    ``what=`` kinds add ``blocks.{l}.hook_attn_out`` / ``hook_mlp_out``. ``ln_final.hook_scale``
+    ``what=`` kinds add ``blocks.{l}.hook_attn_out`` / ``hook_mlp_out``. Mixture-of-experts
+    layers record ``blocks.{l}.mlp.hook_router_logits`` ``[pos, experts]``,
+    ``mlp.hook_expert_indices`` ``[pos, k]``, ``mlp.hook_expert_weights`` ``[pos, experts]`` and
+    ``mlp.experts.{e}.hook_post`` ``[pos, d_mlp]`` instead of ``mlp.hook_post``; models with
+    norms on sublayer outputs (OLMo 2, Gemma 2) add ``blocks.{l}.ln1_post.hook_scale`` /
+    ``ln2_post.hook_scale``. ``ln_final.hook_scale``
     is the *multiplier* ``1 / sqrt(var + eps)`` (``1 / sqrt(mean(x^2) + eps)`` for RMSNorm), kept
     in float32; TransformerLens' own ``hook_scale`` is its reciprocal (converted on import).
     ``logits`` are float32. ``n_prompt_tokens`` says how many tokens came from the prompt; the

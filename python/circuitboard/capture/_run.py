@@ -153,9 +153,12 @@ def capture(
     ----------
     model
         A Hugging Face ``transformers`` model with its head (``AutoModelForCausalLM``; BERT:
-        ``AutoModelForMaskedLM``) of a supported family: GPT-2, Llama / SmolLM2 / Mistral /
-        Qwen2 / Qwen3, GPT-NeoX (Pythia), Gemma / Gemma 2 / Gemma 3 text, BERT. Models loaded
-        with ``device_map="auto"`` work; everything recorded is gathered to CPU.
+        ``AutoModelForMaskedLM``) of a supported family (``cb.supported_architectures()``:
+        GPT-2, GPT-Neo, GPT-J, GPT-NeoX, Llama / Mistral / Qwen2 / Qwen3, Phi, Phi-3, StableLM,
+        Gemma 1-3, OLMo 2, Mixtral / Qwen-MoE / OLMoE, BERT); other decoder-only models go
+        through a fallback that infers and proves their layout (with a warning) or refuses
+        saying why. Models loaded with ``device_map="auto"`` work; everything recorded is
+        gathered to CPU.
     tokenizer
         Its tokenizer. Token texts are exact slices of the prompt (character offsets of a fast
         tokenizer; see :mod:`circuitboard.capture._tokens`), so they join back to the prompt;
