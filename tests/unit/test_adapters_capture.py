@@ -4,6 +4,7 @@ bridge records the same tensors."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 
@@ -60,8 +61,19 @@ def test_pattern_equals_output_attentions(arch):
 
 
 def test_gpt_neo_local_layer_keeps_its_window():
+    # GPT-Neo bypasses the attention interface: q/k come off its projections and patterns are
+    # recomputed on demand, in a padded batch too, equal to output_attentions.
     model, tok = ARCH_FACTORIES["gpt_neo"]()
-    cap = cb.capture(model, tok, PROMPT, what="pattern", **F32)
+    prompts = [PROMPT, "the store", "Hello world! Héllo"]
+    caps = cb.capture(model, tok, prompts, what=("pattern", "logits"), batch_size=3, **F32)
+    for cap in caps:
+        assert cap.info.attention_path.startswith("modules")
+        assert "blocks.1.attn.hook_q" in cap.names()
+        with torch.no_grad():
+            out = model(cap.token_ids[None], output_attentions=True)
+        for layer, ref in enumerate(out.attentions):
+            torch.testing.assert_close(cap[f"blocks.{layer}.attn.hook_pattern"], ref[0])
+    cap = caps[0]
     window = model.config.window_size
     n = cap.n_tokens
     far = torch.ones(n, n, dtype=torch.bool).tril(-window)  # keys >= window tokens back
@@ -224,9 +236,12 @@ def test_transformer_bridge_capture_equals_ours(name):
     torch.testing.assert_close(logits[0], ours.logits, atol=1e-5, rtol=1e-5)
     same = 0
     for k in ours.names():
-        if k not in cache.keys() or k.endswith("hook_expert_weights"):
+        # our attn.hook_q / hook_k are what the kernel received (after rotary): TL's hook_rot_*
+        # where the bridge has them (its GPT-J / Phi-3 bridges record q/k before rotary only)
+        tl_k = re.sub(r"attn\.hook_([qk])$", r"attn.hook_rot_\1", k)
+        if tl_k not in cache.keys() or k.endswith("hook_expert_weights"):  # (weights: below)
             continue
-        theirs = cache[k]
+        theirs = cache[tl_k]
         theirs = theirs[0] if theirs.dim() == ours[k].dim() + 1 else theirs
         if k.endswith("hook_scale"):  # TransformerLens stores the divisor
             theirs = 1.0 / theirs

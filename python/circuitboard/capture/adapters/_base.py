@@ -56,6 +56,22 @@ class MoE:
 
 
 @dataclass(frozen=True)
+class ModuleQK:
+    """Queries and keys read off the projection modules, for attention that bypasses
+    transformers' attention interface but applies nothing between the projections and the
+    scores except the head split (no rotary: GPT-Neo). Paths are relative to a block.
+
+    ``window(config, layer)``: the layer's local window (keys ``i - w < j <= i``), or None for
+    causal attention over every earlier token.
+    """
+
+    q: str
+    k: str
+    scaling: float
+    window: Callable[[Any, int], int | None] = field(default=lambda config, layer: None)
+
+
+@dataclass(frozen=True)
 class Adapter:
     """What circuitboard needs to know about one architecture family.
 
@@ -137,6 +153,10 @@ class Adapter:
     for_config: Callable[[Adapter, Any], Adapter] | None = field(default=None, repr=False)
     supports: dict[str, Any] = field(default_factory=dict, repr=False)
     final_norm_eps: float | None = None
+    module_qk: ModuleQK | None = None
+    """Record ``attn.hook_q`` / ``hook_k`` from projection modules when the attention does not
+    dispatch through transformers' attention interface (GPT-Neo); patterns are then recomputed
+    on demand as for every other model."""
     """The final norm's epsilon when the module keeps it in code (OLMo's parameter-free
     LayerNorm); None: read from the module (``eps`` / ``variance_epsilon``)."""
     notes: str = ""

@@ -1,15 +1,18 @@
 """GPT-Neo: LayerNorm, learned positions, alternating global / local (windowed) attention layers.
 
 GPT-Neo does not scale its attention scores by ``1 / sqrt(d_head)``; its local layers mask keys
-more than ``window_size`` tokens back. Both happen inside the model's own attention, so the
-captured patterns are the model's. The unembedding is tied to the token embedding.
+``window_size`` or more tokens back. Its attention is its own code, not transformers' attention
+interface, and applies no rotary: capture records ``attn.hook_q`` / ``hook_k`` from the q/k
+projections (split into heads) with scaling 1 and each layer's window, and patterns are
+recomputed on demand from them (tested equal to ``output_attentions``). The unembedding is
+tied to the token embedding.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._base import Adapter, common_weights, linear_weights
+from ._base import Adapter, ModuleQK, common_weights, linear_weights
 
 
 def gpt_neo_dims(config: Any) -> dict[str, Any]:
@@ -40,6 +43,11 @@ def gpt_neo_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
     return out
 
 
+def gpt_neo_window(config: Any, layer: int) -> int | None:
+    """Local layers see the last ``window_size`` keys (themselves included)."""
+    return config.window_size if config.attention_layers[layer] == "local" else None
+
+
 ADAPTER = Adapter(
     name="gpt_neo",
     model_types=("gpt_neo",),
@@ -57,5 +65,10 @@ ADAPTER = Adapter(
     norm="layernorm",
     weights=gpt_neo_weights,
     dims=gpt_neo_dims,
+    # GPT-Neo's attention is its own eager code (no attention interface) with no rotary and no
+    # score scaling: q/k are the projections' outputs, split into heads.
+    module_qk=ModuleQK(
+        q="attn.attention.q_proj", k="attn.attention.k_proj", scaling=1.0, window=gpt_neo_window
+    ),
     notes="local/global layers (window from config.window_size); no 1/sqrt(d_head) scaling",
 )
