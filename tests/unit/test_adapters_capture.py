@@ -15,7 +15,7 @@ import circuitboard as cb
 from circuitboard.analysis import direct_logit_attribution
 from circuitboard.capture.adapters import get_adapter
 
-from .tiny_models import ARCH_FACTORIES
+from .tiny_models import ARCH_FACTORIES, MORE_TYPES
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 F32 = {"dtype": torch.float32}
@@ -257,3 +257,25 @@ def test_transformer_bridge_capture_equals_ours(name):
     expected = {"ln_final.hook_scale", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z"}
     assert expected <= {k for k in ours.names() if k in cache.keys()}
     assert same >= 10
+
+
+@pytest.mark.parametrize("name", list(MORE_TYPES))
+def test_more_model_types_of_the_new_adapters_are_exact(name):
+    # Qwen3-MoE mixes a dense layer with MoE layers; OLMoE and OLMo 3 have q/k norms, OLMo 3 a
+    # sliding-window layer.
+    model, tok = MORE_TYPES[name]()
+    cap = cb.capture(model, tok, PROMPT, **F32)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(cap.token_ids[None], output_attentions=True)
+    torch.testing.assert_close(cap.logits, out.logits[0], atol=1e-5, rtol=1e-5)
+    for layer, ref in enumerate(out.attentions):
+        torch.testing.assert_close(cap[f"blocks.{layer}.attn.hook_pattern"], ref[0])
+    attr = direct_logit_attribution(cap, 5, baseline=7)
+    expected = float(cap.logits[-1, 5] - cap.logits[-1, 7])
+    assert abs(attr.total - expected) <= 1e-5 * max(abs(expected), float(attr.values.abs().max()))
+    if name == "qwen3_moe":
+        assert "blocks.0.mlp.hook_post" in cap and "blocks.1.mlp.experts.0.hook_post" in cap
+        with pytest.raises(KeyError, match="mixture-of-experts"):
+            attr.experts(0)
+        assert attr.experts(1).shape == (4,)
