@@ -139,3 +139,15 @@ def test_memory_estimate_counts_every_expert(moe):
     est = _memory.estimate(cap.info, [10], 2, ("mlp_post",), torch.float32)
     info = cap.info
     assert est["mlp_post"] >= 10 * 2 * (4 * info.d_mlp + info.d_shared_expert) * 4
+
+
+def test_batched_moe_capture_equals_one_at_a_time(moe):
+    # right-padded rows: routing, weights and expert neurons are cut to each prompt's tokens
+    name, model, tok, cap = moe
+    prompts = [PROMPT, "the store", "Héllo wörld 日本語 🙂"]
+    caps = cb.capture(model, tok, prompts, batch_size=3, dtype=torch.float32)
+    for p, c in zip(prompts, caps, strict=True):
+        one = cb.capture(model, tok, p, dtype=torch.float32)
+        assert c.names() == one.names()
+        for k in c:
+            torch.testing.assert_close(c[k], one[k], atol=1e-5, rtol=1e-4, msg=k)

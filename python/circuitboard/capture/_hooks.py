@@ -288,14 +288,21 @@ class Recorder:
             dense = wts.new_zeros(idx.shape[0], n_experts + 1).scatter_add_(1, idx, wts)
             self.put_flat(p + "mlp.hook_expert_indices", idx, torch.long)
             self.put_flat(p + "mlp.hook_expert_weights", dense[:, :n_experts], torch.float32)
+            b = len(self.rows)
             for e in range(n_experts):
                 gu, down = expert_matrices(experts, e)
-                post = x.new_zeros(x.shape[0], down.shape[1])
+                # stored directly in the capture's dtype on CPU: zero where e was not chosen
+                post = torch.zeros(x.shape[0], down.shape[1], dtype=self.dtype)
                 rows = (idx == e).any(-1).nonzero()[:, 0]
                 if len(rows):
                     # the model's own gating (act(gate) * up) on the rows routed to expert e
-                    post[rows] = experts._apply_gate(torch.nn.functional.linear(x[rows], gu))
-                self.put_flat(p + f"mlp.experts.{e}.hook_post", post)
+                    act = experts._apply_gate(torch.nn.functional.linear(x[rows], gu))
+                    post[rows.cpu()] = act.to("cpu", self.dtype)
+                post = post.view(b, -1, post.shape[-1])
+                for r, (i, n) in enumerate(self.rows):
+                    self.store[i][p + f"mlp.experts.{e}.hook_post"] = (
+                        post[r, :n] if b == 1 else post[r, :n].clone()
+                    )
 
         self._add(get_module(blk, spec.router), router_hook)
         self._add(experts, experts_hook, pre=True, kwargs=True)
