@@ -438,16 +438,20 @@ def _adapter(model: Any, f: _Found, dims: dict[str, Any]) -> Adapter:
 def prove(model: Any, adapter: Adapter, ids: torch.Tensor) -> None:
     """Run circuitboard's capture hooks with ``adapter`` on ``ids`` and check every identity
     analyses rely on; raise :class:`LayoutError` naming the first that fails."""
+    from .._attn_interface import interface_status
     from .._hooks import Recorder
     from .._run import _capture_mode, model_info
 
     info = model_info(model, adapter)
     tol = _tolerance(model)
     dtype = next(model.parameters()).dtype
-    what = ("embed", "resid_pre", "pattern", "z", "attn_out", "resid_mid", "mlp_post",
-            "mlp_out", "resid_post", "scale")  # fmt: skip
+    # Patterns: through the attention interface capture needs nothing of the layout; without
+    # it they come from the attention module's eager weights, which the proof then checks.
+    eager = not interface_status(model)[0]
+    what = ("embed", "resid_pre", "z", "attn_out", "resid_mid", "mlp_post", "mlp_out",
+            "resid_post", "scale") + (("pattern",) if eager else ())  # fmt: skip
     layers = list(range(info.n_layers))
-    with torch.no_grad(), _capture_mode(model, eager=True):
+    with torch.no_grad(), _capture_mode(model, eager=eager):
         ref = model(input_ids=ids, use_cache=False).logits
         rec = Recorder(model, adapter, info, layers, what, 1, dtype)
         try:
@@ -496,10 +500,12 @@ def prove(model: Any, adapter: Adapter, ids: torch.Tensor) -> None:
             mlp = cap[p + "mlp.hook_post"] @ weights[p + "mlp.W_out"] + weights[p + "mlp.b_out"]
             if not _close(mlp, cap[p + "hook_mlp_out"], tol):
                 failures.append(f"layer {layer}: neurons times W_out do not give the MLP output")
-            pat = cap[p + "attn.hook_pattern"]
+            pat = cap.get(p + "attn.hook_pattern")
             n = ids.shape[1]
-            rows = pat.double().sum(-1)
-            if pat.shape != (info.n_heads, n, n) or not _close(rows, torch.ones_like(rows), tol):
+            rows = pat.sum(-1) if pat is not None else torch.ones(info.n_heads, n)
+            if (pat is not None and pat.shape != (info.n_heads, n, n)) or not _close(
+                rows, torch.ones_like(rows), tol
+            ):
                 failures.append(
                     f"layer {layer}: {adapter.block_attn} returns weights of shape "
                     f"{tuple(pat.shape)}, not [n_heads={info.n_heads}, {n}, {n}] rows of "
