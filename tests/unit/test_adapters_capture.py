@@ -279,3 +279,37 @@ def test_more_model_types_of_the_new_adapters_are_exact(name):
         with pytest.raises(KeyError, match="mixture-of-experts"):
             attr.experts(0)
         assert attr.experts(1).shape == (4,)
+
+
+@pytest.mark.parametrize("name", ["olmo2", "olmoe", "qwen3_moe", "qwen3", "gemma3"])
+def test_query_key_norm_scales_are_the_models(name):
+    # The frozen multipliers of q/k norms (over all heads: OLMo 2, OLMoE; per head: Qwen3,
+    # Gemma 3) reproduce what the norms computed, so a QK split through them can stay exact.
+    from . import tiny_models
+
+    factory = {**ARCH_FACTORIES, **MORE_TYPES}.get(name) or getattr(tiny_models, f"tiny_{name}")
+    model, tok = factory()
+    attn = get_adapter(model).block(model, 1).self_attn
+    seen = {}
+
+    def keep(n):
+        def hook(m, args, out):  # returns None: the output is left alone
+            seen.setdefault(n, (args[0].detach(), out.detach()))
+
+        return hook
+
+    handles = [getattr(attn, n).register_forward_hook(keep(n)) for n in ("q_norm", "k_norm")]
+    try:
+        cap = cb.capture(model, tok, PROMPT, **F32)
+    finally:
+        for h in handles:
+            h.remove()
+    gemma = cap.info.norm == "gemma_rmsnorm"
+    for n in ("q_norm", "k_norm"):
+        x, y = seen[n]
+        if x.dim() == 4 and x.stride(1) < x.stride(2):  # Gemma 3 normalizes [b, heads, pos, d]
+            x, y = x.transpose(1, 2), y.transpose(1, 2)
+        scale = cap[f"blocks.1.attn.{n}.hook_scale"]
+        w = cap.weights[f"blocks.1.attn.{n}.w"] + (1.0 if gemma else 0.0)
+        assert scale.shape[:1] == (cap.n_tokens,) and scale.shape[-1] == 1
+        torch.testing.assert_close(x[0] * scale * w, y[0], atol=1e-5, rtol=1e-5)

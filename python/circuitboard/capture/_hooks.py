@@ -208,6 +208,8 @@ class Recorder:
 
         if a.post_norms is not None and "scale" in w:
             self._install_post_norms(blk, p)
+        if "scale" in w:
+            self._install_qk_norms(get_module(blk, a.block_attn), p)
 
         if a.moe is not None and "mlp_post" in w:
             self._install_moe(blk, p)
@@ -249,6 +251,26 @@ class Recorder:
 
         self._add(get_module(blk, spec.q), record("hook_q", info.n_heads))
         self._add(get_module(blk, spec.k), record("hook_k", info.n_kv_heads))
+
+    def _install_qk_norms(self, attn: Any, p: str) -> None:
+        """Frozen multipliers of query / key norms (Qwen3, OLMo 2, OLMoE, Gemma 3):
+        ``attn.q_norm.hook_scale`` ``[pos, 1]`` (one norm over all heads) or ``[pos, heads, 1]``
+        (per head), so a split of the scores into residual components can stay exact."""
+        from .adapters._base import QK_NORMS
+
+        for name in QK_NORMS:
+            mod = getattr(attn, name, None)
+            if not isinstance(getattr(mod, "weight", None), torch.Tensor):
+                continue
+
+            def hook(mod: Any, args: tuple, name: str = name) -> None:
+                x = args[0]
+                if x.dim() == 4 and x.stride(1) < x.stride(2):  # [b, heads, pos, d] (Gemma 3)
+                    x = x.transpose(1, 2)
+                scale = norm_scale(mod, x, "rmsnorm")
+                self.put(p + f"attn.{name}.hook_scale", scale, torch.float32)
+
+            self._add(mod, hook, pre=True)
 
     def _install_post_norms(self, blk: Any, p: str) -> None:
         """Frozen multipliers of the norms on the attention / MLP outputs (OLMo 2, Gemma 2)."""

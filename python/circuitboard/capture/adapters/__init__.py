@@ -64,7 +64,7 @@ def supported() -> list[str]:
 
 
 def _qk_norm(which: str) -> str:
-    return f"yes; the QK split is approximate where q/k norms act ({which})"
+    return f"yes; q/k norm scales recorded for an exact QK split ({which})"
 
 
 _DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
@@ -76,6 +76,7 @@ _DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
     "gemma": {"notes": "(1 + w) RMSNorm; scaled embeddings"},
     "gemma2": {
         "dla": "exact before the final soft-cap (softcap='pre')",
+        "explanation": _qk_norm("Gemma 3"),
         "notes": "sandwich norms frozen for exact DLA; attention soft-cap; sliding window",
     },
     "gpt2": {"notes": "Conv1D projections; learned positions"},
@@ -83,8 +84,8 @@ _DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
     "llama": {"explanation": _qk_norm("Qwen3"), "notes": "GQA; RoPE; Qwen2 q/k/v biases"},
     "moe": {"explanation": _qk_norm("OLMoE, Qwen3-MoE")},
     "olmo2": {"explanation": _qk_norm("all layers")},
-    "phi": {"explanation": _qk_norm("qk_layernorm=True")},
-    "stablelm": {"explanation": _qk_norm("qk_layernorm=True")},
+    "phi": {"explanation": "yes; with qk_layernorm=True the QK split is approximate"},
+    "stablelm": {"explanation": "yes; with qk_layernorm=True the QK split is approximate"},
 }
 
 

@@ -248,3 +248,21 @@ def post_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torc
         for name, path in zip(("ln1_post", "ln2_post"), adapter.post_norms, strict=True):
             out[f"blocks.{layer}.{name}.w"] = get_module(blk, path).weight
     return out
+
+
+QK_NORMS = ("q_norm", "k_norm")
+"""Attribute names of query / key norms inside an attention module (Qwen3, OLMo 2, OLMoE,
+Gemma 3); capture records their frozen multipliers as ``blocks.{l}.attn.q_norm.hook_scale``."""
+
+
+def qk_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """``blocks.{l}.attn.q_norm.w`` / ``k_norm.w`` where the attention has query/key norms
+    (Gemma-style norms multiply by ``1 + w``, as ``info.norm`` says)."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(info.n_layers):
+        attn = get_module(adapter.block(model, layer), adapter.block_attn)
+        for name in QK_NORMS:
+            w = getattr(getattr(attn, name, None), "weight", None)
+            if isinstance(w, torch.Tensor):
+                out[f"blocks.{layer}.attn.{name}.w"] = w
+    return out

@@ -19,7 +19,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ._base import Adapter, MoE, cfg_get, common_weights, get_module, linear_weights
+from ._base import (
+    Adapter,
+    MoE,
+    cfg_get,
+    common_weights,
+    get_module,
+    linear_weights,
+    qk_norm_weights,
+)
 from .llama import llama_dims
 
 
@@ -92,6 +100,7 @@ def moe_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
             out[p + "shared_expert.W_out"] = shared.down_proj.weight.T
             out[p + "shared_expert_gate.W"] = get_module(blk, spec.shared_gate).weight.T
     out.update(common_weights(model, adapter, info))
+    out.update(qk_norm_weights(model, adapter, info))  # OLMoE, Qwen3-MoE
     return out
 
 

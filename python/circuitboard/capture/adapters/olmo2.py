@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Adapter, post_norm_weights
+from ._base import Adapter, post_norm_weights, qk_norm_weights
 from .llama import llama_dims, llama_weights
 
 
 def olmo2_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
-    return {**llama_weights(model, adapter, info), **post_norm_weights(model, adapter, info)}
+    out = {**llama_weights(model, adapter, info), **post_norm_weights(model, adapter, info)}
+    return {**out, **qk_norm_weights(model, adapter, info)}
 
 
 ADAPTER = Adapter(
