@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 32 * 2**20
 """Upper bound of the float32 scores one chunk of query rows holds while it is computed."""
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
