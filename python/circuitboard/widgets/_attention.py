@@ -362,7 +362,8 @@ class AttentionView(View):
 
     def _overview_of(self, pos: int, head: int) -> dict[str, Any]:
         enc = self._summary(pos, head)[1]
-        assert enc is not None  # only called for long prompts
+        if enc is None:
+            raise ValueError("this view sends whole heads (fetch-head); it has no overviews.")
         return enc
 
     def _all_summaries(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
