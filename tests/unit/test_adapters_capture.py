@@ -212,7 +212,7 @@ def test_phi3_fused_projections_split_per_head_and_neuron():
 
 
 # -- TransformerLens 4's TransformerBridge on the same tiny models -----------------------------
-BRIDGED = [n for n in ARCH_FACTORIES if n != "stablelm_parallel"]
+BRIDGED = list(ARCH_FACTORIES)
 
 
 @pytest.mark.parametrize("name", BRIDGED)
