@@ -46,6 +46,7 @@ _LAZY = {
     "head_scores": "circuitboard.analysis",
     "logit_lens": "circuitboard.analysis",
     "top_activations": "circuitboard.analysis",
+    "supported_architectures": "circuitboard.capture",
 }
 
 
@@ -88,5 +89,6 @@ __all__ = [
     "neuron_dashboard",
     "neurons",
     "report",
+    "supported_architectures",
     "top_activations",
 ]

@@ -113,12 +113,15 @@ def neurons(
     *,
     layer: int | None = None,
     neuron: int | None = None,
+    expert: int | None = None,
     **kwargs: Any,
 ) -> NeuronsView:
     """Tokens coloured by an MLP neuron (``blocks.{l}.mlp.hook_post``); several captures are paged.
 
     ``layer`` is a model layer index (default: the middle captured layer); ``neuron`` defaults
     to the one firing most on the first prompt. Hover a token to list its top neurons.
+    Mixture-of-experts captures page by expert (``blocks.{l}.mlp.experts.{e}.hook_post``, zero
+    at tokens not routed to ``e``): one page per expert (per prompt), or ``expert=e`` alone.
 
     Examples
     --------
@@ -130,6 +133,13 @@ def neurons(
     if not caps:
         raise ValueError("cb.neurons needs at least one capture; got an empty list.")
     layers = caps[0].layers("mlp.hook_post")
+    if not layers and caps[0].layers("mlp.experts.0.hook_post"):
+        return _expert_neurons(caps, expert, layer=layer, neuron=neuron, **kwargs)
+    if expert is not None:
+        raise ValueError(
+            f"expert={expert} is for mixture-of-experts captures; this one has dense MLP neurons "
+            "(blocks.{l}.mlp.hook_post). Leave expert out."
+        )
     if not layers:
         raise ValueError(
             "this capture has no neuron activations (blocks.{l}.mlp.hook_post); capture again "
@@ -160,6 +170,39 @@ def neurons(
     if any(getattr(c, "image", None) for c in caps):
         view.images = [image_state(getattr(c, "image", None)) or None for c in caps]
     return _with_provenance(view, caps)
+
+
+def _expert_neurons(caps: list[Capture], expert: int | None, **kwargs: Any) -> NeuronsView:
+    """Neurons of a mixture-of-experts capture, one page per (prompt, expert)."""
+    layers = caps[0].layers("mlp.experts.0.hook_post")
+    n_experts = sum(
+        1 for n in caps[0].tensors if n.startswith(f"blocks.{layers[0]}.mlp.experts.")
+        and n.endswith(".hook_post")
+    )  # fmt: skip
+    chosen = range(n_experts) if expert is None else [expert]
+    if expert is not None and not 0 <= expert < n_experts:
+        raise ValueError(f"expert={expert} is out of range: the model has {n_experts} experts.")
+    acts, tokens, labels = [], [], []
+    for c in caps:
+        name = (c.prompt[:30] + "…" if len(c.prompt) > 30 else c.prompt) if c.prompt else ""
+        for e in chosen:
+            stack = c.stack(f"mlp.experts.{e}.hook_post")  # [layers, pos, d_expert]
+            routed = int((stack.abs().sum(-1) > 0).any(0).sum())
+            acts.append(stack)
+            tokens.append(c.tokens)
+            who = f"{name} · " if len(caps) > 1 and name else ""
+            labels.append(f"{who}expert {e} · routed at {routed}/{c.n_tokens} tokens (any layer)")
+    layer = kwargs.pop("layer", None)
+    if layer is not None and layer < 0:
+        layer += max(layers) + 1
+    return NeuronsView(
+        acts if len(acts) > 1 else acts[0],
+        tokens if len(acts) > 1 else tokens[0],
+        layers=layers,
+        layer=layer,
+        labels=labels,
+        **kwargs,
+    )
 
 
 def neuron_dashboard(

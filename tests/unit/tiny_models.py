@@ -334,6 +334,157 @@ def tiny_vit(seed: int = 0, channels: int = 3) -> tuple[Any, None]:
     model = _build(cfg, ViTForImageClassification, seed)
     model.config.circuitboard_pixel_norm = {"mean": [0.5] * channels, "std": [0.25] * channels}
     return model, None
+# -- architectures added with their adapters (issue 17); kept out of FACTORIES so the suites
+# parametrized over FACTORIES keep their cost; tests/unit/test_adapters_*.py cover these.
+
+_SMALL = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 128,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+
+
+def _noisy(model: Any, *needles: str, std: float = 0.3) -> Any:
+    """Perturb parameters whose name contains a needle (norm weights initialized to 1, routers
+    to ~0), so the tests see non-trivial norms and decisive routing."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(n in name for n in needles):
+                p.add_(torch.randn_like(p) * std)
+    return model
+
+
+def tiny_gpt_neo(seed: int = 0) -> tuple[Any, Any]:
+    """GPT-Neo: a global then a local layer (window 4), no score scaling, learned positions."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    cfg = GPTNeoConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        attention_types=[[["global", "local"], 1]],
+        window_size=4,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return _build(cfg, GPTNeoForCausalLM, seed), tiny_tokenizer("plain")
+
+
+def tiny_gptj(seed: int = 0) -> tuple[Any, Any]:
+    """GPT-J: parallel attention + MLP, partial rotary (rotary_dim 4 of 8), lm_head bias."""
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    cfg = GPTJConfig(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=4,
+        n_positions=128,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = _noisy(_build(cfg, GPTJForCausalLM, seed), "lm_head.bias", std=1.0)
+    return model, tiny_tokenizer("plain")
+
+
+def tiny_phi(seed: int = 0) -> tuple[Any, Any]:
+    """Phi-2-like: parallel attention + MLP, partial rotary (0.5), q/k/v and lm_head biases."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    cfg = PhiConfig(**_SMALL, partial_rotary_factor=0.5, attn_implementation="sdpa")
+    return _build(cfg, PhiForCausalLM, seed), tiny_tokenizer("plain")
+
+
+def tiny_phi3(seed: int = 0) -> tuple[Any, Any]:
+    """Phi-3: fused qkv_proj and gate_up_proj, GQA (4 heads, 2 kv heads), RMSNorm."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    cfg = Phi3Config(**_SMALL, num_key_value_heads=2, attn_implementation="sdpa")
+    return _noisy(_build(cfg, Phi3ForCausalLM, seed), "norm"), tiny_tokenizer("bos")
+
+
+def tiny_stablelm(seed: int = 0, parallel: bool = False) -> tuple[Any, Any]:
+    """StableLM 2: LayerNorm, partial rotary (0.25), GQA; ``parallel=True``: parallel residual
+    with per-head q/k LayerNorms (StableLM 2 12B)."""
+    from transformers import StableLmConfig, StableLmForCausalLM
+
+    cfg = StableLmConfig(
+        **_SMALL,
+        num_key_value_heads=2,
+        partial_rotary_factor=0.25,
+        use_parallel_residual=parallel,
+        qk_layernorm=parallel,
+        attn_implementation="sdpa",
+    )
+    return _noisy(_build(cfg, StableLmForCausalLM, seed), "norm"), tiny_tokenizer("plain")
+
+
+def tiny_olmo2(seed: int = 0) -> tuple[Any, Any]:
+    """OLMo 2: RMSNorms after the attention / MLP outputs, q/k RMSNorms, no pre-norms, GQA."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    cfg = Olmo2Config(**_SMALL, num_key_value_heads=2, attn_implementation="sdpa")
+    return _noisy(_build(cfg, Olmo2ForCausalLM, seed), "norm"), tiny_tokenizer("bos")
+
+
+def tiny_mixtral(seed: int = 0) -> tuple[Any, Any]:
+    """Mixtral: 4 experts, top-2 routing (fused 3-D expert parameters), GQA."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(
+        **_SMALL,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        attn_implementation="sdpa",
+    )
+    return _noisy(_build(cfg, MixtralForCausalLM, seed), "mlp.gate", std=1.0), tiny_tokenizer("bos")
+
+
+def tiny_qwen2_moe(seed: int = 0) -> tuple[Any, Any]:
+    """Qwen2-MoE (Qwen1.5-MoE): 4 experts of width 16, top-2, a gated shared expert, q/k/v bias."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    cfg = Qwen2MoeConfig(
+        **_SMALL,
+        num_key_value_heads=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        num_experts=4,
+        num_experts_per_tok=2,
+        attn_implementation="sdpa",
+    )
+    model = _build(cfg, Qwen2MoeForCausalLM, seed)
+    model = _noisy(model, "mlp.gate", "shared_expert_gate", std=1.0)
+    return model, tiny_tokenizer("plain")
+
+
+ARCH_FACTORIES: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "gpt_neo": tiny_gpt_neo,
+    "gptj": tiny_gptj,
+    "phi": tiny_phi,
+    "phi3": tiny_phi3,
+    "stablelm": tiny_stablelm,
+    "stablelm_parallel": functools.partial(tiny_stablelm, parallel=True),
+    "olmo2": tiny_olmo2,
+    "mixtral": tiny_mixtral,
+    "qwen2_moe": tiny_qwen2_moe,
+}
+"""Tiny models of the architectures added by the adapters of issue 17, by name."""
+
+
 def tiny_mistral_sliding(seed: int = 0) -> tuple[Any, Any]:
     """Mistral with a 3-token sliding window on every layer (SDPA)."""
     from transformers import MistralConfig, MistralForCausalLM
@@ -408,3 +559,57 @@ ATTENTION_VARIANTS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "gemma3": tiny_gemma3,
 }
 """Attention variants beyond :data:`FACTORIES` (sliding windows on SDPA, query/key norms)."""
+
+
+def tiny_qwen3_moe(seed: int = 0) -> tuple[Any, Any]:
+    """Qwen3-MoE: q/k RMSNorms per head, 4 experts top-2, layer 0 a dense MLP (mlp_only_layers)."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    cfg = Qwen3MoeConfig(
+        **_SMALL,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        mlp_only_layers=[0],
+        attn_implementation="sdpa",
+    )
+    model = _noisy(_build(cfg, Qwen3MoeForCausalLM, seed), "norm", "mlp.gate")
+    return model, tiny_tokenizer("plain")
+
+
+def tiny_olmoe(seed: int = 0) -> tuple[Any, Any]:
+    """OLMoE: q/k RMSNorms over all heads, 4 experts top-2."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    cfg = OlmoeConfig(
+        **_SMALL,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        attn_implementation="sdpa",
+    )
+    return _noisy(_build(cfg, OlmoeForCausalLM, seed), "norm", "mlp.gate"), tiny_tokenizer("plain")
+
+
+def tiny_olmo3(seed: int = 0) -> tuple[Any, Any]:
+    """OLMo 3: OLMo 2's post-norms and q/k norms, a sliding-window layer (window 4)."""
+    from transformers import Olmo3Config, Olmo3ForCausalLM
+
+    cfg = Olmo3Config(
+        **_SMALL,
+        num_key_value_heads=2,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        attn_implementation="sdpa",
+    )
+    return _noisy(_build(cfg, Olmo3ForCausalLM, seed), "norm"), tiny_tokenizer("plain")
+
+
+MORE_TYPES: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "qwen3_moe": tiny_qwen3_moe,
+    "olmoe": tiny_olmoe,
+    "olmo3": tiny_olmo3,
+}
+"""Further model types the issue-17 adapters serve (checked by one exactness test each)."""

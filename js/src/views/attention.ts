@@ -403,7 +403,7 @@ export async function render(props: RenderProps<AttentionState>) {
       if (tilesIncluded && !tilesIncluded.has(`${current.layer}:${current.head}`)) parts.push("full resolution not in this report");
     }
     if (!progress.hidden) parts.push(`thumbnails ${progress.value}/${progress.max}`);
-    if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads at full resolution in this report (▨ = thumbnail only)`);
+    if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads ${long ? "with their overview" : "at full resolution"} in this report (▨ = thumbnail only)`);
     status.textContent = parts.join(" · ");
     root.dataset.zoom = z;
   };

@@ -53,6 +53,7 @@ class Attribution:
     biases: dict[str, float] = field(default_factory=dict)
     residual_error: float = 0.0
     _neurons: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _experts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {lab: i for i, lab in enumerate(self.labels)})
@@ -90,6 +91,18 @@ class Attribution:
                 f"layer={layer} is out of range: the model has {self.n_layers} layers."
             )
         return self._neurons[layer]
+
+    def experts(self, layer: int) -> torch.Tensor:
+        """Mixture-of-experts layers: ``[n_experts]`` contributions of each expert of ``layer``
+        (one more, last, for a shared expert); they sum to its ``.mlp``. ``neurons(layer)``
+        lists the experts' neurons in the same order (expert 0's first)."""
+        if layer not in self._experts:
+            raise KeyError(
+                f"layer {layer} has no experts in this attribution: experts() is for "
+                "mixture-of-experts layers (Mixtral, Qwen-MoE); use .neurons(layer) for dense "
+                "MLPs."
+            )
+        return self._experts[layer]
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` components with the largest absolute contribution."""
@@ -239,6 +252,7 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
         columns.append(dot(pos_embed[P]))
 
     neurons: dict[int, torch.Tensor] = {}
+    experts: dict[int, torch.Tensor] = {}  # mixture-of-experts layers: [Q, experts]
     bias_vec = torch.zeros_like(resid0)
     for li in range(L):
         z = tensor(cap, f"blocks.{li}.attn.hook_z", WHAT)[P]  # [Q, heads, d_head]
@@ -263,13 +277,17 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
             biases[f"L{li}.attn.b_O"] = dot(b_O)
             bias_vec = bias_vec + b_O
 
-        post = tensor(cap, f"blocks.{li}.mlp.hook_post", WHAT)[P]  # [Q, d_mlp]
-        W_out = weight(cap, f"blocks.{li}.mlp.W_out", WHAT)  # [d_mlp, d_model]
         mlp_mult = _post_norm(cap, info, li, "ln2_post", P)
         eff = direction * mlp_mult if mlp_mult is not None else direction  # [Q, d_model]
-        per_neuron = post * (eff @ W_out.T)  # [Q, d_mlp]
+        moe = _moe_terms(cap, li, P, eff)
+        if moe is None:
+            post = tensor(cap, f"blocks.{li}.mlp.hook_post", WHAT)[P]  # [Q, d_mlp]
+            W_out = weight(cap, f"blocks.{li}.mlp.W_out", WHAT)  # [d_mlp, d_model]
+            per_neuron = post * (eff @ W_out.T)  # [Q, d_mlp]
+            out = post @ W_out
+        else:
+            per_neuron, out, experts[li] = moe
         neurons[li] = per_neuron.float()
-        out = post @ W_out
         vectors.append(out * mlp_mult if mlp_mult is not None else out)
         labels.append(f"L{li}.mlp")
         columns.append(per_neuron.sum(-1))
@@ -332,9 +350,37 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
                 biases={k: float(v[qi]) for k, v in biases.items()},
                 residual_error=float(errs[qi]),
                 _neurons={li: v[qi].clone() for li, v in neurons.items()},
+                _experts={li: v[qi].float() for li, v in experts.items()},
             )
         )
     return out
+
+
+def _moe_terms(
+    cap: Any, layer: int, P: torch.Tensor, direction: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """A mixture-of-experts layer's ``(per-neuron [Q, neurons], output [Q, d_model],
+    per-expert [Q, experts])`` terms; None for a dense MLP. Expert ``e`` writes
+    ``w_e * post_e @ W_out_e`` (routing weight ``w_e``, zero where ``e`` was not chosen);
+    a shared expert writes ``gate * post @ W_out``."""
+    p = f"blocks.{layer}.mlp."
+    if p + "experts.0.hook_post" not in cap.tensors:
+        return None
+    routing = tensor(cap, p + "hook_expert_weights", WHAT)[P]  # [Q, experts], 0 = not chosen
+    n_experts = routing.shape[-1]
+    scaled = [
+        (routing[:, e, None] * tensor(cap, p + f"experts.{e}.hook_post", WHAT)[P],
+         weight(cap, p + f"experts.{e}.W_out", WHAT))
+        for e in range(n_experts)
+    ]  # fmt: skip
+    if p + "shared_expert.hook_post" in cap.tensors:
+        gate = tensor(cap, p + "hook_shared_expert_gate", WHAT)[P]  # [Q, 1]
+        post = tensor(cap, p + "shared_expert.hook_post", WHAT)[P]
+        scaled.append((gate * post, weight(cap, p + "shared_expert.W_out", WHAT)))
+    per_neuron = [post * (direction @ W_out.T) for post, W_out in scaled]
+    out = sum(post @ W_out for post, W_out in scaled)
+    per_expert = torch.stack([v.sum(-1) for v in per_neuron], dim=1)
+    return torch.cat(per_neuron, dim=1), out, per_expert
 
 
 def _post_norm(cap: Any, info: Any, layer: int, name: str, P: torch.Tensor) -> torch.Tensor | None:

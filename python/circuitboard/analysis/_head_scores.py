@@ -130,8 +130,9 @@ def scores_from_capture(cap: Any, layers: list[int] | None = None) -> dict[str, 
         for a, p in cap.pattern_rows(layer):
             masks = _score_masks(ids, a, a + p.shape[1])
             for name, m in masks.items():
-                mass = (p * m[None].float()).sum(-1)  # [H, rows]
-                total[name] = total.get(name, 0) + mass.sum(-1)
+                # per row q: p[:, q] . m[q], as a batched matmul (no [H, rows, n] temporary)
+                mass = torch.matmul(p.transpose(0, 1), m.float()[:, :, None])[..., 0]  # [rows, H]
+                total[name] = total.get(name, 0) + mass.sum(0)
                 if li == 0:
                     counts[name] += int(m.any(-1).sum())
         rows.append(total)

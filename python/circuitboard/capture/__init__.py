@@ -1,16 +1,20 @@
 """Record a model's activations under TransformerLens-style names (see :class:`Capture`)."""
 
+from ._attn_interface import AttentionCall, LayerHooks, attention_hooks
 from ._capture import FORMAT_VERSION, Capture, ModelInfo
 from ._io import load_capture
 from ._run import capture
 from ._tl import from_transformer_lens
 from .adapters import register as register_adapter
-from .adapters import supported as supported_architectures
+from .adapters import supported_architectures
 
 __all__ = [
     "FORMAT_VERSION",
+    "AttentionCall",
     "Capture",
+    "LayerHooks",
     "ModelInfo",
+    "attention_hooks",
     "capture",
     "from_transformer_lens",
     "load_capture",

@@ -35,6 +35,9 @@ class ModelInfo:
     causal: bool = True
     final_logit_softcap: float | None = None
     parallel_attn_mlp: bool = False  # GPT-NeoX/Pythia: the MLP reads resid_pre, not resid_mid
+    n_experts: int = 0  # mixture of experts: d_mlp is then one expert's width
+    n_experts_per_tok: int = 0
+    d_shared_expert: int = 0  # Qwen2-MoE's always-on shared expert
     attn_implementation: str | None = None  # the kernel that computed attention outputs
     attention_path: str | None = None  # "interface" (q/k recorded) or "eager (...why...)"
     source: str = ""  # JSON: the weights file and its sha256, where the loader knows them
@@ -70,7 +73,12 @@ class Capture(Mapping[str, torch.Tensor]):
     Besides the per-layer tensors a capture from :func:`circuitboard.capture` holds
     ``hook_embed`` (the token embedding added to the residual stream, Gemma's ``sqrt(d_model)``
     scale included) and, for learned positions (GPT-2, BERT), ``hook_pos_embed``. Optional
-    ``what=`` kinds add ``blocks.{l}.hook_attn_out`` / ``hook_mlp_out``. ``ln_final.hook_scale``
+    ``what=`` kinds add ``blocks.{l}.hook_attn_out`` / ``hook_mlp_out``. Mixture-of-experts
+    layers record ``blocks.{l}.mlp.hook_router_logits`` ``[pos, experts]``,
+    ``mlp.hook_expert_indices`` ``[pos, k]``, ``mlp.hook_expert_weights`` ``[pos, experts]`` and
+    ``mlp.experts.{e}.hook_post`` ``[pos, d_mlp]`` instead of ``mlp.hook_post``; models with
+    norms on sublayer outputs (OLMo 2, Gemma 2) add ``blocks.{l}.ln1_post.hook_scale`` /
+    ``ln2_post.hook_scale``. ``ln_final.hook_scale``
     is the *multiplier* ``1 / sqrt(var + eps)`` (``1 / sqrt(mean(x^2) + eps)`` for RMSNorm), kept
     in float32; TransformerLens' own ``hook_scale`` is its reciprocal (converted on import).
     ``logits`` are float32. ``n_prompt_tokens`` says how many tokens came from the prompt; the
@@ -226,6 +234,11 @@ class Capture(Mapping[str, torch.Tensor]):
         attention mass the block's queries put on the block's keys, averaged over the queries
         (rows sum to 1); ``"max"``: the largest weight in the block. Computed in chunks of
         query rows, never the whole pattern at once.
+
+        >>> eye = torch.eye(4)[None]
+        >>> cap = Capture(list("abcd"), torch.arange(4), {"blocks.0.attn.hook_pattern": eye})
+        >>> cap.pattern_overview(0, head=0, size=2).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
         """
         n = self.n_tokens
         n_heads = (

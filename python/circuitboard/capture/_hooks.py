@@ -28,9 +28,11 @@ def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
 
-def norm_scale(module: Any, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The factor a norm multiplies its (centred, for LayerNorm) input by, in float32."""
-    eps = getattr(module, "variance_epsilon", None)
+def norm_scale(module: Any, x: torch.Tensor, kind: str, eps: float | None = None) -> torch.Tensor:
+    """The factor a norm multiplies its (centred, for LayerNorm) input by, in float32
+    (``eps``: for norms that keep their epsilon in code, not in an attribute)."""
+    if eps is None:
+        eps = getattr(module, "variance_epsilon", None)
     if eps is None:
         eps = getattr(module, "eps", 1e-6)
     x = x.float()
@@ -101,6 +103,10 @@ class Recorder:
         for r, (idx, n) in enumerate(self.rows):
             self.store[idx][name] = self._copy(t[r, :n], dtype)
 
+    def put_flat(self, name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """Store ``t`` whose batch and position dims were flattened (``[b * pos, ...]``)."""
+        self.put(name, t.reshape(len(self.rows), -1, *t.shape[1:]), dtype)
+
     def put_pattern(self, name: str, w: torch.Tensor) -> None:
         for r, (idx, n) in enumerate(self.rows):
             self.store[idx][name] = self._copy(w[r, :, :n, :n])
@@ -126,7 +132,8 @@ class Recorder:
             kind = a.norm
 
             def scale_hook(mod: Any, args: tuple) -> None:
-                self.put("ln_final.hook_scale", norm_scale(mod, args[0], kind), torch.float32)
+                scale = norm_scale(mod, args[0], kind, a.final_norm_eps)
+                self.put("ln_final.hook_scale", scale, torch.float32)
 
             self._add(norm, scale_hook, pre=True)
         for layer in layers:
@@ -153,6 +160,9 @@ class Recorder:
                     self.put(p + "hook_resid_pre", x)
 
             self._add(blk, pre_hook, pre=True, kwargs=True)
+
+        if self.qk and a.module_qk is not None:
+            self._install_module_qk(blk, layer)
 
         if "pattern" in w and not self.qk:
 
@@ -196,7 +206,14 @@ class Recorder:
                 pre=True,
             )
 
-        if "mlp_post" in w:
+        if a.post_norms is not None and "scale" in w:
+            self._install_post_norms(blk, p)
+        if "scale" in w:
+            self._install_qk_norms(get_module(blk, a.block_attn), p)
+
+        if a.moe is not None and "mlp_post" in w:
+            self._install_moe(blk, p)
+        elif "mlp_post" in w:
             self._add(
                 get_module(blk, a.block_mlp_down),
                 lambda mod, args: self.put(p + "mlp.hook_post", args[0]),
@@ -213,6 +230,117 @@ class Recorder:
 
         if "resid_post" in w:
             self._add(blk, lambda mod, args, out: self.put(p + "hook_resid_post", _first(out)))
+
+    def _install_module_qk(self, blk: Any, layer: int) -> None:
+        """``attn.hook_q`` / ``hook_k`` and the layer's spec from the q/k projections (GPT-Neo:
+        its attention bypasses the attention interface; see :class:`~.adapters._base.ModuleQK`)."""
+        spec, info, p = self.adapter.module_qk, self.info, f"blocks.{layer}.attn."
+        window = spec.window(self.model.config, layer)
+
+        def record(name: str, heads: int):
+            def hook(mod: Any, args: tuple, out: torch.Tensor) -> None:
+                x = out.reshape(*out.shape[:-1], heads, info.d_head)
+                for r, (idx, n) in enumerate(self.rows):
+                    self.store[idx][p + name] = self._copy(x[r, :n], x.dtype)
+                    i = torch.arange(n, dtype=torch.int32)
+                    lo = (i - window + 1).clamp(min=0) if window else torch.zeros_like(i)
+                    span = torch.stack([lo, i + 1], -1)
+                    self.specs[idx][layer] = LayerSpec(spec.scaling, None, span, None)
+
+            return hook
+
+        self._add(get_module(blk, spec.q), record("hook_q", info.n_heads))
+        self._add(get_module(blk, spec.k), record("hook_k", info.n_kv_heads))
+
+    def _install_qk_norms(self, attn: Any, p: str) -> None:
+        """Frozen multipliers of query / key norms (Qwen3, OLMo 2, OLMoE, Gemma 3):
+        ``attn.q_norm.hook_scale`` ``[pos, 1]`` (one norm over all heads) or ``[pos, heads, 1]``
+        (per head), so a split of the scores into residual components can stay exact."""
+        from .adapters._base import QK_NORMS
+
+        for name in QK_NORMS:
+            mod = getattr(attn, name, None)
+            if not isinstance(getattr(mod, "weight", None), torch.Tensor):
+                continue
+
+            def hook(mod: Any, args: tuple, name: str = name) -> None:
+                x = args[0]
+                if x.dim() == 4 and x.stride(1) < x.stride(2):  # [b, heads, pos, d] (Gemma 3)
+                    x = x.transpose(1, 2)
+                scale = norm_scale(mod, x, "rmsnorm")
+                self.put(p + f"attn.{name}.hook_scale", scale, torch.float32)
+
+            self._add(mod, hook, pre=True)
+
+    def _install_post_norms(self, blk: Any, p: str) -> None:
+        """Frozen multipliers of the norms on the attention / MLP outputs (OLMo 2, Gemma 2)."""
+        kind = self.adapter.norm
+        for name, path in zip(("ln1_post", "ln2_post"), self.adapter.post_norms, strict=True):
+
+            def hook(mod: Any, args: tuple, name: str = name) -> None:
+                scale = norm_scale(mod, args[0], kind)
+                self.put(p + f"{name}.hook_scale", scale, torch.float32)
+
+            self._add(get_module(blk, path), hook, pre=True)
+
+    def _install_moe(self, blk: Any, p: str) -> None:
+        """Router logits, chosen experts, routing weights and every expert's neurons of a
+        mixture-of-experts layer (``mlp.hook_post`` for a dense layer of a mixed model)."""
+        from .adapters.moe import expert_matrices, moe_layer
+
+        spec = self.adapter.moe
+        experts = moe_layer(self.adapter, blk)
+        if experts is None:
+            self._add(
+                get_module(blk, "mlp.down_proj"),
+                lambda mod, args: self.put(p + "mlp.hook_post", args[0]),
+                pre=True,
+            )
+            return
+
+        def router_hook(mod: Any, args: tuple, out: Any) -> None:
+            self.put_flat(p + "mlp.hook_router_logits", _first(out), torch.float32)
+
+        def experts_hook(mod: Any, args: tuple, kwargs: dict) -> None:
+            named = dict(zip(("hidden_states", "top_k_index", "top_k_weights"), args, strict=False))
+            named.update(kwargs)
+            x, idx, wts = named["hidden_states"], named["top_k_index"], named["top_k_weights"]
+            n_experts = experts.gate_up_proj.shape[0]
+            # TransformerLens' layout: the routing weight of every expert, zero where unchosen
+            dense = wts.new_zeros(idx.shape[0], n_experts + 1).scatter_add_(1, idx, wts)
+            self.put_flat(p + "mlp.hook_expert_indices", idx, torch.long)
+            self.put_flat(p + "mlp.hook_expert_weights", dense[:, :n_experts], torch.float32)
+            b = len(self.rows)
+            for e in range(n_experts):
+                gu, down = expert_matrices(experts, e)
+                # stored directly in the capture's dtype on CPU: zero where e was not chosen
+                post = torch.zeros(x.shape[0], down.shape[1], dtype=self.dtype)
+                rows = (idx == e).any(-1).nonzero()[:, 0]
+                if len(rows):
+                    # the model's own gating (act(gate) * up) on the rows routed to expert e
+                    act = experts._apply_gate(torch.nn.functional.linear(x[rows], gu))
+                    post[rows.cpu()] = act.to("cpu", self.dtype)
+                post = post.view(b, -1, post.shape[-1])
+                for r, (i, n) in enumerate(self.rows):
+                    self.store[i][p + f"mlp.experts.{e}.hook_post"] = (
+                        post[r, :n] if b == 1 else post[r, :n].clone()
+                    )
+
+        self._add(get_module(blk, spec.router), router_hook)
+        self._add(experts, experts_hook, pre=True, kwargs=True)
+        if spec.shared:
+            shared = get_module(blk, spec.shared)
+            self._add(
+                shared.down_proj,
+                lambda mod, args: self.put_flat(p + "mlp.shared_expert.hook_post", args[0]),
+                pre=True,
+            )
+
+            def gate_hook(mod: Any, args: tuple, out: Any) -> None:
+                value = torch.sigmoid(out.float())
+                self.put_flat(p + "mlp.hook_shared_expert_gate", value, torch.float32)
+
+            self._add(get_module(blk, spec.shared_gate), gate_hook)
 
     # -- queries and keys through the attention interface ---------------------------------
     def attention_hooks(self) -> dict[int, LayerHooks]:

@@ -146,7 +146,7 @@ def estimate(
         "z": n_layers * H * info.d_head * item,
         "attn_out": n_layers * D * item,
         "resid_mid": n_layers * D * item,
-        "mlp_post": n_layers * info.d_mlp * item,
+        "mlp_post": n_layers * _neurons_per_token(info) * item,
         "mlp_out": n_layers * D * item,
         "resid_post": n_layers * D * item,
         "scale": 4,
@@ -162,6 +162,16 @@ def estimate(
         else:
             out[k] = float(per_token[k] * sum(lengths))
     return out
+
+
+def _neurons_per_token(info: Any) -> int:
+    """MLP neurons stored per token and layer: every expert's (and the shared expert's) for
+    mixture-of-experts models, which also store router logits, indices and weights."""
+    n_experts = getattr(info, "n_experts", 0)
+    if not n_experts:
+        return info.d_mlp
+    k = getattr(info, "n_experts_per_tok", 0)
+    return n_experts * info.d_mlp + getattr(info, "d_shared_expert", 0) + n_experts + 2 * k + 1
 
 
 def check(estimated: dict[str, float], max_memory: Any, n_prompts: int, n_layers: int) -> None:

@@ -190,13 +190,19 @@ def record(
     used. Hooks are removed and the model restored also when a forward raises.
     """
     qk_ok, qk_kernel = interface_status(model) if "pattern" in kinds else (False, "")
+    # GPT-Neo's attention bypasses the interface: its q/k are read off the projections instead
+    by_modules = "pattern" in kinds and not qk_ok and adapter.module_qk is not None
     blocks = [adapter.block(model, i) for i in range(adapter.n_blocks(model))]
 
     def run(qk: bool) -> Recorder:
         with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds and not qk):
             rec = Recorder(model, adapter, info, layer_list, kinds, n_items, dtype, qk=qk)
             try:
-                hooks = attention_hooks(model, rec.attention_hooks(), blocks=blocks) if qk else None
+                hooks = (
+                    attention_hooks(model, rec.attention_hooks(), blocks=blocks)
+                    if qk and not by_modules
+                    else None
+                )
                 with hooks or contextlib.nullcontext() as session:
                     for batch in batches:
                         forward(rec, batch)
@@ -222,11 +228,14 @@ def record(
             if bar is not None:
                 bar.reset()
             rec = run(qk=False)
+    elif by_modules:  # q/k off the projections; the model's own kernel runs
+        rec = run(qk=True)
+        path = "modules (q/k projections; the attention bypasses the attention interface)"
     else:
         if "pattern" in kinds:
             path = f"eager (the attention interface was not usable: {qk_kernel})"
         rec = run(qk=False)
-    if "pattern" in kinds:
+    if "pattern" in kinds and not by_modules:
         kernel = qk_kernel if path == "interface" else "eager"
     return rec, dataclasses.replace(info, attn_implementation=kernel, attention_path=path)
 
@@ -251,9 +260,12 @@ def capture(
     ----------
     model
         A Hugging Face ``transformers`` model with its head (``AutoModelForCausalLM``; BERT:
-        ``AutoModelForMaskedLM``) of a supported family: GPT-2, Llama / SmolLM2 / Mistral /
-        Qwen2 / Qwen3, GPT-NeoX (Pythia), Gemma / Gemma 2 / Gemma 3 text, BERT. Models loaded
-        with ``device_map="auto"`` work; everything recorded is gathered to CPU.
+        ``AutoModelForMaskedLM``) of a supported family (``cb.supported_architectures()``:
+        GPT-2, GPT-Neo, GPT-J, GPT-NeoX, Llama / Mistral / Qwen2 / Qwen3, Phi, Phi-3, StableLM,
+        Gemma 1-3, OLMo 2, Mixtral / Qwen-MoE / OLMoE, BERT); other decoder-only models go
+        through a fallback that infers and proves their layout (with a warning) or refuses
+        saying why. Models loaded with ``device_map="auto"`` work; everything recorded is
+        gathered to CPU.
     tokenizer
         Its tokenizer. Token texts are exact slices of the prompt (character offsets of a fast
         tokenizer; see :mod:`circuitboard.capture._tokens`), so they join back to the prompt;
@@ -382,6 +394,7 @@ def capture(
             f"max_position_embeddings={max_pos}. Shorten the prompt or lower max_new_tokens."
         )
     qk_ok, _ = interface_status(model) if "pattern" in kinds else (False, "")
+    by_modules = "pattern" in kinds and not qk_ok and adapter.module_qk is not None
     model_dtype = get_module(model, adapter.embed).weight.dtype
     est = _memory.estimate(
         info,
@@ -390,7 +403,7 @@ def capture(
         kinds,
         dtype,
         has_pos_embed=adapter.pos_embed is not None,
-        qk_dtype=model_dtype if qk_ok else None,
+        qk_dtype=model_dtype if qk_ok or by_modules else None,
     )
     _memory.check(est, max_memory, len(items), len(layer_list))
 

@@ -10,7 +10,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode, is_causal, to_numpy
-from ._pattern_source import ArraySource, CaptureSource, HeadSummary, summarize
+from ._pattern_source import ArraySource, CaptureSource, HeadSummary
 from ._validate import attention_array, index_in, token_list
 from ._view import View, pack
 
@@ -354,7 +354,7 @@ class AttentionView(View):
         key = (pos, head)
         if key not in self._summaries:
             src = self._source
-            s = summarize(src.rows(pos, head), src.n, THUMB, self._overview)
+            s = src.summary(pos, head, THUMB, self._overview)
             enc = None
             if s.overview is not None:
                 enc = dict(encode(s.overview, lo=0.0, hi=1.0, tril=self._causal))
@@ -364,7 +364,8 @@ class AttentionView(View):
 
     def _overview_of(self, pos: int, head: int) -> dict[str, Any]:
         enc = self._summary(pos, head)[1]
-        assert enc is not None  # only called for long prompts
+        if enc is None:
+            raise ValueError("this view sends whole heads (fetch-head); it has no overviews.")
         return enc
 
     def _all_summaries(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -563,12 +564,17 @@ class AttentionView(View):
             block = -(-self.n_tokens // o)
             full = ", ".join(f"L{lay}H{h}" for lay, h in tiles) or "none"
             t = self._thumbs["shape"][-1]
+            rest = (
+                f", the others only their {t}×{t} thumbnail (mean attention mass per block)"
+                if len(heads) < total
+                else f" (thumbnails: {t}×{t}, mean attention mass per block)"
+            )
             return [
                 f"Attention ({self.n_tokens} tokens): heads are pooled overviews of {o}×{o} "
                 f"cells ({self.pool} of each block of up to {block}×{block} tokens); "
-                f"{len(heads)} of {total} heads have their overview in this page, the others "
-                f"their {t}×{t} thumbnail (mean attention mass per block). Full resolution "
-                f"(every token, zoom in): {full}. Raise budget_bytes in cb.report to include more."
+                f"{len(heads)} of {total} heads have their overview in this page{rest}. Full "
+                f"resolution (every token, zoom in): {full}. Raise budget_bytes in cb.report "
+                "to include more."
             ]
         plan = self.export_plan(budget_bytes)
         if len(plan) == total:

@@ -106,8 +106,8 @@ class ArraySource:
         for a in range(0, self.n, step):
             yield a, self.arr[li, h, a : a + step]
 
-    def all(self) -> np.ndarray:
-        return self.arr
+    def summary(self, li: int, h: int, thumb: int, overview: int) -> HeadSummary:
+        return summarize(self.rows(li, h), self.n, thumb, overview)
 
 
 class CaptureSource:
@@ -131,6 +131,25 @@ class CaptureSource:
     def rows(self, li: int, h: int) -> Iterator[tuple[int, np.ndarray]]:
         for a, w in self.cap.pattern_rows(self.layers[li], head=h):
             yield a, w[0].numpy()
+
+    def summary(self, li: int, h: int, thumb: int, overview: int) -> HeadSummary:
+        """:func:`summarize` of a head, computed from queries and keys in the capture's own
+        blocks (torch, only the keys each query may see) when it has them."""
+        pats = getattr(self.cap, "patterns", None)
+        layer = self.layers[li]
+        if pats is None or layer not in pats.specs:
+            return summarize(self.rows(li, h), self.n, thumb, overview)
+        from ..capture._patterns import summarize_head
+
+        s = summarize_head(pats, layer, h, thumb, overview)
+        ov = s["overview"]
+        return HeadSummary(
+            thumb=s["thumb"].numpy(),
+            overview=None if ov is None else ov.numpy(),
+            previous_token=s["previous_token"],
+            first_token=s["first_token"],
+            entropy=s["entropy"],
+        )
 
     def causal(self) -> bool:
         """Whether every captured layer only looks back (from its recorded mask spans)."""

@@ -40,6 +40,38 @@ def bias(module: Any, n: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class MoE:
+    """Where a mixture-of-experts MLP keeps its router and experts (paths relative to a block).
+
+    ``experts`` is transformers' fused experts module (``gate_up_proj`` ``[E, 2 * d_expert,
+    d_model]`` and ``down_proj`` ``[E, d_model, d_expert]`` 3-D parameters, called as
+    ``experts(hidden, top_k_index, top_k_weights)``). ``shared`` / ``shared_gate`` name Qwen-MoE's
+    always-on shared expert (a dense MLP) and its sigmoid gate.
+    """
+
+    router: str = "mlp.gate"
+    experts: str = "mlp.experts"
+    shared: str | None = None
+    shared_gate: str | None = None
+
+
+@dataclass(frozen=True)
+class ModuleQK:
+    """Queries and keys read off the projection modules, for attention that bypasses
+    transformers' attention interface but applies nothing between the projections and the
+    scores except the head split (no rotary: GPT-Neo). Paths are relative to a block.
+
+    ``window(config, layer)``: the layer's local window (keys ``i - w < j <= i``), or None for
+    causal attention over every earlier token.
+    """
+
+    q: str
+    k: str
+    scaling: float
+    window: Callable[[Any, int], int | None] = field(default=lambda config, layer: None)
+
+
+@dataclass(frozen=True)
 class Adapter:
     """What circuitboard needs to know about one architecture family.
 
@@ -86,6 +118,19 @@ class Adapter:
     pre_norm
         False for blocks that normalize *after* the residual addition (BERT): their residual
         stream is not a sum of component writes, so attribution refuses them.
+    post_norms
+        ``(attn_norm, mlp_norm)`` paths (relative to a block) of norms applied to the attention
+        / MLP output before the residual add (OLMo 2, Gemma 2). Capture records their frozen
+        multipliers as ``blocks.{l}.ln1_post.hook_scale`` / ``ln2_post.hook_scale`` and their
+        weights as ``blocks.{l}.ln1_post.w`` / ``ln2_post.w``, so attribution stays exact.
+    moe
+        A :class:`MoE` record for mixture-of-experts MLPs (Mixtral, Qwen-MoE, OLMoE).
+    for_config
+        ``for_config(adapter, config) -> Adapter``: the variant serving this config (e.g.
+        StableLM with or without parallel residual); ``None``: the adapter as it is.
+    supports
+        What works for this family: ``{"capture", "dla", "patching", "explanation"}`` mapped to
+        ``True`` or to the reason it does not (listed by ``cb.supported_architectures()``).
     """
 
     name: str
@@ -110,6 +155,18 @@ class Adapter:
     head: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     """Optional ``head(model, resid) -> logits`` when the unembedding is more than
     final norm + ``unembed`` (BERT's MLM transform); used by tests and the logit lens."""
+    post_norms: tuple[str, str] | None = None
+    moe: MoE | None = None
+    for_config: Callable[[Adapter, Any], Adapter] | None = field(default=None, repr=False)
+    supports: dict[str, Any] = field(default_factory=dict, repr=False)
+    final_norm_eps: float | None = None
+    module_qk: ModuleQK | None = None
+    """Record ``attn.hook_q`` / ``hook_k`` from projection modules when the attention does not
+    dispatch through transformers' attention interface (GPT-Neo); patterns are then recomputed
+    on demand as for every other model."""
+    """The final norm's epsilon when the module keeps it in code (OLMo's parameter-free
+    LayerNorm); None: read from the module (``eps`` / ``variance_epsilon``)."""
+    notes: str = ""
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -144,9 +201,11 @@ def linear_weights(
     k: str,
     v: str,
     o: str,
-    down: str,
+    down: str | None,
 ) -> dict[str, torch.Tensor]:
-    """TransformerLens-named views of ``nn.Linear`` projections (Llama, Mistral, Qwen2, Gemma)."""
+    """TransformerLens-named views of ``nn.Linear`` projections (Llama, Mistral, Qwen2, Gemma).
+
+    ``down=None`` leaves out the MLP (mixture-of-experts layers name their experts' weights)."""
     H, KV, dh, D = info.n_heads, info.n_kv_heads, info.d_head, info.d_model
     out: dict[str, torch.Tensor] = {}
     for layer in range(info.n_layers):
@@ -159,6 +218,8 @@ def linear_weights(
         lin_o = get_module(blk, o)
         out[p + "attn.W_O"] = lin_o.weight.T.view(H, dh, D)
         out[p + "attn.b_O"] = bias(lin_o, D)
+        if down is None:
+            continue
         lin_d = get_module(blk, down)
         out[p + "mlp.W_out"] = lin_d.weight.T
         out[p + "mlp.b_out"] = bias(lin_d, D)
@@ -181,4 +242,34 @@ def common_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.T
     }
     if adapter.pos_embed:
         out["pos_embed.W_pos"] = get_module(model, adapter.pos_embed).weight
+    return out
+
+
+def post_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """``blocks.{l}.ln1_post.w`` / ``ln2_post.w``: weights of the norms on sublayer outputs."""
+    out: dict[str, torch.Tensor] = {}
+    if adapter.post_norms is None:
+        return out
+    for layer in range(info.n_layers):
+        blk = adapter.block(model, layer)
+        for name, path in zip(("ln1_post", "ln2_post"), adapter.post_norms, strict=True):
+            out[f"blocks.{layer}.{name}.w"] = get_module(blk, path).weight
+    return out
+
+
+QK_NORMS = ("q_norm", "k_norm")
+"""Attribute names of query / key norms inside an attention module (Qwen3, OLMo 2, OLMoE,
+Gemma 3); capture records their frozen multipliers as ``blocks.{l}.attn.q_norm.hook_scale``."""
+
+
+def qk_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """``blocks.{l}.attn.q_norm.w`` / ``k_norm.w`` where the attention has query/key norms
+    (Gemma-style norms multiply by ``1 + w``, as ``info.norm`` says)."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(info.n_layers):
+        attn = get_module(adapter.block(model, layer), adapter.block_attn)
+        for name in QK_NORMS:
+            w = getattr(getattr(attn, name, None), "weight", None)
+            if isinstance(w, torch.Tensor):
+                out[f"blocks.{layer}.attn.{name}.w"] = w
     return out

@@ -10,9 +10,16 @@ includes that factor, ``embed.W_E`` does not.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-from ._base import Adapter
+from ._base import Adapter, post_norm_weights, qk_norm_weights
 from .llama import llama_dims, llama_weights
+
+
+def gemma2_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
+    out = {**llama_weights(model, adapter, info), **post_norm_weights(model, adapter, info)}
+    return {**out, **qk_norm_weights(model, adapter, info)}  # Gemma 3: q/k norms
+
 
 ADAPTER = Adapter(
     name="gemma",
@@ -40,4 +47,7 @@ ADAPTER2 = replace(
     block_mid="pre_feedforward_layernorm",
     block_attn_out=("post_attention_layernorm", None),
     block_mlp_out=("post_feedforward_layernorm", None),
+    # their frozen scales (blocks.{l}.ln1_post / ln2_post.hook_scale) keep attribution exact
+    post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
+    weights=gemma2_weights,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Adapter, cfg_get, common_weights, linear_weights
+from ._base import Adapter, cfg_get, common_weights, linear_weights, qk_norm_weights
 
 
 def llama_dims(config: Any) -> dict[str, Any]:
@@ -34,6 +34,7 @@ def llama_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, Any]:
         down="mlp.down_proj",
     )
     out.update(common_weights(model, adapter, info))
+    out.update(qk_norm_weights(model, adapter, info))  # Qwen3
     return out
 
 
