@@ -37,3 +37,20 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
     for cell in nb.cells:  # widgets rendered as widget views, not as tracebacks
         for out in cell.get("outputs", []):
             assert "Traceback" not in str(out.get("text", ""))
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_marimo_quickstart_runs_as_a_script(tmp_path: Path) -> None:
+    """notebooks/quickstart_marimo.py executes every cell (its asserts check the findings)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("marimo")
+    script = NOTEBOOKS[0].parent / "quickstart_marimo.py"
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "all passed" in run.stdout
+    assert (tmp_path / "quickstart-marimo.html").stat().st_size > 100_000
