@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import numpy as np
 import torch
 
 import circuitboard as cb
@@ -58,6 +57,9 @@ def test_8192_tokens_overview_tiles_and_hostile_text(page, tmp_path, artifacts):
     open_report(page, path, timeout=60_000)
     page.wait_for_selector(".cb-attention[data-thumbs-done=true]", timeout=60_000)
     root = page.locator(".cb-attention")
+    # first paint: the head in token coordinates, drawn from its 512 x 512 overview
+    assert page.locator(".cb-heatmap").get_attribute("data-rows") == str(N)
+    page.screenshot(path=str(artifacts / "attention_8192_overview.png"))
     status = page.locator(".cb-status").text_content()
     assert "pooled overview: max of each 16×16-token block" in status
     assert page.locator(".cb-progress").is_hidden()
@@ -83,20 +85,4 @@ def test_8192_tokens_overview_tiles_and_hostile_text(page, tmp_path, artifacts):
     assert shown_tokens and set(shown_tokens) <= {shown(t) for t in HOSTILE_TOKENS}
     assert page.evaluate("() => window.__pwned === undefined")
     assert page.evaluate(f"() => document.querySelectorAll({INJECTED!r}).length") == 0
-    assert page.cb_errors == []
-
-
-def test_8192_tokens_first_paint_shows_the_overview(page, tmp_path, artifacts):
-    cap = long_capture()
-    view = cb.attention(cap, layer=0, head=1)
-    path = cb.report(view, path=tmp_path / "long2.html")
-    open_report(page, path, timeout=60_000)
-    page.wait_for_selector(".cb-attention[data-thumbs-done=true]", timeout=60_000)
-    c = page.locator(".cb-heatmap")
-    assert c.get_attribute("data-rows") == str(N)  # token coordinates, drawn from the overview
-    # the overview equals the max-pooled full pattern of the head (checked on the Python side)
-    f, b = view.answer({"kind": "fetch-overview", "layer": 0, "head": 1})
-    ov = np.frombuffer(b[0], np.uint8)
-    assert ov.size == 512 * 513 // 2 and ov.max() > 0
-    page.screenshot(path=str(artifacts / "attention_8192_overview.png"))
     assert page.cb_errors == []

@@ -163,3 +163,18 @@ def test_non_causal_masks_are_seen_by_the_view():
     view = cb.attention(cap)
     assert not view.causal
     np.testing.assert_allclose(view.pattern(0, 1), cap.pattern(0, 1).numpy())
+
+
+def test_report_region_and_export_heads_choose_the_full_resolution_tiles(llama_cap):
+    view = cb.AttentionView(
+        llama_cap, overview_size=8, tile_size=16, export_heads=[(0, 3)], export_region=(32, 64)
+    )
+    reqs = view.export_requests(50_000_000)
+    tiles = [r for r in reqs if r["kind"] == "fetch-tile"]
+    assert {(r["layer"], r["head"]) for r in tiles} == {(0, 0), (0, 3)}
+    assert {r["q0"] for r in tiles} == {32, 48} and max(r["k1"] for r in tiles) <= 64
+    included = view.answer(reqs[0])[0]
+    assert included["region"] == [32, 64] and included["tiles"] == [[0, 0], [0, 3]]
+    assert "(queries 32–63)" in view.export_notes(50_000_000)[0]
+    with pytest.raises(ValueError, match=r"export_region must be \(first, last\) query positions"):
+        cb.AttentionView(llama_cap, overview_size=8, export_region=(10, 5))

@@ -401,6 +401,7 @@ export async function render(props: RenderProps<AttentionState>) {
       parts.push(`pooled overview: ${pool} of each ${blk}×${blk}-token block`);
       parts.push(t.tiles.size ? `${t.tiles.size} tile${t.tiles.size > 1 ? "s" : ""} at full resolution` : "zoom in for full resolution");
       if (tilesIncluded && !tilesIncluded.has(`${current.layer}:${current.head}`)) parts.push("full resolution not in this report");
+      else if (tilesIncluded && (tileRegion[0] > 0 || tileRegion[1] < n)) parts.push(`full resolution in this report: queries ${tileRegion[0]}–${tileRegion[1] - 1}`);
     }
     if (!progress.hidden) parts.push(`thumbnails ${progress.value}/${progress.max}`);
     if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads ${long ? "with their overview" : "at full resolution"} in this report (▨ = thumbnail only)`);
@@ -514,6 +515,7 @@ export async function render(props: RenderProps<AttentionState>) {
 
   // ---- long prompts: full-resolution tiles of the visible region ------------------------------
   let tilesIncluded: Set<string> | null = null; // report: heads whose tiles it embeds
+  let tileRegion: [number, number] = [0, n]; // report: the query rows it embeds tiles of
   let tileTimer = 0;
   let tilePaint = 0;
   const scheduleTiles = () => {
@@ -537,9 +539,13 @@ export async function render(props: RenderProps<AttentionState>) {
     if (tilesIncluded && !tilesIncluded.has(`${h.layer}:${h.head}`)) return;
     const c1 = causal ? Math.min(v.c1, v.r1) : v.c1;
     if ((v.r1 - v.r0) * (c1 - v.c0) > MAX_TILE_CELLS) return; // the overview is as fine as the screen
+    const r0 = Math.max(v.r0, tileRegion[0]);
+    const r1 = Math.min(v.r1, tileRegion[1]);
+    if (r1 <= r0) return;
     const t0 = performance.now();
-    for (const req of tilesFor(h.layer, h.head, v.r0, v.r1, v.c0, c1, n, tileSize, causal)) {
-      if (t.tiles.has(`${req.q0 / tileSize}:${req.k0 / tileSize}`)) continue;
+    for (const req of tilesFor(h.layer, h.head, r0, r1, v.c0, c1, n, tileSize, causal)) {
+      const tkey = `${req.q0 / tileSize}:${req.k0 / tileSize}`;
+      if (t.tiles.has(tkey) || t.missing.has(tkey)) continue;
       fetcher.get({ ...req }).then(({ reply, buffers }) => {
         const enc = reply.tile as Encoded;
         t.add({ q0: req.q0, k0: req.k0, rows: enc.shape[0], cols: enc.shape[1], codes: uint8View(enc, buffers) });
@@ -549,7 +555,7 @@ export async function render(props: RenderProps<AttentionState>) {
           requestAnimationFrame(() => { root.dataset.lastTileMs = (performance.now() - t0).toFixed(1); });
         }
       }, (err) => {
-        if (/not included in the report/.test(String((err as Error).message ?? err))) tilesIncluded?.delete(`${h.layer}:${h.head}`);
+        if (/not included in the report/.test(String((err as Error).message ?? err))) t.missing.add(tkey);
       });
     }
   };
@@ -692,6 +698,7 @@ export async function render(props: RenderProps<AttentionState>) {
   fetcher.get({ kind: "fetch-included" }).then(({ reply }) => {
     if (reply.all) return;
     tilesIncluded = new Set(((reply.tiles ?? []) as [number, number][]).map(([l, h]) => `${l}:${h}`));
+    if (Array.isArray(reply.region)) tileRegion = reply.region as [number, number];
     included = new Set((reply.heads as [number, number][]).map(([l, h]) => `${l}:${h}`));
     for (const key of thumbs.keys()) if (!included.has(key)) markReduced(key);
     root.dataset.included = String(included.size);

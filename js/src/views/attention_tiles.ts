@@ -57,6 +57,8 @@ export interface Tile {
 /** A head of n tokens held as an overview (side × side codes) and the tiles fetched so far. */
 export class TiledHead {
   readonly tiles = new Map<string, Tile>();
+  /** Tiles a report left out (never asked for again). */
+  readonly missing = new Set<string>();
   private readonly of: Int32Array;
   readonly edges: Int32Array;
 

@@ -171,6 +171,9 @@ class AttentionView(View):
         How the overview pools a block (stated in the view).
     tile_size : int
         Side of the full-resolution tiles fetched when zoomed in (default :data:`TILE`).
+    export_region : (first, last) query positions, optional
+        Long prompts: the query rows ``[first, last)`` a report keeps at full resolution for
+        the selected head and ``export_heads`` (default: every row, when it fits the budget).
 
     Examples
     --------
@@ -228,6 +231,7 @@ class AttentionView(View):
         overview_size: int | None = None,
         pool: str = "max",
         tile_size: int = TILE,
+        export_region: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         source: ArraySource | CaptureSource
@@ -298,6 +302,15 @@ class AttentionView(View):
             if lay not in layers:
                 raise IndexError(f"export_heads has layer {lay}, which was not captured: {layers}.")
             index_in("head", h, n_heads)
+        if export_region is not None:
+            a, b = (int(x) for x in export_region)
+            if not 0 <= a < b <= n_q:
+                raise ValueError(
+                    f"export_region must be (first, last) query positions with 0 <= first < last "
+                    f"<= {n_q}; got {export_region!r}."
+                )
+            export_region = (a, b)
+        self._export_region = export_region
         self._pending_plan: list[tuple[int, int]] | None = None
         self._pending_tiles: list[tuple[int, int]] = []
         self._page_cost: float | None = None
@@ -448,7 +461,9 @@ class AttentionView(View):
         self._pending_tiles = []
         if plan is None or (len(plan) == self.n_layers * self.n_heads and not self._long):
             return pack(all=True, heads=[], tiles=tiles)
-        return pack(all=False, heads=[[lay, h] for lay, h in plan], tiles=tiles)
+        q, _ = self._region()
+        heads = [[lay, h] for lay, h in plan]
+        return pack(all=False, heads=heads, tiles=tiles, region=list(q))
 
     # -- export --------------------------------------------------------------------------
     def head_bytes(self) -> int:
@@ -506,9 +521,16 @@ class AttentionView(View):
         ranked = self._ranked_heads()
         return ranked if fit >= len(ranked) else ranked[:fit]
 
-    def _head_tiles(self, lay: int, h: int) -> list[dict[str, Any]]:
+    def _region(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(queries, keys) a report keeps at full resolution."""
         n = self.n_tokens
-        return tile_requests(lay, h, (0, n), (0, n), n=n, tile=self.tile_size, causal=self._causal)
+        q = self._export_region or (0, n)
+        return q, (0, q[1] if self._causal else n)
+
+    def _head_tiles(self, lay: int, h: int) -> list[dict[str, Any]]:
+        q, k = self._region()
+        n = self.n_tokens
+        return tile_requests(lay, h, q, k, n=n, tile=self.tile_size, causal=self._causal)
 
     def _tiles_bytes(self, lay: int, h: int) -> float:
         """Estimated report bytes of one head's full-resolution tiles (from a sampled tile)."""
@@ -526,11 +548,13 @@ class AttentionView(View):
         ranked = self._ranked_heads()
         left = int(budget_bytes) / 2 - self.n_layers * self.n_heads * 1_500  # thumbnails
         tiles: list[tuple[int, int]] = []
-        first = ranked[0]
+        init = (self.layer_indices[self._initial["layer"]], self._initial["head"])
         per = self._page_bytes_per_head()
-        cost = self._tiles_bytes(*first)
-        if cost + per <= left:
-            tiles.append(first)
+        for cand in dict.fromkeys([init, *self._export_heads]):  # selected, then export_heads
+            cost = self._tiles_bytes(*cand)
+            if cost + per > left:
+                break
+            tiles.append(cand)
             left -= cost
         fit = max(1, int(left // per))
         return (ranked if fit >= len(ranked) else ranked[:fit]), tiles
@@ -563,6 +587,9 @@ class AttentionView(View):
             o = self._overview
             block = -(-self.n_tokens // o)
             full = ", ".join(f"L{lay}H{h}" for lay, h in tiles) or "none"
+            (qa, qb), _ = self._region()
+            if tiles and (qa, qb) != (0, self.n_tokens):
+                full += f" (queries {qa}–{qb - 1})"
             t = self._thumbs["shape"][-1]
             rest = (
                 f", the others only their {t}×{t} thumbnail (mean attention mass per block)"
