@@ -90,14 +90,26 @@ def test_one_shard_is_todays_path_byte_for_byte(reference, serial_runs, tmp_path
 def test_process_engine_equals_serial_byte_for_byte(spec, serial_runs, reference, tmp_path):
     for n in SHARDS:
         got = compare(
-            spec, None, CATEGORIES, batch_size=BATCH, engine="processes", workers=2, shards=n,
+            spec,
+            None,
+            CATEGORIES,
+            batch_size=BATCH,
+            engine="processes",
+            workers=2,
+            shards=n,
             progress=False,
         )
         assert last_run().engine == "processes" and last_run().shards == n
         assert_same_comparison(got, reference[0])
         assert digest(got, tmp_path) == digest(serial_runs[n], tmp_path)
     again = compare(
-        spec, None, CATEGORIES, batch_size=BATCH, engine="processes", workers=2, shards=3,
+        spec,
+        None,
+        CATEGORIES,
+        batch_size=BATCH,
+        engine="processes",
+        workers=2,
+        shards=3,
         progress=False,
     )
     assert digest(again, tmp_path) == digest(serial_runs[3], tmp_path)  # repeated: same bytes
@@ -115,8 +127,16 @@ def test_top_activations_merged_from_shards_equal_one_pass(spec, reference, shar
 @pytest.mark.slow
 def test_top_activations_on_processes(spec, reference, tmp_path):
     top = top_activations(
-        spec, None, TEXTS, layers=[0, 1], k=4, batch_size=3, engine="processes", workers=2,
-        shards=7, progress=False,
+        spec,
+        None,
+        TEXTS,
+        layers=[0, 1],
+        k=4,
+        batch_size=3,
+        engine="processes",
+        workers=2,
+        shards=7,
+        progress=False,
     )
     assert_same_top(top, reference[1])
     one = top_activations(
@@ -183,12 +203,21 @@ def test_killed_process_worker_is_replaced_and_nothing_counted_twice(spec, seria
 
     def run():
         return compare(
-            spec, None, CATEGORIES, batch_size=BATCH, engine="processes", workers=2, shards=7,
-            checkpoint=folder, progress=False,
+            spec,
+            None,
+            CATEGORIES,
+            batch_size=BATCH,
+            engine="processes",
+            workers=2,
+            shards=7,
+            checkpoint=folder,
+            progress=False,
         )
 
     with pytest.warns(cb.CircuitboardWarning, match="worker died"):
-        got, killed = run_and_kill(run, folder, lambda: [p.pid for p in multiprocessing.active_children()])
+        got, killed = run_and_kill(
+            run, folder, lambda: [p.pid for p in multiprocessing.active_children()]
+        )
     assert killed and last_run().retried >= 1
     assert digest(got, tmp_path) == digest(serial_runs[7], tmp_path)
 

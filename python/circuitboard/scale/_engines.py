@@ -80,7 +80,13 @@ class SerialEngine:
         self.model = self.tokenizer = None
 
 
-_PRELOAD = ["torch", "transformers", "circuitboard.capture", "circuitboard.analysis"]
+_PRELOAD = [
+    "torch",
+    "transformers",
+    "transformers.modeling_utils",  # most of what loading any model imports
+    "circuitboard.capture",
+    "circuitboard.analysis",
+]
 
 
 def _mp_context() -> Any:

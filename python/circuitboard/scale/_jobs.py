@@ -113,8 +113,9 @@ def compare_sharded(
         groups = cut([b - a for _, a, b in blocks], _shards(shards, engine, eng))
         payloads = [
             {
-                "blocks": [(blocks[j][0], list(categories[blocks[j][0]][slice(*blocks[j][1:])]))
-                           for j in g],
+                "blocks": [
+                    (blocks[j][0], list(categories[blocks[j][0]][slice(*blocks[j][1:])])) for j in g
+                ],
                 "options": options,
             }
             for g in groups
@@ -269,4 +270,3 @@ def top_activations_sharded(
         if owned:
             eng.close()
     return finish_top_activations(part, texts, tok, effects, name)
-

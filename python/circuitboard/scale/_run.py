@@ -83,7 +83,7 @@ def cut(sizes: list[int], shards: int) -> list[list[int]]:
             j += 1
         bounds.append(j)
     bounds.append(n)
-    return [list(range(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
+    return [list(range(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _digest(key: dict[str, Any]) -> str:
@@ -164,7 +164,11 @@ def execute(
     eng = engine_obj
     if todo and eng is None:
         eng, owned = get_engine(
-            engine, source, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address
+            engine,
+            source,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            ray_address=ray_address,
         )
     t_start = time.perf_counter() - t0
     bar = None
