@@ -622,7 +622,7 @@ def scan_texts(
     positive = torch.zeros(n, dtype=torch.long)
     vmin = torch.full((n,), torch.inf, dtype=torch.float64)
     vmax = torch.full((n,), -torch.inf, dtype=torch.float64)
-    edges_t = torch.from_numpy(np.ascontiguousarray(edges, dtype=np.float64))
+    edges_t = torch.from_numpy(np.array(edges, dtype=np.float64))  # a writable copy
     lo_e, w_e = edges_t[:, 0], (edges_t[:, -1] - edges_t[:, 0]) / bins
     offs = torch.arange(-before, after + 1)
     with _NeuronReader(model, sel) as reader:

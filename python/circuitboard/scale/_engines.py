@@ -212,6 +212,7 @@ class RayEngine:
             have = res.get("GPU", 0) if gpus else res.get("CPU", 1)
             workers = max(1, int(have // per))
         self.workers, self.gpus, self.threads = workers, gpus, threads
+        _check_fits(ray, workers, threads or 1, gpus)
         self.session = _ray_session(ray)
         self.actor_cls = ray.remote(_RayWorker)
         self.source = ray.put(source) if isinstance(source, Loaded) else source
@@ -299,6 +300,19 @@ class _RayWorker:
         return _call(fn, payload)
 
 
+def _check_fits(ray: Any, workers: int, cpus: float, gpus: float) -> None:
+    """Refuse at once what the cluster can never hold (actors would wait for ever)."""
+    have = ray.cluster_resources()
+    need = {"CPU": workers * cpus, "GPU": workers * gpus}
+    short = {k: v for k, v in need.items() if v and v > have.get(k, 0) + 1e-9}
+    if short:
+        got = {k: have.get(k, 0) for k in short}
+        raise ValueError(
+            f"{workers} Ray workers need {short} but the cluster has {got}; use fewer "
+            "workers= (or gpus_per_worker=), or add nodes (ray start --address=...)."
+        )
+
+
 def _ray_session(ray: Any) -> str:
     ctx = ray.get_runtime_context()
     return f"{getattr(ctx, 'gcs_address', '')}/{ctx.get_job_id()}"
@@ -358,27 +372,37 @@ def get_engine(
         return SerialEngine(source, threads=threads), True
     if engine == "processes":
         n = workers or max(1, min(os.cpu_count() or 1, 8))
-        if spec is None:
-            return ProcessEngine(source, workers=n, gpus=gpus, threads=threads), True
         key = ("processes", repr(spec), n, gpus)
-        eng = _WARM.get(key)
-        if eng is None:
-            eng = _WARM[key] = ProcessEngine(source, workers=n, gpus=gpus, threads=threads)
-        return eng, False
-    if spec is None:
-        return RayEngine(
-            source, workers=workers, gpus=gpus, threads=threads, ray_address=ray_address
-        ), True
+        if key not in _WARM:
+            _release("processes")  # one warm pool at a time: its workers hold memory
+            eng = ProcessEngine(source, workers=n, gpus=gpus, threads=threads)
+            if spec is None:
+                return eng, True
+            _WARM[key] = eng
+        return _WARM[key], False
     key = ("ray", repr(spec), workers, gpus, ray_address)
     eng = _WARM.get(key)
     if eng is not None and not eng.alive():
         _WARM.pop(key)
         eng = None
     if eng is None:
-        eng = _WARM[key] = RayEngine(
+        # Warm actors hold their CPUs and GPUs: free them, or the new actors may never start.
+        _release("ray")
+        eng = RayEngine(
             source, workers=workers, gpus=gpus, threads=threads, ray_address=ray_address
         )
+        if spec is None:
+            return eng, True
+        _WARM[key] = eng
     return eng, False
+
+
+def _release(kind: str) -> None:
+    for key in [k for k in _WARM if k[0] == kind]:
+        try:
+            _WARM.pop(key).close()
+        except Exception:  # a pool or cluster already gone
+            pass
 
 
 def shutdown() -> None:
