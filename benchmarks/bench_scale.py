@@ -34,6 +34,18 @@ def _timed(fn):
     return time.perf_counter() - t, out
 
 
+def _start_ray(ray, cpus: int, tries: int = 2):
+    """``ray.init``; on a saturated machine Ray's raylet can time out (ray-project/ray#65983)."""
+    for _ in range(tries):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            return None
+        except Exception as e:  # "The current node timed out during startup"
+            ray.shutdown()
+            err = str(e).split(".")[0]
+    return err
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=256)
@@ -78,11 +90,10 @@ def main() -> None:
             except ImportError:
                 notes.append('Ray not installed: `pip install "circuitboard[ray]"`.')
                 continue
-            t_init, _ = _timed(
-                lambda: ray.init(
-                    num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False
-                )
-            )
+            t_init, err = _timed(lambda: _start_ray(ray, max(args.workers)))
+            if err is not None:
+                notes.append(f"Ray did not start here ({err}); no Ray numbers this run.")
+                continue
             notes.append(f"`ray.init` (local, {max(args.workers)} CPUs): {t_init:.1f} s.")
         for w in args.workers:
             src = spec

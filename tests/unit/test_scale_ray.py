@@ -31,7 +31,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def cluster():
     """One local cluster for the module (start-up costs seconds), shut down afterwards."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # On a saturated machine Ray's raylet gives up when its dashboard agent is slow to import
+    # (ray-project/ray#65983, a fixed port-file timeout); a second try usually wins the race.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as err:  # "The current node timed out during startup"
+            ray.shutdown()
+            if attempt == 2:
+                pytest.fail(f"a local Ray cluster did not start three times: {err}")
     try:
         yield ray
     finally:
