@@ -137,6 +137,8 @@ class ProcessEngine:
         pending = dict(payloads)
         attempts = dict.fromkeys(pending, 0)
         self.last_retried = 0
+        if getattr(self.pool, "_broken", False):  # a warm pool that lost a worker while idle
+            self.pool = self._new_pool()
         while pending:
             futures = {self.pool.submit(_call, fn, pending[i]): i for i in sorted(pending)}
             lost: list[int] = []
@@ -158,12 +160,12 @@ class ProcessEngine:
                 raise
             if lost:  # a worker died: every shard it or its pool held runs again
                 self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._new_pool()
                 self.last_retried += len(lost)
                 for i in lost:
                     attempts[i] += 1
                     _check_attempts(i, attempts[i], retries)
                 _warn_lost(lost, self.name)
-                self.pool = self._new_pool()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
