@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--engines", nargs="+", default=["processes", "ray"])
     ap.add_argument("--cluster-workers", type=int, default=64)
+    ap.add_argument("--stats", nargs="+", default=None, help="compare's stats= (default all)")
     args = ap.parse_args()
 
     import circuitboard as cb
@@ -69,14 +70,16 @@ def main() -> None:
     n_tokens = sum(len(tok(p)["input_ids"]) for p in prompts)
     bs = args.batch_size
     n_blocks = -(-half // (4 * bs)) * 2
-    run = lambda **kw: cb.compare(model, tok, cats, batch_size=bs, progress=False, **kw)  # noqa: E731
+    opts = {"batch_size": bs, "progress": False, "stats": args.stats}
+    run = lambda **kw: cb.compare(model, tok, cats, **opts, **kw)  # noqa: E731
     t_serial, ref = _timed(run)
     want = _digest(ref)
     t_serial_many, many = _timed(lambda: run(shards=n_blocks))
     rows = [("serial (this process)", 1, "—", t_serial, "—")]
     per_shard_plan = (t_serial_many - t_serial) / max(n_blocks - 1, 1)
     print(
-        f"compare over {args.prompts} prompts ({n_tokens} tokens, 2 categories, every statistic, "
+        f"compare over {args.prompts} prompts ({n_tokens} tokens, 2 categories, "
+        f"stats={args.stats or 'all'}, "
         f"batch_size={bs}, {n_blocks} blocks); default model loaded in {t_load:.1f} s; "
         f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start.\n"
     )
@@ -104,17 +107,14 @@ def main() -> None:
                     src,
                     None,
                     cats,
-                    batch_size=bs,
-                    progress=False,
+                    **opts,
                     engine=engine,
                     workers=w,
                     shards=shards,
                 )
 
             t_cold, got = _timed(lambda few=few: call(few))
-            assert _digest(got) == _digest(
-                cb.compare(model, tok, cats, batch_size=bs, progress=False, shards=few)
-            )
+            assert _digest(got) == _digest(cb.compare(model, tok, cats, **opts, shards=few))
             t_warm, _ = _timed(lambda few=few: call(few))
             t_many, got_many = _timed(lambda: call(n_blocks))
             assert _digest(got_many) == _digest(many), "sharded result differs from serial"

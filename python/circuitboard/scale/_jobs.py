@@ -205,10 +205,10 @@ def top_activations_sharded(
     )
     eng, owned = _engine(engine, source, workers, gpus_per_worker, ray_address)
     try:
-        head = TextPlan(plan.encoded, plan.batches[:_PRELUDE_BATCHES], plan.special, plan.pad_id)
+        first = plan.batches[:_PRELUDE_BATCHES]
         head = TextPlan(
-            {j: plan.encoded[j] for b in head.batches for j in b},  # only what they need
-            head.batches,
+            {j: plan.encoded[j] for b in first for j in b},  # only the texts it needs
+            first,
             plan.special,
             plan.pad_id,
         )
