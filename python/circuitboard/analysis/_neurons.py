@@ -416,7 +416,7 @@ class TextPlan:
     pure function of the texts, the tokenizer and ``batch_size``.
     """
 
-    encoded: list[list[int]]
+    encoded: Any  # token ids by text index: a list, or a dict holding only some texts
     batches: list[list[int]]
     special: tuple[int, ...]
     pad_id: int
