@@ -45,6 +45,10 @@ _LAZY = {
     "head_scores": "circuitboard.analysis",
     "logit_lens": "circuitboard.analysis",
     "top_activations": "circuitboard.analysis",
+    "generate": "circuitboard.intervene",
+    "Generation": "circuitboard.intervene",
+    "steering_vector": "circuitboard.intervene",
+    "SteeringVector": "circuitboard.intervene",
 }
 
 
@@ -75,6 +79,8 @@ __all__ = [
     "compare_view",
     "direct_logit_attribution",
     "from_transformer_lens",
+    "generate",
+    "Generation",
     "head_scores",
     "link",
     "load_capture",
@@ -86,5 +92,7 @@ __all__ = [
     "neuron_dashboard",
     "neurons",
     "report",
+    "steering_vector",
+    "SteeringVector",
     "top_activations",
 ]

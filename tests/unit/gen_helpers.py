@@ -36,7 +36,9 @@ def single_forward(
         handles.append(adapter.block(model, li).register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds):
-            rec = Recorder(model, adapter, info, list(range(info.n_layers)), kinds, 1, torch.float32)
+            rec = Recorder(
+                model, adapter, info, list(range(info.n_layers)), kinds, 1, torch.float32
+            )
             try:
                 rec.rows = [(0, len(ids))]
                 out = model(input_ids=torch.tensor([ids]), use_cache=False)

@@ -25,7 +25,7 @@ from ..capture._run import _capture_mode, _gather_weights, model_info
 from ..capture._tokens import decode_incremental, tokenize
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import get_module
-from ._steering import NO_STEERING, Steering, resolve_steering, steering_hooks
+from ._steering import Steering, resolve_steering, steering_hooks
 
 _SAME: Any = object()  # fork(): "keep the parent's value"
 
@@ -258,8 +258,10 @@ class Generation:
         True
         """
         if self._model is None:
-            raise ValueError("this generation has no model attached (a loaded copy?); fork "
-                             "needs the model: generate again with cb.generate.")
+            raise ValueError(
+                "this generation has no model attached (a loaded copy?); fork "
+                "needs the model: generate again with cb.generate."
+            )
         n = self.n_steps
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= n:
             raise ValueError(
@@ -272,8 +274,10 @@ class Generation:
             hooks = dict(st.hooks)
             if layer is not _SAME:
                 if len(hooks) != 1:
-                    raise ValueError("layer= alone moves a single-layer steering; this one has "
-                                     f"{len(hooks)} layers. Pass steer= as well.")
+                    raise ValueError(
+                        "layer= alone moves a single-layer steering; this one has "
+                        f"{len(hooks)} layers. Pass steer= as well."
+                    )
                 hooks = {layer: next(iter(hooks.values()))}
             steer_arg: Any = hooks or None
         else:
@@ -345,7 +349,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     stop_at_eos: bool = True,
-    max_memory: Any = _memory.parse_bytes("8GiB"),
+    max_memory: Any = "8GiB",
 ) -> Generation:
     """Generate a continuation, optionally steered, capturing every step with the KV cache.
 
@@ -370,8 +374,11 @@ def generate(
     layer, scale
         Where and how strongly to steer (a steering vector remembers its layer).
     positions
-        ``"all"`` (every position, prompt included), ``"new"`` (generated positions only), or
-        a list of absolute token positions.
+        ``"all"`` (every position, prompt included), ``"new"`` (every forward that chooses a
+        token: the last prompt position and the generated ones; the rest of the prompt is read
+        unsteered), or a list of absolute token positions. Steering position 0 of a model
+        with an attention sink there (SmolLM2's first token has a residual norm ~20× the
+        others) tends to break the model rather than steer it: prefer ``"new"``.
     what, dtype
         What to capture (as :func:`circuitboard.capture`; default its default kinds) and the
         storage dtype (default float32: the exact numbers).
@@ -439,7 +446,11 @@ def generate(
             f"{max(max_pos - len(ids), 0)} or shorten the prompt."
         )
     est = _memory.estimate(
-        info, [len(ids) + max_new_tokens], info.n_layers, kinds, dtype,
+        info,
+        [len(ids) + max_new_tokens],
+        info.n_layers,
+        kinds,
+        dtype,
         has_pos_embed=adapter.pos_embed is not None,
     )
     _memory.check(est, max_memory, 1, info.n_layers)

@@ -30,8 +30,8 @@ class SteeringVector(torch.Tensor):
 
     ``layer`` (the block whose input, ``hook_resid_pre``, it was read from), ``pos``,
     ``diff_norm`` (its own norm), ``resid_norm`` (the mean norm of the residual stream there,
-    over every prompt of both sets, for a sense of scale: ``scale * diff_norm / resid_norm``
-    is the relative size of the push) and ``n_positive`` / ``n_negative``.
+    at ``pos``, over every prompt of both sets, for a sense of scale:
+    ``scale * diff_norm / resid_norm`` is the relative size of the push) and ``n_positive`` / ``n_negative``.
     Arithmetic on it gives plain tensors.
 
     Examples
@@ -152,7 +152,7 @@ def steering_vector(
             seen.clear()
             model(input_ids=torch.tensor([ids], device=device), use_cache=False)
             rows.append(seen[0][pos])
-            norms.extend(seen[0].norm(dim=-1).tolist())
+            norms.append(float(seen[0][pos].norm()))
         return torch.stack(rows).mean(0), norms
 
     handle = block.register_forward_pre_hook(read, with_kwargs=True)
@@ -180,8 +180,9 @@ class Steering:
     """A resolved intervention: per layer, a vector (times ``scale``) or a callable (whose
     change to the residual is multiplied by ``scale``).
 
-    ``positions`` is ``"all"`` (every position, prompt included), ``"new"`` (generated
-    positions only: the prompt is read unsteered) or a list of absolute positions.
+    ``positions`` is ``"all"`` (every position, prompt included), ``"new"`` (the positions
+    whose forwards choose generated tokens: the last prompt token and every generated one; the
+    prompt before it is read unsteered) or a list of absolute positions.
     """
 
     hooks: dict[int, torch.Tensor | SteerFn] = field(default_factory=dict)
@@ -272,7 +273,9 @@ def resolve_steering(
         hooks[layer] = steer if callable(steer) else _vector(steer, d_model, "steer")
     parts = []
     for li, h in hooks.items():
-        what = getattr(h, "__name__", "hook") + "()" if callable(h) else f"|v|={float(h.norm()):.3g}"
+        what = (
+            getattr(h, "__name__", "hook") + "()" if callable(h) else f"|v|={float(h.norm()):.3g}"
+        )
         parts.append(f"L{li} resid_pre {what}")
     where = pos if isinstance(pos, str) else f"positions {list(pos)}"
     desc = f"{', '.join(parts)} × {float(scale):g} at {where}"
@@ -311,7 +314,7 @@ class SteeringHooks:
         if p == "all":
             return torch.ones(n, dtype=torch.bool, device=device)
         if p == "new":
-            return pos >= self.n_prompt
+            return pos >= self.n_prompt - 1
         return torch.isin(pos, torch.tensor(p, device=device, dtype=torch.long))
 
     def _make(self, layer: int, h: Any) -> Any:
