@@ -31,7 +31,8 @@ class SteeringVector(torch.Tensor):
     ``layer`` (the block whose input, ``hook_resid_pre``, it was read from), ``pos``,
     ``diff_norm`` (its own norm), ``resid_norm`` (the mean norm of the residual stream there,
     at ``pos``, over every prompt of both sets, for a sense of scale:
-    ``scale * diff_norm / resid_norm`` is the relative size of the push) and ``n_positive`` / ``n_negative``.
+    ``scale * diff_norm / resid_norm`` is the relative size of the push) and ``n_positive`` /
+    ``n_negative``.
     Arithmetic on it gives plain tensors.
 
     Examples
