@@ -547,6 +547,7 @@ def _run(
             try:
                 while True:
                     steer_hooks.offset = offset
+                    steer_hooks.before(len(feed))
                     rec.rows = [(0, len(feed))]
                     x = torch.tensor([feed], device=device)
                     out = model(input_ids=x, cache=cache, use_cache=True)  # cache grows in place

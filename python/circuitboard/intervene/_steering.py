@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
-from ..capture._run import _capture_mode, _parse_prompts
+from ..capture._run import _capture_mode, _parse_prompts, model_info
 from ..capture._tokens import tokenize
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import get_module
+from ._hooks import Edit, write_hooks
+from ._sites import Site
 
 SteerFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 """``fn(resid [batch, pos, d_model], positions [pos]) -> new resid or None`` (None: unchanged)."""
@@ -134,12 +136,7 @@ def steering_vector(
     if isinstance(pos, bool) or not isinstance(pos, int):
         raise TypeError(f"pos must be an int token position; got {pos!r}.")
     device = get_module(model, adapter.embed).weight.device
-    block = adapter.block(model, layer)
-    seen: list[torch.Tensor] = []
-
-    def read(mod: Any, args: tuple, kwargs: dict) -> None:
-        x = args[0] if args else kwargs["hidden_states"]
-        seen.append(x[0].detach().to("cpu", torch.float32))
+    read = Edit(Site("resid_pre", layer), op="read")
 
     def means(items: list[str]) -> tuple[torch.Tensor, list[float]]:
         rows, norms = [], []
@@ -150,19 +147,16 @@ def steering_vector(
                     f"pos={pos} is outside the prompt {p!r}, which has {len(ids)} tokens; use "
                     "pos=-1 (the last token) or a position every prompt has."
                 )
-            seen.clear()
             model(input_ids=torch.tensor([ids], device=device), use_cache=False)
-            rows.append(seen[0][pos])
-            norms.append(float(seen[0][pos].norm()))
+            x = read.activation[0, pos].to("cpu", torch.float32)
+            rows.append(x)
+            norms.append(float(x.norm()))
         return torch.stack(rows).mean(0), norms
 
-    handle = block.register_forward_pre_hook(read, with_kwargs=True)
-    try:
-        with torch.no_grad(), _capture_mode(model, eager=False):
+    with torch.no_grad(), _capture_mode(model, eager=False):
+        with write_hooks(model, [read], adapter=adapter):
             mp, np_ = means(pos_items)
             mn, nn_ = means(neg_items)
-    finally:
-        handle.remove()
     all_norms = np_ + nn_
     return SteeringVector.wrap(
         mp - mn,
@@ -284,32 +278,29 @@ def resolve_steering(
 
 
 class SteeringHooks:
-    """Forward pre-hooks that add the steering to each steered block's input.
+    """The per-forward state of steering: which positions each forward steers, what was added.
 
     ``offset`` (the absolute position of the first token of the next forward) and
-    ``n_prompt`` are set by the caller before each forward; with a KV cache each forward sees
-    only its new positions. ``deltas[layer]`` collects what was added, one ``[pos, d_model]``
-    float32 row block per forward (zeros where unsteered), so that what was added is known
-    exactly (e.g. for an attribution that includes it).
+    ``n_prompt`` are set by the caller; :meth:`before` (called before each forward with its
+    number of tokens) sets the ``add`` edits' values for those positions. With a KV cache each
+    forward sees only its new positions. ``deltas[layer]`` collects what was added, one
+    ``[pos, d_model]`` float32 block per forward (zeros where unsteered).
     """
 
-    def __init__(self, model: Any, adapter: Any, steering: Steering) -> None:
+    def __init__(self, steering: Steering, d_model: int) -> None:
         self.steering = steering
+        self.d_model = d_model
         self.offset = 0
         self.n_prompt = 0
         self.deltas: dict[int, list[torch.Tensor]] = {li: [] for li in steering.hooks}
-        self.handles: list[Any] = []
-        try:
-            for li, h in steering.hooks.items():
-                blk = adapter.block(model, li)
-                self.handles.append(
-                    blk.register_forward_pre_hook(self._make(li, h), with_kwargs=True)
-                )
-        except BaseException:
-            self.close()
-            raise
+        self.vector_edits = {
+            li: Edit(Site("resid_pre", li), op="add", value=torch.zeros(d_model))
+            for li, h in steering.hooks.items()
+            if not callable(h)
+        }
 
-    def _mask(self, n: int, device: Any) -> torch.Tensor:
+    def mask(self, n: int, device: Any = "cpu") -> torch.Tensor:
+        """``[n]`` bool: which of the next forward's ``n`` positions are steered."""
         pos = torch.arange(self.offset, self.offset + n, device=device)
         p = self.steering.positions
         if p == "all":
@@ -318,33 +309,35 @@ class SteeringHooks:
             return pos >= self.n_prompt - 1
         return torch.isin(pos, torch.tensor(p, device=device, dtype=torch.long))
 
-    def _make(self, layer: int, h: Any) -> Any:
+    def before(self, n: int) -> None:
+        """Set the vector edits for a forward over ``n`` new positions."""
+        m = self.mask(n).to(torch.float32)[None, :, None]
+        for li, edit in self.vector_edits.items():
+            delta = m * (self.steering.scale * self.steering.hooks[li])  # [1, n, d_model]
+            edit.value = delta
+            self.deltas[li].append(delta[0])
+
+    def callable_hook(self, layer: int, fn: SteerFn) -> Any:
+        """A block pre-hook running ``fn``; its change is scaled and kept to the positions."""
         scale = self.steering.scale
 
         def hook(mod: Any, args: tuple, kwargs: dict) -> Any:
             from_args = bool(args)
             x = args[0] if from_args else kwargs["hidden_states"]
             n = x.shape[1]
-            mask = self._mask(n, x.device)
-            if callable(h):
-                positions = torch.arange(self.offset, self.offset + n, device=x.device)
-                y = h(x, positions)
-                y = x if y is None else y
-                if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-                    raise ValueError(
-                        f"the steering hook at layer {layer} must return a tensor of the "
-                        f"residual's shape {tuple(x.shape)} or None; got "
-                        f"{getattr(y, 'shape', type(y).__name__)}."
-                    )
-                # scale multiplies the hook's change, so scale=0 is "no steering" here too
-                y = torch.where(mask[None, :, None], x + scale * (y - x), x)
-            else:
-                v = h.to(device=x.device, dtype=x.dtype) * scale
-                y = x + mask[None, :, None].to(x.dtype) * v
+            positions = torch.arange(self.offset, self.offset + n, device=x.device)
+            y = fn(x, positions)
+            y = x if y is None else y
+            if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+                raise ValueError(
+                    f"the steering hook at layer {layer} must return a tensor of the "
+                    f"residual's shape {tuple(x.shape)} or None; got "
+                    f"{getattr(y, 'shape', type(y).__name__)}."
+                )
+            # scale multiplies the hook's change, so scale=0 is "no steering" here too
+            y = torch.where(self.mask(n, x.device)[None, :, None], x + scale * (y - x), x)
             self.deltas[layer].append((y - x)[0].detach().to("cpu", torch.float32))
-            if from_args:
-                return (y, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": y}
+            return ((y, *args[1:]), kwargs) if from_args else (args, {**kwargs, "hidden_states": y})
 
         return hook
 
@@ -352,16 +345,27 @@ class SteeringHooks:
         """``[positions, d_model]`` everything added at ``layer`` so far (float32, CPU)."""
         return torch.cat(self.deltas[layer]) if self.deltas[layer] else torch.zeros(0)
 
-    def close(self) -> None:
-        while self.handles:
-            self.handles.pop().remove()
-
 
 @contextlib.contextmanager
 def steering_hooks(model: Any, adapter: Any, steering: Steering) -> Iterator[SteeringHooks]:
-    """Install :class:`SteeringHooks`; every handle is removed on exit, also on errors."""
-    hooks = SteeringHooks(model, adapter, steering)
-    try:
-        yield hooks
-    finally:
-        hooks.close()
+    """Install the steering; every hook is removed on exit, also on errors.
+
+    Vectors are ``add`` edits of :func:`~circuitboard.intervene.write_hooks` at
+    ``resid_pre`` of their layer. A callable needs the activation before it can say what to
+    write, which no ``Edit`` op expresses, so it gets one block pre-hook, registered after
+    ``write_hooks``' and removed in the same ``finally``.
+    """
+    d_model = model_info(model, adapter).d_model
+    state = SteeringHooks(steering, d_model)
+    handles: list[Any] = []
+    with write_hooks(model, list(state.vector_edits.values()), adapter=adapter):
+        try:
+            for li, h in steering.hooks.items():
+                if callable(h):
+                    blk = adapter.block(model, li)
+                    hook = state.callable_hook(li, h)
+                    handles.append(blk.register_forward_pre_hook(hook, with_kwargs=True))
+            yield state
+        finally:
+            while handles:
+                handles.pop().remove()
