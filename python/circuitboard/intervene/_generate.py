@@ -74,8 +74,13 @@ class Sampling:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    eos: tuple[int, ...] = ()  # suppressed before min_new_tokens
+    min_new_tokens: int = 0
 
     def choose(self, logits: torch.Tensor, step: int) -> int:
+        if step < self.min_new_tokens and self.eos:
+            logits = logits.clone()
+            logits[list(self.eos)] = float("-inf")
         if not self.do_sample:
             return int(logits.argmax())
         x = logits.float().cpu() / self.temperature
@@ -349,6 +354,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     stop_at_eos: bool = True,
+    min_new_tokens: int = 0,
     max_memory: Any = "8GiB",
 ) -> Generation:
     """Generate a continuation, optionally steered, capturing every step with the KV cache.
@@ -384,6 +390,9 @@ def generate(
         storage dtype (default float32: the exact numbers).
     stop_at_eos
         Stop after the end-of-sequence token.
+    min_new_tokens
+        Never choose the end-of-sequence token before this many tokens (as transformers'
+        ``min_new_tokens``; the recorded logits are the model's, unchanged).
     max_memory
         Refuse up front when the capture would exceed this (see :func:`circuitboard.capture`).
 
@@ -431,7 +440,21 @@ def generate(
         raise TypeError(f"seed must be an int or None; got {seed!r}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature!r}.")
-    sampling = Sampling(do_sample, seed, float(temperature), top_k, top_p)
+    if (
+        isinstance(min_new_tokens, bool)
+        or not isinstance(min_new_tokens, int)
+        or min_new_tokens < 0
+    ):
+        raise ValueError(f"min_new_tokens must be an int >= 0; got {min_new_tokens!r}.")
+    sampling = Sampling(
+        do_sample,
+        seed,
+        float(temperature),
+        top_k,
+        top_p,
+        tuple(sorted(_eos_ids(model, tokenizer))) if min_new_tokens else (),
+        min_new_tokens,
+    )
     ids, texts = tokenize(tokenizer, prompt)
     if not ids:
         raise ValueError(f"the tokenizer produced no tokens for prompt {prompt!r}.")
