@@ -280,3 +280,31 @@ def test_steering_vector_and_comparison_direction(llama):
     )
     with pytest.raises(ValueError, match="no residual-stream statistics"):
         no_resid.direction("cat", "dog", 1)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_attribution_of_a_step_sums_to_the_logit(llama, layer):
+    model, tok = llama
+    plain = generate(model, tok, PROMPT, max_new_tokens=3, stop_at_eos=False)
+    steered = generate(
+        model, tok, PROMPT, max_new_tokens=3, stop_at_eos=False, steer=vec(model), layer=layer
+    )
+    for gen in (plain, steered):
+        for s in range(3):
+            a = gen.attribution(s)
+            assert a.target == gen.token_ids[s] and a.pos == gen.position(s)
+            assert abs(a.model_value - float(gen.logits(s)[gen.token_ids[s]])) < 1e-5
+            scale = max(1.0, float(a.values.abs().sum()))
+            assert abs(a.total - a.model_value) <= 1e-5 * scale, (a.total, a.model_value)
+    assert "steer" not in plain.attribution(0).labels
+    assert abs(steered.attribution(0)["steer"]) > 0
+
+
+def test_step_lens_last_layer_is_the_model(llama):
+    model, tok = llama
+    gen = generate(model, tok, PROMPT, max_new_tokens=4, stop_at_eos=False)
+    lens = gen.step_lens(k=2)
+    assert lens["top_ids"].shape == (4, 2, 2)
+    want = torch.stack([gen.logits(s).softmax(-1)[gen.token_ids[s]] for s in range(4)])
+    assert torch.allclose(lens["chosen_probs"][:, -1], want, atol=1e-5)
+    assert lens["top_ids"][:, -1, 0].tolist() == gen.token_ids  # greedy: the last layer's top

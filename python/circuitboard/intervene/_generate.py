@@ -230,6 +230,85 @@ class Generation:
         la, lb = a.log_softmax(-1), b.log_softmax(-1)
         return (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
 
+    def attribution(self, step: int, baseline: Any = None) -> Any:
+        """Direct logit attribution of the token chosen at ``step`` (minus ``baseline``'s).
+
+        An :class:`circuitboard.analysis.Attribution` at :meth:`position` ``(step)``: every
+        head, MLP, the embedding and the biases, plus, when steered, ``steer``: what the added
+        vectors contribute directly through the frozen final norm. The values sum to the
+        model's logit (difference), steered or not.
+        """
+        from ..analysis._attribution import Attribution, attribute_positions, prepare
+        from ..analysis._common import norm_weight
+
+        s = self._step(step)
+        cap = self.capture
+        t, b, p = prepare(cap, self.token_ids[s], baseline, self.position(s))
+        steered = {li: d for li, d in self.steer_added.items() if bool(d.any())}
+        if not steered:
+            return attribute_positions(cap, t, b, [p])[0]
+        # The components rebuild the residual without what steering added: attribute that
+        # residual, then add the steering's own direct term (linear with the norm frozen).
+        L = cap.info.n_layers
+        total = torch.stack(list(steered.values())).sum(0)
+        tensors = dict(cap.tensors)
+        last = f"blocks.{L - 1}.hook_resid_post"
+        tensors[last] = cap.tensors[last] - total.to(cap.tensors[last].dtype)
+        if 0 in steered and "blocks.0.hook_resid_pre" in tensors:  # recorded after steering
+            first = cap.tensors["blocks.0.hook_resid_pre"]
+            tensors["blocks.0.hook_resid_pre"] = first - steered[0].to(first.dtype)
+        unsteered = Capture(**{**cap.__dict__, "tensors": tensors})
+        attr = attribute_positions(unsteered, t, b, [p])[0]
+        W_U = cap.weights["unembed.W_U"].detach().to("cpu", torch.float64)
+        u = W_U[:, t] - (W_U[:, b] if b is not None else 0.0)
+        scale = cap.tensors["ln_final.hook_scale"].reshape(cap.n_tokens, -1)[p, 0].double()
+        direction = scale * norm_weight(cap, cap.info, "attribution") * u
+        if cap.info.norm == "layernorm":
+            direction = direction - direction.mean()
+        steer_value = float(total[p].double() @ direction)
+        return Attribution(
+            labels=[*attr.labels, "steer"],
+            values=torch.cat([attr.values, torch.tensor([steer_value])]),
+            model_value=attr.model_value,
+            target=attr.target,
+            baseline=attr.baseline,
+            pos=attr.pos,
+            n_layers=attr.n_layers,
+            n_heads=attr.n_heads,
+            target_text=attr.target_text,
+            baseline_text=attr.baseline_text,
+            biases=attr.biases,
+            residual_error=attr.residual_error,
+            _neurons=attr._neurons,
+        )
+
+    def step_lens(self, k: int = 1) -> dict[str, torch.Tensor]:
+        """The logit lens of every step: each layer's residual (``hook_resid_post``, its own
+        norm scale; the last layer the model's output) at each step's :meth:`position`.
+
+        Returns ``top_ids`` / ``top_probs`` ``[steps, layers, k]`` and ``chosen_probs``
+        ``[steps, layers]`` (the probability of the token each step chose).
+        """
+        from ..analysis._lens import _norm_params, _normalized, _unembed
+
+        cap, info = self.capture, self.capture.info
+        params = _norm_params(cap, info)
+        pos = torch.tensor([self.position(s) for s in range(self.n_steps)])
+        chosen = torch.tensor(self.token_ids)
+        ids, probs, cps = [], [], []
+        for li in range(info.n_layers):
+            y = _normalized(cap, info, li, params)[pos]
+            logp = _unembed(y, info, params).log_softmax(-1)
+            tp, ti = logp.topk(k, dim=-1)
+            ids.append(ti)
+            probs.append(tp.exp())
+            cps.append(logp.gather(-1, chosen[:, None])[:, 0].exp())
+        return {
+            "top_ids": torch.stack(ids, 1),
+            "top_probs": torch.stack(probs, 1).float(),
+            "chosen_probs": torch.stack(cps, 1).float(),
+        }
+
     # -- forks -------------------------------------------------------------------------------
     def fork(
         self,
