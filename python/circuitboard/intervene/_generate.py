@@ -159,6 +159,7 @@ class Generation:
     _kinds: tuple[str, ...] = ()
     _dtype: Any = None
     _stop_at_eos: bool = True
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)  # prepared analysis inputs
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -238,75 +239,112 @@ class Generation:
         vectors contribute directly through the frozen final norm. The values sum to the
         model's logit (difference), steered or not.
         """
+        return self.attributions([step], baseline)[0]
+
+    def attributions(self, steps: list[int] | None = None, baseline: Any = None) -> list[Any]:
+        """:meth:`attribution` of several steps (default all), sharing one preparation."""
         from ..analysis._attribution import Attribution, attribute_positions, prepare
-        from ..analysis._common import norm_weight
 
-        s = self._step(step)
+        steps = list(range(self.n_steps)) if steps is None else [self._step(s) for s in steps]
+        cap, steer_total = self._attribution_capture()
+        out = []
+        for s in steps:
+            t, b, p = prepare(cap, self.token_ids[s], baseline, self.position(s))
+            attr = attribute_positions(cap, t, b, [p])[0]
+            if steer_total is None:
+                out.append(attr)
+                continue
+            cols = cap.weights["unembed.W_U"][:, [t] if b is None else [t, b]]
+            cols = cols.detach().to("cpu", torch.float64)
+            u = cols[:, 0] - (cols[:, 1] if b is not None else 0.0)
+            scale = cap.tensors["ln_final.hook_scale"].reshape(cap.n_tokens, -1)[p, 0].double()
+            w = cap.weights["ln_final.w"].double()
+            w = 1.0 + w if cap.info.norm == "gemma_rmsnorm" else w
+            direction = scale * w * u
+            if cap.info.norm == "layernorm":
+                direction = direction - direction.mean()
+            steer_value = float(steer_total[p] @ direction)
+            out.append(
+                Attribution(
+                    labels=[*attr.labels, "steer"],
+                    values=torch.cat([attr.values, torch.tensor([steer_value])]),
+                    model_value=attr.model_value,
+                    target=attr.target,
+                    baseline=attr.baseline,
+                    pos=attr.pos,
+                    n_layers=attr.n_layers,
+                    n_heads=attr.n_heads,
+                    target_text=attr.target_text,
+                    baseline_text=attr.baseline_text,
+                    biases=attr.biases,
+                    residual_error=attr.residual_error,
+                    _neurons=attr._neurons,
+                )
+            )
+        return out
+
+    def _attribution_capture(self) -> tuple[Capture, torch.Tensor | None]:
+        """The capture as attribution reads it, made once: the tensors and weights it uses in
+        float64 (converted once instead of at every step) and, when steered, the residual
+        without what steering added (its direct term is added separately), so the components
+        rebuild it exactly. Also returns the steering's total ``[pos, d_model]`` (or None)."""
+        if "attribution" in self._memo:
+            return self._memo["attribution"]
         cap = self.capture
-        t, b, p = prepare(cap, self.token_ids[s], baseline, self.position(s))
-        steered = {li: d for li, d in self.steer_added.items() if bool(d.any())}
-        if not steered:
-            return attribute_positions(cap, t, b, [p])[0]
-        # The components rebuild the residual without what steering added: attribute that
-        # residual, then add the steering's own direct term (linear with the norm frozen).
         L = cap.info.n_layers
-        total = torch.stack(list(steered.values())).sum(0)
-        tensors = dict(cap.tensors)
-        last = f"blocks.{L - 1}.hook_resid_post"
-        tensors[last] = cap.tensors[last] - total.to(cap.tensors[last].dtype)
-        if 0 in steered and "blocks.0.hook_resid_pre" in tensors:  # recorded after steering
-            first = cap.tensors["blocks.0.hook_resid_pre"]
-            tensors["blocks.0.hook_resid_pre"] = first - steered[0].to(first.dtype)
-        unsteered = Capture(**{**cap.__dict__, "tensors": tensors})
-        attr = attribute_positions(unsteered, t, b, [p])[0]
-        W_U = cap.weights["unembed.W_U"].detach().to("cpu", torch.float64)
-        u = W_U[:, t] - (W_U[:, b] if b is not None else 0.0)
-        scale = cap.tensors["ln_final.hook_scale"].reshape(cap.n_tokens, -1)[p, 0].double()
-        direction = scale * norm_weight(cap, cap.info, "attribution") * u
-        if cap.info.norm == "layernorm":
-            direction = direction - direction.mean()
-        steer_value = float(total[p].double() @ direction)
-        return Attribution(
-            labels=[*attr.labels, "steer"],
-            values=torch.cat([attr.values, torch.tensor([steer_value])]),
-            model_value=attr.model_value,
-            target=attr.target,
-            baseline=attr.baseline,
-            pos=attr.pos,
-            n_layers=attr.n_layers,
-            n_heads=attr.n_heads,
-            target_text=attr.target_text,
-            baseline_text=attr.baseline_text,
-            biases=attr.biases,
-            residual_error=attr.residual_error,
-            _neurons=attr._neurons,
-        )
+        f64 = torch.float64
+        used = ("attn.hook_z", "mlp.hook_post")
+        tensors = {
+            n: (t.detach().to("cpu", f64) if n.endswith(used) else t)
+            for n, t in cap.tensors.items()
+        }
+        for n in (f"blocks.{L - 1}.hook_resid_post", "blocks.0.hook_resid_pre"):
+            if n in tensors:
+                tensors[n] = tensors[n].detach().to("cpu", f64)
+        weights = {
+            n: (w.detach().to("cpu", f64) if n.endswith(("W_O", "b_O", "W_out", "b_out")) else w)
+            for n, w in cap.weights.items()
+        }
+        steered = {li: d for li, d in self.steer_added.items() if bool(d.any())}
+        total = None
+        if steered:
+            total = torch.stack(list(steered.values())).sum(0).double()
+            last = f"blocks.{L - 1}.hook_resid_post"
+            tensors[last] = tensors[last] - total
+            if 0 in steered and "blocks.0.hook_resid_pre" in tensors:  # recorded after steering
+                tensors["blocks.0.hook_resid_pre"] = (
+                    tensors["blocks.0.hook_resid_pre"] - steered[0].double()
+                )
+        prepared = Capture(**{**cap.__dict__, "tensors": tensors, "weights": weights})
+        self._memo["attribution"] = (prepared, total)
+        return prepared, total
 
-    def step_lens(self, k: int = 1) -> dict[str, torch.Tensor]:
-        """The logit lens of every step: each layer's residual (``hook_resid_post``, its own
-        norm scale; the last layer the model's output) at each step's :meth:`position`.
+    def step_lens(self, k: int = 1, steps: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """The logit lens of each step (default all): every layer's residual
+        (``hook_resid_post``, normalized with its own scale; the last layer the model's
+        output) at the step's :meth:`position`, through the final norm and unembedding.
 
         Returns ``top_ids`` / ``top_probs`` ``[steps, layers, k]`` and ``chosen_probs``
         ``[steps, layers]`` (the probability of the token each step chose).
         """
         from ..analysis._lens import _norm_params, _normalized, _unembed
 
+        steps = list(range(self.n_steps)) if steps is None else [self._step(s) for s in steps]
         cap, info = self.capture, self.capture.info
         params = _norm_params(cap, info)
-        pos = torch.tensor([self.position(s) for s in range(self.n_steps)])
-        chosen = torch.tensor(self.token_ids)
-        ids, probs, cps = [], [], []
-        for li in range(info.n_layers):
-            y = _normalized(cap, info, li, params)[pos]
-            logp = _unembed(y, info, params).log_softmax(-1)
-            tp, ti = logp.topk(k, dim=-1)
-            ids.append(ti)
-            probs.append(tp.exp())
-            cps.append(logp.gather(-1, chosen[:, None])[:, 0].exp())
+        pos = torch.tensor([self.position(s) for s in steps], dtype=torch.long)
+        chosen = torch.tensor([self.token_ids[s] for s in steps], dtype=torch.long)
+        L = info.n_layers
+        # every layer's rows of these positions in one matmul: [layers * steps, vocab]
+        y = torch.cat([_normalized(cap, info, li, params)[pos] for li in range(L)])
+        logp = _unembed(y, info, params).log_softmax(-1)
+        tp, ti = logp.topk(k, dim=-1)
+        cp = logp.gather(-1, chosen.repeat(L)[:, None])[:, 0].exp()
+        n = len(steps)
         return {
-            "top_ids": torch.stack(ids, 1),
-            "top_probs": torch.stack(probs, 1).float(),
-            "chosen_probs": torch.stack(cps, 1).float(),
+            "top_ids": ti.reshape(L, n, k).transpose(0, 1),
+            "top_probs": tp.exp().reshape(L, n, k).transpose(0, 1).float(),
+            "chosen_probs": cp.reshape(L, n).T.float(),
         }
 
     # -- forks -------------------------------------------------------------------------------
