@@ -22,6 +22,9 @@ def attention(
 ) -> AttentionView:
     """Attention view of every captured layer and head of a capture.
 
+    Patterns are read from the capture in blocks (recomputed from its queries and keys), so
+    every head is viewable at the model's full context; see :class:`AttentionView`.
+
     Examples
     --------
     >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
@@ -33,9 +36,8 @@ def attention(
             "this capture has no attention patterns; capture again with "
             "what=('pattern', ...) or the default what."
         )
-    att = cap.stack("attn.hook_pattern")
     first = layers.index(layer) if layer is not None and layer in layers else 0
-    return AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    return AttentionView(cap, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
 
 
 def logit_attribution(
