@@ -37,8 +37,12 @@ def test_capture_equals_single_forward(factory, sampling):
     model, tok = factory()
     gen = generate(model, tok, PROMPT, max_new_tokens=6, stop_at_eos=False, what="all", **sampling)
     assert gen.capture.n_tokens == gen.n_prompt + 6 and gen.capture.n_generated == 6
+    assert gen.capture.info.attention_path == "interface"  # q/k recorded, patterns on demand
     tensors, logits = single_forward(model, gen.capture.token_ids.tolist())
     assert max_diff(gen.capture, tensors, logits) <= 1e-4
+    # the patterns recomputed from the steps' queries and keys are eager attention's weights
+    eager, _ = single_forward(model, gen.capture.token_ids.tolist(), what=["pattern"], qk=False)
+    assert max_diff(gen.capture, eager, logits) <= 1e-4
     # steered too: the single forward adds the same vector through its own hook
     v = vec(model)
     steered = generate(

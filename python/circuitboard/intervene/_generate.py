@@ -12,15 +12,19 @@ lens / attention / attribution of step ``s`` all read that position.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..capture import _memory
+from ..capture._attn_interface import InterfaceUnavailable, attention_hooks, interface_status
 from ..capture._capture import Capture, ModelInfo
 from ..capture._hooks import Recorder
+from ..capture._patterns import LayerSpec, Patterns, span_from_allowed
 from ..capture._run import _capture_mode, _gather_weights, model_info
 from ..capture._tokens import decode_incremental, tokenize
 from ..capture.adapters import get_adapter
@@ -33,13 +37,72 @@ _SAME: Any = object()  # fork(): "keep the parent's value"
 class _StepRecorder(Recorder):
     """The capture's recorder, for forwards that see only new positions (KV cache).
 
-    Attention weights of a cached forward are ``[b, heads, new, keys so far]``: each new
-    query's row over every key is kept as is and padded into the full pattern afterwards.
+    Queries and keys (the attention-interface path) are recorded for the new positions only
+    (the key tensor a cached forward hands the kernel holds every position so far: its last
+    rows are the new ones), with each new query's allowed keys as ``[lo, hi)`` spans, so the
+    pattern of prompt + continuation is recomputed later exactly as for one forward. On the
+    eager path, each new query's row of weights over every key so far is kept and padded
+    into the full pattern afterwards.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_specs: dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+        self.layer_scaling: dict[int, tuple[float, float | None]] = {}
 
     def put_pattern(self, name: str, w: torch.Tensor) -> None:
         for r, (idx, n) in enumerate(self.rows):
             self.store[idx][name] = self._copy(w[r, :, :n, :])
+
+    def _qk_recorder(self, layer: int) -> Any:
+        p = f"blocks.{layer}.attn."
+
+        def on_qkv(call: Any) -> None:
+            ((idx, n),) = self.rows
+            q = call.query.transpose(1, 2)[0, -n:]  # [new, heads, d_head]
+            k = call.key.transpose(1, 2)[0, -n:]  # the new positions' keys
+            self.store[idx][p + "hook_q"] = self._copy(q, q.dtype)
+            self.store[idx][p + "hook_k"] = self._copy(k, k.dtype)
+            allowed = call.allowed()[0, :, -n:, :]  # [1 or heads, new, keys so far]
+            if allowed.shape[0] > 1 and not bool((allowed == allowed[:1]).all()):
+                raise InterfaceUnavailable(
+                    f"layer {layer} has a different mask per head; circuitboard records one."
+                )
+            span, dense = span_from_allowed(allowed[0])
+            self.step_specs.setdefault(layer, []).append(
+                (span, None if dense is None else allowed[0].cpu().clone())
+            )
+            self.layer_scaling[layer] = (call.scaling, call.softcap)
+
+        return on_qkv
+
+    def full_specs(self, n: int, prefix: dict[int, Any] | None = None) -> dict[int, LayerSpec]:
+        """Each layer's :class:`LayerSpec` over all ``n`` positions (``prefix``: the parent's
+        specs, whose first rows a fork keeps)."""
+        out = {}
+        for layer, parts in self.step_specs.items():
+            spans = [sp for sp, _ in parts]
+            dense_rows = [d for _, d in parts]
+            m0 = n - sum(int(sp.shape[0]) for sp in spans)
+            old = prefix.get(layer) if prefix else None
+            if old is not None and m0:
+                spans.insert(0, old.span[:m0])
+                dense_rows.insert(0, old.allowed[:m0, :m0] if old.allowed is not None else None)
+            span = torch.cat(spans)
+            allowed = None
+            if any(d is not None for d in dense_rows):  # not one interval per query: dense
+                allowed = torch.zeros(n, n, dtype=torch.bool)
+                row = 0
+                for sp, d in zip(spans, dense_rows, strict=True):
+                    k = sp.shape[0]
+                    if d is None:
+                        cols = torch.arange(n)
+                        d = (cols >= sp[:, :1]) & (cols < sp[:, 1:])
+                    allowed[row : row + k, : d.shape[1]] = d[:, :n]
+                    row += k
+            scaling, softcap = self.layer_scaling[layer]
+            out[layer] = LayerSpec(scaling, softcap, span, allowed)
+        return out
 
 
 def _assemble(chunks: list[dict[str, torch.Tensor]], n: int) -> dict[str, torch.Tensor]:
@@ -636,7 +699,6 @@ def _run(
     forced: list[int] | None = None,
 ) -> Generation:
     """The generation loop (fresh or from a fork point): one forward per new token."""
-    from transformers import DynamicCache
 
     adapter = get_adapter(model)
     info: ModelInfo = model_info(model, adapter)
@@ -651,10 +713,121 @@ def _run(
             f"(max_position_embeddings={max_pos}); ask for fewer tokens."
         )
 
+    qk_ok, qk_kernel = interface_status(model) if "pattern" in kinds else (False, "")
+    path, kernel = "eager", getattr(model.config, "_attn_implementation", None)
+    if "pattern" in kinds and qk_ok:
+        try:
+            state = _loop(
+                model,
+                adapter,
+                info,
+                device,
+                prompt_ids,
+                n_steps,
+                steering,
+                sampling,
+                kinds,
+                dtype,
+                eos,
+                parent,
+                fork_step,
+                list(forced),
+                qk=True,
+            )
+            path, kernel = "interface", qk_kernel
+        except InterfaceUnavailable as e:  # the model's attention cannot go through it
+            path, kernel = f"eager (the attention interface was not usable: {e})", "eager"
+            state = None
+    else:
+        state = None
+        if "pattern" in kinds:
+            path, kernel = f"eager (the attention interface was not usable: {qk_kernel})", "eager"
+    if state is None:
+        state = _loop(
+            model,
+            adapter,
+            info,
+            device,
+            prompt_ids,
+            n_steps,
+            steering,
+            sampling,
+            kinds,
+            dtype,
+            eos,
+            parent,
+            fork_step,
+            list(forced),
+            qk=False,
+        )
+    gen_ids, chunks, logits_parts, added, cache, specs = state
+    info = dataclasses.replace(info, attn_implementation=kernel, attention_path=path)
+    n_forced = len(forced)
+
+    n_total = n_prompt + len(gen_ids)
+    tensors = _assemble(chunks, n_total)
+    patterns = Patterns(tensors, specs) if specs else None
+    gen_texts = decode_incremental(tokenizer, prompt_ids, gen_ids)
+    cap = Capture(
+        tokens=list(prompt_texts) + gen_texts,
+        token_ids=torch.tensor(prompt_ids + gen_ids, dtype=torch.long),
+        tensors=tensors,
+        logits=torch.cat(logits_parts) if logits_parts else None,
+        info=info,
+        weights=_gather_weights(model, adapter, info),
+        prompt=prompt,
+        tokenizer=tokenizer,
+        n_prompt_tokens=n_prompt,
+        patterns=patterns,
+    )
+    forced_steps = tuple(range(fork_step, min(fork_step + n_forced, len(gen_ids))))
+    return Generation(
+        prompt=prompt,
+        tokens=gen_texts,
+        token_ids=gen_ids,
+        capture=cap,
+        steering=steering,
+        sampling=sampling,
+        parent=parent,
+        fork_step=fork_step if parent is not None else None,
+        forced=forced_steps,
+        steer_added=added,
+        _model=model,
+        _cache=cache,
+        _kinds=kinds,
+        _dtype=dtype,
+        _stop_at_eos=stop_at_eos,
+    )
+
+
+def _loop(
+    model: Any,
+    adapter: Any,
+    info: ModelInfo,
+    device: Any,
+    prompt_ids: list[int],
+    n_steps: int,
+    steering: Steering,
+    sampling: Sampling,
+    kinds: tuple[str, ...],
+    dtype: Any,
+    eos: set[int],
+    parent: Generation | None,
+    fork_step: int,
+    forced: list[int],
+    *,
+    qk: bool,
+) -> tuple:
+    """Run the forwards: the prompt (or, for a fork, its last shared token) then one token at a
+    time with the KV cache. ``qk``: record queries and keys through the attention interface
+    (patterns on demand) instead of eager attention weights."""
+    from transformers import DynamicCache
+
+    n_prompt = len(prompt_ids)
     chunks: list[dict[str, torch.Tensor]] = []
     logits_parts: list[torch.Tensor] = []
     prefix_added: dict[int, torch.Tensor] = {}
-    n_forced = len(forced)
+    prefix_specs: dict[int, Any] = {}
     if parent is None:
         gen_ids: list[int] = []
         feed = list(prompt_ids)
@@ -678,73 +851,53 @@ def _run(
         else:
             cache = DynamicCache(config=model.config)
         prefix_added = {li: t[:m] for li, t in parent.steer_added.items()}
+        if parent.capture.patterns is not None:
+            prefix_specs = parent.capture.patterns.specs
+        if qk and m > 0 and parent.capture.patterns is None:
+            raise InterfaceUnavailable("the parent generation recorded eager patterns")
 
-    target = n_steps
-    with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds):
+    blocks = [adapter.block(model, i) for i in range(info.n_layers)]
+    layers = list(range(info.n_layers))
+    with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds and not qk):
         with steering_hooks(model, adapter, steering) as steer_hooks:
             steer_hooks.n_prompt = n_prompt
-            rec = _StepRecorder(model, adapter, info, list(range(info.n_layers)), kinds, 1, dtype)
+            rec = _StepRecorder(model, adapter, info, layers, kinds, 1, dtype, qk=qk)
             try:
-                while True:
-                    steer_hooks.offset = offset
-                    steer_hooks.before(len(feed))
-                    rec.rows = [(0, len(feed))]
-                    x = torch.tensor([feed], device=device)
-                    out = model(input_ids=x, cache=cache, use_cache=True)  # cache grows in place
-                    lg = out.logits[0].detach().to("cpu", torch.float32)
-                    if "logits" in kinds:
-                        logits_parts.append(lg)
-                    chunks.append(rec.store[0])
-                    rec.store[0] = {}
-                    offset += len(feed)
-                    done = len(gen_ids) >= target or (gen_ids and gen_ids[-1] in eos)
-                    if done:
-                        break  # the last token has run too: the capture covers it
-                    s = len(gen_ids)
-                    nxt = forced.pop(0) if forced else sampling.choose(lg[-1], s)
-                    gen_ids.append(nxt)
-                    feed = [nxt]
+                hooks = attention_hooks(model, rec.attention_hooks(), blocks=blocks) if qk else None
+                with hooks or contextlib.nullcontext() as session:
+                    while True:
+                        steer_hooks.offset = offset
+                        steer_hooks.before(len(feed))
+                        rec.rows = [(0, len(feed))]
+                        x = torch.tensor([feed], device=device)
+                        out = model(input_ids=x, cache=cache, use_cache=True)  # cache grows
+                        if session is not None and not set(layers) <= session.seen:
+                            missing = sorted(set(layers) - session.seen)
+                            raise InterfaceUnavailable(
+                                f"the attention of layers {missing} did not call the interface"
+                            )
+                        lg = out.logits[0].detach().to("cpu", torch.float32)
+                        if "logits" in kinds:
+                            logits_parts.append(lg)
+                        chunks.append(rec.store[0])
+                        rec.store[0] = {}
+                        offset += len(feed)
+                        if len(gen_ids) >= n_steps or (gen_ids and gen_ids[-1] in eos):
+                            break  # the last token has run too: the capture covers it
+                        s = len(gen_ids)
+                        nxt = forced.pop(0) if forced else sampling.choose(lg[-1], s)
+                        gen_ids.append(nxt)
+                        feed = [nxt]
             finally:
                 rec.close()
             n_new = offset - (n_prompt + fork_step - 1 if parent is not None else 0)
+            m0 = offset - n_new
             added: dict[int, torch.Tensor] = {}
             for li in sorted(set(prefix_added) | set(steering.hooks)):
-                m0 = offset - n_new
                 head = prefix_added.get(li, torch.zeros(m0, info.d_model))
                 tail = steer_hooks.added(li) if li in steering.hooks else torch.zeros(0)
                 if tail.numel() == 0:
                     tail = torch.zeros(n_new, info.d_model)
                 added[li] = torch.cat([head, tail])
-
-    n_total = n_prompt + len(gen_ids)
-    tensors = _assemble(chunks, n_total)
-    gen_texts = decode_incremental(tokenizer, prompt_ids, gen_ids)
-    cap = Capture(
-        tokens=list(prompt_texts) + gen_texts,
-        token_ids=torch.tensor(prompt_ids + gen_ids, dtype=torch.long),
-        tensors=tensors,
-        logits=torch.cat(logits_parts) if logits_parts else None,
-        info=info,
-        weights=_gather_weights(model, adapter, info),
-        prompt=prompt,
-        tokenizer=tokenizer,
-        n_prompt_tokens=n_prompt,
-    )
-    forced_steps = tuple(range(fork_step, min(fork_step + n_forced, len(gen_ids))))
-    return Generation(
-        prompt=prompt,
-        tokens=gen_texts,
-        token_ids=gen_ids,
-        capture=cap,
-        steering=steering,
-        sampling=sampling,
-        parent=parent,
-        fork_step=fork_step if parent is not None else None,
-        forced=forced_steps,
-        steer_added=added,
-        _model=model,
-        _cache=cache,
-        _kinds=kinds,
-        _dtype=dtype,
-        _stop_at_eos=stop_at_eos,
-    )
+    specs = rec.full_specs(offset, prefix_specs) if qk else {}
+    return gen_ids, chunks, logits_parts, added, cache, specs

@@ -204,8 +204,12 @@ class GenerationView(View):
             fields["lens_chosen"] = encode(to_numpy(lens["chosen_probs"])[0], "float32")
         layers = cap.layers("attn.hook_pattern")
         if layers:
+            # one query row per layer, computed alone from the recorded queries and keys
             rows = np.stack(
-                [to_numpy(cap[f"blocks.{li}.attn.hook_pattern"][:, q, : q + 1]) for li in layers]
+                [
+                    to_numpy(cap.pattern(li, None, slice(q, q + 1), slice(0, q + 1))[:, 0])
+                    for li in layers
+                ]
             )  # [L, H, q + 1]
             fields["attention"] = encode(rows, lo=0.0, hi=1.0)
         try:
