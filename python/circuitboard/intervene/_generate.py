@@ -372,12 +372,13 @@ class Generation:
         total = None
         if steered:
             total = torch.stack(list(steered.values())).sum(0).double()
-            last = f"blocks.{L - 1}.hook_resid_post"
-            tensors[last] = tensors[last] - total
+            # Without the final residual, attribution takes the captured final-norm scale as
+            # is and skips its rebuild check, which the steering term (added below) would fail:
+            # the components plus that term rebuild the residual (tests check the sum).
+            tensors.pop(f"blocks.{L - 1}.hook_resid_post", None)
             if 0 in steered and "blocks.0.hook_resid_pre" in tensors:  # recorded after steering
-                tensors["blocks.0.hook_resid_pre"] = (
-                    tensors["blocks.0.hook_resid_pre"] - steered[0].double()
-                )
+                first = tensors["blocks.0.hook_resid_pre"]
+                tensors["blocks.0.hook_resid_pre"] = first - steered[0].double()
         prepared = Capture(**{**cap.__dict__, "tensors": tensors, "weights": weights})
         self._memo["attribution"] = (prepared, total)
         return prepared, total

@@ -9,7 +9,7 @@ import traitlets
 
 from ._codec import encode, to_numpy
 from ._link import Link
-from ._validate import index_in
+from ._validate import displayable, index_in
 from ._view import View, pack
 
 
@@ -21,6 +21,7 @@ class _Strings:
         self.index = {s: i for i, s in enumerate(self.items)}
 
     def of(self, text: str) -> int:
+        text = displayable(text)
         if text not in self.index:
             self.index[text] = len(self.items)
             self.items.append(text)
@@ -28,7 +29,7 @@ class _Strings:
 
 
 def _decode(tok: Any, i: int) -> str:
-    return tok.decode([int(i)]) if tok is not None else f"#{int(i)}"
+    return displayable(tok.decode([int(i)]) if tok is not None else f"#{int(i)}")
 
 
 def _short_steering(st: Any) -> str:
@@ -72,9 +73,9 @@ def _row(gen: Any, base: Any, k: int, strings: _Strings) -> dict[str, Any]:
         p = np.exp(row - row.max())
         chosen_prob[s] = p[gen.token_ids[s]] / p.sum()
     out: dict[str, Any] = {
-        "label": _label(gen),
-        "title": f"{_label(gen, short=False)} · {gen.sampling.describe()}",
-        "tokens": list(gen.tokens),
+        "label": displayable(_label(gen)),
+        "title": displayable(f"{_label(gen, short=False)} · {gen.sampling.describe()}"),
+        "tokens": [displayable(t) for t in gen.tokens],
         "fork_step": gen.fork_step,
         "forced": list(gen.forced),
         "n_steps": S,
@@ -139,7 +140,7 @@ class GenerationView(View):
         self._gens: list[Any] = []
         self._str = _Strings()
         super().__init__(
-            prompt_tokens=list(cap.tokens[: gen.n_prompt]),
+            prompt_tokens=[displayable(t) for t in cap.tokens[: gen.n_prompt]],
             n_prompt=gen.n_prompt,
             n_layers=cap.info.n_layers,
             n_heads=cap.info.n_heads,
