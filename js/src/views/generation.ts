@@ -402,6 +402,7 @@ export async function render(props: RenderProps<GenState>) {
     void drawInternals();
   };
 
+  let committing = false;
   /** Select a step (and row): the view, the Python traits and the shared token. */
   const choose = (s: number, r: number = rowIdx, commit = true) => {
     rowIdx = Math.max(0, Math.min(rows.length - 1, r));
@@ -409,9 +410,14 @@ export async function render(props: RenderProps<GenState>) {
     drawStep();
     const token = nPrompt + step - 1;
     if (commit) {
-      model.set("step", step);
-      model.set("row", rowIdx);
-      model.save_changes();
+      committing = true; // our own trait writes must not re-enter onTraits half-done
+      try {
+        model.set("row", rowIdx);
+        model.set("step", step);
+        model.save_changes();
+      } finally {
+        committing = false;
+      }
       select(link, { token });
     } else hover(link, { hover_token: token });
   };
@@ -450,6 +456,7 @@ export async function render(props: RenderProps<GenState>) {
     drawStep();
   };
   const onTraits = () => {
+    if (committing) return;
     const s = model.get("step");
     const r = model.get("row");
     if (s !== step || r !== rowIdx) {
