@@ -523,6 +523,8 @@ class Comparison:
         stat_list = _parse_stats(stats)
         _parse_pos(pos)
         first = next(iter(categories.values()))[0]
+        if stats is None and not first.layers("hook_resid_pre"):
+            stat_list.remove("resid")  # by default, only what these captures hold
         info = first.info
         layer_list = list(layers) if layers is not None else _available_layers(first, stat_list)
         n_heads = (
