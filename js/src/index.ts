@@ -5,6 +5,7 @@ import * as attention from "./views/attention";
 import * as attribution from "./views/attribution";
 import * as compare from "./views/compare";
 import * as dashboard from "./views/dashboard";
+import * as generation from "./views/generation";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
 
@@ -16,6 +17,7 @@ export const VIEWS: Record<string, View> = {
   attribution: attribution as unknown as View,
   compare: compare as unknown as View,
   dashboard: dashboard as unknown as View,
+  generation: generation as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,
   link: { render: () => undefined }, // the shared selection has no visual

@@ -19,6 +19,7 @@ from .widgets import (
     AttentionView,
     Board,
     CompareView,
+    GenerationView,
     Link,
     LogitAttributionView,
     LogitLensView,
@@ -26,6 +27,7 @@ from .widgets import (
     NeuronsView,
     board,
     compare_view,
+    generation_view,
     link,
 )
 
@@ -48,6 +50,10 @@ _LAZY = {
     "logit_lens": "circuitboard.analysis",
     "top_activations": "circuitboard.analysis",
     "supported_architectures": "circuitboard.capture",
+    "generate": "circuitboard.intervene",
+    "Generation": "circuitboard.intervene",
+    "steering_vector": "circuitboard.intervene",
+    "SteeringVector": "circuitboard.intervene",
 }
 
 
@@ -66,12 +72,15 @@ __all__ = [
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
+    "Generation",
+    "GenerationView",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
     "ModelSpec",
     "NeuronDashboard",
     "NeuronsView",
+    "SteeringVector",
     "attention",
     "board",
     "capture",
@@ -79,6 +88,8 @@ __all__ = [
     "compare_view",
     "direct_logit_attribution",
     "from_transformer_lens",
+    "generate",
+    "generation_view",
     "head_scores",
     "link",
     "load_capture",
@@ -91,6 +102,7 @@ __all__ = [
     "neuron_dashboard",
     "neurons",
     "report",
+    "steering_vector",
     "supported_architectures",
     "top_activations",
 ]

@@ -139,7 +139,7 @@ def test_from_captures_equals_compare_and_shards_merge(tiny, cmp):
             tok,
             v,
             dtype=torch.float32,
-            what=("z", "pattern", "attn_out", "mlp_out", "mlp_post"),
+            what=("z", "pattern", "attn_out", "mlp_out", "mlp_post", "resid_pre"),
         )
         for k, v in {"A": A, "B": B}.items()
     }

@@ -29,7 +29,10 @@ LAYER_STATS: dict[str, str] = {
 """Per-layer statistics ``[layers]``."""
 NEURON_STATS: dict[str, str] = {"neurons": "MLP neuron activation (mlp.hook_post)"}
 """Per-neuron statistics ``[layers, d_mlp]``."""
-STATS: dict[str, str] = {**HEAD_STATS, **LAYER_STATS, **NEURON_STATS}
+RESID_STATS: dict[str, str] = {"resid": "residual stream entering the layer (hook_resid_pre)"}
+"""Per-layer residual-stream vectors ``[layers, d_model]``: their mean difference between two
+categories is a steering direction (:meth:`Comparison.direction`)."""
+STATS: dict[str, str] = {**HEAD_STATS, **LAYER_STATS, **NEURON_STATS, **RESID_STATS}
 MEASURES = ("d", "t", "diff")
 _NEEDS = {  # stat → capture kinds
     "head_write": ("z",),
@@ -39,6 +42,7 @@ _NEEDS = {  # stat → capture kinds
     "attn_out": ("attn_out",),
     "mlp_out": ("mlp_out",),
     "neurons": ("mlp_post",),
+    "resid": ("resid_pre",),
 }
 
 
@@ -212,6 +216,8 @@ def samples_from_capture(
                     out[s].append(x.norm(dim=-1).double().numpy())
             if "neurons" in out:
                 out["neurons"].append(cap[f"blocks.{layer}.mlp.hook_post"][q].double().numpy())
+            if "resid" in out:
+                out["resid"].append(cap[f"blocks.{layer}.hook_resid_pre"][q].double().numpy())
     res = {s: np.stack(v, axis=1) for s, v in out.items()}  # layer axis after samples
     if pos == "mean":
         res = {s: v.mean(0, keepdims=True) for s, v in res.items()}
@@ -322,6 +328,49 @@ class Comparison:
             stat, a, b, sa.mean, sb.mean, sa.std(), sb.std(), sa.count, sb.count, diff, d, t
         )
 
+    def direction(self, a: str, b: str, layer: int) -> Any:
+        """Steering direction: mean residual stream of ``a`` minus ``b`` at ``layer``'s input.
+
+        A ``[d_model]`` float32 :class:`circuitboard.SteeringVector` (``blocks.{layer}.
+        hook_resid_pre`` at this comparison's ``pos``, averaged per category), with its norm
+        and the mean residual norm reported (the latter from the per-dimension moments:
+        ``sqrt(Σ mean² + var)``, the RMS norm of the residual). Add it with
+        ``cb.generate(model, tok, prompt, steer=cmp.direction("cat", "dog", 6))``.
+
+        Examples
+        --------
+        >>> cmp = cb.compare(model, tok, {"cat": cat_prompts, "dog": dog_prompts})  # doctest: +SKIP
+        >>> v = cmp.direction("cat", "dog", layer=6)  # doctest: +SKIP
+        """
+        import torch
+
+        from ..intervene._steering import SteeringVector
+
+        self._check(a)
+        self._check(b)
+        if "resid" not in self.stat_names:
+            raise ValueError(
+                "this comparison holds no residual-stream statistics; compare again with the "
+                "default stats= (or stats=[..., 'resid'])."
+            )
+        if layer not in self.layers:
+            raise IndexError(f"layer={layer!r} was not compared; layers are {self.layers}.")
+        if not isinstance(self.pos, int):
+            # pos='all' / 'mean' average over positions; still a valid mean difference
+            pos = -1
+        else:
+            pos = self.pos
+        row = self.layers.index(layer)
+        sa, sb = self.stats[a]["resid"], self.stats[b]["resid"]
+        diff = torch.from_numpy(sa.mean[row] - sb.mean[row]).float()
+        norms = []
+        for st in (sa, sb):
+            var = st.var(ddof=0)[row] if st.count > 0 else 0.0
+            norms.append(float(np.sqrt(np.sum(st.mean[row] ** 2 + var))))
+        return SteeringVector.wrap(
+            diff, layer=layer, pos=pos, resid_norm=float(np.mean(norms)), n=(sa.count, sb.count)
+        )
+
     def top(
         self,
         a: str,
@@ -360,6 +409,8 @@ class Comparison:
                 entry.update(label=f"L{li}H{c}", head=c)
             elif stat in NEURON_STATS:
                 entry.update(label=f"L{li} N{c}", neuron=c)
+            elif stat in RESID_STATS:
+                entry.update(label=f"L{li} d{c}", dim=c)
             else:
                 entry.update(label=f"L{li}")
             for key in ("d", "t", "diff", "mean_a", "std_a", "mean_b", "std_b"):
@@ -471,6 +522,8 @@ class Comparison:
         stat_list = _parse_stats(stats)
         _parse_pos(pos)
         first = next(iter(categories.values()))[0]
+        if stats is None and not first.layers("hook_resid_pre"):
+            stat_list.remove("resid")  # by default, only what these captures hold
         info = first.info
         layer_list = list(layers) if layers is not None else _available_layers(first, stat_list)
         n_heads = (
@@ -536,6 +589,7 @@ def _available_layers(cap: Any, stats: list[str]) -> list[int]:
         "attn_out": "hook_attn_out",
         "mlp_out": "hook_mlp_out",
         "neurons": "mlp.hook_post",
+        "resid": "hook_resid_pre",
     }
     sets = [set(cap.layers(hooks[s])) for s in stats]
     layers = sorted(set.intersection(*sets)) if sets else []

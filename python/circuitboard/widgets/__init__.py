@@ -6,6 +6,7 @@ from ._board import Board, board
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
+from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
@@ -16,6 +17,7 @@ __all__ = [
     "AttentionView",
     "Board",
     "CompareView",
+    "GenerationView",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -26,5 +28,6 @@ __all__ = [
     "compare_view",
     "decode",
     "encode",
+    "generation_view",
     "link",
 ]

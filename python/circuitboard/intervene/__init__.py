@@ -1,0 +1,47 @@
+"""Interventions: write hooks through the capture adapters, patching and attribution patching.
+
+Building blocks (for patching, circuits, steering and generation alike):
+
+- :class:`Site` / :func:`locate` (:mod:`._sites`): named places (``resid_pre``, ``resid_mid``,
+  ``resid_post``, ``attn_out``, ``mlp_out``, per-head ``z``, neurons ``mlp_post``, ``embed``)
+  resolved through the model's adapter.
+- :class:`Edit` / :func:`write_hooks` (:mod:`._hooks`): read / replace / add / grad-delta at
+  sites, per batch row, every hook removed on exit (also on errors).
+- :class:`Runner` (:mod:`._runner`): batched patched forwards with logits only at the metric
+  position and the shared prefix run once.
+- metrics (:mod:`._metric`): :func:`logit_diff`, :func:`log_prob`, :func:`evaluate`,
+  :func:`normalize` (clean = 1, corrupted = 0), :func:`token_id`.
+
+Generation and steering: :func:`generate` (a :class:`Generation` captured step by step with
+the KV cache, ``.fork``), :func:`steering_vector` (:class:`SteeringVector`).
+"""
+
+from ._generate import Generation, generate
+from ._hooks import OPS, Edit, write_hooks
+from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
+from ._runner import Runner, eval_mode
+from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
+from ._steering import SteeringVector, steering_vector
+
+__all__ = [
+    "HEAD_KINDS",
+    "KINDS",
+    "OPS",
+    "Edit",
+    "Generation",
+    "Location",
+    "Runner",
+    "Site",
+    "SteeringVector",
+    "eval_mode",
+    "evaluate",
+    "generate",
+    "locate",
+    "log_prob",
+    "logit_diff",
+    "normalize",
+    "site_shape",
+    "steering_vector",
+    "token_id",
+    "write_hooks",
+]
