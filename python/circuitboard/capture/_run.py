@@ -13,7 +13,7 @@ from ._capture import Capture, ModelInfo
 from ._hooks import Recorder
 from ._tokens import decode_incremental, tokenize
 from .adapters import Adapter, get_adapter
-from .adapters._base import get_module
+from .adapters._base import get_module, norm_weights
 
 DEFAULT_MAX_MEMORY = "8GiB"
 BATCH_TOKENS = 4096  # padded tokens per forward pass, whatever batch_size says
@@ -30,7 +30,33 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         norm=adapter.norm,
         causal=adapter.causal,
         **dims,
+        **attention_info(model, adapter),
     )
+
+
+def attention_info(model: Any, adapter: Adapter) -> dict[str, Any]:
+    """How each attention module scores: its scaling, sliding window, soft-cap, query/key
+    norms and rotary function, read from the modules themselves (``ModelInfo`` fields)."""
+    import sys
+
+    attns = [
+        get_module(adapter.block(model, li), adapter.block_attn)
+        for li in range(adapter.n_blocks(model))
+    ]
+    scales = [getattr(a, "scaling", None) for a in attns]
+    rotary = None
+    if adapter.rotary:
+        owner = sys.modules.get(type(attns[0]).__module__)
+        if callable(getattr(owner, adapter.rotary, None)):
+            rotary = f"{type(attns[0]).__module__}.{adapter.rotary}"
+    softcap = getattr(attns[0], "attn_logit_softcapping", None)
+    return {
+        "rotary_fn": rotary,
+        "attn_scales": None if None in scales else tuple(float(s) for s in scales),
+        "attn_windows": tuple(getattr(a, "sliding_window", None) for a in attns),
+        "attn_softcap": float(softcap) if softcap else None,
+        "qk_norm": any(hasattr(a, "q_norm") or hasattr(a, "k_norm") for a in attns),
+    }
 
 
 def _parse_layers(layers: Any, n_layers: int) -> list[int]:
@@ -103,7 +129,7 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
     """Parameter views; layers offloaded by accelerate (``device_map`` with "disk"/"cpu"
     offload keeps them on the meta device between forwards) are loaded and copied to CPU."""
-    weights = {k: v.detach() for k, v in adapter.weights(model, adapter, info).items()}
+    weights = {k: v.detach() for k, v in _all_weights(model, adapter, info).items()}
     meta = [k for k, v in weights.items() if v.is_meta]
     if not meta:
         return weights
@@ -113,10 +139,14 @@ def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, 
         for mod in model.modules():
             if has_offloaded_params(mod):
                 stack.enter_context(align_module_device(mod, torch.device("cpu")))
-        fresh = adapter.weights(model, adapter, info)
+        fresh = _all_weights(model, adapter, info)
         for k in meta:
             weights[k] = fresh[k].detach().to("cpu", copy=True)
     return weights
+
+
+def _all_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
+    return {**adapter.weights(model, adapter, info), **norm_weights(model, adapter, info)}
 
 
 def _generate(

@@ -81,6 +81,15 @@ class Adapter:
         d_vocab`` and optionally ``final_logit_softcap, parallel_attn_mlp``.
     causal
         False for bidirectional encoders (BERT).
+    block_norms
+        ``(name, path)`` of the norms inside a block whose scale a capture records as
+        ``blocks.{l}.{name}.hook_scale`` (TransformerLens names: ``ln1`` before attention,
+        ``ln2`` before the MLP, ``ln1_post`` / ``ln2_post`` for norms on a sublayer's output),
+        with their weights as ``blocks.{l}.{name}.w`` / ``.b``.
+    rotary
+        Name of the function the family's attention module applies rotary embeddings with
+        (``apply_rotary_pos_emb(q, k, cos, sin)`` in its ``transformers`` module), or ``None``
+        without rotary embeddings. Explanations of attention scores call it, never a copy.
     """
 
     name: str
@@ -103,6 +112,8 @@ class Adapter:
     head: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     """Optional ``head(model, resid) -> logits`` when the unembedding is more than
     final norm + ``unembed`` (BERT's MLM transform); used by tests and the logit lens."""
+    block_norms: tuple[tuple[str, str], ...] = ()
+    rotary: str | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -174,4 +185,17 @@ def common_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.T
     }
     if adapter.pos_embed:
         out["pos_embed.W_pos"] = get_module(model, adapter.pos_embed).weight
+    return out
+
+
+def norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """``blocks.{l}.{name}.w`` / ``.b`` views of the norms named in ``adapter.block_norms``
+    (absent biases are zeros; Gemma's norms multiply by ``1 + w``, as ``info.norm`` says)."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(info.n_layers):
+        blk = adapter.block(model, layer)
+        for name, path in adapter.block_norms:
+            mod = get_module(blk, path)
+            out[f"blocks.{layer}.{name}.w"] = mod.weight
+            out[f"blocks.{layer}.{name}.b"] = bias(mod, mod.weight.shape[0])
     return out

@@ -30,6 +30,8 @@ ADAPTER = Adapter(
     norm="gemma_rmsnorm",
     weights=llama_weights,  # same module paths as Llama
     dims=llama_dims,
+    block_norms=(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
+    rotary="apply_rotary_pos_emb",
 )
 
 # Gemma 2 / 3 differ only in their sandwich norms around each sublayer.
@@ -40,4 +42,10 @@ ADAPTER2 = replace(
     block_mid="pre_feedforward_layernorm",
     block_attn_out=("post_attention_layernorm", None),
     block_mlp_out=("post_feedforward_layernorm", None),
+    block_norms=(
+        ("ln1", "input_layernorm"),
+        ("ln1_post", "post_attention_layernorm"),
+        ("ln2", "pre_feedforward_layernorm"),
+        ("ln2_post", "post_feedforward_layernorm"),
+    ),
 )
