@@ -199,12 +199,16 @@ def capture(
         ``"pattern"`` (``attn.hook_pattern``), ``"z"`` (``attn.hook_z``, the per-head input of
         the output projection), ``"attn_out"``, ``"resid_mid"``, ``"mlp_post"``
         (``mlp.hook_post``, the input of the MLP's down projection), ``"mlp_out"``,
-        ``"resid_post"``, ``"scale"`` (``ln_final.hook_scale``), ``"logits"``; or ``"all"``.
+        ``"resid_post"``, ``"scale"`` (``ln_final.hook_scale``), ``"logits"``,
+        ``"norm_scales"`` (``blocks.{l}.ln1.hook_scale`` / ``ln2``, and ``ln1_post`` /
+        ``ln2_post`` where a block normalizes its sublayers' outputs), ``"rotary"``
+        (``hook_rot_cos`` / ``hook_rot_sin``, the rotary embedding the attention received);
+        or ``"all"``.
         TransformerLens hook names (``"attn.hook_pattern"``) are accepted too. Default:
         everything except ``attn_out`` and ``mlp_out``.
     dtype
-        Storage dtype of activations (default float16, on CPU). ``ln_final.hook_scale`` and
-        ``logits`` are always float32. Use ``torch.float32`` for exactness checks.
+        Storage dtype of activations (default float16, on CPU). Norm scales, the rotary
+        embedding and ``logits`` are always float32. Use ``torch.float32`` for exactness checks.
     max_memory
         Refuse (ValueError, before running anything) when the estimated storage exceeds this:
         bytes or a string like ``"8GiB"``; ``None`` for no limit.
