@@ -18,14 +18,26 @@ if TYPE_CHECKING:
 
 
 def attention(
-    cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs: Any
+    cap: Capture,
+    *,
+    layer: int | None = None,
+    head: int = 0,
+    target: Any = None,
+    baseline: Any = None,
+    **kwargs: Any,
 ) -> AttentionView:
     """Attention view of every captured layer and head of a capture.
+
+    Clicking a cell of the zoomed head opens a panel that explains its score: the query ×
+    key component pairs that built it (:func:`circuitboard.explain_attention`), and, with a
+    ``target`` (and ``baseline``) token, what the head moves into that logit from each source
+    position (:func:`circuitboard.explain_head_output`). Clicking a component there (``L5H2``)
+    selects it in linked views.
 
     Examples
     --------
     >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
-    >>> cb.attention(cap)  # doctest: +SKIP
+    >>> cb.attention(cap, target=" Mary", baseline=" John")  # doctest: +SKIP
     """
     layers = cap.layers("attn.hook_pattern")
     if not layers:
@@ -35,7 +47,35 @@ def attention(
         )
     att = cap.stack("attn.hook_pattern")
     first = layers.index(layer) if layer is not None and layer in layers else 0
+    kwargs.update(_explainers(cap, target, baseline))
     return AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+
+
+def _explainers(cap: Capture, target: Any, baseline: Any) -> dict[str, Any]:
+    """The attention view's explanation callbacks for a capture (soft-capped models: the
+    pre-cap score and logit, as the panel states)."""
+    if getattr(cap, "info", None) is None or not cap.info.causal:
+        return {}
+    from .analysis import explain_attention, explain_head_output
+    from .analysis._attribution import prepare
+
+    def explainer(layer: int, head: int, query: int, key: int) -> Any:
+        return explain_attention(cap, layer=layer, head=head, query=query, key=key, softcap="pre")
+
+    out: dict[str, Any] = {"explainer": explainer}
+    if target is not None:
+        t, b, _ = prepare(cap, target, baseline, softcap="pre")  # checks the tokens now
+
+        def head_output(layer: int, head: int, query: int) -> Any:
+            return explain_head_output(
+                cap, layer=layer, head=head, query=query, target=t, baseline=b, softcap="pre"
+            )
+
+        from .analysis._common import token_text
+
+        name = repr(token_text(cap, t)) + (f" − {token_text(cap, b)!r}" if b is not None else "")
+        out.update(head_output=head_output, explain_target=name)
+    return out
 
 
 def logit_attribution(
@@ -77,9 +117,7 @@ def logit_attribution(
                 yield from attribute_positions(cap, t, b, list(c))
 
     attr = home_attrs[p - home.start]
-    return LogitAttributionView(
-        attr, tokens=list(cap.tokens), positions=every_position(), **kwargs
-    )
+    return LogitAttributionView(attr, tokens=list(cap.tokens), positions=every_position(), **kwargs)
 
 
 def logit_lens_view(
