@@ -70,7 +70,15 @@ export function componentTarget(label: string): { layer: number; head?: number }
   return null;
 }
 
-const show = (tok: string) => JSON.stringify(tok);
+/** A token as a quoted string, long ones cut (the tooltip and the strip show them whole). */
+const show = (tok: string, max = 32) => JSON.stringify(tok.length > max ? `${tok.slice(0, max)}…` : tok);
+
+/** Text inside a small heatmap cell: two significant digits, nothing when it would not fit. */
+function cellText(v: number, vmax: number): string {
+  if (!(Math.abs(v) >= 0.1 * vmax)) return "";
+  const s = Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(2);
+  return s.includes("e") || s.length > 5 ? "" : s.replace("-", "−");
+}
 
 export class ExplainPanel {
   readonly el: HTMLDivElement;
@@ -199,7 +207,7 @@ export class ExplainPanel {
       const t = 0.5 + 0.5 * Math.max(-1, Math.min(1, v / vmax));
       c.style.background = cssColor(lut, t);
       c.style.color = textOn(lut, t);
-      c.textContent = Math.abs(v) >= 0.05 * vmax ? fmt(v).replace(/^\+/, "") : "";
+      c.textContent = cellText(v, vmax);
       c.dataset.value = String(v);
       c.dataset.tip = title;
       return c;
@@ -261,7 +269,7 @@ export class ExplainPanel {
       bar.style.width = `${Math.round((90 * Math.abs(s.value)) / smax)}px`;
       bar.style.background = cssColor(lut, s.value >= 0 ? 0.85 : 0.15);
       el("span", "cb-xp-num", li).textContent = fmt(s.value);
-      li.title = `#${s.pos} ${show(tokens[s.pos] ?? "")}: attention weight ${s.weight.toFixed(3)}, contribution ${fmt(s.value)}`;
+      li.title = `#${s.pos} ${JSON.stringify(tokens[s.pos] ?? "")}: attention weight ${s.weight.toFixed(3)}, contribution ${fmt(s.value)}`;
     }
   }
 }
