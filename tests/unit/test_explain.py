@@ -56,7 +56,19 @@ def test_parts_sum_to_the_score(tiny_cap):
         assert ex.matrix.shape == (len(ex.query_labels), len(ex.key_labels))
         assert close(ex.total, ex.score, ex.matrix), (layer, head, ex.total, ex.score)
         assert ex.residual_error < 1e-5
-        assert "hook_resid_pre" in ex.score_source
+        # the model's score: its own rotated queries and keys, recorded by the capture
+        assert ex.score_source == "captured queries and keys"
+        q_k = {k: v for k, v in tiny_cap.tensors.items() if not k.endswith(("hook_q", "hook_k"))}
+        again = cb.explain_attention(
+            dataclasses.replace(tiny_cap, tensors=q_k),
+            layer=layer,
+            head=head,
+            query=q,
+            key=k,
+            softcap="pre",
+        )  # without them: recomputed from the layer's input, the same number
+        assert "hook_resid_pre" in again.score_source
+        assert close(again.score, ex.score, ex.matrix)
         assert np.allclose(ex.query_totals.sum(), ex.total) and np.allclose(
             ex.key_totals.sum(), ex.total
         )
@@ -183,8 +195,9 @@ def test_capture_without_the_new_kinds_is_refused_with_the_fix():
 
 
 def test_missing_pattern_for_the_ov_side(llama_cap):
-    tensors = {k: v for k, v in llama_cap.tensors.items() if "hook_pattern" not in k}
-    cap = dataclasses.replace(llama_cap, tensors=tensors)
+    drop = ("hook_pattern", "hook_q", "hook_k")  # patterns are computed from q and k
+    tensors = {k: v for k, v in llama_cap.tensors.items() if not k.endswith(drop)}
+    cap = dataclasses.replace(llama_cap, tensors=tensors, patterns=None)
     with pytest.raises(KeyError, match="attn.hook_pattern"):
         cb.explain_head_output(cap, layer=1, head=0, query=-1, target=5)
 

@@ -609,8 +609,7 @@ def explain_head_output(
     W_O = _f64(_weight(cap, f"blocks.{li}.attn.W_O", WHAT_OV)[h])  # [d_head, d_model]
     readout = W_O @ direction  # [d_head]: what one unit of z moves into the logit
 
-    pattern = _need(cap, f"blocks.{li}.attn.hook_pattern", WHAT_OV)
-    weights = _f64(pattern[h, qp])  # [key]
+    weights = _pattern_row(cap, li, h, qp)  # [key]
     src = torch.nonzero(weights != 0).flatten()
     values = _values(cap, info, li, kv, src)  # [sources, d_head]
     per_src = torch.zeros(n, dtype=torch.float64)
@@ -633,6 +632,17 @@ def explain_head_output(
         target_text=token_text(cap, t),
         baseline_text=token_text(cap, b) if b is not None else "",
     )
+
+
+def _pattern_row(cap: Any, li: int, h: int, qp: int) -> torch.Tensor:
+    """One query's attention weights ``[key]`` (float64), computing only that row when the
+    capture computes patterns on demand from its queries and keys."""
+    if hasattr(cap, "pattern"):
+        try:
+            return _f64(cap.pattern(li, head=h, queries=slice(qp, qp + 1))[0])
+        except KeyError:
+            pass  # explained below, with what to capture
+    return _f64(_need(cap, f"blocks.{li}.attn.hook_pattern", WHAT_OV)[h, qp])
 
 
 def _values(cap: Any, info: Any, li: int, kv: int, src: torch.Tensor) -> torch.Tensor:
