@@ -159,8 +159,10 @@ class HeadOutputExplanation:
         return [f"{i} {t!r}" for i, t in enumerate(self.tokens)]
 
     def top(self, k: int = 10) -> list[dict[str, Any]]:
-        """The ``k`` source positions with the largest absolute contribution."""
-        order = np.argsort(-np.abs(self.values), kind="stable")[: max(0, int(k))]
+        """The ``k`` source positions (among those the head attends to) with the largest
+        absolute contribution."""
+        seen = np.flatnonzero(self.weights != 0)
+        order = seen[np.argsort(-np.abs(self.values[seen]), kind="stable")][: max(0, int(k))]
         return [
             {
                 "label": self.labels[i],
