@@ -15,6 +15,7 @@ final norm each source position's term is its share of the head's direct logit a
 from __future__ import annotations
 
 import importlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,9 @@ class AttentionExplanation:
     def top(self, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` (query component, key component) pairs with the largest absolute terms."""
         flat = np.abs(self.matrix).ravel()
-        order = np.argsort(-flat, kind="stable")[: max(0, int(k))]
+        k = max(0, min(int(k), flat.size))
+        best = np.argpartition(-flat, k - 1)[:k] if 0 < k < flat.size else np.arange(flat.size)
+        order = best[np.argsort(-flat[best], kind="stable")][:k]
         nk = self.matrix.shape[1]
         out = []
         for i in order.tolist():
@@ -165,7 +168,7 @@ class HeadOutputExplanation:
         order = seen[np.argsort(-np.abs(self.values[seen]), kind="stable")][: max(0, int(k))]
         return [
             {
-                "label": self.labels[i],
+                "label": f"{i} {self.tokens[i]!r}",
                 "pos": i,
                 "value": float(self.values[i]),
                 "weight": float(self.weights[i]),
@@ -304,59 +307,130 @@ def _post_mult(cap: Any, info: Any, layer: int, name: str, P: torch.Tensor) -> t
     return _f64(scale.reshape(cap.n_tokens, -1)[P, :1]) * w[None]
 
 
-def components(cap: Any, layer: int, positions: list[int], what: str = WHAT_QK) -> tuple:
-    """``(labels, writes [components, len(positions), d_model] float64)``: every write to the
-    residual stream that layer ``layer`` reads, at ``positions``; they sum to its input."""
-    info = cap.info
-    P = torch.tensor(positions, dtype=torch.long)
+@dataclass(frozen=True, eq=False)
+class _Fold:
+    """The projection of one layer's input onto one head's query (or key) space, folded into
+    every upstream write: ``x @ W`` for a residual vector ``x``, with the input norm's weight
+    (and, for LayerNorm, its centring) in ``W``; per upstream layer ``W_O[l] @ W`` and
+    ``W_out[l] @ W``, so a click reads a few small matrices instead of every upstream weight."""
+
+    W: torch.Tensor  # [d_model, d_head] float64
+    heads: list[torch.Tensor]  # per upstream layer [heads, d_head, d_head] float32
+    mlps: list[torch.Tensor]  # per upstream layer [d_mlp, d_head] float32
+    attn_bias: list[torch.Tensor | None]  # per upstream layer [d_head] float64 (b_O @ W)
+    mlp_bias: list[torch.Tensor | None]  # per upstream layer [d_head] float64 (b_out @ W)
+
+
+_FOLDS: OrderedDict[tuple, _Fold] = OrderedDict()
+FOLD_CACHE = 8  # folds kept (each ~10 MB for the default model's deep layers)
+
+
+def _post_weight(cap: Any, info: Any, layer: int, name: str) -> torch.Tensor | None:
+    """The weight of a norm on a sublayer's output (Gemma 2's sandwich norms), or None."""
+    if f"blocks.{layer}.{name}.hook_scale" not in cap.tensors:
+        return None
+    w = _weight(cap, f"blocks.{layer}.{name}.w", WHAT_QK).to(torch.float64)
+    return 1.0 + w if info.norm == "gemma_rmsnorm" else w
+
+
+def _fold(cap: Any, info: Any, layer: int, side: str, head: int, what: str) -> _Fold:
+    """The (cached) :class:`_Fold` of ``layer``'s ``W_Q[head]`` (side "Q") or ``W_K[head]``."""
+    W_side = _weight(cap, f"blocks.{layer}.attn.W_{side}", what)[head]
+    names = [f"blocks.{li}.{n}" for li in range(layer) for n in ("attn.W_O", "mlp.W_out")]
+    ups = [_weight(cap, n, what) for n in names]
+    key = (id(cap.weights), layer, side, head, W_side._version, *(w._version for w in ups))
+    hit = _FOLDS.get(key)
+    if hit is not None:
+        _FOLDS.move_to_end(key)
+        return hit
+    w = _weight(cap, f"blocks.{layer}.ln1.w", what, optional=True)
+    w = torch.ones(info.d_model, dtype=torch.float64) if w is None else _f64(w)
+    if info.norm == "gemma_rmsnorm":
+        w = 1.0 + w
+    W = w[:, None] * _f64(W_side)
+    if info.norm == "layernorm":  # (x - mean x) @ W == x @ (W - column means of W)
+        W = W - W.mean(0, keepdim=True)
+    heads, mlps, attn_bias, mlp_bias = [], [], [], []
+    for li in range(layer):
+        W_O, W_out = ups[2 * li].float(), ups[2 * li + 1].float()
+        folds = []
+        for name, b_name in (("ln1_post", "attn.b_O"), ("ln2_post", "mlp.b_out")):
+            pw = _post_weight(cap, info, li, name)
+            Wl = W if pw is None else pw[:, None] * W
+            b = _weight(cap, f"blocks.{li}.{b_name}", what, optional=True)
+            folds.append((Wl, None if b is None or not bool(b.any()) else _f64(b) @ Wl))
+        heads.append(torch.einsum("hdm,me->hde", W_O, folds[0][0].float()))
+        mlps.append(W_out @ folds[1][0].float())
+        attn_bias.append(folds[0][1])
+        mlp_bias.append(folds[1][1])
+    fold = _Fold(W, heads, mlps, attn_bias, mlp_bias)
+    _FOLDS[key] = fold
+    while len(_FOLDS) > FOLD_CACHE:
+        _FOLDS.popitem(last=False)
+    return fold
+
+
+def _side(cap: Any, info: Any, layer: int, fold: _Fold, pos: int, what: str) -> tuple:
+    """``(labels, parts [components, d_head] float64, relative error)``: each upstream write at
+    ``pos`` through the frozen input norm, projected by ``fold``; the error compares their sum
+    with the projection of the captured layer input (``hook_resid_pre``), when captured."""
+    name = f"blocks.{layer}.ln1.hook_scale"
+    scale = cap.tensors.get(name)
+    if scale is None:
+        raise KeyError(
+            f"{what} freezes layer {layer}'s input norm at its captured scale ({name!r}), which "
+            f"this capture lacks: capture again with what= including 'norm_scales' (part of the "
+            f"default). {CAPTURE_HINT}"
+        )
+    s = float(scale.reshape(cap.n_tokens, -1)[pos, 0])
     labels: list[str] = []
     parts: list[torch.Tensor] = []
     pos_embed = cap.tensors.get("hook_pos_embed")
     if "hook_embed" in cap.tensors:
-        embed = _f64(cap.tensors["hook_embed"][P])
+        embed = _f64(cap.tensors["hook_embed"][pos])
     else:
-        embed = _f64(_need(cap, "blocks.0.hook_resid_pre", what)[P])
+        embed = _f64(_need(cap, "blocks.0.hook_resid_pre", what)[pos])
         if pos_embed is not None:
-            embed = embed - _f64(pos_embed[P])
+            embed = embed - _f64(pos_embed[pos])
     labels.append("embed")
-    parts.append(embed)
+    parts.append(embed @ fold.W)
     if pos_embed is not None:
         labels.append("pos_embed")
-        parts.append(_f64(pos_embed[P]))
-    bias = torch.zeros(len(positions), info.d_model, dtype=torch.float64)
+        parts.append(_f64(pos_embed[pos]) @ fold.W)
+    bias = torch.zeros(fold.W.shape[1], dtype=torch.float64)
+    any_bias = False
     gemma2 = info.architecture == "gemma2"
     for li in range(layer):
-        z = _need(cap, f"blocks.{li}.attn.hook_z", what)[P]
-        W_O = _weight(cap, f"blocks.{li}.attn.W_O", what)
-        heads = torch.einsum("phd,hdm->hpm", z.float(), W_O.float()).double()
-        attn_mult = _post_mult(cap, info, li, "ln1_post", P)
-        mlp_mult = _post_mult(cap, info, li, "ln2_post", P)
-        if gemma2 and (attn_mult is None or mlp_mult is None):
-            raise KeyError(
-                f"{what}: Gemma 2 normalizes each head's and MLP's output before adding it; "
-                f"this needs blocks.{li}.ln1_post.hook_scale / ln2_post.hook_scale. {CAPTURE_HINT}"
-            )
-        if attn_mult is not None:
-            heads = heads * attn_mult[None]
-        for h in range(info.n_heads):
-            labels.append(f"L{li}H{h}")
+        mults = []
+        for name in ("ln1_post", "ln2_post"):
+            t = cap.tensors.get(f"blocks.{li}.{name}.hook_scale")
+            if t is None and gemma2:
+                raise KeyError(
+                    f"{what}: Gemma 2 normalizes each head's and MLP's output before adding it; "
+                    f"this needs blocks.{li}.{name}.hook_scale. {CAPTURE_HINT}"
+                )
+            mults.append(1.0 if t is None else float(t.reshape(cap.n_tokens, -1)[pos, 0]))
+        z = _need(cap, f"blocks.{li}.attn.hook_z", what)[pos].float()  # [heads, d_head]
+        heads = torch.einsum("hd,hde->he", z, fold.heads[li]).double() * mults[0]
+        labels.extend(f"L{li}H{h}" for h in range(info.n_heads))
         parts.extend(heads.unbind(0))
-        post = _need(cap, f"blocks.{li}.mlp.hook_post", what)[P]
-        W_out = _weight(cap, f"blocks.{li}.mlp.W_out", what)
-        mlp = (post.float() @ W_out.float()).double()
-        if mlp_mult is not None:
-            mlp = mlp * mlp_mult
+        post = _need(cap, f"blocks.{li}.mlp.hook_post", what)[pos].float()
         labels.append(f"L{li}.mlp")
-        parts.append(mlp)
-        for name, mult in (("attn.b_O", attn_mult), ("mlp.b_out", mlp_mult)):
-            b = _weight(cap, f"blocks.{li}.{name}", what, optional=True)
+        parts.append((post @ fold.mlps[li]).double() * mults[1])
+        for b, m in ((fold.attn_bias[li], mults[0]), (fold.mlp_bias[li], mults[1])):
             if b is not None:
-                b = _f64(b)[None]
-                bias = bias + (b * mult if mult is not None else b)
-    if bool(bias.any()):
+                bias = bias + b * m
+                any_bias = True
+    if any_bias:
         labels.append("bias")
         parts.append(bias)
-    return labels, torch.stack(parts)
+    stacked = torch.stack(parts) * s
+    err = 0.0
+    resid = cap.tensors.get(f"blocks.{layer}.hook_resid_pre")
+    if resid is not None:
+        want = (_f64(resid[pos]) @ fold.W) * s
+        err = float((stacked.sum(0) - want).norm() / want.norm().clamp_min(1e-12))
+    return labels, stacked, err
 
 
 def _ln_in(cap: Any, info: Any, layer: int, x: torch.Tensor, P: torch.Tensor, what: str) -> tuple:
@@ -450,19 +524,21 @@ def explain_attention(
     kv = h // (info.n_heads // info.n_kv_heads)
     scaling = float(info.attn_scales[li])
     rot = _rotary(cap, info, li, WHAT_QK)
-    P = torch.tensor([qp, kp])
 
-    labels, writes = components(cap, li, [qp, kp])
-    normed, ln_b = _ln_in(cap, info, li, writes, P, WHAT_QK)
+    q_labels, q_parts, q_err = _side(
+        cap, info, li, _fold(cap, info, li, "Q", h, WHAT_QK), qp, WHAT_QK
+    )
+    k_labels, k_parts, k_err = _side(
+        cap, info, li, _fold(cap, info, li, "K", kv, WHAT_QK), kp, WHAT_QK
+    )
     W_Q = _f64(_weight(cap, f"blocks.{li}.attn.W_Q", WHAT_QK)[h])
     W_K = _f64(_weight(cap, f"blocks.{li}.attn.W_K", WHAT_QK)[kv])
+    ln_b = _weight(cap, f"blocks.{li}.ln1.b", WHAT_QK, optional=True)
     b_Q = _weight(cap, f"blocks.{li}.attn.b_Q", WHAT_QK, optional=True)
     b_K = _weight(cap, f"blocks.{li}.attn.b_K", WHAT_QK, optional=True)
-    q_parts, k_parts = normed[:, 0] @ W_Q, normed[:, 1] @ W_K
-    q_labels, k_labels = list(labels), list(labels)
-    if ln_b is not None:
-        q_parts = torch.cat([q_parts, (ln_b @ W_Q)[None]])
-        k_parts = torch.cat([k_parts, (ln_b @ W_K)[None]])
+    if ln_b is not None and bool(ln_b.any()):
+        q_parts = torch.cat([q_parts, (_f64(ln_b) @ W_Q)[None]])
+        k_parts = torch.cat([k_parts, (_f64(ln_b) @ W_K)[None]])
         q_labels.append("ln1.b")
         k_labels.append("ln1.b")
     if b_Q is not None and bool(b_Q[h].any()):
@@ -475,7 +551,7 @@ def explain_attention(
     k_rot = _rotate(rot, k_parts, kp, 1)
     matrix = (q_rot @ k_rot.T) * scaling
 
-    score, source, res_err = _model_score(cap, info, li, h, kv, qp, kp, writes, rot, scaling)
+    score, source = _model_score(cap, info, li, h, kv, qp, kp, rot, scaling)
     return AttentionExplanation(
         layer=li,
         head=h,
@@ -489,41 +565,35 @@ def explain_attention(
         query_token=cap.tokens[qp],
         key_token=cap.tokens[kp],
         score_source=source,
-        residual_error=res_err,
+        residual_error=max(q_err, k_err),
         softcap=info.attn_softcap,
     )
 
 
-def _model_score(cap, info, li, h, kv, qp, kp, writes, rot, scaling) -> tuple:
+def _model_score(cap, info, li, h, kv, qp, kp, rot, scaling) -> tuple:
     """The score as the model computed it: from the captured (rotated) queries and keys when
-    the capture holds them, else from the layer's captured input through the same norm,
-    projections and rotary function. Also how well the components rebuild that input."""
+    the capture holds them, else from the layer's captured input through the same frozen
+    norm, projections and rotary function."""
     qk = _captured_qk(cap, li, h, kv, qp, kp)
-    resid = cap.tensors.get(f"blocks.{li}.hook_resid_pre")
-    res_err = 0.0
-    if resid is not None:
-        x = _f64(resid[[qp, kp]])
-        res_err = float(((writes.sum(0) - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).max())
     if qk is not None:
-        return float((qk[0] @ qk[1]) * scaling), "captured queries and keys", res_err
+        return float((qk[0] @ qk[1]) * scaling), "captured queries and keys"
+    resid = cap.tensors.get(f"blocks.{li}.hook_resid_pre")
     if resid is None:
-        return None, "sum of the parts (no hook_resid_pre captured to check against)", res_err
+        return None, "sum of the parts (no hook_resid_pre captured to check against)"
     P = torch.tensor([qp, kp])
     normed, ln_b = _ln_in(cap, info, li, _f64(resid[P])[None], P, WHAT_QK)
     if ln_b is not None:
         normed = normed + ln_b
     q = normed[0, 0] @ _f64(cap.weights[f"blocks.{li}.attn.W_Q"][h])
     k = normed[0, 1] @ _f64(cap.weights[f"blocks.{li}.attn.W_K"][kv])
-    for name, idx, vec in (("b_Q", h, "q"), ("b_K", kv, "k")):
-        b = cap.weights.get(f"blocks.{li}.attn.{name}")
-        if b is not None:
-            if vec == "q":
-                q = q + _f64(b[idx])
-            else:
-                k = k + _f64(b[idx])
+    b_Q, b_K = cap.weights.get(f"blocks.{li}.attn.b_Q"), cap.weights.get(f"blocks.{li}.attn.b_K")
+    if b_Q is not None:
+        q = q + _f64(b_Q[h])
+    if b_K is not None:
+        k = k + _f64(b_K[kv])
     q = _rotate(rot, q[None], qp, 0)[0]
     k = _rotate(rot, k[None], kp, 1)[0]
-    return float((q @ k) * scaling), f"layer input (blocks.{li}.hook_resid_pre)", res_err
+    return float((q @ k) * scaling), f"layer input (blocks.{li}.hook_resid_pre)"
 
 
 def _captured_qk(cap: Any, li: int, h: int, kv: int, qp: int, kp: int) -> tuple | None:
@@ -613,12 +683,17 @@ def explain_head_output(
 
     weights = _pattern_row(cap, li, h, qp)  # [key]
     src = torch.nonzero(weights != 0).flatten()
-    values = _values(cap, info, li, kv, src)  # [sources, d_head]
+    # v[s] = norm(x[s]) @ W_V + b_V; only v · readout and Σ weight · v are needed, so the
+    # projection is applied after the sums (O(sources · d_model), not · d_head).
+    normed, W_V, b_V = _value_inputs(cap, info, li, kv, src)  # [sources, d_model], ...
     per_src = torch.zeros(n, dtype=torch.float64)
-    per_src[src] = weights[src] * (values @ readout)
+    w_src = weights[src]
+    per_src[src] = w_src * (
+        normed @ (W_V @ readout) + (float(b_V @ readout) if b_V is not None else 0.0)
+    )
 
     z = _f64(_need(cap, f"blocks.{li}.attn.hook_z", WHAT_OV)[qp, h])
-    rebuilt = (weights[src, None] * values).sum(0)
+    rebuilt = (w_src @ normed) @ W_V + (w_src.sum() * b_V if b_V is not None else 0.0)
     value_error = float((rebuilt - z).norm() / z.norm().clamp_min(1e-12))
     return HeadOutputExplanation(
         layer=li,
@@ -647,11 +722,12 @@ def _pattern_row(cap: Any, li: int, h: int, qp: int) -> torch.Tensor:
     return _f64(_need(cap, f"blocks.{li}.attn.hook_pattern", WHAT_OV)[h, qp])
 
 
-def _values(cap: Any, info: Any, li: int, kv: int, src: torch.Tensor) -> torch.Tensor:
-    """Value vectors ``[len(src), d_head]`` of key/value head ``kv`` at positions ``src``."""
+def _value_inputs(cap: Any, info: Any, li: int, kv: int, src: torch.Tensor) -> tuple:
+    """``(norm(x[src]) [sources, d_model], W_V [d_model, d_head], b_V or None)`` of key/value
+    head ``kv``: the value at ``s`` is ``norm(x[s]) @ W_V + b_V``."""
     x = _f64(_need(cap, f"blocks.{li}.hook_resid_pre", WHAT_OV)[src])[None]
     normed, ln_b = _ln_in(cap, info, li, x, src, WHAT_OV)
     normed = normed[0] + (ln_b if ln_b is not None else 0.0)
-    v = normed @ _f64(_weight(cap, f"blocks.{li}.attn.W_V", WHAT_OV)[kv])
+    W_V = _f64(_weight(cap, f"blocks.{li}.attn.W_V", WHAT_OV)[kv])
     b_V = _weight(cap, f"blocks.{li}.attn.b_V", WHAT_OV, optional=True)
-    return v + _f64(b_V[kv]) if b_V is not None else v
+    return normed, W_V, (_f64(b_V[kv]) if b_V is not None and bool(b_V[kv].any()) else None)
