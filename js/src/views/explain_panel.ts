@@ -154,6 +154,7 @@ export class ExplainPanel {
       this.paint(this.current);
       this.el.dataset.state = "ready";
       this.el.dataset.ms = (performance.now() - t0).toFixed(1);
+      this.el.dataset.count = String(Number(this.el.dataset.count ?? 0) + 1); // explanations shown
     } catch (err) {
       if (this.wanted !== id) return;
       this.current = null;
