@@ -58,11 +58,15 @@ def _explainers(cap: Capture, target: Any, baseline: Any) -> dict[str, Any]:
         return {}
     from .analysis import explain_attention, explain_head_output
     from .analysis._attribution import prepare
+    from .analysis._explain import prepare_head
 
     def explainer(layer: int, head: int, query: int, key: int) -> Any:
         return explain_attention(cap, layer=layer, head=head, query=query, key=key, softcap="pre")
 
-    out: dict[str, Any] = {"explainer": explainer}
+    def warm(layer: int, head: int) -> None:
+        prepare_head(cap, layer, head)
+
+    out: dict[str, Any] = {"explainer": explainer, "prepare_head": warm}
     if target is not None:
         t, b, _ = prepare(cap, target, baseline, softcap="pre")  # checks the tokens now
 

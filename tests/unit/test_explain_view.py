@@ -84,3 +84,21 @@ def test_report_embeds_the_selected_heads_explanations(cap):
     small = [r for r in view.export_requests(200_000) if r["kind"] == "fetch-explain"]
     assert 0 < len(small) < len(reqs)
     assert any("the first" in n for n in view.export_notes(200_000))
+
+
+def test_a_head_shown_live_is_prepared_in_the_background(cap):
+    import threading
+
+    from circuitboard.analysis import _explain
+
+    view = cb.attention(cap)
+    _explain._FOLDS.clear()
+    view.answer({"kind": "fetch-head", "layer": 1, "head": 3})  # a report's request: no warm-up
+    assert len(_explain._FOLDS) == 0
+    before = set(threading.enumerate())
+    view.answer({"kind": "fetch-head", "layer": 1, "head": 3, "id": 7})  # shown live
+    for t in set(threading.enumerate()) - before:
+        t.join(30)
+    assert len(_explain._FOLDS) == 2  # the head's query side and its key/value head's key side
+    cb.explain_attention(cap, layer=1, head=3, query=9, key=2)
+    assert len(_explain._FOLDS) == 2  # the click reused them

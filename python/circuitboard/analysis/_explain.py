@@ -15,6 +15,7 @@ final norm each source position's term is its share of the head's direct logit a
 from __future__ import annotations
 
 import importlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -322,6 +323,7 @@ class _Fold:
 
 
 _FOLDS: OrderedDict[tuple, _Fold] = OrderedDict()
+_FOLDS_LOCK = threading.Lock()
 FOLD_CACHE = 8  # folds kept (each ~10 MB for the default model's deep layers)
 
 
@@ -339,10 +341,11 @@ def _fold(cap: Any, info: Any, layer: int, side: str, head: int, what: str) -> _
     names = [f"blocks.{li}.{n}" for li in range(layer) for n in ("attn.W_O", "mlp.W_out")]
     ups = [_weight(cap, n, what) for n in names]
     key = (id(cap.weights), layer, side, head, W_side._version, *(w._version for w in ups))
-    hit = _FOLDS.get(key)
-    if hit is not None:
-        _FOLDS.move_to_end(key)
-        return hit
+    with _FOLDS_LOCK:
+        hit = _FOLDS.get(key)
+        if hit is not None:
+            _FOLDS.move_to_end(key)
+            return hit
     w = _weight(cap, f"blocks.{layer}.ln1.w", what, optional=True)
     w = torch.ones(info.d_model, dtype=torch.float64) if w is None else _f64(w)
     if info.norm == "gemma_rmsnorm":
@@ -364,10 +367,21 @@ def _fold(cap: Any, info: Any, layer: int, side: str, head: int, what: str) -> _
         attn_bias.append(folds[0][1])
         mlp_bias.append(folds[1][1])
     fold = _Fold(W, heads, mlps, attn_bias, mlp_bias)
-    _FOLDS[key] = fold
-    while len(_FOLDS) > FOLD_CACHE:
-        _FOLDS.popitem(last=False)
+    with _FOLDS_LOCK:
+        _FOLDS[key] = fold
+        while len(_FOLDS) > FOLD_CACHE:
+            _FOLDS.popitem(last=False)
     return fold
+
+
+def prepare_head(cap: Any, layer: int, head: int) -> None:
+    """Fold ``head``'s query and key projections now (what the first explanation of one of its
+    cells would do), e.g. in the background while a view shows the head."""
+    info = require_info(cap, WHAT_QK)
+    li = _index("layer", layer, info.n_layers, WHAT_QK)
+    h = _index("head", head, info.n_heads, WHAT_QK)
+    _fold(cap, info, li, "Q", h, WHAT_QK)
+    _fold(cap, info, li, "K", h // (info.n_heads // info.n_kv_heads), WHAT_QK)
 
 
 def _side(cap: Any, info: Any, layer: int, fold: _Fold, pos: int, what: str) -> tuple:

@@ -161,6 +161,7 @@ class AttentionView(ExplainCells):
         explainer: Any = None,
         head_output: Any = None,
         explain_target: str = "",
+        prepare_head: Any = None,
         **kwargs: Any,
     ) -> None:
         arr = attention_array(attention)
@@ -208,7 +209,7 @@ class AttentionView(ExplainCells):
         )
         if self.link.layer is None:
             self.link.select(layer=layers[li], head=hi)
-        self._init_explain(explainer, head_output, explain_target)
+        self._init_explain(explainer, head_output, explain_target, prepare_head)
 
     @property
     def n_layers(self) -> int:

@@ -4,6 +4,7 @@ attribution target from each source) and picks the explanations a report embeds.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -88,9 +89,11 @@ class ExplainCells(View):
         explainer: Callable[..., Any] | None,
         head_output: Callable[..., Any] | None,
         target: str,
+        prepare: Callable[[int, int], None] | None = None,
     ) -> None:
         self._explainer = explainer
         self._head_output = head_output
+        self._prepare = prepare
         self.explainable = explainer is not None
         self.explain_target = target if head_output is not None else ""
 
@@ -104,6 +107,21 @@ class ExplainCells(View):
         ex = self._explainer(layer, head, query, key)
         ov = self._head_output(layer, head, query) if self._head_output is not None else None
         return panel_reply(ex, ov)
+
+    def answer(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        reply = super().answer(msg)
+        # A head shown live (a request with an id, not a report's): prepare its explanations
+        # in the background, so that the first click on one of its cells is fast too.
+        if msg.get("kind") == "fetch-head" and "id" in msg and getattr(self, "_prepare", None):
+            args = (reply[0].get("layer"), reply[0].get("head"))
+            threading.Thread(target=self._prepare_quietly, args=args, daemon=True).start()
+        return reply
+
+    def _prepare_quietly(self, layer: int, head: int) -> None:
+        try:
+            self._prepare(layer, head)  # type: ignore[misc]
+        except Exception:  # a click on a cell reports any problem; a warm-up never does
+            pass
 
     def _fetch_explain(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         args = []
