@@ -316,8 +316,8 @@ class _Fold:
     ``W_out[l] @ W``, so a click reads a few small matrices instead of every upstream weight."""
 
     W: torch.Tensor  # [d_model, d_head] float64
-    heads: list[torch.Tensor]  # per upstream layer [heads, d_head, d_head] float32
-    mlps: list[torch.Tensor]  # per upstream layer [d_mlp, d_head] float32
+    heads: torch.Tensor  # [upstream layers, heads, d_head, d_head] float32
+    mlps: torch.Tensor  # [upstream layers, d_mlp, d_head] float32
     attn_bias: list[torch.Tensor | None]  # per upstream layer [d_head] float64 (b_O @ W)
     mlp_bias: list[torch.Tensor | None]  # per upstream layer [d_head] float64 (b_out @ W)
 
@@ -366,7 +366,10 @@ def _fold(cap: Any, info: Any, layer: int, side: str, head: int, what: str) -> _
         mlps.append(W_out @ folds[1][0].float())
         attn_bias.append(folds[0][1])
         mlp_bias.append(folds[1][1])
-    fold = _Fold(W, heads, mlps, attn_bias, mlp_bias)
+    dh = W.shape[1]
+    stacked_heads = torch.stack(heads) if heads else torch.zeros(0, info.n_heads, dh, dh)
+    stacked_mlps = torch.stack(mlps) if mlps else torch.zeros(0, info.d_mlp, dh)
+    fold = _Fold(W, stacked_heads, stacked_mlps, attn_bias, mlp_bias)
     with _FOLDS_LOCK:
         _FOLDS[key] = fold
         while len(_FOLDS) > FOLD_CACHE:
@@ -414,27 +417,36 @@ def _side(cap: Any, info: Any, layer: int, fold: _Fold, pos: int, what: str) -> 
     bias = torch.zeros(fold.W.shape[1], dtype=torch.float64)
     any_bias = False
     gemma2 = info.architecture == "gemma2"
+    mults = torch.ones(2, layer, dtype=torch.float64)  # sublayer output norms (Gemma 2)
     for li in range(layer):
-        mults = []
-        for name in ("ln1_post", "ln2_post"):
+        for side, name in enumerate(("ln1_post", "ln2_post")):
             t = cap.tensors.get(f"blocks.{li}.{name}.hook_scale")
             if t is None and gemma2:
                 raise KeyError(
                     f"{what}: Gemma 2 normalizes each head's and MLP's output before adding it; "
                     f"this needs blocks.{li}.{name}.hook_scale. {CAPTURE_HINT}"
                 )
-            mults.append(1.0 if t is None else float(t.reshape(cap.n_tokens, -1)[pos, 0]))
-        z = _need(cap, f"blocks.{li}.attn.hook_z", what)[pos].float()  # [heads, d_head]
-        heads = torch.einsum("hd,hde->he", z, fold.heads[li]).double() * mults[0]
-        labels.extend(f"L{li}H{h}" for h in range(info.n_heads))
-        parts.extend(heads.unbind(0))
-        post = _need(cap, f"blocks.{li}.mlp.hook_post", what)[pos].float()
-        labels.append(f"L{li}.mlp")
-        parts.append((post @ fold.mlps[li]).double() * mults[1])
-        for b, m in ((fold.attn_bias[li], mults[0]), (fold.mlp_bias[li], mults[1])):
+            if t is not None:
+                mults[side, li] = float(t.reshape(cap.n_tokens, -1)[pos, 0])
+        for b, m in ((fold.attn_bias[li], mults[0, li]), (fold.mlp_bias[li], mults[1, li])):
             if b is not None:
                 bias = bias + b * m
                 any_bias = True
+    if layer:
+        # every upstream layer at once: [layers, heads, d_head] and [layers, d_head]
+        z = torch.stack([_need(cap, f"blocks.{li}.attn.hook_z", what)[pos] for li in range(layer)])
+        post = torch.stack(
+            [_need(cap, f"blocks.{li}.mlp.hook_post", what)[pos] for li in range(layer)]
+        )
+        heads = torch.einsum("lhd,lhde->lhe", z.float(), fold.heads).double()
+        mlp = torch.bmm(post.float()[:, None, :], fold.mlps)[:, 0].double()
+        heads = heads * mults[0][:, None, None]
+        mlp = mlp * mults[1][:, None]
+        per_layer = torch.cat([heads, mlp[:, None]], dim=1)  # [layers, heads + 1, d_head]
+        parts.extend(per_layer.reshape(-1, per_layer.shape[-1]).unbind(0))
+        for li in range(layer):
+            labels.extend(f"L{li}H{h}" for h in range(info.n_heads))
+            labels.append(f"L{li}.mlp")
     if any_bias:
         labels.append("bias")
         parts.append(bias)
