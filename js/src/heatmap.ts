@@ -118,6 +118,7 @@ export function renderWindow(
   lut32: Uint32Array,
   background: number,
   lowerOnly = false,
+  sample?: CellSampler,
 ): void {
   const colStart = new Int32Array(w + 1);
   for (let x = 0; x <= w; x++) colStart[x] = Math.floor((x - t.x0) / t.k);
@@ -143,10 +144,14 @@ export function renderWindow(
         continue;
       }
       if (!pooled) {
-        out[line + x] = lut32[codes[r0 * cols + c0]];
+        out[line + x] = lut32[sample ? sample(r0, r0 + 1, c0, c0 + 1) : codes[r0 * cols + c0]];
         continue;
       }
       const c1 = Math.min(cols, Math.max(colStart[x + 1], c0 + 1));
+      if (sample) {
+        out[line + x] = lut32[sample(r0, r1, c0, c1)];
+        continue;
+      }
       let m = 0;
       for (let r = r0; r < r1; r++) {
         const base = r * cols;
@@ -171,10 +176,15 @@ export interface ZoomHeatmapOptions {
   onZoom?(t: Transform): void;
 }
 
+/** The max code of cells [r0, r1) × [c0, c1) of a matrix not held whole (overview + tiles). */
+export type CellSampler = (r0: number, r1: number, c0: number, c1: number) => number;
+
 export interface MatrixData {
   rows: number;
   cols: number;
   codes: Uint8Array;
+  /** When set, cells are read through it instead of `codes` (a long prompt's head). */
+  sample?: CellSampler;
   lut: Lut;
   rowLabel(i: number): string;
   colLabel(i: number): string;
@@ -338,7 +348,7 @@ export class ZoomHeatmap {
       const out = new Uint32Array(img.data.buffer);
       const lut32 = new Uint32Array(d.lut.buffer, d.lut.byteOffset, 256);
       const bg = cssToUint32(this.colors.bg);
-      renderWindow(out, P, P, d.codes, d.rows, d.cols, { k: t.k * dpr, x0: t.x0 * dpr, y0: t.y0 * dpr }, lut32, bg, d.lowerOnly ?? false);
+      renderWindow(out, P, P, d.codes, d.rows, d.cols, { k: t.k * dpr, x0: t.x0 * dpr, y0: t.y0 * dpr }, lut32, bg, d.lowerOnly ?? false, d.sample);
       bctx.putImageData(img, 0, 0);
       this.baseKey = key;
     }
@@ -356,6 +366,14 @@ export class ZoomHeatmap {
     c.dataset.cols = String(d.cols);
     const fitK = fitTransform(d.rows, d.cols, this.size, this.size).k;
     c.dataset.zoom = (t.k / fitK).toFixed(2);
+  }
+
+  /** The cells [r0, r1) × [c0, c1) inside the plot at the current zoom and pan. */
+  visibleCells(): { r0: number; r1: number; c0: number; c1: number } | null {
+    if (!this.data) return null;
+    const [r0, r1] = this.visible(this.data.rows, this.t.y0);
+    const [c0, c1] = this.visible(this.data.cols, this.t.x0);
+    return { r0, r1, c0, c1 };
   }
 
   private visible(n: number, o: number): [number, number] {

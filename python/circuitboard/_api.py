@@ -34,6 +34,9 @@ def attention(
     position (:func:`circuitboard.explain_head_output`). Clicking a component there (``L5H2``)
     selects it in linked views.
 
+    Patterns are read from the capture in blocks (recomputed from its queries and keys), so
+    every head is viewable at the model's full context; see :class:`AttentionView`.
+
     Examples
     --------
     >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
@@ -45,10 +48,9 @@ def attention(
             "this capture has no attention patterns; capture again with "
             "what=('pattern', ...) or the default what."
         )
-    att = cap.stack("attn.hook_pattern")
     first = layers.index(layer) if layer is not None and layer in layers else 0
     kwargs.update(_explainers(cap, target, baseline))
-    return AttentionView(att, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
+    return AttentionView(cap, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
 
 
 def _explainers(cap: Capture, target: Any, baseline: Any) -> dict[str, Any]:

@@ -266,3 +266,33 @@ def test_extension_point_reads_and_replaces_qkv_and_weights():
         with torch.no_grad(), ai.attention_hooks(model, bad):
             model(input_ids=ids)
     assert model.config._attn_implementation == "sdpa" and not ai._ACTIVE
+
+
+def test_head_summary_equals_pooling_the_full_pattern():
+    from circuitboard.capture._patterns import summarize_head
+
+    model, tok = ATTENTION_VARIANTS["gemma3"]()  # a sliding layer: windows that start late
+    cap = cb.capture(model, tok, PROMPTS[0] * 2, dtype=torch.float32, what="pattern")
+    n = cap.n_tokens
+    for layer in (0, 1):
+        full = cap.pattern(layer, head=1).double()
+        for thumb, overview in ((1, n), (7, 5), (n, 0)):  # equal blocks (reshape) and unequal
+            s = summarize_head(cap.patterns, layer, 1, thumb, overview)
+            te = (torch.arange(min(n, thumb) + 1) * n) // min(n, thumb)
+            for i, (a, b) in enumerate(zip(te[:-1], te[1:], strict=True)):
+                for j, (c, d) in enumerate(zip(te[:-1], te[1:], strict=True)):
+                    want = full[a:b, c:d].sum(-1).mean()
+                    assert float(s["thumb"][i, j]) == pytest.approx(float(want), abs=1e-6)
+            if overview:
+                oe = (torch.arange(overview + 1) * n) // overview
+                for i, (a, b) in enumerate(zip(oe[:-1], oe[1:], strict=True)):
+                    for j, (c, d) in enumerate(zip(oe[:-1], oe[1:], strict=True)):
+                        want = full[a:b, c:d].max()
+                        assert float(s["overview"][i, j]) == pytest.approx(float(want), abs=1e-6)
+            else:
+                assert s["overview"] is None
+            q = torch.arange(1, n)
+            assert s["previous_token"] == pytest.approx(float(full[q, q - 1].mean()), abs=1e-6)
+            assert s["first_token"] == pytest.approx(float(full[:, 0].mean()), abs=1e-6)
+            ent = -(torch.special.xlogy(full, full)).sum(-1).mean()
+            assert s["entropy"] == pytest.approx(float(ent), abs=1e-5)

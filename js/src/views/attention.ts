@@ -11,6 +11,7 @@ import { followTheme, isDark } from "../theme";
 import { NAN_PAINT, TokenStrip } from "../tokens";
 import type { Encoded } from "../types";
 import { el } from "../dom";
+import { TiledHead, tilesFor } from "./attention_tiles";
 import { ExplainPanel } from "./explain_panel";
 
 interface AttentionState {
@@ -19,8 +20,12 @@ interface AttentionState {
   n_heads: number;
   causal: boolean;
   scores: Record<string, (number | null)[][]>;
-  _initial: { layer: number; head: number; pattern: Encoded };
+  _initial: { layer: number; head: number; pattern?: Encoded; overview?: Encoded };
   _thumbs: Encoded;
+  _thumbs_ready?: boolean;
+  overview_size?: number;
+  pool?: string;
+  tile_size?: number;
   theme: string;
   link: string;
   explainable?: boolean; // explain panel: a click explains the cell's score in the kernel
@@ -36,11 +41,14 @@ interface Head {
   nonfinite: number | null; // the code that marks NaN / ±inf, when the data has any
   n: number;
   reduced: boolean; // a thumbnail standing in for a head the report left out
+  tiled?: TiledHead; // a long prompt's head: pooled overview + full-resolution tiles
 }
 
 type Mode = "both" | "row" | "col";
 
 const CACHE_BYTES = 256 * 2 ** 20; // decoded heads kept in the browser
+const MAX_TILE_CELLS = 1536 * 1536; // zoomed in this far, the visible region comes at full resolution
+const COMPUTED_SCORES = ["previous_token", "first_token", "entropy"]; // long prompts: with the thumbnails
 const SCORE_LABELS: Record<string, string> = {
   previous_token: "previous token",
   induction: "induction",
@@ -102,8 +110,14 @@ export async function render(props: RenderProps<AttentionState>) {
   const n = tokens.length;
   const causal = model.get("causal") ?? false;
   const thumbsEnc = model.get("_thumbs");
-  const thumbCodes = uint8View(thumbsEnc);
+  const thumbsReady = model.get("_thumbs_ready") ?? true;
+  const thumbCodes = thumbsReady ? uint8View(thumbsEnc) : uint8View(thumbsEnc).slice(); // filled as they arrive
   const tSide = thumbsEnc.shape[thumbsEnc.shape.length - 1];
+  const overviewSide = model.get("overview_size") ?? 0; // > 0: heads come as overview + tiles
+  const long = overviewSide > 0;
+  const tileSize = model.get("tile_size") ?? 512;
+  const pool = model.get("pool") ?? "max";
+  if (long) for (const k of COMPUTED_SCORES) scores[k] ??= layers.map(() => Array<number | null>(nHeads).fill(null));
 
   // ---- DOM ------------------------------------------------------------------------------
   const root = el("div", "cb-root cb-attention", host);
@@ -143,6 +157,11 @@ export async function render(props: RenderProps<AttentionState>) {
   const zoomFit = button("fit", "fit the whole head (0)", header);
   const status = el("span", "cb-status", header);
   status.setAttribute("aria-live", "polite");
+  const progress = el("progress", "cb-progress", header);
+  progress.max = layers.length * nHeads;
+  progress.value = 0;
+  progress.hidden = thumbsReady;
+  progress.setAttribute("aria-label", "thumbnails computed");
 
   const body = el("div", "cb-body cb-att-body", root);
   const gridPanel = el("div", "cb-att-grid", body);
@@ -178,7 +197,7 @@ export async function render(props: RenderProps<AttentionState>) {
       thumbCanvases.push([c, li * nHeads + h]);
     }
   });
-  const paintThumbs = () => {
+  const thumbLut = () => {
     const lut = markNonFinite(sqrtLut(sequential(isDark(root))), thumbsEnc.nonfinite);
     if (causal) {
       // Causal heads: the blocks above the diagonal are masked (drawn as the background).
@@ -186,8 +205,13 @@ export async function render(props: RenderProps<AttentionState>) {
       const bgRgba = new Uint8ClampedArray(new Uint32Array([bg]).buffer);
       lut.set(bgRgba, 0);
     }
+    return lut;
+  };
+  const paintThumbs = (only?: number) => {
+    const lut = thumbLut();
     const size = tSide * tSide;
     for (const [c, k] of thumbCanvases) {
+      if (only !== undefined && k !== only) continue;
       const codes = thumbCodes.subarray(k * size, (k + 1) * size);
       if (causal) {
         const masked = new Uint8Array(size);
@@ -271,9 +295,19 @@ export async function render(props: RenderProps<AttentionState>) {
     thumbs.get(key)?.classList.add("cb-thumb-reduced");
   };
 
+  /** A long prompt's head: its overview now, tiles added as the view zooms in. */
+  const fromOverview = (layer: number, head: number, enc: Encoded, buffers: DataView[] = []): Head => {
+    const h = fromEncoded(layer, head, enc, buffers);
+    h.tiled = new TiledHead(n, h.codes, h.n, tileSize);
+    return h;
+  };
   const init = model.get("_initial");
-  let current: Head = fromEncoded(layers[init.layer], init.head, init.pattern);
+  let current: Head = init.overview
+    ? fromOverview(layers[init.layer], init.head, init.overview)
+    : fromEncoded(layers[init.layer], init.head, init.pattern as Encoded);
   remember(current);
+  /** Code of cell (query i, key j) of the current head (its tile, or its overview block). */
+  const codeAt = (h: Head, i: number, j: number) => (h.tiled ? h.tiled.code(i, j) : h.codes[i * h.n + j]);
 
   // ---- zoomed heatmap -------------------------------------------------------------------------
   const tip = el("div", "cb-tip", figure);
@@ -293,8 +327,14 @@ export async function render(props: RenderProps<AttentionState>) {
         tip.textContent = `queries ${q0}–${q1} → keys ${k0}–${k1}: mass ${fmtP(valueOf(current, current.codes[cell.row * current.n + cell.col]))} (thumbnail)`;
         return;
       }
-      const p = valueOf(current, current.codes[cell.row * current.n + cell.col]);
+      const p = valueOf(current, codeAt(current, cell.row, cell.col));
       tip.textContent = `#${cell.row} ${JSON.stringify(tokens[cell.row])} → #${cell.col} ${JSON.stringify(tokens[cell.col])}: ${fmtP(p)}`;
+      const t = current.tiled;
+      if (t && !t.full(cell.row, cell.col)) {
+        const [q0, q1] = t.blockRange(cell.row);
+        const [k0, k1] = t.blockRange(cell.col);
+        tip.textContent += ` (pooled: ${pool} over queries ${q0}–${q1} × keys ${k0}–${k1}; zoom in for full resolution)`;
+      }
       if (link.get("hover_token") !== cell.row) hover(link, { hover_token: cell.row });
     },
     onClick: (cell) => {
@@ -302,15 +342,19 @@ export async function render(props: RenderProps<AttentionState>) {
       toggleLock(cell.row);
       void explainPanel?.explain(current.layer, current.head, cell.row, cell.col); // explain panel
     },
-    onZoom: () => updateStatus(),
+    onZoom: () => {
+      updateStatus();
+      scheduleTiles();
+    },
   }, signal);
   heat.canvas.setAttribute("aria-label", "attention pattern");
   const blockRange = (b: number): [number, number] => [Math.floor((b * n) / tSide), Math.floor(((b + 1) * n) / tSide) - 1];
 
   const matrixOf = (h: Head): MatrixData => ({
-    rows: h.n,
-    cols: h.n,
+    rows: h.tiled ? n : h.n,
+    cols: h.tiled ? n : h.n,
     codes: h.codes,
+    sample: h.tiled?.sample,
     lut: markNonFinite(scaleSel.value === "sqrt" ? sqrtLut(sequential(isDark(root))) : sequential(isDark(root)), h.nonfinite),
     lowerOnly: causal,
     rowLabel: h.reduced ? (i) => `${blockRange(i)[0]}–${blockRange(i)[1]}` : (i) => `${i} ${labelOf(tokens[i])}`,
@@ -350,7 +394,16 @@ export async function render(props: RenderProps<AttentionState>) {
     if (Number(z) > 1.001) parts.push(`zoom ${Number(z).toFixed(1)}×`);
     root.dataset.scale = scaleSel.value;
     if (current.reduced) parts.push(`not in this report at full resolution: ${tSide}×${tSide} thumbnail`);
-    if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads at full resolution in this report (▨ = thumbnail only)`);
+    const t = current.tiled;
+    if (t) {
+      const blk = Math.ceil(n / t.side);
+      parts.push(`pooled overview: ${pool} of each ${blk}×${blk}-token block`);
+      parts.push(t.tiles.size ? `${t.tiles.size} tile${t.tiles.size > 1 ? "s" : ""} at full resolution` : "zoom in for full resolution");
+      if (tilesIncluded && !tilesIncluded.has(`${current.layer}:${current.head}`)) parts.push("full resolution not in this report");
+      else if (tilesIncluded && (tileRegion[0] > 0 || tileRegion[1] < n)) parts.push(`full resolution in this report: queries ${tileRegion[0]}–${tileRegion[1] - 1}`);
+    }
+    if (!progress.hidden) parts.push(`thumbnails ${progress.value}/${progress.max}`);
+    if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads ${long ? "with their overview" : "at full resolution"} in this report (▨ = thumbnail only)`);
     status.textContent = parts.join(" · ");
     root.dataset.zoom = z;
   };
@@ -395,11 +448,10 @@ export async function render(props: RenderProps<AttentionState>) {
     const mode = modeSel.value as Mode;
     const rowRgb = dark ? ROW_RGB.dark : ROW_RGB.light;
     const colRgb = dark ? COL_RGB.dark : COL_RGB.light;
-    const codes = current.codes;
-    const m = current.n;
+    const h = current;
     strip.paintWith((j) => {
       const useRow = mode === "row" || (mode === "both" && j <= i);
-      const code = useRow ? codes[i * m + j] : codes[j * m + i];
+      const code = useRow ? codeAt(h, i, j) : codeAt(h, j, i);
       const p = valueOf(current, code);
       if (Number.isNaN(p)) return NAN_PAINT;
       if (!(p > 0)) return null;
@@ -438,9 +490,9 @@ export async function render(props: RenderProps<AttentionState>) {
         status.textContent = `loading L${layer} H${head}…`;
         try {
           const f0 = performance.now();
-          const { reply, buffers } = await fetcher.get({ kind: "fetch-head", layer, head });
+          const { reply, buffers } = await fetcher.get({ kind: long ? "fetch-overview" : "fetch-head", layer, head });
           root.dataset.lastFetchMs = (performance.now() - f0).toFixed(1);
-          h = fromEncoded(layer, head, reply.pattern as Encoded, buffers);
+          h = long ? fromOverview(layer, head, reply.overview as Encoded, buffers) : fromEncoded(layer, head, reply.pattern as Encoded, buffers);
           remember(h);
         } catch (err) {
           if (wanted !== key) return;
@@ -464,16 +516,93 @@ export async function render(props: RenderProps<AttentionState>) {
     if (t0 !== null) root.dataset.lastMs = (performance.now() - t0).toFixed(1);
     root.dataset.shown = String(Number(root.dataset.shown ?? 0) + 1);
     prefetch(layer, head);
+    scheduleTiles();
+  };
+
+  // ---- long prompts: full-resolution tiles of the visible region ------------------------------
+  let tilesIncluded: Set<string> | null = null; // report: heads whose tiles it embeds
+  let tileRegion: [number, number] = [0, n]; // report: the query rows it embeds tiles of
+  let tileTimer = 0;
+  let tilePaint = 0;
+  const scheduleTiles = () => {
+    if (!long) return;
+    window.clearTimeout(tileTimer);
+    tileTimer = window.setTimeout(loadTiles, 60);
+  };
+  const repaintTiles = () => {
+    if (tilePaint) return;
+    tilePaint = requestAnimationFrame(() => {
+      tilePaint = 0;
+      drawHeat(true);
+      drawTokens();
+    });
+  };
+  const loadTiles = () => {
+    const h = current;
+    const t = h.tiled;
+    const v = heat.visibleCells();
+    if (!t || !v || h.reduced || n <= t.side) return;
+    if (tilesIncluded && !tilesIncluded.has(`${h.layer}:${h.head}`)) return;
+    const c1 = causal ? Math.min(v.c1, v.r1) : v.c1;
+    if ((v.r1 - v.r0) * (c1 - v.c0) > MAX_TILE_CELLS) return; // the overview is as fine as the screen
+    const r0 = Math.max(v.r0, tileRegion[0]);
+    const r1 = Math.min(v.r1, tileRegion[1]);
+    if (r1 <= r0) return;
+    const t0 = performance.now();
+    for (const req of tilesFor(h.layer, h.head, r0, r1, v.c0, c1, n, tileSize, causal)) {
+      const tkey = `${req.q0 / tileSize}:${req.k0 / tileSize}`;
+      if (t.tiles.has(tkey) || t.missing.has(tkey)) continue;
+      fetcher.get({ ...req }).then(({ reply, buffers }) => {
+        const enc = reply.tile as Encoded;
+        t.add({ q0: req.q0, k0: req.k0, rows: enc.shape[0], cols: enc.shape[1], codes: uint8View(enc, buffers) });
+        root.dataset.tiles = String(t.tiles.size);
+        if (current === h) {
+          repaintTiles();
+          requestAnimationFrame(() => { root.dataset.lastTileMs = (performance.now() - t0).toFixed(1); });
+        }
+      }, (err) => {
+        if (/not included in the report/.test(String((err as Error).message ?? err))) t.missing.add(tkey);
+      });
+    }
+  };
+
+  // ---- long prompts: thumbnails and their scores, head by head, with a progress bar -------------
+  const loadThumbs = async () => {
+    const size = tSide * tSide;
+    let done = 0;
+    for (let li = 0; li < layers.length; li++) {
+      for (let h = 0; h < nHeads; h++) {
+        if (signal.aborted) return;
+        try {
+          const { reply, buffers } = await fetcher.get({ kind: "fetch-thumb", layer: layers[li], head: h });
+          thumbCodes.set(uint8View(reply.thumb as Encoded, buffers).subarray(0, size), (li * nHeads + h) * size);
+          paintThumbs(li * nHeads + h);
+          for (const [name, v] of Object.entries((reply.scores ?? {}) as Record<string, number | null>)) {
+            if (scores[name]) scores[name][li][h] = v;
+          }
+        } catch {
+          // a report that left this thumbnail out: the cell stays blank
+        }
+        done += 1;
+        progress.value = done;
+        root.dataset.thumbs = String(done);
+      }
+      applyScores();
+      updateStatus();
+    }
+    progress.hidden = true;
+    root.dataset.thumbsDone = "true";
+    updateStatus();
   };
   /** Ask for a head now (cached by the fetcher) unless it is decoded or left out of a report. */
   const request = (layer: number, head: number) => {
     const key = `${layer}:${head}`;
     if (decoded.has(key) || (included && !included.has(key)) || !layers.includes(layer) || head < 0 || head >= nHeads) return;
-    fetcher.get({ kind: "fetch-head", layer, head }).catch(() => undefined);
+    fetcher.get({ kind: long ? "fetch-overview" : "fetch-head", layer, head }).catch(() => undefined);
   };
   const prefetch = (layer: number, head: number) => {
     const next = head + 1 < nHeads ? { layer, head: head + 1 } : null;
-    if (!next || decoded.has(`${next.layer}:${next.head}`) || (included && !included.has(`${next.layer}:${next.head}`))) return;
+    if (long || !next || decoded.has(`${next.layer}:${next.head}`) || (included && !included.has(`${next.layer}:${next.head}`))) return;
     fetcher.get({ kind: "fetch-head", ...next }).catch(() => undefined);
   };
 
@@ -574,6 +703,8 @@ export async function render(props: RenderProps<AttentionState>) {
   // Which heads a static report embeds (live, every head); never blocks the first paint.
   fetcher.get({ kind: "fetch-included" }).then(({ reply }) => {
     if (reply.all) return;
+    tilesIncluded = new Set(((reply.tiles ?? []) as [number, number][]).map(([l, h]) => `${l}:${h}`));
+    if (Array.isArray(reply.region)) tileRegion = reply.region as [number, number];
     included = new Set((reply.heads as [number, number][]).map(([l, h]) => `${l}:${h}`));
     for (const key of thumbs.keys()) if (!included.has(key)) markReduced(key);
     root.dataset.included = String(included.size);
@@ -581,9 +712,11 @@ export async function render(props: RenderProps<AttentionState>) {
     updateStatus();
   }, () => undefined);
   await show();
+  if (!thumbsReady) void loadThumbs(); // after the first paint; clicks interleave with it
 
   return () => {
     abort.abort();
+    window.clearTimeout(tileTimer);
     offSel();
     offTok();
     offTheme();

@@ -204,19 +204,8 @@ def samples_from_capture(
                 w = torch.einsum("nhd,hdm->nhm", z, w_o)  # what each head writes
                 out["head_write"].append(w.norm(dim=-1).double().numpy())
             if any(s in out for s in ("attn_first", "attn_prev", "attn_entropy")):
-                p = cap[f"blocks.{layer}.attn.hook_pattern"][:, q, :].float()  # [H, n, k]
-                if "attn_first" in out:
-                    out["attn_first"].append(p[..., 0].T.double().numpy())
-                if "attn_prev" in out:
-                    prev = torch.gather(
-                        p, 2, (q - 1).clamp(min=0).view(1, -1, 1).expand(p.shape[0], -1, 1)
-                    )
-                    prev = prev[..., 0] * (q > 0).to(prev.dtype)
-                    out["attn_prev"].append(prev.T.double().numpy())
-                if "attn_entropy" in out:
-                    pl = p.double()
-                    ent = -(torch.where(pl > 0, pl * pl.log(), torch.zeros_like(pl))).sum(-1)
-                    out["attn_entropy"].append(ent.T.numpy())
+                for s, v in _pattern_samples(cap, layer, idx, out).items():
+                    out[s].append(v)
             for s, hook in (("attn_out", "hook_attn_out"), ("mlp_out", "hook_mlp_out")):
                 if s in out:
                     x = cap[f"blocks.{layer}.{hook}"][q].float()  # [n, d_model]
@@ -227,6 +216,30 @@ def samples_from_capture(
     if pos == "mean":
         res = {s: v.mean(0, keepdims=True) for s, v in res.items()}
     return res
+
+
+def _pattern_samples(cap: Any, layer: int, idx: Any, wanted: Any) -> dict[str, np.ndarray]:
+    """``attn_first`` / ``attn_prev`` / ``attn_entropy`` ``[n, heads]`` of the queries ``idx``,
+    read from the pattern in chunks of query rows (never the whole ``[H, T, T]`` at once)."""
+    import torch
+
+    queries = slice(None) if isinstance(idx, slice) else int(idx[0])
+    parts: dict[str, list[np.ndarray]] = {
+        s: [] for s in ("attn_first", "attn_prev", "attn_entropy") if s in wanted
+    }
+    for a, p in cap.pattern_rows(layer, queries=queries):  # p: [H, rows, keys] float32
+        q = torch.arange(a, a + p.shape[1])
+        if "attn_first" in parts:
+            parts["attn_first"].append(p[..., 0].T.double().numpy())
+        if "attn_prev" in parts:
+            prev = torch.gather(p, 2, (q - 1).clamp(min=0).view(1, -1, 1).expand(p.shape[0], -1, 1))
+            prev = prev[..., 0] * (q > 0).to(prev.dtype)
+            parts["attn_prev"].append(prev.T.double().numpy())
+        if "attn_entropy" in parts:
+            pl = p.double()
+            ent = -(torch.where(pl > 0, pl * pl.log(), torch.zeros_like(pl))).sum(-1)
+            parts["attn_entropy"].append(ent.T.numpy())
+    return {s: np.concatenate(v, axis=0) for s, v in parts.items()}
 
 
 def _w_o(cap: Any, layer: int, device: Any) -> Any:

@@ -87,6 +87,65 @@ def scores_from_patterns(patterns: Any, token_ids: Any) -> dict[str, torch.Tenso
     }
 
 
+def _score_masks(ids: torch.Tensor, a: int, b: int) -> dict[str, torch.Tensor]:
+    """The ``[b - a, n]`` key masks of each score for query rows ``[a, b)`` (see
+    :func:`scores_from_patterns`)."""
+    n = ids.shape[0]
+    q = torch.arange(a, b)[:, None]
+    k = torch.arange(n)[None, :]
+    earlier = k < q
+    dup = (ids[a:b, None] == ids[None, :]) & earlier
+    ind = torch.zeros_like(dup)
+    ind[:, 1:] = dup[:, :-1] & earlier[:, 1:]
+    return {
+        "previous_token": (k == q - 1) & (q >= 1),
+        "induction": ind,
+        "duplicate_token": dup,
+        "first_token": (k == 0) & (q >= 1),
+    }
+
+
+def scores_from_capture(cap: Any, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`scores_from_patterns` of one capture, read in chunks of query rows.
+
+    Never holds more than one chunk of a layer's pattern (``cap.pattern_rows``), so it works
+    at the model's full context on captures whose patterns are computed on demand. Returns
+    ``[layers, heads]`` tensors for ``layers`` (default: every captured layer).
+
+    Examples
+    --------
+    >>> from circuitboard.capture import Capture
+    >>> ids = torch.tensor([5, 6, 7, 5, 6, 7])
+    >>> prev = torch.diag(torch.ones(5), -1); prev[0, 0] = 1
+    >>> cap = Capture(["x"] * 6, ids, {"blocks.0.attn.hook_pattern": prev[None]})
+    >>> float(scores_from_capture(cap)["previous_token"][0, 0])
+    1.0
+    """
+    layers = cap.layers("attn.hook_pattern") if layers is None else list(layers)
+    ids = torch.as_tensor(cap.token_ids).long().cpu()
+    rows: list[dict[str, torch.Tensor]] = []
+    counts = dict.fromkeys(SCORES, 0)
+    for li, layer in enumerate(layers):
+        total: dict[str, torch.Tensor] = {}
+        for a, p in cap.pattern_rows(layer):
+            masks = _score_masks(ids, a, a + p.shape[1])
+            for name, m in masks.items():
+                # per row q: p[:, q] . m[q], as a batched matmul (no [H, rows, n] temporary)
+                mass = torch.matmul(p.transpose(0, 1), m.float()[:, :, None])[..., 0]  # [rows, H]
+                total[name] = total.get(name, 0) + mass.sum(0)
+                if li == 0:
+                    counts[name] += int(m.any(-1).sum())
+        rows.append(total)
+    out = {}
+    for name in SCORES:
+        if counts[name] == 0 or not rows:
+            n_heads = cap.pattern(layers[0], queries=0).shape[0] if layers else 0
+            out[name] = torch.full((len(layers), n_heads), float("nan"))
+        else:
+            out[name] = torch.stack([r[name] for r in rows]) / counts[name]
+    return out
+
+
 def _random_ids(tokenizer: Any, vocab: int, shape: tuple[int, int], seed: int) -> torch.Tensor:
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     gen = torch.Generator().manual_seed(seed)
@@ -139,7 +198,7 @@ def head_scores(
                 "this capture has no attention patterns (blocks.*.attn.hook_pattern); capture "
                 "again with patterns, or pass (model, tokenizer) to score on random tokens."
             )
-        return scores_from_patterns(cap.stack("attn.hook_pattern"), cap.token_ids)
+        return scores_from_capture(cap)
     if not hasattr(model, "config") or not callable(model):
         raise TypeError(
             f"head_scores expects a Hugging Face model (and tokenizer) or a Capture; got "

@@ -1,5 +1,6 @@
 """Record a model's activations under TransformerLens-style names (see :class:`Capture`)."""
 
+from ._attn_interface import AttentionCall, LayerHooks, attention_hooks
 from ._capture import FORMAT_VERSION, Capture, ModelInfo
 from ._io import load_capture
 from ._run import capture
@@ -9,8 +10,11 @@ from .adapters import supported as supported_architectures
 
 __all__ = [
     "FORMAT_VERSION",
+    "AttentionCall",
     "Capture",
+    "LayerHooks",
     "ModelInfo",
+    "attention_hooks",
     "capture",
     "from_transformer_lens",
     "load_capture",

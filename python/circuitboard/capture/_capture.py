@@ -231,6 +231,11 @@ class Capture(Mapping[str, torch.Tensor]):
         attention mass the block's queries put on the block's keys, averaged over the queries
         (rows sum to 1); ``"max"``: the largest weight in the block. Computed in chunks of
         query rows, never the whole pattern at once.
+
+        >>> eye = torch.eye(4)[None]
+        >>> cap = Capture(list("abcd"), torch.arange(4), {"blocks.0.attn.hook_pattern": eye})
+        >>> cap.pattern_overview(0, head=0, size=2).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
         """
         n = self.n_tokens
         n_heads = (

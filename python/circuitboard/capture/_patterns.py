@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 32 * 2**20
 """Upper bound of the float32 scores one chunk of query rows holds while it is computed."""
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -257,3 +257,75 @@ def pool_rows(
     if reduce == "mean":
         out /= torch.diff(edges).to(out.dtype)[None, :, None]
     return out
+
+
+def _pool_keys(w: torch.Tensor, lo: int, edges: torch.Tensor, reduce: str) -> torch.Tensor:
+    """``[rows, t]``: the sum or max of window ``w`` (keys ``lo..``) over each key block."""
+    n, t = int(edges[-1]), len(edges) - 1
+    width = w.shape[1]
+    if n % t == 0:  # equal blocks: a reshape instead of a scatter (several times faster)
+        blk = n // t
+        a0, a1 = (lo // blk) * blk, -(-(lo + width) // blk) * blk
+        if a0 != lo or a1 != lo + width:
+            padded = w.new_zeros(w.shape[0], a1 - a0)
+            padded[:, lo - a0 : lo - a0 + width] = w
+            w = padded
+        r = w.reshape(w.shape[0], -1, blk)
+        part = r.sum(-1) if reduce == "sum" else r.amax(-1)
+        out = w.new_zeros(w.shape[0], t)
+        out[:, a0 // blk : a1 // blk] = part
+        return out
+    of = torch.repeat_interleave(torch.arange(t), torch.diff(edges))[lo : lo + width]
+    out = w.new_zeros(w.shape[0], t)
+    if reduce == "sum":
+        return out.index_add_(1, of, w)
+    return out.scatter_reduce_(1, of.expand_as(w), w, "amax")
+
+
+def summarize_head(
+    patterns: Patterns, layer: int, head: int, thumb: int, overview: int
+) -> dict[str, Any]:
+    """One pass over one head of ``layer``: what an attention view shows before zooming in.
+
+    Returns ``thumb`` ``[t, t]`` (mean attention mass per block, ``t = min(n, thumb)``),
+    ``overview`` ``[o, o]`` (the max weight per block; None when ``overview`` is 0) and the
+    scores ``previous_token`` (mean weight on ``q - 1`` over queries ``q >= 1``),
+    ``first_token`` (mean weight on position 0) and ``entropy`` (mean row entropy, nats). Rows
+    are computed in chunks over only the keys they may see, never the whole pattern.
+    """
+    q, _, spec = patterns._qk(layer)
+    n = q.shape[0]
+    te = block_edges(n, thumb)
+    t_of = torch.repeat_interleave(torch.arange(len(te) - 1), torch.diff(te))
+    th = torch.zeros(len(te) - 1, len(te) - 1, dtype=torch.float64)
+    ov = o_of = oe = None
+    if overview:
+        oe = block_edges(n, overview)
+        o_of = torch.repeat_interleave(torch.arange(len(oe) - 1), torch.diff(oe))
+        ov = torch.zeros(len(oe) - 1, len(oe) - 1)
+    prev = first = ent = 0.0
+    step = rows_per_chunk(1, n)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        w, lo = patterns._block(layer, [head], a, b)
+        w = w[0]  # [rows, window]
+        cols = _pool_keys(w, lo, te, "sum")
+        th.index_add_(0, t_of[a:b], cols.double())
+        if ov is not None:
+            cmax = _pool_keys(w, lo, oe, "max")
+            ov.scatter_reduce_(0, o_of[a:b, None].expand_as(cmax), cmax, "amax")
+        i = torch.arange(a, b)
+        ok = (i >= 1) & (i - 1 >= lo) & (i - 1 < lo + w.shape[1])
+        if ok.any():
+            prev += float(w[ok.nonzero()[:, 0], (i[ok] - 1 - lo)].double().sum())
+        if lo == 0:
+            first += float(w[:, 0].double().sum())
+        ent -= float(torch.special.xlogy(w, w).double().sum())
+    th /= torch.diff(te).double()[:, None]
+    return {
+        "thumb": th.float(),
+        "overview": ov,
+        "previous_token": prev / (n - 1) if n > 1 else 0.0,
+        "first_token": first / n,
+        "entropy": max(0.0, ent / n),
+    }

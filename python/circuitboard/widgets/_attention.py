@@ -11,11 +11,57 @@ import traitlets
 
 from ._codec import encode, is_causal, to_numpy
 from ._explain_panel import ExplainCells
+from ._pattern_source import ArraySource, CaptureSource, HeadSummary
 from ._validate import attention_array, index_in, token_list
 from ._view import pack
 
 THUMB = 32  # thumbnail side in cells (prompts shorter than this keep every position)
 SCORE_NAMES = ("previous_token", "induction", "duplicate_token", "first_token", "entropy")
+FULL_MAX = 2048
+"""Up to this many tokens a head travels whole; beyond, as a pooled overview plus tiles."""
+OVERVIEW = 512  # overview side (cells) of a long prompt's head
+TILE = 512  # full-resolution tiles are TILE x TILE blocks on a fixed grid (cacheable, exportable)
+TILE_MAX_BYTES = 4 * 2**20  # one tile reply, well under the 10 MiB message cap
+POOLS = ("max", "mean")
+
+
+def tile_requests(
+    layer: int,
+    head: int,
+    q: tuple[int, int],
+    k: tuple[int, int],
+    *,
+    n: int,
+    tile: int = TILE,
+    causal: bool = True,
+) -> list[dict[str, Any]]:
+    """The grid-aligned ``fetch-tile`` requests that cover queries ``q`` x keys ``k``.
+
+    Any region is split into ``tile`` x ``tile`` blocks of the fixed grid (each reply is
+    ``tile**2`` bytes, far under the 10 MiB message cap; the browser builds the same list, so
+    live replies are cached and a report's embedded ones are found). Causal heads skip the
+    blocks that lie wholly above the diagonal.
+
+    >>> [(r["q0"], r["k0"]) for r in tile_requests(0, 1, (0, 900), (0, 900), n=1000, tile=512)]
+    [(0, 0), (512, 0), (512, 512)]
+    """
+    out = []
+    for q0 in range((max(0, q[0]) // tile) * tile, min(n, q[1]), tile):
+        for k0 in range((max(0, k[0]) // tile) * tile, min(n, k[1]), tile):
+            if causal and k0 > q0 + tile - 1:
+                continue
+            out.append(
+                {
+                    "kind": "fetch-tile",
+                    "layer": layer,
+                    "head": head,
+                    "q0": q0,
+                    "q1": min(n, q0 + tile),
+                    "k0": k0,
+                    "k1": min(n, k0 + tile),
+                }
+            )
+    return out
 
 
 def thumbnails(att: np.ndarray, size: int = THUMB) -> np.ndarray:
@@ -92,12 +138,21 @@ class AttentionView(ExplainCells):
     a click locks it, a second click or Escape unlocks. Heads arrive from the kernel on
     demand, as uint8 (lower triangle only for causal patterns), and are cached in the browser.
 
+    Long prompts (more than :data:`FULL_MAX` tokens, or ``overview_size`` set) work like a map:
+    the zoomed head is a pooled overview (``pool="max"``: the largest weight of each block, so
+    one sharp weight stays visible; or ``"mean"``: the block's mean mass), and zooming in fetches
+    full-resolution tiles of the visible region only. Thumbnails (mean mass per block) and the
+    computed scores arrive head by head after the first paint, with a progress bar. A capture
+    passed as ``attention`` is read in blocks from its queries and keys
+    (:meth:`~circuitboard.capture.Capture.pattern`): no ``[heads, n, n]`` array is ever built.
+
     Parameters
     ----------
-    attention : array or tensor, ``[layers, heads, query, key]`` or ``[heads, query, key]``
-        Attention probabilities (rows sum to 1).
+    attention : array, tensor or Capture
+        Attention probabilities ``[layers, heads, query, key]`` or ``[heads, query, key]``
+        (rows sum to 1), or a capture (its patterns are computed on demand).
     tokens : list of str
-        One string per position.
+        One string per position (default: a capture's tokens).
     layers : list of int, optional
         The model layer index of each entry of the first dim (default ``0..layers-1``).
     layer, head : int
@@ -115,6 +170,16 @@ class AttentionView(ExplainCells):
         :func:`circuitboard.explain_attention` / :func:`circuitboard.explain_head_output`).
     explain_target : str
         How the panel names the attribution target of ``head_output``.
+    overview_size : int, optional
+        Side of the pooled overview of a long prompt's head (default :data:`OVERVIEW` above
+        :data:`FULL_MAX` tokens, else 0: heads travel whole).
+    pool : "max" or "mean"
+        How the overview pools a block (stated in the view).
+    tile_size : int
+        Side of the full-resolution tiles fetched when zoomed in (default :data:`TILE`).
+    export_region : (first, last) query positions, optional
+        Long prompts: the query rows ``[first, last)`` a report keeps at full resolution for
+        the selected head and ``export_heads`` (default: every row, when it fits the budget).
 
     Examples
     --------
@@ -139,42 +204,83 @@ class AttentionView(ExplainCells):
     """Whether every pattern is zero above the diagonal (heads then travel as lower triangles)."""
     scores = traitlets.Dict().tag(sync=True)
     """Head scores ``{name: [layers][heads]}`` the grid can sort and highlight by."""
-    _initial = traitlets.Dict().tag(sync=True)  # {layer, head, pattern: Encoded} first paint
+    overview_size = traitlets.Int(0).tag(sync=True)
+    """Side of a long prompt's pooled overview; 0 when every head travels whole."""
+    pool = traitlets.Unicode("max").tag(sync=True)
+    """How the overview pools a block of tokens: "max" or "mean"."""
+    tile_size = traitlets.Int(TILE).tag(sync=True)
+    """Side of the full-resolution tiles fetched when zoomed in (long prompts)."""
+    _initial = traitlets.Dict().tag(sync=True)  # {layer, head, pattern | overview} first paint
     _thumbs = traitlets.Dict().tag(sync=True)  # Encoded [layers, heads, t, t] uint8
+    _thumbs_ready = traitlets.Bool(True).tag(sync=True)  # False: fetch them head by head
 
     _fetchers: ClassVar[dict[str, str]] = {
         "fetch-head": "_fetch_head",
         "fetch-included": "_fetch_included",
+        "fetch-overview": "_fetch_overview",
+        "fetch-thumb": "_fetch_thumb",
+        "fetch-tile": "_fetch_tile",
         **ExplainCells._fetchers,
     }
 
     def __init__(
         self,
         attention: Any,
-        tokens: Any,
+        tokens: Any = None,
         *,
         layers: list[int] | None = None,
         layer: int = 0,
         head: int = 0,
         scores: Mapping[str, Any] | None = None,
         export_heads: Iterable[tuple[int, int]] | None = None,
+        overview_size: int | None = None,
+        pool: str = "max",
+        tile_size: int = TILE,
+        export_region: tuple[int, int] | None = None,
         explainer: Any = None,
         head_output: Any = None,
         explain_target: str = "",
         prepare_head: Any = None,
         **kwargs: Any,
     ) -> None:
-        arr = attention_array(attention)
-        n_layers, n_heads, n_q, n_k = arr.shape
-        if n_q != n_k:
-            raise ValueError(
-                f"attention must be square over positions [.., query, key]; got query={n_q}, "
-                f"key={n_k}. Slice cached keys away before passing a generation step."
-            )
+        source: ArraySource | CaptureSource
+        if hasattr(attention, "pattern_rows") and hasattr(attention, "tokens"):  # a Capture
+            captured = attention.layers("attn.hook_pattern")
+            if not captured:
+                raise ValueError(
+                    "this capture has no attention patterns; capture again with "
+                    "what=('pattern', ...) or the default what."
+                )
+            if layers is None:
+                layers = captured
+            missing = [x for x in layers if x not in captured]
+            if missing:
+                raise IndexError(f"layers {missing} were not captured; captured: {captured}.")
+            source = CaptureSource(attention, [int(x) for x in layers])
+            tokens = attention.tokens if tokens is None else tokens
+            causal = source.causal()
+        else:
+            arr = attention_array(attention)
+            n_q, n_k = arr.shape[-2:]
+            if n_q != n_k:
+                raise ValueError(
+                    f"attention must be square over positions [.., query, key]; got query={n_q}, "
+                    f"key={n_k}. Slice cached keys away before passing a generation step."
+                )
+            source = ArraySource(arr)
+            causal = is_causal(arr)
+        n_layers, n_heads, n_q = source.n_layers, source.n_heads, source.n
         tokens = token_list(tokens, n_q, "attention")
         layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
         if len(layers) != n_layers:
             raise ValueError(f"layers has {len(layers)} entries for {n_layers} captured layers.")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}; got {pool!r}.")
+        if overview_size is None:
+            overview_size = OVERVIEW if n_q > FULL_MAX else 0
+        for name, v, least in (("overview_size", overview_size, 0), ("tile_size", tile_size, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"{name} must be an int >= {least}; got {v!r}.")
         li = index_in("layer", layer, n_layers)
         hi = index_in("head", head, n_heads)
         if scores is not None and not isinstance(scores, Mapping):
@@ -182,11 +288,21 @@ class AttentionView(ExplainCells):
                 f"scores must be a mapping of name to a [layers, heads] array; got "
                 f"{type(scores).__name__}. Example: scores={{'induction': array}}."
             )
-        self._attention = arr
-        self._causal = is_causal(arr)
-        computed = pattern_scores(arr)
+        self._source = source
+        self._causal = causal
+        self._long = overview_size > 0
+        self._overview = min(overview_size, n_q) if self._long else 0
+        self._summaries: dict[tuple[int, int], tuple[HeadSummary, dict[str, Any] | None]] = {}
         given = dict(scores or {})
         table = {k: _score_table(k, v, (n_layers, n_heads)) for k, v in given.items()}
+        if self._long:
+            t = min(n_q, THUMB)
+            thumbs = np.zeros((n_layers, n_heads, t, t), dtype=np.float32)
+            computed: dict[str, Any] = {}  # they arrive with the thumbnails (fetch-thumb)
+        elif isinstance(source, ArraySource):
+            thumbs, computed = thumbnails(source.arr), pattern_scores(source.arr)
+        else:
+            thumbs, computed = self._all_summaries()
         for k, v in computed.items():
             if k not in table:
                 table[k] = _score_table(k, v, (n_layers, n_heads))
@@ -195,16 +311,36 @@ class AttentionView(ExplainCells):
             if lay not in layers:
                 raise IndexError(f"export_heads has layer {lay}, which was not captured: {layers}.")
             index_in("head", h, n_heads)
+        if export_region is not None:
+            a, b = (int(x) for x in export_region)
+            if not 0 <= a < b <= n_q:
+                raise ValueError(
+                    f"export_region must be (first, last) query positions with 0 <= first < last "
+                    f"<= {n_q}; got {export_region!r}."
+                )
+            export_region = (a, b)
+        self._export_region = export_region
         self._pending_plan: list[tuple[int, int]] | None = None
+        self._pending_tiles: list[tuple[int, int]] = []
         self._page_cost: float | None = None
+        self._tile_cost: float | None = None
+        first = (
+            {"layer": li, "head": hi, "overview": self._overview_of(li, hi)}
+            if self._long
+            else {"layer": li, "head": hi, "pattern": self._encode_head(li, hi)}
+        )
         super().__init__(
             tokens=tokens,
             layer_indices=layers,
             n_heads=n_heads,
             causal=self._causal,
             scores=table,
-            _initial={"layer": li, "head": hi, "pattern": self._encode_head(li, hi)},
-            _thumbs=encode(thumbnails(arr), lo=0.0, hi=1.0),
+            overview_size=self._overview,
+            pool=pool,
+            tile_size=tile_size,
+            _initial=first,
+            _thumbs=encode(thumbs, lo=0.0, hi=1.0),
+            _thumbs_ready=not self._long,
             **kwargs,
         )
         if self.link.layer is None:
@@ -219,7 +355,7 @@ class AttentionView(ExplainCells):
     @property
     def n_tokens(self) -> int:
         """Number of positions."""
-        return self._attention.shape[-1]
+        return self._source.n
 
     def _position(self, model_layer: int) -> int:
         try:
@@ -231,10 +367,45 @@ class AttentionView(ExplainCells):
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         """The ``[query, key]`` pattern of a head (``layer`` is the model's layer index)."""
-        return self._attention[self._position(layer), index_in("head", head, self.n_heads)]
+        return self._source.head(self._position(layer), index_in("head", head, self.n_heads))
 
     def _encode_head(self, pos: int, head: int) -> dict[str, Any]:
-        return dict(encode(self._attention[pos, head], lo=0.0, hi=1.0, tril=self._causal))
+        return dict(encode(self._source.head(pos, head), lo=0.0, hi=1.0, tril=self._causal))
+
+    # -- one pass per head: thumbnail, overview and scores -------------------------------
+    def _summary(self, pos: int, head: int) -> tuple[HeadSummary, dict[str, Any] | None]:
+        key = (pos, head)
+        if key not in self._summaries:
+            src = self._source
+            s = src.summary(pos, head, THUMB, self._overview)
+            enc = None
+            if s.overview is not None:
+                enc = dict(encode(s.overview, lo=0.0, hi=1.0, tril=self._causal))
+                s.overview = None  # keep the (small) encoded copy only
+            self._summaries[key] = (s, enc)
+        return self._summaries[key]
+
+    def _overview_of(self, pos: int, head: int) -> dict[str, Any]:
+        enc = self._summary(pos, head)[1]
+        if enc is None:
+            raise ValueError("this view sends whole heads (fetch-head); it has no overviews.")
+        return enc
+
+    def _all_summaries(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        L, H = self._source.n_layers, self._source.n_heads
+        t = min(self._source.n, THUMB)
+        thumbs = np.zeros((L, H, t, t), dtype=np.float32)
+        computed = {
+            k: np.zeros((L, H), np.float32) for k in ("previous_token", "first_token", "entropy")
+        }
+        for li in range(L):
+            for h in range(H):
+                s = self._summary(li, h)[0]
+                thumbs[li, h] = s.thumb
+                for k in computed:
+                    computed[k][li, h] = getattr(s, k)
+        self._summaries.clear()  # short prompts: heads travel whole, nothing else to keep
+        return thumbs, computed
 
     # -- fetch handlers ------------------------------------------------------------------
     def _fetch_head(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
@@ -242,17 +413,73 @@ class AttentionView(ExplainCells):
         head = index_in("head", msg.get("head"), self.n_heads)  # type: ignore[arg-type]
         return pack(layer=self.layer_indices[pos], head=head, pattern=self._encode_head(pos, head))
 
+    def _fetch_overview(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        pos, head = self._head_of(msg)
+        if not self._long:
+            raise ValueError("this view sends whole heads (fetch-head); it has no overviews.")
+        return pack(layer=self.layer_indices[pos], head=head, overview=self._overview_of(pos, head))
+
+    def _fetch_thumb(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        pos, head = self._head_of(msg)
+        s = self._summary(pos, head)[0]
+        scores = {k: getattr(s, k) for k in ("previous_token", "first_token", "entropy")}
+        return pack(
+            layer=self.layer_indices[pos],
+            head=head,
+            thumb=encode(s.thumb, lo=0.0, hi=1.0),
+            scores=scores,
+        )
+
+    def _fetch_tile(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        pos, head = self._head_of(msg)
+        n = self.n_tokens
+        bounds = []
+        for a, b in (("q0", "q1"), ("k0", "k1")):
+            lo, hi = msg.get(a), msg.get(b)
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
+            if not ok or not 0 <= lo < hi <= n:  # type: ignore[operator]
+                raise ValueError(
+                    f"fetch-tile needs ints 0 <= {a} < {b} <= {n}; got {a}={lo!r}, {b}={hi!r}."
+                )
+            bounds += [lo, hi]
+        q0, q1, k0, k1 = bounds
+        size = (q1 - q0) * (k1 - k0)
+        if size > TILE_MAX_BYTES:
+            raise ValueError(
+                f"a {q1 - q0}x{k1 - k0} tile is {size / 2**20:.1f} MiB, above one reply's "
+                f"{TILE_MAX_BYTES / 2**20:.0f} MiB; split the region into grid tiles "
+                "(circuitboard.widgets._attention.tile_requests)."
+            )
+        block = self._source.block(pos, head, q0, q1, k0, k1)
+        return pack(
+            layer=self.layer_indices[pos],
+            head=head,
+            q0=q0,
+            k0=k0,
+            tile=encode(block, lo=0.0, hi=1.0),
+        )
+
+    def _head_of(self, msg: dict[str, Any]) -> tuple[int, int]:
+        pos = self._position(msg.get("layer"))  # type: ignore[arg-type]
+        return pos, index_in("head", msg.get("head"), self.n_heads)  # type: ignore[arg-type]
+
     def _fetch_included(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
-        # Live: every head can be fetched. While a report is written, the heads it embeds.
+        # Live: every head can be fetched. While a report is written, the heads it embeds
+        # (whole heads, or overviews of long prompts) and the heads whose tiles it embeds.
         plan, self._pending_plan = self._pending_plan, None
-        if plan is None or len(plan) == self.n_layers * self.n_heads:
-            return pack(all=True, heads=[])
-        return pack(all=False, heads=[[lay, h] for lay, h in plan])
+        tiles = [[lay, h] for lay, h in self._pending_tiles]
+        self._pending_tiles = []
+        if plan is None or (len(plan) == self.n_layers * self.n_heads and not self._long):
+            return pack(all=True, heads=[], tiles=tiles)
+        q, _ = self._region()
+        heads = [[lay, h] for lay, h in plan]
+        return pack(all=False, heads=heads, tiles=tiles, region=list(q))
 
     # -- export --------------------------------------------------------------------------
     def head_bytes(self) -> int:
-        """Bytes of one full-resolution head as sent (uint8, lower triangle when causal)."""
-        n = self.n_tokens
+        """Bytes of one head as sent (uint8, lower triangle when causal): the whole head, or
+        its overview for long prompts."""
+        n = self._overview or self.n_tokens
         return n * (n + 1) // 2 if self._causal else n * n
 
     def _ranked_heads(self) -> list[tuple[int, int]]:
@@ -285,8 +512,9 @@ class AttentionView(ExplainCells):
             sample = ranked[:: max(1, len(ranked) // 6)][:6]
             sizes = []
             for lay, h in sample:
-                data = self._encode_head(self._position(lay), h)["data"]
-                sizes.append(len(zlib.compress(data, 6)) * 4 / 3 + 80)
+                pos = self._position(lay)
+                enc = self._overview_of(pos, h) if self._long else self._encode_head(pos, h)
+                sizes.append(len(zlib.compress(enc["data"], 6)) * 4 / 3 + 80)
             self._page_cost = float(max(sizes))
         return self._page_cost
 
@@ -303,9 +531,61 @@ class AttentionView(ExplainCells):
         ranked = self._ranked_heads()
         return ranked if fit >= len(ranked) else ranked[:fit]
 
+    def _region(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(queries, keys) a report keeps at full resolution."""
+        n = self.n_tokens
+        q = self._export_region or (0, n)
+        return q, (0, q[1] if self._causal else n)
+
+    def _head_tiles(self, lay: int, h: int) -> list[dict[str, Any]]:
+        q, k = self._region()
+        n = self.n_tokens
+        return tile_requests(lay, h, q, k, n=n, tile=self.tile_size, causal=self._causal)
+
+    def _tiles_bytes(self, lay: int, h: int) -> float:
+        """Estimated report bytes of one head's full-resolution tiles (from a sampled tile)."""
+        reqs = self._head_tiles(lay, h)
+        if self._tile_cost is None:
+            sample = reqs[len(reqs) // 2]  # a tile off the first rows: typical density
+            data = self._fetch_tile(sample)[1][0]
+            self._tile_cost = len(zlib.compress(data, 6)) * 4 / 3 + 120
+        return self._tile_cost * len(reqs)
+
+    def _long_export(
+        self, budget_bytes: int
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(heads whose overviews a report embeds, heads whose full tiles it embeds)."""
+        ranked = self._ranked_heads()
+        left = int(budget_bytes) / 2 - self.n_layers * self.n_heads * 1_500  # thumbnails
+        tiles: list[tuple[int, int]] = []
+        init = (self.layer_indices[self._initial["layer"]], self._initial["head"])
+        per = self._page_bytes_per_head()
+        for cand in dict.fromkeys([init, *self._export_heads]):  # selected, then export_heads
+            cost = self._tiles_bytes(*cand)
+            if cost + per > left:
+                break
+            tiles.append(cand)
+            left -= cost
+        fit = max(1, int(left // per))
+        return (ranked if fit >= len(ranked) else ranked[:fit]), tiles
+
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
         explain = self.explain_requests(budget_bytes)  # the selected head's cells, explained
         budget_bytes -= self.explain_budget(budget_bytes)
+        if self._long:
+            heads, tiles = self._long_export(budget_bytes)
+            self._pending_plan, self._pending_tiles = heads, tiles
+            reqs = [{"kind": "fetch-included"}]
+            reqs += [
+                {"kind": "fetch-thumb", "layer": lay, "head": h}
+                for lay in self.layer_indices
+                for h in range(self.n_heads)
+            ]
+            reqs.append({"kind": "fetch-overview", "layer": heads[0][0], "head": heads[0][1]})
+            for lay, h in tiles:
+                reqs += self._head_tiles(lay, h)
+            reqs += [{"kind": "fetch-overview", "layer": lay, "head": h} for lay, h in heads[1:]]
+            return reqs + explain
         plan = self.export_plan(budget_bytes)
         self._pending_plan = plan  # answered by the fetch-included request, first in line
         reqs: list[dict[str, Any]] = [{"kind": "fetch-included"}]
@@ -315,8 +595,29 @@ class AttentionView(ExplainCells):
     def export_notes(self, budget_bytes: int) -> list[str]:
         explained = self.explain_notes(budget_bytes)
         budget_bytes -= self.explain_budget(budget_bytes)
-        plan = self.export_plan(budget_bytes)
         total = self.n_layers * self.n_heads
+        if self._long:
+            heads, tiles = self._long_export(budget_bytes)
+            o = self._overview
+            block = -(-self.n_tokens // o)
+            full = ", ".join(f"L{lay}H{h}" for lay, h in tiles) or "none"
+            (qa, qb), _ = self._region()
+            if tiles and (qa, qb) != (0, self.n_tokens):
+                full += f" (queries {qa}–{qb - 1})"
+            t = self._thumbs["shape"][-1]
+            rest = (
+                f", the others only their {t}×{t} thumbnail (mean attention mass per block)"
+                if len(heads) < total
+                else f" (thumbnails: {t}×{t}, mean attention mass per block)"
+            )
+            return [
+                f"Attention ({self.n_tokens} tokens): heads are pooled overviews of {o}×{o} "
+                f"cells ({self.pool} of each block of up to {block}×{block} tokens); "
+                f"{len(heads)} of {total} heads have their overview in this page{rest}. Full "
+                f"resolution (every token, zoom in): {full}. Raise budget_bytes in cb.report "
+                "to include more."
+            ] + explained
+        plan = self.export_plan(budget_bytes)
         if len(plan) == total:
             return explained
         t = self._thumbs["shape"][-1]

@@ -139,7 +139,11 @@ def encode(
         if top == 254:
             q[bad] = NONFINITE_CODE
             return Encoded(
-                dtype="uint8", shape=shape, lo=lo_, scale=scale, data=q.tobytes(),
+                dtype="uint8",
+                shape=shape,
+                lo=lo_,
+                scale=scale,
+                data=q.tobytes(),
                 nonfinite=NONFINITE_CODE,
             )
         return Encoded(dtype="uint8", shape=shape, lo=lo_, scale=scale, data=q.tobytes())

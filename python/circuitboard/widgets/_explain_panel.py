@@ -16,6 +16,7 @@ from ._view import View
 PANEL_SIDE = 8  # components per side in the panel's small heatmap
 PANEL_PAIRS = 12  # top pairs listed
 PANEL_SOURCES = 16  # source positions in the OV bars
+EMBED_MAX_TOKENS = 2048  # reports embed explanations for prompts up to this long
 REPLY_BYTES = 5_000  # about one reply in a report (JSON), for the budget
 
 
@@ -112,7 +113,8 @@ class ExplainCells(View):
         reply = super().answer(msg)
         # A head shown live (a request with an id, not a report's): prepare its explanations
         # in the background, so that the first click on one of its cells is fast too.
-        if msg.get("kind") == "fetch-head" and "id" in msg and getattr(self, "_prepare", None):
+        shown = msg.get("kind") in ("fetch-head", "fetch-overview")
+        if shown and "id" in msg and getattr(self, "_prepare", None):
             args = (reply[0].get("layer"), reply[0].get("head"))
             threading.Thread(target=self._prepare_quietly, args=args, daemon=True).start()
         return reply
@@ -142,6 +144,8 @@ class ExplainCells(View):
 
     def _explained_cells(self) -> list[tuple[int, int, int, int]]:
         """The cells a report embeds: each query's most-attended key in the selected head."""
+        if self.n_tokens > EMBED_MAX_TOKENS:  # the selected head's every row: too big a read
+            return []
         init = self._initial
         layer, head = self.layer_indices[init["layer"]], init["head"]
         pattern = self.pattern(layer, head)
@@ -160,7 +164,10 @@ class ExplainCells(View):
         cells = self._explained_cells()
         kept = self.explain_requests(budget_bytes)
         if not cells:
-            return []
+            return [
+                f"Attention: no explanations of scores embedded (prompts over "
+                f"{EMBED_MAX_TOKENS:,} tokens); click cells in a live notebook."
+            ]
         lay, h = cells[0][:2]
         more = "" if len(kept) == len(cells) else f" (the first {len(kept)} queries)"
         return [

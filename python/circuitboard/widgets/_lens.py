@@ -61,9 +61,7 @@ class LogitLensView(View):
     _target_prob = traitlets.Dict().tag(sync=True)  # Encoded float16 [layers, pos] (NaN: none)
     _target_rank = traitlets.Dict().tag(sync=True)  # Encoded float32 [layers, pos] (-1: none)
 
-    def __init__(
-        self, lens: Any, *, target_tokens: list[str] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, lens: Any, *, target_tokens: list[str] | None = None, **kwargs: Any) -> None:
         try:
             layers = [int(x) for x in lens.layers]
             tokens = list(lens.tokens)
