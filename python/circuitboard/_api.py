@@ -27,9 +27,21 @@ def _with_provenance(view: Any, cap: Any) -> Any:
 
 
 def attention(
-    cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs: Any
+    cap: Capture,
+    *,
+    layer: int | None = None,
+    head: int = 0,
+    target: Any = None,
+    baseline: Any = None,
+    **kwargs: Any,
 ) -> AttentionView:
     """Attention view of every captured layer and head of a capture.
+
+    Clicking a cell of the zoomed head opens a panel that explains its score: the query ×
+    key component pairs that built it (:func:`circuitboard.explain_attention`), and, with a
+    ``target`` (and ``baseline``) token, what the head moves into that logit from each source
+    position (:func:`circuitboard.explain_head_output`). Clicking a component there (``L5H2``)
+    selects it in linked views.
 
     Patterns are read from the capture in blocks (recomputed from its queries and keys), so
     every head is viewable at the model's full context; see :class:`AttentionView`.
@@ -37,7 +49,7 @@ def attention(
     Examples
     --------
     >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
-    >>> cb.attention(cap)  # doctest: +SKIP
+    >>> cb.attention(cap, target=" Mary", baseline=" John")  # doctest: +SKIP
     """
     layers = cap.layers("attn.hook_pattern")
     if not layers:
@@ -46,9 +58,41 @@ def attention(
             "what=('pattern', ...) or the default what."
         )
     first = layers.index(layer) if layer is not None and layer in layers else 0
+    kwargs.update(_explainers(cap, target, baseline))
     view = AttentionView(cap, cap.tokens, layers=layers, layer=first, head=head, **kwargs)
     view.image = image_state(getattr(cap, "image", None))
     return _with_provenance(view, cap)
+
+
+def _explainers(cap: Capture, target: Any, baseline: Any) -> dict[str, Any]:
+    """The attention view's explanation callbacks for a capture (soft-capped models: the
+    pre-cap score and logit, as the panel states)."""
+    if getattr(cap, "info", None) is None or not cap.info.causal:
+        return {}
+    from .analysis import explain_attention, explain_head_output
+    from .analysis._attribution import prepare
+    from .analysis._explain import prepare_head
+
+    def explainer(layer: int, head: int, query: int, key: int) -> Any:
+        return explain_attention(cap, layer=layer, head=head, query=query, key=key, softcap="pre")
+
+    def warm(layer: int, head: int) -> None:
+        prepare_head(cap, layer, head)
+
+    out: dict[str, Any] = {"explainer": explainer, "prepare_head": warm}
+    if target is not None:
+        t, b, _ = prepare(cap, target, baseline, softcap="pre")  # checks the tokens now
+
+        def head_output(layer: int, head: int, query: int) -> Any:
+            return explain_head_output(
+                cap, layer=layer, head=head, query=query, target=t, baseline=b, softcap="pre"
+            )
+
+        from .analysis._common import token_text
+
+        name = repr(token_text(cap, t)) + (f" − {token_text(cap, b)!r}" if b is not None else "")
+        out.update(head_output=head_output, explain_target=name)
+    return out
 
 
 def logit_attribution(

@@ -13,6 +13,7 @@ import { NAN_PAINT } from "../tokens";
 import type { Encoded } from "../types";
 import { el } from "../dom";
 import { TiledHead, tilesFor } from "./attention_tiles";
+import { ExplainPanel } from "./explain_panel";
 
 interface AttentionState {
   tokens: string[];
@@ -29,6 +30,8 @@ interface AttentionState {
   tile_size?: number;
   theme: string;
   link: string;
+  explainable?: boolean; // explain panel: a click explains the cell's score in the kernel
+  explain_target?: string;
 }
 
 interface Head {
@@ -342,6 +345,7 @@ export async function render(props: RenderProps<AttentionState>) {
     onClick: (cell) => {
       if (current.reduced) return;
       toggleLock(cell.row);
+      void explainPanel?.explain(current.layer, current.head, cell.row, cell.col); // explain panel
     },
     onZoom: () => {
       updateStatus();
@@ -408,6 +412,13 @@ export async function render(props: RenderProps<AttentionState>) {
     status.textContent = parts.join(" · ");
     root.dataset.zoom = z;
   };
+
+  // ---- explain panel (views/explain_panel.ts): why a clicked cell has its score -----------------
+  const explainPanel = model.get("explainable")
+    ? new ExplainPanel(fetcher, { tokens, target: model.get("explain_target") ?? "", select: (v) => select(link, v), signal })
+    : null;
+  if (explainPanel) body.insertBefore(explainPanel.el, side);
+  // ---- end explain panel -------------------------------------------------------------------------
 
   // ---- tokens ----------------------------------------------------------------------------------
   const toggleLock = (i: number) => select(link, { token: link.get("token") === i ? null : i });

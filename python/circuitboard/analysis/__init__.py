@@ -2,20 +2,30 @@
 
 from ._attribution import Attribution, direct_logit_attribution
 from ._compare import Comparison, Effect, RunningStats, compare
+from ._explain import (
+    AttentionExplanation,
+    HeadOutputExplanation,
+    explain_attention,
+    explain_head_output,
+)
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
 from ._neurons import TopActivations, logit_effects, top_activations
 
 __all__ = [
     "SCORES",
+    "AttentionExplanation",
     "Attribution",
     "Comparison",
     "Effect",
+    "HeadOutputExplanation",
     "LogitLens",
     "RunningStats",
     "TopActivations",
     "compare",
     "direct_logit_attribution",
+    "explain_attention",
+    "explain_head_output",
     "head_scores",
     "logit_effects",
     "logit_lens",

@@ -205,34 +205,11 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
     """:func:`direct_logit_attribution` at several positions at once (token ids, checked
     positions, soft-cap policy already decided by the caller); one pass over the weights."""
     info = require_info(cap, WHAT)
-    n = cap.n_tokens
     L, H = info.n_layers, info.n_heads
     P = torch.tensor(positions, dtype=torch.long)
     Q = len(positions)
 
-    # The unembedding direction, then the frozen final norm folded into it: [Q, d_model].
-    W_U = cap.weights.get("unembed.W_U") if cap.weights else None
-    if W_U is None:
-        weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
-    cols = W_U[:, [t] if b is None else [t, b]].detach().to("cpu", torch.float64)
-    u = cols[:, 0] - (cols[:, 1] if b is not None else 0.0)
-    captured = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
-    last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
-    if captured is None:
-        if last is None:
-            raise KeyError(
-                f"{WHAT} needs 'ln_final.hook_scale' (or the last layer's hook_resid_post to "
-                "recompute it); capture again with cb.capture's default `what=`."
-            )
-        scale = _scale_from_residual(cap, info, last[P])
-    else:
-        scale = captured.reshape(n, -1)[P, 0]
-        if last is not None:
-            scale = _as_multiplier(scale, _scale_from_residual(cap, info, last[P]))
-    w = norm_weight(cap, info, WHAT)
-    direction = scale[:, None] * (w * u)[None]
-    if info.norm == "layernorm":  # (x - mean x) . v == x . (v - mean v)
-        direction = direction - direction.mean(-1, keepdim=True)
+    direction, scale, w, u, last = logit_direction(cap, info, t, b, P)
 
     labels: list[str] = []
     columns: list[torch.Tensor] = []  # one [Q] column per label
@@ -381,6 +358,35 @@ def _moe_terms(
     out = sum(post @ W_out for post, W_out in scaled)
     per_expert = torch.stack([v.sum(-1) for v in per_neuron], dim=1)
     return torch.cat(per_neuron, dim=1), out, per_expert
+def logit_direction(cap: Any, info: Any, t: int, b: int | None, P: torch.Tensor) -> tuple:
+    """The unembedding direction of ``t`` (minus ``b``) with the frozen final norm folded in,
+    at positions ``P``: ``(direction [Q, d_model], scale [Q], norm weight, u, last residual)``.
+    A component ``x`` at position ``P[i]`` adds ``x · direction[i]`` to the logit (difference).
+    """
+    n, L = cap.n_tokens, info.n_layers
+    W_U = cap.weights.get("unembed.W_U") if cap.weights else None
+    if W_U is None:
+        weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
+    cols = W_U[:, [t] if b is None else [t, b]].detach().to("cpu", torch.float64)
+    u = cols[:, 0] - (cols[:, 1] if b is not None else 0.0)
+    captured = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
+    last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
+    if captured is None:
+        if last is None:
+            raise KeyError(
+                f"{WHAT} needs 'ln_final.hook_scale' (or the last layer's hook_resid_post to "
+                "recompute it); capture again with cb.capture's default `what=`."
+            )
+        scale = _scale_from_residual(cap, info, last[P])
+    else:
+        scale = captured.reshape(n, -1)[P, 0]
+        if last is not None:
+            scale = _as_multiplier(scale, _scale_from_residual(cap, info, last[P]))
+    w = norm_weight(cap, info, WHAT)
+    direction = scale[:, None] * (w * u)[None]
+    if info.norm == "layernorm":  # (x - mean x) . v == x . (v - mean v)
+        direction = direction - direction.mean(-1, keepdim=True)
+    return direction, scale, w, u, last
 
 
 def _post_norm(cap: Any, info: Any, layer: int, name: str, P: torch.Tensor) -> torch.Tensor | None:

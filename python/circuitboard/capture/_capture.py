@@ -44,6 +44,18 @@ class ModelInfo:
     # Blocks normalize their inputs, so the residual stream is a sum of component writes
     # (None, in captures saved before this field: decoders yes, encoders no).
     pre_norm: bool | None = None
+    # How each layer scores a query against a key (read by cb.explain_attention):
+    rotary_fn: str | None = None  # dotted path of the model's own apply_rotary_pos_emb
+    attn_scales: tuple[float, ...] | None = None  # per layer: the factor q·k is multiplied by
+    attn_windows: tuple[int | None, ...] | None = None  # per layer: sliding window, or None
+    attn_softcap: float | None = None  # scores soft-capped as cap * tanh(score / cap)
+    qk_norm: bool = False  # queries / keys normalized after projection (Qwen3, OLMo 2, Gemma 3)
+
+    def __post_init__(self) -> None:
+        for name in ("attn_scales", "attn_windows"):  # JSON gives lists back: keep hashable
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

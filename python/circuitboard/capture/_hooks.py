@@ -74,6 +74,7 @@ class Recorder:
         self._spans: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.handles: list[Any] = []
         self._resid_pre: dict[int, torch.Tensor] = {}  # batch-scoped, parallel blocks only
+        self._rot0: tuple[torch.Tensor, torch.Tensor] | None = None  # batch-scoped: layer 0's
         try:
             self._install(layers)
         except BaseException:
@@ -138,6 +139,57 @@ class Recorder:
             self._add(norm, scale_hook, pre=True)
         for layer in layers:
             self._install_layer(layer)
+        if "norm_scales" in w:
+            for layer in layers:
+                self._install_norm_scales(layer)
+        if "rotary" in w and a.rotary:
+            for layer in range(a.n_blocks(m)):
+                self._install_rotary(layer)
+
+    # -- what explaining an attention score needs -----------------------------------------
+    def _install_norm_scales(self, layer: int) -> None:
+        """``blocks.{l}.{ln1,ln2,...}.hook_scale``: the factor each norm of the block multiplied
+        its (centred) input by, so that a score or an output can be split with it frozen."""
+        blk = self.adapter.block(self.model, layer)
+        for name, path in self.adapter.block_norms:
+            key = f"blocks.{layer}.{name}.hook_scale"
+
+            def hook(mod: Any, args: tuple, kwargs: dict, key: str = key) -> None:
+                x = _hidden_arg(args, kwargs)
+                self.put(key, norm_scale(mod, x, self.adapter.norm), torch.float32)
+
+            self._add(get_module(blk, path), hook, pre=True, kwargs=True)
+
+    def _install_rotary(self, layer: int) -> None:
+        """``hook_rot_cos`` / ``hook_rot_sin`` ``[pos, rotary_dim]``: the rotary embedding the
+        attention modules received (``position_embeddings``), stored once; a layer whose
+        embedding differs (local / global layers) gets its own ``blocks.{l}.attn.hook_rot_*``."""
+        attn = get_module(self.adapter.block(self.model, layer), self.adapter.block_attn)
+
+        def hook(mod: Any, args: tuple, kwargs: dict) -> None:
+            pe = kwargs.get("position_embeddings")
+            if not isinstance(pe, tuple | list) or len(pe) != 2:
+                return
+            cos, sin = pe
+            if layer == 0:
+                self._rot0 = (cos, sin)
+                prefix = ""
+            elif self._rot0 is not None and (
+                (cos is self._rot0[0] and sin is self._rot0[1])
+                or (torch.equal(cos, self._rot0[0]) and torch.equal(sin, self._rot0[1]))
+            ):
+                return
+            else:
+                prefix = f"blocks.{layer}.attn."
+            self._put_shared(prefix + "hook_rot_cos", cos)
+            self._put_shared(prefix + "hook_rot_sin", sin)
+
+        self._add(attn, hook, pre=True, kwargs=True)
+
+    def _put_shared(self, name: str, t: torch.Tensor) -> None:
+        # may come with batch 1, broadcast over the batch (like position embeddings)
+        for r, (idx, n) in enumerate(self.rows):
+            self.store[idx][name] = self._copy(t[min(r, t.shape[0] - 1), :n], torch.float32)
 
     def _put_pos(self, pos: torch.Tensor) -> None:
         # position embeddings may come out with batch 1 (broadcast over the batch)
@@ -275,7 +327,11 @@ class Recorder:
     def _install_post_norms(self, blk: Any, p: str) -> None:
         """Frozen multipliers of the norms on the attention / MLP outputs (OLMo 2, Gemma 2)."""
         kind = self.adapter.norm
+        # norms the block's "norm_scales" kind already records are not recorded twice
+        covered = {n for n, _ in self.adapter.block_norms} if "norm_scales" in self.what else set()
         for name, path in zip(("ln1_post", "ln2_post"), self.adapter.post_norms, strict=True):
+            if name in covered:
+                continue
 
             def hook(mod: Any, args: tuple, name: str = name) -> None:
                 scale = norm_scale(mod, args[0], kind)
@@ -386,4 +442,5 @@ class Recorder:
         while self.handles:
             self.handles.pop().remove()
         self._resid_pre.clear()
+        self._rot0 = None
         self._spans.clear()

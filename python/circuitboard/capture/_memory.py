@@ -19,6 +19,8 @@ KINDS = (
     "resid_post",
     "scale",
     "logits",
+    "norm_scales",
+    "rotary",
 )
 """Everything ``what=`` can name, in forward order."""
 
@@ -32,6 +34,8 @@ DEFAULT_WHAT = (
     "resid_post",
     "scale",
     "logits",
+    "norm_scales",
+    "rotary",
 )
 """Captured when ``what`` is not given (``attn_out`` / ``mlp_out`` are opt-in: they follow
 from ``z`` / ``mlp_post`` and the weights)."""
@@ -57,6 +61,10 @@ ALIASES = {
     "ln_final.hook_scale": "scale",
     "hook_scale": "scale",
     "resid": ("resid_pre", "resid_mid", "resid_post"),
+    "ln1.hook_scale": "norm_scales",
+    "ln2.hook_scale": "norm_scales",
+    "hook_rot_cos": "rotary",
+    "hook_rot_sin": "rotary",
 }
 
 _UNITS = {
@@ -151,6 +159,8 @@ def estimate(
         "resid_post": n_layers * D * item,
         "scale": 4,
         "logits": info.d_vocab * 4,
+        "norm_scales": n_layers * 4 * 4,  # at most four norms per block, float32
+        "rotary": 2 * info.d_head * 4,  # cos and sin, float32, shared by the layers
     }
     out: dict[str, float] = {}
     if qk_dtype is not None:

@@ -17,7 +17,7 @@ from ._hooks import Recorder
 from ._patterns import Patterns
 from ._tokens import decode_incremental, tokenize
 from .adapters import Adapter, get_adapter
-from .adapters._base import get_module
+from .adapters._base import get_module, norm_weights
 
 DEFAULT_MAX_MEMORY = "8GiB"
 BATCH_TOKENS = 4096  # padded tokens per forward pass, whatever batch_size says
@@ -36,7 +36,33 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         source=json.dumps(getattr(cfg, "circuitboard_source", None) or {}, sort_keys=True),
         pre_norm=adapter.pre_norm,
         **dims,
+        **attention_info(model, adapter),
     )
+
+
+def attention_info(model: Any, adapter: Adapter) -> dict[str, Any]:
+    """How each attention module scores: its scaling, sliding window, soft-cap, query/key
+    norms and rotary function, read from the modules themselves (``ModelInfo`` fields)."""
+    import sys
+
+    attns = [
+        get_module(adapter.block(model, li), adapter.block_attn)
+        for li in range(adapter.n_blocks(model))
+    ]
+    scales = [getattr(a, "scaling", None) for a in attns]
+    rotary = None
+    if adapter.rotary:
+        owner = sys.modules.get(type(attns[0]).__module__)
+        if callable(getattr(owner, adapter.rotary, None)):
+            rotary = f"{type(attns[0]).__module__}.{adapter.rotary}"
+    softcap = getattr(attns[0], "attn_logit_softcapping", None)
+    return {
+        "rotary_fn": rotary,
+        "attn_scales": None if None in scales else tuple(float(s) for s in scales),
+        "attn_windows": tuple(getattr(a, "sliding_window", None) for a in attns),
+        "attn_softcap": float(softcap) if softcap else None,
+        "qk_norm": any(hasattr(a, "q_norm") or hasattr(a, "k_norm") for a in attns),
+    }
 
 
 def _parse_layers(layers: Any, n_layers: int) -> list[int]:
@@ -110,7 +136,7 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
     """Parameter views; layers offloaded by accelerate (``device_map`` with "disk"/"cpu"
     offload keeps them on the meta device between forwards) are loaded and copied to CPU."""
-    weights = {k: v.detach() for k, v in adapter.weights(model, adapter, info).items()}
+    weights = {k: v.detach() for k, v in _all_weights(model, adapter, info).items()}
     meta = [k for k, v in weights.items() if v.is_meta]
     if not meta:
         return weights
@@ -120,10 +146,14 @@ def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, 
         for mod in model.modules():
             if has_offloaded_params(mod):
                 stack.enter_context(align_module_device(mod, torch.device("cpu")))
-        fresh = adapter.weights(model, adapter, info)
+        fresh = _all_weights(model, adapter, info)
         for k in meta:
             weights[k] = fresh[k].detach().to("cpu", copy=True)
     return weights
+
+
+def _all_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
+    return {**adapter.weights(model, adapter, info), **norm_weights(model, adapter, info)}
 
 
 def _forward(
@@ -280,12 +310,16 @@ def capture(
         ``attn.hook_q`` / ``attn.hook_k``; see Notes), ``"z"`` (``attn.hook_z``, the per-head
         input of the output projection), ``"attn_out"``, ``"resid_mid"``, ``"mlp_post"``
         (``mlp.hook_post``, the input of the MLP's down projection), ``"mlp_out"``,
-        ``"resid_post"``, ``"scale"`` (``ln_final.hook_scale``), ``"logits"``; or ``"all"``.
+        ``"resid_post"``, ``"scale"`` (``ln_final.hook_scale``), ``"logits"``,
+        ``"norm_scales"`` (``blocks.{l}.ln1.hook_scale`` / ``ln2``, and ``ln1_post`` /
+        ``ln2_post`` where a block normalizes its sublayers' outputs), ``"rotary"``
+        (``hook_rot_cos`` / ``hook_rot_sin``, the rotary embedding the attention received);
+        or ``"all"``.
         TransformerLens hook names (``"attn.hook_pattern"``) are accepted too. Default:
         everything except ``attn_out`` and ``mlp_out``.
     dtype
-        Storage dtype of activations (default float16, on CPU). ``ln_final.hook_scale`` and
-        ``logits`` are always float32. Use ``torch.float32`` for exactness checks.
+        Storage dtype of activations (default float16, on CPU). Norm scales, the rotary
+        embedding and ``logits`` are always float32. Use ``torch.float32`` for exactness checks.
     max_memory
         Refuse (ValueError, before running anything) when the estimated storage exceeds this:
         bytes or a string like ``"8GiB"``; ``None`` for no limit.

@@ -2,8 +2,10 @@
 
 Works with TransformerLens 4's ``TransformerBridge`` (which wraps a Hugging Face model) and
 with a classic ``HookedTransformer``. Cache names already follow circuitboard's; two things are
-converted: ``ln_final.hook_scale`` (TransformerLens stores the divisor ``sqrt(var + eps)``,
-circuitboard the multiplier, its reciprocal) and the batch dimension (removed).
+converted: the norm scales ``ln_final.hook_scale`` / ``blocks.{l}.ln1.hook_scale`` / ``ln2``
+(TransformerLens stores the divisor ``sqrt(var + eps)``, circuitboard the multiplier, its
+reciprocal), the bridge's ``rotary_emb.hook_cos`` / ``hook_sin`` (``hook_rot_cos`` /
+``hook_rot_sin`` here) and the batch dimension (removed).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from ._tokens import decode_incremental
 _KEEP = re.compile(
     r"^(hook_embed|hook_pos_embed|ln_final\.hook_scale|"
     r"blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|"
-    r"attn\.hook_pattern|attn\.hook_z|mlp\.hook_post))$"
+    r"attn\.hook_pattern|attn\.hook_z|mlp\.hook_post|ln[12](_post)?\.hook_scale)|"
+    r"rotary_emb\.hook_(cos|sin))$"
 )
+_RENAME = {"rotary_emb.hook_cos": "hook_rot_cos", "rotary_emb.hook_sin": "hook_rot_sin"}
 _NORMS = {"LN": "layernorm", "LNPre": "layernorm", "RMS": "rmsnorm", "RMSPre": "rmsnorm"}
 
 
@@ -184,7 +188,10 @@ def from_transformer_lens(
     tokenizer = getattr(model, "tokenizer", None)
     has_batch = getattr(cache, "has_batch_dim", True)
     if hf is not None and adapter is not None:
+        from .adapters._base import norm_weights
+
         weights = {k: v.detach() for k, v in adapter.weights(hf, adapter, info).items()}
+        weights.update({k: v.detach() for k, v in norm_weights(hf, adapter, info).items()})
     else:
         weights = _tl_weights(model, info)
 
@@ -194,10 +201,12 @@ def from_transformer_lens(
         for k in names:
             t = cache[k]
             if has_batch:
-                t = t[b]
+                t = t[min(b, t.shape[0] - 1)]  # rotary embeddings may come with batch 1
             t = t.detach()
-            if k == "ln_final.hook_scale":
+            if k.endswith("hook_scale"):
                 tensors[k] = (1.0 / t.float()).cpu()
+            elif k in _RENAME:
+                tensors[_RENAME[k]] = t.to("cpu", torch.float32, copy=True)
             else:
                 tensors[k] = t.to("cpu", dtype, copy=True)
         ids = tok_t[b]

@@ -10,9 +10,10 @@ import numpy as np
 import traitlets
 
 from ._codec import encode, is_causal, to_numpy
+from ._explain_panel import ExplainCells
 from ._pattern_source import ArraySource, CaptureSource, HeadSummary
 from ._validate import attention_array, index_in, token_list
-from ._view import View, pack
+from ._view import pack
 
 THUMB = 32  # thumbnail side in cells (prompts shorter than this keep every position)
 SCORE_NAMES = ("previous_token", "induction", "duplicate_token", "first_token", "entropy")
@@ -128,7 +129,7 @@ def _score_table(name: str, value: Any, shape: tuple[int, int]) -> list[list[flo
     return [[None if not np.isfinite(v) else round(float(v), 5) for v in row] for row in arr]
 
 
-class AttentionView(View):
+class AttentionView(ExplainCells):
     """Attention patterns of one prompt: every head at a glance, zoom one, hover a token.
 
     A grid shows every layer × head as a small thumbnail; clicking one zooms it on a
@@ -164,6 +165,11 @@ class AttentionView(View):
         Heads a report keeps at full resolution first when not all of them fit its budget
         (``layer`` is the model's layer index). By default: the selected head, then the
         heads with the highest scores.
+    explainer, head_output : callable, optional
+        Make a click on a cell explain it (see :func:`circuitboard.attention`, which passes
+        :func:`circuitboard.explain_attention` / :func:`circuitboard.explain_head_output`).
+    explain_target : str
+        How the panel names the attribution target of ``head_output``.
     overview_size : int, optional
         Side of the pooled overview of a long prompt's head (default :data:`OVERVIEW` above
         :data:`FULL_MAX` tokens, else 0: heads travel whole).
@@ -216,6 +222,7 @@ class AttentionView(View):
         "fetch-overview": "_fetch_overview",
         "fetch-thumb": "_fetch_thumb",
         "fetch-tile": "_fetch_tile",
+        **ExplainCells._fetchers,
     }
 
     def __init__(
@@ -232,6 +239,10 @@ class AttentionView(View):
         pool: str = "max",
         tile_size: int = TILE,
         export_region: tuple[int, int] | None = None,
+        explainer: Any = None,
+        head_output: Any = None,
+        explain_target: str = "",
+        prepare_head: Any = None,
         **kwargs: Any,
     ) -> None:
         source: ArraySource | CaptureSource
@@ -336,6 +347,7 @@ class AttentionView(View):
         )
         if self.link.layer is None:
             self.link.select(layer=layers[li], head=hi)
+        self._init_explain(explainer, head_output, explain_target, prepare_head)
 
     @property
     def n_layers(self) -> int:
@@ -560,6 +572,8 @@ class AttentionView(View):
         return (ranked if fit >= len(ranked) else ranked[:fit]), tiles
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
+        explain = self.explain_requests(budget_bytes)  # the selected head's cells, explained
+        budget_bytes -= self.explain_budget(budget_bytes)
         if self._long:
             heads, tiles = self._long_export(budget_bytes)
             self._pending_plan, self._pending_tiles = heads, tiles
@@ -573,14 +587,16 @@ class AttentionView(View):
             for lay, h in tiles:
                 reqs += self._head_tiles(lay, h)
             reqs += [{"kind": "fetch-overview", "layer": lay, "head": h} for lay, h in heads[1:]]
-            return reqs
+            return reqs + explain
         plan = self.export_plan(budget_bytes)
         self._pending_plan = plan  # answered by the fetch-included request, first in line
         reqs: list[dict[str, Any]] = [{"kind": "fetch-included"}]
         reqs += [{"kind": "fetch-head", "layer": lay, "head": h} for lay, h in plan]
-        return reqs
+        return reqs + explain
 
     def export_notes(self, budget_bytes: int) -> list[str]:
+        explained = self.explain_notes(budget_bytes)
+        budget_bytes -= self.explain_budget(budget_bytes)
         total = self.n_layers * self.n_heads
         if self._long:
             heads, tiles = self._long_export(budget_bytes)
@@ -602,14 +618,14 @@ class AttentionView(View):
                 f"{len(heads)} of {total} heads have their overview in this page{rest}. Full "
                 f"resolution (every token, zoom in): {full}. Raise budget_bytes in cb.report "
                 "to include more."
-            ]
+            ] + explained
         plan = self.export_plan(budget_bytes)
         if len(plan) == total:
-            return []
+            return explained
         t = self._thumbs["shape"][-1]
         kept = ", ".join(f"L{lay}H{h}" for lay, h in sorted(plan))
         return [
             f"Attention: {len(plan)} of {total} heads at full resolution ({kept}); the other "
             f"{total - len(plan)} are {t}×{t} thumbnails; raise budget_bytes= in cb.report "
             "to include more."
-        ]
+        ] + explained

@@ -131,6 +131,15 @@ class Adapter:
     supports
         What works for this family: ``{"capture", "dla", "patching", "explanation"}`` mapped to
         ``True`` or to the reason it does not (listed by ``cb.supported_architectures()``).
+    block_norms
+        ``(name, path)`` of the norms inside a block whose scale a capture records as
+        ``blocks.{l}.{name}.hook_scale`` (TransformerLens names: ``ln1`` before attention,
+        ``ln2`` before the MLP, ``ln1_post`` / ``ln2_post`` for norms on a sublayer's output),
+        with their weights as ``blocks.{l}.{name}.w`` / ``.b``.
+    rotary
+        Name of the function the family's attention module applies rotary embeddings with
+        (``apply_rotary_pos_emb(q, k, cos, sin)`` in its ``transformers`` module), or ``None``
+        without rotary embeddings. Explanations of attention scores call it, never a copy.
     """
 
     name: str
@@ -167,6 +176,8 @@ class Adapter:
     """The final norm's epsilon when the module keeps it in code (OLMo's parameter-free
     LayerNorm); None: read from the module (``eps`` / ``variance_epsilon``)."""
     notes: str = ""
+    block_norms: tuple[tuple[str, str], ...] = ()
+    rotary: str | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -272,4 +283,14 @@ def qk_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.
             w = getattr(getattr(attn, name, None), "weight", None)
             if isinstance(w, torch.Tensor):
                 out[f"blocks.{layer}.attn.{name}.w"] = w
+def norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """``blocks.{l}.{name}.w`` / ``.b`` views of the norms named in ``adapter.block_norms``
+    (absent biases are zeros; Gemma's norms multiply by ``1 + w``, as ``info.norm`` says)."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(info.n_layers):
+        blk = adapter.block(model, layer)
+        for name, path in adapter.block_norms:
+            mod = get_module(blk, path)
+            out[f"blocks.{layer}.{name}.w"] = mod.weight
+            out[f"blocks.{layer}.{name}.b"] = bias(mod, mod.weight.shape[0])
     return out

@@ -37,6 +37,8 @@ ADAPTER = Adapter(
     norm="gemma_rmsnorm",
     weights=llama_weights,  # same module paths as Llama
     dims=llama_dims,
+    block_norms=(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
+    rotary="apply_rotary_pos_emb",
 )
 
 # Gemma 2 / 3 differ only in their sandwich norms around each sublayer.
@@ -50,4 +52,10 @@ ADAPTER2 = replace(
     # their frozen scales (blocks.{l}.ln1_post / ln2_post.hook_scale) keep attribution exact
     post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
     weights=gemma2_weights,
+    block_norms=(
+        ("ln1", "input_layernorm"),
+        ("ln1_post", "post_attention_layernorm"),
+        ("ln2", "pre_feedforward_layernorm"),
+        ("ln2_post", "post_feedforward_layernorm"),
+    ),
 )

@@ -55,4 +55,5 @@ ADAPTER = Adapter(
     norm="layernorm",
     weights=gpt2_weights,
     dims=gpt2_dims,
+    block_norms=(("ln1", "ln_1"), ("ln2", "ln_2")),
 )

@@ -54,4 +54,6 @@ ADAPTER = Adapter(
     norm="rmsnorm",
     weights=llama_weights,
     dims=llama_dims,
+    block_norms=(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
+    rotary="apply_rotary_pos_emb",
 )

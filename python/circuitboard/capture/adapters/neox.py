@@ -62,4 +62,6 @@ ADAPTER = Adapter(
     norm="layernorm",
     weights=neox_weights,
     dims=neox_dims,
+    block_norms=(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
+    rotary="apply_rotary_pos_emb",
 )
