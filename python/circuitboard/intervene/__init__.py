@@ -11,27 +11,38 @@ Building blocks (for patching, circuits, steering and generation alike):
   position and the shared prefix run once.
 - metrics (:mod:`._metric`): :func:`logit_diff`, :func:`log_prob`, :func:`evaluate`,
   :func:`normalize` (clean = 1, corrupted = 0), :func:`token_id`.
+
+Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
+:func:`load_patching`.
 """
 
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
+from ._patch import DIRECTIONS, METHODS, SITES, patch
+from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 
 __all__ = [
+    "DIRECTIONS",
     "HEAD_KINDS",
     "KINDS",
+    "METHODS",
     "OPS",
+    "SITES",
     "Edit",
     "Location",
+    "Patching",
     "Runner",
     "Site",
     "eval_mode",
     "evaluate",
+    "load_patching",
     "locate",
     "log_prob",
     "logit_diff",
     "normalize",
+    "patch",
     "site_shape",
     "token_id",
     "write_hooks",

@@ -203,7 +203,11 @@ def write_hooks(
     if expand_at is not None:
         if batch is None or batch < 1:
             raise ValueError("expand_at= needs batch= (the number of rows to expand to).")
-        early = [e for e in edits if e.site.kind == "embed" or e.site.layer < expand_at]
+        early = [
+            e
+            for e in edits
+            if e.site.kind == "embed" or (e.site.kind != "unembed_in" and e.site.layer < expand_at)
+        ]
         if early:
             raise ValueError(
                 f"expand_at={expand_at}: {early[0].site.label} is before block {expand_at}, "

@@ -46,8 +46,10 @@ from ._hooks import Edit, write_hooks
 from ._metric import Metric, evaluate
 from ._sites import Site
 
-DEFAULT_BATCH_TOKENS = 8192
+DEFAULT_BATCH_TOKENS = 4096
 """Default rows per forward: about this many tokens (rows × prompt length)."""
+FORWARD_OVERHEAD_BLOCKS = 2.0
+"""Modelled fixed cost of one forward, in (block on one row) units per block of the model."""
 
 
 @contextlib.contextmanager
@@ -62,7 +64,10 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 def _min_layer(edits: Sequence[Edit]) -> int | None:
-    layers = [-1 if e.site.kind == "embed" else e.site.layer for e in edits]
+    def depth(e: Edit) -> int:
+        return {"embed": -1, "unembed_in": 10**9}.get(e.site.kind, e.site.layer)
+
+    layers = [depth(e) for e in edits]
     return min(layers) if layers else None
 
 
@@ -127,6 +132,46 @@ class Runner:
         logits = self.logits(ids, [*edits, *reads], at=at)
         return {e.site: e.activation[0] for e in reads}, logits[0]
 
+    def _start(self, run: Sequence[Edit]) -> int:
+        """The block a run's forward must start at: its lowest edited block (0 for embed)."""
+        low = _min_layer(run)
+        return 0 if low is None or low < 0 else min(low, self.n_layers - 1)
+
+    def _chunks(self, starts: list[int], batch_size: int) -> list[tuple[int, int]]:
+        """Split runs sorted by start block into forwards of at most ``batch_size`` rows,
+        minimizing the modelled cost: per forward, a fixed overhead plus, per row, the blocks
+        from its chunk's start on and the unembedding (about one block)."""
+        n, L = len(starts), self.n_layers
+        if n == 0:
+            return []
+        overhead = FORWARD_OVERHEAD_BLOCKS * L
+        cand = sorted(
+            {i for i in range(n) if i == 0 or starts[i] != starts[i - 1]}
+            | {
+                i
+                for g in range(n)
+                if g == 0 or starts[g] != starts[g - 1]
+                for i in range(g, n, batch_size)
+            }
+            | {n}
+        )
+        best: dict[int, tuple[float, int]] = {0: (0.0, -1)}
+        for j in cand[1:]:
+            options = []
+            for i in cand:
+                if i >= j or j - i > batch_size or i not in best:
+                    continue
+                s = starts[i]
+                options.append((best[i][0] + overhead + (j - i) * (L - s + 1) + s, i))
+            if options:
+                best[j] = min(options)
+        bounds, j = [], n
+        while j > 0:
+            i = best[j][1]
+            bounds.append((i, j))
+            j = i
+        return bounds[::-1]
+
     def patched(
         self,
         ids: Any,
@@ -142,27 +187,28 @@ class Runner:
 
         Each run is a list of edits for one forward of the one-row prompt ``ids``; their
         ``rows`` are set by the runner. Runs are sorted by their lowest edited block and
-        chunked; with ``share_prefix`` each chunk's forward starts with one row and expands at
-        that block. ``progress(n)`` is called after each chunk with the runs done in it.
+        chunked (fewest modelled block evaluations, see ``_chunks``); with ``share_prefix``
+        each chunk's forward starts with one row and expands at its lowest block.
+        ``progress(n)`` is called after each chunk with the runs done in it.
         """
         x = self._ids(ids)
         if x.shape[0] != 1:
             raise ValueError(f"patched() takes one prompt; got {x.shape[0]} rows.")
         if batch_size is None:
             batch_size = max(1, DEFAULT_BATCH_TOKENS // x.shape[1])
-        order = sorted(range(len(runs)), key=lambda i: _min_layer(runs[i]) or 0)
+        depth = [self._start(runs[i]) for i in range(len(runs))]
+        order = sorted(range(len(runs)), key=lambda i: depth[i])
         out = torch.empty(len(runs))
-        for c in range(0, len(order), batch_size):
-            chunk = order[c : c + batch_size]
+        for lo, hi in self._chunks([depth[i] for i in order], batch_size):
+            chunk = order[lo:hi]
             edits: list[Edit] = []
             for row, i in enumerate(chunk):
                 for e in runs[i]:
                     edits.append(Edit(e.site, e.op, e.value, rows=row))
-            low = _min_layer(edits)
-            expand = share_prefix and low is not None and low > 0
+            start = depth[chunk[0]]
             with torch.no_grad():
-                if expand:
-                    lg = self.logits(x, edits, at=at, expand_at=low, batch=len(chunk))
+                if share_prefix and start > 0:
+                    lg = self.logits(x, edits, at=at, expand_at=start, batch=len(chunk))
                 else:
                     lg = self.logits(x.expand(len(chunk), -1), edits, at=at)
                 out[torch.tensor(chunk)] = evaluate(metric, lg).detach().cpu()

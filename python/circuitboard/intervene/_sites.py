@@ -20,6 +20,7 @@ z             ``[B, T, n_heads, d_head]`` per head          input of ``adapter.b
 mlp_post      ``[B, T, d_mlp]`` MLP neurons                 input of ``adapter.block_mlp_down``
 attn_in       ``[B, T, d_model]`` what attention reads     input of the attention's pre-norm
 mlp_in        ``[B, T, d_model]`` what the MLP reads       input of the MLP's pre-norm
+unembed_in    ``[B, T, d_model]`` final norm's output      input of ``adapter.unembed``
 ============  ==========================================  =================================
 
 ``attn_in`` / ``mlp_in`` are the residual stream *as one sublayer sees it*: a write or a
@@ -59,6 +60,7 @@ KINDS = (
     "mlp_post",
     "attn_in",
     "mlp_in",
+    "unembed_in",
 )
 """Site kinds :func:`locate` resolves (see the module docstring)."""
 
@@ -85,7 +87,7 @@ class Site:
     kind
         One of :data:`KINDS`.
     layer
-        Block index (ignored for ``embed``; use 0).
+        Block index (ignored for ``embed`` and ``unembed_in``; use 0).
     pos
         ``None`` (every position), an int, or a tuple of ints.
     head
@@ -161,7 +163,7 @@ class Location:
 
 
 def check_layer(site: Site, n_layers: int) -> None:
-    if site.kind != "embed" and not 0 <= site.layer < n_layers:
+    if site.kind not in ("embed", "unembed_in") and not 0 <= site.layer < n_layers:
         raise ValueError(
             f"site {site.label}: layer {site.layer} out of range; the model has {n_layers} "
             f"layers (0..{n_layers - 1})."
@@ -184,6 +186,8 @@ def locate(model: Any, adapter: Adapter, info: Any, site: Site) -> Location:
     check_layer(site, info.n_layers)
     if site.kind == "embed":
         return Location(get_module(model, adapter.embed), "out")
+    if site.kind == "unembed_in":
+        return Location(get_module(model, adapter.unembed), "pre")
     blk = adapter.block(model, site.layer)
     k = site.kind
     if k == "resid_pre":
