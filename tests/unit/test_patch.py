@@ -246,6 +246,32 @@ def test_result_labels_save_and_load(tmp_path):
     assert "denoise" in repr(res) and "clean=" in repr(res)
 
 
+@pytest.mark.parametrize("site", ["q", "k", "v", "pattern"])
+def test_attention_sites(site):
+    model, tok = FACTORIES["smollm"]()  # GQA: 6 query heads, 2 KV heads
+    res = cb.patch(
+        model,
+        tok,
+        CLEAN,
+        CORRUPT,
+        answer=" Mary",
+        wrong=" John",
+        site=site,
+        method="attribution",
+        compare_exact=True,
+    )
+    n = 2 if site in ("k", "v") else 6
+    assert res.values.shape == (2, n) and res.axes == ("layer", "head")
+    assert res.correlation > 0.99
+    if site in ("k", "v"):
+        assert res.kv_groups == {0: [0, 1, 2], 1: [3, 4, 5]}
+        assert any("grouped-query" in note for note in res.notes)
+    ig = cb.patch(
+        model, tok, CLEAN, CORRUPT, answer=" Mary", wrong=" John", site=site, method="ig", steps=4
+    )
+    assert ig.completeness_error < 1e-3
+
+
 def test_neurons_site():
     model, tok = _model("gpt2")
     a, w = _tokens_with_range(model, tok)

@@ -28,7 +28,8 @@ def bridge(tmp_path_factory):
         warnings.simplefilter("ignore")
         br = TransformerBridge.boot_transformers("tiny-smollm", hf_model=model, tokenizer=tok)
     br.eval()
-    return br, model, tok
+    # the bridge wraps the model's modules in place: circuitboard patches its own fresh copy
+    return br, tiny_smollm()[0], tok
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,10 @@ def bridge(tmp_path_factory):
         ("mlp_out", "get_act_patch_mlp_out"),
         ("heads", "get_act_patch_attn_head_out_all_pos"),
         ("heads_pos", "get_act_patch_attn_head_out_by_pos"),
+        ("q", "get_act_patch_attn_head_q_all_pos"),
+        ("k", "get_act_patch_attn_head_k_all_pos"),
+        ("v", "get_act_patch_attn_head_v_all_pos"),
+        ("pattern", "get_act_patch_attn_head_pattern_all_pos"),
     ],
 )
 def test_agrees_with_transformer_lens(bridge, site, tl_name):

@@ -26,7 +26,8 @@ from ._runner import Runner
 from ._sites import Site
 
 POSITION_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-SITES = (*POSITION_SITES, "heads", "heads_pos", "neurons")
+ATTN_SITES = ("q", "k", "v", "pattern")
+SITES = (*POSITION_SITES, "heads", "heads_pos", *ATTN_SITES, "neurons")
 """Site names :func:`patch` accepts."""
 METHODS = ("exact", "attribution", "ig")
 DIRECTIONS = ("denoise", "noise")
@@ -173,11 +174,11 @@ class _Grid:
     ) -> None:
         self.site, self.kind = site, _kind(site)
         self.layers, self.positions, self.T = layers, positions, T
-        self.H = info.n_heads
+        self.H = info.n_kv_heads if site in ("k", "v") else info.n_heads
         self.N = info.d_mlp
         if site in POSITION_SITES:
             self.shape = (len(layers), len(positions))
-        elif site == "heads":
+        elif site in ("heads", *ATTN_SITES):
             self.shape = (len(layers), self.H)
         elif site == "heads_pos":
             self.shape = (len(layers), len(positions), self.H)
@@ -190,9 +191,9 @@ class _Grid:
             if self.site in POSITION_SITES:
                 for pi, p in enumerate(self.positions):
                     out.append(((li, pi), Site(self.kind, layer, pos=p)))
-            elif self.site == "heads":
+            elif self.site in ("heads", *ATTN_SITES):
                 for h in range(self.H):
-                    out.append(((li, h), Site("z", layer, head=h)))
+                    out.append(((li, h), Site(self.kind, layer, head=h)))
             elif self.site == "heads_pos":
                 for pi, p in enumerate(self.positions):
                     for h in range(self.H):
@@ -210,7 +211,7 @@ class _Grid:
         """Per-element contributions of one layer ``[T, *rest]`` → that layer's cells."""
         if self.site in POSITION_SITES:
             return contrib.sum(-1)[self.positions]
-        if self.site == "heads":
+        if self.site in ("heads", *ATTN_SITES):
             return contrib.sum((0, 2))
         if self.site == "heads_pos":
             return contrib.sum(-1)[self.positions]
@@ -373,7 +374,10 @@ def patch(
     site
         ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` →
         ``values[layer, position]``; ``heads`` (each head's output ``z`` at all positions) →
-        ``[layer, head]``; ``heads_pos`` → ``[layer, position, head]``; ``neurons`` (MLP
+        ``[layer, head]``; ``heads_pos`` → ``[layer, position, head]``; ``q``, ``k``, ``v``,
+        ``pattern`` (each head's queries / keys / values / attention weights at every
+        position, through the model's attention function) → ``[layer, head]`` (``k`` / ``v``:
+        key-value heads; ``kv_groups`` says which query heads each serves); ``neurons`` (MLP
         neurons, at ``positions`` or at every position) → ``[layer, neuron]``.
     method
         ``"exact"`` (one patched forward per site, batched), ``"attribution"`` (first-order
@@ -438,9 +442,12 @@ def patch(
         )
     layer_list = _parse_layers(layers, runner.n_layers)
     T0 = len(pairs[0].clean_ids)
-    if site == "heads":
+    if site in ("heads", *ATTN_SITES):
         if positions is not None:
-            raise ValueError("site='heads' patches every position; use site='heads_pos'.")
+            raise ValueError(
+                f"site={site!r} patches every position; use site='heads_pos' for per-position "
+                "head outputs."
+            )
         pos_list = None
     elif site == "neurons":
         pos_list = None if positions is None else _parse_positions(positions, T0)
@@ -597,8 +604,30 @@ def _assemble(
         )
     if site in ("heads", "heads_pos"):
         notes.append("heads: each head's output (attn.hook_z, the input of W_O) is patched")
+    info = runner.info
+    kv_groups = None
+    if site in ATTN_SITES:
+        what = {
+            "q": "queries (after rotary / query norm)",
+            "k": "keys",
+            "v": "values",
+            "pattern": "attention weights",
+        }[site]
+        notes.append(
+            f"{site}: each head's {what} at every position, as the model's attention function "
+            "received them"
+        )
+    if site in ("k", "v"):
+        g = info.n_heads // info.n_kv_heads
+        kv_groups = {kv: list(range(kv * g, (kv + 1) * g)) for kv in range(info.n_kv_heads)}
+        if g > 1:
+            notes.append(
+                f"grouped-query attention: {site} is patched per key-value head; KV head g "
+                f"serves query heads {g}g..{g}g+{g - 1}"
+            )
     m_desc = getattr(p0.metric, "description", getattr(p0.metric, "__name__", "metric"))
-    heads = list(range(runner.info.n_heads)) if site in ("heads", "heads_pos") else None
+    n_heads = info.n_kv_heads if site in ("k", "v") else info.n_heads
+    heads = list(range(n_heads)) if site in ("heads", "heads_pos", *ATTN_SITES) else None
     return Patching(
         values=values,
         raw=np.mean([r.raw for r in results], axis=0),
@@ -606,7 +635,7 @@ def _assemble(
         method=method,
         direction=direction,
         metric=str(m_desc) + " at the last position",
-        axes=AXES["position"] if site in POSITION_SITES else AXES[site],
+        axes=AXES["position"] if site in POSITION_SITES else AXES.get(site, AXES["heads"]),
         layers=layers,
         positions=positions,
         heads=heads,
@@ -625,6 +654,7 @@ def _assemble(
         completeness_error=comp_err,
         steps=steps if method == "ig" else None,
         model_name=runner.info.model_name,
+        kv_groups=kv_groups,
         cost=cost,
     )
 

@@ -42,7 +42,7 @@ import torch
 
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import get_module
-from ._hooks import Edit, write_hooks
+from ._hooks import Edit, check_applied, write_hooks
 from ._metric import Metric, evaluate
 from ._sites import Site
 
@@ -114,6 +114,7 @@ class Runner:
                 logits_at=at,
             ):
                 out = self.model(input_ids=x, use_cache=False)
+        check_applied(edits)
         self.forwards += 1
         rows = batch if expand_at is not None else x.shape[0]
         start = expand_at or 0
