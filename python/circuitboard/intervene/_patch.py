@@ -204,8 +204,20 @@ class _Grid:
                     out.append(((li, n), Site("mlp_post", layer, pos=_one(pos), neuron=n)))
         return out
 
-    def cell_positions(self, site: Site) -> list[int]:
-        return site.positions(self.T)
+    def skipped(self, first_diff: int, causal: bool) -> np.ndarray:
+        """Cells whose every position precedes the first differing token (causal models):
+        their clean and corrupted values are equal, so patching them changes nothing."""
+        mask = np.zeros(self.shape, dtype=bool)
+        if not causal or self.positions is None:
+            return mask
+        before = np.array(self.positions) < first_diff
+        if self.site == "neurons":
+            mask[:] = before.all()
+        elif self.site == "heads_pos":
+            mask[:, before, :] = True
+        elif self.site in POSITION_SITES:
+            mask[:, before] = True
+        return mask
 
     def reduce(self, contrib: torch.Tensor) -> torch.Tensor:
         """Per-element contributions of one layer ``[T, *rest]`` → that layer's cells."""
@@ -271,18 +283,44 @@ def _exact(
     return raw, skipped
 
 
+def _endpoints(
+    runner: Runner, pair: _Pair, grid: _Grid
+) -> tuple[dict[Site, torch.Tensor], dict[Site, torch.Tensor], float, float]:
+    """One two-row forward (clean, corrupted) reading every layer's site tensor."""
+    reads = [Edit(Site(grid.kind, layer), "read") for layer in grid.layers]
+    lg = runner.logits(torch.stack([pair.clean_ids, pair.corrupt_ids]), reads)
+    m = evaluate(pair.metric, lg)
+    clean = {e.site: e.activation[0] for e in reads}
+    corr = {e.site: e.activation[1] for e in reads}
+    m_clean, m_corr = float(m[0]), float(m[1])
+    normalize(0.0, m_clean, m_corr)  # refuse early when the endpoints coincide
+    return clean, corr, m_clean, m_corr
+
+
+def _sources(runner: Runner, pair: _Pair, grid: _Grid, direction: str) -> dict[Site, torch.Tensor]:
+    clean, corr, _, _ = _endpoints(runner, pair, grid)
+    return clean if direction == "denoise" else corr
+
+
 def _attribution(
-    runner: Runner, pair: _Pair, grid: _Grid, base: torch.Tensor, src: dict[Site, torch.Tensor]
-) -> tuple[np.ndarray, float]:
-    edits = [Edit(Site(grid.kind, layer), "grad") for layer in grid.layers]
-    m = evaluate(pair.metric, runner.logits(base, edits))[0]
-    grads = torch.autograd.grad(m, [e.delta for e in edits], allow_unused=True)
+    runner: Runner, pair: _Pair, grid: _Grid, direction: str
+) -> tuple[np.ndarray, float, float]:
+    """One forward of both prompts (two rows: source read, base differentiated) and one
+    backward of the base row's metric; returns (raw estimates, m_clean, m_corrupted)."""
+    src_row, base_row = (0, 1) if direction == "denoise" else (1, 0)
+    ids = torch.stack([pair.clean_ids, pair.corrupt_ids])
+    reads = [Edit(Site(grid.kind, layer), "read", rows=[src_row]) for layer in grid.layers]
+    grads = [Edit(Site(grid.kind, layer), "grad", rows=[base_row]) for layer in grid.layers]
+    m = evaluate(pair.metric, runner.logits(ids, [*reads, *grads]))
+    m_clean, m_corr = float(m[0].detach()), float(m[1].detach())
+    normalize(0.0, m_clean, m_corr)
+    g_all = torch.autograd.grad(m[base_row], [e.delta for e in grads], allow_unused=True)
     raw = np.zeros(grid.shape)
-    for li, (e, g) in enumerate(zip(edits, grads, strict=True)):
+    for li, (r, e, g) in enumerate(zip(reads, grads, g_all, strict=True)):
         g = torch.zeros_like(e.activation) if g is None else g
-        contrib = (src[e.site].float() - e.activation[0].float()) * g[0].float()
+        contrib = (r.activation[0].float() - e.activation[0].float()) * g[0].float()
         raw[li] = grid.reduce(contrib).detach().cpu().numpy()
-    return float(m.detach()) + raw, float(m.detach())
+    return float(m[base_row].detach()) + raw, m_clean, m_corr
 
 
 def _layer_chunks(layers: list[int], rows_per_layer: int, batch_size: int) -> list[list[int]]:
@@ -516,26 +554,27 @@ def _run_pair(
 ) -> _PairResult:
     T = len(pair.clean_ids)
     grid = _Grid(site, layers, positions, runner.info, T)
-    kind_sites = [Site(grid.kind, layer) for layer in layers]
-    clean_acts, clean_logits = runner.read(pair.clean_ids, kind_sites)
-    corr_acts, corr_logits = runner.read(pair.corrupt_ids, kind_sites)
-    m_clean = float(evaluate(pair.metric, clean_logits[None])[0])
-    m_corr = float(evaluate(pair.metric, corr_logits[None])[0])
-    normalize(0.0, m_clean, m_corr)  # refuse early when the endpoints coincide
+    skipped = grid.skipped(pair.first_diff, runner.adapter.causal)
+    if method == "attribution":
+        raw, m_clean, m_corr = _attribution(runner, pair, grid, direction)
+        m_base = m_corr if direction == "denoise" else m_clean
+        raw[skipped] = m_base
+        reference = None
+        if compare_exact:
+            src = _sources(runner, pair, grid, direction)
+            base = pair.corrupt_ids if direction == "denoise" else pair.clean_ids
+            reference, _ = _exact(runner, pair, grid, base, src, m_base, batch_size, None)
+        return _PairResult(raw, m_clean, m_corr, skipped, reference, None)
+    clean_acts, corr_acts, m_clean, m_corr = _endpoints(runner, pair, grid)
     if direction == "denoise":
         base, base_acts, src, m_base = pair.corrupt_ids, corr_acts, clean_acts, m_corr
     else:
         base, base_acts, src, m_base = pair.clean_ids, clean_acts, corr_acts, m_clean
-    skipped = np.zeros(grid.shape, dtype=bool)
-    for idx, s in grid.cells():
-        skipped[idx] = _skippable(grid, s, pair.first_diff, runner.adapter.causal)
     tick = bar.update if bar is not None else None
     reference = completeness = None
     bs = batch_size or max(1, 4096 // T)
     if method == "exact":
         raw, skipped = _exact(runner, pair, grid, base, src, m_base, batch_size, tick)
-    elif method == "attribution":
-        raw, _ = _attribution(runner, pair, grid, base, src)
     else:
         raw, sums = _ig(runner, pair, grid, base, base_acts, src, m_base, steps, bs)
         whole = [
