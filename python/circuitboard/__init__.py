@@ -24,9 +24,11 @@ from .widgets import (
     LogitLensView,
     NeuronDashboard,
     NeuronsView,
+    PatchingView,
     board,
     compare_view,
     link,
+    patching_view,
 )
 
 __version__ = "0.1.0"
@@ -72,6 +74,7 @@ __all__ = [
     "NeuronDashboard",
     "NeuronsView",
     "Patching",
+    "PatchingView",
     "attention",
     "board",
     "capture",
@@ -91,6 +94,7 @@ __all__ = [
     "neuron_dashboard",
     "neurons",
     "patch",
+    "patching_view",
     "report",
     "top_activations",
 ]

@@ -10,6 +10,7 @@ from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
 from ._neurons import NeuronsView
+from ._patching import PatchingView, patching_view
 from ._view import View
 
 __all__ = [
@@ -21,10 +22,12 @@ __all__ = [
     "LogitLensView",
     "NeuronDashboard",
     "NeuronsView",
+    "PatchingView",
     "View",
     "board",
     "compare_view",
     "decode",
     "encode",
     "link",
+    "patching_view",
 ]
