@@ -340,3 +340,12 @@ def test_bad_inputs_are_clear_and_leave_nothing_hooked():
     assert _n_hooks(model) == 0
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
+
+
+def test_noise_top_ranks_by_distance_from_clean():
+    model, tok = _model("llama")
+    a, w = _tokens_with_range(model, tok)
+    res = cb.patch(model, tok, CLEAN, CORRUPT, answer=a, wrong=w, direction="noise")
+    top = res.top(3)
+    drops = sorted(np.abs(res.values - 1).ravel())[::-1][:3]
+    np.testing.assert_allclose([abs(d["value"] - 1) for d in top], drops)

@@ -272,7 +272,9 @@ export async function render(props: RenderProps<PatchingState>) {
   const drawTop = () => {
     const order: [number, number][] = [];
     for (let rr = 0; rr < lay.rows; rr++) for (let c = 0; c < lay.cols; c++) order.push([rr, c]);
-    order.sort((x, y) => Math.abs(values[at(y[0], y[1])]) - Math.abs(values[at(x[0], x[1])]));
+    // the largest effects: from corrupted (0) when denoising, from clean (1) when noising
+    const base = model.get("direction") === "noise" ? 1 : 0;
+    order.sort((x, y) => Math.abs(values[at(y[0], y[1])] - base) - Math.abs(values[at(x[0], x[1])] - base));
     topBox.replaceChildren();
     const lut = divergingFor(isDark(root));
     for (const [rr, c] of order.slice(0, 12)) {

@@ -121,8 +121,15 @@ class Patching:
             s += f" pos {p} {tok}"
         return s
 
+    @property
+    def effects(self) -> np.ndarray:
+        """How much patching each site moved the metric from the run it patched, normalized:
+        ``values`` for denoising (from corrupted = 0), ``values − 1`` for noising (from clean)."""
+        return self.values - (1.0 if self.direction == "noise" else 0.0)
+
     def top(self, k: int = 10) -> list[dict[str, Any]]:
-        """The ``k`` sites with the largest ``|values|``, each a dict with ``label`` first.
+        """The ``k`` sites with the largest effect (``|values|`` when denoising,
+        ``|values − 1|`` when noising), each a dict with ``label`` first.
 
         Examples
         --------
@@ -132,7 +139,7 @@ class Patching:
         >>> p.top(1)[0]["label"], p.top(1)[0]["value"]
         ('L0H1', 0.9)
         """
-        flat = np.nan_to_num(np.abs(self.values), nan=-1.0).ravel()
+        flat = np.nan_to_num(np.abs(self.effects), nan=-1.0).ravel()
         order = np.argsort(-flat, kind="stable")[:k]
         out = []
         for i in order:
