@@ -126,22 +126,33 @@ def main() -> None:
         1,
     )
 
-    print(f"Default model (SmolLM2-135M, float32, CPU), {n_tok}-token pair {CLEAN!r} / "
-          f"{CORRUPT!r}, metric logit(' Mary') − logit(' John'). Machine shared with other "
-          f"jobs (load average {open('/proc/loadavg').read().split()[0]}); medians of "
-          f"{args.repeat} runs for circuitboard, {args.tl_repeat} for TransformerLens.\n")
+    print(
+        f"Default model (SmolLM2-135M, float32, CPU), {n_tok}-token pair {CLEAN!r} / "
+        f"{CORRUPT!r}, metric logit(' Mary') − logit(' John'). Machine shared with other "
+        f"jobs (load average {open('/proc/loadavg').read().split()[0]}); medians of "
+        f"{args.repeat} runs for circuitboard, {args.tl_repeat} for TransformerLens.\n"
+    )
     print("| exact patching, 270 heads (all positions) | seconds | vs TransformerLens 4 |")
     print("|---|---|---|")
-    print(f"| TransformerLens 4 `get_act_patch_attn_head_out_all_pos` (bridge) | {t_tl:.2f} | 1.0× |")
-    print(f"| circuitboard, plain batched loop (every row from layer 0) | {t_plain:.2f} | "
-          f"{t_tl / t_plain:.1f}× |")
-    print(f"| circuitboard `cb.patch(site=\"heads\")` (rows start at their layer) | {t_cb:.2f} | "
-          f"**{t_tl / t_cb:.1f}×** |")
-    print(f"\nmax |circuitboard − TransformerLens| = {agree:.1e} (raw logit difference); "
-          f"circuitboard runs: {', '.join(f'{x:.2f}' for x in runs_cb)} s; "
-          f"{ours.cost['forwards']} forwards.\n")
-    print(f"| attribution patching, every site of a kind | sites | seconds | forward-equivalents "
-          f"(one forward = {t_fwd * 1e3:.1f} ms) |")
+    tl_name = "TransformerLens 4 `get_act_patch_attn_head_out_all_pos` (bridge)"
+    print(f"| {tl_name} | {t_tl:.2f} | 1.0× |")
+    print(
+        f"| circuitboard, plain batched loop (every row from layer 0) | {t_plain:.2f} | "
+        f"{t_tl / t_plain:.1f}× |"
+    )
+    print(
+        f'| circuitboard `cb.patch(site="heads")` (rows start at their layer) | {t_cb:.2f} | '
+        f"**{t_tl / t_cb:.1f}×** |"
+    )
+    print(
+        f"\nmax |circuitboard − TransformerLens| = {agree:.1e} (raw logit difference); "
+        f"circuitboard runs: {', '.join(f'{x:.2f}' for x in runs_cb)} s; "
+        f"{ours.cost['forwards']} forwards.\n"
+    )
+    print(
+        f"| attribution patching, every site of a kind | sites | seconds | forward-equivalents "
+        f"(one forward = {t_fwd * 1e3:.1f} ms) |"
+    )
     print("|---|---|---|---|")
     for site, n, t, fe in rows:
         print(f"| {site} | {n} | {t:.3f} | {fe:.1f} |")
