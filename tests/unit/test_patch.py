@@ -349,3 +349,17 @@ def test_noise_top_ranks_by_distance_from_clean():
     top = res.top(3)
     drops = sorted(np.abs(res.values - 1).ravel())[::-1][:3]
     np.testing.assert_allclose([abs(d["value"] - 1) for d in top], drops)
+
+
+def test_prefix_cache_gives_the_same_values(monkeypatch):
+    """Running the tokens before the first difference once (KV cache) changes nothing."""
+    from circuitboard.intervene import _runner
+
+    model, tok = _model("llama")
+    a, w = _tokens_with_range(model, tok)
+    kw = dict(answer=a, wrong=w)
+    fast = [cb.patch(model, tok, CLEAN, CORRUPT, site=s, **kw) for s in ("heads", "resid_mid")]
+    monkeypatch.setattr(_runner.Runner, "prefix_cache", lambda self, ids, n: None)
+    slow = [cb.patch(model, tok, CLEAN, CORRUPT, site=s, **kw) for s in ("heads", "resid_mid")]
+    for f, s in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(f.values, s.values, atol=1e-5)

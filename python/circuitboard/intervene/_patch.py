@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -248,6 +248,14 @@ def _value(src: torch.Tensor, site: Site, T: int) -> torch.Tensor:
     return x
 
 
+def _shifted(site: Site, p: int, T: int) -> Site:
+    """``site`` with positions counted from token ``p`` (those before ``p`` dropped)."""
+    if site.pos is None:
+        return site
+    kept = tuple(q - p for q in site.positions(T) if q >= p)
+    return replace(site, pos=kept[0] if len(kept) == 1 else kept)
+
+
 def _skippable(grid: _Grid, site: Site, first_diff: int, causal: bool) -> bool:
     """A site whose every position precedes the first differing token cannot change anything
     in a causal model: its clean and corrupted values are equal."""
@@ -268,16 +276,26 @@ def _exact(
 ) -> tuple[np.ndarray, np.ndarray]:
     raw = np.full(grid.shape, m_base, dtype=np.float64)
     skipped = np.zeros(grid.shape, dtype=bool)
+    # Tokens before the first difference are the same in both runs, and so (causal model) is
+    # everything computed there: run them once, as a KV cache, and patch only what follows.
+    p = pair.first_diff if grid.kind not in ATTN_SITES else 0
+    kv = runner.prefix_cache(base, p) if p > 0 else None
+    p = p if kv is not None else 0
     idx_run, runs = [], []
     for idx, site in grid.cells():
         if _skippable(grid, site, pair.first_diff, runner.adapter.causal):
             skipped[idx] = True
             continue
-        value = _value(src_acts[Site(grid.kind, site.layer)], site, grid.T)
+        src = src_acts[Site(grid.kind, site.layer)]
+        if p:
+            site = _shifted(site, p, grid.T)
+            src = src[p:]
         idx_run.append(idx)
-        runs.append([Edit(site, "replace", value)])
+        runs.append([Edit(site, "replace", _value(src, site, grid.T - p))])
     if runs:
-        vals = runner.patched(base, runs, pair.metric, batch_size=batch_size, progress=progress)
+        vals = runner.patched(
+            base, runs, pair.metric, batch_size=batch_size, progress=progress, prefix=kv
+        )
         for idx, v in zip(idx_run, vals.tolist(), strict=True):
             raw[idx] = v
     return raw, skipped

@@ -99,8 +99,12 @@ class Runner:
         at: int | torch.Tensor = -1,
         expand_at: int | None = None,
         batch: int | None = None,
+        cache: Any = None,
     ) -> torch.Tensor:
-        """Float32 logits ``[B, vocab]`` at position ``at`` of a (patched) forward."""
+        """Float32 logits ``[B, vocab]`` at position ``at`` of a (patched) forward.
+
+        ``cache``: a KV cache of a shared prefix (see :meth:`prefix_cache`); ``ids`` are then
+        the tokens after it and edits address their positions."""
         x = self._ids(ids)
         grad = any(e.op == "grad" for e in edits)
         ctx = torch.enable_grad() if grad else torch.no_grad()
@@ -113,7 +117,10 @@ class Runner:
                 batch=batch,
                 logits_at=at,
             ):
-                out = self.model(input_ids=x, use_cache=False)
+                if cache is None:
+                    out = self.model(input_ids=x, use_cache=False)
+                else:
+                    out = self.model(input_ids=x, cache=cache, use_cache=True)
         check_applied(edits)
         self.forwards += 1
         rows = batch if expand_at is not None else x.shape[0]
@@ -132,6 +139,36 @@ class Runner:
         reads = [Edit(s, op="read") for s in dict.fromkeys(sites)]
         logits = self.logits(ids, [*edits, *reads], at=at)
         return {e.site: e.activation[0] for e in reads}, logits[0]
+
+    def prefix_cache(self, ids: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Keys and values of every layer for the first ``n`` tokens of one prompt, or None
+        when this model's cache cannot be rebuilt per batch (sliding-window or non-causal
+        layers, no KV cache): then run without a prefix."""
+        if not self.adapter.causal or n < 1:
+            return None
+        x = self._ids(ids)[:, :n]
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                out = self.model(input_ids=x, use_cache=True)
+        except (TypeError, ValueError):
+            return None
+        cache = getattr(out, "cache", None)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return None
+        return [(layer.keys, layer.values) for layer in layers]
+
+    def _cache(self, kv: list[tuple[torch.Tensor, torch.Tensor]], start: int, rows: int) -> Any:
+        """A fresh cache of the prefix: one row below block ``start``, ``rows`` rows from it."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(kv):
+            if i >= start and rows > 1:
+                k = k.expand(rows, *k.shape[1:]).contiguous()
+                v = v.expand(rows, *v.shape[1:]).contiguous()
+            cache.update(k, v, i)
+        return cache
 
     def _start(self, run: Sequence[Edit]) -> int:
         """The block a run's forward must start at: its lowest edited block (0 for embed)."""
@@ -183,6 +220,7 @@ class Runner:
         batch_size: int | None = None,
         share_prefix: bool = True,
         progress: Callable[[int], None] | None = None,
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """The metric of each patched run ``[len(runs)]`` (float32, on CPU).
 
@@ -191,10 +229,17 @@ class Runner:
         chunked (fewest modelled block evaluations, see ``_chunks``); with ``share_prefix``
         each chunk's forward starts with one row and expands at its lowest block.
         ``progress(n)`` is called after each chunk with the runs done in it.
+
+        ``prefix``: the KV cache of the prompt's first ``p`` tokens (:meth:`prefix_cache`),
+        shared by every run, which then computes only ``ids[p:]``: edits address positions of
+        that suffix (position 0 = token ``p``). Use it when no run changes the first ``p``
+        positions (in a causal model, sites before the first token where two prompts differ).
         """
         x = self._ids(ids)
         if x.shape[0] != 1:
             raise ValueError(f"patched() takes one prompt; got {x.shape[0]} rows.")
+        if prefix is not None:
+            x = x[:, prefix[0][0].shape[-2] :]
         if batch_size is None:
             batch_size = max(1, DEFAULT_BATCH_TOKENS // x.shape[1])
         depth = [self._start(runs[i]) for i in range(len(runs))]
@@ -207,11 +252,14 @@ class Runner:
                 for e in runs[i]:
                     edits.append(Edit(e.site, e.op, e.value, rows=row))
             start = depth[chunk[0]]
+            n = len(chunk)
             with torch.no_grad():
                 if share_prefix and start > 0:
-                    lg = self.logits(x, edits, at=at, expand_at=start, batch=len(chunk))
+                    cache = self._cache(prefix, start, n) if prefix is not None else None
+                    lg = self.logits(x, edits, at=at, expand_at=start, batch=n, cache=cache)
                 else:
-                    lg = self.logits(x.expand(len(chunk), -1), edits, at=at)
+                    cache = self._cache(prefix, 0, n) if prefix is not None else None
+                    lg = self.logits(x.expand(n, -1), edits, at=at, cache=cache)
                 out[torch.tensor(chunk)] = evaluate(metric, lg).detach().cpu()
             if progress is not None:
                 progress(len(chunk))
