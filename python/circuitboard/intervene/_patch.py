@@ -5,9 +5,10 @@ dimension), each forward starting its rows at the lowest block it patches (block
 once); in a causal model the tokens before the first difference are run once as a KV cache
 and only the rest is recomputed per site (not for ``q``/``k``/``v``/``pattern``, whose
 tensors span the cached keys). Attribution patching estimates every site of a kind to first
-order from one forward of both prompts (two batch rows) and one backward. Integrated gradients (``method="ig"``) interpolate each layer's
-sites together between the two runs (midpoint rule, ``steps`` points) and report how far the
-sum over each layer is from exactly patching that whole layer (its completeness error).
+order from one forward of both prompts (two batch rows) and one backward. Integrated
+gradients (``method="ig"``) interpolate each layer's sites together between the two runs
+(midpoint rule, ``steps`` points) and report how far the sum over each layer is from exactly
+patching that whole layer (its completeness error).
 """
 
 from __future__ import annotations
