@@ -89,20 +89,21 @@ def main() -> None:
         lambda: cb.patch(model, tok, CLEAN, CORRUPT, site="heads", **kw), args.repeat
     )
     # a plain batched loop: same batching, every row from layer 0 and token 0
-    orig = _runner.Runner.patched
+    orig, orig_prefix = _runner.Runner.patched, _runner.Runner.prefix_cache
 
     def no_share(self: Any, *a: Any, **k: Any) -> Any:
         k["share_prefix"] = False
-        k["prefix"] = None
         return orig(self, *a, **k)
 
     _runner.Runner.patched = no_share  # type: ignore[method-assign]
+    _runner.Runner.prefix_cache = lambda self, ids, n: None  # type: ignore[method-assign]
     try:
         t_plain, _, plain = timed(
             lambda: cb.patch(model, tok, CLEAN, CORRUPT, site="heads", **kw), args.repeat
         )
     finally:
         _runner.Runner.patched = orig  # type: ignore[method-assign]
+        _runner.Runner.prefix_cache = orig_prefix  # type: ignore[method-assign]
 
     copy, _ = cb.load_default_model()
     t_tl, theirs = transformer_lens_heads(copy, tok, args.tl_repeat)
