@@ -160,12 +160,12 @@ def main() -> None:
         f"{ours.cost['forwards']} forwards.\n"
     )
     print(
-        f"| attribution patching, every site of a kind | sites | seconds | forward-equivalents "
-        f"(one forward = {t_fwd * 1e3:.1f} ms) |"
+        "| attribution patching, every site of a kind | sites | seconds | forward-equivalents "
+        f"(one forward: median {t_fwd * 1e3:.1f} ms) | passes |"
     )
-    print("|---|---|---|---|")
-    for site, n, t, fe in rows:
-        print(f"| {site} | {n} | {t:.3f} | {fe:.1f} |")
+    print("|---|---|---|---|---|")
+    for site, n, t, fe, nf in rows:
+        print(f"| {site} | {n} | {t:.3f} | {fe:.1f} | {nf} forward (both prompts) + 1 backward |")
     print(f"\nattribution vs exact on the 270 heads of this pair: r = {at.correlation:.3f}")
 
 
