@@ -363,3 +363,14 @@ def test_prefix_cache_gives_the_same_values(monkeypatch):
     slow = [cb.patch(model, tok, CLEAN, CORRUPT, site=s, **kw) for s in ("heads", "resid_mid")]
     for f, s in zip(fast, slow, strict=True):
         np.testing.assert_allclose(f.values, s.values, atol=1e-5)
+
+
+def test_progress_bar_and_cost(capsys):
+    model, tok = FACTORIES["llama"]()
+    quiet = cb.patch(model, tok, CLEAN, CORRUPT, answer=" Mary", wrong=" John", site="heads_pos")
+    shown = cb.patch(
+        model, tok, CLEAN, CORRUPT, answer=" Mary", wrong=" John", site="heads_pos", progress=True
+    )
+    np.testing.assert_array_equal(quiet.values, shown.values)
+    assert "circuitboard patch" in capsys.readouterr().err
+    assert shown.cost["forwards"] >= 2 and shown.cost["seconds"] > 0
