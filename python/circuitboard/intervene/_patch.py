@@ -437,7 +437,9 @@ def patch(
         ``pattern`` (each head's queries / keys / values / attention weights at every
         position, through the model's attention function) → ``[layer, head]`` (``k`` / ``v``:
         key-value heads; ``kv_groups`` says which query heads each serves); ``neurons`` (MLP
-        neurons, at ``positions`` or at every position) → ``[layer, neuron]``.
+        neurons, at ``positions`` or at every position) → ``[layer, neuron]``; exact patching
+        of neurons is one run per neuron (46,080 on the default model), so use
+        ``method="attribution"`` there and exact on the few it ranks first.
     method
         ``"exact"`` (one patched forward per site, batched), ``"attribution"`` (first-order
         estimate of every site from one forward on each prompt and one backward) or ``"ig"``
