@@ -14,32 +14,42 @@ Building blocks (for patching, circuits, steering and generation alike):
 
 Generation and steering: :func:`generate` (a :class:`Generation` captured step by step with
 the KV cache, ``.fork``), :func:`steering_vector` (:class:`SteeringVector`).
+Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
+:func:`load_patching`.
 """
 
 from ._generate import Generation, generate
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
+from ._patch import DIRECTIONS, METHODS, SITES, patch
+from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
 
 __all__ = [
-    "HEAD_KINDS",
-    "KINDS",
-    "OPS",
+    "DIRECTIONS",
     "Edit",
     "Generation",
+    "HEAD_KINDS",
+    "KINDS",
     "Location",
+    "METHODS",
+    "OPS",
+    "Patching",
     "Runner",
+    "SITES",
     "Site",
     "SteeringVector",
     "eval_mode",
     "evaluate",
     "generate",
+    "load_patching",
     "locate",
     "log_prob",
     "logit_diff",
     "normalize",
+    "patch",
     "site_shape",
     "steering_vector",
     "token_id",

@@ -169,12 +169,12 @@ class Adapter:
     for_config: Callable[[Adapter, Any], Adapter] | None = field(default=None, repr=False)
     supports: dict[str, Any] = field(default_factory=dict, repr=False)
     final_norm_eps: float | None = None
+    """The final norm's epsilon when the module keeps it in code (OLMo's parameter-free
+    LayerNorm); None: read from the module (``eps`` / ``variance_epsilon``)."""
     module_qk: ModuleQK | None = None
     """Record ``attn.hook_q`` / ``hook_k`` from projection modules when the attention does not
     dispatch through transformers' attention interface (GPT-Neo); patterns are then recomputed
     on demand as for every other model."""
-    """The final norm's epsilon when the module keeps it in code (OLMo's parameter-free
-    LayerNorm); None: read from the module (``eps`` / ``variance_epsilon``)."""
     notes: str = ""
     block_norms: tuple[tuple[str, str], ...] = ()
     rotary: str | None = None
@@ -283,6 +283,9 @@ def qk_norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.
             w = getattr(getattr(attn, name, None), "weight", None)
             if isinstance(w, torch.Tensor):
                 out[f"blocks.{layer}.attn.{name}.w"] = w
+    return out
+
+
 def norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
     """``blocks.{l}.{name}.w`` / ``.b`` views of the norms named in ``adapter.block_norms``
     (absent biases are zeros; Gemma's norms multiply by ``1 + w``, as ``info.norm`` says)."""
