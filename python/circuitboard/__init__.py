@@ -35,6 +35,9 @@ __version__ = "0.1.0"
 # capture or a numpy array never pays for (or requires) torch.
 _LAZY = {
     "Capture": "circuitboard.capture",
+    "Circuit": "circuitboard.intervene",
+    "circuit": "circuitboard.intervene",
+    "load_circuit": "circuitboard.intervene",
     "capture": "circuitboard.capture",
     "compare": "circuitboard.analysis",
     "Comparison": "circuitboard.analysis",
@@ -60,6 +63,7 @@ __all__ = [
     "AttentionView",
     "Board",
     "Capture",
+    "Circuit",
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
@@ -71,6 +75,7 @@ __all__ = [
     "attention",
     "board",
     "capture",
+    "circuit",
     "compare",
     "compare_view",
     "direct_logit_attribution",
@@ -78,6 +83,7 @@ __all__ = [
     "head_scores",
     "link",
     "load_capture",
+    "load_circuit",
     "load_default_model",
     "load_texts",
     "logit_attribution",
