@@ -1,6 +1,45 @@
-"""Interventions through write hooks on the adapters' modules: circuits (EAP, EAP-IG)."""
+"""Interventions: write hooks through the capture adapters, patching and attribution patching.
+
+Building blocks (for patching, circuits, steering and generation alike):
+
+- :class:`Site` / :func:`locate` (:mod:`._sites`): named places (``resid_pre``, ``resid_mid``,
+  ``resid_post``, ``attn_out``, ``mlp_out``, per-head ``z``, neurons ``mlp_post``, ``embed``)
+  resolved through the model's adapter.
+- :class:`Edit` / :func:`write_hooks` (:mod:`._hooks`): read / replace / add / grad-delta at
+  sites, per batch row, every hook removed on exit (also on errors).
+- :class:`Runner` (:mod:`._runner`): batched patched forwards with logits only at the metric
+  position and the shared prefix run once.
+- metrics (:mod:`._metric`): :func:`logit_diff`, :func:`log_prob`, :func:`evaluate`,
+  :func:`normalize` (clean = 1, corrupted = 0), :func:`token_id`.
+- circuits (:mod:`._eap`, :mod:`._circuit`): :func:`circuit` (EAP / EAP-IG edge scores) and
+  the :class:`Circuit` result (evaluation with non-kept edges corrupted, faithfulness curves).
+"""
 
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
+from ._hooks import OPS, Edit, write_hooks
+from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
+from ._runner import Runner, eval_mode
+from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 
-__all__ = ["Circuit", "circuit", "load_circuit"]
+__all__ = [
+    "HEAD_KINDS",
+    "KINDS",
+    "OPS",
+    "Circuit",
+    "Edit",
+    "Location",
+    "Runner",
+    "Site",
+    "circuit",
+    "eval_mode",
+    "evaluate",
+    "load_circuit",
+    "locate",
+    "log_prob",
+    "logit_diff",
+    "normalize",
+    "site_shape",
+    "token_id",
+    "write_hooks",
+]

@@ -1,0 +1,143 @@
+"""Metrics of the logits at one position, answer tokens, and the clean = 1 / corrupted = 0 scale.
+
+Contract for a metric: a callable that takes the float32 logits at the metric position,
+``[vocab]``, and returns a scalar (a 0-dim tensor or a float). Built-in metrics
+(:func:`logit_diff`, :func:`log_prob`) also accept ``[..., vocab]`` and return ``[...]``; they
+set ``metric.batched = True`` so :func:`evaluate` calls them once per batch. Keep metrics
+differentiable (torch ops) for attribution patching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Metric = Callable[[torch.Tensor], Any]
+
+MIN_RANGE = 1e-6
+"""Smallest ``|m_clean − m_corrupted|`` that :func:`normalize` accepts."""
+
+
+def token_id(tokenizer: Any, token: str | int, what: str = "answer") -> int:
+    """The id of a one-token string (or an id, checked against the vocabulary).
+
+    Examples
+    --------
+    >>> from tests.unit.tiny_models import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> token_id(tok, " the") == tok(" the", add_special_tokens=False)["input_ids"][0]
+    True
+    """
+    if isinstance(token, bool):
+        raise ValueError(f"{what} must be a one-token string or a token id; got {token!r}.")
+    if isinstance(token, int):
+        n = len(tokenizer) if tokenizer is not None else None
+        if token < 0 or (n is not None and token >= n):
+            raise ValueError(f"{what}={token} is not a token id (vocabulary size {n}).")
+        return token
+    if not isinstance(token, str) or not token:
+        raise ValueError(f"{what} must be a one-token string or a token id; got {token!r}.")
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise ValueError(
+            f"{what}={token!r} is {len(ids)} tokens {pieces}; the metric needs one token. Use "
+            f"its first token ({pieces[0]!r} = id {ids[0]}) or pass a token id, or a metric="
+            "callable for multi-token answers."
+        )
+    return int(ids[0])
+
+
+def logit_diff(answer: int, wrong: int | None = None) -> Metric:
+    """``logits[answer] − logits[wrong]`` (or ``logits[answer]`` when ``wrong`` is None).
+
+    Examples
+    --------
+    >>> m = logit_diff(2, 0)
+    >>> float(m(torch.tensor([1.0, 0.0, 4.0])))
+    3.0
+    """
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        out = logits[..., answer]
+        return out - logits[..., wrong] if wrong is not None else out
+
+    metric.batched = True  # type: ignore[attr-defined]
+    metric.description = (  # type: ignore[attr-defined]
+        f"logit[{answer}] − logit[{wrong}]" if wrong is not None else f"logit[{answer}]"
+    )
+    return metric
+
+
+def log_prob(answer: int) -> Metric:
+    """``log_softmax(logits)[answer]``.
+
+    Examples
+    --------
+    >>> round(float(log_prob(0)(torch.zeros(4))), 4)
+    -1.3863
+    """
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits, -1)[..., answer]
+
+    metric.batched = True  # type: ignore[attr-defined]
+    metric.description = f"log p[{answer}]"  # type: ignore[attr-defined]
+    return metric
+
+
+def evaluate(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
+    """The metric of each row of ``logits [B, vocab]`` as a float tensor ``[B]`` (differentiable).
+
+    Raises a ValueError naming the shape when the metric does not return one number per row.
+    """
+    if getattr(metric, "batched", False):
+        out = metric(logits)
+        if not isinstance(out, torch.Tensor) or out.shape != logits.shape[:1]:
+            raise ValueError(f"batched metric returned {getattr(out, 'shape', out)!r}.")
+        return out.float()
+    vals = []
+    for row in logits:
+        v = metric(row)
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(
+                    f"metric returned a tensor of shape {tuple(v.shape)}; it must return one "
+                    "number (a 0-dim tensor or a float) from the logits at the metric position "
+                    "[vocab]. Reduce it, e.g. with .sum() or by indexing one token."
+                )
+            vals.append(v.reshape(()).float())
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            vals.append(torch.tensor(float(v), device=logits.device))
+        else:
+            raise ValueError(
+                f"metric returned {type(v).__name__} {v!r}; it must return one number (a 0-dim "
+                "tensor or a float) from the logits at the metric position [vocab]."
+            )
+    return torch.stack(vals)
+
+
+def normalize(raw: Any, clean: float, corrupted: float) -> Any:
+    """``(raw − corrupted) / (clean − corrupted)``: clean = 1, corrupted = 0.
+
+    Refuses (ValueError) when the endpoints are closer than :data:`MIN_RANGE`: the scale would
+    only amplify noise.
+
+    Examples
+    --------
+    >>> normalize(2.0, clean=3.0, corrupted=1.0)
+    0.5
+    """
+    span = clean - corrupted
+    if not abs(span) > MIN_RANGE:
+        raise ValueError(
+            f"cannot normalize: the metric is {clean:.6g} on the clean run and {corrupted:.6g} on "
+            "the corrupted run (difference below 1e-6), so clean = 1 / corrupted = 0 is undefined."
+            " Pick a corrupted prompt (or answer/wrong tokens) the model tells apart."
+        )
+    return (raw - corrupted) / span
+
+
+__all__ = ["MIN_RANGE", "evaluate", "log_prob", "logit_diff", "normalize", "token_id"]
