@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import circuitboard as cb
-from circuitboard.capture.adapters import get_adapter
-from circuitboard.capture.adapters._base import get_module
+from circuitboard.intervene import Edit, Runner, Site, evaluate
 from circuitboard.intervene._graph import Graph
 from tests.unit import tiny_models as tm
 
@@ -30,54 +29,21 @@ def tiny(request):
     return request.param, model, tok, eap
 
 
-def _ablate_node(model, tok, node, clean, corrupted, metric):
-    """Metric of the clean run with one node's output replaced by its corrupted value, by
-    hooks written independently of the circuit code (z for heads, the MLP's output)."""
-    adapter = get_adapter(model)
-    ids = [torch.tensor([tok(p)["input_ids"]]) for p in (clean, corrupted)]
+def _site(node: str) -> Site:
     layer = int(node[1:].split("H")[0].split(".")[0])
-    blk = adapter.block(model, layer)
     if node.endswith(".mlp"):
-        path, idx = adapter.block_mlp_out
-        mod = get_module(blk, path)
-        saved = {}
+        return Site("mlp_out", layer)
+    return Site("z", layer, head=int(node.split("H")[1]))
 
-        def rec(m, a, o):
-            saved["v"] = (o[idx] if idx is not None else o).detach()
 
-        def put(m, a, o):
-            return saved["v"] if idx is None else (saved["v"], *o[1:])
-
-        fn, pre = (rec, put), False
-    else:
-        h = int(node.split("H")[1])
-        mod = get_module(blk, adapter.block_o_proj)
-        dh = model.config.hidden_size // model.config.num_attention_heads
-        dh = getattr(model.config, "head_dim", None) or dh
-        saved = {}
-
-        def rec(m, a):
-            saved["v"] = a[0][..., h * dh : (h + 1) * dh].detach().clone()
-
-        def put(m, a):
-            z = a[0].clone()
-            z[..., h * dh : (h + 1) * dh] = saved["v"]
-            return (z, *a[1:])
-
-        fn, pre = (rec, put), True
-    reg = mod.register_forward_pre_hook if pre else mod.register_forward_hook
-    with torch.no_grad():
-        hd = reg(fn[0])
-        try:
-            model(input_ids=ids[1])
-        finally:
-            hd.remove()
-        hd = reg(fn[1])
-        try:
-            out = model(input_ids=ids[0]).logits
-        finally:
-            hd.remove()
-    return float(metric(out)[0])
+def _patch_node(model, tok, node, metric):
+    """Metric of the clean run with one node's output replaced by its corrupted value, through
+    the shared runner (z for heads, the MLP's output), independently of the circuit code."""
+    runner = Runner(model)
+    clean, corrupted = (torch.tensor(tok(p)["input_ids"]) for p in (CLEAN, CORRUPTED))
+    site = _site(node)
+    acts, _ = runner.read(corrupted, [site])
+    return float(runner.patched(clean, [[Edit(site, "replace", acts[site][None])]], metric)[0])
 
 
 def test_graph_counts_smollm2():
@@ -108,65 +74,27 @@ def test_batched_evaluations_equal_single(tiny):
 
 
 def test_edge_scores_sum_to_node_attribution(tiny):
-    """Σ_v EAP(u → v) = attribution patching of writer u (gradient at u's own output)."""
+    """Σ_v EAP(u → v) = attribution patching of writer u (gradient at u's own output, z)."""
     name, model, tok, c = tiny
+    if name == "gemma2":
+        pytest.skip("Gemma 2 normalizes the heads' sum: a head's node is its normed write, not z")
     live = c._live
     p = live.pairs[0]
-    adapter = get_adapter(model)
-    L = c.graph.n_layers
-    grads, acts = {}, {}
-    handles = []
-
-    def o_pre(layer):
-        def fn(m, a):
-            d = torch.zeros_like(a[0], requires_grad=True)
-            grads[("z", layer)] = d
-            acts[("z", layer)] = a[0].detach()
-            return (a[0] + d, *a[1:])
-
-        return fn
-
-    for layer in range(L):
-        blk = adapter.block(model, layer)
-        handles.append(
-            get_module(blk, adapter.block_o_proj).register_forward_pre_hook(o_pre(layer))
-        )
-    try:
-        out = model(input_ids=p.clean[None]).logits
-        gap = live.m_clean - live.m_corr
-        m = p.metric(out).sum()
-        keys = sorted(grads)
-        gs = dict(zip(keys, torch.autograd.grad(m, [grads[k] for k in keys]), strict=True))
-    finally:
-        for h in handles:
-            h.remove()
-    zc = {}
-    hs = []
-    for layer in range(L):
-        blk = adapter.block(model, layer)
-        hs.append(
-            get_module(blk, adapter.block_o_proj).register_forward_pre_hook(
-                lambda m, a, layer=layer: zc.__setitem__(layer, a[0].detach())
-            )
-        )
-    try:
-        with torch.no_grad():
-            model(input_ids=p.corrupted[None])
-    finally:
-        for h in hs:
-            h.remove()
+    runner = Runner(model)
+    L, H = c.graph.n_layers, c.graph.n_heads
+    sites = [Site("z", layer) for layer in range(L)]
+    grads = [Edit(s, op="grad") for s in sites]
+    logits = runner.logits(p.clean, grads)
+    m = evaluate(p.metric, logits).sum()
+    gz = torch.autograd.grad(m, [e.delta for e in grads])
+    corr, _ = runner.read(p.corrupted, sites)
+    gap = live.m_clean - live.m_corr
     nodes = c.node_scores()
-    H = c.graph.n_heads
-    for layer in range(L):
-        dz = (acts[("z", layer)] - zc[layer])[0]
-        g = gs[("z", layer)][0]
-        dh = dz.shape[-1] // H
+    for layer, (e, g) in enumerate(zip(grads, gz, strict=True)):
+        dz = e.activation[0] - corr[sites[layer]]  # [P, H, dh]
+        atp = (dz * g[0]).sum((0, 2)) / gap
         for h in range(H):
-            sl = slice(h * dh, (h + 1) * dh)
-            atp = float((dz[:, sl] * g[:, sl]).sum()) / gap
-            if name == "gemma2":
-                continue  # sandwich norm: a head's node is its normed write, not z (see docs)
-            assert nodes[f"L{layer}H{h}"] == pytest.approx(atp, rel=1e-3, abs=1e-5)
+            assert nodes[f"L{layer}H{h}"] == pytest.approx(float(atp[h]), rel=1e-3, abs=1e-5)
 
 
 @pytest.mark.parametrize("which", ["head", "mlp"])
@@ -177,7 +105,7 @@ def test_removing_out_edges_equals_patching_node(tiny, which):
     node = "L0H1" if which == "head" else "L0.mlp"
     live = c._live
     p = live.pairs[0]
-    patched = _ablate_node(model, tok, node, CLEAN, CORRUPTED, p.metric)
+    patched = _patch_node(model, tok, node, p.metric)
     expected = (patched - live.m_corr) / (live.m_clean - live.m_corr)
     assert c.evaluate(without=[node]) == pytest.approx(expected, abs=1e-4)
 
@@ -211,3 +139,71 @@ def test_save_load_roundtrip(tiny, tmp_path):
         back.evaluate(7)
     live = cb.load_circuit(path, model, tok)
     assert live.evaluate(7) == pytest.approx(c.evaluate(7), abs=1e-5)
+
+
+def _n_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_removed_when_metric_raises():
+    model, tok = tm.tiny_llama()
+    before = _n_hooks(model)
+
+    def bad(logits):
+        raise RuntimeError("metric failed")
+
+    for method in ("eap", "eap-ig"):
+        with pytest.raises(RuntimeError, match="metric failed"):
+            cb.circuit(model, tok, CLEAN, CORRUPTED, metric=bad, method=method)
+        assert _n_hooks(model) == before
+    c = cb.circuit(model, tok, CLEAN, CORRUPTED, method="eap")
+    c._live.pairs[0].metric = bad
+    with pytest.raises(RuntimeError, match="metric failed"):
+        c.evaluate(3)
+    assert _n_hooks(model) == before
+
+
+def test_bad_inputs():
+    model, tok = tm.tiny_llama()
+    with pytest.raises(ValueError, match="same length"):
+        cb.circuit(model, tok, "1 2 3", "1 2 3 4 5")
+    with pytest.raises(ValueError, match="method must be one of"):
+        cb.circuit(model, tok, CLEAN, CORRUPTED, method="acdc")
+    with pytest.raises(ValueError, match="cannot normalize"):
+        cb.circuit(model, tok, CLEAN, CLEAN, answer=" 8", wrong=" 9", method="eap")
+    with pytest.raises(ValueError, match="nodes must be"):
+        cb.circuit(model, tok, CLEAN, CORRUPTED, nodes="neurons")
+    bert, btok = tm.tiny_bert()
+    with pytest.raises(ValueError, match="causal language model"):
+        cb.circuit(bert, btok, CLEAN, CORRUPTED)
+    c = cb.circuit(model, tok, CLEAN, CORRUPTED, method="eap")
+    with pytest.raises(ValueError, match="outside 0.."):
+        c.evaluate(c.n_edges + 1)
+    with pytest.raises(KeyError, match="no edge"):
+        c.evaluate([("L9H0", "logits")])
+    with pytest.raises(ValueError, match="does not write before"):
+        c.evaluate([("L1H0", "L0.mlp")])
+    with pytest.raises(KeyError, match="unknown node"):
+        c.evaluate(without=["L0H9"])
+
+
+def test_layers_nodes_and_pairs():
+    model, tok = tm.tiny_gpt2()
+    c = cb.circuit(
+        model,
+        tok,
+        [CLEAN, "2 3 4 5 6 7 8 9"],
+        [CORRUPTED, "8 7 6 5 4 3 2 1"],
+        nodes="layers",
+        steps=8,
+    )
+    assert c.n_pairs == 2
+    assert [n["name"] for n in c.nodes][:3] == ["embed", "L0.attn", "L0.mlp"]
+    assert c.evaluate(c.n_edges) == pytest.approx(1.0, abs=1e-5)
+    assert c.evaluate(0) == pytest.approx(0.0, abs=1e-5)
+    assert abs(c.completeness - 1) < 0.02
+    d = c.to_dict()
+    assert d["direction"] == "noising" and len(d["edges"]) == c.n_edges
+    nx = pytest.importorskip("networkx")
+    G = c.to_networkx(k=5)
+    assert isinstance(G, nx.DiGraph) and G.number_of_edges() <= 5

@@ -27,7 +27,6 @@ import numpy as np
 from ._graph import Graph
 
 FORMAT = "circuitboard.circuit/1"
-MIN_GAP = 1e-4  # refuse to normalize below this |m_clean − m_corrupted|
 EVAL_BYTES = 256 * 2**20  # activations held per batched evaluation
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +12,11 @@ import torch
 from ..capture._run import model_info
 from ..capture._tokens import tokenize
 from ..capture.adapters import get_adapter
-from ._circuit import EVAL_BYTES, MIN_GAP, Circuit
-from ._edges import EdgeModel, sites_for
+from ._circuit import EVAL_BYTES, Circuit
+from ._edges import EdgeModel, projections_for
 from ._graph import Graph
+from ._metric import evaluate, logit_diff, normalize, token_id
+from ._runner import eval_mode
 
 METHODS = ("eap", "eap-ig")
 
@@ -33,55 +34,14 @@ class _Pair:
     m_corr: float = 0.0
 
 
-@contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    was = model.training
-    try:
-        model.eval()
-        yield
-    finally:
-        model.train(was)
-
-
-def _token(tokenizer: Any, value: Any, name: str, d_vocab: int) -> int:
-    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
-        value = value.item()
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a token string or id; got a bool.")
-    if isinstance(value, (int, np.integer)):
-        if not 0 <= int(value) < d_vocab:
-            raise IndexError(f"{name}={value} is not a token id: the vocabulary has {d_vocab}.")
-        return int(value)
-    if isinstance(value, str):
-        ids = tokenizer.encode(value, add_special_tokens=False)
-        if len(ids) != 1:
-            pieces = [tokenizer.decode([i]) for i in ids]
-            raise ValueError(
-                f"{name}={value!r} is {len(ids)} tokens {pieces}, expected exactly one. Mind the "
-                "leading space (' Mary' vs 'Mary'), or pass a token id."
-            )
-        return int(ids[0])
-    raise TypeError(f"{name} must be a token string or an int id; got {type(value).__name__}.")
-
-
-def _logit_diff(answer: int, wrong: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        last = logits[:, -1].float()
-        return last[:, answer] - last[:, wrong]
-
-    return metric
-
-
 def _checked(metric: Callable, B: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The shared metric contract (:func:`._metric.evaluate`): the float32 logits at the metric
+    position (the last), one value per batch row."""
+
     def run(logits: torch.Tensor) -> torch.Tensor:
-        v = metric(logits)
-        if not isinstance(v, torch.Tensor) or v.shape != (B,):
-            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise ValueError(
-                f"metric must return a tensor with one value per batch row, shape ({B},); got "
-                f"{shape}. It receives logits [batch, positions, vocab]; e.g. "
-                "lambda logits: logits[:, -1, a] - logits[:, -1, b]."
-            )
+        v = evaluate(metric, logits[:, -1].float())
+        if v.shape != (B,):
+            raise ValueError(f"metric returned shape {tuple(v.shape)} for {B} rows.")
         return v
 
     return run
@@ -145,7 +105,7 @@ def _prepare(
                 raise TypeError(
                     f"metric must be a callable (logits -> [batch]); got {metrics[i]!r}."
                 )
-            pairs.append(_Pair(x, y, metrics[i], None))
+            pairs.append(_Pair(x, y, metrics[i], [len(ia) - 1]))
             saved["custom_metric"] = True
             name = getattr(metrics[i], "__name__", "custom")
             continue
@@ -153,23 +113,17 @@ def _prepare(
             with torch.no_grad():
                 out = model(input_ids=torch.stack([x, y]), use_cache=False)
                 top = out.logits[:, -1].argmax(-1).tolist()
-            ans = (
-                top[0]
-                if answers[i] is None
-                else _token(tokenizer, answers[i], "answer", info.d_vocab)
-            )
-            wr = (
-                top[1] if wrongs[i] is None else _token(tokenizer, wrongs[i], "wrong", info.d_vocab)
-            )
+            ans = top[0] if answers[i] is None else token_id(tokenizer, answers[i], "answer")
+            wr = top[1] if wrongs[i] is None else token_id(tokenizer, wrongs[i], "wrong")
         else:
-            ans = _token(tokenizer, answers[i], "answer", info.d_vocab)
-            wr = _token(tokenizer, wrongs[i], "wrong", info.d_vocab)
+            ans = token_id(tokenizer, answers[i], "answer")
+            wr = token_id(tokenizer, wrongs[i], "wrong")
         if ans == wr:
             raise ValueError(
                 f"pair {i}: answer and wrong are the same token ({tokenizer.decode([ans])!r}); "
                 "pass wrong= (e.g. the name the corrupted prompt points to)."
             )
-        pairs.append(_Pair(x, y, _logit_diff(ans, wr), [len(ia) - 1]))
+        pairs.append(_Pair(x, y, logit_diff(ans, wr), [len(ia) - 1]))
         saved["answer"].append(ans)
         saved["wrong"].append(wr)
         if i == 0:
@@ -203,21 +157,15 @@ class _Live:
         self.m_corr = float(np.mean([p.m_corr for p in self.pairs]))
 
     def check_gap(self) -> float:
-        gap = self.m_clean - self.m_corr
-        if abs(gap) < MIN_GAP:
-            raise ValueError(
-                f"the metric barely differs between clean ({self.m_clean:.6g}) and corrupted "
-                f"({self.m_corr:.6g}) prompts, so it cannot be normalized to clean = 1, "
-                "corrupted = 0. Choose a corrupted prompt that changes the answer, or another metric."
-            )
-        return gap
+        normalize(self.m_clean, self.m_clean, self.m_corr)  # refuses a vanishing gap, clearly
+        return self.m_clean - self.m_corr
 
     def evaluate(self, masks: np.ndarray) -> np.ndarray:
-        gap = self.check_gap()
+        self.check_gap()
         em = self.em
         N = masks.shape[0]
         total = np.zeros(N)
-        with _eval_mode(em.model):
+        with eval_mode(em.model):
             for p in self.pairs:
                 P = p.clean.shape[0]
                 per_row = 3 * em.U * P * em.D * 4
@@ -233,8 +181,7 @@ class _Live:
                         p.positions,
                     )
                     total[s : s + B] += vals.cpu().numpy()
-        mean = total / len(self.pairs)
-        return (mean - self.m_corr) / gap
+        return normalize(total / len(self.pairs), self.m_clean, self.m_corr)
 
 
 def circuit(
@@ -268,8 +215,9 @@ def circuit(
         difference ``answer − wrong`` at the last position. Default: the clean prompt's top
         prediction and the corrupted prompt's.
     metric
-        Instead: a callable ``logits [batch, positions, vocab] -> [batch]`` (roughly linear in
-        the logits: logit differences, log-probabilities).
+        Instead: a callable of the float32 logits at the last position, ``[vocab] -> scalar``
+        (or batched ``[..., vocab] -> [...]`` like :func:`circuitboard.intervene.logit_diff`),
+        roughly linear in the logits (logit differences, log-probabilities), differentiable.
     method
         ``"eap"``: one forward on each prompt and one backward. ``"eap-ig"`` (default):
         integrated gradients on the input embeddings, ``steps`` interpolated runs (midpoint
@@ -303,7 +251,7 @@ def circuit(
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int; got {steps!r}.")
     adapter = get_adapter(model)
-    sites_for(adapter)
+    projections_for(adapter)
     info = model_info(model, adapter)
     graph = Graph.build(
         info.n_layers,
@@ -313,7 +261,7 @@ def circuit(
         parallel=bool(info.parallel_attn_mlp),
     )
     em = EdgeModel(model, adapter, info, graph)
-    with _eval_mode(model):
+    with eval_mode(model):
         pairs, name, saved, toks, ctoks = _prepare(
             model, tokenizer, clean, corrupted, answer, wrong, metric, em, info
         )
@@ -414,7 +362,7 @@ def attach(
     em = EdgeModel(model, adapter, info, g)
     answers = saved.get("answer") or None
     wrongs = saved.get("wrong") or None
-    with _eval_mode(model):
+    with eval_mode(model):
         pairs, *_ = _prepare(model, tokenizer, clean, corrupted, answers, wrongs, metric, em, info)
         live = _Live(em, pairs)
         live.record()

@@ -24,44 +24,31 @@ from ..capture._hooks import norm_scale
 from ..capture.adapters import Adapter
 from ..capture.adapters._base import get_module
 from ._graph import Graph
+from ._sites import Site, locate
 
 
 @dataclass(frozen=True)
-class Sites:
-    """Where one architecture keeps the modules the edge hooks need (paths inside a block)."""
+class Projections:
+    """Where one architecture computes q, k and v (paths inside a block), beyond the shared
+    sites of :mod:`._sites` (``attn_in`` / ``mlp_in`` give the norms that feed them)."""
 
-    attn_norm: str  # the norm whose output feeds q, k and v
-    mlp_norm: str  # the norm whose output feeds the MLP (only the MLP reads it)
     qkv: tuple[str, ...]  # ("q_proj", "k_proj", "v_proj") paths, or one fused projection
     layout: str  # "separate" | "fused_blocks" (q|k|v, GPT-2) | "fused_heads" ([H, 3, dh], NeoX)
     sandwich: str | None = None  # a norm on the attention output before the residual add
 
 
-_LLAMA = Sites(
-    "input_layernorm",
-    "post_attention_layernorm",
-    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "separate",
-)
-SITES: dict[str, Sites] = {
-    "llama": _LLAMA,
-    "gemma": _LLAMA,
-    "gemma2": Sites(
-        "input_layernorm",
-        "pre_feedforward_layernorm",
-        _LLAMA.qkv,
-        "separate",
-        sandwich="post_attention_layernorm",
-    ),
-    "gpt2": Sites("ln_1", "ln_2", ("attn.c_attn",), "fused_blocks"),
-    "gpt_neox": Sites(
-        "input_layernorm", "post_attention_layernorm", ("attention.query_key_value",), "fused_heads"
-    ),
+_SEPARATE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+PROJECTIONS: dict[str, Projections] = {
+    "llama": Projections(_SEPARATE, "separate"),
+    "gemma": Projections(_SEPARATE, "separate"),
+    "gemma2": Projections(_SEPARATE, "separate", sandwich="post_attention_layernorm"),
+    "gpt2": Projections(("attn.c_attn",), "fused_blocks"),
+    "gpt_neox": Projections(("attention.query_key_value",), "fused_heads"),
 }
 
 
-def sites_for(adapter: Adapter) -> Sites:
-    s = SITES.get(adapter.name)
+def projections_for(adapter: Adapter) -> Projections:
+    s = PROJECTIONS.get(adapter.name)
     if s is None:
         if not adapter.causal:
             raise ValueError(
@@ -70,9 +57,8 @@ def sites_for(adapter: Adapter) -> Sites:
                 "stream. Use a causal model (GPT-2, Llama/SmolLM2, Pythia, Gemma)."
             )
         raise ValueError(
-            f"no circuit sites for the {adapter.name!r} adapter; add an entry to "
-            "circuitboard.intervene._edges.SITES naming its attention-input norm, MLP-input norm "
-            "and q/k/v projections."
+            f"no circuit projections for the {adapter.name!r} adapter; add an entry to "
+            "circuitboard.intervene._edges.PROJECTIONS naming its q/k/v projections."
         )
     return s
 
@@ -90,7 +76,13 @@ class EdgeModel:
 
     def __init__(self, model: Any, adapter: Adapter, info: Any, graph: Graph) -> None:
         self.model, self.adapter, self.info, self.graph = model, adapter, info, graph
-        self.sites = sites_for(adapter)
+        self.sites = projections_for(adapter)
+        L = info.n_layers
+        # the norms whose outputs feed attention and the MLP: the shared attn_in / mlp_in sites
+        self.attn_norms = [
+            locate(model, adapter, info, Site("attn_in", i)).module for i in range(L)
+        ]
+        self.mlp_norms = [locate(model, adapter, info, Site("mlp_in", i)).module for i in range(L)]
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         H, KV, dh = info.n_heads, info.n_kv_heads, info.d_head
@@ -269,7 +261,7 @@ class EdgeModel:
             if not g.parallel:
                 for layer in range(self.info.n_layers):
                     hs.append(
-                        self._mod(layer, self.sites.mlp_norm).register_forward_pre_hook(
+                        self.mlp_norms[layer].register_forward_pre_hook(
                             lambda m, a, layer=layer: Rin.__setitem__(
                                 (slice(None), self.mlp_reader[layer]), a[0].float()
                             )
@@ -331,7 +323,7 @@ class EdgeModel:
                     mlp_deltas[layer] = d
                     return (a[0] + d, *a[1:])
 
-                hs.append(self._mod(layer, s.mlp_norm).register_forward_pre_hook(mlp_pre))
+                hs.append(self.mlp_norms[layer].register_forward_pre_hook(mlp_pre))
 
             def final_pre(m: Any, a: tuple) -> Any:
                 d = zero(a[0])
@@ -391,7 +383,7 @@ class EdgeModel:
                     hs = list(rd.kv_heads)
                     Wk = self.W[p + ("W_K" if kind == "k" else "W_V")][hs]
                     gx[n] += torch.einsum("bphd,hmd->bpm", parts[kind][:, :, hs], Wk)
-        norm = self._mod(layer, self.sites.attn_norm)
+        norm = self.attn_norms[layer]
         with torch.enable_grad():
             R = r.unsqueeze(0).expand(len(readers), *r.shape).to(self.dtype).clone()
             R.requires_grad_(True)
@@ -450,7 +442,7 @@ class EdgeModel:
             js = self.attn_readers[layer]
             if js and bool(touched[:, js].any()):
                 R = new_inputs(js, x)
-                attn_new[layer] = self._mod(layer, s.attn_norm)(R.to(self.dtype)).float()
+                attn_new[layer] = self.attn_norms[layer](R.to(self.dtype)).float()
             return None
 
         def proj_hook(m: Any, a: tuple, out: torch.Tensor, layer: int, pi: int) -> Any:
@@ -510,7 +502,7 @@ class EdgeModel:
                         )
                     )
                 hs.append(
-                    self._mod(layer, s.mlp_norm).register_forward_pre_hook(
+                    self.mlp_norms[layer].register_forward_pre_hook(
                         lambda m, a, layer=layer: mlp_pre(m, a, layer)
                     )
                 )
