@@ -33,6 +33,12 @@ class _Pair:
     m_clean: float = 0.0
     m_corr: float = 0.0
 
+    @property
+    def start(self) -> int:
+        """The first position where clean and corrupted tokens differ."""
+        diff = (self.clean != self.corrupted).nonzero()
+        return int(diff[0, 0]) if len(diff) else int(self.clean.shape[0])
+
 
 def _checked(metric: Callable, B: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The shared metric contract (:func:`._metric.evaluate`): the float32 logits at the metric
@@ -179,6 +185,7 @@ class _Live:
                         p.R_corr,
                         _checked(p.metric, keep.shape[0]),
                         p.positions,
+                        start=p.start,
                     )
                     total[s : s + B] += vals.cpu().numpy()
         return normalize(total / len(self.pairs), self.m_clean, self.m_corr)

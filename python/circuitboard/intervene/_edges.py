@@ -116,6 +116,19 @@ class EdgeModel:
             for layer in range(L)
         ]
         self.mlp_reader = [g.reader_index[f"L{layer}.mlp"] for layer in range(L)]
+        # which attention reader of a layer feeds each q head / each kv head's k and v
+        # (positions in attn_readers[layer]; the same in every layer)
+        first = [g.readers[j] for j in self.attn_readers[0]]
+        self.head_reader = {
+            "q": [next(n for n, r in enumerate(first) if h in r.q_heads) for h in range(H)],
+            **{
+                k: [
+                    next(n for n, r in enumerate(first) if k in r.kv_kinds and h in r.kv_heads)
+                    for h in range(KV)
+                ]
+                for k in ("k", "v")
+            },
+        }
         self.logits_reader = g.reader_index["logits"]
         self.upstream = [int(g.valid[:, j].sum()) for j in range(len(g.readers))]
         # writers are ordered by stage, so a reader's upstream writers are a prefix
@@ -186,6 +199,7 @@ class EdgeModel:
         store: Callable[[int, torch.Tensor], None] | None,
         *,
         on_block: Any,
+        wanted: list[bool] | None = None,
     ) -> None:
         """Hooks that hand each writer's output ``[B, P, D]`` (float32) to ``store(i, out)``."""
         a, s = self.adapter, self.sites
@@ -207,7 +221,10 @@ class EdgeModel:
                 continue
 
             def put_heads(layer: int, raw: torch.Tensor | None) -> None:
-                writes = self._head_writes(layer, zs.pop(layer), raw)
+                z = zs.pop(layer)
+                if wanted is not None and not any(wanted[i] for i in self.head_writer[layer]):
+                    return
+                writes = self._head_writes(layer, z, raw)
                 if g.nodes == "heads":
                     for h in range(self.H):
                         store(int(self.head_writer[layer, h]), writes[:, :, h])
@@ -400,6 +417,7 @@ class EdgeModel:
         R_corr: torch.Tensor,
         metric: Callable,
         positions: list[int] | None,
+        start: int = 0,
     ) -> torch.Tensor:
         """The metric ``[B]`` of the clean prompt ``ids`` ``[P]`` with, in row b, every edge
         where ``keep[b]`` ``[U, V]`` is False fed the corrupted value of its writer.
@@ -408,33 +426,44 @@ class EdgeModel:
         ``residual − Σ_removed (run − corrupted)`` or ``corrupted residual + Σ_kept (run −
         corrupted)`` (equal in exact arithmetic; each is exact at its own end: nothing removed
         leaves the clean run untouched, nothing kept gives the corrupted input exactly).
+        Positions before ``start`` (the first token where the prompts differ) are equal in every
+        run of a causal model, so only positions ``start:`` are rebuilt.
         """
         B = keep.shape[0]
         P = ids.shape[-1]
+        p0 = start
         g, s, L = self.graph, self.sites, self.info.n_layers
         valid = torch.as_tensor(g.valid, device=self.device)
         keep = keep.to(self.device) & valid
         n_keep = keep.sum(1)
         n_valid = valid.sum(0)
         from_corr = n_keep < (n_valid - n_keep)  # [B, V]: rebuild from the corrupted end
-        M = torch.where(from_corr[:, None, :], keep, valid & ~keep).float()  # [B, U, V]
-        touched = (M.sum(1) > 0) | from_corr  # readers whose input changes in each row
-        Wrun = torch.zeros(B, self.U, P, self.D, device=self.device)
-        done = [0]
+        M = torch.where(from_corr[:, None, :], keep, valid & ~keep)  # [B, U, V] bool
+        touched = M.any(1) | from_corr  # readers whose input changes in each row
+        # run − corrupted value of every writer, from the first differing position on
+        Drun = torch.zeros(B, self.U, P - p0, self.D, device=self.device)
+        Wc = W_corr[:, p0:]
+
+        needed = M.any(2).any(0).tolist()  # writers some rebuilt input depends on
 
         def store(i: int, out: torch.Tensor) -> None:
-            Wrun[:, i] = out.expand(B, *out.shape[1:]) if out.shape[0] != B else out
-            done[0] = max(done[0], i + 1)
+            if needed[i]:
+                Drun[:, i] = out[:, p0:] - Wc[i]
 
         def new_inputs(js: list[int], x: torch.Tensor) -> torch.Tensor:
-            """Rebuilt residual inputs ``[len(js), B, P, D]`` of readers ``js``."""
+            """Rebuilt residual inputs ``[len(js), B, P - p0, D]`` of readers ``js``."""
             n = self.upstream[js[0]]
-            Dlt = (Wrun[:, :n] - W_corr[None, :n]).reshape(B, n, -1)
-            delta = torch.einsum("buv,bup->vbp", M[:, :n, js], Dlt).reshape(len(js), B, P, -1)
-            base_run = x.float().expand(B, P, self.D)[None]
-            base_corr = R_corr[js][:, None]
+            Ms = M[:, :n, js]
+            us = Ms.any(2).any(0).nonzero().squeeze(1)  # writers that matter to these readers
+            base_run = x[:, p0:].float()[None]
+            base_corr = R_corr[js][:, None, p0:]
             fc = from_corr[:, js].T[:, :, None, None]
-            return torch.where(fc, base_corr + delta, base_run - delta)
+            if len(us):
+                d = Drun[:, us].reshape(B, len(us), -1)
+                delta = torch.einsum("buv,bup->vbp", Ms[:, us].float(), d)
+                delta = delta.reshape(len(js), B, P - p0, self.D)
+                return torch.where(fc, base_corr + delta, base_run - delta)
+            return torch.where(fc, base_corr, base_run)
 
         attn_new: dict[int, torch.Tensor] = {}
 
@@ -446,54 +475,36 @@ class EdgeModel:
             return None
 
         def proj_hook(m: Any, a: tuple, out: torch.Tensor, layer: int, pi: int) -> Any:
-            R = attn_new.get(layer)
-            if R is None:
+            x = attn_new.get(layer)  # the rebuilt inputs after the attention norm
+            if x is None:
                 return None
             js = self.attn_readers[layer]
-            x = R  # the rebuilt inputs after the attention norm, [n, B, P, D]
             out = out.clone()
             parts = self._proj_parts(out, pi)
             p = f"blocks.{layer}.attn."
-            for n, j in enumerate(js):
-                rows = touched[:, j]
-                if not bool(rows.any()):
-                    continue
-                rd = g.readers[j]
-                todo = [("q", h) for h in rd.q_heads] + [
-                    (k, h) for k in rd.kv_kinds for h in rd.kv_heads
-                ]
-                for kind, h in todo:
-                    if kind not in parts:
-                        continue
-                    Wm = self.W[p + "W_" + kind.upper()][h]
-                    bm = self.W[p + "b_" + kind.upper()][h]
-                    val = (x[n] @ Wm + bm).to(out.dtype)  # [B, P, dh]
-                    tgt = parts[kind]
-                    tgt[rows, :, h] = val[rows]
+            for kind, tgt in parts.items():
+                idx = self.head_reader[kind]  # for each head of this kind: its reader (in js)
+                K = kind.upper()
+                val = torch.einsum("hbpd,hdk->bphk", x[idx], self.W[p + "W_" + K])
+                val = (val + self.W[p + "b_" + K]).to(out.dtype)  # [B, P - p0, heads, dh]
+                rows = touched[:, js][:, idx]  # [B, heads]
+                cur = tgt[:, p0:]
+                cur.copy_(torch.where(rows[:, None, :, None], val, cur))
             return out
 
-        def mlp_pre(m: Any, a: tuple, layer: int) -> Any:
-            j = self.mlp_reader[layer]
+        def resid_pre_hook(j: int, a: tuple) -> Any:
             if not bool(touched[:, j].any()):
                 return None
             x = a[0]
-            new = new_inputs([j], x)[0].to(x.dtype)
-            keep_rows = ~touched[:, j]
-            new[keep_rows] = x.expand(B, *x.shape[1:])[keep_rows]
-            return (new, *a[1:])
-
-        def final_pre(m: Any, a: tuple) -> Any:
-            j = self.logits_reader
-            if not bool(touched[:, j].any()):
-                return None
-            x = a[0]
-            new = new_inputs([j], x)[0].to(x.dtype)
-            keep_rows = ~touched[:, j]
-            new[keep_rows] = x.expand(B, *x.shape[1:])[keep_rows]
+            rows = touched[:, j]
+            new = x.clone()
+            sub = new[rows]
+            sub[:, p0:] = new_inputs([j], x)[0][rows].to(x.dtype)
+            new[rows] = sub
             return (new, *a[1:])
 
         with torch.no_grad(), self._hooks() as hs:
-            self._writer_hooks(hs, store, on_block=on_block)
+            self._writer_hooks(hs, store, on_block=on_block, wanted=needed)
             for layer in range(L):
                 for pi, path in enumerate(s.qkv):
                     hs.append(
@@ -503,11 +514,13 @@ class EdgeModel:
                     )
                 hs.append(
                     self.mlp_norms[layer].register_forward_pre_hook(
-                        lambda m, a, layer=layer: mlp_pre(m, a, layer)
+                        lambda m, a, j=self.mlp_reader[layer]: resid_pre_hook(j, a)
                     )
                 )
             hs.append(
-                get_module(self.model, self.adapter.final_norm).register_forward_pre_hook(final_pre)
+                get_module(self.model, self.adapter.final_norm).register_forward_pre_hook(
+                    lambda m, a: resid_pre_hook(self.logits_reader, a)
+                )
             )
             self._slice_logits(hs, positions)
             values = metric(self._logits(ids.reshape(1, -1).expand(B, -1), positions))
