@@ -18,6 +18,7 @@ from .export import report
 from .widgets import (
     AttentionView,
     Board,
+    CircuitView,
     CompareView,
     Link,
     LogitAttributionView,
@@ -25,6 +26,7 @@ from .widgets import (
     NeuronDashboard,
     NeuronsView,
     board,
+    circuit_view,
     compare_view,
     link,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "Board",
     "Capture",
     "Circuit",
+    "CircuitView",
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
@@ -76,6 +79,7 @@ __all__ = [
     "board",
     "capture",
     "circuit",
+    "circuit_view",
     "compare",
     "compare_view",
     "direct_logit_attribution",

@@ -315,12 +315,35 @@ class Circuit:
         >>> c.evaluate(100, without=["L17H3"])  # doctest: +SKIP
         """
         key = _spec_key(edges, without, only)
-        if key is not None and key in self.evaluations and self._live is None:
+        if key is not None and key in self.evaluations:  # evaluations are deterministic
             return self.evaluations[key]
         value = float(self.evaluate_masks([self.mask(edges, without=without, only=only)])[0])
         if key is not None:
             self.evaluations[key] = value
         return value
+
+    def evaluate_many(self, specs: Sequence[dict[str, Any]]) -> list[float]:
+        """Several :meth:`evaluate` calls (``{"edges": k, "without": [...]}`` dicts) batched
+        into as few forwards as memory allows; results are cached like :meth:`evaluate`'s."""
+        keys = [_spec_key(d.get("edges"), d.get("without"), d.get("only")) for d in specs]
+        todo = [i for i, key in enumerate(keys) if key is None or key not in self.evaluations]
+        if todo:
+            masks = [
+                self.mask(
+                    specs[i].get("edges"),
+                    without=specs[i].get("without"),
+                    only=specs[i].get("only"),
+                )
+                for i in todo
+            ]
+            values = self.evaluate_masks(masks)
+            out = {i: float(v) for i, v in zip(todo, values, strict=True)}
+            for i, v in out.items():
+                if keys[i] is not None:
+                    self.evaluations[keys[i]] = v
+        else:
+            out = {}
+        return [out[i] if i in out else self.evaluations[keys[i]] for i in range(len(specs))]
 
     def faithfulness(self, ks: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ks, values)``: faithfulness of the top ``k`` edges for each ``k`` (default: 25
