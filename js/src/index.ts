@@ -8,6 +8,7 @@ import * as compare from "./views/compare";
 import * as dashboard from "./views/dashboard";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
+import * as patching from "./views/patching";
 
 type Cleanup = void | (() => void | Promise<void>);
 type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
@@ -20,6 +21,7 @@ export const VIEWS: Record<string, View> = {
   dashboard: dashboard as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,
+  patching: patching as unknown as View,
   link: { render: () => undefined }, // the shared selection has no visual
 };
 

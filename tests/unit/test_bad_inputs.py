@@ -162,7 +162,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("load_capture missing file", lambda: cb.load_capture("/nonexistent/cap.safetensors"),
      FileNotFoundError, r"no capture file at .*cap\.save\(path\)"),
     ("load_capture newer version", _load_version(99), ValueError,
-     r"format version 99; this circuitboard reads version 1\. .*pip install -U circuitboard"),
+     r"format version 99; this circuitboard reads version 2\. .*pip install -U circuitboard"),
     ("load_capture older version", _load_version(0), ValueError,
      r"format version 0; .*re-capture it"),
     ("load_capture not a capture", _load_not_a_capture, ValueError,

@@ -178,3 +178,52 @@ def test_sublayer_inputs_reach_only_their_sublayer(tiny):
     after, _ = r.read(ids, sites[:2], edits=[Edit(Site("mlp_in", 1), "add", d)])
     torch.testing.assert_close(after[sites[0]], base[sites[0]], atol=0, rtol=0)
     assert not torch.allclose(after[sites[1]], base[sites[1]], atol=1e-4)
+
+
+def test_attention_sites_read_and_write_through_the_attention_function(tiny):
+    """q / k / v / pattern: reads equal capture's, self-patches change nothing, the model's
+    attention implementation is restored, and a site the forward never reached is an error."""
+    name, model, tok = tiny
+    r = Runner(model)
+    ids = _ids(tok, CLEAN)
+    impl = model.config._attn_implementation
+    sites = [Site(k, 1) for k in ("q", "k", "v", "pattern")]
+    acts, base = r.read(ids, sites)
+    cap = capture(model, tok, CLEAN, dtype=torch.float32, what="all")
+    want = cap["blocks.1.attn.hook_pattern"].float()
+    torch.testing.assert_close(acts[sites[3]].transpose(0, 1), want, atol=1e-6, rtol=0)
+    assert acts[sites[1]].shape[1] == r.info.n_kv_heads
+    for s in sites:
+        out = r.logits(ids, [Edit(s, "replace", acts[s])])[0]
+        torch.testing.assert_close(out, base, atol=1e-5, rtol=0)
+    assert model.config._attn_implementation == impl and _n_hooks(model) == 0
+
+
+def test_gqa_kv_head_changes_exactly_the_query_heads_it_serves():
+    """Identity 11: patching KV head g changes the outputs of query heads gG..gG+G-1 only."""
+    model, tok = FACTORIES["smollm"]()  # 6 query heads, 2 KV heads: G = 3
+    r = Runner(model)
+    clean, corrupt = _ids(tok, CLEAN), _ids(tok, CORRUPT)
+    for kind in ("k", "v"):
+        src, _ = r.read(clean, [Site(kind, 1)])
+        base, _ = r.read(corrupt, [Site("z", 1)])
+        for g in (0, 1):
+            site = Site(kind, 1, head=g)
+            after, _ = r.read(
+                corrupt, [Site("z", 1)], edits=[Edit(site, "replace", src[Site(kind, 1)][:, g])]
+            )
+            changed = (after[Site("z", 1)] - base[Site("z", 1)]).abs().amax((0, 2)) > 1e-6
+            assert changed.tolist() == [h // 3 == g for h in range(6)], (kind, g, changed)
+
+
+def test_attention_hook_errors_restore_the_model():
+    model, tok = FACTORIES["llama"]()
+    r = Runner(model)
+    ids = _ids(tok, CLEAN)
+    with pytest.raises(ValueError, match="must broadcast"):
+        r.logits(ids, [Edit(Site("pattern", 1, head=0), "replace", torch.zeros(3, 2))])
+    assert model.config._attn_implementation == "sdpa" and _n_hooks(model) == 0
+    wrapped = FACTORIES["llama"]()[0]
+    wrapped.model.layers[1].self_attn.forward = lambda *a, **k: (a[0] * 0 if a else 0, None)
+    with pytest.raises(RuntimeError, match="never reached site L1H0"):
+        Runner(wrapped).logits(ids, [Edit(Site("q", 1, head=0), "read")])

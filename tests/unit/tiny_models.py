@@ -312,3 +312,79 @@ FACTORIES: dict[str, Callable[..., tuple[Any, Any]]] = {
 
 CAUSAL = [n for n in FACTORIES if n != "bert"]
 """The causal language models among :data:`FACTORIES` (BERT is bidirectional)."""
+
+
+def tiny_mistral_sliding(seed: int = 0) -> tuple[Any, Any]:
+    """Mistral with a 3-token sliding window on every layer (SDPA)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        head_dim=8,
+        sliding_window=3,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return _build(cfg, MistralForCausalLM, seed), tiny_tokenizer("bos")
+
+
+def tiny_qwen3(seed: int = 0) -> tuple[Any, Any]:
+    """Qwen3: Llama-like with per-head query/key RMSNorms before rotary, GQA (SDPA)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return _randomize_norms(_build(cfg, Qwen3ForCausalLM, seed)), tiny_tokenizer("plain")
+
+
+def tiny_gemma3(seed: int = 0) -> tuple[Any, Any]:
+    """Gemma 3 text: query/key norms, a sliding (local) layer then a global one, GQA (SDPA)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=3,
+        layer_types=["sliding_attention", "full_attention"],
+        query_pre_attn_scalar=8,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return _randomize_norms(_build(cfg, Gemma3ForCausalLM, seed)), tiny_tokenizer("bos")
+
+
+ATTENTION_VARIANTS: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "mistral_sliding": tiny_mistral_sliding,
+    "qwen3": tiny_qwen3,
+    "gemma3": tiny_gemma3,
+}
+"""Attention variants beyond :data:`FACTORIES` (sliding windows on SDPA, query/key norms)."""

@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
+from ._patterns import Patterns, pool_rows
+
+FORMAT_VERSION = 2
+"""Version 2 stores queries and keys (``attn.hook_q`` / ``hook_k``) instead of patterns;
+version 1 files (stored patterns) still load."""
+
+_PATTERN = re.compile(r"blocks\.(\d+)\.attn\.hook_pattern$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class ModelInfo:
     causal: bool = True
     final_logit_softcap: float | None = None
     parallel_attn_mlp: bool = False  # GPT-NeoX/Pythia: the MLP reads resid_pre, not resid_mid
+    attn_implementation: str | None = None  # the kernel that computed attention outputs
+    attention_path: str | None = None  # "interface" (q/k recorded) or "eager (...why...)"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -64,6 +72,15 @@ class Capture(Mapping[str, torch.Tensor]):
     ``logits`` are float32. ``n_prompt_tokens`` says how many tokens came from the prompt; the
     rest were generated (``max_new_tokens=``).
 
+    Attention patterns of a capture from :func:`circuitboard.capture` are not stored: it holds
+    ``blocks.{l}.attn.hook_q`` ``[pos, heads, d_head]`` and ``hook_k`` ``[pos, kv_heads,
+    d_head]`` (as the attention kernel received them) and ``patterns`` (a
+    :class:`~circuitboard.capture._patterns.Patterns`) recomputes
+    ``blocks.{l}.attn.hook_pattern`` when it is read (whole layers cached within
+    ``patterns.cache_bytes``). Readers that need less than a whole layer use
+    :meth:`pattern` (a block), :meth:`pattern_rows` (chunks of query rows) and
+    :meth:`pattern_overview` (pooled), which work the same for stored patterns.
+
     Examples
     --------
     >>> cap = Capture(tokens=["a", "b"], token_ids=torch.tensor([1, 2]),
@@ -83,27 +100,138 @@ class Capture(Mapping[str, torch.Tensor]):
     prompt: str | None = None
     tokenizer: Any = field(default=None, repr=False, compare=False)
     n_prompt_tokens: int | None = None
+    patterns: Patterns | None = field(default=None, repr=False, compare=False)
+
+    def _virtual_layer(self, name: str) -> int | None:
+        """The layer of a pattern name computed on demand (not stored), else None."""
+        if self.patterns is None or name in self.tensors:
+            return None
+        m = _PATTERN.match(name)
+        if m and int(m.group(1)) in self.patterns.specs:
+            return int(m.group(1))
+        return None
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
             return self.tensors[name]
         except KeyError:
-            close = [n for n in self.tensors if n.split(".")[-1] == name.split(".")[-1]][:3]
+            layer = self._virtual_layer(name)
+            if layer is not None:
+                return self.patterns.full(layer)  # type: ignore[union-attr]
+            close = [n for n in self.names() if n.split(".")[-1] == name.split(".")[-1]][:3]
             hint = f" Similar names: {close}." if close else ""
             raise KeyError(
                 f"{name!r} was not captured.{hint} See cap.names() for what is there, or "
                 "capture again with a wider `what=` / `layers=`."
             ) from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors or (
+            isinstance(name, str) and self._virtual_layer(name) is not None
+        )
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self.tensors)
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self.tensors)
+        return len(self.names())
 
     def names(self) -> list[str]:
-        """All captured tensor names, in capture order."""
-        return list(self.tensors)
+        """All tensor names, in capture order (patterns computed on demand included)."""
+        out = []
+        for n in self.tensors:
+            out.append(n)
+            if self.patterns is not None and n.endswith(".attn.hook_k"):
+                p = n[: -len("hook_k")] + "hook_pattern"
+                if self._virtual_layer(p) is not None:
+                    out.append(p)
+        return out
+
+    # -- attention patterns in blocks ----------------------------------------------------
+    def _stored_pattern(self, layer: int) -> torch.Tensor | None:
+        return self.tensors.get(f"blocks.{layer}.attn.hook_pattern")
+
+    def _pattern_source(self, layer: int) -> torch.Tensor | None:
+        stored = self._stored_pattern(layer)
+        if stored is None and (self.patterns is None or layer not in self.patterns.specs):
+            raise KeyError(
+                f"layer {layer} has no attention pattern in this capture (captured: "
+                f"{self.layers()}); capture again with layers=[..., {layer}] and the default "
+                "what= (or what=['pattern', ...])."
+            )
+        return stored
+
+    def pattern_rows(
+        self,
+        layer: int,
+        head: int | list[int] | None = None,
+        queries: slice | int | None = None,
+        keys: slice | int | None = None,
+        chunk: int | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(first_query, weights)`` chunks of query rows, float32 ``[h, rows, keys]``.
+
+        The memory-bounded way to read a whole layer: each chunk's temporaries stay under
+        :data:`~circuitboard.capture._patterns.CHUNK_BYTES` unless ``chunk`` (rows) says.
+        ``head`` is one head, a list, or None for all (an int still yields ``[1, rows, keys]``).
+        """
+        from ._patterns import _heads, _range, rows_per_chunk
+
+        stored = self._pattern_source(layer)
+        if stored is None:
+            hs = [head] if isinstance(head, int) else head
+            yield from self.patterns.rows(layer, hs, queries, keys, chunk)  # type: ignore[union-attr]
+            return
+        n = stored.shape[-1]
+        hs = _heads([head] if isinstance(head, int) else head, stored.shape[0])
+        qa, qb = _range(queries, n, "queries")
+        ka, kb = _range(keys, n, "keys")
+        step = chunk or rows_per_chunk(len(hs), n)
+        for a in range(qa, qb, step):
+            yield a, stored[hs, a : min(qb, a + step), ka:kb].float()
+
+    def pattern(
+        self,
+        layer: int,
+        head: int | list[int] | None = None,
+        queries: slice | int | None = None,
+        keys: slice | int | None = None,
+    ) -> torch.Tensor:
+        """A block of ``layer``'s attention pattern, float32, without computing the rest.
+
+        ``[queries, keys]`` for an int ``head``, else ``[heads, queries, keys]``; ``queries`` /
+        ``keys`` are slices (or an int) of positions, default all.
+
+        >>> cap = Capture(["a", "b"], torch.tensor([0, 1]),
+        ...               {"blocks.0.attn.hook_pattern": torch.tensor([[[1.0, 0], [0.5, 0.5]]])})
+        >>> cap.pattern(0, head=0, queries=slice(1, 2)).tolist()
+        [[0.5, 0.5]]
+        """
+        out = torch.cat([w for _, w in self.pattern_rows(layer, head, queries, keys)], dim=1)
+        return out[0] if isinstance(head, int) else out
+
+    def pattern_overview(
+        self, layer: int, head: int | list[int] | None = None, size: int = 256, reduce: str = "mean"
+    ) -> torch.Tensor:
+        """Pooled ``[t, t]`` (int ``head``) or ``[heads, t, t]`` overview, ``t = min(n, size)``.
+
+        Positions are cut into ``t`` near-equal blocks. ``reduce="mean"``: a cell is the
+        attention mass the block's queries put on the block's keys, averaged over the queries
+        (rows sum to 1); ``"max"``: the largest weight in the block. Computed in chunks of
+        query rows, never the whole pattern at once.
+        """
+        n = self.n_tokens
+        n_heads = (
+            1
+            if isinstance(head, int)
+            else len(range(self._n_heads(layer)) if head is None else head)
+        )
+        out = pool_rows(self.pattern_rows(layer, head), n, n_heads, size, reduce)
+        return out[0] if isinstance(head, int) else out
+
+    def _n_heads(self, layer: int) -> int:
+        stored = self._pattern_source(layer)
+        return stored.shape[0] if stored is not None else self.patterns.n_heads(layer)  # type: ignore[union-attr]
 
     @property
     def n_tokens(self) -> int:
@@ -112,7 +240,7 @@ class Capture(Mapping[str, torch.Tensor]):
     def layers(self, hook: str = "attn.hook_pattern") -> list[int]:
         """The layer indices for which ``blocks.{l}.{hook}`` was captured."""
         pat = re.compile(r"blocks\.(\d+)\." + re.escape(hook) + "$")
-        return sorted(int(m.group(1)) for n in self.tensors if (m := pat.match(n)))
+        return sorted(int(m.group(1)) for n in self.names() if (m := pat.match(n)))
 
     def stack(self, hook: str = "attn.hook_pattern") -> torch.Tensor:
         """Stack ``blocks.{l}.{hook}`` over the captured layers (new leading dim).
@@ -127,7 +255,7 @@ class Capture(Mapping[str, torch.Tensor]):
             raise KeyError(
                 f"no 'blocks.*.{hook}' in this capture; captured: {self.names()[:6]} ..."
             )
-        return torch.stack([self.tensors[f"blocks.{i}.{hook}"] for i in layers])
+        return torch.stack([self[f"blocks.{i}.{hook}"] for i in layers])
 
     @property
     def n_generated(self) -> int:
@@ -171,4 +299,4 @@ class Capture(Mapping[str, torch.Tensor]):
 
     def __repr__(self) -> str:
         who = f"{self.info.model_name}, " if self.info else ""
-        return f"Capture({who}{self.n_tokens} tokens, {len(self.tensors)} tensors)"
+        return f"Capture({who}{self.n_tokens} tokens, {len(self.names())} tensors)"

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ._attn_interface import AttentionCall, InterfaceUnavailable, LayerHooks
+from ._patterns import LayerSpec, span_from_allowed
 from .adapters._base import Adapter, get_module
 
 
@@ -42,6 +44,10 @@ class Recorder:
 
     ``rows`` is set before each batch to ``[(prompt_index, length), ...]``, one per batch row
     (right padding: a row's real tokens are ``[:length]``).
+
+    With ``qk=True`` the ``"pattern"`` kind is recorded through the attention interface
+    (:meth:`attention_hooks`: queries, keys and a :class:`LayerSpec` per layer) instead of
+    from eager attention weights.
     """
 
     def __init__(
@@ -53,12 +59,17 @@ class Recorder:
         what: tuple[str, ...],
         n_prompts: int,
         dtype: torch.dtype,
+        qk: bool = False,
     ) -> None:
         self.model, self.adapter, self.info = model, adapter, info
         self.dtype = dtype
         self.what = set(what)
+        self.qk = qk and "pattern" in self.what
+        self.layers = list(layers)
         self.store: list[dict[str, torch.Tensor]] = [{} for _ in range(n_prompts)]
-        self.rows: list[tuple[int, int]] = []
+        self.specs: list[dict[int, LayerSpec]] = [{} for _ in range(n_prompts)]
+        self._rows: list[tuple[int, int]] = []
+        self._spans: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.handles: list[Any] = []
         self._resid_pre: dict[int, torch.Tensor] = {}  # batch-scoped, parallel blocks only
         try:
@@ -66,6 +77,15 @@ class Recorder:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def rows(self) -> list[tuple[int, int]]:
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[tuple[int, int]]) -> None:
+        self._rows = rows
+        self._spans.clear()  # masks are per batch
 
     # -- storage -------------------------------------------------------------------------
     def _copy(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -134,7 +154,7 @@ class Recorder:
 
             self._add(blk, pre_hook, pre=True, kwargs=True)
 
-        if "pattern" in w:
+        if "pattern" in w and not self.qk:
 
             def pattern_hook(mod: Any, args: tuple, out: Any) -> None:
                 weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
@@ -194,8 +214,48 @@ class Recorder:
         if "resid_post" in w:
             self._add(blk, lambda mod, args, out: self.put(p + "hook_resid_post", _first(out)))
 
+    # -- queries and keys through the attention interface ---------------------------------
+    def attention_hooks(self) -> dict[int, LayerHooks]:
+        """Per-layer hooks for :func:`~._attn_interface.attention_hooks` that record
+        ``attn.hook_q`` / ``attn.hook_k`` (as the kernel received them, in its dtype) and the
+        :class:`LayerSpec` that reproduces the layer's weights."""
+        return {layer: LayerHooks(on_qkv=self._qk_recorder(layer)) for layer in self.layers}
+
+    def _qk_recorder(self, layer: int) -> Any:
+        p = f"blocks.{layer}.attn."
+
+        def on_qkv(call: AttentionCall) -> None:
+            q = call.query.transpose(1, 2)  # [b, pos, heads, d_head], TransformerLens' layout
+            k = call.key.transpose(1, 2)
+            for r, (idx, n) in enumerate(self.rows):
+                self.store[idx][p + "hook_q"] = self._copy(q[r, :n], q.dtype)
+                self.store[idx][p + "hook_k"] = self._copy(k[r, :n], k.dtype)
+                span, dense = self._span(call, r, n)
+                self.specs[idx][layer] = LayerSpec(call.scaling, call.softcap, span, dense)
+
+        return on_qkv
+
+    def _span(self, call: AttentionCall, r: int, n: int) -> tuple[torch.Tensor, Any]:
+        mask = call.mask
+        if mask is None:  # no padding: causal (is_causal) or full attention
+            i = torch.arange(n, dtype=torch.int32)
+            causal = call.is_causal and call.query.shape[2] > 1
+            hi = i + 1 if causal else torch.full((n,), n, dtype=torch.int32)
+            return torch.stack([torch.zeros_like(i), hi], -1), None
+        key = (id(mask), mask.data_ptr(), tuple(mask.shape), r, n)
+        if key not in self._spans:
+            allowed = call.allowed()[r, :, :n, :n]
+            if allowed.shape[0] > 1 and not bool((allowed == allowed[:1]).all()):
+                raise InterfaceUnavailable(
+                    f"layer {call.layer} has a different mask per head; circuitboard records "
+                    "one mask per layer."
+                )
+            self._spans[key] = span_from_allowed(allowed[0])
+        return self._spans[key]
+
     def close(self) -> None:
         """Remove every hook this recorder installed (idempotent)."""
         while self.handles:
             self.handles.pop().remove()
         self._resid_pre.clear()
+        self._spans.clear()

@@ -3,6 +3,13 @@
 Layout: tensors under ``tensors/<name>``, weights under ``weights/<name>``, plus ``token_ids``
 and ``logits``; the safetensors metadata key ``"circuitboard"`` holds JSON with
 ``format_version``, tokens, prompt, ``n_prompt_tokens`` and the :class:`ModelInfo`.
+
+Version 2: attention patterns are not written. A capture whose patterns are computed on demand
+stores its ``attn.hook_q`` / ``attn.hook_k`` tensors, and per layer ``attn/<layer>/span`` (and
+``attn/<layer>/allowed`` for a mask that is not one key interval per query) with the scaling
+and soft-cap in the JSON (``"attention"``); loading rebuilds the same
+:class:`~circuitboard.capture._patterns.Patterns`. Version 1 files (stored patterns) load as
+they are.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from pathlib import Path
 import torch
 
 from ._capture import FORMAT_VERSION, Capture, ModelInfo
+from ._patterns import LayerSpec, Patterns
 
 META_KEY = "circuitboard"
+READABLE_VERSIONS = (1, FORMAT_VERSION)
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -34,6 +43,13 @@ def save_capture(cap: Capture, path: str | Path, *, weights: bool = True) -> Non
     if weights:
         for k, v in cap.weights.items():
             data["weights/" + k] = _plain(v)
+    attention: dict[str, dict] = {}
+    if cap.patterns is not None:
+        for layer, spec in cap.patterns.specs.items():
+            data[f"attn/{layer}/span"] = _plain(spec.span)
+            if spec.allowed is not None:
+                data[f"attn/{layer}/allowed"] = _plain(spec.allowed)
+            attention[str(layer)] = spec.to_meta()
     meta = {
         "format_version": FORMAT_VERSION,
         "tokens": list(cap.tokens),
@@ -42,6 +58,7 @@ def save_capture(cap: Capture, path: str | Path, *, weights: bool = True) -> Non
         "info": cap.info.to_dict() if cap.info is not None else None,
         "names": list(cap.tensors),
         "weight_names": list(cap.weights) if weights else [],
+        "attention": attention,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +99,7 @@ def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
             )
         meta = json.loads(raw)
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             hint = (
                 "it was written by a newer circuitboard: upgrade (pip install -U circuitboard)"
                 if isinstance(version, int) and version > FORMAT_VERSION
@@ -97,6 +114,15 @@ def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
         weights = {n: f.get_tensor("weights/" + n) for n in meta["weight_names"]}
         logits = f.get_tensor("logits") if "logits" in keys else None
         token_ids = f.get_tensor("token_ids")
+        specs = {
+            int(layer): LayerSpec(
+                scaling=float(m["scaling"]),
+                softcap=m.get("softcap"),
+                span=f.get_tensor(f"attn/{layer}/span"),
+                allowed=f.get_tensor(f"attn/{layer}/allowed") if m.get("dense") else None,
+            )
+            for layer, m in (meta.get("attention") or {}).items()
+        }
     info = ModelInfo(**meta["info"]) if meta.get("info") else None
     return Capture(
         tokens=list(meta["tokens"]),
@@ -107,4 +133,5 @@ def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
         weights=weights,
         prompt=meta.get("prompt"),
         n_prompt_tokens=meta.get("n_prompt_tokens"),
+        patterns=Patterns(tensors, specs) if specs else None,
     )

@@ -124,13 +124,19 @@ def estimate(
     what: tuple[str, ...],
     dtype: torch.dtype,
     has_pos_embed: bool = False,
+    qk_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Bytes each kind will occupy once stored (CPU), summed over prompts.
+
+    ``"pattern"`` costs the queries and keys in ``qk_dtype`` (linear in tokens) when they are
+    recorded through the attention interface, else the stored ``[heads, n, n]`` patterns.
 
     >>> from circuitboard.capture import ModelInfo
     >>> info = ModelInfo("llama", "m", 2, 4, 2, 32, 8, 64, 100, "rmsnorm")
     >>> estimate(info, [10], 2, ("pattern",), torch.float16)
     {'pattern': 1600.0}
+    >>> estimate(info, [10], 2, ("pattern",), torch.float16, qk_dtype=torch.float32)
+    {'pattern': 3920.0}
     """
     item = torch.empty((), dtype=dtype).element_size()
     H, D = info.n_heads, info.d_model
@@ -147,8 +153,11 @@ def estimate(
         "logits": info.d_vocab * 4,
     }
     out: dict[str, float] = {}
+    if qk_dtype is not None:
+        qk_item = torch.empty((), dtype=qk_dtype).element_size()
+        per_token["pattern"] = n_layers * (H + info.n_kv_heads) * info.d_head * qk_item + 8
     for k in what:
-        if k == "pattern":
+        if k == "pattern" and qk_dtype is None:
             out[k] = float(sum(n_layers * H * n * n * item for n in lengths))
         else:
             out[k] = float(per_token[k] * sum(lengths))
@@ -168,6 +177,7 @@ def check(estimated: dict[str, float], max_memory: Any, n_prompts: int, n_layers
         f"This capture would store about {fmt_bytes(total)} ({parts}) for {n_prompts} prompt(s) "
         f"and {n_layers} layer(s), above max_memory={fmt_bytes(limit)}. Capture less: fewer "
         "layers (layers=[...]), fewer kinds (what=['pattern'] or what=['resid_post', 'logits']; "
-        "attention patterns grow with tokens squared), fewer or shorter prompts, or "
-        "dtype=torch.float16 / bfloat16; or raise the limit (max_memory='32GiB', None for none)."
+        "the eager fallback's stored patterns grow with tokens squared), fewer or shorter "
+        "prompts, or dtype=torch.float16 / bfloat16; or raise the limit (max_memory='32GiB', "
+        "None for none)."
     )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
 from . import _memory
+from ._attn_interface import InterfaceUnavailable, attention_hooks, interface_status
 from ._capture import Capture, ModelInfo
 from ._hooks import Recorder
+from ._patterns import Patterns
 from ._tokens import decode_incremental, tokenize
 from .adapters import Adapter, get_adapter
 from .adapters._base import get_module
@@ -119,6 +122,36 @@ def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, 
     return weights
 
 
+def _forward(
+    model: Any,
+    rec: Recorder,
+    batch: list[int],
+    ids_list: list[list[int]],
+    lengths: list[int],
+    kinds: tuple[str, ...],
+    device: Any,
+    logits_out: list[torch.Tensor | None],
+) -> None:
+    """One right-padded forward pass of the prompts ``batch``; logits copied per prompt."""
+    n_max = lengths[batch[0]]
+    x = torch.zeros(len(batch), n_max, dtype=torch.long)
+    mask = torch.zeros(len(batch), n_max, dtype=torch.long)
+    for r, i in enumerate(batch):
+        x[r, : lengths[i]] = torch.tensor(ids_list[i])
+        mask[r, : lengths[i]] = 1
+    rec.rows = [(i, lengths[i]) for i in batch]
+    x, mask = x.to(device), mask.to(device)
+    out = model(input_ids=x, attention_mask=mask, use_cache=False)
+    if "logits" in kinds:
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        whole = len(batch) == 1 and logits.device.type == "cpu"
+        for r, i in enumerate(batch):
+            lg = logits[r, : lengths[i]].detach()
+            # a view would keep the whole padded batch alive: copy unless whole
+            logits_out[i] = lg.to("cpu", torch.float32, copy=not whole)
+    del out
+
+
 def _generate(
     model: Any, tokenizer: Any, ids: list[int], device: Any, max_new_tokens: int, kwargs: dict
 ) -> list[int]:
@@ -166,8 +199,9 @@ def capture(
         Layer indices to record (negative counts from the end); default all.
     what
         Kinds to record: ``"embed"`` (``hook_embed``, ``hook_pos_embed``), ``"resid_pre"``,
-        ``"pattern"`` (``attn.hook_pattern``), ``"z"`` (``attn.hook_z``, the per-head input of
-        the output projection), ``"attn_out"``, ``"resid_mid"``, ``"mlp_post"``
+        ``"pattern"`` (``attn.hook_pattern``, recomputed on demand from the recorded
+        ``attn.hook_q`` / ``attn.hook_k``; see Notes), ``"z"`` (``attn.hook_z``, the per-head
+        input of the output projection), ``"attn_out"``, ``"resid_mid"``, ``"mlp_post"``
         (``mlp.hook_post``, the input of the MLP's down projection), ``"mlp_out"``,
         ``"resid_post"``, ``"scale"`` (``ln_final.hook_scale``), ``"logits"``; or ``"all"``.
         TransformerLens hook names (``"attn.hook_pattern"``) are accepted too. Default:
@@ -199,11 +233,20 @@ def capture(
 
     Notes
     -----
-    The model runs in eval mode under ``torch.no_grad()``. Attention weights come from eager
-    attention: a model loaded with SDPA or flash attention is switched to ``"eager"`` for the
-    capture and restored afterwards. Hooks are always removed and the attention implementation
-    and training mode restored, also when the forward raises. The numbers are the model's own:
-    nothing is re-implemented.
+    The model runs in eval mode under ``torch.no_grad()``. Attention patterns are not stored:
+    the ``"pattern"`` kind records, through a function registered with transformers' attention
+    interface (:mod:`circuitboard.capture._attn_interface`), the queries and keys each layer
+    really used (``blocks.{l}.attn.hook_q`` ``[pos, heads, d_head]`` and ``hook_k``
+    ``[pos, kv_heads, d_head]``, after rotary embeddings and query/key norms, in the model's
+    dtype whatever ``dtype`` says) with the layer's scaling, soft-cap and mask, while the kernel
+    the model was loaded with (``sdpa``; ``eager`` if loaded so) computes the output.
+    ``cap["blocks.{l}.attn.hook_pattern"]`` and :meth:`Capture.pattern` recompute the weights
+    from them on demand, equal to eager attention's; storage grows linearly with tokens. A model
+    whose attention does not go through the interface is switched to eager attention for the
+    capture and its patterns are stored as before; ``cap.info.attention_path`` says which path
+    was used and ``cap.info.attn_implementation`` which kernel computed the outputs. Hooks are
+    always removed and the attention implementation and training mode restored, also when the
+    forward raises. The numbers are the model's own: nothing is re-implemented.
 
     For a model too large for local hardware, run it remotely with nnsight's NDIF backend
     (``nnsight.LanguageModel(name).trace(prompt, remote=True)``), save the same modules'
@@ -219,7 +262,9 @@ def capture(
     (4, ['<s>', 'Whe'])
     >>> caps = capture(model, tok, ["a b", "the store"], layers=[-1], what=["pattern", "logits"])
     >>> caps[1].names()
-    ['blocks.1.attn.hook_pattern']
+    ['blocks.1.attn.hook_q', 'blocks.1.attn.hook_k', 'blocks.1.attn.hook_pattern']
+    >>> caps[1].info.attention_path, caps[1].info.attn_implementation
+    ('interface', 'sdpa')
     """
     items, single = _parse_prompts(prompts)
     adapter = get_adapter(model)
@@ -257,8 +302,16 @@ def capture(
             f"a prompt has {max(lengths)} tokens (with generated ones), more than the model's "
             f"max_position_embeddings={max_pos}. Shorten the prompt or lower max_new_tokens."
         )
+    qk_ok, qk_kernel = interface_status(model) if "pattern" in kinds else (False, "")
+    model_dtype = get_module(model, adapter.embed).weight.dtype
     est = _memory.estimate(
-        info, lengths, len(layer_list), kinds, dtype, has_pos_embed=adapter.pos_embed is not None
+        info,
+        lengths,
+        len(layer_list),
+        kinds,
+        dtype,
+        has_pos_embed=adapter.pos_embed is not None,
+        qk_dtype=model_dtype if qk_ok else None,
     )
     _memory.check(est, max_memory, len(items), len(layer_list))
 
@@ -270,6 +323,28 @@ def capture(
         bar = tqdm(total=len(items), desc="circuitboard capture", unit="prompt")
 
     logits_out: list[torch.Tensor | None] = [None] * len(items)
+
+    def run(qk: bool) -> Recorder:
+        with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds and not qk):
+            rec = Recorder(model, adapter, info, layer_list, kinds, len(items), dtype, qk=qk)
+            try:
+                hooks = attention_hooks(model, rec.attention_hooks(), blocks=blocks) if qk else None
+                with hooks or contextlib.nullcontext() as session:
+                    for batch in _batches(lengths, batch_size):
+                        _forward(model, rec, batch, ids_list, lengths, kinds, device, logits_out)
+                        if session is not None and not set(layer_list) <= session.seen:
+                            missing = sorted(set(layer_list) - session.seen)
+                            raise InterfaceUnavailable(
+                                f"the attention of layers {missing} did not call the attention "
+                                "interface"
+                            )
+                        if bar is not None:
+                            bar.update(len(batch))
+            finally:
+                rec.close()
+        return rec
+
+    path, kernel = "eager", getattr(model.config, "_attn_implementation", None)
     try:
         if max_new_tokens:
             for i, ids in enumerate(ids_list):
@@ -278,34 +353,26 @@ def capture(
                 texts_list[i] = texts_list[i] + decode_incremental(tokenizer, ids, new)
                 ids_list[i] = ids + new
         lengths = [len(i) for i in ids_list]
-        with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds):
-            rec = Recorder(model, adapter, info, layer_list, kinds, len(items), dtype)
+        blocks = [adapter.block(model, i) for i in range(n_blocks)]
+        if "pattern" in kinds and qk_ok:
             try:
-                for batch in _batches(lengths, batch_size):
-                    n_max = lengths[batch[0]]
-                    x = torch.zeros(len(batch), n_max, dtype=torch.long)
-                    mask = torch.zeros(len(batch), n_max, dtype=torch.long)
-                    for r, i in enumerate(batch):
-                        x[r, : lengths[i]] = torch.tensor(ids_list[i])
-                        mask[r, : lengths[i]] = 1
-                    rec.rows = [(i, lengths[i]) for i in batch]
-                    x, mask = x.to(device), mask.to(device)
-                    out = model(input_ids=x, attention_mask=mask, use_cache=False)
-                    if "logits" in kinds:
-                        logits = out.logits if hasattr(out, "logits") else out[0]
-                        whole = len(batch) == 1 and logits.device.type == "cpu"
-                        for r, i in enumerate(batch):
-                            lg = logits[r, : lengths[i]].detach()
-                            # a view would keep the whole padded batch alive: copy unless whole
-                            logits_out[i] = lg.to("cpu", torch.float32, copy=not whole)
-                    del out
-                    if bar is not None:
-                        bar.update(len(batch))
-            finally:
-                rec.close()
+                rec = run(qk=True)
+                path = "interface"
+            except InterfaceUnavailable as e:  # the model's attention cannot go through it
+                path = f"eager (the attention interface was not usable: {e})"
+                if bar is not None:
+                    bar.reset()
+                rec = run(qk=False)
+        else:
+            if "pattern" in kinds:
+                path = f"eager (the attention interface was not usable: {qk_kernel})"
+            rec = run(qk=False)
     finally:
         if bar is not None:
             bar.close()
+    if "pattern" in kinds:
+        kernel = qk_kernel if path == "interface" else "eager"
+    info = dataclasses.replace(info, attn_implementation=kernel, attention_path=path)
 
     weights = _gather_weights(model, adapter, info)
     caps = [
@@ -319,6 +386,7 @@ def capture(
             prompt=items[i],
             tokenizer=tokenizer,
             n_prompt_tokens=n_prompt[i],
+            patterns=Patterns(rec.store[i], rec.specs[i]) if rec.qk else None,
         )
         for i in range(len(items))
     ]

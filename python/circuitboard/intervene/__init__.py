@@ -13,32 +13,43 @@ Building blocks (for patching, circuits, steering and generation alike):
   :func:`normalize` (clean = 1, corrupted = 0), :func:`token_id`.
 - circuits (:mod:`._eap`, :mod:`._circuit`): :func:`circuit` (EAP / EAP-IG edge scores) and
   the :class:`Circuit` result (evaluation with non-kept edges corrupted, faithfulness curves).
+
+Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
+:func:`load_patching`.
 """
 
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
+from ._patch import DIRECTIONS, METHODS, SITES, patch
+from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 
 __all__ = [
+    "DIRECTIONS",
     "HEAD_KINDS",
     "KINDS",
+    "METHODS",
     "OPS",
     "Circuit",
+    "SITES",
     "Edit",
     "Location",
+    "Patching",
     "Runner",
     "Site",
     "circuit",
     "eval_mode",
     "evaluate",
     "load_circuit",
+    "load_patching",
     "locate",
     "log_prob",
     "logit_diff",
     "normalize",
+    "patch",
     "site_shape",
     "token_id",
     "write_hooks",

@@ -25,6 +25,10 @@ writes only the rows whose site lives at its module. Edits on the same module ap
 order. Values are cast to the activation's dtype and device. Hooks clone a tensor before the
 first write, so caches and the model's other tensors are never modified in place.
 
+Sites inside attention (``q``, ``k``, ``v``, ``pattern``) are written through the attention
+function capture registers (:func:`circuitboard.capture._attn_interface.attention_hooks`): the
+model's attention implementation is switched for the duration of the block and restored after.
+
 Two options make batched patching cheap:
 
 - ``expand_at=l, batch=B``: the input is one prompt (batch 1); at the input of block ``l`` its
@@ -59,7 +63,7 @@ import torch
 
 from ..capture.adapters import Adapter, get_adapter
 from ..capture.adapters._base import get_module
-from ._sites import Location, Site, locate
+from ._sites import ATTN_KINDS, Location, Site, locate
 
 OPS = ("read", "replace", "add", "grad")
 
@@ -76,6 +80,8 @@ class Edit:
     """Filled by ``read`` and ``grad``: the site's tensor as the forward computed it."""
     delta: torch.Tensor | None = field(default=None, repr=False)
     """Filled by ``grad``: the zero the forward added; differentiate the metric w.r.t. it."""
+    hits: int = field(default=0, repr=False)
+    """How many times a hook applied this edit (0 after a forward: its module never ran)."""
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -122,6 +128,7 @@ class _Module:
         H = self.loc.split_heads
         v = y.view(*y.shape[:-1], H, y.shape[-1] // H) if H else y
         for e in self.edits:
+            e.hits += 1
             idx = _index(e, B, T, x.device)
             base = resid_pre[idx[:2]] if self.loc.via_attn_out and resid_pre is not None else None
             if e.op in ("read", "grad"):
@@ -180,6 +187,43 @@ def _replace_output(out: Any, index: int | None, x: torch.Tensor) -> Any:
     return x
 
 
+def _attention_hooks(attn: dict[int, dict[str, _Module]]) -> dict[int, Any]:
+    """LayerHooks that apply q / k / v edits (``on_qkv``) and pattern edits (``on_pattern``).
+
+    The call's tensors are ``[B, heads, T, ·]``; edits see them as ``[B, T, heads, ·]``."""
+    from ..capture._attn_interface import LayerHooks
+
+    def qkv_fn(grp: _Module) -> Any:
+        def on_qkv(call: Any) -> None:
+            for kind in ("q", "k", "v"):
+                sub = [e for e in grp.edits if e.site.kind == kind]
+                if not sub:
+                    continue
+                name = {"q": "query", "k": "key", "v": "value"}[kind]
+                part = _Module(grp.loc)
+                part.edits = sub
+                y = part.apply(getattr(call, name).transpose(1, 2), None)
+                if y is not None:
+                    setattr(call, name, y.transpose(1, 2))
+
+        return on_qkv
+
+    def pattern_fn(grp: _Module) -> Any:
+        def on_pattern(call: Any, weights: torch.Tensor) -> torch.Tensor | None:
+            y = grp.apply(weights.transpose(1, 2), None)
+            return None if y is None else y.transpose(1, 2)
+
+        return on_pattern
+
+    out = {}
+    for layer, parts in attn.items():
+        out[layer] = LayerHooks(
+            on_qkv=qkv_fn(parts["qkv"]) if "qkv" in parts else None,
+            on_pattern=pattern_fn(parts["pattern"]) if "pattern" in parts else None,
+        )
+    return out
+
+
 @contextlib.contextmanager
 def write_hooks(
     model: Any,
@@ -203,16 +247,25 @@ def write_hooks(
     if expand_at is not None:
         if batch is None or batch < 1:
             raise ValueError("expand_at= needs batch= (the number of rows to expand to).")
-        early = [e for e in edits if e.site.kind == "embed" or e.site.layer < expand_at]
+        early = [
+            e
+            for e in edits
+            if e.site.kind == "embed" or (e.site.kind != "unembed_in" and e.site.layer < expand_at)
+        ]
         if early:
             raise ValueError(
                 f"expand_at={expand_at}: {early[0].site.label} is before block {expand_at}, "
                 "where the batch is still one row; lower expand_at."
             )
     groups: dict[tuple[int, str, bool], _Module] = {}
+    attn: dict[int, dict[str, _Module]] = {}  # layer -> {"qkv" | "pattern": edits}
     stash_layers: set[int] = set()
     for e in edits:
         loc = locate(model, adapter, info, e.site)
+        if loc.hook == "attn":
+            part = "pattern" if e.site.kind == "pattern" else "qkv"
+            attn.setdefault(e.site.layer, {}).setdefault(part, _Module(loc)).edits.append(e)
+            continue
         key = (id(loc.module), loc.hook, loc.via_attn_out)
         groups.setdefault(key, _Module(loc)).edits.append(e)
         if loc.via_attn_out:
@@ -220,7 +273,13 @@ def write_hooks(
 
     handles: list[Any] = []
     resid_pre: dict[int, torch.Tensor] = {}
+    stack = contextlib.ExitStack()
     try:
+        if attn:
+            from ..capture._attn_interface import attention_hooks
+
+            blocks = [adapter.block(model, i) for i in range(adapter.n_blocks(model))]
+            stack.enter_context(attention_hooks(model, _attention_hooks(attn), blocks=blocks))
         if expand_at is not None:
             n = batch
 
@@ -283,6 +342,24 @@ def write_hooks(
         while handles:
             handles.pop().remove()
         resid_pre.clear()
+        stack.close()
 
 
-__all__ = ["OPS", "Edit", "write_hooks"]
+def check_applied(edits: Sequence[Edit]) -> None:
+    """Raise when a forward never reached an edit's site (its module did not run)."""
+    missed = [e for e in edits if e.hits == 0]
+    if missed:
+        s = missed[0].site
+        inside = s.kind in ATTN_KINDS
+        raise RuntimeError(
+            f"the forward never reached site {s.label} ({s.kind}), so the edit did nothing"
+            + (
+                ": the model's attention did not call transformers' attention interface (was "
+                "the model wrapped, e.g. by a TransformerLens bridge? Load a fresh copy)."
+                if inside
+                else "; its module was not called."
+            )
+        )
+
+
+__all__ = ["OPS", "Edit", "check_applied", "write_hooks"]

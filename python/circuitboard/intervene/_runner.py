@@ -42,12 +42,14 @@ import torch
 
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import get_module
-from ._hooks import Edit, write_hooks
+from ._hooks import Edit, check_applied, write_hooks
 from ._metric import Metric, evaluate
 from ._sites import Site
 
-DEFAULT_BATCH_TOKENS = 8192
+DEFAULT_BATCH_TOKENS = 4096
 """Default rows per forward: about this many tokens (rows × prompt length)."""
+FORWARD_OVERHEAD_BLOCKS = 2.0
+"""Modelled fixed cost of one forward, in (block on one row) units per block of the model."""
 
 
 @contextlib.contextmanager
@@ -62,7 +64,10 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 def _min_layer(edits: Sequence[Edit]) -> int | None:
-    layers = [-1 if e.site.kind == "embed" else e.site.layer for e in edits]
+    def depth(e: Edit) -> int:
+        return {"embed": -1, "unembed_in": 10**9}.get(e.site.kind, e.site.layer)
+
+    layers = [depth(e) for e in edits]
     return min(layers) if layers else None
 
 
@@ -94,8 +99,12 @@ class Runner:
         at: int | torch.Tensor = -1,
         expand_at: int | None = None,
         batch: int | None = None,
+        cache: Any = None,
     ) -> torch.Tensor:
-        """Float32 logits ``[B, vocab]`` at position ``at`` of a (patched) forward."""
+        """Float32 logits ``[B, vocab]`` at position ``at`` of a (patched) forward.
+
+        ``cache``: a KV cache of a shared prefix (see :meth:`prefix_cache`); ``ids`` are then
+        the tokens after it and edits address their positions."""
         x = self._ids(ids)
         grad = any(e.op == "grad" for e in edits)
         ctx = torch.enable_grad() if grad else torch.no_grad()
@@ -108,7 +117,11 @@ class Runner:
                 batch=batch,
                 logits_at=at,
             ):
-                out = self.model(input_ids=x, use_cache=False)
+                if cache is None:
+                    out = self.model(input_ids=x, use_cache=False)
+                else:
+                    out = self.model(input_ids=x, cache=cache, use_cache=True)
+        check_applied(edits)
         self.forwards += 1
         rows = batch if expand_at is not None else x.shape[0]
         start = expand_at or 0
@@ -127,6 +140,76 @@ class Runner:
         logits = self.logits(ids, [*edits, *reads], at=at)
         return {e.site: e.activation[0] for e in reads}, logits[0]
 
+    def prefix_cache(self, ids: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Keys and values of every layer for the first ``n`` tokens of one prompt, or None
+        when this model's cache cannot be rebuilt per batch (sliding-window or non-causal
+        layers, no KV cache): then run without a prefix."""
+        if not self.adapter.causal or n < 1:
+            return None
+        x = self._ids(ids)[:, :n]
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                out = self.model(input_ids=x, use_cache=True)
+        except (TypeError, ValueError):
+            return None
+        cache = getattr(out, "cache", None)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return None
+        return [(layer.keys, layer.values) for layer in layers]
+
+    def _cache(self, kv: list[tuple[torch.Tensor, torch.Tensor]], start: int, rows: int) -> Any:
+        """A fresh cache of the prefix: one row below block ``start``, ``rows`` rows from it."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(kv):
+            if i >= start and rows > 1:
+                k = k.expand(rows, *k.shape[1:]).contiguous()
+                v = v.expand(rows, *v.shape[1:]).contiguous()
+            cache.update(k, v, i)
+        return cache
+
+    def _start(self, run: Sequence[Edit]) -> int:
+        """The block a run's forward must start at: its lowest edited block (0 for embed)."""
+        low = _min_layer(run)
+        return 0 if low is None or low < 0 else min(low, self.n_layers - 1)
+
+    def _chunks(self, starts: list[int], batch_size: int) -> list[tuple[int, int]]:
+        """Split runs sorted by start block into forwards of at most ``batch_size`` rows,
+        minimizing the modelled cost: per forward, a fixed overhead plus, per row, the blocks
+        from its chunk's start on and the unembedding (about one block)."""
+        n, L = len(starts), self.n_layers
+        if n == 0:
+            return []
+        overhead = FORWARD_OVERHEAD_BLOCKS * L
+        cand = sorted(
+            {i for i in range(n) if i == 0 or starts[i] != starts[i - 1]}
+            | {
+                i
+                for g in range(n)
+                if g == 0 or starts[g] != starts[g - 1]
+                for i in range(g, n, batch_size)
+            }
+            | {n}
+        )
+        best: dict[int, tuple[float, int]] = {0: (0.0, -1)}
+        for j in cand[1:]:
+            options = []
+            for i in cand:
+                if i >= j or j - i > batch_size or i not in best:
+                    continue
+                s = starts[i]
+                options.append((best[i][0] + overhead + (j - i) * (L - s + 1) + s, i))
+            if options:
+                best[j] = min(options)
+        bounds, j = [], n
+        while j > 0:
+            i = best[j][1]
+            bounds.append((i, j))
+            j = i
+        return bounds[::-1]
+
     def patched(
         self,
         ids: Any,
@@ -137,34 +220,46 @@ class Runner:
         batch_size: int | None = None,
         share_prefix: bool = True,
         progress: Callable[[int], None] | None = None,
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """The metric of each patched run ``[len(runs)]`` (float32, on CPU).
 
         Each run is a list of edits for one forward of the one-row prompt ``ids``; their
         ``rows`` are set by the runner. Runs are sorted by their lowest edited block and
-        chunked; with ``share_prefix`` each chunk's forward starts with one row and expands at
-        that block. ``progress(n)`` is called after each chunk with the runs done in it.
+        chunked (fewest modelled block evaluations, see ``_chunks``); with ``share_prefix``
+        each chunk's forward starts with one row and expands at its lowest block.
+        ``progress(n)`` is called after each chunk with the runs done in it.
+
+        ``prefix``: the KV cache of the prompt's first ``p`` tokens (:meth:`prefix_cache`),
+        shared by every run, which then computes only ``ids[p:]``: edits address positions of
+        that suffix (position 0 = token ``p``). Use it when no run changes the first ``p``
+        positions (in a causal model, sites before the first token where two prompts differ).
         """
         x = self._ids(ids)
         if x.shape[0] != 1:
             raise ValueError(f"patched() takes one prompt; got {x.shape[0]} rows.")
+        if prefix is not None:
+            x = x[:, prefix[0][0].shape[-2] :]
         if batch_size is None:
             batch_size = max(1, DEFAULT_BATCH_TOKENS // x.shape[1])
-        order = sorted(range(len(runs)), key=lambda i: _min_layer(runs[i]) or 0)
+        depth = [self._start(runs[i]) for i in range(len(runs))]
+        order = sorted(range(len(runs)), key=lambda i: depth[i])
         out = torch.empty(len(runs))
-        for c in range(0, len(order), batch_size):
-            chunk = order[c : c + batch_size]
+        for lo, hi in self._chunks([depth[i] for i in order], batch_size):
+            chunk = order[lo:hi]
             edits: list[Edit] = []
             for row, i in enumerate(chunk):
                 for e in runs[i]:
                     edits.append(Edit(e.site, e.op, e.value, rows=row))
-            low = _min_layer(edits)
-            expand = share_prefix and low is not None and low > 0
+            start = depth[chunk[0]]
+            n = len(chunk)
             with torch.no_grad():
-                if expand:
-                    lg = self.logits(x, edits, at=at, expand_at=low, batch=len(chunk))
+                if share_prefix and start > 0:
+                    cache = self._cache(prefix, start, n) if prefix is not None else None
+                    lg = self.logits(x, edits, at=at, expand_at=start, batch=n, cache=cache)
                 else:
-                    lg = self.logits(x.expand(len(chunk), -1), edits, at=at)
+                    cache = self._cache(prefix, 0, n) if prefix is not None else None
+                    lg = self.logits(x.expand(n, -1), edits, at=at, cache=cache)
                 out[torch.tensor(chunk)] = evaluate(metric, lg).detach().cpu()
             if progress is not None:
                 progress(len(chunk))

@@ -20,6 +20,7 @@ z             ``[B, T, n_heads, d_head]`` per head          input of ``adapter.b
 mlp_post      ``[B, T, d_mlp]`` MLP neurons                 input of ``adapter.block_mlp_down``
 attn_in       ``[B, T, d_model]`` what attention reads     input of the attention's pre-norm
 mlp_in        ``[B, T, d_model]`` what the MLP reads       input of the MLP's pre-norm
+unembed_in    ``[B, T, d_model]`` final norm's output      input of ``adapter.unembed``
 ============  ==========================================  =================================
 
 ``attn_in`` / ``mlp_in`` are the residual stream *as one sublayer sees it*: a write or a
@@ -28,8 +29,20 @@ edge attribution needs (the gradient at a node's input). In pre-norm blocks ``ml
 ``resid_mid`` in value; in parallel blocks (GPT-NeoX) both equal ``resid_pre``. BERT (post-norm)
 has no pre-norm: ``attn_in`` is the self-attention's input, ``mlp_in`` the intermediate layer's.
 
-``q``, ``k``, ``v`` and ``pattern`` go through the registered attention function of
-:mod:`circuitboard.capture` and are added when it exists.
+Attention internals go through the attention function capture registers with transformers'
+attention interface (:mod:`circuitboard.capture._attn_interface`), so they are the queries,
+keys and weights the model really used (after rotary embeddings and query/key norms):
+
+============  ==========================================  =================================
+q             ``[B, T, n_heads, d_head]``                  the call's query (rotated)
+k / v         ``[B, T, n_kv_heads, d_head]``               key / value, per **KV head**
+pattern       ``[B, T_query, n_heads, T_key]``             attention weights (eager-style)
+============  ==========================================  =================================
+
+For ``k`` / ``v``, ``head=`` is a key-value head: with grouped-query attention KV head ``g``
+serves query heads ``g·G .. g·G + G − 1`` (``G = n_heads / n_kv_heads``). A ``pattern``
+write (or read, or gradient) makes that layer compute its weights eager-style while the other
+layers keep the model's kernel.
 
 ``resid_mid`` pitfall: in pre-norm blocks the input of the post-attention norm feeds only the
 MLP; the residual that continues is ``resid_pre + attn_out`` computed inside the block. So a
@@ -59,10 +72,17 @@ KINDS = (
     "mlp_post",
     "attn_in",
     "mlp_in",
+    "unembed_in",
+    "q",
+    "k",
+    "v",
+    "pattern",
 )
 """Site kinds :func:`locate` resolves (see the module docstring)."""
 
-HEAD_KINDS = ("z",)
+HEAD_KINDS = ("z", "q", "k", "v", "pattern")
+ATTN_KINDS = ("q", "k", "v", "pattern")
+"""Kinds that live inside the attention call (through the registered attention function)."""
 """Kinds whose tensor has a head axis (``head=`` selects one)."""
 
 # Post-norm architectures whose residual after attention is a module's output (the module's
@@ -85,7 +105,7 @@ class Site:
     kind
         One of :data:`KINDS`.
     layer
-        Block index (ignored for ``embed``; use 0).
+        Block index (ignored for ``embed`` and ``unembed_in``; use 0).
     pos
         ``None`` (every position), an int, or a tuple of ints.
     head
@@ -161,7 +181,7 @@ class Location:
 
 
 def check_layer(site: Site, n_layers: int) -> None:
-    if site.kind != "embed" and not 0 <= site.layer < n_layers:
+    if site.kind not in ("embed", "unembed_in") and not 0 <= site.layer < n_layers:
         raise ValueError(
             f"site {site.label}: layer {site.layer} out of range; the model has {n_layers} "
             f"layers (0..{n_layers - 1})."
@@ -180,10 +200,13 @@ def _sub(blk: Any, path: str, adapter: Adapter) -> Any:
 
 
 def locate(model: Any, adapter: Adapter, info: Any, site: Site) -> Location:
-    """The module and hook kind that carry ``site``'s tensor (see the module docstring)."""
+    """The module and hook kind that carry ``site``'s tensor (see the module docstring);
+    ``hook="attn"`` for the kinds inside the attention call."""
     check_layer(site, info.n_layers)
     if site.kind == "embed":
         return Location(get_module(model, adapter.embed), "out")
+    if site.kind == "unembed_in":
+        return Location(get_module(model, adapter.unembed), "pre")
     blk = adapter.block(model, site.layer)
     k = site.kind
     if k == "resid_pre":
@@ -204,6 +227,8 @@ def locate(model: Any, adapter: Adapter, info: Any, site: Site) -> Location:
         return Location(get_module(blk, path), "out", index=idx, via_attn_out=True)
     if k == "z":
         return Location(get_module(blk, adapter.block_o_proj), "pre", split_heads=info.n_heads)
+    if k in ATTN_KINDS:
+        return Location(get_module(blk, adapter.block_attn), "attn")
     if k == "mlp_post":
         return Location(get_module(blk, adapter.block_mlp_down), "pre")
     if k == "attn_in":
@@ -220,7 +245,13 @@ def site_shape(info: Any, kind: str) -> tuple[int, ...]:
         return (info.n_heads, info.d_head)
     if kind == "mlp_post":
         return (info.d_mlp,)
+    if kind == "q":
+        return (info.n_heads, info.d_head)
+    if kind in ("k", "v"):
+        return (info.n_kv_heads, info.d_head)
+    if kind == "pattern":
+        raise ValueError("the pattern's trailing shape is (n_heads, n_keys): it depends on T.")
     return (info.d_model,)
 
 
-__all__ = ["HEAD_KINDS", "KINDS", "Location", "Site", "locate", "site_shape"]
+__all__ = ["ATTN_KINDS", "HEAD_KINDS", "KINDS", "Location", "Site", "locate", "site_shape"]

@@ -11,6 +11,7 @@ from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
 from ._neurons import NeuronsView
+from ._patching import PatchingView, patching_view
 from ._view import View
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LogitLensView",
     "NeuronDashboard",
     "NeuronsView",
+    "PatchingView",
     "View",
     "board",
     "circuit_view",
@@ -30,4 +32,5 @@ __all__ = [
     "decode",
     "encode",
     "link",
+    "patching_view",
 ]

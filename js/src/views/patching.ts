@@ -1,0 +1,363 @@
+// Patching view: what patching each site recovers (1 = clean, 0 = corrupted) as a heatmap.
+// Per-position sites: positions (tokens, clean → corrupted where they differ) × layers;
+// per-head sites: layers × heads (heads_pos: positions × layers for one head); neurons:
+// layers × neurons. Hover shows normalized and raw values; click selects on the link.
+import type { AnyModel, RenderProps } from "@anywidget/types";
+import { decode } from "../codec";
+import { cssColor } from "../colormaps";
+import { el } from "../dom";
+import { cellAt, paintMatrix } from "../heatmap";
+import { onSelection, resolveLink, select } from "../link";
+import { followTheme, isDark } from "../theme";
+import type { Encoded, Selection } from "../types";
+import { divergingFor, fmt } from "./attribution";
+
+interface PatchingState {
+  site: string;
+  method: string;
+  direction: string;
+  metric: string;
+  axes: string[];
+  layers: number[];
+  positions: number[];
+  heads: number[];
+  clean_tokens: string[];
+  corrupted_tokens: string[];
+  clean_value: number;
+  corrupted_value: number;
+  first_diff: number;
+  notes: string[];
+  correlation: number | null;
+  completeness_error: number | null;
+  kv_groups: Record<string, number[]>;
+  _values: Encoded;
+  _raw: Encoded;
+  theme: string;
+  link: string;
+}
+
+/** Symmetric colour range: the largest |value|, at least 1 so that "clean" is on the bar. */
+export function patchRange(values: ArrayLike<number>): number {
+  let m = 1;
+  for (let i = 0; i < values.length; i++) if (Number.isFinite(values[i])) m = Math.max(m, Math.abs(values[i]));
+  return m;
+}
+
+/** A token as shown on an axis: visible whitespace, never empty. */
+export function showToken(t: string): string {
+  const s = t.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/^ /, "␣");
+  return s.length ? s : "∅";
+}
+
+/** The grid the view draws, whatever the site: rows × cols with a value index per cell. */
+export interface Layout {
+  rows: number;
+  cols: number;
+  rowKind: "position" | "layer";
+  colKind: "layer" | "head" | "neuron";
+  /** index into the flat values array of cell (r, c) for head `h` (heads_pos only). */
+  index(r: number, c: number, h: number): number;
+}
+
+export function layoutFor(axes: string[], shape: number[]): Layout {
+  const key = axes.join(",");
+  if (key === "layer,position") {
+    const [L, P] = shape;
+    return { rows: P, cols: L, rowKind: "position", colKind: "layer", index: (r, c) => c * P + r };
+  }
+  if (key === "layer,position,head") {
+    const [L, P, H] = shape;
+    return { rows: P, cols: L, rowKind: "position", colKind: "layer", index: (r, c, h) => (c * P + r) * H + h };
+  }
+  if (key === "layer,neuron") {
+    const [, N] = shape;
+    return { rows: shape[0], cols: N, rowKind: "layer", colKind: "neuron", index: (r, c) => r * N + c };
+  }
+  const [, H] = shape;
+  return { rows: shape[0], cols: H, rowKind: "layer", colKind: "head", index: (r, c) => r * H + c };
+}
+
+export async function render(props: RenderProps<PatchingState>) {
+  const { model, el: host } = props;
+  const abort = new AbortController();
+  const signal = abort.signal;
+  const link = await resolveLink(props);
+  const values = decode(model.get("_values")).data;
+  const shape = model.get("_values").shape;
+  const raw = decode(model.get("_raw")).data;
+  const axes = model.get("axes");
+  const layers = model.get("layers");
+  const positions = model.get("positions");
+  const heads = model.get("heads");
+  const clean = model.get("clean_tokens");
+  const corrupted = model.get("corrupted_tokens");
+  const firstDiff = model.get("first_diff");
+  const site = model.get("site");
+  const kv = model.get("kv_groups");
+  const lay = layoutFor(axes, shape);
+  const perHeadPos = axes.length === 3;
+  const nHeads = perHeadPos ? shape[2] : 0;
+  const range = patchRange(values);
+
+  // Pick the head of the strongest cell first (heads_pos).
+  let head = 0;
+  if (perHeadPos) {
+    let best = -1;
+    for (let i = 0; i < values.length; i++) {
+      const a = Math.abs(values[i]);
+      if (a > best) {
+        best = a;
+        head = i % nHeads;
+      }
+    }
+  }
+
+  const cellW = lay.colKind === "neuron" ? Math.max(1, Math.floor(720 / lay.cols)) : Math.max(10, Math.min(32, Math.floor(480 / Math.max(lay.cols, 1))));
+  const cellH = lay.rowKind === "position" ? 18 : Math.max(8, Math.min(18, Math.floor(480 / Math.max(lay.rows, 1))));
+  const plotW = Math.min(lay.cols * cellW, 720);
+
+  const root = el("div", "cb-root cb-patch", host);
+  root.tabIndex = 0;
+  root.dataset.site = site;
+  const header = el("div", "cb-header", root);
+  el("span", "cb-title", header).textContent = model.get("method") === "exact" ? "Activation patching" : model.get("method") === "ig" ? "Integrated-gradients patching" : "Attribution patching";
+  el("span", "cb-patch-desc", header).textContent = `${site} · ${model.get("direction")} · ${model.get("metric")}`;
+  const status = el("span", "cb-status", header);
+  const parts = [`clean ${fmt(model.get("clean_value"))} = 1`, `corrupted ${fmt(model.get("corrupted_value"))} = 0`];
+  const r = model.get("correlation");
+  if (r !== null && r !== undefined) parts.push(`r(exact) ${r.toFixed(3)}`);
+  const ce = model.get("completeness_error");
+  if (ce !== null && ce !== undefined) parts.push(`completeness error ${ce.toExponential(1)}`);
+  status.textContent = parts.join(" · ");
+  let headSel: HTMLSelectElement | null = null;
+  if (perHeadPos) {
+    headSel = el("select", "cb-select cb-patch-head", header);
+    headSel.setAttribute("aria-label", "head");
+    for (let h = 0; h < nHeads; h++) headSel.add(new Option(`head ${heads[h] ?? h}`, String(h)));
+    headSel.value = String(head);
+  }
+
+  const body = el("div", "cb-body", root);
+  const figure = el("div", "cb-figure cb-patch-figure", body);
+  const grid = el("div", "cb-patch-grid", figure);
+  grid.style.gridTemplateColumns = `auto ${plotW}px`;
+  el("div", "cb-patch-corner", grid).textContent = lay.rowKind === "position" ? "token \\ layer" : `layer \\ ${lay.colKind}`;
+  const colAxis = el("div", "cb-patch-caxis", grid);
+  colAxis.style.width = `${plotW}px`;
+  const colLabel = (c: number): string => {
+    if (lay.colKind === "layer") return String(layers[c]);
+    if (lay.colKind === "head") return String(heads[c] ?? c);
+    return String(c);
+  };
+  const every = lay.colKind === "neuron" ? 256 : plotW / lay.cols >= 14 ? 1 : 2;
+  for (let c = 0; c < lay.cols; c += every) {
+    const s = el("span", "", colAxis);
+    s.style.left = `${(c / lay.cols) * plotW}px`;
+    s.style.width = `${Math.max(plotW / lay.cols, 1) * (lay.colKind === "neuron" ? 1 : every)}px`;
+    s.textContent = colLabel(c);
+  }
+  const rowAxis = el("div", "cb-patch-raxis", grid);
+  const rowEls: HTMLElement[] = [];
+  for (let rr = 0; rr < lay.rows; rr++) {
+    const row = el("div", "cb-patch-rlabel", rowAxis);
+    row.style.height = `${cellH}px`;
+    row.style.lineHeight = `${cellH}px`;
+    if (lay.rowKind === "position") {
+      const p = positions[rr] ?? rr;
+      el("span", "cb-patch-pos", row).textContent = String(p);
+      const a = clean[p] ?? "";
+      const b = corrupted[p] ?? "";
+      el("span", "cb-patch-tok", row).textContent = showToken(a);
+      if (a !== b) {
+        row.classList.add("cb-patch-diff");
+        el("span", "cb-patch-arrow", row).textContent = "→";
+        el("span", "cb-patch-tok cb-patch-tok-corrupt", row).textContent = showToken(b);
+      }
+      if (p < firstDiff) row.classList.add("cb-patch-same");
+      row.dataset.position = String(p);
+    } else {
+      row.textContent = String(layers[rr]);
+    }
+    rowEls.push(row);
+  }
+  const heatWrap = el("div", "cb-patch-heatwrap", grid);
+  const heat = el("canvas", "cb-patch-heat", heatWrap);
+  heat.style.width = `${plotW}px`;
+  heat.style.height = `${lay.rows * cellH}px`;
+  heat.setAttribute("role", "img");
+  heat.setAttribute("aria-label", `${site} patching, ${lay.rows} × ${lay.cols}`);
+  const marker = el("div", "cb-patch-marker", heatWrap);
+  marker.hidden = true;
+
+  const legend = el("div", "cb-patch-legend", figure);
+  el("span", "", legend).textContent = fmt(-range);
+  const rampWrap = el("span", "cb-patch-rampwrap", legend);
+  const ramp = el("canvas", "cb-patch-ramp", rampWrap);
+  for (const [v, label] of [[0, "0 corrupted"], [1, "1 clean"]] as [number, string][]) {
+    const t = el("span", "cb-patch-tick", rampWrap);
+    t.style.left = `${(100 * (v + range)) / (2 * range)}%`;
+    el("span", "cb-patch-tickmark", t);
+    el("span", "cb-patch-ticklabel", t).textContent = label;
+  }
+  el("span", "", legend).textContent = fmt(range);
+  const tip = el("div", "cb-tip cb-patch-tip", figure);
+  tip.hidden = true;
+
+  const side = el("div", "cb-side cb-patch-side", body);
+  const readout = el("div", "cb-patch-readout", side);
+  readout.textContent = "Hover a cell for its value; click to select it in linked views.";
+  el("div", "cb-patch-h", side).textContent = "Top sites";
+  const topBox = el("div", "cb-patch-list", side);
+  el("div", "cb-patch-h", side).textContent = "Conventions";
+  const notesBox = el("ul", "cb-patch-notes", side);
+  for (const n of model.get("notes")) el("li", "", notesBox).textContent = n;
+
+  // -- cells ---------------------------------------------------------------------------------
+  const at = (rr: number, c: number) => lay.index(rr, c, head);
+  const cellLabel = (rr: number, c: number): string => {
+    if (lay.rowKind === "position") {
+      const p = positions[rr] ?? rr;
+      const a = clean[p] ?? "";
+      const b = corrupted[p] ?? "";
+      const tok = a === b ? JSON.stringify(a) : `${JSON.stringify(a)}→${JSON.stringify(b)}`;
+      return `L${layers[c]}${perHeadPos ? `H${heads[head] ?? head}` : ""} pos ${p} ${tok}`;
+    }
+    if (lay.colKind === "neuron") return `L${layers[rr]} N${c}`;
+    const h = heads[c] ?? c;
+    const served = kv[String(h)];
+    const extra = served && served.length > 1 ? ` (KV head, serves heads ${served.join(", ")})` : "";
+    return `L${layers[rr]}${site === "k" || site === "v" ? "KV" : "H"}${h}${extra}`;
+  };
+  const selectionOf = (rr: number, c: number): Partial<Selection> => {
+    if (lay.rowKind === "position") {
+      const sel: Partial<Selection> = { layer: layers[c], token: positions[rr] ?? rr };
+      if (perHeadPos) sel.head = heads[head] ?? head;
+      return sel;
+    }
+    if (lay.colKind === "neuron") return { layer: layers[rr], neuron: c };
+    const h = heads[c] ?? c;
+    const served = kv[String(h)];
+    return { layer: layers[rr], head: served && served.length ? served[0] : h };
+  };
+  const cellOfSelection = (): { r: number; c: number } | null => {
+    const l = link.get("layer");
+    if (l === null || l === undefined) return null;
+    const li = layers.indexOf(l);
+    if (li < 0) return null;
+    if (lay.rowKind === "position") {
+      const t = link.get("token");
+      const ri = t === null || t === undefined ? -1 : positions.indexOf(t);
+      return ri < 0 ? null : { r: ri, c: li };
+    }
+    if (lay.colKind === "neuron") {
+      const n = link.get("neuron");
+      return n === null || n === undefined || n < 0 || n >= lay.cols ? null : { r: li, c: n };
+    }
+    const h = link.get("head");
+    if (h === null || h === undefined) return null;
+    let ci = heads.indexOf(h);
+    if (site === "k" || site === "v") ci = heads.findIndex((g) => (kv[String(g)] ?? [g]).includes(h));
+    return ci < 0 ? null : { r: li, c: ci };
+  };
+
+  const drawHeat = () => {
+    const lut = divergingFor(isDark(root));
+    const unit = (v: number) => 0.5 + (0.5 * v) / range;
+    const grid2 = new Float32Array(lay.rows * lay.cols);
+    for (let rr = 0; rr < lay.rows; rr++) for (let c = 0; c < lay.cols; c++) grid2[rr * lay.cols + c] = values[at(rr, c)];
+    paintMatrix(heat, lay.rows, lay.cols, grid2, lut, unit);
+    paintMatrix(ramp, 1, 96, Array.from({ length: 96 }, (_, i) => -range + (2 * range * i) / 95), lut, unit);
+  };
+
+  const drawTop = () => {
+    const order: [number, number][] = [];
+    for (let rr = 0; rr < lay.rows; rr++) for (let c = 0; c < lay.cols; c++) order.push([rr, c]);
+    // the largest effects: from corrupted (0) when denoising, from clean (1) when noising
+    const base = model.get("direction") === "noise" ? 1 : 0;
+    order.sort((x, y) => Math.abs(values[at(y[0], y[1])] - base) - Math.abs(values[at(x[0], x[1])] - base));
+    topBox.replaceChildren();
+    const lut = divergingFor(isDark(root));
+    for (const [rr, c] of order.slice(0, 12)) {
+      const v = values[at(rr, c)];
+      const row = el("div", "cb-patch-row cb-clickable", topBox);
+      const sw = el("span", "cb-patch-swatch", row);
+      sw.style.background = cssColor(lut, 0.5 + (0.5 * v) / range);
+      el("span", "cb-patch-label", row).textContent = cellLabel(rr, c);
+      el("span", "cb-patch-value", row).textContent = fmt(v);
+      row.addEventListener("click", () => select(link, selectionOf(rr, c)), { signal });
+    }
+  };
+
+  const drawSelection = () => {
+    const cell = cellOfSelection();
+    marker.hidden = !cell;
+    rowEls.forEach((e) => e.classList.remove("cb-patch-rsel"));
+    if (cell) {
+      const w = plotW / lay.cols;
+      marker.style.left = `${cell.c * w}px`;
+      marker.style.top = `${cell.r * cellH}px`;
+      marker.style.width = `${Math.max(w, 2)}px`;
+      marker.style.height = `${cellH}px`;
+      if (lay.rowKind === "position") rowEls[cell.r]?.classList.add("cb-patch-rsel");
+      root.dataset.selected = cellLabel(cell.r, cell.c);
+    } else {
+      delete root.dataset.selected;
+    }
+  };
+
+  const hide = () => {
+    tip.hidden = true;
+    delete root.dataset.hover;
+  };
+  heat.addEventListener("pointermove", (ev) => {
+    const cell = cellAt(heat, ev);
+    if (!cell) return hide();
+    const i = at(cell.row, cell.col);
+    const label = cellLabel(cell.row, cell.col);
+    const text = `${label}: ${fmt(values[i])} (raw ${fmt(raw[i])})`;
+    tip.hidden = false;
+    tip.textContent = text;
+    const fr = figure.getBoundingClientRect();
+    tip.style.left = `${Math.max(0, ev.clientX - fr.left + 12)}px`;
+    tip.style.top = `${ev.clientY - fr.top + 12}px`;
+    root.dataset.hover = label;
+    readout.textContent = `${label}\nnormalized ${fmt(values[i])} · raw metric ${fmt(raw[i])}`;
+  }, { signal });
+  heat.addEventListener("pointerleave", hide, { signal });
+  heat.addEventListener("click", (ev) => {
+    const cell = cellAt(heat, ev);
+    if (cell) select(link, selectionOf(cell.row, cell.col));
+  }, { signal });
+  headSel?.addEventListener("change", () => {
+    head = Number(headSel?.value ?? 0);
+    drawHeat();
+    drawTop();
+    drawSelection();
+  }, { signal });
+
+  const offSel = onSelection(link, ["layer", "head", "token", "neuron"], () => {
+    const h = link.get("head");
+    if (perHeadPos && headSel && h !== null && h !== undefined && heads.includes(h) && heads.indexOf(h) !== head) {
+      head = heads.indexOf(h);
+      headSel.value = String(head);
+      drawHeat();
+      drawTop();
+    }
+    drawSelection();
+  });
+  const offTheme = followTheme(model as AnyModel, root, () => {
+    drawHeat();
+    drawTop();
+  });
+  drawHeat();
+  drawTop();
+  drawSelection();
+  root.dataset.ready = "true";
+
+  return () => {
+    abort.abort();
+    offSel();
+    offTheme();
+    root.remove();
+  };
+}
