@@ -716,6 +716,7 @@ export async function render(props: RenderProps<CircuitState>) {
   draw();
   await ensureEdges(k());
   draw();
+  void setK(k(), true); // live: asks the kernel for the exact value at k (the curve interpolates)
   showAblation();
   root.dataset.ready = "true";
 
