@@ -47,10 +47,9 @@ class Circuit:
     >>> from tests.unit.tiny_models import tiny_llama
     >>> import circuitboard as cb
     >>> model, tok = tiny_llama()
-    >>> c = cb.circuit(model, tok, "When Mary and John went", "When Anna and John went",
-    ...                answer=" to", wrong=" the", method="eap", nodes="heads")
+    >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", method="eap")
     >>> c.n_edges, c.graph.n_heads, c.graph.n_kv_heads
-    (95, 4, 2)
+    (82, 4, 2)
     >>> round(c.evaluate(c.n_edges), 4), round(c.evaluate(0), 4)
     (1.0, 0.0)
     """
@@ -552,7 +551,7 @@ def default_ks(n: int, points: int = 25) -> list[int]:
     """Edge counts spaced logarithmically from 1 to ``n`` (0 and ``n`` included).
 
     >>> default_ks(1000, 5)
-    [0, 1, 6, 32, 178, 1000]
+    [0, 1, 10, 100, 1000]
     """
     if n <= 0:
         return [0]

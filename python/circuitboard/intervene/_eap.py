@@ -246,10 +246,9 @@ def circuit(
     >>> from tests.unit.tiny_models import tiny_llama
     >>> import circuitboard as cb
     >>> model, tok = tiny_llama()
-    >>> c = cb.circuit(model, tok, "When Mary and John went", "When Anna and John went",
-    ...                answer=" to", wrong=" the", steps=4)
+    >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", steps=8)
     >>> c.n_edges, c.top(1)[0]["label"].count("→")
-    (95, 1)
+    (82, 1)
     >>> abs(c.completeness - 1) < 0.1
     True
     """

@@ -51,7 +51,7 @@ class CircuitView(View):
     >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", method="eap")
     >>> view = cb.circuit_view(c, k=20)
     >>> view.k, view.n_edges
-    (20, 95)
+    (20, 82)
     >>> view.selected = ["L1H0"]
     >>> round(view.ablate()["value"], 3) == round(c.evaluate(20, without=["L1H0"]), 3)
     True
