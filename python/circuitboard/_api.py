@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from .capture import Capture
 
 
+def _one_capture(cap: Any, what: str, example: str) -> None:
+    """Refuse a list of captures where a view shows one prompt, saying exactly what to pass."""
+    if isinstance(cap, (list, tuple)):
+        raise TypeError(
+            f"{what} shows one prompt; got a {type(cap).__name__} of {len(cap)} captures. Pass "
+            f"one capture, e.g. {example.format('caps[0]')}, or one view per prompt in a board: "
+            f"cb.board(*({example.format('c')} for c in caps)). cb.neurons(caps) pages through "
+            "several prompts."
+        )
+
+
 def attention(
     cap: Capture, *, layer: int | None = None, head: int = 0, **kwargs: Any
 ) -> AttentionView:
@@ -27,6 +38,7 @@ def attention(
     >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
     >>> cb.attention(cap)  # doctest: +SKIP
     """
+    _one_capture(cap, "cb.attention", "cb.attention({})")
     layers = cap.layers("attn.hook_pattern")
     if not layers:
         raise ValueError(
@@ -60,6 +72,7 @@ def logit_attribution(
     """
     from .analysis._attribution import attribute_positions, prepare
 
+    _one_capture(cap, "cb.logit_attribution", f"cb.logit_attribution({{}}, {target!r})")
     t, b, p = prepare(cap, target, baseline, pos)
     if not follow_token:
         attr = attribute_positions(cap, t, b, [p])[0]
@@ -93,6 +106,7 @@ def logit_lens_view(
     """
     from .analysis import logit_lens
 
+    _one_capture(cap, "cb.logit_lens_view", "cb.logit_lens_view({})")
     return LogitLensView(logit_lens(cap, target=target, k=k), **kwargs)
 
 

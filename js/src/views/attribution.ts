@@ -414,7 +414,7 @@ export async function render(props: RenderProps<AttributionState>) {
   };
   const offToken = positions.size > 0 ? onSelection(link, ["token"], () => void followToken()) : () => undefined;
   figureHooks(root, {
-    title: () => `Direct logit attribution · ${cur.description} · model ${fmt(cur.model_value)}, sum of parts ${fmt(cur.total)}`,
+    title: () => `Logit attribution · ${cur.description} · model ${fmt(cur.model_value)}, sum of parts ${fmt(cur.total)}`,
   });
   const offTheme = followTheme(model as AnyModel, root, () => {
     drawHeat();

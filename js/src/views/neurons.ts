@@ -382,7 +382,7 @@ export async function render(props: RenderProps<NeuronsState>) {
   const offTok = onSelection(link, ["token", "hover_token"], () => void drawList());
   const offTheme = followTheme(model as AnyModel, root, drawColumn);
   figureHooks(root, {
-    title: () => `Layer ${current.layer} · neuron ${current.neuron}${prompts.length > 1 ? ` · ${labels[current.prompt] ?? `prompt ${current.prompt + 1}`}` : ""}`,
+    title: () => `Neurons · layer ${current.layer}, neuron ${current.neuron}${prompts.length > 1 ? ` · ${labels[current.prompt] ?? `prompt ${current.prompt + 1}`}` : ""}`,
   });
   buildStrip(current.prompt);
   drawColumn();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 
 from ._common import (
     norm_weight,
+    spacing_warning,
     position,
     require_decoder,
     require_info,
@@ -182,6 +184,10 @@ def prepare(
     p = position(pos, cap.n_tokens)
     t = token_id(cap, target, "target")
     b = token_id(cap, baseline, "baseline") if baseline is not None else None
+    for given, tid, name in ((target, t, "target"), (baseline, b, "baseline")):
+        msg = spacing_warning(cap, given, tid, p, name) if tid is not None else None
+        if msg:
+            warnings.warn(msg, UserWarning, stacklevel=3)
     return t, b, p
 
 

@@ -289,6 +289,34 @@ def _progress(total: int, enabled: bool) -> Any:
     return None
 
 
+def _cover(
+    edges: torch.Tensor, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widen each neuron's histogram until ``[lo, hi]`` fits, exactly: bin width doubles and
+    neighbouring bins merge, so no count moves to a bin that does not hold its value."""
+    bins = counts.shape[1]
+    edges, counts = edges.clone(), counts.clone()
+    for _ in range(64):
+        left, right = edges[:, 0], edges[:, -1]
+        up = hi > right
+        down = (lo < left) & ~up
+        if not bool((up | down).any()):
+            break
+        width = (right - left) / bins
+        merged = counts.view(-1, bins // 2, 2).sum(-1)
+        zeros = torch.zeros_like(merged)
+        new_counts = torch.where(
+            up[:, None], torch.cat([merged, zeros], 1), torch.cat([zeros, merged], 1)
+        )
+        grow = up | down
+        counts = torch.where(grow[:, None], new_counts, counts)
+        new_left = torch.where(down, left - bins * width, left)
+        new_width = torch.where(grow, 2 * width, width)
+        steps = torch.arange(bins + 1, dtype=edges.dtype)
+        edges = new_left[:, None] + new_width[:, None] * steps
+    return edges, counts
+
+
 def top_activations(
     model: Any,
     tokenizer: Any,
@@ -342,6 +370,7 @@ def top_activations(
         raise ValueError(f"k must be a positive int; got {k!r}.")
     if bins < 2:
         raise ValueError(f"bins must be at least 2; got {bins}.")
+    bins += bins % 2  # even: widening merges bins in pairs
     before, after = (int(context[0]), int(context[1]))
     width = before + 1 + after
     n = len(sel)
@@ -431,6 +460,7 @@ def top_activations(
                         edges = lo[:, None] + (hi - lo)[:, None] * torch.linspace(
                             0, 1, bins + 1, dtype=torch.float64
                         )
+                    edges, counts = _cover(edges, counts, flat.min(0).values, flat.max(0).values)
                     lo_e, w_e = edges[:, 0], (edges[:, -1] - edges[:, 0]) / bins
                     b_idx = ((flat - lo_e) / w_e).floor().clamp(0, bins - 1).long()  # [N, n]
                     flat_bin = (b_idx + torch.arange(n) * bins).reshape(-1)

@@ -18,6 +18,21 @@ REPLY_OVERHEAD = 160  # bytes a report spends per embedded reply besides its ten
 BLOCK_TOP = 254  # 8-bit codes per neuron: 0..254 span the neuron's range, 255 marks NaN / ±inf
 
 
+def _layer_ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"L0–L2, L5"``.
+
+    >>> _layer_ranges([0, 1, 2, 5])
+    'L0–L2, L5'
+    """
+    out: list[str] = []
+    for lay in sorted(layers):
+        if out and out[-1][1] == lay - 1:
+            out[-1] = (out[-1][0], lay)
+        else:
+            out.append((lay, lay))  # type: ignore[arg-type]
+    return ", ".join(f"L{a}" if a == b else f"L{a}–L{b}" for a, b in out)  # type: ignore[misc]
+
+
 def quantize_columns(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[pos, d_mlp]`` activations as 8-bit codes per neuron: ``(codes [d_mlp, pos], lo, scale)``.
 
@@ -371,9 +386,12 @@ class NeuronsView(View):
             )
         if plan["missing"]:
             def names(pairs: list[tuple[int, int]]) -> str:
-                return ", ".join(
-                    f"L{lay}" + (f" (prompt {p + 1})" if self.n_prompts > 1 else "")
-                    for lay, p in pairs
+                by_prompt: dict[int, list[int]] = {}
+                for lay, p in sorted(pairs, key=lambda x: (x[1], x[0])):
+                    by_prompt.setdefault(p, []).append(lay)
+                return "; ".join(
+                    _layer_ranges(lays) + (f" of prompt {p + 1}" if self.n_prompts > 1 else "")
+                    for p, lays in by_prompt.items()
                 )
 
             partial = [x for x in plan["missing"] if x in plan["partial"]]
