@@ -90,9 +90,7 @@ def logit_attribution(
                 yield from attribute_positions(cap, t, b, list(c))
 
     attr = home_attrs[p - home.start]
-    return LogitAttributionView(
-        attr, tokens=list(cap.tokens), positions=every_position(), **kwargs
-    )
+    return LogitAttributionView(attr, tokens=list(cap.tokens), positions=every_position(), **kwargs)
 
 
 def logit_lens_view(

@@ -73,6 +73,16 @@ def _tokens_used(cap: Any, target: Any, baseline: Any, log: Any) -> str:
     return used + "".join(f"\n\n> warning: {w.message}" for w in caught)
 
 
+def capture_for_report(model: Any, tok: Any, prompt: str) -> Any:
+    """The capture a report is built from: float32, so that the attribution's parts add up
+    to the model's logit to the digits its header shows (float16 rounds every term)."""
+    import torch
+
+    import circuitboard as cb
+
+    return cb.capture(model, tok, prompt, dtype=torch.float32)
+
+
 def build_board(
     cap: Any, tok: Any, *, target: Any = None, baseline: Any = None, log: Any = None
 ) -> tuple[list[Any], dict[str, float]]:
@@ -88,7 +98,10 @@ def build_board(
     views: list[Any] = []
     skipped: list[str] = []
     if target is None and cap.prompt == DEFAULT_PROMPT:
-        target, baseline = DEFAULT_CONTRAST[0], DEFAULT_CONTRAST[1] if baseline is None else baseline
+        target, baseline = (
+            DEFAULT_CONTRAST[0],
+            DEFAULT_CONTRAST[1] if baseline is None else baseline,
+        )
     if target is None:
         t_id, b_id = top_two(cap)
         target = t_id
@@ -176,10 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, tok = _load(args.model)
     t_load = time.perf_counter() - t0
-    import torch
-
-    # float32: the attribution's parts then add up to the model's logit to the digits shown.
-    cap = cb.capture(model, tok, args.prompt, dtype=torch.float32)
+    cap = capture_for_report(model, tok, args.prompt)
     t_cap = time.perf_counter() - t0 - t_load
     items, timings = build_board(
         cap, tok, target=args.target, baseline=args.baseline, log=sys.stderr

@@ -48,7 +48,10 @@ COMPARE = """async ([a, b, rows]) => {
         return ctx.getImageData(0, 0, img.width, img.height);
     };
     const [x, y] = [await load(a), await load(b)];
-    const same = (n) => { for (let i = 0; i < n; i++) if (x.data[i] !== y.data[i]) return false; return true; };
+    const same = (n) => {
+        for (let i = 0; i < n; i++) if (x.data[i] !== y.data[i]) return false;
+        return true;
+    };
     const shape = x.width === y.width && x.height === y.height;
     return { shape, header: shape && same(4 * x.width * rows), all: shape && same(x.data.length) };
 }"""
@@ -164,7 +167,10 @@ def test_dead_kernel_says_so_and_controls_match_the_drawing(page, tmp_path):
     status = page.inner_text(".cb-attention .cb-status")
     assert "kernel is gone" in status and "still works" in status and "Re-run the cell" in status
     # The selectors show the head that is drawn, not the one that could not be loaded.
-    drawn = (page.get_attribute(".cb-attention", "data-layer"), page.get_attribute(".cb-attention", "data-head"))
+    drawn = (
+        page.get_attribute(".cb-attention", "data-layer"),
+        page.get_attribute(".cb-attention", "data-head"),
+    )
     shown = (
         page.eval_on_selector('.cb-attention select[aria-label="layer"]', "s => s.value"),
         page.eval_on_selector('.cb-attention select[aria-label="head"]', "s => s.value"),

@@ -171,13 +171,15 @@ def test_cli_board_on_default_model(page, default_model, ioi_capture, tmp_path, 
     heads = np.asarray(cb.direct_logit_attribution(ioi_capture, " Mary", baseline=" John").heads)
     n_layers, n_heads = heads.shape
     layer, head = np.unravel_index(np.abs(heads).argmax(), heads.shape)  # the top head
-    before = page.get_attribute(".cb-neurons", "data-layer"), page.get_attribute(
-        ".cb-neurons", "data-neuron"
+    before = (
+        page.get_attribute(".cb-neurons", "data-layer"),
+        page.get_attribute(".cb-neurons", "data-neuron"),
     )
     check_linking(page, n_layers, n_heads, int(layer), int(head), token=10)
     # A head click does not move the neurons view to another layer's neuron (issue 14).
-    after = page.get_attribute(".cb-neurons", "data-layer"), page.get_attribute(
-        ".cb-neurons", "data-neuron"
+    after = (
+        page.get_attribute(".cb-neurons", "data-layer"),
+        page.get_attribute(".cb-neurons", "data-neuron"),
     )
     assert after == before
     assert "not included" not in page.inner_text(".cb-neurons")

@@ -10,10 +10,10 @@ import torch
 
 from ._common import (
     norm_weight,
-    spacing_warning,
     position,
     require_decoder,
     require_info,
+    spacing_warning,
     tensor,
     token_id,
     token_text,

@@ -289,11 +289,11 @@ def _progress(total: int, enabled: bool) -> Any:
     return None
 
 
-def _cover(
-    edges: torch.Tensor, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _cover(edges: Any, counts: Any, lo: Any, hi: Any) -> tuple[Any, Any]:
     """Widen each neuron's histogram until ``[lo, hi]`` fits, exactly: bin width doubles and
     neighbouring bins merge, so no count moves to a bin that does not hold its value."""
+    import torch
+
     bins = counts.shape[1]
     edges, counts = edges.clone(), counts.clone()
     for _ in range(64):

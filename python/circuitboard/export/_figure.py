@@ -40,7 +40,9 @@ _STACK_PNGS = """async ([parts, gap, bg]) => {
     const blob = await new Promise((r) => c.toBlob(r, "image/png"));
     const buf = new Uint8Array(await blob.arrayBuffer());
     let s = "";
-    for (let k = 0; k < buf.length; k += 0x8000) s += String.fromCharCode(...buf.subarray(k, k + 0x8000));
+    for (let k = 0; k < buf.length; k += 0x8000) {
+        s += String.fromCharCode(...buf.subarray(k, k + 0x8000));
+    }
     return btoa(s);
 }"""
 

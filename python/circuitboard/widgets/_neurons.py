@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
-
-import zlib
 
 import numpy as np
 import traitlets
@@ -267,7 +266,9 @@ class NeuronsView(View):
         layer, prompt = msg["layer"], msg.get("prompt", 0)
         codes, lo, scale = self._block(layer, prompt)
         li = self._position(layer)
-        vmax = np.max([np.abs(np.nan_to_num(a[li], posinf=0, neginf=0)).max(0) for a in self._acts], 0)
+        vmax = np.max(
+            [np.abs(np.nan_to_num(a[li], posinf=0, neginf=0)).max(0) for a in self._acts], 0
+        )
         raw = {"dtype": "uint8", "shape": list(codes.shape), "lo": 0.0, "scale": 1.0}
         return pack(
             layer=int(layer),
@@ -366,8 +367,13 @@ class NeuronsView(View):
                 {"kind": "fetch-neuron", "prompt": p, "layer": layer, "neuron": i}
                 for i in sorted(wanted)
             )
-        return {"requests": reqs, "blocks": blocks, "missing": missing, "partial": partial,
-                "pointed": sorted(pointed)}
+        return {
+            "requests": reqs,
+            "blocks": blocks,
+            "missing": missing,
+            "partial": partial,
+            "pointed": sorted(pointed),
+        }
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
         return self._export_plan(budget_bytes)["requests"]
@@ -385,6 +391,7 @@ class NeuronsView(View):
                 f"{len(plan['pointed'])} neurons the views point to are stored exactly."
             )
         if plan["missing"]:
+
             def names(pairs: list[tuple[int, int]]) -> str:
                 by_prompt: dict[int, list[int]] = {}
                 for lay, p in sorted(pairs, key=lambda x: (x[1], x[0])):
