@@ -62,7 +62,9 @@ def test_board_observe_and_linking_live(browser, tmp_path, artifacts):
             if re.search(r"'layer': 2.*'head': 1", text):
                 break
             page.wait_for_timeout(200)
-        assert re.search(r"EV [1-9]\d* \{'layer': 2, 'head': 1, 'token': None, 'neuron': None", text)
+        assert re.search(
+            r"EV [1-9]\d* \{'layer': 2, 'head': 1, 'token': None, 'neuron': None", text
+        )
         # ... and leaves the neuron view on its neuron.
         assert (
             page.get_attribute(".cb-neurons", "data-layer"),

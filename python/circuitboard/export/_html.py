@@ -154,13 +154,20 @@ def _pointers(views: list[View]) -> list[dict[str, int]]:
     return [p for p in out if not ((k := tuple(sorted(p.items()))) in seen or seen.add(k))]
 
 
-def _points_to(req: dict[str, Any], pointers: list[dict[str, int]]) -> bool:
-    """True for a fetch of one head or one neuron that ``pointers`` names."""
+def _points_to(req: dict[str, Any], pointed: set[tuple[str, Any, Any]]) -> bool:
+    """True for a fetch of one head or one neuron that ``pointed`` (see `_pointed`) names."""
     if req.get("kind") == "fetch-head":
-        return {"layer": req.get("layer"), "head": req.get("head")} in pointers
+        return ("head", req.get("layer"), req.get("head")) in pointed
     if req.get("kind") == "fetch-neuron":
-        return {"layer": req.get("layer"), "neuron": req.get("neuron")} in pointers
+        return ("neuron", req.get("layer"), req.get("neuron")) in pointed
     return False
+
+
+def _pointed(pointers: list[dict[str, int]]) -> set[tuple[str, Any, Any]]:
+    return {
+        ("head", p["layer"], p["head"]) if "head" in p else ("neuron", p["layer"], p["neuron"])
+        for p in pointers
+    }
 
 
 class _wanted:
@@ -256,6 +263,7 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
     notes: list[str] = []
     left = budget_bytes - fixed
     pointers = _pointers(views)
+    pointed = _pointed(pointers)
     for i, w in enumerate(views):
         share = left // (len(views) - i)
         # Views size their requests in raw bytes; quantized tensors compress ~2x, and the
@@ -264,8 +272,8 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
             requests = w.export_requests(2 * share)
             # What another view of the page points to (a listed neuron, a selected head) is
             # kept whatever it costs; the rest is kept while it fits, in the view's order.
-            must = [r for r in requests if _points_to(r, pointers)]
-            requests = must + [r for r in requests if not _points_to(r, pointers)]
+            must = [r for r in requests if _points_to(r, pointed)]
+            requests = must + [r for r in requests if not _points_to(r, pointed)]
             answered: dict[str, Any] = {}
             spent = 0
             for k, req in enumerate(requests):

@@ -164,8 +164,10 @@ class LogitAttributionView(View):
         return reqs
 
     def export_pointers(self) -> list[dict[str, int]]:
-        """The neurons and heads this view lists (top neurons overall and per layer, at
-        every position it can show, and its strongest heads)."""
+        """The neurons and heads this view lists: its top neurons overall and per layer at
+        its own position, the top neurons at every other position it can show, and its
+        strongest heads. (Per-layer lists at other positions are reachable through the
+        neuron view's whole layers, which the report keeps while they fit.)"""
         out: list[dict[str, int]] = []
         for lay, n, _ in self._top(None, N_TOP):
             out.append({"layer": lay, "neuron": n})
@@ -173,8 +175,6 @@ class LogitAttributionView(View):
             out += [{"layer": lay, "neuron": n} for lay, n, _ in self._top(layer, N_TOP)]
         for summary in self._positions.values():
             out += [{"layer": lay, "neuron": n} for lay, n, _ in summary["top_neurons"]]
-            for per_layer in summary["layer_top"]:
-                out += [{"layer": lay, "neuron": n} for lay, n, _ in per_layer]
         heads = self._head_values
         for i in np.argsort(-np.abs(heads), axis=None, kind="stable")[:N_TOP]:
             out.append({"layer": int(i // self.n_heads), "head": int(i % self.n_heads)})

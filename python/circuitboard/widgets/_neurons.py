@@ -14,7 +14,6 @@ from ._validate import index_in, token_list
 from ._view import View, pack
 
 REPLY_OVERHEAD = 160  # bytes a report spends per embedded reply besides its tensor data
-BLOCK_TOP = 254  # 8-bit codes per neuron: 0..254 span the neuron's range, 255 marks NaN / ±inf
 
 
 def _layer_ranges(layers: list[int]) -> str:
@@ -35,8 +34,10 @@ def _layer_ranges(layers: list[int]) -> str:
 def quantize_columns(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[pos, d_mlp]`` activations as 8-bit codes per neuron: ``(codes [d_mlp, pos], lo, scale)``.
 
-    ``value = lo[n] + code * scale[n]``; the error is at most ``scale / 2``, i.e. 1/508 of
-    the neuron's range on this prompt. Code 255 marks NaN / ±inf.
+    ``value = lo[n] + code * scale[n]``, symmetric about zero: the step is the neuron's
+    largest ``|activation|`` on this prompt over 127, so zero is exact and the error is at most
+    1/254 of that largest value. Code 255 marks NaN / ±inf. (Zero-centred codes compress
+    better than codes spanning each neuron's range: most activations sit near zero.)
 
     >>> codes, lo, scale = quantize_columns(np.array([[0.0, 1.0], [2.0, -1.0]], np.float32))
     >>> codes.shape, np.allclose(lo[:, None] + codes * scale[:, None], [[0, 2], [1, -1]], atol=0.01)
@@ -44,15 +45,12 @@ def quantize_columns(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """
     a = np.asarray(acts, np.float32).T  # neuron-major: one neuron's positions are contiguous
     finite = np.isfinite(a)
-    lo = np.where(finite, a, np.inf).min(1)
-    hi = np.where(finite, a, -np.inf).max(1)
-    none = ~np.isfinite(lo)
-    lo[none], hi[none] = 0.0, 0.0
-    scale = np.where(hi > lo, (hi - lo) / BLOCK_TOP, 1.0).astype(np.float32)
+    peak = np.where(finite, np.abs(a), 0.0).max(1)
+    step = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
     with np.errstate(invalid="ignore"):
-        q = np.rint((a - lo[:, None]) / scale[:, None])
-    codes = np.where(finite, np.clip(np.nan_to_num(q), 0, BLOCK_TOP), 255).astype(np.uint8)
-    return codes, lo.astype(np.float32), scale
+        q = np.rint(np.nan_to_num(a) / step[:, None])
+    codes = np.where(finite, np.clip(q, -127, 127) + 127, 255).astype(np.uint8)
+    return codes, (-127 * step).astype(np.float32), step
 
 
 def _acts(x: Any, i: int) -> np.ndarray:
@@ -387,7 +385,7 @@ class NeuronsView(View):
             notes.append(
                 f"Neurons: every neuron of {len(plan['blocks'])} of {n_pairs} (layer, prompt) "
                 "pairs can be opened; their activations are stored as 8-bit codes per neuron "
-                "(error at most 1/508 of that neuron's range on the prompt); the "
+                "(error at most 1/254 of that neuron's largest |activation| on the prompt); the "
                 f"{len(plan['pointed'])} neurons the views point to are stored exactly."
             )
         if plan["missing"]:
