@@ -42,11 +42,11 @@ interface Block {
 /** Neuron `i`'s activations from a block (code 255: NaN / ±inf). */
 export function blockColumn(b: Block, i: number): Float32Array {
   const out = new Float32Array(b.n);
-  const lo = b.lo[i];
   const sc = b.scale[i];
+  const zero = Math.round(-b.lo[i] / sc); // the code of 0: zero decodes exactly
   for (let t = 0; t < b.n; t++) {
     const c = b.codes[i * b.n + t];
-    out[t] = c === 255 ? Number.NaN : lo + c * sc;
+    out[t] = c === 255 ? Number.NaN : (c - zero) * sc;
   }
   return out;
 }
@@ -57,7 +57,7 @@ export function blockTop(b: Block, t: number, k: number): { neurons: number[]; v
   const vals = new Float32Array(d);
   for (let i = 0; i < d; i++) {
     const c = b.codes[i * b.n + t];
-    vals[i] = c === 255 ? Number.NEGATIVE_INFINITY : b.lo[i] + c * b.scale[i];
+    vals[i] = c === 255 ? Number.NEGATIVE_INFINITY : (c - Math.round(-b.lo[i] / b.scale[i])) * b.scale[i];
   }
   const idx = Array.from({ length: d }, (_, i) => i).sort((x, y) => vals[y] - vals[x] || x - y).slice(0, k);
   return { neurons: idx, values: idx.map((i) => vals[i]) };
