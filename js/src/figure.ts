@@ -41,7 +41,7 @@ export interface FigureHooks {
 }
 const HOOKS = new WeakMap<HTMLElement, FigureHooks>();
 /** Canvases that draw their own figure parts (labels as text) in CSS px of the canvas box. */
-const CANVAS_PARTS = new WeakMap<HTMLCanvasElement, (scale: number) => Prim[]>();
+const CANVAS_PARTS = new WeakMap<HTMLCanvasElement, (scale: number, format: "png" | "svg") => Prim[]>();
 
 /** Register a view's figure hooks on its `.cb-root`. */
 export function figureHooks(root: HTMLElement, hooks: FigureHooks): void {
@@ -49,8 +49,21 @@ export function figureHooks(root: HTMLElement, hooks: FigureHooks): void {
 }
 
 /** Register a canvas whose figure is drawn by `draw` (see `recordCanvas`) instead of copied. */
-export function figureCanvas(canvas: HTMLCanvasElement, parts: (scale: number) => Prim[]): void {
+export function figureCanvas(canvas: HTMLCanvasElement, parts: (scale: number, format: "png" | "svg") => Prim[]): void {
   CANVAS_PARTS.set(canvas, parts);
+}
+
+/** `paint` (drawing in CSS px of a `w` × `h` box) on a canvas of `scale` × that size, as one
+ * image primitive: a PNG figure's text drawn natively at its resolution, fast and sharp. */
+export function paintedAt(w: number, h: number, scale: number, paint: (ctx: CanvasRenderingContext2D) => void): Prim[] {
+  const c = document.createElement("canvas");
+  c.width = Math.max(1, Math.round(w * scale));
+  c.height = Math.max(1, Math.round(h * scale));
+  const ctx = c.getContext("2d");
+  if (!ctx) return [];
+  ctx.scale(scale, scale);
+  paint(ctx);
+  return [{ kind: "image", x: 0, y: 0, w, h, canvas: c, pixelated: false }];
 }
 
 export type { Prim };
@@ -184,7 +197,7 @@ function gradientCanvas(css: string, w: number, h: number): HTMLCanvasElement | 
 }
 
 /** Walk `root` (a view's .cb-root) into drawing primitives in its own coordinates. */
-export function collect(root: HTMLElement, scale = 2): Figure {
+export function collect(root: HTMLElement, scale = 2, format: "png" | "svg" = "png"): Figure {
   const R = root.getBoundingClientRect();
   const prims: Prim[] = [];
   const rel = (r: DOMRect): Box => ({ x: r.left - R.left, y: r.top - R.top, w: r.width, h: r.height });
@@ -252,7 +265,7 @@ export function collect(root: HTMLElement, scale = 2): Figure {
       if (!inside || el.width === 0 || el.height === 0) return;
       const own = CANVAS_PARTS.get(el);
       if (own) {
-        for (const p of own(scale)) prims.push({ ...p, x: p.x + b.x, y: p.y + b.y });
+        for (const p of own(scale, format)) prims.push({ ...p, x: p.x + b.x, y: p.y + b.y });
       } else {
         prims.push({ kind: "image", ...b, canvas: el, pixelated: cs.imageRendering === "pixelated" });
       }
@@ -294,7 +307,7 @@ export function collect(root: HTMLElement, scale = 2): Figure {
  * (`.cb-figure-mode` in style.css), a title says what is shown, and the view redraws without
  * hover marks, zoom or scroll (its `FigureHooks`), then returns to its live state.
  */
-export function figureOf(root: HTMLElement, scale = 2): Figure {
+export function figureOf(root: HTMLElement, scale = 2, format: "png" | "svg" = "png"): Figure {
   const hooks = HOOKS.get(root);
   const title = document.createElement("div");
   title.className = "cb-figure-title";
@@ -303,7 +316,7 @@ export function figureOf(root: HTMLElement, scale = 2): Figure {
   root.prepend(title);
   try {
     hooks?.enter?.(scale);
-    return collect(root, scale);
+    return collect(root, scale, format);
   } finally {
     title.remove();
     root.classList.remove(MODE);
@@ -354,7 +367,14 @@ export function toSvg(fig: Figure): string {
 }
 
 /** The figure painted on a canvas at `scale` × CSS pixels, as PNG bytes. */
-export async function toPng(fig: Figure, scale = 2): Promise<Uint8Array> {
+/** The largest scale ≤ `scale` whose canvas browsers can still encode (≤ 32,000 px a side,
+ * ≤ 120 M pixels); a very long logit lens gets a smaller PNG instead of a failed one. */
+export function pngScale(width: number, height: number, scale: number): number {
+  return Math.min(scale, 32_000 / Math.max(width, 1), 32_000 / Math.max(height, 1), Math.sqrt(1.2e8 / Math.max(width * height, 1)));
+}
+
+export async function toPng(fig: Figure, wanted = 2): Promise<Uint8Array> {
+  const scale = pngScale(fig.width, fig.height, wanted);
   const c = document.createElement("canvas");
   c.width = Math.ceil(fig.width * scale);
   c.height = Math.ceil(fig.height * scale);
@@ -396,8 +416,10 @@ export async function toPng(fig: Figure, scale = 2): Promise<Uint8Array> {
   return new Uint8Array(await blob.arrayBuffer());
 }
 
-export async function figureBytes(root: HTMLElement, format: "png" | "svg", scale = 2): Promise<Uint8Array> {
-  const fig = figureOf(root, scale);
+export async function figureBytes(root: HTMLElement, format: "png" | "svg", wanted = 2): Promise<Uint8Array> {
+  const r = root.getBoundingClientRect();
+  const scale = format === "png" ? pngScale(r.width, r.height, wanted) : wanted;
+  const fig = figureOf(root, scale, format);
   return format === "svg" ? new TextEncoder().encode(toSvg(fig)) : toPng(fig, scale);
 }
 

@@ -9,7 +9,7 @@ import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
 import { el } from "../dom";
 import { ColorBar } from "../colorbar";
-import { figureCanvas, figureHooks, recordCanvas } from "../figure";
+import { figureCanvas, figureHooks, paintedAt, recordCanvas } from "../figure";
 
 interface LensState {
   tokens: string[];
@@ -161,7 +161,8 @@ export async function render(props: RenderProps<LensState>) {
       ctx.fillText(fitText(ctx, visible(tokens[p]), lay.col - 6), x, Hpx - lay.bottom / 2);
     }
   };
-  figureCanvas(canvas, () => recordCanvas(paint));
+  // SVG: every cell's text as text; PNG: the grid painted natively at the figure's scale.
+  figureCanvas(canvas, (scale, format) => (format === "svg" ? recordCanvas(paint) : paintedAt(W, Hpx, scale, paint)));
 
   const cellFrom = (ev: { clientX: number; clientY: number }) => {
     const rect = canvas.getBoundingClientRect();
