@@ -47,8 +47,8 @@ def quantize_columns(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     finite = np.isfinite(a)
     peak = np.where(finite, np.abs(a), 0.0).max(1)
     step = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
-    with np.errstate(invalid="ignore"):
-        q = np.rint(np.nan_to_num(a) / step[:, None])
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / ±inf get code 255 below
+        q = np.rint(np.where(finite, a, 0.0) / step[:, None])
     codes = np.where(finite, np.clip(q, -127, 127) + 127, 255).astype(np.uint8)
     return codes, (-127 * step).astype(np.float32), step
 
