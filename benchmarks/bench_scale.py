@@ -83,6 +83,11 @@ def main() -> None:
         f"batch_size={bs}, {n_blocks} blocks); default model loaded in {t_load:.1f} s; "
         f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start.\n"
     )
+    print(
+        f"  serial: {t_serial:.1f} s ({n_tokens / t_serial:.0f} tokens/s), "
+        f"{n_blocks} shards {t_serial_many:.1f} s",
+        flush=True,
+    )
     notes = []
     shard_cost = {}
     warm = {}

@@ -33,9 +33,29 @@ function memo(name: string, make: () => Lut): Lut {
   return lut;
 }
 
-/** Sequential map for probabilities: white → blue (light), dark → yellow (dark). */
+/** Sequential map for probabilities: the same blues in both themes, so a head reads the same
+ * in a light and a dark figure. Light: white → dark blue; dark: the page background → light
+ * blue (low weights recede into the page, high ones stand out as the darkest do on white). */
 export function sequential(dark: boolean): Lut {
-  return dark ? memo("viridis", () => build(interpolateViridis)) : memo("blues", () => build(interpolateBlues, 0.02, 1));
+  return dark ? memo("blues-dark", darkBlues) : memo("blues", () => build(interpolateBlues, 0.02, 1));
+}
+
+function darkBlues(): Lut {
+  const bg: [number, number, number] = [13, 17, 23]; // --cb-bg of the dark theme
+  const lut = new Uint8ClampedArray(256 * 4);
+  for (let i = 0; i < 256; i++) {
+    const t = i / 255;
+    // Blues from its saturated end towards its light end, faded in from the background.
+    const [r, g, b] = parse(interpolateBlues(1 - 0.8 * t));
+    const w = Math.min(1, t * 1.6);
+    lut.set([bg[0] + w * (r - bg[0]), bg[1] + w * (g - bg[1]), bg[2] + w * (b - bg[2]), 255], 4 * i);
+  }
+  return lut;
+}
+
+/** Viridis, for views that want a perceptually uniform map (not the default). */
+export function viridis(): Lut {
+  return memo("viridis", () => build(interpolateViridis));
 }
 
 /** Diverging map centred at 0: red negative, blue positive. */

@@ -4,6 +4,10 @@ import type { Reply } from "./types";
 
 export const FETCH_TIMEOUT_MS = 15_000;
 
+/** What a view says when its kernel is gone: what happened, what still works, what to do. */
+export const KERNEL_GONE =
+  "[circuitboard] the Python kernel is gone (shut down, restarted or disconnected), so nothing new can be loaded. What this view already shows still works (hover, zoom, heads and neurons already loaded, linked views on this page). Re-run the cell to reconnect.";
+
 /** The wait before a request counts as unanswered; `html[data-cb-fetch-timeout-ms]` overrides. */
 export function fetchTimeoutMs(): number {
   const v = Number(document.documentElement.dataset.cbFetchTimeoutMs);
@@ -61,10 +65,17 @@ export class Fetcher {
     return new Promise((resolve, reject) => {
       const timer = window.setTimeout(() => {
         this.pending.delete(id);
-        reject(new Error("[circuitboard] no answer from the Python kernel: it may have stopped or restarted. Re-run the cell."));
+        reject(new Error(`${KERNEL_GONE} (no answer from the Python kernel in ${Math.round(fetchTimeoutMs() / 1000)} s)`));
       }, fetchTimeoutMs());
       this.pending.set(id, { resolve, reject, timer });
-      this.model.send({ ...msg, id });
+      try {
+        this.model.send({ ...msg, id });
+      } catch (err) {
+        // Jupyter throws at once ("Cannot send", "Kernel is dead") when the kernel is gone.
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(new Error(`${KERNEL_GONE} (${String((err as Error)?.message ?? err)})`));
+      }
     });
   }
 

@@ -1,5 +1,6 @@
 // Draws matrices on canvas: one pixel per cell (paintMatrix/paintCodes) or a zoomable window.
 import { type Lut, NAN_RGB } from "./colormaps";
+import { figureCanvas, type Prim, recordCanvas } from "./figure";
 
 /** Paint `values` (row-major, rows × cols) through `lut`; `toUnit` maps a value to [0, 1]. */
 export function paintMatrix(
@@ -174,10 +175,14 @@ export interface ZoomHeatmapOptions {
   onHover?(cell: { row: number; col: number } | null, ev: PointerEvent): void;
   onClick?(cell: { row: number; col: number }, ev: MouseEvent): void;
   onZoom?(t: Transform): void;
+  /** Axis titles drawn in the corner, e.g. {row: "query", col: "key"}. */
+  axes?: { row: string; col: string };
 }
 
 /** The max code of cells [r0, r1) × [c0, c1) of a matrix not held whole (overview + tiles). */
 export type CellSampler = (r0: number, r1: number, c0: number, c1: number) => number;
+/** The deepest zoom: 8× the fit, and at least 48 CSS px per cell. */
+export const MAX_ZOOM = 8;
 
 export interface MatrixData {
   rows: number;
@@ -215,6 +220,7 @@ export class ZoomHeatmap {
     this.canvas.style.width = `${this.ml + this.size}px`;
     this.canvas.style.height = `${this.mt + this.size}px`;
     parent.appendChild(this.canvas);
+    figureCanvas(this.canvas, (scale) => this.figureParts(scale));
     const c = this.canvas;
     let drag: { x: number; y: number; t: Transform; moved: boolean } | null = null;
     c.addEventListener("pointerdown", (ev) => {
@@ -300,8 +306,44 @@ export class ZoomHeatmap {
 
   zoom(factor: number, px = this.size / 2, py = this.size / 2): void {
     if (!this.data) return;
-    const fitK = fitTransform(this.data.rows, this.data.cols, this.size, this.size).k;
-    this.setTransform(zoomAbout(this.t, factor, px, py, fitK, Math.max(fitK, 48)));
+    this.setTransform(zoomAbout(this.t, factor, px, py, this.fitK(), this.maxK()));
+  }
+
+  private fitK(): number {
+    return this.data ? fitTransform(this.data.rows, this.data.cols, this.size, this.size).k : 1;
+  }
+
+  private maxK(): number {
+    return Math.max(this.fitK() * MAX_ZOOM, 48);
+  }
+
+  /** True when zooming in further has no effect. */
+  get atMaxZoom(): boolean {
+    return this.t.k >= this.maxK() * 0.999;
+  }
+
+  /** The heatmap as figure primitives: cells as an image (one pixel per cell × `scale` of the
+   * current window), labels and marks as text and rectangles. */
+  figureParts(scale: number): Prim[] {
+    const d = this.data;
+    if (!d) return [];
+    const t = this.t;
+    const P = Math.max(1, Math.round(this.size * scale));
+    const cells = document.createElement("canvas");
+    cells.width = P;
+    cells.height = P;
+    const cctx = cells.getContext("2d");
+    if (cctx) {
+      const img = cctx.createImageData(P, P);
+      const lut32 = new Uint32Array(d.lut.buffer, d.lut.byteOffset, 256);
+      renderWindow(new Uint32Array(img.data.buffer), P, P, d.codes, d.rows, d.cols, { k: t.k * scale, x0: t.x0 * scale, y0: t.y0 * scale }, lut32, cssToUint32(this.colors.bg), d.lowerOnly ?? false);
+      cctx.putImageData(img, 0, 0);
+    }
+    return recordCanvas((ctx) => {
+      ctx.drawImage(cells, this.ml, this.mt, this.size, this.size);
+      this.drawLabels(ctx, d);
+      this.drawMarks(ctx, d);
+    });
   }
 
   /** Centre cell (row, col) at the current zoom. */
@@ -419,6 +461,16 @@ export class ZoomHeatmap {
     ctx.strokeStyle = this.colors.muted;
     ctx.lineWidth = 1;
     ctx.strokeRect(this.ml - 0.5, this.mt - 0.5, this.size + 1, this.size + 1);
+    const axes = this.opts.axes;
+    if (axes) {
+      // Axis titles in the empty corner: the key axis runs along the top, queries down the left.
+      ctx.font = "italic 11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+      ctx.fillStyle = this.colors.muted;
+      ctx.textBaseline = "middle";
+      ctx.textAlign = "right";
+      ctx.fillText(`${axes.col} →`, this.ml - 6, this.mt - 24);
+      ctx.fillText(`${axes.row} ↓`, this.ml - 6, this.mt - 10);
+    }
   }
 
   private drawMarks(ctx: CanvasRenderingContext2D, d: MatrixData): void {

@@ -72,6 +72,7 @@ class HostModel extends Emitter {
     // Only fetch requests are answered; figure replies and link fallbacks are for a kernel.
     if (typeof content.kind !== "string" || !content.kind.startsWith("fetch") || typeof content.id !== "number") return;
     if (document.documentElement.dataset.cbKernel === "gone") return; // test hook: a kernel that never answers
+    if (document.documentElement.dataset.cbKernel === "dead") throw new Error("Cannot send"); // test hook: as Jupyter's comm
     const id = content.id as number;
     const key = requestKeyOf(content);
     const hit = this.replies?.[key];

@@ -133,11 +133,34 @@ export function hover(link: LinkModel, values: Partial<Selection>): void {
   requestAnimationFrame(() => flushHover(link));
 }
 
+/**
+ * A layer belongs to what was chosen in it: choosing a head clears the neuron, choosing a
+ * neuron clears the head, a layer alone clears both. So a neuron click never moves the
+ * attention view to a head nobody chose, nor a head click the neuron view to another layer's
+ * neuron. Python's `Link.select` applies the same rule.
+ */
+export function completeSelection(values: Partial<Selection>): Partial<Selection> {
+  const out: Partial<Selection> = { ...values };
+  const has = (k: keyof Selection) => Object.prototype.hasOwnProperty.call(values, k);
+  if (values.head !== null && values.head !== undefined && !has("neuron")) out.neuron = null;
+  if (values.neuron !== null && values.neuron !== undefined && !has("head")) out.head = null;
+  if (has("layer") && !has("head") && !has("neuron")) {
+    out.head = null;
+    out.neuron = null;
+  }
+  return out;
+}
+
 /** A click: update every view and the Python traits (at once; pending hovers apply first). */
 export function select(link: LinkModel, values: Partial<Selection>): void {
   flushHover(link);
-  apply(link, values);
-  link.save_changes();
+  apply(link, completeSelection(values));
+  try {
+    link.save_changes();
+  } catch (err) {
+    // A kernel that is gone: the views in this page still follow each other.
+    console.warn("[circuitboard] the selection could not reach Python (the kernel is gone?)", err);
+  }
 }
 
 export function onSelection(link: LinkModel, keys: (keyof Selection)[], cb: () => void): () => void {

@@ -26,6 +26,17 @@ def _with_provenance(view: Any, cap: Any) -> Any:
     return view
 
 
+def _one_capture(cap: Any, what: str, example: str) -> None:
+    """Refuse a list of captures where a view shows one prompt, saying exactly what to pass."""
+    if isinstance(cap, (list, tuple)):
+        raise TypeError(
+            f"{what} shows one prompt; got a {type(cap).__name__} of {len(cap)} captures. Pass "
+            f"one capture, e.g. {example.format('caps[0]')}, or one view per prompt in a board: "
+            f"cb.board(*({example.format('c')} for c in caps)). cb.neurons(caps) pages through "
+            "several prompts."
+        )
+
+
 def attention(
     cap: Capture,
     *,
@@ -51,6 +62,7 @@ def attention(
     >>> cap = cb.capture(model, tokenizer, "When Mary and John went to the store")  # doctest: +SKIP
     >>> cb.attention(cap, target=" Mary", baseline=" John")  # doctest: +SKIP
     """
+    _one_capture(cap, "cb.attention", "cb.attention({})")
     layers = cap.layers("attn.hook_pattern")
     if not layers:
         raise ValueError(
@@ -117,6 +129,7 @@ def logit_attribution(
     """
     from .analysis._attribution import attribute_positions, prepare
 
+    _one_capture(cap, "cb.logit_attribution", f"cb.logit_attribution({{}}, {target!r})")
     t, b, p = prepare(cap, target, baseline, pos)
     if not follow_token:
         attr = attribute_positions(cap, t, b, [p])[0]
@@ -149,6 +162,7 @@ def logit_lens_view(
     """
     from .analysis import logit_lens
 
+    _one_capture(cap, "cb.logit_lens_view", "cb.logit_lens_view({})")
     return _with_provenance(LogitLensView(logit_lens(cap, target=target, k=k), **kwargs), cap)
 
 

@@ -18,7 +18,7 @@ def save_npz(path: str | os.PathLike[str] | Any, arrays: dict[str, Any]) -> None
 
     >>> import io; a, b = io.BytesIO(), io.BytesIO()
     >>> save_npz(a, {"x": np.arange(3)}); save_npz(b, {"x": np.arange(3)})
-    >>> a.getvalue() == b.getvalue(), np.load(a)["x"].tolist()
+    >>> a.getvalue() == b.getvalue(), np.load(io.BytesIO(a.getvalue()))["x"].tolist()
     (True, [0, 1, 2])
     """
     target = path if hasattr(path, "write") else Path(path)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
+# The IOI contrast the README shows: the indirect object against the subject.
+DEFAULT_CONTRAST = (" Mary", " John")
 
 
 def _load(name: str | None) -> tuple[Any, Any]:
@@ -51,6 +53,37 @@ def _token_text(tok: Any, tid: int) -> str:
         return f"#{tid}"
 
 
+def _tokens_used(cap: Any, target: Any, baseline: Any, log: Any) -> str:
+    """The tokens attributed, as ids and text (and a warning on a missing leading space)."""
+    import warnings
+
+    from .analysis._attribution import prepare
+    from .analysis._common import token_text
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t, b, _ = prepare(cap, target, baseline)
+    for w in caught:
+        if log:
+            print(f"warning: {w.message}", file=log)
+    used = f"`{token_text(cap, t)!r}` (token {t})"
+    if b is not None:
+        used += f" against `{token_text(cap, b)!r}` (token {b})"
+    if log:
+        print(f"attributing {used.replace('`', '')}", file=log)
+    return used + "".join(f"\n\n> warning: {w.message}" for w in caught)
+
+
+def capture_for_report(model: Any, tok: Any, prompt: str) -> Any:
+    """The capture a report is built from: float32, so that the attribution's parts add up
+    to the model's logit to the digits its header shows (float16 rounds every term)."""
+    import torch
+
+    import circuitboard as cb
+
+    return cb.capture(model, tok, prompt, dtype=torch.float32)
+
+
 def build_board(
     cap: Any, tok: Any, *, target: Any = None, baseline: Any = None, log: Any = None
 ) -> tuple[list[Any], dict[str, float]]:
@@ -65,6 +98,11 @@ def build_board(
     timings: dict[str, float] = {}
     views: list[Any] = []
     skipped: list[str] = []
+    if target is None and cap.prompt == DEFAULT_PROMPT:
+        target, baseline = (
+            DEFAULT_CONTRAST[0],
+            DEFAULT_CONTRAST[1] if baseline is None else baseline,
+        )
     if target is None:
         t_id, b_id = top_two(cap)
         target = t_id
@@ -74,7 +112,7 @@ def build_board(
             f"`{_token_text(tok, b_id)!r}`"
         )
     else:
-        what = f"`{target!r}`" + (f" against `{baseline!r}`" if baseline is not None else "")
+        what = _tokens_used(cap, target, baseline, log)
 
     def add(name: str, make: Any) -> None:
         t0 = time.perf_counter()
@@ -86,7 +124,14 @@ def build_board(
                 print(f"skipped {name}: {err}", file=log)
         timings[name] = time.perf_counter() - t0
 
-    add("attribution", lambda: cb.logit_attribution(cap, target=target, baseline=baseline))
+    def attribution() -> Any:
+        import warnings
+
+        with warnings.catch_warnings():  # already printed with the tokens used
+            warnings.simplefilter("ignore", UserWarning)
+            return cb.logit_attribution(cap, target=target, baseline=baseline)
+
+    add("attribution", attribution)
     add("attention", lambda: cb.attention(cap))
     add("logit lens", lambda: cb.logit_lens_view(cap))
     add("neurons", lambda: cb.neurons(cap))
@@ -123,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument(
         "--target",
         default=None,
-        help="answer token to attribute, e.g. ' Mary' (default: the top prediction)",
+        help="answer token to attribute, e.g. ' Mary' (mind the leading space; default: ' Mary' "
+        "for the default prompt, else the top prediction)",
     )
     rep.add_argument(
         "--baseline",
         default=None,
-        help="token to compare against, e.g. ' John' (default: the runner-up)",
+        help="token to compare against, e.g. ' John' (default: ' John' for the default prompt, "
+        "else the runner-up)",
     )
     rep.add_argument(
         "--budget-mb",
@@ -150,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, tok = _load(args.model)
     t_load = time.perf_counter() - t0
-    cap = cb.capture(model, tok, args.prompt)
+    cap = capture_for_report(model, tok, args.prompt)
     t_cap = time.perf_counter() - t0 - t_load
     items, timings = build_board(
         cap, tok, target=args.target, baseline=args.baseline, log=sys.stderr

@@ -171,10 +171,17 @@ def test_cli_board_on_default_model(page, default_model, ioi_capture, tmp_path, 
     heads = np.asarray(cb.direct_logit_attribution(ioi_capture, " Mary", baseline=" John").heads)
     n_layers, n_heads = heads.shape
     layer, head = np.unravel_index(np.abs(heads).argmax(), heads.shape)  # the top head
+    before = (
+        page.get_attribute(".cb-neurons", "data-layer"),
+        page.get_attribute(".cb-neurons", "data-neuron"),
+    )
     check_linking(page, n_layers, n_heads, int(layer), int(head), token=10)
-    # The neurons view followed the head's layer; the report keeps only each token's top neurons
-    # there, so it shows the layer's strongest neuron rather than an error.
-    page.wait_for_selector(f'.cb-neurons[data-layer="{int(layer)}"]:not(.cb-failed)')
+    # A head click does not move the neurons view to another layer's neuron (issue 14).
+    after = (
+        page.get_attribute(".cb-neurons", "data-layer"),
+        page.get_attribute(".cb-neurons", "data-neuron"),
+    )
+    assert after == before
     assert "not included" not in page.inner_text(".cb-neurons")
     page.screenshot(path=str(artifacts / "linked-report-ioi.png"), full_page=True)
     assert page.cb_errors == []

@@ -188,14 +188,41 @@ def test_neurons_view_default_neuron_and_export_budget():
     assert (view.link.layer, view.link.neuron) == (1, 11)  # middle layer, strongest neuron
     reqs = view.export_requests(10**9)
     kinds = {r["kind"] for r in reqs}
-    assert kinds == {"fetch-neuron", "fetch-top-neurons"}
+    # Everything fits: every layer whole (8-bit codes), the selected neuron exactly.
+    assert kinds == {"fetch-neuron", "fetch-neuron-layer", "fetch-strongest"}
     assert {"kind": "fetch-neuron", "prompt": 0, "layer": 1, "neuron": 11} in reqs
-    assert len({r["layer"] for r in reqs}) == 3
-    small = view.export_requests(1)  # the selected layer always; others dropped
-    assert {r["layer"] for r in small} == {1}
-    assert "Only 1 of 3" in view.export_notes(1)[0]
+    assert {r["layer"] for r in reqs if r["kind"] == "fetch-neuron-layer"} == {0, 1, 2}
+    assert view.export_notes(10**9)[0].startswith("Neurons: every neuron of 3 of 3")
+    # Nothing fits: the selected neuron and the layers' strongest neurons are still kept,
+    # and the notes name the layers left out.
+    small = view.export_requests(1)
+    assert {r["kind"] for r in small} == {"fetch-neuron", "fetch-strongest"}
+    assert "L0–L2 did not fit the size budget" in " ".join(view.export_notes(1))
     for r in reqs[:5]:
         view.answer(r)
+
+
+def test_neuron_layer_block_is_within_its_stated_error():
+    acts, toks = acts_and_tokens(n_prompts=2)
+    acts[1][2, 1, 5] = np.nan
+    view = NeuronsView(acts, toks, layers=[4, 5, 6])
+    fields, buffers = view.answer({"kind": "fetch-neuron-layer", "prompt": 1, "layer": 6})
+    d, n = fields["codes"]["shape"]
+    codes = np.frombuffer(buffers[fields["codes"]["data"]], np.uint8).reshape(d, n)
+    lo = np.frombuffer(buffers[fields["lo"]["data"]], "<f4")
+    scale = np.frombuffer(buffers[fields["scale"]["data"]], "<f4")
+    got = np.where(codes == 255, np.nan, lo[:, None] + codes * scale[:, None]).T
+    want = acts[1][2]
+    assert np.isnan(got[1, 5])
+    finite = np.isfinite(want)
+    peak = np.nanmax(np.abs(want), 0)  # per neuron
+    err = np.where(finite, np.abs(got - want), 0).max(0)
+    assert (err <= peak / 254 * 1.001 + 1e-7).all()
+    assert (got[want == 0] == 0).all()  # zero stays exactly zero
+    vmax = np.frombuffer(buffers[fields["vmax"]["data"]], "<f4")
+    assert vmax[0] == pytest.approx(view.vmax(6, 0))
+    fields, _ = view.answer({"kind": "fetch-strongest", "prompt": 0, "layer": 5})
+    assert fields["neuron"] == view.default_neuron(5, 0)
 
 
 def test_neurons_view_bad_inputs():

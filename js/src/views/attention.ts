@@ -14,6 +14,8 @@ import type { Encoded } from "../types";
 import { el } from "../dom";
 import { TiledHead, tilesFor } from "./attention_tiles";
 import { ExplainPanel } from "./explain_panel";
+import { ColorBar } from "../colorbar";
+import { figureHooks } from "../figure";
 
 interface AttentionState {
   tokens: string[];
@@ -58,6 +60,12 @@ const SCORE_LABELS: Record<string, string> = {
   first_token: "first token",
   entropy: "entropy (low = sharp)",
 };
+/** Scores in one order in every view: the named ones first, then any others by name. */
+export function scoreOrder(names: string[]): string[] {
+  const known = Object.keys(SCORE_LABELS);
+  const rank = (k: string) => (known.includes(k) ? known.indexOf(k) : known.length);
+  return [...names].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+}
 const ROW_RGB = { light: [9, 105, 218], dark: [68, 147, 248] }; // where the token looks
 const COL_RGB = { light: [188, 76, 0], dark: [255, 166, 87] }; // who looks at the token
 
@@ -137,7 +145,7 @@ export async function render(props: RenderProps<AttentionState>) {
   scoreSel.setAttribute("aria-label", "head score");
   scoreSel.title = "Highlight (bar under each thumbnail) and sort heads by a score";
   scoreSel.add(new Option("scores: off", ""));
-  for (const k of Object.keys(scores)) scoreSel.add(new Option(SCORE_LABELS[k] ?? k.replace(/_/g, " "), k));
+  for (const k of scoreOrder(Object.keys(scores))) scoreSel.add(new Option(SCORE_LABELS[k] ?? k.replace(/_/g, " "), k));
   const sortLabel = el("label", "cb-check", header);
   const sortBox = el("input", "", sortLabel);
   sortBox.type = "checkbox";
@@ -319,6 +327,7 @@ export async function render(props: RenderProps<AttentionState>) {
   tip.hidden = true;
   const heat = new ZoomHeatmap(figure, {
     size: 360,
+    axes: { row: "query", col: "key" },
     onHover: (cell) => {
       if (!cell) {
         tip.hidden = true;
@@ -353,6 +362,8 @@ export async function render(props: RenderProps<AttentionState>) {
     },
   }, signal);
   heat.canvas.setAttribute("aria-label", "attention pattern");
+  const colorBar = new ColorBar(figure, "attention weight");
+  let figureMode = false; // drawing a figure: no hover marks, the whole head
   const blockRange = (b: number): [number, number] => [Math.floor((b * n) / tSide), Math.floor(((b + 1) * n) / tSide) - 1];
 
   const matrixOf = (h: Head): MatrixData => ({
@@ -374,7 +385,11 @@ export async function render(props: RenderProps<AttentionState>) {
 
   let shownKey = "";
   const drawHeat = (keepView: boolean) => {
-    heat.setData(matrixOf(current), keepView);
+    const data = matrixOf(current);
+    heat.setData(data, keepView);
+    const top = current.nonfinite === 255 ? 254 : 255;
+    const short = (v: number) => (Number.isFinite(v) ? String(Number(v.toFixed(3))) : fmtP(v));
+    colorBar.set(data.lut, short(current.lo), short(current.lo + top * current.scale), `attention weight${scaleSel.value === "sqrt" ? " (√ colour scale)" : ""}${current.reduced ? ", block mean" : ""}`);
     const key = `${current.layer}:${current.head}`;
     for (const [k, cell] of thumbs) cell.classList.toggle("cb-thumb-selected", k === key);
     const cell = thumbs.get(key);
@@ -396,7 +411,9 @@ export async function render(props: RenderProps<AttentionState>) {
   const updateStatus = () => {
     const z = heat.canvas.dataset.zoom ?? "1.00";
     const parts = [`L${current.layer} H${current.head}`, `${n} tokens`];
-    if (Number(z) > 1.001) parts.push(`zoom ${Number(z).toFixed(1)}×`);
+    if (Number(z) > 1.001) parts.push(`zoom ${Number(z).toFixed(1)}×${heat.atMaxZoom ? " (max)" : ""}`);
+    zoomIn.disabled = heat.atMaxZoom;
+    zoomIn.title = heat.atMaxZoom ? "maximum zoom reached" : "zoom in (+)";
     root.dataset.scale = scaleSel.value;
     if (current.reduced) parts.push(`not in this report at full resolution: ${tSide}×${tSide} thumbnail`);
     const t = current.tiled;
@@ -429,7 +446,7 @@ export async function render(props: RenderProps<AttentionState>) {
   side.appendChild(strip.el);
 
   const activeToken = (): number | null => {
-    const t = link.get("token") ?? link.get("hover_token");
+    const t = figureMode ? link.get("token") : (link.get("token") ?? link.get("hover_token"));
     return t === null || t === undefined || t < 0 || t >= n ? null : t;
   };
 
@@ -442,6 +459,7 @@ export async function render(props: RenderProps<AttentionState>) {
     root.dataset.locked = String(locked !== null && locked !== undefined);
     heat.setMarks(i === null || current.reduced ? null : i, i === null || current.reduced ? null : i);
     legend.replaceChildren();
+    caption.classList.toggle("cb-help", i === null || current.reduced);
     if (i === null || current.reduced) {
       strip.paintWith(null);
       caption.textContent = current.reduced
@@ -463,7 +481,7 @@ export async function render(props: RenderProps<AttentionState>) {
       const a = Math.min(1, Math.sqrt(p));
       return { bg: rgba(useRow ? rowRgb : colRgb, a), fg: a > 0.55 ? "#fff" : "" };
     });
-    caption.textContent = `Token #${i} ${JSON.stringify(tokens[i])} in L${current.layer} H${current.head}${locked === i ? " · locked (click again or Escape to unlock)" : ""}: where it attends`;
+    caption.textContent = `Token #${i} ${JSON.stringify(tokens[i])} in L${current.layer} H${current.head}${locked === i && !figureMode ? " · locked (click again or Escape to unlock)" : ""}: where it attends`;
     const key = (rgb: number[], text: string) => {
       const k = el("span", "cb-legend-key", legend);
       el("span", "cb-legend-swatch", k).style.background = rgba(rgb, 0.85);
@@ -477,11 +495,18 @@ export async function render(props: RenderProps<AttentionState>) {
   let clickT0: number | null = null;
   let wanted = "";
   const show = async () => {
-    const layer = link.get("layer") ?? layers[0];
-    const head = link.get("head") ?? 0;
-    if (!layers.includes(layer) || head < 0 || head >= nHeads) return;
-    layerSel.value = String(layer);
-    headSel.value = String(head);
+    // Follows head selections only: a layer chosen without a head (a neuron or an MLP layer
+    // clicked elsewhere) leaves the head shown as it is.
+    const layer = link.get("layer");
+    const head = link.get("head");
+    const showCurrent = () => {
+      layerSel.value = String(current.layer);
+      headSel.value = String(current.head);
+    };
+    if (layer === null || layer === undefined || head === null || head === undefined || !layers.includes(layer) || head < 0 || head >= nHeads) {
+      showCurrent();
+      return;
+    }
     const key = `${layer}:${head}`;
     wanted = key;
     const t0 = clickT0;
@@ -506,7 +531,9 @@ export async function render(props: RenderProps<AttentionState>) {
             markReduced(key);
             h = thumbHead(layer, head);
           } else {
-            status.textContent = msg;
+            // The drawing still shows `current`: so do the selectors, and the status says why.
+            showCurrent();
+            status.textContent = `L${layer} H${head} could not be loaded: ${msg} Still showing L${current.layer} H${current.head}.`;
             root.classList.add("cb-error");
             return;
           }
@@ -516,6 +543,7 @@ export async function render(props: RenderProps<AttentionState>) {
     if (wanted !== key) return; // a newer selection won the race
     root.classList.remove("cb-error");
     current = h;
+    showCurrent();
     drawHeat(true);
     drawTokens();
     if (t0 !== null) root.dataset.lastMs = (performance.now() - t0).toFixed(1);
@@ -643,8 +671,8 @@ export async function render(props: RenderProps<AttentionState>) {
     request(layer, head); // before the selection's own message, so the kernel answers it first
     select(link, { layer, head });
   }, { signal });
-  layerSel.addEventListener("change", () => select(link, { layer: Number(layerSel.value) }), { signal });
-  headSel.addEventListener("change", () => select(link, { head: Number(headSel.value) }), { signal });
+  layerSel.addEventListener("change", () => select(link, { layer: Number(layerSel.value), head: current.head }), { signal });
+  headSel.addEventListener("change", () => select(link, { layer: current.layer, head: Number(headSel.value) }), { signal });
   scoreSel.addEventListener("change", applyScores, { signal });
   sortBox.addEventListener("change", applyScores, { signal });
   modeSel.addEventListener("change", drawTokens, { signal });
@@ -697,6 +725,21 @@ export async function render(props: RenderProps<AttentionState>) {
     drawTokens();
   };
   const offTheme = followTheme(model as AnyModel, root, redraw);
+  let liveView = heat.transform;
+  figureHooks(root, {
+    title: () => `Attention · layer ${current.layer}, head ${current.head}${current.reduced ? " (thumbnail)" : ""}`,
+    enter: () => {
+      figureMode = true;
+      liveView = heat.transform;
+      heat.fit();
+      drawTokens();
+    },
+    exit: () => {
+      figureMode = false;
+      heat.setTransform(liveView);
+      drawTokens();
+    },
+  });
 
   themeColors();
   paintThumbs();

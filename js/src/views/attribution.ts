@@ -9,6 +9,7 @@ import { onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
 import { el } from "../dom";
+import { figureHooks } from "../figure";
 
 interface AttributionState {
   description: string;
@@ -180,6 +181,7 @@ export async function render(props: RenderProps<AttributionState>) {
   }
   // Colour bar.
   const legend = el("div", "cb-dla-legend", figure);
+  el("span", "", legend).textContent = "direct effect on the logit (difference)";
   const legendLo = el("span", "", legend);
   const ramp = el("canvas", "cb-dla-ramp", legend);
   const legendHi = el("span", "", legend);
@@ -187,8 +189,9 @@ export async function render(props: RenderProps<AttributionState>) {
   tip.hidden = true;
 
   const side = el("div", "cb-side cb-dla-side", body);
-  const readout = el("div", "cb-dla-readout", side);
-  readout.textContent = "Hover a head or a bar; click a head to open it in linked views.";
+  const readout = el("div", "cb-dla-readout cb-help", side);
+  const READOUT = "Hover a head or a bar; click a head to open it in linked views.";
+  readout.textContent = READOUT;
   el("div", "cb-dla-h", side).textContent = "Other terms";
   const termsBox = el("div", "cb-dla-list", side);
   const neuronHead = el("div", "cb-dla-h", side);
@@ -219,7 +222,10 @@ export async function render(props: RenderProps<AttributionState>) {
   const drawText = () => {
     desc.textContent = cur.description;
     const follow = positions.size > 0 && cur.pos !== initialPos ? " · following the selected token" : "";
-    sums.textContent = `model ${fmt(cur.model_value)} · sum of parts ${fmt(cur.total)}${follow}`;
+    const differ = fmt(cur.model_value) !== fmt(cur.total);
+    // Exact as claimed: when the shown digits differ, say why (a half-precision capture).
+    sums.textContent = `model ${fmt(cur.model_value)} · sum of parts ${fmt(cur.total)}${differ ? ` (differ by ${Math.abs(cur.model_value - cur.total).toExponential(1)}: capture in float32 for exact sums)` : ""}${follow}`;
+    sums.classList.toggle("cb-error", differ);
     legendLo.textContent = fmt(-cur.headMax);
     legendHi.textContent = fmt(cur.headMax);
     termsBox.replaceChildren();
@@ -337,6 +343,7 @@ export async function render(props: RenderProps<AttributionState>) {
   const hide = () => {
     tip.hidden = true;
     delete root.dataset.hover;
+    readout.textContent = READOUT; // no stale value once the pointer has left
   };
 
   heat.addEventListener("pointermove", (ev) => {
@@ -406,6 +413,9 @@ export async function render(props: RenderProps<AttributionState>) {
     await showNeurons();
   };
   const offToken = positions.size > 0 ? onSelection(link, ["token"], () => void followToken()) : () => undefined;
+  figureHooks(root, {
+    title: () => `Logit attribution · ${cur.description} · model ${fmt(cur.model_value)}, sum of parts ${fmt(cur.total)}`,
+  });
   const offTheme = followTheme(model as AnyModel, root, () => {
     drawHeat();
     drawBars();

@@ -37,6 +37,15 @@ interface CompareState {
 }
 
 const MEASURE_NAMES: Record<Measure, string> = { d: "Cohen's d", t: "Welch's t", diff: "Δ mean" };
+/** Below this many samples in either group an effect size is marked as unreliable. */
+export const SMALL_N = 20;
+
+/** The caution shown with effects from groups of `na` and `nb` samples, or "" when ample. */
+export function smallSampleNote(na: number, nb: number): string {
+  const n = Math.min(na, nb);
+  if (n >= SMALL_N) return "";
+  return `⚠ tiny sample (n = ${na} vs ${nb}): with fewer than ${SMALL_N} per group, d and t swing widely from sample to sample; collect more prompts before trusting a ranking`;
+}
 const NEURON_COLS = 9; // layer, neuron, d, t, diff, mean_a, std_a, mean_b, std_b
 
 /** Effect of a − b from means, standard deviations (ddof 1) and counts; NaN when n < 2. */
@@ -210,6 +219,14 @@ export async function render(props: RenderProps<CompareState>) {
     caption.textContent = `${MEASURE_NAMES[m]} of ${headStats[s][1]}: ${name(a)} − ${name(b)} · n = ${counts[a]} vs ${counts[b]}${
       np[a] && np[a] !== counts[a] ? ` samples (${np[a]} vs ${np[b]} prompts)` : ""
     } · position ${model.get("pos")}`;
+    const caution = smallSampleNote(counts[a], counts[b]);
+    if (caution) {
+      const warn = el("span", "cb-error cb-cmp-small", caption);
+      warn.textContent = ` · ${caution}`;
+      root.dataset.smallSample = "true";
+    } else {
+      delete root.dataset.smallSample;
+    }
     legLo.textContent = num(-vmax);
     legHi.textContent = num(vmax);
     legText.textContent = `blue: higher in ${name(a)}`;
@@ -306,13 +323,13 @@ export async function render(props: RenderProps<CompareState>) {
     const i = r * H + h;
     const ms = (c: number) => `${plain(headMoment(s, c, 0, i))} ± ${plain(headMoment(s, c, 1, i))} (n=${counts[c]})`;
     const e = (m: Measure) => num(effectOf(headMoment(s, a, 0, i), headMoment(s, a, 1, i), counts[a], headMoment(s, b, 0, i), headMoment(s, b, 1, i), counts[b], m));
-    return `L${layers[r]}H${h} · ${headStats[s][1]}\nd ${e("d")} · t ${e("t")} · Δ ${e("diff")}\n${cats[a]}: ${ms(a)}\n${cats[b]}: ${ms(b)}`;
+    return `L${layers[r]}H${h} · ${headStats[s][1]}\nd ${e("d")} · t ${e("t")} · Δ ${e("diff")}${smallSampleNote(counts[a], counts[b]) ? ` (tiny sample: n = ${counts[a]} vs ${counts[b]})` : ""}\n${cats[a]}: ${ms(a)}\n${cats[b]}: ${ms(b)}`;
   };
   const barText = (k: number, r: number) => {
     const { a, b } = state();
     const ms = (c: number) => `${plain(layerMoment(k, c, 0, r))} ± ${plain(layerMoment(k, c, 1, r))} (n=${counts[c]})`;
     const e = (m: Measure) => num(effectOf(layerMoment(k, a, 0, r), layerMoment(k, a, 1, r), counts[a], layerMoment(k, b, 0, r), layerMoment(k, b, 1, r), counts[b], m));
-    return `L${layers[r]} ${layerStats[k][1]}\nd ${e("d")} · t ${e("t")} · Δ ${e("diff")}\n${cats[a]}: ${ms(a)}\n${cats[b]}: ${ms(b)}`;
+    return `L${layers[r]} ${layerStats[k][1]}\nd ${e("d")} · t ${e("t")} · Δ ${e("diff")}${smallSampleNote(counts[a], counts[b]) ? ` (tiny sample: n = ${counts[a]} vs ${counts[b]})` : ""}\n${cats[a]}: ${ms(a)}\n${cats[b]}: ${ms(b)}`;
   };
 
   const showHeads = () => {
@@ -365,7 +382,7 @@ export async function render(props: RenderProps<CompareState>) {
       const o = i * NEURON_COLS;
       const nl = rows[o];
       const nn = rows[o + 1];
-      const text = `L${nl} N${nn} · neuron activation\nd ${num(rows[o + 2])} · t ${num(rows[o + 3])} · Δ ${num(rows[o + 4])}\n${cats[a]}: ${plain(rows[o + 5])} ± ${plain(rows[o + 6])} (n=${counts[a]})\n${cats[b]}: ${plain(rows[o + 7])} ± ${plain(rows[o + 8])} (n=${counts[b]})`;
+      const text = `L${nl} N${nn} · neuron activation\nd ${num(rows[o + 2])} · t ${num(rows[o + 3])} · Δ ${num(rows[o + 4])}${smallSampleNote(counts[a], counts[b]) ? ` (tiny sample: n = ${counts[a]} vs ${counts[b]})` : ""}\n${cats[a]}: ${plain(rows[o + 5])} ± ${plain(rows[o + 6])} (n=${counts[a]})\n${cats[b]}: ${plain(rows[o + 7])} ± ${plain(rows[o + 8])} (n=${counts[b]})`;
       const row = listRow(neuronBox, `L${nl} N${nn}`, values[i], max, () => select(link, { layer: nl, neuron: nn }), () => {
         readout.textContent = text;
         root.dataset.hover = `L${nl}N${nn}`;

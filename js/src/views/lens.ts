@@ -8,6 +8,8 @@ import { fitText } from "../heatmap";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
 import { el } from "../dom";
+import { ColorBar } from "../colorbar";
+import { figureCanvas, figureHooks, paintedAt, recordCanvas } from "../figure";
 
 interface LensState {
   tokens: string[];
@@ -91,8 +93,10 @@ export async function render(props: RenderProps<LensState>) {
   colMark.hidden = true;
   const cellMark = el("div", "cb-lens-cell", figure);
   cellMark.hidden = true;
+  const colorBar = new ColorBar(root, "top-1 probability");
   const tip = el("div", "cb-tip cb-lens-tip", root);
   tip.hidden = true;
+  let figureMode = false; // drawing a figure: no hover marks
 
   // Row r (0 = top) shows layer index L - 1 - r.
   const rowOf = (li: number) => L - 1 - li;
@@ -101,14 +105,21 @@ export async function render(props: RenderProps<LensState>) {
 
 
   const draw = () => {
-    const dark = isDark(root);
-    const lut = sequential(dark);
     const r = Math.max(1, Math.min(Math.round(window.devicePixelRatio || 1), Math.floor(32000 / W)));
     canvas.width = W * r;
     canvas.height = Hpx * r;
     const ctx = canvas.getContext("2d");
     if (!ctx) return;
     ctx.scale(r, r);
+    paint(ctx);
+    colorBar.set(sequential(isDark(root)), "0", "1", colorSel.value === "target" ? `P(${model.get("target_label")})` : "top-1 probability");
+    root.dataset.colorBy = colorSel.value;
+  };
+
+  /** The grid in CSS pixels (also recorded as figure primitives: text stays text). */
+  const paint = (ctx: CanvasRenderingContext2D) => {
+    const dark = isDark(root);
+    const lut = sequential(dark);
     const style = getComputedStyle(root);
     const fg = style.getPropertyValue("--cb-fg").trim() || "#111";
     const muted = style.getPropertyValue("--cb-muted").trim() || "#666";
@@ -149,8 +160,9 @@ export async function render(props: RenderProps<LensState>) {
       ctx.fillStyle = fg;
       ctx.fillText(fitText(ctx, visible(tokens[p]), lay.col - 6), x, Hpx - lay.bottom / 2);
     }
-    root.dataset.colorBy = colorSel.value;
   };
+  // SVG: every cell's text as text; PNG: the grid painted natively at the figure's scale.
+  figureCanvas(canvas, (scale, format) => (format === "svg" ? recordCanvas(paint) : paintedAt(W, Hpx, scale, paint)));
 
   const cellFrom = (ev: { clientX: number; clientY: number }) => {
     const rect = canvas.getBoundingClientRect();
@@ -189,7 +201,7 @@ export async function render(props: RenderProps<LensState>) {
   };
 
   const drawMarks = () => {
-    const tok = link.get("token") ?? link.get("hover_token");
+    const tok = figureMode ? link.get("token") : (link.get("token") ?? link.get("hover_token"));
     colMark.hidden = !(tok !== null && tok !== undefined && tok >= 0 && tok < P);
     if (!colMark.hidden) place(colMark, null, tok as number);
     const li = layers.indexOf(link.get("layer") ?? -1);
@@ -249,6 +261,17 @@ export async function render(props: RenderProps<LensState>) {
 
   const offSel = onSelection(link, ["layer", "token", "hover_token"], drawMarks);
   const offTheme = followTheme(model as AnyModel, root, draw);
+  figureHooks(root, {
+    title: () => `Logit lens · ${L} layers × ${P} positions · colour: ${colorSel.value === "target" ? `P(${model.get("target_label")})` : "top-1 probability"}`,
+    enter: () => {
+      figureMode = true;
+      drawMarks();
+    },
+    exit: () => {
+      figureMode = false;
+      drawMarks();
+    },
+  });
   draw();
   drawMarks();
   root.dataset.ready = "true";

@@ -1,7 +1,8 @@
 // Neurons view: a prompt's tokens coloured by the selected MLP neuron, and per token the
 // neurons that fire most there (click one to select it). Data comes one column at a time.
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { decode } from "../codec";
+import { decode, uint8View } from "../codec";
+import { figureHooks } from "../figure";
 import { cssColor, diverging, type Lut } from "../colormaps";
 import { Fetcher } from "../fetch";
 import { hover, onSelection, resolveLink, select } from "../link";
@@ -29,6 +30,39 @@ interface Column {
   neuron: number;
   values: Float32Array;
   vmax: number;
+}
+
+/** A whole layer of one prompt, as a report stores it: 8-bit codes per neuron. */
+interface Block {
+  codes: Uint8Array; // [d_mlp, pos], neuron-major
+  lo: Float32Array;
+  scale: Float32Array;
+  vmax: Float32Array;
+  n: number; // positions
+}
+
+/** Neuron `i`'s activations from a block (code 255: NaN / ±inf). */
+export function blockColumn(b: Block, i: number): Float32Array {
+  const out = new Float32Array(b.n);
+  const sc = b.scale[i];
+  const zero = Math.round(-b.lo[i] / sc); // the code of 0: zero decodes exactly
+  for (let t = 0; t < b.n; t++) {
+    const c = b.codes[i * b.n + t];
+    out[t] = c === 255 ? Number.NaN : (c - zero) * sc;
+  }
+  return out;
+}
+
+/** The `k` neurons of a block with the largest activation at token `t`. */
+export function blockTop(b: Block, t: number, k: number): { neurons: number[]; values: number[] } {
+  const d = b.lo.length;
+  const vals = new Float32Array(d);
+  for (let i = 0; i < d; i++) {
+    const c = b.codes[i * b.n + t];
+    vals[i] = c === 255 ? Number.NEGATIVE_INFINITY : (c - Math.round(-b.lo[i] / b.scale[i])) * b.scale[i];
+  }
+  const idx = Array.from({ length: d }, (_, i) => i).sort((x, y) => vals[y] - vals[x] || x - y).slice(0, k);
+  return { neurons: idx, values: idx.map((i) => vals[i]) };
 }
 
 const fmt = (v: number | null) =>
@@ -71,6 +105,51 @@ export async function render(props: RenderProps<NeuronsState>) {
   const layers = model.get("layer_indices");
   const dMlp = model.get("d_mlp");
 
+  // Live, the kernel answers one neuron at a time; a report may instead hold a whole layer as
+  // 8-bit codes (then columns and per-token lists are read from it).
+  const notIncluded = (err: unknown) => /not included in the report/.test(String((err as Error)?.message ?? err));
+  const blockOf = async (p: number, layer: number): Promise<Block> => {
+    const { reply, buffers } = await fetcher.get({ kind: "fetch-neuron-layer", prompt: p, layer });
+    const enc = reply.codes as Encoded;
+    return {
+      codes: uint8View(enc, buffers),
+      lo: decode(reply.lo as Encoded, buffers).data,
+      scale: decode(reply.scale as Encoded, buffers).data,
+      vmax: decode(reply.vmax as Encoded, buffers).data,
+      n: enc.shape[1],
+    };
+  };
+  const columnOf = async (p: number, layer: number, neuron: number): Promise<Column> => {
+    try {
+      const { reply, buffers } = await fetcher.get({ kind: "fetch-neuron", prompt: p, layer, neuron });
+      return { prompt: p, layer, neuron, values: decode(reply.values as Encoded, buffers).data, vmax: reply.vmax as number };
+    } catch (err) {
+      if (!notIncluded(err)) throw err;
+      let b: Block;
+      try {
+        b = await blockOf(p, layer);
+      } catch (e2) {
+        if (!notIncluded(e2)) throw e2;
+        throw new Error(`L${layer} N${neuron} is not in this report: layer ${layer}${prompts.length > 1 ? ` of prompt ${p + 1}` : ""} did not fit its size budget (the notes at the top of the page list what was left out).`);
+      }
+      return { prompt: p, layer, neuron, values: blockColumn(b, neuron), vmax: b.vmax[neuron] };
+    }
+  };
+  const topOf = async (p: number, layer: number, token: number): Promise<{ neurons: number[]; values: number[] }> => {
+    try {
+      const { reply } = await fetcher.get({ kind: "fetch-top-neurons", prompt: p, layer, token });
+      return { neurons: reply.neurons as number[], values: reply.values as number[] };
+    } catch (err) {
+      if (!notIncluded(err)) throw err;
+      try {
+        return blockTop(await blockOf(p, layer), token, model.get("n_top"));
+      } catch (e2) {
+        if (!notIncluded(e2)) throw e2;
+        throw new Error(`Layer ${layer}'s neurons at this token are not in this report (size budget; see the notes at the top of the page).`);
+      }
+    }
+  };
+
   const root = el("div", "cb-root cb-neurons", host);
   const header = el("div", "cb-header", root);
   el("span", "cb-title", header).textContent = "Neurons";
@@ -94,10 +173,12 @@ export async function render(props: RenderProps<NeuronsState>) {
   neuronIn.max = String(dMlp - 1);
   neuronIn.setAttribute("aria-label", "neuron");
   const legend = el("span", "cb-legend", header);
+  el("span", "cb-legend-label", legend).textContent = "activation";
   const lo = el("span", "cb-legend-label", legend);
   const bar = el("span", "cb-legend-bar", legend);
   const hi = el("span", "cb-legend-label", legend);
   const status = el("span", "cb-status", header);
+  status.setAttribute("aria-live", "polite");
 
   const body = el("div", "cb-body", root);
   const main = el("div", "cb-neurons-main", body);
@@ -174,6 +255,7 @@ export async function render(props: RenderProps<NeuronsState>) {
     const layer = current.layer;
     const i = activeToken();
     strip?.mark(i, "cb-token-active");
+    sideTitle.classList.toggle("cb-help", i === null || i < 0 || i >= prompts[p].length);
     if (i === null || i < 0 || i >= prompts[p].length) {
       sideTitle.textContent = "Hover a token to list the neurons that fire most there; click to lock.";
       list.replaceChildren();
@@ -188,11 +270,11 @@ export async function render(props: RenderProps<NeuronsState>) {
     }
     listKey = key;
     try {
-      const { reply } = await fetcher.get({ kind: "fetch-top-neurons", prompt: p, layer, token: i });
+      const top = await topOf(p, layer, i);
       if (listKey !== key) return;
-      const ids = reply.neurons as number[];
-      const vals = reply.values as number[];
-      const top = Math.max(Math.abs(vals[0] ?? 0), 1e-9);
+      const ids = top.neurons;
+      const vals = top.values;
+      const biggest = Math.max(Math.abs(vals[0] ?? 0), 1e-9);
       sideTitle.textContent = `Top neurons of layer ${layer} at #${i} ${JSON.stringify(prompts[p][i])}${link.get("token") === i ? " · locked" : ""}`;
       const frag = document.createDocumentFragment();
       ids.forEach((n, r) => {
@@ -204,7 +286,7 @@ export async function render(props: RenderProps<NeuronsState>) {
         btn.title = `select layer ${layer} neuron ${n}`;
         const barBox = el("span", "cb-neuron-bar", li);
         const fill = el("span", "cb-neuron-fill", barBox);
-        fill.style.width = `${Math.max(0, (100 * vals[r]) / top)}%`;
+        fill.style.width = `${Math.max(0, (100 * vals[r]) / biggest)}%`;
         el("span", "cb-neuron-value", li).textContent = fmt(vals[r]);
         frag.appendChild(li);
       });
@@ -229,15 +311,22 @@ export async function render(props: RenderProps<NeuronsState>) {
   const show = async () => {
     const p = promptOf();
     buildStrip(p);
+    // Follows neuron selections only: a layer chosen with a head (or alone) leaves the
+    // neuron shown as it is, never the same index in another layer.
     const layer = link.get("layer");
     const neuron = link.get("neuron");
-    const lay = layer !== null && layers.includes(layer) ? layer : current.layer;
-    const neu = neuron !== null && neuron >= 0 && neuron < dMlp ? neuron : current.neuron;
-    if (layer !== null && !layers.includes(layer)) status.textContent = `layer ${layer} not captured`;
+    const chosen = layer !== null && layer !== undefined && neuron !== null && neuron !== undefined;
+    if (chosen && !layers.includes(layer)) {
+      status.textContent = `layer ${layer} was not captured for this view; still showing L${current.layer} N${current.neuron}`;
+      return;
+    }
+    const lay = chosen ? layer : current.layer;
+    const neu = chosen && neuron >= 0 && neuron < dMlp ? neuron : current.neuron;
     const key = `${p}:${lay}:${neu}`;
     want = key;
     if (current.prompt === p && current.layer === lay && current.neuron === neu) {
-      if (!(layer !== null && !layers.includes(layer))) status.textContent = "";
+      status.textContent = "";
+      root.classList.remove("cb-failed");
       drawColumn();
       void drawList();
       return;
@@ -245,23 +334,17 @@ export async function render(props: RenderProps<NeuronsState>) {
     status.textContent = "loading…";
     root.dataset.loading = "true";
     try {
-      const { reply, buffers } = await fetcher.get({ kind: "fetch-neuron", prompt: p, layer: lay, neuron: neu });
+      const col = await columnOf(p, lay, neu);
       if (want !== key) return;
-      current = { prompt: p, layer: lay, neuron: neu, values: decode(reply.values as Encoded, buffers).data, vmax: reply.vmax as number };
+      current = col;
       status.textContent = "";
       root.classList.remove("cb-failed");
     } catch (err) {
       if (want !== key) return;
-      const fallback = lay !== current.layer ? await strongestIn(p, lay) : null;
-      if (want !== key) return;
-      if (fallback) {
-        current = fallback;
-        status.textContent = `neuron ${neu} of layer ${lay} is not in this page; showing the layer's strongest neuron here`;
-        root.classList.remove("cb-failed");
-      } else {
-        status.textContent = String((err as Error).message ?? err);
-        root.classList.add("cb-failed");
-      }
+      // The drawing, caption and selectors keep showing `current`; the status says why.
+      const msg = String((err as Error).message ?? err).replace(/^\[circuitboard\] /, "");
+      status.textContent = `${msg} Still showing L${current.layer} N${current.neuron}.`;
+      root.classList.add("cb-failed");
     } finally {
       if (want === key) delete root.dataset.loading;
     }
@@ -269,22 +352,17 @@ export async function render(props: RenderProps<NeuronsState>) {
     void drawList();
   };
 
-  // A layer change (say, a head clicked in another view) can ask for a neuron a report did not
-  // keep; its per-token top lists are always kept, so show that layer's strongest neuron instead.
-  const strongestIn = async (p: number, layer: number): Promise<Column | null> => {
-    const tok = link.get("token") ?? link.get("hover_token") ?? prompts[p].length - 1;
+  // A layer from the menu opens its strongest neuron on this prompt (not the same index).
+  layerSel.addEventListener("change", async () => {
+    const layer = Number(layerSel.value);
     try {
-      const top = await fetcher.get({ kind: "fetch-top-neurons", prompt: p, layer, token: tok });
-      const first = (top.reply.neurons as number[] | undefined)?.[0];
-      if (first === undefined) return null;
-      const { reply, buffers } = await fetcher.get({ kind: "fetch-neuron", prompt: p, layer, neuron: first });
-      return { prompt: p, layer, neuron: first, values: decode(reply.values as Encoded, buffers).data, vmax: reply.vmax as number };
-    } catch {
-      return null;
+      const { reply } = await fetcher.get({ kind: "fetch-strongest", prompt: promptOf(), layer });
+      select(link, { layer, neuron: reply.neuron as number });
+    } catch (err) {
+      layerSel.value = String(current.layer);
+      status.textContent = `${String((err as Error).message ?? err).replace(/^\[circuitboard\] /, "")} Still showing L${current.layer} N${current.neuron}.`;
     }
-  };
-
-  layerSel.addEventListener("change", () => select(link, { layer: Number(layerSel.value) }), { signal });
+  }, { signal });
   neuronIn.addEventListener("change", () => {
     const n = Math.round(Number(neuronIn.value));
     if (Number.isFinite(n) && n >= 0 && n < dMlp) select(link, { neuron: n, layer: current.layer });
@@ -306,6 +384,9 @@ export async function render(props: RenderProps<NeuronsState>) {
   const offSel = onSelection(link, ["layer", "neuron", "prompt"], () => void show());
   const offTok = onSelection(link, ["token", "hover_token"], () => void drawList());
   const offTheme = followTheme(model as AnyModel, root, drawColumn);
+  figureHooks(root, {
+    title: () => `Neurons · layer ${current.layer}, neuron ${current.neuron}${prompts.length > 1 ? ` · ${labels[current.prompt] ?? `prompt ${current.prompt + 1}`}` : ""}`,
+  });
   buildStrip(current.prompt);
   drawColumn();
   await show();

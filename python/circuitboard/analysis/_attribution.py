@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from ._common import (
     position,
     require_decoder,
     require_info,
+    spacing_warning,
     tensor,
     token_id,
     token_text,
@@ -198,6 +200,10 @@ def prepare(
     p = position(pos, cap.n_tokens)
     t = token_id(cap, target, "target")
     b = token_id(cap, baseline, "baseline") if baseline is not None else None
+    for given, tid, name in ((target, t, "target"), (baseline, b, "baseline")):
+        msg = spacing_warning(cap, given, tid, p, name) if tid is not None else None
+        if msg:
+            warnings.warn(msg, UserWarning, stacklevel=3)
     return t, b, p
 
 

@@ -11,6 +11,12 @@ DEFAULT_EPS = 1e-5
 
 
 def require_info(cap: Any, what: str) -> Any:
+    if isinstance(cap, (list, tuple)):
+        raise TypeError(
+            f"{what} takes one capture; got a {type(cap).__name__} of {len(cap)} (cb.capture "
+            "returns one per prompt for a list of prompts). Pass one, e.g. caps[0], or loop: "
+            f"[{what}(c, ...) for c in caps]."
+        )
     info = getattr(cap, "info", None)
     if info is None:
         raise ValueError(
@@ -142,6 +148,33 @@ def token_id(cap: Any, target: Any, name: str) -> int:
             )
         return int(ids[0])
     raise TypeError(f"{name} must be a token string or an int id; got {type(target).__name__}.")
+
+
+def spacing_warning(cap: Any, given: Any, tid: int, pos: int, name: str) -> str | None:
+    """A warning when ``given`` (a string without a leading space) is not the token the model
+    would predict: the same word with a leading space is one token and ranks higher at ``pos``.
+    """
+    tok = getattr(cap, "tokenizer", None)
+    if not isinstance(given, str) or given[:1].isspace() or tok is None:
+        return None
+    spaced = tok.encode(" " + given, add_special_tokens=False)
+    if len(spaced) != 1 or spaced[0] == tid:
+        return None
+    alt = int(spaced[0])
+    logits = getattr(cap, "logits", None)
+    if logits is not None:
+        row = logits[pos]
+        a, b = float(row[tid]), float(row[alt])
+        if a >= b:
+            return None
+        ranks = f" (logit {b:.2f} vs {a:.2f} at position {pos})"
+    else:
+        ranks = ""
+    return (
+        f"{name}={given!r} is the token {token_text(cap, tid)!r} (id {tid}) with no leading "
+        f"space; the model predicts {token_text(cap, alt)!r} (id {alt}) more strongly here"
+        f"{ranks}. Pass {(' ' + given)!r} to attribute the word as the model would write it."
+    )
 
 
 def token_text(cap: Any, tid: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import tempfile
@@ -23,10 +24,27 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 LOCAL_SCHEMES = ("file:", "blob:", "data:", "about:")
-_BOARD_CSS = (
-    ".cb-figure-buttons,.cb-notes,.cb-page-header,.cb-page-footer{display:none!important}"
-    "body{padding:8px!important}"
-)
+_STACK_PNGS = """async ([parts, gap, bg]) => {
+    const images = await Promise.all(parts.map(async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        return createImageBitmap(new Blob([bytes], { type: "image/png" }));
+    }));
+    const c = document.createElement("canvas");
+    c.width = Math.max(...images.map((i) => i.width));
+    c.height = images.reduce((h, i) => h + i.height, 0) + gap * (images.length - 1);
+    const ctx = c.getContext("2d");
+    ctx.fillStyle = bg;
+    ctx.fillRect(0, 0, c.width, c.height);
+    let y = 0;
+    for (const i of images) { ctx.drawImage(i, 0, y); y += i.height + gap; }
+    const blob = await new Promise((r) => c.toBlob(r, "image/png"));
+    const buf = new Uint8Array(await blob.arrayBuffer());
+    let s = "";
+    for (let k = 0; k < buf.length; k += 0x8000) {
+        s += String.fromCharCode(...buf.subarray(k, k + 0x8000));
+    }
+    return btoa(s);
+}"""
 
 
 def _no_browser(reason: str) -> RuntimeError:
@@ -88,7 +106,7 @@ def _render(
         try:
             context = browser.new_context(
                 viewport={"width": width, "height": 900},
-                device_scale_factor=float(scale) if board and fmt == "png" else 1,
+                device_scale_factor=1,
                 accept_downloads=True,
                 color_scheme="dark" if theme == "dark" else "light",
             )
@@ -106,12 +124,14 @@ def _render(
             slots = page.locator(".cb-slot").all()
             if not board:
                 return _download(page, slots[0], fmt, out_dir / f"figure.{fmt}")
-            if fmt == "png":  # the page as laid out, at `scale` device pixels per CSS pixel
-                page.add_style_tag(content=_BOARD_CSS)
-                page.wait_for_timeout(100)
-                return page.locator("#cb-report").screenshot(type="png")
-            parts = [_download(page, s, fmt, out_dir / f"f{i}.svg") for i, s in enumerate(slots)]
-            return _stack_svgs(parts)
+            parts = [_download(page, s, fmt, out_dir / f"f{i}.{fmt}") for i, s in enumerate(slots)]
+            if fmt == "svg":
+                return _stack_svgs(parts)
+            # Each view's own figure (content only, at `scale`), one under the other.
+            bg = "#0d1117" if theme == "dark" else "#ffffff"
+            gap = int(round(12 * float(scale)))
+            encoded = [base64.b64encode(p).decode("ascii") for p in parts]
+            return base64.b64decode(page.evaluate(_STACK_PNGS, [encoded, gap, bg]))
         finally:
             browser.close()
 

@@ -142,6 +142,65 @@ def _state(w: Base) -> dict[str, Any]:
     }
 
 
+def _pointers(views: list[View]) -> list[dict[str, int]]:
+    """Every selection the page's views point to: their own lists and the shared selection."""
+    out: list[dict[str, int]] = []
+    for w in views:
+        out += w.export_pointers()
+        sel = w.link.selection
+        if sel.get("layer") is not None and sel.get("head") is not None:
+            out.append({"layer": sel["layer"], "head": sel["head"]})
+        if sel.get("layer") is not None and sel.get("neuron") is not None:
+            out.append({"layer": sel["layer"], "neuron": sel["neuron"]})
+    seen: set[tuple[tuple[str, int], ...]] = set()
+    return [p for p in out if not ((k := tuple(sorted(p.items()))) in seen or seen.add(k))]
+
+
+def _points_to(req: dict[str, Any], pointed: set[tuple[str, Any, Any]]) -> bool:
+    """True for a fetch of one head or one neuron that ``pointed`` (see `_pointed`) names."""
+    if req.get("kind") == "fetch-head":
+        return ("head", req.get("layer"), req.get("head")) in pointed
+    if req.get("kind") == "fetch-neuron":
+        return ("neuron", req.get("layer"), req.get("neuron")) in pointed
+    return False
+
+
+def _pointed(pointers: list[dict[str, int]]) -> set[tuple[str, Any, Any]]:
+    return {
+        ("head", p["layer"], p["head"]) if "head" in p else ("neuron", p["layer"], p["neuron"])
+        for p in pointers
+    }
+
+
+class _wanted:
+    """Tell a view what the page points to while its parts are planned, then forget it.
+
+    The attention view keeps its ``export_heads`` at full resolution first; the pointed
+    heads join them for the duration of the export only.
+    """
+
+    def __init__(self, view: View, pointers: list[dict[str, int]]) -> None:
+        self.view, self.pointers = view, pointers
+
+    def __enter__(self) -> None:
+        self.heads = getattr(self.view, "_export_heads", None)
+        if isinstance(self.heads, list):
+            layers = getattr(self.view, "layer_indices", [])
+            n_heads = getattr(self.view, "n_heads", 0)
+            extra = [
+                (p["layer"], p["head"])
+                for p in self.pointers
+                if "head" in p and p["layer"] in layers and 0 <= p["head"] < n_heads
+            ]
+            self.view._export_heads = self.heads + [h for h in extra if h not in self.heads]
+        self.view.export_wanted(self.pointers)
+
+    def __exit__(self, *exc: Any) -> None:
+        if isinstance(self.heads, list):
+            self.view._export_heads = self.heads
+        self.view.export_wanted([])
+
+
 def _fmt_mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
 
@@ -205,30 +264,52 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
     replies: dict[str, Any] = {}
     notes: list[str] = []
     left = budget_bytes - fixed
+    pointers = _pointers(views)
+    pointed = _pointed(pointers)
     for i, w in enumerate(views):
         share = left // (len(views) - i)
         # Views size their requests in raw bytes; quantized tensors compress ~2x, and the
         # measured (compressed) cost below is what counts against the share.
-        requests = w.export_requests(2 * share)
-        answered: dict[str, Any] = {}
-        spent = 0
-        for req in requests:
-            fields, buffers = w.answer(req)
-            cost = (
-                _shrink(b"".join(bytes(b) for b in buffers))
+        with _wanted(w, pointers):
+            requests = w.export_requests(2 * share)
+            # What another view of the page points to (a listed neuron, a selected head) is
+            # kept whatever it costs; the rest is kept while it fits, in the view's order.
+            must = [r for r in requests if _points_to(r, pointed)]
+            requests = must + [r for r in requests if not _points_to(r, pointed)]
+            answered: dict[str, Any] = {}
+            spent = 0
+            replies_of = [w.answer(req) for req in requests]
+            # When every part fits even uncompressed (base64 of the raw bytes), skip costing
+            # each one by compressing it: small reports are written much faster.
+            upper = [
+                (sum(len(b) for b in buffers) + 2) // 3 * 4
                 + len(_safe_json(fields))
                 + len(_safe_json(request_key(req)))
                 + 40
-            )
-            if spent + cost > share:
-                break
-            spent += cost
-            answered[request_key(req)] = {
-                "fields": _externalize(fields, blob, ids),
-                "buffers": [blob.add(b) for b in buffers],
-            }
-        name = getattr(w, "report_name", None) or type(w).__name__.removesuffix("View")
-        notes.extend(w.export_notes(2 * share))  # views name themselves in their notes
+                for req, (fields, buffers) in zip(requests, replies_of, strict=True)
+            ]
+            all_fit = sum(upper) <= share
+            for k, req in enumerate(requests):
+                fields, buffers = replies_of[k]
+                cost = (
+                    upper[k]
+                    if all_fit
+                    else (
+                        _shrink(b"".join(bytes(b) for b in buffers))
+                        + len(_safe_json(fields))
+                        + len(_safe_json(request_key(req)))
+                        + 40
+                    )
+                )
+                if spent + cost > share and k >= len(must):
+                    continue  # a smaller part after it may still fit
+                spent += cost
+                answered[request_key(req)] = {
+                    "fields": _externalize(fields, blob, ids),
+                    "buffers": [blob.add(b) for b in buffers],
+                }
+            name = getattr(w, "report_name", None) or type(w).__name__.removesuffix("View")
+            notes.extend(w.export_notes(2 * share))  # views name themselves in their notes
         if len(answered) < len(requests):
             notes.append(
                 f"{name}: {len(answered)} of {len(requests)} precomputed parts kept to fit the "

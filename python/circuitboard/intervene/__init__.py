@@ -11,6 +11,8 @@ Building blocks (for patching, circuits, steering and generation alike):
   position and the shared prefix run once.
 - metrics (:mod:`._metric`): :func:`logit_diff`, :func:`log_prob`, :func:`evaluate`,
   :func:`normalize` (clean = 1, corrupted = 0), :func:`token_id`.
+- circuits (:mod:`._eap`, :mod:`._circuit`): :func:`circuit` (EAP / EAP-IG edge scores) and
+  the :class:`Circuit` result (evaluation with non-kept edges corrupted, faithfulness curves).
 
 Generation and steering: :func:`generate` (a :class:`Generation` captured step by step with
 the KV cache, ``.fork``), :func:`steering_vector` (:class:`SteeringVector`).
@@ -18,6 +20,8 @@ Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
 :func:`load_patching`.
 """
 
+from ._circuit import Circuit, load_circuit
+from ._eap import circuit
 from ._generate import Generation, generate
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
@@ -28,6 +32,7 @@ from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
 
 __all__ = [
+    "Circuit",
     "DIRECTIONS",
     "Edit",
     "Generation",
@@ -41,9 +46,11 @@ __all__ = [
     "SITES",
     "Site",
     "SteeringVector",
+    "circuit",
     "eval_mode",
     "evaluate",
     "generate",
+    "load_circuit",
     "load_patching",
     "locate",
     "log_prob",

@@ -72,6 +72,14 @@ class Patching:
     completeness, completeness_error
         For ``method="ig"``: per layer, the sum of the layer's IG values minus the exact effect
         of patching that whole layer (normalized units), and its largest absolute value.
+
+    Examples
+    --------
+    >>> kw = dict(answer=" Mary", wrong=" John", site="heads")
+    >>> res = cb.patch(model, tok, clean, corrupted, **kw)  # doctest: +SKIP
+    >>> res.values.shape, res.top(3)  # [layers, heads]; 1 = clean  # doctest: +SKIP
+    >>> res.save("ioi-heads.npz")  # doctest: +SKIP
+    >>> again = cb.load_patching("ioi-heads.npz")  # doctest: +SKIP
     """
 
     values: np.ndarray

@@ -3,6 +3,7 @@
 from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
+from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
@@ -17,6 +18,7 @@ from ._view import View
 __all__ = [
     "AttentionView",
     "Board",
+    "CircuitView",
     "CompareView",
     "GenerationView",
     "Link",
@@ -27,6 +29,7 @@ __all__ = [
     "PatchingView",
     "View",
     "board",
+    "circuit_view",
     "compare_view",
     "decode",
     "encode",

@@ -99,6 +99,7 @@ class LogitAttributionView(View):
         n_layers, n_heads = heads.shape
         neurons = [to_numpy(attribution.neurons(layer)) for layer in range(n_layers)]
         self._neurons = neurons
+        self._head_values = heads
         attn = heads.sum(1)
         terms = _terms(labels, values)
         super().__init__(
@@ -163,6 +164,24 @@ class LogitAttributionView(View):
                 break
             reqs.append({"kind": "fetch-position", "pos": pos})
         return reqs
+
+    def export_pointers(self) -> list[dict[str, int]]:
+        """The neurons and heads this view lists: its top neurons overall and per layer at
+        its own position, the top neurons at every other position it can show, and its
+        strongest heads. (Per-layer lists at other positions are reachable through the
+        neuron view's whole layers, which the report keeps while they fit.)"""
+        out: list[dict[str, int]] = []
+        for lay, n, _ in self._top(None, N_TOP):
+            out.append({"layer": lay, "neuron": n})
+        for layer in range(self.n_layers):
+            out += [{"layer": lay, "neuron": n} for lay, n, _ in self._top(layer, N_TOP)]
+        for summary in self._positions.values():
+            out += [{"layer": lay, "neuron": n} for lay, n, _ in summary["top_neurons"]]
+        heads = self._head_values
+        for i in np.argsort(-np.abs(heads), axis=None, kind="stable")[:N_TOP]:
+            out.append({"layer": int(i // self.n_heads), "head": int(i % self.n_heads)})
+        seen: set[tuple] = set()
+        return [p for p in out if not ((k := tuple(sorted(p.items()))) in seen or seen.add(k))]
 
     def export_notes(self, budget_bytes: int) -> list[str]:
         shown = sum(r["kind"] == "fetch-position" for r in self.export_requests(budget_bytes))

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets
+import traitlets
 
-from ._link import Link
+from ._link import SELECTION_KEYS, Link
 from ._linking import link as link_views
 from ._view import View
 
@@ -41,6 +42,10 @@ class Board(ipywidgets.VBox):
     (0, True)
     """
 
+    selection = traitlets.Dict()
+    """The shared selection ``{layer, head, token, neuron, prompt}``; assign a dict to move
+    every view, ``board.observe(f, names="selection")`` to hear every change (clicks too)."""
+
     def __init__(
         self,
         *views: View,
@@ -62,6 +67,7 @@ class Board(ipywidgets.VBox):
             raise TypeError(f"title must be a string; got {type(title).__name__}.")
         self.views = tuple(views)
         self.title = title
+        self._syncing = False
         self.link = link_views(*views, selection=selection)
         grid = ipywidgets.GridBox(
             list(views),
@@ -74,15 +80,23 @@ class Board(ipywidgets.VBox):
             children.append(ipywidgets.HTML(f"<h3 style='margin:4px 0'>{html.escape(title)}</h3>"))
         children.append(grid)
         super().__init__(children)
+        self._from_link()
+        self.link.observe(self._from_link, names=list(SELECTION_KEYS))
 
-    @property
-    def selection(self) -> dict[str, Any]:
-        """The shared selection; assign a dict to move every view."""
+    def _from_link(self, _change: Any = None) -> None:
+        # The link is the truth: a click in any view (or link.select) lands here as one change.
+        self._syncing = True
+        try:
+            self.selection = self.link.selection
+        finally:
+            self._syncing = False
+
+    @traitlets.validate("selection")
+    def _to_link(self, proposal: Any) -> dict[str, Any]:
+        if self._syncing:
+            return dict(proposal["value"])
+        self.link.select(**proposal["value"])  # validates; its change is observed above
         return self.link.selection
-
-    @selection.setter
-    def selection(self, values: dict[str, Any]) -> None:
-        self.link.select(**values)
 
     def save_png(self, path: Any, *, scale: float = 2.0, theme: str | None = None) -> Any:
         """Save the board as one PNG (its views as laid out in a report page, ``scale``×).

@@ -106,6 +106,12 @@ class GenerationView(View):
 
     Build it with :func:`circuitboard.generation_view`; add forks with :meth:`add` or
     :meth:`fork`.
+
+    Examples
+    --------
+    >>> gen = cb.generate(model, tok, "My favourite pet is a", max_new_tokens=8)  # doctest: +SKIP
+    >>> view = cb.GenerationView(gen)  # doctest: +SKIP
+    >>> view.fork(2, text=" dog")  # a fork made from Python appears as a new row  # doctest: +SKIP
     """
 
     _view = traitlets.Unicode("generation").tag(sync=True)

@@ -11,6 +11,27 @@ from ._bundle import Base
 SELECTION_KEYS = ("layer", "head", "token", "neuron", "prompt")
 
 
+def complete_selection(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the head / neuron it implicitly deselects (see :meth:`Link.select`).
+
+    >>> complete_selection({"layer": 3})
+    {'layer': 3, 'head': None, 'neuron': None}
+    >>> complete_selection({"layer": 3, "head": 1})
+    {'layer': 3, 'head': 1, 'neuron': None}
+    >>> complete_selection({"token": 2})
+    {'token': 2}
+    """
+    out = dict(values)
+    head, neuron = values.get("head"), values.get("neuron")
+    if head is not None and "neuron" not in values:
+        out["neuron"] = None
+    if neuron is not None and "head" not in values:
+        out["head"] = None
+    if "layer" in values and "head" not in values and "neuron" not in values:
+        out["head"] = out["neuron"] = None
+    return out
+
+
 class Link(Base):
     """One selection (layer, head, token, neuron, prompt) shared by every view that holds it.
 
@@ -44,7 +65,18 @@ class Link(Base):
         return {k: getattr(self, k) for k in SELECTION_KEYS}
 
     def select(self, **values: Any) -> None:
-        """Set several selection keys at once (one message to the browser)."""
+        """Set several selection keys at once (one message to the browser).
+
+        A layer belongs to what was chosen in it: selecting a head clears the neuron,
+        selecting a neuron clears the head, and a layer alone clears both, so that no view
+        shows a head or a neuron nobody chose (the browser's clicks follow the same rule).
+
+        >>> link = Link()
+        >>> link.select(layer=26, neuron=1262)
+        >>> link.select(layer=22, head=4)
+        >>> link.selection["neuron"], link.selection["head"]
+        (None, 4)
+        """
         unknown = set(values) - set(SELECTION_KEYS)
         if unknown:
             raise KeyError(
@@ -57,6 +89,7 @@ class Link(Base):
                     f"selection values are ints or None; got {k}={v!r}. "
                     f"Example: view.selection = {{'layer': 3, 'head': 0}}."
                 )
+        values = complete_selection(values)
         with self.hold_sync():
             for k, v in values.items():
                 setattr(self, k, None if v is None else int(v))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -13,6 +14,43 @@ from ._validate import index_in, token_list
 from ._view import View, pack
 
 REPLY_OVERHEAD = 160  # bytes a report spends per embedded reply besides its tensor data
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"L0–L2, L5"``.
+
+    >>> _layer_ranges([0, 1, 2, 5])
+    'L0–L2, L5'
+    """
+    out: list[str] = []
+    for lay in sorted(layers):
+        if out and out[-1][1] == lay - 1:
+            out[-1] = (out[-1][0], lay)
+        else:
+            out.append((lay, lay))  # type: ignore[arg-type]
+    return ", ".join(f"L{a}" if a == b else f"L{a}–L{b}" for a, b in out)  # type: ignore[misc]
+
+
+def quantize_columns(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[pos, d_mlp]`` activations as 8-bit codes per neuron: ``(codes [d_mlp, pos], lo, scale)``.
+
+    ``value = lo[n] + code * scale[n]``, symmetric about zero: the step is the neuron's
+    largest ``|activation|`` on this prompt over 127, so zero is exact and the error is at most
+    1/254 of that largest value. Code 255 marks NaN / ±inf. (Zero-centred codes compress
+    better than codes spanning each neuron's range: most activations sit near zero.)
+
+    >>> codes, lo, scale = quantize_columns(np.array([[0.0, 1.0], [2.0, -1.0]], np.float32))
+    >>> codes.shape, np.allclose(lo[:, None] + codes * scale[:, None], [[0, 2], [1, -1]], atol=0.01)
+    ((2, 2), True)
+    """
+    a = np.asarray(acts, np.float32).T  # neuron-major: one neuron's positions are contiguous
+    finite = np.isfinite(a)
+    peak = np.where(finite, np.abs(a), 0.0).max(1)
+    step = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / ±inf get code 255 below
+        q = np.rint(np.where(finite, a, 0.0) / step[:, None])
+    codes = np.where(finite, np.clip(q, -127, 127) + 127, 255).astype(np.uint8)
+    return codes, (-127 * step).astype(np.float32), step
 
 
 def _acts(x: Any, i: int) -> np.ndarray:
@@ -82,6 +120,8 @@ class NeuronsView(View):
     _fetchers: ClassVar[dict[str, str]] = {
         "fetch-neuron": "_fetch_neuron",
         "fetch-top-neurons": "_fetch_top_neurons",
+        "fetch-neuron-layer": "_fetch_neuron_layer",
+        "fetch-strongest": "_fetch_strongest",
     }
 
     def __init__(
@@ -222,52 +262,156 @@ class NeuronsView(View):
         idx, vals = self.top_neurons(msg["layer"], msg["token"], msg.get("prompt", 0))
         return pack(neurons=[int(i) for i in idx], values=[round(float(v), 5) for v in vals])
 
+    def _fetch_neuron_layer(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        layer, prompt = msg["layer"], msg.get("prompt", 0)
+        codes, lo, scale = self._block(layer, prompt)
+        li = self._position(layer)
+        vmax = np.max(
+            [np.abs(np.nan_to_num(a[li], posinf=0, neginf=0)).max(0) for a in self._acts], 0
+        )
+        raw = {"dtype": "uint8", "shape": list(codes.shape), "lo": 0.0, "scale": 1.0}
+        return pack(
+            layer=int(layer),
+            prompt=int(prompt),
+            codes={**raw, "data": codes.tobytes()},
+            lo=encode(lo, "float32"),
+            scale=encode(scale, "float32"),
+            vmax=encode(np.where(vmax > 0, vmax, 1.0), "float32"),
+        )
+
+    def _fetch_strongest(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        layer, prompt = msg["layer"], msg.get("prompt", 0)
+        return pack(layer=int(layer), neuron=self.default_neuron(layer, prompt))
+
+    def _block(self, layer: int, prompt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cache = getattr(self, "_block_cache", None)
+        key = (int(layer), int(prompt))
+        if cache is not None and key in cache:
+            return cache[key]
+        out = quantize_columns(self._prompt(prompt)[self._position(layer)])
+        if cache is not None:
+            cache[key] = out
+        return out
+
     # -- static report -----------------------------------------------------------------------
-    def _export_plan(self, budget_bytes: int) -> tuple[list[dict[str, Any]], int, int]:
+    def export_wanted(self, pointers: list[dict[str, int]]) -> None:
+        """Selections other views of the same report point to (their neurons stay openable)."""
+        self._pointers = [dict(p) for p in pointers]
+
+    def _export_plan(self, budget_bytes: int) -> dict[str, Any]:
+        """What a report embeds, most wanted first, within ``budget_bytes`` (raw bytes, as the
+        report writer passes them; blocks are costed at their measured compressed size)."""
+        self._block_cache = getattr(self, "_block_cache", None) or {}
+        budget = budget_bytes / 2  # the writer assumes ~2x compression of raw bytes
         sel = self.link.selection
         cur_layer = sel["layer"] if sel["layer"] in self._layers else self._initial["layer"]
         cur_neuron = sel["neuron"] if sel["neuron"] is not None else self._initial["neuron"]
-        cur_prompt = sel["prompt"] if 0 <= (sel["prompt"] or 0) < self.n_prompts else 0
-        li = self._layers.index(cur_layer)
-        layer_order = [self._layers[li]] + [x for i, x in enumerate(self._layers) if i != li]
-        prompt_order = [cur_prompt] + [p for p in range(self.n_prompts) if p != cur_prompt]
+        if sel["neuron"] is None:
+            cur_layer = self._initial["layer"]
+        pointed = {(int(cur_layer), int(cur_neuron))}
+        for p in getattr(self, "_pointers", []):
+            if p.get("neuron") is not None and p.get("layer") in self._layers:
+                if 0 <= p["neuron"] < self.d_mlp:
+                    pointed.add((int(p["layer"]), int(p["neuron"])))
+        prompts = range(self.n_prompts)
         reqs: list[dict[str, Any]] = []
-        used = 0
-        done = total = 0
-        for layer in layer_order:
-            for p in prompt_order:
-                total += 1
-                n_pos = self._acts[p].shape[1]
-                wanted = {int(cur_neuron)} if layer == cur_layer else set()
-                lists = []
-                for t in range(n_pos):
-                    lists.append(
-                        {"kind": "fetch-top-neurons", "prompt": p, "layer": layer, "token": t}
-                    )
-                    wanted.update(int(i) for i in self.top_neurons(layer, t, p)[0])
-                cost = n_pos * (REPLY_OVERHEAD + 20 * self.n_top) + len(wanted) * (
-                    REPLY_OVERHEAD + 4 * n_pos
-                )
-                if reqs and used + cost > budget_bytes:
-                    continue
-                used += cost
-                done += 1
-                reqs.extend(lists)
-                reqs.extend(
-                    {"kind": "fetch-neuron", "prompt": p, "layer": layer, "neuron": i}
-                    for i in sorted(wanted)
-                )
-        return reqs, done, total
+        used = 0.0
+        # Always: each (layer, prompt)'s strongest neuron (the layer menu) and the exact
+        # columns of every neuron another view points to.
+        for layer in self._layers:
+            for p in prompts:
+                reqs.append({"kind": "fetch-strongest", "prompt": p, "layer": layer})
+                used += REPLY_OVERHEAD
+        for layer, n in sorted(pointed):
+            for p in prompts:
+                reqs.append({"kind": "fetch-neuron", "prompt": p, "layer": layer, "neuron": n})
+                used += REPLY_OVERHEAD + 4 * self._acts[p].shape[1] * 0.8
+        # Whole layers as 8-bit codes: layers other views point to first, then the rest.
+        hot = [x for x in self._layers if any(x == lay for lay, _ in pointed)]
+        order = [int(cur_layer)] + [x for x in hot if x != cur_layer]
+        order += [x for x in self._layers if x not in order]
+        ratio = None
+        blocks: list[tuple[int, int]] = []
+        missing: list[tuple[int, int]] = []
+        for layer in order:
+            for p in prompts:
+                codes = self._block(layer, p)[0]
+                if ratio is None:  # measured once, on the first block
+                    ratio = len(zlib.compress(codes.tobytes(), 6)) / max(codes.size, 1)
+                cost = codes.size * ratio * 4 / 3 + 3 * 4 * self.d_mlp * 4 / 3 + REPLY_OVERHEAD
+                if used + cost <= budget:
+                    used += cost
+                    blocks.append((layer, p))
+                    reqs.append({"kind": "fetch-neuron-layer", "prompt": p, "layer": layer})
+                else:
+                    missing.append((layer, p))
+        # Layers without their block: each token's top neurons, with their columns.
+        partial: list[tuple[int, int]] = []
+        for layer, p in missing:
+            n_pos = self._acts[p].shape[1]
+            wanted = set()
+            lists = []
+            for t in range(n_pos):
+                lists.append({"kind": "fetch-top-neurons", "prompt": p, "layer": layer, "token": t})
+                wanted.update(int(i) for i in self.top_neurons(layer, t, p)[0])
+            wanted -= {n for lay, n in pointed if lay == layer}
+            cost = n_pos * (REPLY_OVERHEAD + 20 * self.n_top) + len(wanted) * (
+                REPLY_OVERHEAD + 4 * n_pos
+            )
+            if used + cost > budget:
+                continue
+            used += cost
+            partial.append((layer, p))
+            reqs.extend(lists)
+            reqs.extend(
+                {"kind": "fetch-neuron", "prompt": p, "layer": layer, "neuron": i}
+                for i in sorted(wanted)
+            )
+        return {
+            "requests": reqs,
+            "blocks": blocks,
+            "missing": missing,
+            "partial": partial,
+            "pointed": sorted(pointed),
+        }
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
-        return self._export_plan(budget_bytes)[0]
+        return self._export_plan(budget_bytes)["requests"]
 
     def export_notes(self, budget_bytes: int) -> list[str]:
-        _, done, total = self._export_plan(budget_bytes)
-        note = (
-            f"Neurons: each token's top {self.n_top} neurons and their activations are included; "
-            "other neurons of a layer cannot be opened in this page."
-        )
-        if done < total:
-            note += f" Only {done} of {total} (layer, prompt) pairs fit the size budget."
-        return [note]
+        plan = self._export_plan(budget_bytes)
+        self._block_cache = None
+        n_pairs = len(self._layers) * self.n_prompts
+        notes = []
+        if plan["blocks"]:
+            notes.append(
+                f"Neurons: every neuron of {len(plan['blocks'])} of {n_pairs} (layer, prompt) "
+                "pairs can be opened; their activations are stored as 8-bit codes per neuron "
+                "(error at most 1/254 of that neuron's largest |activation| on the prompt); the "
+                f"{len(plan['pointed'])} neurons the views point to are stored exactly."
+            )
+        if plan["missing"]:
+
+            def names(pairs: list[tuple[int, int]]) -> str:
+                by_prompt: dict[int, list[int]] = {}
+                for lay, p in sorted(pairs, key=lambda x: (x[1], x[0])):
+                    by_prompt.setdefault(p, []).append(lay)
+                return "; ".join(
+                    _layer_ranges(lays) + (f" of prompt {p + 1}" if self.n_prompts > 1 else "")
+                    for p, lays in by_prompt.items()
+                )
+
+            partial = [x for x in plan["missing"] if x in plan["partial"]]
+            none = [x for x in plan["missing"] if x not in plan["partial"]]
+            if partial:
+                notes.append(
+                    f"Neurons: {names(partial)} did not fit the size budget as whole layers: only "
+                    f"each token's top {self.n_top} neurons and the neurons other views point "
+                    "to can be opened there."
+                )
+            if none:
+                notes.append(
+                    f"Neurons: {names(none)} did not fit the size budget at all: only the "
+                    "neurons other views point to can be opened there."
+                )
+        return notes

@@ -195,6 +195,14 @@ class View(Base):
         """Lossy reductions made to fit the budget, shown in the report page."""
         return []
 
+    def export_pointers(self) -> list[dict[str, int]]:
+        """Selections this view offers to click (``{"layer", "head"}`` or ``{"layer",
+        "neuron"}``): a report keeps them openable in the other views of the page."""
+        return []
+
+    def export_wanted(self, pointers: list[dict[str, int]]) -> None:
+        """Told, before ``export_requests``, what the page's other views point to."""
+
     # -- figures ---------------------------------------------------------------------------
     def save_png(
         self,

@@ -567,7 +567,11 @@ def infer_adapter(model: Any) -> Adapter:
     >>> cfg = AutoConfig.for_model("starcoder2", vocab_size=64, hidden_size=16,
     ...     intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
     ...     num_key_value_heads=1)
-    >>> adapter = infer_adapter(AutoModelForCausalLM.from_config(cfg).eval())
+    >>> with warnings.catch_warnings(record=True) as said:  # it says what it inferred
+    ...     warnings.simplefilter("always")
+    ...     adapter = infer_adapter(AutoModelForCausalLM.from_config(cfg).eval())
+    >>> "register(" in str(said[0].message)
+    True
     >>> adapter.blocks, adapter.block_o_proj, adapter.block_mlp_down, adapter.final_norm
     ('model.layers', 'self_attn.o_proj', 'mlp.c_proj', 'model.norm')
     """

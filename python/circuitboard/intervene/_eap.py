@@ -1,0 +1,376 @@
+"""Edge attribution patching (EAP) and EAP-IG on a model, and the live evaluator of a Circuit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..capture._run import model_info
+from ..capture._tokens import tokenize
+from ..capture.adapters import get_adapter
+from ._circuit import EVAL_BYTES, Circuit
+from ._edges import EdgeModel, projections_for
+from ._graph import Graph
+from ._metric import evaluate, logit_diff, normalize, token_id
+from ._runner import eval_mode
+
+METHODS = ("eap", "eap-ig")
+
+
+@dataclass
+class _Pair:
+    clean: torch.Tensor  # [P] token ids
+    corrupted: torch.Tensor
+    metric: Callable[[torch.Tensor], torch.Tensor]
+    positions: list[int] | None  # where the default metric reads the logits
+    W_clean: torch.Tensor | None = None  # [U, P, D]
+    W_corr: torch.Tensor | None = None
+    R_corr: torch.Tensor | None = None  # [V, P, D]
+    m_clean: float = 0.0
+    m_corr: float = 0.0
+
+    @property
+    def start(self) -> int:
+        """The first position where clean and corrupted tokens differ."""
+        diff = (self.clean != self.corrupted).nonzero()
+        return int(diff[0, 0]) if len(diff) else int(self.clean.shape[0])
+
+
+def _checked(metric: Callable, B: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The shared metric contract (:func:`._metric.evaluate`): the float32 logits at the metric
+    position (the last), one value per batch row."""
+
+    def run(logits: torch.Tensor) -> torch.Tensor:
+        v = evaluate(metric, logits[:, -1].float())
+        if v.shape != (B,):
+            raise ValueError(f"metric returned shape {tuple(v.shape)} for {B} rows.")
+        return v
+
+    return run
+
+
+def _as_list(x: Any, name: str) -> list[str]:
+    items = [x] if isinstance(x, str) else list(x) if isinstance(x, Sequence) else None
+    if not items or not all(isinstance(p, str) and p for p in items):
+        raise ValueError(f"{name} must be a non-empty string or a list of them; got {x!r}.")
+    return items
+
+
+def _per_pair(value: Any, n: int, name: str) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries for {n} prompt pairs.")
+        return list(value)
+    return [value] * n
+
+
+def _prepare(
+    model: Any,
+    tokenizer: Any,
+    clean: Any,
+    corrupted: Any,
+    answer: Any,
+    wrong: Any,
+    metric: Any,
+    em: EdgeModel,
+    info: Any,
+) -> tuple[list[_Pair], str, dict[str, Any], list[str], list[str]]:
+    cl, co = _as_list(clean, "clean"), _as_list(corrupted, "corrupted")
+    if len(cl) != len(co):
+        raise ValueError(
+            f"{len(cl)} clean prompts but {len(co)} corrupted ones; pass one corrupted prompt "
+            "per clean prompt."
+        )
+    answers = _per_pair(answer, len(cl), "answer")
+    wrongs = _per_pair(wrong, len(cl), "wrong")
+    metrics = _per_pair(metric, len(cl), "metric")
+    pairs: list[_Pair] = []
+    saved: dict[str, Any] = {"pairs": [], "answer": [], "wrong": [], "custom_metric": False}
+    first_tokens: tuple[list[str], list[str]] = ([], [])
+    name = ""
+    for i, (a, b) in enumerate(zip(cl, co, strict=True)):
+        ia, ta = tokenize(tokenizer, a)
+        ib, tb = tokenize(tokenizer, b)
+        if len(ia) != len(ib):
+            raise ValueError(
+                f"pair {i}: the clean prompt has {len(ia)} tokens and the corrupted one "
+                f"{len(ib)}; edges are compared position by position, so both must have the same "
+                f"length. clean: {ta}; corrupted: {tb}. Pick a corrupted prompt with matching "
+                "token boundaries (e.g. swap a name for another one-token name)."
+            )
+        if i == 0:
+            first_tokens = (ta, tb)
+        x = torch.tensor(ia, device=em.device)
+        y = torch.tensor(ib, device=em.device)
+        if metrics[i] is not None:
+            if not callable(metrics[i]):
+                raise TypeError(
+                    f"metric must be a callable (logits -> [batch]); got {metrics[i]!r}."
+                )
+            pairs.append(_Pair(x, y, metrics[i], [len(ia) - 1]))
+            saved["custom_metric"] = True
+            name = getattr(metrics[i], "__name__", "custom")
+            continue
+        if answers[i] is None or wrongs[i] is None:
+            with torch.no_grad():
+                out = model(input_ids=torch.stack([x, y]), use_cache=False)
+                top = out.logits[:, -1].argmax(-1).tolist()
+            ans = top[0] if answers[i] is None else token_id(tokenizer, answers[i], "answer")
+            wr = top[1] if wrongs[i] is None else token_id(tokenizer, wrongs[i], "wrong")
+        else:
+            ans = token_id(tokenizer, answers[i], "answer")
+            wr = token_id(tokenizer, wrongs[i], "wrong")
+        if ans == wr:
+            raise ValueError(
+                f"pair {i}: answer and wrong are the same token ({tokenizer.decode([ans])!r}); "
+                "pass wrong= (e.g. the name the corrupted prompt points to)."
+            )
+        pairs.append(_Pair(x, y, logit_diff(ans, wr), [len(ia) - 1]))
+        saved["answer"].append(ans)
+        saved["wrong"].append(wr)
+        if i == 0:
+            name = (
+                f"logit diff {tokenizer.decode([ans])!r} − {tokenizer.decode([wr])!r} "
+                "at the last position"
+            )
+        saved["pairs"].append([a, b])
+    if saved["custom_metric"]:
+        saved["pairs"] = [[a, b] for a, b in zip(cl, co, strict=True)]
+    if len(pairs) > 1:
+        name += f", mean over {len(pairs)} pairs"
+    return pairs, name, saved, first_tokens[0], first_tokens[1]
+
+
+class _Live:
+    """What a Circuit needs to evaluate itself: the hooked model and each pair's runs."""
+
+    def __init__(self, em: EdgeModel, pairs: list[_Pair]) -> None:
+        self.em, self.pairs = em, pairs
+        self.m_clean = float(np.mean([p.m_clean for p in pairs]))
+        self.m_corr = float(np.mean([p.m_corr for p in pairs]))
+
+    def record(self) -> None:
+        for p in self.pairs:
+            ids = torch.stack([p.clean, p.corrupted])
+            W, R, m = self.em.record(ids, _checked(p.metric, 2), p.positions)
+            p.W_clean, p.W_corr, p.R_corr = W[0], W[1], R[1]
+            p.m_clean, p.m_corr = float(m[0]), float(m[1])
+        self.m_clean = float(np.mean([p.m_clean for p in self.pairs]))
+        self.m_corr = float(np.mean([p.m_corr for p in self.pairs]))
+
+    def check_gap(self) -> float:
+        normalize(self.m_clean, self.m_clean, self.m_corr)  # refuses a vanishing gap, clearly
+        return self.m_clean - self.m_corr
+
+    def evaluate(self, masks: np.ndarray) -> np.ndarray:
+        self.check_gap()
+        em = self.em
+        N = masks.shape[0]
+        total = np.zeros(N)
+        with eval_mode(em.model):
+            for p in self.pairs:
+                P = p.clean.shape[0]
+                per_row = 3 * em.U * P * em.D * 4
+                B = max(1, min(N, EVAL_BYTES // per_row))
+                for s in range(0, N, B):
+                    keep = torch.from_numpy(masks[s : s + B])
+                    vals = em.ablate(
+                        p.clean,
+                        keep,
+                        p.W_corr,
+                        p.R_corr,
+                        _checked(p.metric, keep.shape[0]),
+                        p.positions,
+                        start=p.start,
+                    )
+                    total[s : s + B] += vals.cpu().numpy()
+        return normalize(total / len(self.pairs), self.m_clean, self.m_corr)
+
+
+def circuit(
+    model: Any,
+    tokenizer: Any,
+    clean: str | Sequence[str],
+    corrupted: str | Sequence[str],
+    *,
+    answer: Any = None,
+    wrong: Any = None,
+    metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    method: str = "eap-ig",
+    steps: int = 5,
+    nodes: str = "heads",
+    progress: bool | None = None,
+) -> Circuit:
+    """Score every edge of the model's graph for one behaviour (noising), ready to evaluate.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal Hugging Face model with its head (GPT-2, Llama / SmolLM2 / Mistral / Qwen,
+        Pythia, Gemma) and its tokenizer. Grouped-query attention is supported: key and value
+        inputs belong to KV heads (``L5KV0.k``), and ``circuit.inputs`` says which query heads
+        each serves.
+    clean, corrupted
+        A prompt pair, or lists of pairs (scores are averaged). Each pair must have the same
+        number of tokens.
+    answer, wrong
+        One-token strings or ids (per pair, or one for all): the metric is the logit
+        difference ``answer − wrong`` at the last position. Default: the clean prompt's top
+        prediction and the corrupted prompt's.
+    metric
+        Instead: a callable of the float32 logits at the last position, ``[vocab] -> scalar``
+        (or batched ``[..., vocab] -> [...]`` like :func:`circuitboard.intervene.logit_diff`),
+        roughly linear in the logits (logit differences, log-probabilities), differentiable.
+    method
+        ``"eap"``: one forward on each prompt and one backward. ``"eap-ig"`` (default):
+        integrated gradients on the input embeddings, ``steps`` interpolated runs (midpoint
+        rule) batched into one forward and one backward.
+    nodes
+        ``"heads"`` (a node per attention head; q inputs per head, k/v inputs per KV head) or
+        ``"layers"`` (a node per attention layer).
+    progress
+        Show a tqdm bar over prompt pairs (default: from 4 pairs on).
+
+    Returns
+    -------
+    Circuit
+        Edge scores (share of the clean − corrupted gap each edge carries; positive helps the
+        answer), live evaluation on the model (``evaluate``, ``faithfulness``).
+
+    Examples
+    --------
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> import circuitboard as cb
+    >>> model, tok = tiny_llama()
+    >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", steps=8)
+    >>> c.n_edges, c.top(1)[0]["label"].count("→")
+    (82, 1)
+    >>> abs(c.completeness - 1) < 0.1
+    True
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int; got {steps!r}.")
+    adapter = get_adapter(model)
+    projections_for(adapter)
+    info = model_info(model, adapter)
+    graph = Graph.build(
+        info.n_layers,
+        info.n_heads,
+        info.n_kv_heads,
+        nodes=nodes,
+        parallel=bool(info.parallel_attn_mlp),
+    )
+    em = EdgeModel(model, adapter, info, graph)
+    with eval_mode(model):
+        pairs, name, saved, toks, ctoks = _prepare(
+            model, tokenizer, clean, corrupted, answer, wrong, metric, em, info
+        )
+        live = _Live(em, pairs)
+        show = progress if progress is not None else len(pairs) >= 4
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(pairs), desc="circuitboard circuit", unit="pair")
+        raw = torch.zeros(
+            len(graph.writers), len(graph.readers), device=em.device, dtype=torch.float64
+        )
+        try:
+            for p in pairs:
+                ids = torch.stack([p.clean, p.corrupted])
+                W, R, m = em.record(ids, _checked(p.metric, 2), p.positions)
+                p.W_clean, p.W_corr, p.R_corr = W[0], W[1], R[1]
+                p.m_clean, p.m_corr = float(m[0]), float(m[1])
+                if method == "eap":
+                    G, _ = em.gradients(p.clean[None], _checked(p.metric, 1), p.positions)
+                else:
+                    alpha = torch.arange(steps, device=em.device, dtype=torch.float32) + 0.5
+                    alpha = (alpha / steps)[:, None, None]
+                    e0, e1 = p.W_corr[0], p.W_clean[0]
+                    emb = e0[None] + alpha * (e1 - e0)[None]
+                    G, _ = em.gradients(
+                        p.clean[None].expand(steps, -1),
+                        _checked(p.metric, steps),
+                        p.positions,
+                        embed=emb,
+                    )
+                    G = G / steps
+                dW = (p.W_clean - p.W_corr).reshape(len(graph.writers), -1)
+                raw += dW.double() @ G.reshape(len(graph.readers), -1).double().T
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        live.m_clean = float(np.mean([p.m_clean for p in pairs]))
+        live.m_corr = float(np.mean([p.m_corr for p in pairs]))
+        gap = live.check_gap()
+    scores = (raw.cpu().numpy() / len(pairs)) / gap
+    scores = np.where(graph.valid, scores, np.nan).astype(np.float32)
+    c = Circuit(
+        graph=graph,
+        scores=scores,
+        method=method,
+        steps=steps if method == "eap-ig" else 1,
+        metric=name,
+        clean_value=live.m_clean,
+        corrupted_value=live.m_corr,
+        tokens=toks,
+        corrupted_tokens=ctoks,
+        model_name=info.model_name,
+        n_pairs=len(pairs),
+        prompts=saved,
+    )
+    for p in pairs:  # only the corrupted run is needed to evaluate
+        p.W_clean = None
+    c._live = live
+    return c
+
+
+def attach(
+    c: Circuit,
+    model: Any,
+    tokenizer: Any,
+    *,
+    clean: Any = None,
+    corrupted: Any = None,
+    metric: Any = None,
+) -> Circuit:
+    """Give a loaded circuit its model back so that it evaluates live again."""
+    saved = c.prompts or {}
+    if clean is None or corrupted is None:
+        if not saved.get("pairs"):
+            raise ValueError(
+                "this circuit file does not hold its prompts; pass clean= and corrupted=."
+            )
+        clean = [a for a, _ in saved["pairs"]]
+        corrupted = [b for _, b in saved["pairs"]]
+    if saved.get("custom_metric") and metric is None:
+        raise ValueError(
+            "this circuit was scored with a custom metric, which a file cannot hold; pass the "
+            "same callable: cb.load_circuit(path, model, tokenizer, metric=my_metric)."
+        )
+    adapter = get_adapter(model)
+    info = model_info(model, adapter)
+    g = c.graph
+    if (info.n_layers, info.n_heads, info.n_kv_heads) != (g.n_layers, g.n_heads, g.n_kv_heads):
+        raise ValueError(
+            f"the circuit's graph has {g.n_layers} layers × {g.n_heads} heads ({g.n_kv_heads} KV) "
+            f"but the model has {info.n_layers} × {info.n_heads} ({info.n_kv_heads}); pass the "
+            "model the circuit was computed on."
+        )
+    em = EdgeModel(model, adapter, info, g)
+    answers = saved.get("answer") or None
+    wrongs = saved.get("wrong") or None
+    with eval_mode(model):
+        pairs, *_ = _prepare(model, tokenizer, clean, corrupted, answers, wrongs, metric, em, info)
+        live = _Live(em, pairs)
+        live.record()
+    c._live = live
+    return c
