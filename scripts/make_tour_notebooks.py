@@ -180,7 +180,7 @@ assert gen.capture.n_tokens == gen.n_prompt + gen.n_steps and gen.tokens[0] == "
 **When does the model commit to the answer?** At step 0 " Paris" has probability 0.77 (next:
 " the" 0.07, " London" 0.01). The logit lens of that forward says when, in depth: " Paris" is
 the top-1 token of no layer's residual stream before the last one (its lens probability stays
-below 0.02 up to layer 27), so the answer is decided in the final layers. Later steps
+below 0.05 up to layer 27), so the answer is decided in the final layers. Later steps
 differ: the "." after " Paris" is top-1 from layer 27 on, and the first newline already from
 layer 12.
 """),
@@ -211,8 +211,10 @@ assert abs(float(lens["chosen_probs"][0, -1]) - float(probs[gen.token_ids[0]])) 
 **A steered fork.** A direction from five Italy sentences minus five France sentences
 (`cb.steering_vector`, layer 10) added from step 2 on, after " Paris." (`positions="new"`:
 only the forwards that choose tokens). The fork shares the first two tokens exactly (KL 0
-there) and then leaves the unsteered continuation; a second fork forces " Rome" at step 0 and
-lets the model go on. In the view the forks are rows, differing tokens highlighted, with the
+there); from step 2 on it diverges, KL(base ‖ steered) 0.93 nats at step 2 and 10.6 by step 9,
+and its text becomes " Paris.\n\nWhat's it? What's". A second fork forces " Rome" at step 0
+and the model stays consistent with the answer it was given: " Rome.\n\nThe Roman Empire was a
+massive". In the view the forks are rows, differing tokens highlighted, with the
 KL(base ‖ fork) strip per step; select a step to see its top-k, lens and attribution.
 """),
     code("""
@@ -230,13 +232,112 @@ kl = gen.kl(steered)
 print("KL(base || steered) per step:", [round(float(x), 3) for x in kl])
 assert steered.token_ids[:2] == gen.token_ids[:2]
 assert float(kl[:2].abs().max()) == 0.0           # shared steps: the same numbers
-assert float(kl[2]) > 0.05 and steered.text != gen.text
-assert rome.tokens[0] == " Rome" and rome.forced == (0,)
+assert float(kl[2]) > 0.5 and float(kl[2:].mean()) > 3 and steered.text != gen.text
+assert rome.tokens[0] == " Rome" and rome.forced == (0,) and "Roman" in rome.text
 view = cb.generation_view(gen, steered, rome)
 view
+"""),
+]
+
+SCALE_OUT = [
+    md("""
+# Scale-out: the same comparison serial and on a local Ray cluster
+
+`cb.compare` cuts the prompts into blocks and the blocks into shards; each shard's statistics
+(count, mean, M2) merge exactly in plan order. So for the same `shards=` every engine computes
+the same numbers, bit for bit, and `save()` writes the same bytes. Here: 48 IOI-style prompts
+(24 whose subject is repeated, 24 with a third name), once in this process and once on a local
+Ray cluster of 2 workers that each load their own model from a `cb.ModelSpec`.
+"""),
+    code("""
+import os
+import time
+
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # before Ray is imported
+import numpy as np
+import circuitboard as cb
+
+names = ["Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Emma", "David"]
+places = ["store", "park", "school"]
+ioi, other = [], []
+for i in range(24):
+    a, b, c = names[i % 8], names[(i + 3) % 8], names[(i + 5) % 8]
+    where = places[i % 3]
+    ioi.append(f"When {a} and {b} went to the {where}, {b} gave a drink to")
+    other.append(f"When {a} and {b} went to the {where}, {c} gave a drink to")
+categories = {"IOI": ioi, "other": other}
+spec = cb.ModelSpec("default")
+print(spec, {k: len(v) for k, v in categories.items()})
+"""),
+    md("""
+Serial, in this process (`tokenizer=None` with a spec: the model is loaded from the spec), cut
+into 4 shards so that the Ray run below has the same plan:
+"""),
+    code("""
+t0 = time.perf_counter()
+serial = cb.compare(spec, None, categories, engine="serial", shards=4, progress=False)
+t_serial = time.perf_counter() - t0
+print(serial, f"\\n{t_serial:.1f} s")
+top = serial.top("IOI", "other", "head_write", k=3)
+print([(r["label"], round(r["d"], 2), round(r["t"], 2)) for r in top])
+assert serial.count("IOI") == serial.count("other") == 24
+"""),
+    md("""
+The same call on Ray: 2 actors, each loading SmolLM2 from the spec once and keeping it, so a
+second call on the warm actors costs only the forwards.
+"""),
+    code("""
+import circuitboard.scale
+import ray
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+try:
+    t0 = time.perf_counter()
+    on_ray = cb.compare(spec, None, categories, engine="ray", workers=2, shards=4, progress=False)
+    t_ray_cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    on_ray_warm = cb.compare(spec, None, categories, engine="ray", workers=2, shards=4,
+                             progress=False)
+    t_ray_warm = time.perf_counter() - t0
+finally:
+    circuitboard.scale.shutdown()  # the warm actors, then the local cluster
+    ray.shutdown()
+print(f"serial {t_serial:.1f} s, Ray cold {t_ray_cold:.1f} s, Ray warm {t_ray_warm:.1f} s")
+"""),
+    md("""
+**The statistics are identical.** Every statistic of every category, counts, means and M2, is
+bit-for-bit equal between the serial run and Ray, and the saved `.npz` files are the same bytes.
+"""),
+    code("""
+for cat in serial.categories:
+    for stat in serial.stat_names:
+        a, b, c = serial.stats[cat][stat], on_ray.stats[cat][stat], on_ray_warm.stats[cat][stat]
+        assert a.count == b.count == c.count
+        assert np.array_equal(a.mean, b.mean) and np.array_equal(a.m2, b.m2), (cat, stat)
+        assert np.array_equal(a.mean, c.mean) and np.array_equal(a.m2, c.m2), (cat, stat)
+e_s, e_r = serial.effect("IOI", "other", "head_write"), on_ray.effect("IOI", "other", "head_write")
+assert np.array_equal(e_s.d, e_r.d) and np.array_equal(e_s.t, e_r.t)
+same = serial.save("serial.npz").read_bytes() == on_ray.save("ray.npz").read_bytes()
+print("saved bytes equal:", same, f"({os.path.getsize('ray.npz'):,} bytes)")
+assert same
+cb.compare_view(on_ray, a="IOI", b="other")
+"""),
+    md("""
+**What a 2-core machine shows.** Ray cannot be faster here: the two actors share the same two
+cores the serial run already used (torch's threads), each actor loads its own copy of the model,
+and a cold call also pays Ray's start-up. The printed times above are this run's (on the
+development machine, shared with other jobs, the serial run took tens of seconds and Ray
+several times more when cold). The point of the engine is the identical answer: on a machine
+with many cores or GPUs, or a cluster (`ray_address="auto"`), the same call spreads the shards
+over them.
+"""),
+    code("""
+assert t_serial > 0 and t_ray_cold > 0 and t_ray_warm > 0
+print(f"Ray warm / serial: {t_ray_warm / t_serial:.2f}×; cold / serial: {t_ray_cold / t_serial:.2f}×")
 """),
 ]
 
 if __name__ == "__main__":
     write("categories.ipynb", CATEGORIES)
     write("generation.ipynb", GENERATION)
+    write("scale_out.ipynb", SCALE_OUT)
