@@ -24,6 +24,8 @@ def code(text: str) -> nbformat.NotebookNode:
 
 def write(name: str, cells: list[nbformat.NotebookNode]) -> None:
     nb = new_notebook(cells=cells)
+    for i, cell in enumerate(nb.cells):  # stable ids: regenerating changes only what changed
+        cell.id = f"{Path(name).stem}-{i}"
     kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["kernelspec"] = kernel
     nb.metadata["language_info"] = {"name": "python"}
@@ -83,7 +85,9 @@ row = top_n[0]
 pooled = np.sqrt(((n - 1) * row["std_a"] ** 2 + (m - 1) * row["std_b"] ** 2) / (n + m - 2))
 assert abs(row["diff"] / pooled - row["d"]) < 1e-6
 assert abs(row["diff"] / np.sqrt(row["std_a"] ** 2 / n + row["std_b"] ** 2 / m) - row["t"]) < 1e-6
-cb.compare_view(cmp, a="cat", b="dog", stat="head_write", measure="d")
+view = cb.compare_view(cmp, a="cat", b="dog", stat="head_write", measure="d")
+assert view.n_prompts == [12, 12] and view.has_neurons and view.layers == list(range(30))
+view
 """),
     md("""
 **Drill-down: the top neuron on every prompt.** One capture of layer 16's MLP per prompt gives
@@ -235,6 +239,9 @@ assert float(kl[:2].abs().max()) == 0.0           # shared steps: the same numbe
 assert float(kl[2]) > 0.5 and float(kl[2:].mean()) > 3 and steered.text != gen.text
 assert rome.tokens[0] == " Rome" and rome.forced == (0,) and "Roman" in rome.text
 view = cb.generation_view(gen, steered, rome)
+rows = view._rows  # what the timeline draws: one row per generation
+assert len(rows) == 3 and rows[1]["fork_step"] == 2 and rows[2]["forced"] == [0]
+assert rows[1]["diff"][:2] == [False, False] and any(rows[1]["diff"][2:])
 view
 """),
 ]
@@ -323,7 +330,9 @@ assert np.array_equal(e_s.d, e_r.d) and np.array_equal(e_s.t, e_r.t)
 same = serial.save("serial.npz").read_bytes() == on_ray.save("ray.npz").read_bytes()
 print("saved bytes equal:", same, f"({os.path.getsize('ray.npz'):,} bytes)")
 assert same
-cb.compare_view(on_ray, a="IOI", b="other")
+view = cb.compare_view(on_ray, a="IOI", b="other")
+assert view.n_prompts == [24, 24] and view.has_neurons
+view
 """),
     md("""
 **What a 2-core machine shows.** Ray cannot be faster here. The two actors share the two cores
