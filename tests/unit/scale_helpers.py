@@ -28,7 +28,8 @@ def save_tiny(folder: Path) -> Any:
     model, tok = tiny_llama()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    return cb.ModelSpec(str(folder))
+    # one thread in every worker, as in the driver (see one_thread): bitwise-equal sums
+    return cb.ModelSpec(str(folder), threads=1)
 
 
 def saved_bytes(result: Any) -> bytes:
@@ -118,3 +119,17 @@ def run_and_kill(run: Any, wait_for: Path, pids: Any) -> tuple[Any, list[int]]:
     if "error" in out:
         raise out["error"]
     return out["result"], killed
+
+
+def pin_one_thread() -> Any:
+    """Run the driver on one torch thread for a test module (a generator for a fixture).
+
+    Engines give the same bytes only when every process sums in the same order, i.e. runs the
+    same number of torch threads; the workers here run one (``ModelSpec(threads=1)``).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,10 +20,15 @@ from tests.unit.scale_helpers import (
     assert_same_comparison,
     assert_same_top,
     digest,
+    pin_one_thread,
     run_and_kill,
     save_tiny,
 )
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from pin_one_thread()
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):

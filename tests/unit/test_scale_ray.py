@@ -19,6 +19,7 @@ from tests.unit.scale_helpers import (
     assert_same_comparison,
     assert_same_top,
     digest,
+    pin_one_thread,
     run_and_kill,
     save_tiny,
 )
@@ -26,6 +27,11 @@ from tests.unit.scale_helpers import (
 ray = pytest.importorskip("ray", reason='Ray is absent; `pip install "circuitboard[ray]"`')
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from pin_one_thread()
 
 @pytest.fixture(scope="module")
 def cluster():

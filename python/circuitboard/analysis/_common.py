@@ -157,6 +157,8 @@ def spacing_warning(cap: Any, given: Any, tid: int, pos: int, name: str) -> str 
     tok = getattr(cap, "tokenizer", None)
     if not isinstance(given, str) or given[:1].isspace() or tok is None:
         return None
+    if getattr(cap, "image", None) is not None:  # class labels, not words: no spacing
+        return None
     spaced = tok.encode(" " + given, add_special_tokens=False)
     if len(spaced) != 1 or spaced[0] == tid:
         return None

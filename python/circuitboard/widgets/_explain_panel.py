@@ -151,8 +151,20 @@ class ExplainCells(View):
         pattern = self.pattern(layer, head)
         return [(layer, head, q, int(np.argmax(pattern[q]))) for q in range(pattern.shape[0])]
 
+    def _unexplainable(self, cells: list[tuple[int, int, int, int]]) -> str | None:
+        """Why this capture's scores cannot be explained (it lacks a kind), else None."""
+        if not cells:
+            return None
+        try:
+            self.explain(*cells[0])
+        except (KeyError, ValueError) as err:  # e.g. captured with a narrow what=
+            return str(err).strip("\"'")
+        return None
+
     def explain_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
         cells = self._explained_cells()[: self.explain_budget(budget_bytes) // REPLY_BYTES]
+        if self._unexplainable(cells):
+            return []
         return [
             {"kind": "fetch-explain", "layer": lay, "head": h, "query": q, "key": k}
             for lay, h, q, k in cells
@@ -168,6 +180,9 @@ class ExplainCells(View):
                 f"Attention: no explanations of scores embedded (prompts over "
                 f"{EMBED_MAX_TOKENS:,} tokens); click cells in a live notebook."
             ]
+        why = self._unexplainable(cells)
+        if why:
+            return [f"Attention: no explanations of scores embedded: {why}"]
         lay, h = cells[0][:2]
         more = "" if len(kept) == len(cells) else f" (the first {len(kept)} queries)"
         return [
