@@ -114,9 +114,8 @@ def live_click_to_paint(
     Appends to ``fetch_ms`` the part spent waiting for the kernel's reply.
     """
     import json
-    import secrets
 
-    from tests.browser.test_jupyter_live import free_port, start_lab, stop_lab
+    from benchmarks._live import live_notebook
 
     root = tmp / "lab"
     root.mkdir()
@@ -128,49 +127,13 @@ def live_click_to_paint(
         "view = cb.AttentionView(att, json.load(open('tokens.json')))\n"
         "view"
     )
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "id": "c0",
-                "metadata": {},
-                "outputs": [],
-                "source": src,
-            }
-        ],
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    (root / "live.ipynb").write_text(json.dumps(nb), encoding="utf-8")
-    port, token = free_port(), secrets.token_hex(16)
-    lab = start_lab(root, port, token)
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1200})
-    try:
-        base = f"http://127.0.0.1:{port}"
-        ctx.route(
-            "**/*",
-            lambda r: (
-                r.continue_() if r.request.url.startswith((base, "data:", "blob:")) else r.abort()
-            ),
-        )
-        page = ctx.new_page()
-        page.goto(f"{base}/lab/tree/live.ipynb?token={token}", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        try:  # a kernel-select dialog, when this JupyterLab shows one
-            page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=3_000)
-        except Exception:
-            pass
-        page.wait_for_function(
-            "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
-            "?.kernel?.status === 'idle'",
-            timeout=60_000,
-        )
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        page.wait_for_selector(".cb-attention[data-head]", timeout=180_000)
+    with live_notebook(
+        browser,
+        root,
+        src,
+        viewport={"width": 1400, "height": 1200},
+        ready=".cb-attention[data-head]",
+    ) as page:
         out = []
         for layer, head in heads:
             page.click(f'.cb-thumb[data-layer="{layer}"][data-head="{head}"]')
@@ -181,9 +144,6 @@ def live_click_to_paint(
             out.append(float(page.get_attribute(".cb-attention", "data-last-ms")))
             fetch_ms.append(float(page.get_attribute(".cb-attention", "data-last-fetch-ms")))
         return out
-    finally:
-        ctx.close()
-        stop_lab(lab)
 
 
 def handler_ms(view: cb.AttentionView, heads: list[tuple[int, int]]) -> list[float]:

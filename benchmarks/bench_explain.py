@@ -19,9 +19,7 @@ not linked to a view), so there is no side-by-side row; the target is the issue'
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import secrets
 import shutil
 import statistics
 import tempfile
@@ -83,54 +81,19 @@ def kernel_ms(cap: Any, view: Any, heads: int, clicks: int, seed: int = 0) -> di
 
 def live_click_to_panel(browser: Any, n_tokens: int, clicks: int, tmp: Path) -> list[float]:
     """Click a cell of L18H6 in a live JupyterLab, wait for the panel; its ``data-ms`` each."""
-    from tests.browser.test_jupyter_live import free_port, start_lab, stop_lab
+    from benchmarks._live import live_notebook
 
     root = tmp / "lab"
     root.mkdir()
     src = NOTEBOOK_SRC.format(prose=str(PROSE), n=n_tokens, target=TARGET)
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "id": "c0",
-                "metadata": {},
-                "outputs": [],
-                "source": src,
-            }
-        ],
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    (root / "live.ipynb").write_text(json.dumps(nb), encoding="utf-8")
-    port, token = free_port(), secrets.token_hex(16)
-    lab = start_lab(root, port, token)
-    ctx = browser.new_context(viewport={"width": 1500, "height": 1200})
-    try:
-        base = f"http://127.0.0.1:{port}"
-        ctx.route(
-            "**/*",
-            lambda r: (
-                r.continue_() if r.request.url.startswith((base, "data:", "blob:")) else r.abort()
-            ),
-        )
-        page = ctx.new_page()
-        page.goto(f"{base}/lab/tree/live.ipynb?token={token}", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        try:  # a kernel-select dialog, when this JupyterLab shows one
-            page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=3_000)
-        except Exception:
-            pass
-        page.wait_for_function(
-            "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
-            "?.kernel?.status === 'idle'",
-            timeout=60_000,
-        )
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        page.wait_for_selector(".cb-attention[data-head]", timeout=300_000)
+    with live_notebook(
+        browser,
+        root,
+        src,
+        viewport={"width": 1500, "height": 1200},
+        ready=".cb-attention[data-head]",
+        timeout_ms=300_000,
+    ) as page:
         box = page.eval_on_selector(
             ".cb-attention .cb-heatmap",
             "c => { const r = c.getBoundingClientRect(), d = c.dataset, s = devicePixelRatio;"
@@ -154,9 +117,6 @@ def live_click_to_panel(browser: Any, n_tokens: int, clicks: int, tmp: Path) -> 
         shots.mkdir(exist_ok=True)
         page.screenshot(path=str(shots / "explain-live-jupyterlab.png"))
         return out
-    finally:
-        ctx.close()
-        stop_lab(lab)
 
 
 def main() -> None:
