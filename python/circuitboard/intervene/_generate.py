@@ -716,25 +716,17 @@ def _run(
 
     qk_ok, qk_kernel = interface_status(model) if "pattern" in kinds else (False, "")
     path, kernel = "eager", getattr(model.config, "_attn_implementation", None)
+
+    def run(qk: bool) -> tuple:
+        """The generation loop, recording queries/keys through the interface (qk) or eager."""
+        return _loop(
+            model, adapter, info, device, prompt_ids, n_steps, steering, sampling, kinds,
+            dtype, eos, parent, fork_step, list(forced), qk=qk,
+        )  # fmt: skip
+
     if "pattern" in kinds and qk_ok:
         try:
-            state = _loop(
-                model,
-                adapter,
-                info,
-                device,
-                prompt_ids,
-                n_steps,
-                steering,
-                sampling,
-                kinds,
-                dtype,
-                eos,
-                parent,
-                fork_step,
-                list(forced),
-                qk=True,
-            )
+            state = run(qk=True)
             path, kernel = "interface", qk_kernel
         except InterfaceUnavailable as e:  # the model's attention cannot go through it
             path, kernel = f"eager (the attention interface was not usable: {e})", "eager"
@@ -744,23 +736,7 @@ def _run(
         if "pattern" in kinds:
             path, kernel = f"eager (the attention interface was not usable: {qk_kernel})", "eager"
     if state is None:
-        state = _loop(
-            model,
-            adapter,
-            info,
-            device,
-            prompt_ids,
-            n_steps,
-            steering,
-            sampling,
-            kinds,
-            dtype,
-            eos,
-            parent,
-            fork_step,
-            list(forced),
-            qk=False,
-        )
+        state = run(qk=False)
     gen_ids, chunks, logits_parts, added, cache, specs = state
     info = dataclasses.replace(info, attn_implementation=kernel, attention_path=path)
     n_forced = len(forced)
