@@ -286,10 +286,25 @@ class Circuit:
     def _require_live(self) -> Any:
         if self._live is None:
             raise RuntimeError(
-                "this circuit has no model attached (it was loaded from a file): evaluating it "
-                "runs the model. Pass it: cb.load_circuit(path, model, tokenizer)."
+                "this circuit has no model attached (it was loaded from a file, or scored on "
+                "workers from a ModelSpec): evaluating it runs the model. Attach one: "
+                "circuit.attach(model, tokenizer), or cb.load_circuit(path, model, tokenizer)."
             )
         return self._live
+
+    def attach(self, model: Any, tokenizer: Any, **kwargs: Any) -> Circuit:
+        """Give the circuit a model to evaluate on (the one it was scored on): each stored
+        pair's corrupted run is recorded once. ``metric=`` for a custom metric (a file cannot
+        hold it); ``clean=`` / ``corrupted=`` for other prompts. Returns the circuit.
+
+        Examples
+        --------
+        >>> c = cb.circuit(cb.ModelSpec("default"), None, clean, corrupted)  # doctest: +SKIP
+        >>> c.attach(model, tok).evaluate(100)  # doctest: +SKIP
+        """
+        from ._eap import attach
+
+        return attach(self, model, tokenizer, **kwargs)
 
     def evaluate_masks(self, masks: Sequence[np.ndarray]) -> np.ndarray:
         """Faithfulness of each kept-edge mask, batched (several masks share one forward)."""

@@ -204,6 +204,12 @@ def circuit(
     steps: int = 5,
     nodes: str = "heads",
     progress: bool | None = None,
+    engine: str = "serial",
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    shards: int | None = None,
+    checkpoint: Any = None,
+    ray_address: str | None = None,
 ) -> Circuit:
     """Score every edge of the model's graph for one behaviour (noising), ready to evaluate.
 
@@ -234,12 +240,29 @@ def circuit(
         ``"layers"`` (a node per attention layer).
     progress
         Show a tqdm bar over prompt pairs (default: from 4 pairs on).
+    engine
+        Where the pairs run: ``"serial"`` (this process), ``"processes"`` (a pool of local
+        processes, each with its own model) or ``"ray"`` (Ray actors; ``pip install
+        "circuitboard[ray]"``). Every engine runs the same plan: consecutive pairs form
+        ``shards``; each shard sums its pairs' edge scores in float64, and the shard sums are
+        added in plan order, so every engine gives the same scores (and saved bytes) for the
+        same shards, and any shard count agrees with one pass to float64 rounding (~1e-16).
+        A custom ``metric`` travels to the workers pickled by value (cloudpickle).
+    workers, gpus_per_worker, shards, checkpoint, ray_address
+        As for :func:`circuitboard.compare`: worker count, GPUs per worker, pieces of work
+        (default one for ``"serial"``, four per worker otherwise), a folder from which an
+        interrupted run resumes, and the Ray cluster to join. Pass a
+        :class:`circuitboard.ModelSpec` as ``model`` (``tokenizer=None``) so that each worker
+        loads its own model.
 
     Returns
     -------
     Circuit
         Edge scores (share of the clean − corrupted gap each edge carries; positive helps the
-        answer), live evaluation on the model (``evaluate``, ``faithfulness``).
+        answer), live evaluation on the model (``evaluate``, ``faithfulness``). Scored on
+        workers from a loaded model, it evaluates on that model here (recording each pair's
+        corrupted run on first use); from a ``ModelSpec``, attach a model first:
+        ``c.attach(model, tokenizer)``.
 
     Examples
     --------
@@ -251,22 +274,45 @@ def circuit(
     (82, 1)
     >>> abs(c.completeness - 1) < 0.1
     True
+
+    Many pairs, cut into shards (the same numbers on ``engine="processes"`` or ``"ray"``):
+
+    >>> pairs = ["1 2 3 4 5 6 7 8", "2 3 4 5 6 7 8 9", "3 4 5 6 7 8 9 1", "4 5 6 7 8 9 1 2"]
+    >>> corrupt = ["9 8 7 6 5 4 3 2", "8 7 6 5 4 3 2 1", "7 6 5 4 3 2 1 9", "6 5 4 3 2 1 9 8"]
+    >>> one = cb.circuit(model, tok, pairs, corrupt, method="eap", progress=False)
+    >>> two = cb.circuit(model, tok, pairs, corrupt, method="eap", shards=2, progress=False)
+    >>> bool(np.nanmax(abs(one.scores - two.scores)) < 1e-6), two.n_pairs
+    (True, 4)
+    >>> round(two.evaluate(two.n_edges), 4)  # evaluates on the model given
+    1.0
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int; got {steps!r}.")
-    adapter = get_adapter(model)
-    projections_for(adapter)
-    info = model_info(model, adapter)
-    graph = Graph.build(
-        info.n_layers,
-        info.n_heads,
-        info.n_kv_heads,
-        nodes=nodes,
-        parallel=bool(info.parallel_attn_mlp),
-    )
-    em = EdgeModel(model, adapter, info, graph)
+    if nodes not in ("heads", "layers"):
+        raise ValueError(
+            f"nodes must be 'heads' (one node per attention head) or 'layers' (one node per "
+            f"attention layer); got {nodes!r}."
+        )
+    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+        from ..scale._pairs import circuit_sharded
+
+        return circuit_sharded(
+            model,
+            tokenizer,
+            clean,
+            corrupted,
+            dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps, nodes=nodes),
+            engine=engine,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            shards=shards,
+            checkpoint=checkpoint,
+            ray_address=ray_address,
+            progress=progress,
+        )
+    em, info, graph = edge_model(model, nodes)
     with eval_mode(model):
         pairs, name, saved, toks, ctoks = _prepare(
             model, tokenizer, clean, corrupted, answer, wrong, metric, em, info
@@ -278,59 +324,117 @@ def circuit(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(pairs), desc="circuitboard circuit", unit="pair")
-        raw = torch.zeros(
-            len(graph.writers), len(graph.readers), device=em.device, dtype=torch.float64
-        )
         try:
-            for p in pairs:
-                ids = torch.stack([p.clean, p.corrupted])
-                W, R, m = em.record(ids, _checked(p.metric, 2), p.positions)
-                p.W_clean, p.W_corr, p.R_corr = W[0], W[1], R[1]
-                p.m_clean, p.m_corr = float(m[0]), float(m[1])
-                if method == "eap":
-                    G, _ = em.gradients(p.clean[None], _checked(p.metric, 1), p.positions)
-                else:
-                    alpha = torch.arange(steps, device=em.device, dtype=torch.float32) + 0.5
-                    alpha = (alpha / steps)[:, None, None]
-                    e0, e1 = p.W_corr[0], p.W_clean[0]
-                    emb = e0[None] + alpha * (e1 - e0)[None]
-                    G, _ = em.gradients(
-                        p.clean[None].expand(steps, -1),
-                        _checked(p.metric, steps),
-                        p.positions,
-                        embed=emb,
-                    )
-                    G = G / steps
-                dW = (p.W_clean - p.W_corr).reshape(len(graph.writers), -1)
-                raw += dW.double() @ G.reshape(len(graph.readers), -1).double().T
-                if bar is not None:
-                    bar.update(1)
+            raw = score_pairs(em, graph, pairs, method, steps, bar)
         finally:
             if bar is not None:
                 bar.close()
-        live.m_clean = float(np.mean([p.m_clean for p in pairs]))
-        live.m_corr = float(np.mean([p.m_corr for p in pairs]))
-        gap = live.check_gap()
-    scores = (raw.cpu().numpy() / len(pairs)) / gap
+    c = finish_circuit(
+        raw.cpu().numpy(),
+        [p.m_clean for p in pairs],
+        [p.m_corr for p in pairs],
+        graph=graph,
+        method=method,
+        steps=steps,
+        name=name,
+        tokens=toks,
+        corrupted_tokens=ctoks,
+        model_name=info.model_name,
+        saved=saved,
+    )
+    live.m_clean, live.m_corr = c.clean_value, c.corrupted_value
+    for p in pairs:  # only the corrupted run is needed to evaluate
+        p.W_clean = None
+    c._live = live
+    return c
+
+
+def edge_model(model: Any, nodes: str) -> tuple[EdgeModel, Any, Graph]:
+    """The hooked model of ``model``'s graph (``nodes="heads"`` or ``"layers"``)."""
+    adapter = get_adapter(model)
+    projections_for(adapter)
+    info = model_info(model, adapter)
+    graph = Graph.build(
+        info.n_layers,
+        info.n_heads,
+        info.n_kv_heads,
+        nodes=nodes,
+        parallel=bool(info.parallel_attn_mlp),
+    )
+    return EdgeModel(model, adapter, info, graph), info, graph
+
+
+def score_pairs(
+    em: EdgeModel, graph: Graph, pairs: list[_Pair], method: str, steps: int, bar: Any
+) -> torch.Tensor:
+    """Σ over ``pairs`` (in order, float64) of ``(out_u(clean) − out_u(corrupted)) · ∂m/∂in_v``
+    ``[writers, readers]``; records each pair's runs and endpoints on the way."""
+    raw = torch.zeros(len(graph.writers), len(graph.readers), device=em.device, dtype=torch.float64)
+    for p in pairs:
+        ids = torch.stack([p.clean, p.corrupted])
+        W, R, m = em.record(ids, _checked(p.metric, 2), p.positions)
+        p.W_clean, p.W_corr, p.R_corr = W[0], W[1], R[1]
+        p.m_clean, p.m_corr = float(m[0]), float(m[1])
+        if method == "eap":
+            G, _ = em.gradients(p.clean[None], _checked(p.metric, 1), p.positions)
+        else:
+            alpha = torch.arange(steps, device=em.device, dtype=torch.float32) + 0.5
+            alpha = (alpha / steps)[:, None, None]
+            e0, e1 = p.W_corr[0], p.W_clean[0]
+            emb = e0[None] + alpha * (e1 - e0)[None]
+            G, _ = em.gradients(
+                p.clean[None].expand(steps, -1),
+                _checked(p.metric, steps),
+                p.positions,
+                embed=emb,
+            )
+            G = G / steps
+        dW = (p.W_clean - p.W_corr).reshape(len(graph.writers), -1)
+        raw += dW.double() @ G.reshape(len(graph.readers), -1).double().T
+        if bar is not None:
+            bar.update(1)
+    return raw
+
+
+def finish_circuit(
+    raw: np.ndarray,
+    m_clean: list[float],
+    m_corr: list[float],
+    *,
+    graph: Graph | None = None,
+    graph_shape: list[Any] | None = None,
+    method: str,
+    steps: int,
+    name: str,
+    tokens: list[str],
+    corrupted_tokens: list[str],
+    model_name: str,
+    saved: dict[str, Any],
+) -> Circuit:
+    """The :class:`Circuit` of summed edge scores ``raw`` over ``len(m_clean)`` pairs: the mean
+    score over pairs as a share of the mean clean − corrupted gap (no model attached)."""
+    if graph is None:
+        n_layers, n_heads, n_kv_heads, nodes, parallel = graph_shape
+        graph = Graph.build(n_layers, n_heads, n_kv_heads, nodes=nodes, parallel=parallel)
+    clean_value, corr_value = float(np.mean(m_clean)), float(np.mean(m_corr))
+    normalize(clean_value, clean_value, corr_value)  # refuses a vanishing gap, clearly
+    gap = clean_value - corr_value
+    scores = (raw / len(m_clean)) / gap
     scores = np.where(graph.valid, scores, np.nan).astype(np.float32)
-    c = Circuit(
+    return Circuit(
         graph=graph,
         scores=scores,
         method=method,
         steps=steps if method == "eap-ig" else 1,
         metric=name,
-        clean_value=live.m_clean,
-        corrupted_value=live.m_corr,
-        tokens=toks,
-        corrupted_tokens=ctoks,
-        model_name=info.model_name,
-        n_pairs=len(pairs),
+        clean_value=clean_value,
+        corrupted_value=corr_value,
+        tokens=tokens,
+        corrupted_tokens=corrupted_tokens,
+        model_name=model_name,
+        n_pairs=len(m_clean),
         prompts=saved,
     )
-    for p in pairs:  # only the corrupted run is needed to evaluate
-        p.W_clean = None
-    c._live = live
-    return c
 
 
 def attach(

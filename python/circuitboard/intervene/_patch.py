@@ -414,6 +414,12 @@ def patch(
     progress: bool | None = None,
     steps: int = 16,
     compare_exact: bool = False,
+    engine: str = "serial",
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    shards: int | None = None,
+    checkpoint: Any = None,
+    ray_address: str | None = None,
 ) -> Patching:
     """Patch activations between a clean and a corrupted prompt and measure what comes back.
 
@@ -460,6 +466,22 @@ def patch(
         Interpolation steps for ``method="ig"``.
     compare_exact
         With ``attribution`` / ``ig``: also run exact patching and report the correlation.
+    engine
+        Where a list of pairs runs: ``"serial"`` (this process), ``"processes"`` (a pool of
+        local processes, each with its own model) or ``"ray"`` (Ray actors; ``pip install
+        "circuitboard[ray]"``). Every engine runs the same plan: consecutive pairs form
+        ``shards``, each pair is patched exactly as one run patches it, and the per-pair
+        results are put together in pair order, so the result (and its saved bytes) is the
+        same for every engine and every shard count. ``values`` stays the mean over pairs of
+        each pair's normalized effect; ``cost`` then holds only ``forwards`` (run time:
+        ``cb.scale.last_run()``). A custom ``metric`` travels pickled by value
+        (cloudpickle); one that cannot is refused before any worker starts.
+    workers, gpus_per_worker, shards, checkpoint, ray_address
+        As for :func:`circuitboard.compare`: worker count, GPUs per worker, pieces of work
+        (default one for ``"serial"``, four per worker otherwise; the unit of retry,
+        checkpoint and progress), a folder from which an interrupted run resumes, and the
+        Ray cluster to join. Pass a :class:`circuitboard.ModelSpec` as ``model``
+        (``tokenizer=None``) so that each worker loads its own model.
 
     Returns
     -------
@@ -484,6 +506,17 @@ def patch(
     ...                  site="heads", method="attribution")
     >>> heads.values.shape, heads.top(1)[0]["label"][:2]
     ((2, 4), 'L0')
+
+    Many pairs, cut into shards (the same bytes on ``engine="processes"`` or ``"ray"``):
+
+    >>> names = [(" Mary", " John"), (" John", " Mary")] * 2
+    >>> cl = [f"When{a} and{b} went to the store,{b} gave a drink to" for a, b in names]
+    >>> co = [f"When{a} and{b} went to the store,{a} gave a drink to" for a, b in names]
+    >>> kw = dict(answer=[a for a, _ in names], wrong=[b for _, b in names], site="heads")
+    >>> one = cb.patch(model, tok, cl, co, **kw)
+    >>> two = cb.patch(model, tok, cl, co, shards=2, **kw)
+    >>> bool((one.values == two.values).all()), two.pair_values.shape
+    (True, (4, 2, 4))
     """
     _check_choice(site, SITES, "site")
     _check_choice(method, METHODS, "method")
@@ -492,6 +525,26 @@ def patch(
         raise ValueError(f"steps must be a positive int; got {steps!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+        from ..scale._pairs import patch_sharded
+
+        options = dict(answer=answer, wrong=wrong, metric=metric, site=site, method=method)
+        options.update(direction=direction, layers=layers, positions=positions, steps=steps)
+        options.update(batch_size=batch_size, compare_exact=compare_exact)
+        return patch_sharded(
+            model,
+            tokenizer,
+            clean,
+            corrupted,
+            options,
+            engine=engine,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            shards=shards,
+            checkpoint=checkpoint,
+            ray_address=ray_address,
+            progress=progress,
+        )
     runner = Runner(model)
     pairs = _prepare_pairs(tokenizer, clean, corrupted, answer, wrong, metric)
     lengths = {len(p.clean_ids) for p in pairs}
