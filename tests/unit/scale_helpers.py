@@ -19,17 +19,96 @@ TEXTS = CATEGORIES["IOI"] + CATEGORIES["other"] + ["a b c", "Hello world!", "1 2
 BATCH = 1  # blocks of 4 prompts: 8 blocks, so 7 shards are possible
 SHARDS = (1, 3, 7)
 
+# IOI-style prompt pairs for patch / circuit: the corrupted prompt swaps the second subject,
+# the answer is the indirect object (8 pairs of one length, names alternating).
+_NAMES = [(" Mary", " John"), (" John", " Mary")] * 4
+CLEAN = [
+    f"{i}: When{a} and{b} went to the store,{b} gave a drink to" for i, (a, b) in enumerate(_NAMES)
+]
+CORRUPTED = [
+    f"{i}: When{a} and{b} went to the store,{a} gave a drink to" for i, (a, b) in enumerate(_NAMES)
+]
+ANSWERS = [a for a, _ in _NAMES]
+WRONGS = [b for _, b in _NAMES]
 
-def save_tiny(folder: Path) -> Any:
-    """Save the tiny Llama and its tokenizer with save_pretrained; its ModelSpec."""
+
+def save_tiny(folder: Path, redrawn: bool = False) -> Any:
+    """Save the tiny Llama and its tokenizer with save_pretrained; its ModelSpec.
+
+    ``redrawn``: weights re-drawn at unit gain (test_patch's model), so that clean and
+    corrupted prompts differ clearly and patching identities hold to float32 precision."""
     import circuitboard as cb
     from tests.unit.tiny_models import tiny_llama
 
-    model, tok = tiny_llama()
+    if redrawn:
+        from tests.unit.test_patch import _model
+
+        model, tok = _model("llama")
+    else:
+        model, tok = tiny_llama()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     # one thread in every worker, as in the driver (see one_thread): bitwise-equal sums
     return cb.ModelSpec(str(folder), threads=1)
+
+
+def patch_pairs(model: Any, tok: Any, **kw: Any) -> Any:
+    """``cb.patch`` of the IOI pairs (every position of every layer's resid_pre)."""
+    import circuitboard as cb
+
+    kw = {"answer": ANSWERS, "wrong": WRONGS, "progress": False, **kw}
+    return cb.patch(model, tok, CLEAN, CORRUPTED, **kw)
+
+
+def circuit_pairs(model: Any, tok: Any, **kw: Any) -> Any:
+    """``cb.circuit`` (EAP-IG, 3 steps) of the IOI pairs."""
+    import circuitboard as cb
+
+    kw = {"answer": ANSWERS, "wrong": WRONGS, "steps": 3, "progress": False, **kw}
+    return cb.circuit(model, tok, CLEAN, CORRUPTED, **kw)
+
+
+def assert_same_patching(got: Any, want: Any) -> None:
+    """Per-pair results, their means and every convention equal exactly (cost aside)."""
+    for name in ("values", "raw", "pair_values", "pair_raw", "pair_clean", "pair_corrupted"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in (
+        "site",
+        "method",
+        "direction",
+        "metric",
+        "axes",
+        "layers",
+        "positions",
+        "heads",
+        "tokens",
+        "clean_value",
+        "corrupted_value",
+        "first_diff",
+        "notes",
+        "model_name",
+    ):
+        assert getattr(got, name) == getattr(want, name), name
+    assert got.cost["forwards"] == want.cost["forwards"]
+
+
+def assert_same_circuit(got: Any, want: Any) -> None:
+    """Scores within 1e-10 (float64 sums; in fact equal), endpoints and prompts equal."""
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-10, equal_nan=True)
+    assert got.edges[:20] == want.edges[:20]
+    for name in (
+        "clean_value",
+        "corrupted_value",
+        "n_pairs",
+        "metric",
+        "method",
+        "steps",
+        "tokens",
+        "corrupted_tokens",
+        "model_name",
+        "prompts",
+    ):
+        assert getattr(got, name) == getattr(want, name), name
 
 
 def saved_bytes(result: Any) -> bytes:

@@ -298,12 +298,13 @@ def circuit(
     if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
         from ..scale._pairs import circuit_sharded
 
+        options = dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps)
         return circuit_sharded(
             model,
             tokenizer,
             clean,
             corrupted,
-            dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps, nodes=nodes),
+            {**options, "nodes": nodes},
             engine=engine,
             workers=workers,
             gpus_per_worker=gpus_per_worker,

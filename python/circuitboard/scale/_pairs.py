@@ -191,9 +191,8 @@ def patch_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> PairResu
     o = payload["options"]
     runner = Runner(model)
     metric = open_metric(payload["metric"])
-    pairs = _prepare_pairs(
-        tokenizer, payload["clean"], payload["corrupted"], payload["answer"], payload["wrong"], metric
-    )
+    p = payload
+    pairs = _prepare_pairs(tokenizer, p["clean"], p["corrupted"], p["answer"], p["wrong"], metric)
     results = [
         _run_pair(
             runner,
