@@ -16,9 +16,13 @@ from tests.unit.scale_helpers import (
     CATEGORIES,
     SHARDS,
     TEXTS,
+    assert_same_circuit,
     assert_same_comparison,
+    assert_same_patching,
     assert_same_top,
+    circuit_pairs,
     digest,
+    patch_pairs,
     pin_one_thread,
     run_and_kill,
     save_tiny,
@@ -28,10 +32,10 @@ ray = pytest.importorskip("ray", reason='Ray is absent; `pip install "circuitboa
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     yield from pin_one_thread()
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -163,3 +167,27 @@ def test_killed_actor_is_replaced_and_the_result_is_the_same(cluster, spec, seri
         got, killed = run_and_kill(run, folder, _actor_pids)
     assert killed and last_run().retried >= 1
     assert digest(got, tmp_path) == digest(serial[7], tmp_path)
+
+
+@pytest.fixture(scope="module")
+def pairs_spec(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny-redrawn"), redrawn=True)
+
+
+def test_ray_patch_and_circuit_equal_serial_for_every_shard_count(cluster, pairs_spec, tmp_path):
+    model, tok = pairs_spec.load()
+    one_pass = patch_pairs(model, tok), circuit_pairs(model, tok)
+    for n in SHARDS:
+        want = patch_pairs(pairs_spec, None, shards=n), circuit_pairs(pairs_spec, None, shards=n)
+        kw = dict(engine="ray", workers=2, shards=n)
+        got = patch_pairs(pairs_spec, None, **kw), circuit_pairs(pairs_spec, None, **kw)
+        assert last_run().engine == "ray" and last_run().shards == n
+        assert_same_patching(got[0], one_pass[0])
+        assert_same_circuit(got[1], one_pass[1])
+        assert digest(got[0], tmp_path) == digest(want[0], tmp_path)
+        assert digest(got[1], tmp_path) == digest(want[1], tmp_path)
+    # a loaded model shipped to the actors, with a custom metric pickled by value
+    a, b = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (" Mary", " John"))
+    custom = dict(metric=lambda logits: logits[a] - logits[b], answer=None, wrong=None, shards=3)
+    got = patch_pairs(model, tok, engine="ray", workers=1, **custom)
+    assert_same_patching(got, patch_pairs(model, tok, **custom))
