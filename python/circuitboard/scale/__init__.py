@@ -3,7 +3,8 @@
 A :class:`ModelSpec` says where each worker loads its model from; the engines (``"serial"``,
 ``"processes"``, ``"ray"``) run the shards of a :class:`Plan`; results are merged in plan order,
 so every engine gives the same numbers. Users reach this through ``engine=`` on
-:func:`circuitboard.compare` and :func:`circuitboard.top_activations`.
+:func:`circuitboard.compare`, :func:`circuitboard.top_activations`, and
+:func:`circuitboard.patch` / :func:`circuitboard.circuit` over lists of prompt pairs.
 """
 
 from ._engines import ENGINES, shutdown

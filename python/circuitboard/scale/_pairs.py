@@ -447,12 +447,14 @@ class Deferred:
 
     def __init__(self, circuit: Any, model: Any, tokenizer: Any, metric: Any) -> None:
         self.circuit, self.model, self.tokenizer, self.metric = circuit, model, tokenizer, metric
+        self.live: Any = None
 
     def evaluate(self, masks: np.ndarray) -> np.ndarray:
-        from ..intervene._eap import attach
+        if self.live is None:  # once: pruned copies of the circuit share this object
+            from ..intervene._eap import attach
 
-        attach(self.circuit, self.model, self.tokenizer, metric=self.metric)
-        return self.circuit._live.evaluate(masks)
+            self.live = attach(self.circuit, self.model, self.tokenizer, metric=self.metric)._live
+        return self.live.evaluate(masks)
 
 
 def circuit_sharded(

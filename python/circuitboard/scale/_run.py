@@ -58,7 +58,7 @@ _LAST = RunInfo()
 def last_run() -> RunInfo:
     """Facts about the latest sharded run in this process (e.g. shards resumed, retries).
 
-    >>> last_run().job in ("", "compare", "top_activations")
+    >>> last_run().job in ("", "compare", "top_activations", "patch", "circuit")
     True
     """
     return _LAST

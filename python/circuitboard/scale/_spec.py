@@ -18,8 +18,9 @@ def _dtype_name(dtype: Any) -> str | None:
 class ModelSpec:
     """Where a model comes from and how to load it, so that every worker loads its own copy.
 
-    Pass it to :func:`circuitboard.compare` or :func:`circuitboard.top_activations` in place of a
-    loaded model (with ``tokenizer=None``); each worker of the ``"processes"`` or ``"ray"``
+    Pass it to :func:`circuitboard.compare`, :func:`circuitboard.top_activations`,
+    :func:`circuitboard.patch` or :func:`circuitboard.circuit` in place of a loaded model (with
+    ``tokenizer=None``); each worker of the ``"processes"`` or ``"ray"``
     engine loads the model once and keeps it for every shard it runs. The spec is a few strings,
     so it pickles and travels to other machines; nothing is loaded until :meth:`load`.
 
