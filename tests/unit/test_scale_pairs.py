@@ -215,6 +215,9 @@ def test_bad_input_is_refused_before_any_worker_starts(spec, loaded):
             wrong=" John",
             shards=2,
         )
+    bad = CORRUPTED[:5] + [CORRUPTED[5] + " again"] + CORRUPTED[6:]
+    with pytest.raises(ValueError, match="pair 5: the clean prompt has"):  # numbered globally
+        cb.circuit(spec, None, CLEAN, bad, answer=ANSWERS, wrong=WRONGS, shards=3)
     with pytest.raises(ValueError, match="layers= got 5"):
         patch_pairs(spec, None, layers=[5], shards=2)
     with pytest.raises(TypeError, match="wrap it: cb.ModelSpec"):
@@ -222,7 +225,9 @@ def test_bad_input_is_refused_before_any_worker_starts(spec, loaded):
     with pytest.raises(ValueError, match="tokenizer=None"):
         circuit_pairs(spec, tok, shards=2)
     with pytest.raises(ValueError, match="tokenizer is None"):
-        patch_pairs(model, None)
+        patch_pairs(model, None, shards=2)
+    with pytest.raises(ValueError, match="tokenizer is None"):
+        circuit_pairs(model, None)
     with pytest.raises(ValueError, match="nodes must be"):
         circuit_pairs(spec, None, nodes="neurons", shards=2)
     with pytest.raises(ValueError, match="is not an engine"):

@@ -78,7 +78,10 @@ def _prepare(
     metric: Any,
     em: EdgeModel,
     info: Any,
+    first: int = 0,
 ) -> tuple[list[_Pair], str, dict[str, Any], list[str], list[str]]:
+    """Tokenized pairs with their metrics; ``first``: the index of the first pair in the whole
+    list (a shard's pairs are numbered as the user numbers them in errors)."""
     cl, co = _as_list(clean, "clean"), _as_list(corrupted, "corrupted")
     if len(cl) != len(co):
         raise ValueError(
@@ -97,7 +100,7 @@ def _prepare(
         ib, tb = tokenize(tokenizer, b)
         if len(ia) != len(ib):
             raise ValueError(
-                f"pair {i}: the clean prompt has {len(ia)} tokens and the corrupted one "
+                f"pair {first + i}: the clean prompt has {len(ia)} tokens and the corrupted one "
                 f"{len(ib)}; edges are compared position by position, so both must have the same "
                 f"length. clean: {ta}; corrupted: {tb}. Pick a corrupted prompt with matching "
                 "token boundaries (e.g. swap a name for another one-token name)."
@@ -126,8 +129,9 @@ def _prepare(
             wr = token_id(tokenizer, wrongs[i], "wrong")
         if ans == wr:
             raise ValueError(
-                f"pair {i}: answer and wrong are the same token ({tokenizer.decode([ans])!r}); "
-                "pass wrong= (e.g. the name the corrupted prompt points to)."
+                f"pair {first + i}: answer and wrong are the same token "
+                f"({tokenizer.decode([ans])!r}); pass wrong= (e.g. the name the corrupted "
+                "prompt points to)."
             )
         pairs.append(_Pair(x, y, logit_diff(ans, wr), [len(ia) - 1]))
         saved["answer"].append(ans)

@@ -474,7 +474,7 @@ def patch(
         results are put together in pair order, so the result (and its saved bytes) is the
         same for every engine and every shard count. ``values`` stays the mean over pairs of
         each pair's normalized effect; ``cost`` then holds only ``forwards`` (run time:
-        ``cb.scale.last_run()``). A custom ``metric`` travels pickled by value
+        ``circuitboard.scale.last_run()``). A custom ``metric`` travels pickled by value
         (cloudpickle); one that cannot is refused before any worker starts.
     workers, gpus_per_worker, shards, checkpoint, ray_address
         As for :func:`circuitboard.compare`: worker count, GPUs per worker, pieces of work
@@ -525,7 +525,10 @@ def patch(
         raise ValueError(f"steps must be a positive int; got {steps!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+    from ..scale._spec import ModelSpec  # here: scale drives intervene, not the reverse
+
+    sharded = engine != "serial" or shards is not None or checkpoint is not None
+    if sharded or isinstance(model, ModelSpec):
         from ..scale._pairs import patch_sharded
 
         options = dict(answer=answer, wrong=wrong, metric=metric, site=site, method=method)

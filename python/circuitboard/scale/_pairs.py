@@ -92,9 +92,18 @@ def describe_metric(metric: Any) -> str:
         return json.dumps([describe_metric(m) for m in metric])
     code = getattr(metric, "__code__", None)
     body = b"" if code is None else code.co_code + repr(code.co_consts).encode()
+    cells = getattr(metric, "__closure__", None) or ()  # a closure's values: its token ids...
+    body += repr([_cell(c) for c in cells] + [getattr(metric, "__defaults__", None)]).encode()
     tag = hashlib.sha256(body).hexdigest()[:16]
     desc = getattr(metric, "description", "")
     return f"{getattr(metric, '__module__', '')}.{_metric_name(metric)} {desc!r} {tag}"
+
+
+def _cell(cell: Any) -> str:
+    try:
+        return repr(cell.cell_contents)
+    except ValueError:  # an empty cell
+        return "<empty>"
 
 
 def _prompts(x: Any) -> list[Any]:
@@ -347,7 +356,7 @@ def patch_sharded(
     # What _assemble reads of a Runner: the model's facts and whether it is causal.
     runner = SimpleNamespace(info=facts["info"], adapter=SimpleNamespace(causal=facts["causal"]))
     # cost: forwards only (they do not depend on the engine); run time is in
-    # cb.scale.last_run().seconds, so that saved results are byte-identical across engines.
+    # scale.last_run().seconds, so that saved results are byte-identical across engines.
     return _assemble(
         merged.results,
         pairs,
@@ -428,6 +437,7 @@ def circuit_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> EdgeSu
             open_metric(payload["metric"]),
             em,
             info,
+            first=payload["first"],
         )
         raw = score_pairs(em, graph, pairs, o["method"], o["steps"], None)
     g = [info.n_layers, info.n_heads, info.n_kv_heads, o["nodes"], bool(info.parallel_attn_mlp)]
@@ -507,6 +517,7 @@ def circuit_sharded(
                 "wrong": _pick(wrongs, g),
                 "metric": _pick(shipped, g),
                 "options": run_opts,
+                "first": g[0],
             }
             for g in groups
         ]
