@@ -5,8 +5,8 @@ Run: ``python -m benchmarks scale_pairs`` or, from the repository root,
 [--engines processes ray] [--jobs patch circuit]`` (CPU; prints Markdown).
 
 Measures, on the default model, ``cb.patch(..., site="heads")`` (exact: every head of
-``--layers``, by default every third layer, patched from clean into corrupted) and ``cb.circuit(...,
-method="eap")`` over ``--pairs`` IOI-style pairs: the serial run (today's path, a loaded model);
+``--layers``, by default every fifth layer, patched from clean into corrupted) and
+``cb.circuit(..., method="eap")`` over ``--pairs`` IOI-style pairs: the serial run (today's path, a loaded model);
 each engine's cold call (worker processes or actors importing torch and loading the model,
 plus ``ray.init`` for Ray) and warm call (workers kept from the cold call), as pairs per
 second. Every engine's result is checked against the serial engine with the same shards and
@@ -62,8 +62,8 @@ def main() -> None:
         "--layers",
         type=int,
         nargs="+",
-        default=list(range(0, 30, 3)),
-        help="layers whose heads patch patches (default every 3rd: 90 heads per pair)",
+        default=list(range(0, 30, 5)),
+        help="layers whose heads patch patches (default every 5th: 54 heads per pair)",
     )
     args = ap.parse_args()
 
