@@ -249,3 +249,18 @@ def test_missing_ray_names_the_extra(spec, monkeypatch):
         patch_pairs(spec, None, engine="ray")
     with pytest.raises(ImportError, match=r"circuitboard\[ray\]"):
         circuit_pairs(spec, None, engine="ray")
+
+
+def test_without_cloudpickle_a_lambda_metric_is_refused_with_the_fix(spec, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cloudpickle(name, *args, **kwargs):
+        if name == "cloudpickle":
+            raise ImportError("No module named 'cloudpickle'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cloudpickle)
+    with pytest.raises(ValueError, match=r"cannot be sent to the processes workers.*answer="):
+        patch_pairs(spec, None, metric=lambda logits: logits[0], engine="processes")

@@ -64,7 +64,8 @@ def ship_metric(metric: Any, engine: str, what: str) -> Any:
             f"({type(err).__name__}: {err}). {fix}"
         ) from None
     main = sys.modules.get("__main__")
-    if cloudpickle is None and metric.__module__ == "__main__" and not hasattr(main, "__file__"):
+    here = getattr(metric, "__module__", None) == "__main__"
+    if cloudpickle is None and here and not hasattr(main, "__file__"):
         raise ValueError(
             f"{what}: metric={_metric_name(metric)} is defined in this interactive session, "
             f"which worker processes cannot import. Install cloudpickle (it comes with "
