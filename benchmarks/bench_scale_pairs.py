@@ -6,10 +6,11 @@ Run: ``python -m benchmarks scale_pairs`` or, from the repository root,
 
 Measures, on the default model, ``cb.patch(..., site="heads")`` (exact: every head of
 ``--layers``, by default every fifth layer, patched from clean into corrupted) and
-``cb.circuit(..., method="eap")`` over ``--pairs`` IOI-style pairs: the serial run (today's path, a loaded model);
-each engine's cold call (worker processes or actors importing torch and loading the model,
-plus ``ray.init`` for Ray) and warm call (workers kept from the cold call), as pairs per
-second. Every engine's result is checked against the serial engine with the same shards and
+``cb.circuit(..., method="eap")`` over ``--pairs`` IOI-style pairs: each engine's cold call
+(worker processes or actors importing torch and loading the model, plus ``ray.init`` for Ray)
+and warm call (workers kept from the cold call), as pairs per second, each against a serial
+run (today's path, a loaded model) timed just before it, since the load of a shared machine
+drifts. Every engine's result is checked against the serial engine with the same shards and
 torch threads (same bytes when saved) before any number is printed.
 """
 
@@ -96,12 +97,7 @@ def main() -> None:
         times = [_timed(fn) for _ in range(args.repeat)]
         return statistics.median(t for t, _ in times), [out for _, out in times]
 
-    serial = {}
-    for name, job in jobs.items():
-        t, _ = median_time(lambda job=job: job(model, tok))
-        serial[name] = t
-        print(f"  {name}, serial: {t:.1f} s (median of {args.repeat})", flush=True)
-    rows = [(name, "serial (this process)", 1, "—", serial[name], 1.0) for name in jobs]
+    rows = []
     notes = []
     for engine in args.engines:
         if engine == "ray":
@@ -131,29 +127,36 @@ def main() -> None:
                 def call(job=job, w=w, engine=engine, shards=shards, spec=spec):
                     return job(spec, None, engine=engine, workers=w, shards=shards)
 
+                # Serial next to each engine's runs: the load of a shared machine drifts.
+                t_serial, _ = median_time(lambda job=job: job(model, tok))
                 t_cold, got = _timed(call)
                 assert _digest(got) == want, f"{engine} {name} differs from the serial engine"
                 t_warm, outs = median_time(call)
                 assert all(_digest(o) == want for o in outs)
-                rows.append(
-                    (name, engine, w, f"{t_cold - t_warm:.1f}", t_warm, serial[name] / t_warm)
-                )
+                load = os.getloadavg()[0]
+                rows.append((name, engine, w, t_serial, t_cold - t_warm, t_warm, load))
                 print(
-                    f"  {name}, {engine} × {w}: cold {t_cold:.1f} s, warm {t_warm:.1f} s (median) "
-                    f"({shards} shards)",
+                    f"  {name}: serial {t_serial:.1f} s; {engine} × {w}: cold {t_cold:.1f} s, "
+                    f"warm {t_warm:.1f} s ({shards} shards); load average {load:.1f}",
                     flush=True,
                 )
             shutdown()  # the next worker count (and engine) starts cold
         if engine == "ray":
             ray.shutdown()
-    print("\n| job | engine | workers | start-up (s) | warm run (s) | pairs/s | vs serial |")
-    print("|---|---|---|---|---|---|---|")
-    for name, engine, w, start, t, speed in rows:
+    print(
+        "\n| job | engine × workers | serial (s) | start-up (s) | warm run (s) | pairs/s "
+        "(serial → engine) | vs serial | load avg |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, engine, w, t_ser, start, t, load in rows:
         print(
-            f"| {name} | {engine} | {w} | {start} | {t:.1f} | {args.pairs / t:.2f} | {speed:.2f}× |"
+            f"| {name} | {engine} × {w} | {t_ser:.1f} | {start:.1f} | {t:.1f} | "
+            f"{args.pairs / t_ser:.2f} → {args.pairs / t:.2f} | {t_ser / t:.2f}× | {load:.1f} |"
         )
     print(
-        f"\nWarm and serial times are medians of {args.repeat} runs. patch: site='heads', "
+        f"\nWarm and serial times are medians of {args.repeat} runs; each row's serial run "
+        "(this process, a loaded model, default torch threads) is timed just before its engine's. "
+        "patch: site='heads', "
         f"exact, layers {args.layers} ({9 * len(args.layers)} patched runs per pair); circuit: "
         "method='eap' (one forward of both prompts and one backward per pair). Start-up = cold "
         "call minus warm call. Every result equals the serial engine's with the same shards "
