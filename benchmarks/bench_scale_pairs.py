@@ -118,10 +118,11 @@ def main() -> None:
             spec = cb.ModelSpec("default", threads=threads)
             for name, job in jobs.items():
                 # The serial engine's bytes, on as many torch threads as each worker runs
-                # (float32 sums depend on the thread count); not timed.
+                # (float32 sums depend on the thread count); timed once, as a second baseline.
                 before = torch.get_num_threads()
                 torch.set_num_threads(threads)
-                want = _digest(job(model, tok, shards=shards))
+                t_same, ref = _timed(lambda job=job, shards=shards: job(model, tok, shards=shards))
+                want = _digest(ref)
                 torch.set_num_threads(before)
 
                 def call(job=job, w=w, engine=engine, shards=shards, spec=spec):
@@ -134,9 +135,10 @@ def main() -> None:
                 t_warm, outs = median_time(call)
                 assert all(_digest(o) == want for o in outs)
                 load = os.getloadavg()[0]
-                rows.append((name, engine, w, t_serial, t_cold - t_warm, t_warm, load))
+                rows.append((name, engine, w, t_serial, t_same, t_cold - t_warm, t_warm, load))
                 print(
-                    f"  {name}: serial {t_serial:.1f} s; {engine} × {w}: cold {t_cold:.1f} s, "
+                    f"  {name}: serial {t_serial:.1f} s ({before} threads), {t_same:.1f} s "
+                    f"({threads}); {engine} × {w}: cold {t_cold:.1f} s, "
                     f"warm {t_warm:.1f} s ({shards} shards); load average {load:.1f}",
                     flush=True,
                 )
@@ -144,18 +146,20 @@ def main() -> None:
         if engine == "ray":
             ray.shutdown()
     print(
-        "\n| job | engine × workers | serial (s) | start-up (s) | warm run (s) | pairs/s "
-        "(serial → engine) | vs serial | load avg |"
+        "\n| job | engine × workers | serial (s) | serial, worker's threads (s) | start-up (s) "
+        "| warm run (s) | pairs/s (serial → engine) | vs serial | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, engine, w, t_ser, start, t, load in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, engine, w, t_ser, t_same, start, t, load in rows:
         print(
-            f"| {name} | {engine} × {w} | {t_ser:.1f} | {start:.1f} | {t:.1f} | "
+            f"| {name} | {engine} × {w} | {t_ser:.1f} | {t_same:.1f} | {start:.1f} | {t:.1f} | "
             f"{args.pairs / t_ser:.2f} → {args.pairs / t:.2f} | {t_ser / t:.2f}× | {load:.1f} |"
         )
     print(
         f"\nWarm and serial times are medians of {args.repeat} runs; each row's serial run "
-        "(this process, a loaded model, default torch threads) is timed just before its engine's. "
+        f"(this process, a loaded model, {torch.get_num_threads()} torch threads) is timed just "
+        "before its engine's; 'serial, worker's threads' is one serial run on as many threads as "
+        "each worker (the byte reference). "
         "patch: site='heads', "
         f"exact, layers {args.layers} ({9 * len(args.layers)} patched runs per pair); circuit: "
         "method='eap' (one forward of both prompts and one backward per pair). Start-up = cold "
