@@ -147,13 +147,14 @@ def main() -> None:
             ray.shutdown()
     print(
         "\n| job | engine × workers | serial (s) | serial, worker's threads (s) | start-up (s) "
-        "| warm run (s) | pairs/s (serial → engine) | vs serial | load avg |"
+        "| warm run (s) | pairs/s (serial → engine) | vs serial (both) | load avg |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, engine, w, t_ser, t_same, start, t, load in rows:
         print(
             f"| {name} | {engine} × {w} | {t_ser:.1f} | {t_same:.1f} | {start:.1f} | {t:.1f} | "
-            f"{args.pairs / t_ser:.2f} → {args.pairs / t:.2f} | {t_ser / t:.2f}× | {load:.1f} |"
+            f"{args.pairs / t_ser:.2f} → {args.pairs / t:.2f} | {t_ser / t:.2f}× / "
+            f"{t_same / t:.2f}× | {load:.1f} |"
         )
     print(
         f"\nWarm and serial times are medians of {args.repeat} runs; each row's serial run "
