@@ -114,6 +114,23 @@ def test_circuit_from_workers_evaluates_on_the_model_here(spec, loaded, referenc
     assert abs(want[0]) < 1e-5 and abs(want[2] - 1) < 1e-5  # ∅ = corrupted, all edges = clean
 
 
+def test_estimates_and_their_references_merge_exactly(loaded, tmp_path):
+    """IG with its completeness and the exact reference (and correlation) merge exactly too,
+    also when every shard is read back from a checkpoint."""
+    model, tok = loaded
+    kw = dict(site="heads", method="ig", steps=3, compare_exact=True)
+    one = patch_pairs(model, tok, **kw)
+    for _ in range(2):  # computed, then resumed from the folder
+        got = patch_pairs(model, tok, shards=3, checkpoint=tmp_path / "ig", **kw)
+        for name in ("values", "pair_values", "reference", "completeness"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(one, name), err_msg=name)
+        assert (got.correlation, got.completeness_error) == (
+            one.correlation,
+            one.completeness_error,
+        )
+    assert last_run().resumed == 3
+
+
 @pytest.mark.slow
 def test_process_engine_equals_serial_byte_for_byte(spec, serial_runs, reference, tmp_path):
     for n in SHARDS:
