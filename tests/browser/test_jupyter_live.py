@@ -273,7 +273,7 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
         # draws without asking the kernel.
         ahead = ".jp-Notebook .jp-Cell:nth-child(7) .cb-attention"
         page.wait_for_selector(f"{ahead}[data-warm-ms]", timeout=30_000)
-        page.click(f'.jp-Notebook .jp-Cell:nth-child(7) .cb-thumb[data-layer="1"][data-head="2"]')
+        page.click('.jp-Notebook .jp-Cell:nth-child(7) .cb-thumb[data-layer="1"][data-head="2"]')
         page.wait_for_selector(f'{ahead}[data-layer="1"][data-head="2"]', timeout=5_000)
         assert page.get_attribute(ahead, "data-last-fetch-ms") is None
         assert page.get_attribute(ahead, "data-reduced") == "false"
