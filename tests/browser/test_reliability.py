@@ -62,8 +62,9 @@ def test_nan_and_inf_tokens_are_drawn_distinctly_and_labelled(page, tmp_path, ar
     open_report(page, path)
     page.wait_for_selector(".cb-token.cb-token-nan")
     flagged = page.eval_on_selector_all(
-        ".cb-token", "els => els.map(e => [e.classList.contains('cb-token-nan'), e.title,"
-        " getComputedStyle(e).backgroundColor])"
+        ".cb-token",
+        "els => els.map(e => [e.classList.contains('cb-token-nan'), e.title,"
+        " getComputedStyle(e).backgroundColor])",
     )
     assert [f[0] for f in flagged] == [False, False, True, False, True, False]
     assert "NaN" in flagged[2][1] and "Infinity" in flagged[4][1]

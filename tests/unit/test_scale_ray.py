@@ -28,10 +28,10 @@ ray = pytest.importorskip("ray", reason='Ray is absent; `pip install "circuitboa
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     yield from pin_one_thread()
+
 
 @pytest.fixture(scope="module")
 def cluster():

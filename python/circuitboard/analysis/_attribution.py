@@ -364,6 +364,8 @@ def _moe_terms(
     out = sum(post @ W_out for post, W_out in scaled)
     per_expert = torch.stack([v.sum(-1) for v in per_neuron], dim=1)
     return torch.cat(per_neuron, dim=1), out, per_expert
+
+
 def logit_direction(cap: Any, info: Any, t: int, b: int | None, P: torch.Tensor) -> tuple:
     """The unembedding direction of ``t`` (minus ``b``) with the frozen final norm folded in,
     at positions ``P``: ``(direction [Q, d_model], scale [Q], norm weight, u, last residual)``.
