@@ -12,7 +12,7 @@ import torch
 import circuitboard as cb
 from circuitboard.capture._images import pixel_batch
 from circuitboard.intervene import Edit, Runner, Site, logit_diff
-from tests.unit.tiny_models import tiny_vit, tiny_llama
+from tests.unit.tiny_models import tiny_llama, tiny_vit
 
 ANSWER, WRONG = 1, 2
 
