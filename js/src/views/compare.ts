@@ -493,7 +493,7 @@ export async function render(props: RenderProps<CompareState>) {
       effectLabel = eItem.firstElementChild as HTMLElement;
       effectGrid = eGrid;
     }
-    imgTitle.textContent = `Where L${layers[r]}H${h} looks from position ${model.get("pos")}: ${MEASURE_NAMES[m]} of its attention to each key, “${cats[a]}” − “${cats[b]}” (blue: more in “${cats[a]}”)`;
+    imgTitle.textContent = `Where L${layers[r]}H${h} looks from position ${model.get("pos")}${model.get("pos") === "0" ? " (CLS)" : ""}: ${MEASURE_NAMES[m]} of its attention to each key, “${cats[a]}” − “${cats[b]}” (blue: more in “${cats[a]}”)`;
     imgBox.dataset.head = `L${layers[r]}H${h}`;
     const eff = new Float32Array(T);
     for (let t = 0; t < T; t++) eff[t] = effectOf(attnMoment(a, 0, r, h, t), attnMoment(a, 1, r, h, t), counts[a], attnMoment(b, 0, r, h, t), attnMoment(b, 1, r, h, t), counts[b], m);
