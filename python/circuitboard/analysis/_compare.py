@@ -437,7 +437,7 @@ class Comparison:
             entry: dict[str, Any] = {"layer": li}
             if stat == "attn_patches":  # c runs over head × key
                 h, key = divmod(c, e.d.shape[-1])
-                entry.update(label=f"L{li}H{h} → {'CLS' if key == 0 else f'#{key}'}", head=h)
+                entry.update(label=f"L{li}H{h} → {self._key_name(key)}", head=h)
                 entry["key"] = key
                 ix = (int(rows[r]), h, key)
             elif stat in HEAD_STATS:
@@ -452,6 +452,15 @@ class Comparison:
                 entry[key] = float(getattr(e, key)[ix])
             out.append(entry)
         return out
+
+    def _key_name(self, key: int) -> str:
+        """A key position as a label: ``CLS`` or ``patch row,col`` of an image, else ``#k``."""
+        if self.image is None:
+            return f"#{key}"
+        if key == 0:
+            return "CLS"
+        r, c = divmod(key - 1, int(self.image["grid"][1]))
+        return f"patch {r},{c}"
 
     def merge(self, *others: Comparison) -> Comparison:
         """Combine shards: categories of the same name pool their prompts (exactly).
