@@ -35,6 +35,7 @@ interface PatchingState {
   kv_groups: Record<string, number[]>;
   image: ImageInfo | Record<string, never>; // image pairs: the clean image ({} for text)
   corrupted_image: ImageInfo | Record<string, never>;
+  n_pairs: number;
   _values: Encoded;
   _raw: Encoded;
   theme: string;
@@ -162,7 +163,8 @@ export async function render(props: RenderProps<PatchingState>) {
     for (const [which, info, toks] of [["clean", image, clean], ["corrupted", model.get("corrupted_image") as ImageInfo, corrupted]] as const) {
       if (!info || !info.grid) continue;
       const item = el("div", `cb-pm-item cb-pm-${which}`, pair);
-      el("div", "cb-pm-label", item).textContent = `${which} image`;
+      const nPairs = model.get("n_pairs") ?? 1;
+      el("div", "cb-pm-label", item).textContent = nPairs > 1 ? `${which} image (pair 1 of ${nPairs})` : `${which} image`;
       const g = new PatchGrid(toks, info, {
         hover: (i) => hoverToken(i),
         click: (i) => select(link, { token: i }),
@@ -173,7 +175,9 @@ export async function render(props: RenderProps<PatchingState>) {
   }
   if (multiples) {
     const src = denoise ? "clean" : "corrupted";
-    el("div", "cb-pm-caption", figure).textContent = `Each layer's patch grid over the ${src} image (the source of the patched activations): colour = what patching that patch at that layer recovers`;
+    const nPairs = model.get("n_pairs") ?? 1;
+    const mean = nPairs > 1 ? `, the mean over all ${nPairs} pairs` : "";
+    el("div", "cb-pm-caption", figure).textContent = `Each layer's patch grid over the ${src} image (the source of the patched activations): colour = what patching that patch at that layer recovers${mean}`;
     const wrap = el("div", "cb-pm-maps", figure);
     const srcImage = denoise ? image : (model.get("corrupted_image") as ImageInfo);
     const cell = mapCell(lay.cols, image.grid[1]);

@@ -95,6 +95,8 @@ class PatchingView(View):
     """Image pairs: the clean image's patch grid (grid, patch, pixels); ``{}`` for text."""
     corrupted_image = traitlets.Dict().tag(sync=True)
     """Image pairs: the corrupted image's patch grid; ``{}`` for text."""
+    n_pairs = traitlets.Int(1).tag(sync=True)
+    """Pairs the values average over (the images shown are the first pair's)."""
     _values = traitlets.Dict().tag(sync=True)  # Encoded float32, the result's shape
     _raw = traitlets.Dict().tag(sync=True)  # Encoded float32, same shape
 
@@ -140,6 +142,7 @@ class PatchingView(View):
             completeness_error=_finite(getattr(result, "completeness_error", None)),
             kv_groups={str(k): [int(h) for h in v] for k, v in kv.items()},
             image=pair[0],
+            n_pairs=int(len(pv)) if (pv := getattr(result, "pair_values", None)) is not None else 1,
             corrupted_image=pair[1],
             _values=encode(values, "float32"),
             _raw=encode(raw, "float32"),
