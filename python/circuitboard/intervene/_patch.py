@@ -479,8 +479,9 @@ def patch(
         difference ``logit(answer) − logit(wrong)`` at the last position. For an image model:
         class ids (``3``) or labels (``"3"``), read from the class logits at CLS.
     metric
-        Instead: any callable of the float32 logits at the last position ``[vocab]``
-        returning one number (differentiable for ``attribution`` / ``ig``).
+        Instead: any callable of the float32 logits at the last position ``[vocab]`` (an
+        image model: the class logits ``[classes]``) returning one number (differentiable for
+        ``attribution`` / ``ig``).
     site
         ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` →
         ``values[layer, position]``; ``heads`` (each head's output ``z`` at all positions) →
