@@ -206,3 +206,24 @@ def test_images_to_a_text_model_and_a_wrong_processor(vit: Any, pair: Any) -> No
 
     with pytest.raises(ValueError, match="does not match the model"):
         cb.patch(vit, Processor(), pair[0], pair[1], answer=1, wrong=2)
+
+
+def test_attribution_is_the_first_order_term_of_exact_patching(vit: Any, pair: Any) -> None:
+    # Identity 9: patch corrupted + ε(clean − corrupted) at one site; exact(ε) − ε·attribution
+    # is second order, so it shrinks about 4× when ε halves.
+    layer, pos = 1, 2
+    att = _patch(vit, pair, method="attribution", layers=[layer])
+    slope = att.raw[0, pos] - att.corrupted_value  # (a_clean − a_corr) · ∂m/∂a
+    runner = Runner(vit)
+    xa, xb = (pixel_batch(vit, None, x[None])[0] for x in pair)
+    site = Site("resid_pre", layer, pos=pos)
+    a = runner.read(xa, [site])[0][site]
+    b = runner.read(xb, [site])[0][site]
+    m = logit_diff(ANSWER, WRONG)
+    errors = []
+    for eps in (0.2, 0.1, 0.05):
+        run = [Edit(site, "replace", b + eps * (a - b))]
+        exact = float(runner.patched(xb, [run], m)[0]) - att.corrupted_value
+        errors.append(abs(exact - eps * slope))
+    for big, small in zip(errors, errors[1:], strict=False):
+        assert 3.0 < big / small < 5.0, errors
