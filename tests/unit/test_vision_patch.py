@@ -1,5 +1,12 @@
 """Patching between two images on tiny random ViTs: the identities of a non-causal encoder
-(float32), agreement with a hand-written hook, and bad input named with its fix."""
+(float32), agreement with a hand-written hook, and bad input named with its fix.
+
+Of the identities for causal LMs, "sites before the first differing token are 0" becomes "sites
+whose input is the same in both images are 0" (CLS, a patch with equal pixels, at layer 0: with
+no causal mask every later position sees every difference); "the last position of the last
+layer is 1" becomes "CLS after the last block is 1 and every patch 0" (the classifier reads
+CLS); attribution is not exact at the classifier's input (the final LayerNorm is not affine);
+a ViT has no grouped-query attention."""
 
 from __future__ import annotations
 
