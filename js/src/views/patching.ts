@@ -251,11 +251,12 @@ export async function render(props: RenderProps<PatchingState>) {
   el("span", "", legend).textContent = fmt(-range);
   const rampWrap = el("span", "cb-patch-rampwrap", legend);
   const ramp = el("canvas", "cb-patch-ramp", rampWrap);
-  for (const [v, label] of [[0, "0 corrupted"], [1, "1 clean"]] as [number, string][]) {
+  // "corrupted 0" ends at its tick and "1 clean" starts at its own, so they never overlap
+  for (const [v, label] of [[0, "corrupted 0"], [1, "1 clean"]] as [number, string][]) {
     const t = el("span", "cb-patch-tick", rampWrap);
     t.style.left = `${(100 * (v + range)) / (2 * range)}%`;
     el("span", "cb-patch-tickmark", t);
-    el("span", "cb-patch-ticklabel", t).textContent = label;
+    el("span", `cb-patch-ticklabel${v === 0 ? " cb-patch-ticklabel-end" : ""}`, t).textContent = label;
   }
   el("span", "", legend).textContent = fmt(range);
   const tip = el("div", "cb-tip cb-patch-tip", figure);
