@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import traitlets
 
+from .._threads import one_thread
 from ._codec import encode, is_causal, to_numpy
 from ._explain_panel import ExplainCells
 from ._pattern_source import ArraySource, CaptureSource, HeadSummary
@@ -226,6 +227,7 @@ class AttentionView(ExplainCells):
         **ExplainCells._fetchers,
     }
 
+    @one_thread()  # many small per-head operations (see one_thread)
     def __init__(
         self,
         attention: Any,
