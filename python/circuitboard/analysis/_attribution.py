@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._threads import one_thread
 from ._common import (
     norm_weight,
     position,
@@ -207,6 +208,7 @@ def prepare(
     return t, b, p
 
 
+@one_thread()  # per-layer small products: 9x faster on one thread on a loaded 2-core machine
 def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -> list[Attribution]:
     """:func:`direct_logit_attribution` at several positions at once (token ids, checked
     positions, soft-cap policy already decided by the caller); one pass over the weights."""
