@@ -17,15 +17,15 @@ from typing import Any
 def live_notebook(
     browser: Any,
     root: Path,
-    source: str,
+    source: str | list[str],
     *,
     viewport: dict[str, int],
     ready: str,
     timeout_ms: int = 180_000,
 ) -> Iterator[Any]:
-    """Write ``source`` as the only cell of ``root/live.ipynb``, open and run it in JupyterLab
-    (requests off the lab's own address aborted) and wait for ``ready`` (a CSS selector);
-    yields the page. The lab and the browser context are closed on exit."""
+    """Write ``source`` (one cell or a list of cells) as ``root/live.ipynb``, open and run it in
+    JupyterLab (requests off the lab's own address aborted) and wait for ``ready`` (a CSS
+    selector); yields the page. The lab and the browser context are closed on exit."""
     from tests.browser.test_jupyter_live import (
         free_port,
         offline_context,
@@ -35,7 +35,7 @@ def live_notebook(
         write_notebook,
     )
 
-    write_notebook(root / "live.ipynb", [source])
+    write_notebook(root / "live.ipynb", [source] if isinstance(source, str) else source)
     port, token = free_port(), secrets.token_hex(16)
     lab = start_lab(root, port, token)
     base = f"http://127.0.0.1:{port}"

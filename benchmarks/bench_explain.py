@@ -22,6 +22,7 @@ import argparse
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ from typing import Any
 import numpy as np
 
 import circuitboard as cb
+
+# `python benchmarks/<file>.py` puts only benchmarks/ on the path; the live part imports the
+# repository's benchmarks/_live.py and the tests' JupyterLab helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROSE = Path(__file__).resolve().parent / "data" / "prose.txt"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]

@@ -145,6 +145,16 @@ function visible(c: string | null | undefined): c is string {
   return !!c && c !== "transparent" && !/rgba\([^)]*,\s*0\)$/.test(c);
 }
 
+/** `color` (a computed `rgb()` / `rgba()`) with its alpha multiplied by `opacity`: an element
+ * drawn translucent (a heat overlay over an image) stays translucent in the figure. */
+export function withOpacity(color: string, opacity: number): string {
+  if (!(opacity < 1)) return color;
+  const m = /rgba?\(\s*([\d.]+)[,\s]+([\d.]+)[,\s]+([\d.]+)(?:[,\s/]+([\d.]+))?\s*\)/.exec(color);
+  if (!m) return color;
+  const a = (m[4] === undefined ? 1 : Number(m[4])) * opacity;
+  return `rgba(${m[1]}, ${m[2]}, ${m[3]}, ${Math.round(a * 1000) / 1000})`;
+}
+
 function fontOf(cs: CSSStyleDeclaration): string {
   return `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
 }
@@ -247,7 +257,7 @@ export function collect(root: HTMLElement, scale = 2, format: "png" | "svg" = "p
     const b = rel(el.getBoundingClientRect());
     const inside = within(b, clip);
     if (el !== root && inside) {
-      const fill = visible(cs.backgroundColor) ? cs.backgroundColor : null;
+      const fill = visible(cs.backgroundColor) ? withOpacity(cs.backgroundColor, Number(cs.opacity)) : null;
       const bw = Number.parseFloat(cs.borderTopWidth) || 0;
       const stroke = bw > 0 && cs.borderTopStyle !== "none" && visible(cs.borderTopColor) ? cs.borderTopColor : null;
       // An inset ring (the active-token marker) is drawn as a stroke.

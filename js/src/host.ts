@@ -43,6 +43,9 @@ function hydrate(v: Json | BlobRef, blob: Uint8Array): unknown {
 }
 
 class HostModel extends Emitter {
+  /** A report's model: every reply is embedded, so views need not fetch ahead of clicks. */
+  readonly offline = true;
+
   constructor(
     readonly id: string,
     private state: Record<string, unknown>,

@@ -21,7 +21,10 @@ export class PatchGrid {
   private cells: HTMLElement[] = []; // token i → its cell (0: CLS)
   private paint: TokenPaint | null = null;
 
-  constructor(private tokens: string[], image: ImageInfo, events: TokenStripEvents, signal: AbortSignal) {
+  constructor(
+    private tokens: string[], image: ImageInfo, events: TokenStripEvents, signal: AbortSignal,
+    cell: number = CELL, // display pixels per patch side (small multiples use less)
+  ) {
     const [rows, cols] = image.grid;
     if (tokens.length !== 1 + rows * cols) {
       throw new Error(`[circuitboard] an image of ${rows}×${cols} patches needs ${1 + rows * cols} tokens; got ${tokens.length}`);
@@ -35,19 +38,19 @@ export class PatchGrid {
     cls.title = "#0 the CLS token: the classifier reads it";
     this.cells.push(cls);
     const frame = el("div", "cb-patch-frame", this.el);
-    frame.style.width = `${cols * CELL}px`;
-    frame.style.height = `${rows * CELL}px`;
+    frame.style.width = `${cols * cell}px`;
+    frame.style.height = `${rows * cell}px`;
     frame.appendChild(drawPixels(image));
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         const i = 1 + r * cols + c;
-        const cell = el("div", "cb-token cb-patch", frame);
-        cell.style.left = `${c * CELL}px`;
-        cell.style.top = `${r * CELL}px`;
-        cell.style.width = cell.style.height = `${CELL}px`;
-        cell.dataset.i = String(i);
-        cell.title = `#${i} patch row ${r}, column ${c}`;
-        this.cells.push(cell);
+        const box = el("div", "cb-token cb-patch", frame);
+        box.style.left = `${c * cell}px`;
+        box.style.top = `${r * cell}px`;
+        box.style.width = box.style.height = `${cell}px`;
+        box.dataset.i = String(i);
+        box.title = `#${i} patch row ${r}, column ${c}`;
+        this.cells.push(box);
       }
     }
     const indexOf = (ev: Event) => {

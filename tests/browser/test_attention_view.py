@@ -66,6 +66,21 @@ def test_clicking_a_thumbnail_shows_that_head(page, tmp_path, artifacts):
     assert page.cb_errors == []
 
 
+def test_short_prompt_heads_are_drawn_without_the_kernel(page, tmp_path):
+    # Up to 32 tokens each thumbnail is its head, whole: a click draws at once, exactly, even
+    # with the kernel gone, and the report embeds no separate copies of the heads.
+    att = random_attention(layers=3, heads=4, n=24, seed=4)
+    path = write(cb.AttentionView(att, [f"w{i}" for i in range(24)]), tmp_path)
+    assert '"fetch-head"' not in path.read_text(encoding="utf-8")
+    open_report(page, path)
+    page.evaluate("() => { document.documentElement.dataset.cbKernel = 'dead'; }")
+    click_thumb(page, 2, 1)
+    assert_pixels_match(page, att[2, 1])
+    assert page.get_attribute(".cb-attention", "data-last-fetch-ms") is None
+    assert page.get_attribute(".cb-attention", "data-reduced") == "false"
+    assert page.cb_errors == []
+
+
 def test_hover_lock_unlock_and_escape(page, tmp_path):
     att = random_attention(layers=1, heads=2, n=16, seed=1)
     path = write(cb.AttentionView(att, [f"w{i}" for i in range(16)]), tmp_path)

@@ -22,9 +22,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 TOKENS = ["When", " Mary", " and", " John", " went", " to", " the", " store", ",", " John"]
 
 
-def many_heads(n_layers: int = 30, n_heads: int = 9) -> np.ndarray:
+def many_heads(n_layers: int = 30, n_heads: int = 9, n: int = len(TOKENS)) -> np.ndarray:
     rng = np.random.default_rng(3)
-    n = len(TOKENS)
     att = np.tril(rng.random((n_layers, n_heads, n, n)) ** 4 + 1e-3)
     return att / att.sum(-1, keepdims=True)
 
@@ -159,7 +158,10 @@ def test_neuron_click_leaves_the_head_and_head_click_leaves_the_neuron(page, tmp
 
 
 def test_dead_kernel_says_so_and_controls_match_the_drawing(page, tmp_path):
-    view = cb.AttentionView(many_heads(3, 3), TOKENS)
+    # Longer than a thumbnail (32 tokens), so a head is fetched from the kernel, not drawn
+    # from its thumbnail.
+    tokens = TOKENS * 4
+    view = cb.AttentionView(many_heads(3, 3, len(tokens)), tokens)
     open_report(page, cb.report(view, path=tmp_path / "dead.html", budget_bytes=10**9))
     page.evaluate("() => { document.documentElement.dataset.cbKernel = 'dead'; }")
     page.click('.cb-thumb[data-layer="2"][data-head="2"]')

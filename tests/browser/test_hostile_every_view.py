@@ -74,15 +74,15 @@ def poke(page: Any) -> None:
 def test_hostile_text_in_each_exported_view(page, tmp_path, artifacts, name):
     views = hostile_views()
     path = cb.report(
-        f"## {HOSTILE_TOKENS[1]} <img src=x onerror=alert(1)>", views[name],
-        path=tmp_path / f"{name}.html", title=HOSTILE_TOKENS[0],
+        f"## {HOSTILE_TOKENS[1]} <img src=x onerror=alert(1)>",
+        views[name],
+        path=tmp_path / f"{name}.html",
+        title=HOSTILE_TOKENS[0],
     )
     open_report(page, path)
     poke(page)
     check_page(page)
-    texts = page.eval_on_selector_all(
-        "#cb-report .cb-token", "els => els.map(e => e.textContent)"
-    )
+    texts = page.eval_on_selector_all("#cb-report .cb-token", "els => els.map(e => e.textContent)")
     if name in ("attention", "neurons"):
         n = len(views["tokens"])
         assert texts[:n] == [shown(t) for t in views["tokens"]]
@@ -98,8 +98,12 @@ def test_hostile_text_in_each_exported_view(page, tmp_path, artifacts, name):
 def test_hostile_text_in_a_board_of_every_view(page, tmp_path, artifacts):
     views = hostile_views()
     board = cb.board(
-        views["attention"], views["attribution"], views["lens"], views["neurons"],
-        views["dashboard"], title=HOSTILE_TOKENS[3],
+        views["attention"],
+        views["attribution"],
+        views["lens"],
+        views["neurons"],
+        views["dashboard"],
+        title=HOSTILE_TOKENS[3],
     )
     path = cb.report(board, path=tmp_path / "board.html", title="board")
     open_report(page, path)

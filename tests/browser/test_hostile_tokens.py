@@ -19,8 +19,10 @@ def test_hostile_tokens_in_exported_attention_view(page, tmp_path, artifacts):
     n = len(tokens)
     view = cb.AttentionView(uniform_causal(n), tokens)
     path = cb.report(
-        "Title text with <script>window.__pwned=99</script> in it", view,
-        path=tmp_path / "hostile.html", title="</title><script>window.__pwned=98</script>",
+        "Title text with <script>window.__pwned=99</script> in it",
+        view,
+        path=tmp_path / "hostile.html",
+        title="</title><script>window.__pwned=98</script>",
     )
     open_report(page, path)
     page.hover(".cb-token >> nth=3")

@@ -46,6 +46,10 @@ CELLS = [
     "att_h = np.tril(np.ones((1, 2, len(hostile), len(hostile))))\n"
     "att_h /= att_h.sum(-1, keepdims=True)\n"
     "cb.AttentionView(att_h, hostile)",
+    # Longer than a thumbnail (32 tokens): the view fetches every head ahead of clicks.
+    "att40 = np.tril(rng.random((2, 3, 40, 40)) + 1e-3)\n"
+    "att40 /= att40.sum(-1, keepdims=True)\n"
+    "cb.AttentionView(att40, [f' w{i}' for i in range(40)])",
 ]
 
 
@@ -264,6 +268,15 @@ def test_linked_widgets_in_live_jupyterlab(browser, tmp_path, artifacts):
         assert page.locator(injected).count() == 0
         page.keyboard.press("Escape")
         page.mouse.move(0, 0)
+
+        # Past 32 tokens, every head arrives ahead of clicks (a layer per message), so a click
+        # draws without asking the kernel.
+        ahead = ".jp-Notebook .jp-Cell:nth-child(7) .cb-attention"
+        page.wait_for_selector(f"{ahead}[data-warm-ms]", timeout=30_000)
+        page.click('.jp-Notebook .jp-Cell:nth-child(7) .cb-thumb[data-layer="1"][data-head="2"]')
+        page.wait_for_selector(f'{ahead}[data-layer="1"][data-head="2"]', timeout=5_000)
+        assert page.get_attribute(ahead, "data-last-fetch-ms") is None
+        assert page.get_attribute(ahead, "data-reduced") == "false"
 
         # A click in widget A: B follows in the browser ...
         page.select_option(f'{first} select[aria-label="head"]', "2")

@@ -17,7 +17,7 @@ from tests.browser.test_jupyter_live import (
 
 pytestmark = pytest.mark.slow
 
-APP = '''
+APP = """
 import marimo
 
 app = marimo.App()
@@ -49,15 +49,27 @@ def _(a, mo):
 def _(b, mo):
     mo.ui.anywidget(b)
     return
-'''
+"""
 
 
 def start_marimo(app: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "marimo", "run", str(app), "--headless", "--host", "127.0.0.1",
-           "--port", str(port), "--no-token"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "marimo",
+        "run",
+        str(app),
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-token",
+    ]
     log = open(app.parent / "marimo.log", "w")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(cmd, cwd=app.parent, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=app.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     proc.cb_log = log  # type: ignore[attr-defined]
     return wait_until_serving(proc, f"http://127.0.0.1:{port}/")
 

@@ -149,3 +149,40 @@ def test_default_model_neurons_and_dashboard(page, default_model, tmp_path, arti
     page.wait_for_selector('.cb-neurons[data-cb-theme="dark"]')
     page.screenshot(path=str(artifacts / "neurons-default-model-dark.png"), full_page=True)
     assert page.cb_errors == [] and page.cb_blocked == []
+
+
+def test_dashboard_histogram_shows_tokens_beyond_its_edges(page, tmp_path, artifacts):
+    from tests.unit.tiny_models import tiny_llama
+
+    model, tok = tiny_llama()
+    texts = ["a", "the cat sat on the mat " * 6, "b c", "x " * 40]
+    # fixed edges narrower than the data: tokens fall below and above them
+    top = cb.top_activations(
+        model, tok, texts, neurons=[(0, 1)], k=2, hist_range=(-0.01, 0.005), progress=False
+    )
+    below, above = int(top.hist_below[0]), int(top.hist_above[0])
+    assert below > 0 and above > 0
+    open_report(page, cb.report(cb.neuron_dashboard(top), path=tmp_path / "dash.html"))
+    side = ".cb-dashboard .cb-dash-side"
+    assert f"{below + above:,} beyond the bins" in page.inner_text(side)
+    axis = page.eval_on_selector_all(
+        f"{side} .cb-dash-axis span", "els => els.map(e => e.textContent)"
+    )
+    assert (
+        axis[0].startswith("min ")
+        and axis[-1].startswith("max ")
+        and float(axis[-1][4:]) == pytest.approx(top.maximum[0], abs=0.01)
+    )
+    box = page.query_selector(".cb-dash-hist").bounding_box()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2)
+    tip = page.inner_text(".cb-dash-tip")
+    assert tip.startswith(f"above {top.hist_edges[0, -1]:.2f}: {above:,} tokens (max ")
+    # the outlined end bar is drawn: the last 10 css px of the canvas are not blank
+    data = page.eval_on_selector(
+        ".cb-dash-hist",
+        "c => { const r = devicePixelRatio; const w = c.width; return Array.from(c.getContext('2d')"
+        ".getImageData(w - 10 * r, 0, 10 * r, c.height).data) }",
+    )
+    assert max(data[3::4]) > 0
+    page.screenshot(path=str(artifacts / "dashboard-beyond-edges.png"), full_page=True)
+    assert page.cb_errors == []

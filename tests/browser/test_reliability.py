@@ -16,7 +16,8 @@ def attention(layers: int = 3, heads: int = 3, n: int = 12) -> cb.AttentionView:
 
 
 def test_silent_kernel_shows_a_message_instead_of_hanging(page, tmp_path, artifacts):
-    path = cb.report(attention(), path=tmp_path / "gone.html")
+    # 40 tokens: past 32 a head is fetched (shorter prompts draw heads from their thumbnails)
+    path = cb.report(attention(n=40), path=tmp_path / "gone.html")
     open_report(page, path)
     # From now on requests go unanswered (a stopped kernel), and time out after 400 ms.
     page.eval_on_selector(
@@ -62,8 +63,9 @@ def test_nan_and_inf_tokens_are_drawn_distinctly_and_labelled(page, tmp_path, ar
     open_report(page, path)
     page.wait_for_selector(".cb-token.cb-token-nan")
     flagged = page.eval_on_selector_all(
-        ".cb-token", "els => els.map(e => [e.classList.contains('cb-token-nan'), e.title,"
-        " getComputedStyle(e).backgroundColor])"
+        ".cb-token",
+        "els => els.map(e => [e.classList.contains('cb-token-nan'), e.title,"
+        " getComputedStyle(e).backgroundColor])",
     )
     assert [f[0] for f in flagged] == [False, False, True, False, True, False]
     assert "NaN" in flagged[2][1] and "Infinity" in flagged[4][1]

@@ -153,6 +153,8 @@ def assert_same_top(got: Any, want: Any) -> None:
         "window_start",
         "hist_edges",
         "hist_counts",
+        "hist_below",
+        "hist_above",
         "count",
         "minimum",
         "maximum",

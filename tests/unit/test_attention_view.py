@@ -105,6 +105,33 @@ def test_fetch_head_reply_through_the_comm_handler():
     assert sent[-1][0]["all"] is True  # live: every head can be fetched
 
 
+def test_fetch_layer_sends_every_head_of_a_layer_with_the_codes_of_fetch_head():
+    a = causal(n=40)
+    view = AttentionView(a, toks(40), layers=[4, 7])
+    fields, buffers = view.answer({"kind": "fetch-layer", "layer": 7})
+    enc = fields["patterns"]
+    assert fields["layer"] == 7 and enc["shape"] == [3, 40, 40] and enc["tril"] is True
+    whole = decode({**enc, "data": buffers[enc["data"]]})
+    for h in range(3):
+        one, bufs = view.answer({"kind": "fetch-head", "layer": 7, "head": h})
+        assert np.array_equal(whole[h], decode({**one["pattern"], "data": bufs[0]}))
+    assert np.abs(whole - a[1]).max() <= 1 / 255
+
+
+def test_thumbnails_are_the_heads_up_to_32_tokens():
+    a = causal(n=32)
+    view = AttentionView(a, toks(32))
+    thumbs = decode(view._thumbs)
+    for h in range(3):
+        one, bufs = view.answer({"kind": "fetch-head", "layer": 1, "head": h})
+        assert np.array_equal(thumbs[1, h], decode({**one["pattern"], "data": bufs[0]}))
+    # so a report embeds every head without sending any twice
+    assert len(view.export_plan(1)) == 6
+    assert not [r for r in view.export_requests(10**9) if r["kind"] == "fetch-head"]
+    assert view.export_notes(1) == []
+    assert len(AttentionView(causal(n=33), toks(33)).export_plan(1)) < 6
+
+
 def test_export_plan_keeps_everything_when_it_fits():
     view = AttentionView(causal(), toks(10))
     assert len(view.export_plan(10**9)) == 6

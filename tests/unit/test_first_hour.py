@@ -128,17 +128,31 @@ def test_lists_of_captures_get_a_precise_error():
 
 
 def test_histogram_counts_every_value_and_states_its_range():
-    """Histogram edges are fixed before the scan (so shards merge); nothing is lost: values
-    beyond the edges land in the end bins, and the exact minimum / maximum are kept."""
+    """Nothing is lost or put in the wrong bin. By default each neuron's bins follow its data
+    (min to max, on a power-of-two lattice that merges exactly); with fixed hist_range= edges,
+    values beyond them are counted apart. min / max are exact either way."""
     model, tok = tiny_llama()
     texts = ["a", "the cat sat on the mat " * 6, "b c", "x " * 40]
-    top = cb.top_activations(
-        model, tok, texts, neurons=[(0, 1), (1, 2)], k=2, batch_size=1, progress=False
-    )
+    kw = dict(neurons=[(0, 1), (1, 2)], k=2, batch_size=1, progress=False, bins=20)
+    top = cb.top_activations(model, tok, texts, **kw)
+    assert not top.hist_below.any() and not top.hist_above.any()
     for j in range(2):
+        edges = top.hist_edges[j]
         assert top.hist_counts[j].sum() == top.count[j]
-        assert top.minimum[j] <= top.maximum[j]
-        assert top.hist_edges[j, 0] < top.hist_edges[j, -1]
+        assert edges[0] <= top.minimum[j] and top.maximum[j] < edges[-1]
+        width = edges[1] - edges[0]  # a power of two, and no wider than it needs to be
+        assert np.frexp(width)[0] == 0.5
+        assert np.floor(top.maximum[j] / (width / 2)) - np.floor(top.minimum[j] / (width / 2)) >= 20
+    fixed = cb.top_activations(model, tok, texts, hist_range=(-0.01, 0.005), **kw)
+    assert (fixed.hist_above + fixed.hist_below).sum() > 0
+    for j in range(2):
+        edges = fixed.hist_edges[j]
+        n = fixed.hist_counts[j].sum() + fixed.hist_below[j] + fixed.hist_above[j]
+        assert n == fixed.count[j]
+        assert (fixed.hist_below[j] > 0) == (fixed.minimum[j] < edges[0])
+        assert (fixed.hist_above[j] > 0) == (fixed.maximum[j] > edges[-1])
+    card = cb.neuron_dashboard(fixed).card(1, 2)
+    assert card["hist_outside"] == [int(fixed.hist_below[1]), int(fixed.hist_above[1])]
 
 
 def test_cli_defaults_to_the_readme_contrast_on_the_default_prompt(monkeypatch):

@@ -30,6 +30,7 @@ from tests.unit.scale_helpers import (
 def _one_thread():
     yield from pin_one_thread()
 
+
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     spec = save_tiny(tmp_path_factory.mktemp("tiny"))
@@ -160,7 +161,16 @@ def test_top_activations_merge_of_two_datasets(loaded):
     assert_same_top(a.merge(b), both)
     dup = top_activations(model, tok, ["a b c", "a b c"], **kw)  # equal maxima: lower index first
     assert (dup.text_index[:, :2] == [0, 1]).all()
-    with pytest.raises(ValueError, match="different bin edges"):
+    # Bins that follow the data (the default) merge exactly too, though each part's differ.
+    kw.pop("hist_range")
+    a, b = (
+        top_activations(model, tok, TEXTS[:12], **kw),
+        top_activations(model, tok, TEXTS[12:], **kw),
+    )
+    assert not np.array_equal(a.hist_edges, b.hist_edges)
+    assert_same_top(a.merge(b), top_activations(model, tok, TEXTS, **kw))
+    a = top_activations(model, tok, TEXTS[:12], hist_range=(-2.0, 2.0), **kw)
+    with pytest.raises(ValueError, match="different fixed bin edges"):
         a.merge(top_activations(model, tok, TEXTS[:3], layers=[1], k=5, progress=False))
     with pytest.raises(ValueError, match="made differently"):
         a.merge(top_activations(model, tok, TEXTS[:3], layers=[0], k=5, hist_range=(-2, 2)))

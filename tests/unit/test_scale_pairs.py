@@ -250,6 +250,12 @@ def test_bad_input_is_refused_before_any_worker_starts(spec, loaded):
         circuit_pairs(spec, None, nodes="neurons", shards=2)
     with pytest.raises(ValueError, match="is not an engine"):
         circuit_pairs(spec, None, engine="dask")
+    from tests.unit.tiny_models import tiny_vit
+
+    vit, _ = tiny_vit(channels=1)
+    a, b = np.random.default_rng(0).random((2, 8, 8))
+    with pytest.raises(ValueError, match="image pairs run in this process"):
+        cb.patch(vit, None, a, b, answer="class 1", wrong="class 2", shards=2)
 
 
 def test_missing_ray_names_the_extra(spec, monkeypatch):

@@ -334,6 +334,8 @@ def tiny_vit(seed: int = 0, channels: int = 3) -> tuple[Any, None]:
     model = _build(cfg, ViTForImageClassification, seed)
     model.config.circuitboard_pixel_norm = {"mean": [0.5] * channels, "std": [0.25] * channels}
     return model, None
+
+
 # -- architectures added with their adapters (issue 17); kept out of FACTORIES so the suites
 # parametrized over FACTORIES keep their cost; tests/unit/test_adapters_*.py cover these.
 

@@ -4,7 +4,7 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { uint8View } from "../codec";
 import { type Lut, NAN_RGBA, sequential } from "../colormaps";
-import { Fetcher } from "../fetch";
+import { type Fetched, Fetcher } from "../fetch";
 import { cssToUint32, type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
@@ -51,6 +51,7 @@ interface Head {
 type Mode = "both" | "row" | "col";
 
 const CACHE_BYTES = 256 * 2 ** 20; // decoded heads kept in the browser
+const WARM_BYTES = 32 * 2 ** 20; // live: every head is fetched ahead of clicks up to this size (a layer per message)
 const MAX_TILE_CELLS = 1536 * 1536; // zoomed in this far, the visible region comes at full resolution
 const COMPUTED_SCORES = ["previous_token", "first_token", "entropy"]; // long prompts: with the thumbnails
 const SCORE_LABELS: Record<string, string> = {
@@ -303,6 +304,11 @@ export async function render(props: RenderProps<AttentionState>) {
       n: tSide, reduced: true, nonfinite: thumbsEnc.nonfinite ?? null,
     };
   };
+  // A prompt no longer than the thumbnail side sends every head whole with the thumbnails
+  // (same codes as fetch-head), so a click draws at once, without asking the kernel.
+  const thumbsAreHeads = !long && tSide === n && thumbsReady;
+  const headOf = (layer: number, head: number): Head | undefined =>
+    decoded.get(`${layer}:${head}`) ?? (thumbsAreHeads ? { ...thumbHead(layer, head), reduced: false } : undefined);
   let included: Set<string> | null = null; // null: every head can be fetched
   const markReduced = (key: string) => {
     thumbs.get(key)?.classList.add("cb-thumb-reduced");
@@ -512,7 +518,7 @@ export async function render(props: RenderProps<AttentionState>) {
     const t0 = clickT0;
     clickT0 = null;
     if (current.layer === layer && current.head === head && !current.reduced) return;
-    let h = decoded.get(key);
+    let h = headOf(layer, head);
     if (!h) {
       if (included && !included.has(key)) {
         h = thumbHead(layer, head);
@@ -627,15 +633,41 @@ export async function render(props: RenderProps<AttentionState>) {
     root.dataset.thumbsDone = "true";
     updateStatus();
   };
+  /** Live, a head click waits for a kernel round trip (about 100 ms in JupyterLab). When every
+   * head fits in WARM_BYTES, fetch them all after the first paint, a layer per message (so a
+   * click waits behind at most one), and clicks draw from the cache. */
+  const warmHeads = async () => {
+    const layerBytes = nHeads * (causal ? (n * (n + 1)) / 2 : n * n);
+    if (long || thumbsAreHeads || layerBytes * layers.length > WARM_BYTES || layerBytes > WARM_BYTES / 4) return;
+    const t0 = performance.now();
+    for (const layer of layers) {
+      if (signal.aborted) return;
+      let got: Fetched;
+      try {
+        got = await fetcher.get({ kind: "fetch-layer", layer });
+      } catch {
+        return; // the kernel is gone: clicks say so themselves
+      }
+      const enc = got.reply.patterns as Encoded;
+      const codes = uint8View(enc, got.buffers);
+      for (let head = 0; head < nHeads; head++) {
+        remember({
+          layer, head, codes: codes.subarray(head * n * n, (head + 1) * n * n), lo: enc.lo, scale: enc.scale, n, reduced: false,
+          nonfinite: enc.nonfinite ?? null,
+        });
+      }
+    }
+    root.dataset.warmMs = (performance.now() - t0).toFixed(0);
+  };
   /** Ask for a head now (cached by the fetcher) unless it is decoded or left out of a report. */
   const request = (layer: number, head: number) => {
     const key = `${layer}:${head}`;
-    if (decoded.has(key) || (included && !included.has(key)) || !layers.includes(layer) || head < 0 || head >= nHeads) return;
+    if (headOf(layer, head) || (included && !included.has(key)) || !layers.includes(layer) || head < 0 || head >= nHeads) return;
     fetcher.get({ kind: long ? "fetch-overview" : "fetch-head", layer, head }).catch(() => undefined);
   };
   const prefetch = (layer: number, head: number) => {
     const next = head + 1 < nHeads ? { layer, head: head + 1 } : null;
-    if (long || !next || decoded.has(`${next.layer}:${next.head}`) || (included && !included.has(`${next.layer}:${next.head}`))) return;
+    if (long || !next || headOf(next.layer, next.head) || (included && !included.has(`${next.layer}:${next.head}`))) return;
     fetcher.get({ kind: "fetch-head", ...next }).catch(() => undefined);
   };
 
@@ -761,6 +793,7 @@ export async function render(props: RenderProps<AttentionState>) {
   }, () => undefined);
   await show();
   if (!thumbsReady) void loadThumbs(); // after the first paint; clicks interleave with it
+  else if (!(model as { offline?: boolean }).offline) void warmHeads();
 
   return () => {
     abort.abort();

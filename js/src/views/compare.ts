@@ -12,6 +12,7 @@ import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
 import { cellSize, divergingFor, fmt, symmetricMax } from "./attribution";
 import { el } from "../dom";
+import { type ImageInfo, PatchGrid } from "../patches";
 
 type Measure = "d" | "t" | "diff";
 
@@ -30,6 +31,9 @@ interface CompareState {
   head_stats: [string, string][];
   layer_stats: [string, string][];
   has_neurons: boolean;
+  images: ImageInfo[]; // image categories: each one's mean image ([] for text)
+  tokens: string[]; // image categories: CLS and the patches
+  _patch_attn: Encoded | Record<string, never>; // [C, 2, L, H, T] attention to each key
   _heads: Encoded;
   _layer_vals: Encoded;
   theme: string;
@@ -168,6 +172,19 @@ export async function render(props: RenderProps<CompareState>) {
   const ramp = el("canvas", "cb-cmp-ramp", legend);
   const legHi = el("span", "", legend);
   const legText = el("span", "cb-cmp-legtext", legend);
+  // Image categories: mean images, and where the selected head looks from the sample position.
+  const images = model.get("images") ?? [];
+  const ptokens = model.get("tokens") ?? [];
+  const pa = model.get("_patch_attn");
+  const patchAttn = images.length && pa && (pa as Encoded).shape ? decode(pa as Encoded).data : null;
+  const T = ptokens.length;
+  const imgBox = patchAttn ? el("div", "cb-cmp-images", figure) : null;
+  const imgTitle = imgBox ? el("div", "cb-cmp-imgtitle", imgBox) : null;
+  const imgRow = imgBox ? el("div", "cb-pm-pair", imgBox) : null;
+  let meanGrids: [HTMLElement, PatchGrid][] = [];
+  let effectGrid: PatchGrid | null = null;
+  let imgKey = "";
+  let effectLabel: HTMLElement | null = null;
   const tip = el("div", "cb-tip cb-cmp-tip", figure);
   tip.hidden = true;
 
@@ -218,7 +235,7 @@ export async function render(props: RenderProps<CompareState>) {
     const np = model.get("n_prompts");
     caption.textContent = `${MEASURE_NAMES[m]} of ${headStats[s][1]}: ${name(a)} − ${name(b)} · n = ${counts[a]} vs ${counts[b]}${
       np[a] && np[a] !== counts[a] ? ` samples (${np[a]} vs ${np[b]} prompts)` : ""
-    } · position ${model.get("pos")}`;
+    } · position ${model.get("pos")}${images.length && model.get("pos") === "0" ? " (CLS)" : ""}`;
     const caution = smallSampleNote(counts[a], counts[b]);
     if (caution) {
       const warn = el("span", "cb-error cb-cmp-small", caption);
@@ -440,12 +457,71 @@ export async function render(props: RenderProps<CompareState>) {
     }, { signal });
   });
 
+  // The head the image panel shows: the selected one, else the strongest of the heatmap.
+  const panelHead = (): [number, number] => {
+    const r = layers.indexOf(link.get("layer") ?? -1);
+    const h = link.get("head");
+    if (r >= 0 && h !== null && h !== undefined && h >= 0 && h < H) return [r, h];
+    let best = 0;
+    for (let i = 0; i < L * H; i++) if (Math.abs(clampInf(vals[i], 1e9) || 0) > Math.abs(clampInf(vals[best], 1e9) || 0)) best = i;
+    return [Math.floor(best / H), best % H];
+  };
+  const attnMoment = (c: number, which: 0 | 1, r: number, h: number, t: number) => (patchAttn as Float32Array)[((((c * 2 + which) * L + r) * H + h) * T) + t];
+  const patchName = (t: number) => (t === 0 ? "CLS" : `patch ${ptokens[t]}`);
+  const drawImages = () => {
+    if (!imgBox || !imgRow || !imgTitle || !patchAttn) return;
+    const { a, b, m } = state();
+    const [r, h] = panelHead();
+    const key = `${a},${b}`;
+    if (key !== imgKey) {
+      imgKey = key;
+      imgRow.replaceChildren();
+      const make = (label: string, info: ImageInfo, onHover: (i: number | null) => void, onClick: (i: number) => void) => {
+        const item = el("div", "cb-pm-item", imgRow);
+        el("div", "cb-pm-label", item).textContent = label;
+        const g = new PatchGrid(ptokens, info, { hover: onHover, click: onClick }, signal, 24);
+        item.appendChild(g.el);
+        return [item, g] as [HTMLElement, PatchGrid];
+      };
+      const clickPatch = (i: number) => {
+        const [rr, hh] = panelHead();
+        select(link, { layer: layers[rr], head: hh, token: i });
+      };
+      meanGrids = [a, b].map((c) => make(`mean image of “${cats[c]}” (n = ${model.get("n_prompts")[c] || counts[c]})`, images[c], (i) => hoverPatch(i), clickPatch));
+      const [eItem, eGrid] = make("", images[a], (i) => hoverPatch(i), clickPatch);
+      eItem.classList.add("cb-cmp-effect");
+      effectLabel = eItem.firstElementChild as HTMLElement;
+      effectGrid = eGrid;
+    }
+    imgTitle.textContent = `Where L${layers[r]}H${h} looks from position ${model.get("pos")}${model.get("pos") === "0" ? " (CLS)" : ""}: ${MEASURE_NAMES[m]} of its attention to each key, “${cats[a]}” − “${cats[b]}” (blue: more in “${cats[a]}”)`;
+    imgBox.dataset.head = `L${layers[r]}H${h}`;
+    const eff = new Float32Array(T);
+    for (let t = 0; t < T; t++) eff[t] = effectOf(attnMoment(a, 0, r, h, t), attnMoment(a, 1, r, h, t), counts[a], attnMoment(b, 0, r, h, t), attnMoment(b, 1, r, h, t), counts[b], m);
+    const emax = symmetricMax(eff);
+    if (effectLabel) effectLabel.textContent = `effect on attention to each key (colour ±${plain(emax)}), over the mean “${cats[a]}”`;
+    const lut = divergingFor(isDark(root));
+    effectGrid?.color(eff.map((v) => clampInf(v, emax)), lut, (v) => 0.5 + (0.5 * v) / emax);
+    const t = link.get("token");
+    for (const [, g] of meanGrids) g.mark(t ?? null, "cb-token-active");
+    effectGrid?.mark(t ?? null, "cb-token-active");
+  };
+  function hoverPatch(t: number | null): void {
+    if (t === null || !patchAttn) return hide();
+    const { a, b } = state();
+    const [r, h] = panelHead();
+    const e = (m: Measure) => num(effectOf(attnMoment(a, 0, r, h, t), attnMoment(a, 1, r, h, t), counts[a], attnMoment(b, 0, r, h, t), attnMoment(b, 1, r, h, t), counts[b], m));
+    const ms = (c: number) => `${plain(attnMoment(c, 0, r, h, t))} ± ${plain(attnMoment(c, 1, r, h, t))} (n=${counts[c]})`;
+    readout.textContent = `L${layers[r]}H${h} → ${patchName(t)} · attention\nd ${e("d")} · t ${e("t")} · Δ ${e("diff")}\n${cats[a]}: ${ms(a)}\n${cats[b]}: ${ms(b)}`;
+    root.dataset.hover = `L${layers[r]}H${h}→${t}`;
+  }
+
   const redraw = () => {
     compute();
     drawHeat();
     drawBars();
     showHeads();
     drawSelection();
+    drawImages();
     void showNeurons();
   };
   const setTrait = (key: "a" | "b" | "stat" | "measure", value: string) => {
@@ -473,20 +549,24 @@ export async function render(props: RenderProps<CompareState>) {
 
   const onModel = () => redraw();
   for (const k of ["a", "b", "stat", "measure"]) model.on(`change:${k}`, onModel);
-  const offSel = onSelection(link, ["layer", "head", "neuron"], () => {
+  const offSel = onSelection(link, ["layer", "head", "neuron", "token"], () => {
     drawSelection();
     drawBars();
+    drawImages();
     if (scopeSel.value === "layer") void showNeurons();
   });
   compute();
   const offTheme = followTheme(model as AnyModel, root, () => {
     drawHeat();
     drawBars();
+    imgKey = "";
+    drawImages();
   });
   drawHeat();
   drawBars();
   showHeads();
   drawSelection();
+  drawImages();
   await showNeurons();
   root.dataset.ready = "true";
 

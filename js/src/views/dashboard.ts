@@ -25,6 +25,7 @@ interface Card {
   acts: Encoded;
   hist_edges: number[];
   hist_counts: number[];
+  hist_outside?: [number, number]; // tokens below the first edge / above the last
   stats: { count: number; mean: number; std: number; min: number; max: number; frac_positive: number };
   promoted: [string, number][];
   suppressed: [string, number][];
@@ -41,6 +42,9 @@ interface DashboardState {
 
 const fmt = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
 const NOOP = { hover: () => undefined, click: () => undefined };
+const HIST_W = 280; // css px
+const OUT_BAR = 10; // css px of a bar for the tokens beyond the edges
+const OUT_GAP = 4;
 
 export async function render(props: RenderProps<DashboardState>) {
   const { model, el: host } = props;
@@ -65,7 +69,7 @@ export async function render(props: RenderProps<DashboardState>) {
   const exTitle = el("div", "cb-caption", left);
   const exList = el("div", "cb-dash-list", left);
   const right = el("div", "cb-dash-side", body);
-  el("div", "cb-caption", right).textContent = "Activation over every token (log count)";
+  const histTitle = el("div", "cb-caption", right);
   const hist = el("canvas", "cb-dash-hist", right);
   hist.setAttribute("role", "img");
   const histAxis = el("div", "cb-dash-axis", right);
@@ -82,9 +86,24 @@ export async function render(props: RenderProps<DashboardState>) {
   let card: Card = model.get("_initial").card;
   let acts = decode(card.acts).data;
 
+  /** The bins from the first to the last one with a count (bins that follow the data end on a
+   * power-of-two lattice, so up to half of them can be empty). */
+  const shownBins = () => {
+    const all = card.hist_counts;
+    let a = all.findIndex((c) => c > 0);
+    let b = all.length - 1;
+    while (b > 0 && !all[b]) b--;
+    if (a < 0) [a, b] = [0, all.length - 1];
+    return { counts: all.slice(a, b + 1), edges: card.hist_edges.slice(a, b + 2) };
+  };
+  /** The bins' pixel range: the ends are kept for the bars of tokens beyond the edges. */
+  const histLayout = (w: number) => {
+    const [below, above] = card.hist_outside ?? [0, 0];
+    return { left: below ? OUT_BAR + OUT_GAP : 0, right: w - (above ? OUT_BAR + OUT_GAP : 0) };
+  };
   const drawHist = () => {
     const dpr = window.devicePixelRatio || 1;
-    const w = 280;
+    const w = HIST_W;
     const h = 96;
     hist.width = w * dpr;
     hist.height = h * dpr;
@@ -92,31 +111,53 @@ export async function render(props: RenderProps<DashboardState>) {
     if (!ctx) return;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
-    const counts = card.hist_counts;
-    const edges = card.hist_edges;
-    const top = Math.log1p(Math.max(...counts, 1));
-    const bw = w / counts.length;
+    const { counts, edges } = shownBins();
+    const [below, above] = card.hist_outside ?? [0, 0];
+    const { left: xl, right: xr } = histLayout(w);
+    const top = Math.log1p(Math.max(...counts, below, above, 1));
+    const bw = (xr - xl) / counts.length;
     const span = Math.max(Math.abs(edges[0]), Math.abs(edges[edges.length - 1]), 1e-9);
+    const shade = (v: number) => {
+      const t = 0.5 * Math.min(1, 0.35 + (0.65 * Math.abs(v)) / span);
+      return cssColor(lut, v >= 0 ? 0.5 + t : 0.5 - t);
+    };
+    const height = (c: number) => Math.max(1, (Math.log1p(c) / top) * (h - 2));
     counts.forEach((c, i) => {
       if (!c) return;
       const mid = (edges[i] + edges[i + 1]) / 2;
-      const bh = Math.max(1, (Math.log1p(c) / top) * (h - 2));
-      const t = 0.5 * Math.min(1, 0.35 + (0.65 * Math.abs(mid)) / span);
-      ctx.fillStyle = cssColor(lut, mid >= 0 ? 0.5 + t : 0.5 - t);
-      ctx.fillRect(i * bw + 0.5, h - bh, Math.max(1, bw - 1), bh);
+      ctx.fillStyle = shade(mid);
+      ctx.fillRect(xl + i * bw + 0.5, h - height(c), Math.max(1, bw - 1), height(c));
     });
+    // Tokens beyond the edges (fixed before the scan, so shards merge): an outlined bar apart
+    // at each end, labelled with the exact minimum / maximum.
+    const outside = (c: number, x: number, v: number) => {
+      if (!c) return;
+      ctx.fillStyle = shade(v);
+      ctx.globalAlpha = 0.45;
+      ctx.fillRect(x, h - height(c), OUT_BAR, height(c));
+      ctx.globalAlpha = 1;
+      ctx.strokeStyle = shade(v);
+      ctx.strokeRect(x + 0.5, h - height(c) + 0.5, OUT_BAR - 1, height(c) - 1);
+    };
+    outside(below, 0, card.stats.min);
+    outside(above, w - OUT_BAR, card.stats.max);
+    const beyond = below + above;
+    histTitle.textContent = `Activation over every token (log count)${beyond ? ` · ${beyond.toLocaleString()} beyond the bins, at the ends` : ""}`;
     // zero line and the top examples' range
-    const x0 = ((0 - edges[0]) / (edges[edges.length - 1] - edges[0])) * w;
-    ctx.strokeStyle = isDark(root) ? "#8d96a0" : "#656d76";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    ctx.moveTo(Math.round(x0) + 0.5, 0);
-    ctx.lineTo(Math.round(x0) + 0.5, h);
-    ctx.stroke();
-    axLo.textContent = fmt(edges[0]);
-    axZero.textContent = "0";
+    const x0 = xl + ((0 - edges[0]) / (edges[edges.length - 1] - edges[0])) * (xr - xl);
+    const zeroShown = edges[0] < 0 && edges[edges.length - 1] > 0;
+    if (zeroShown) {
+      ctx.strokeStyle = isDark(root) ? "#8d96a0" : "#656d76";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(Math.round(x0) + 0.5, 0);
+      ctx.lineTo(Math.round(x0) + 0.5, h);
+      ctx.stroke();
+    }
+    axLo.textContent = below ? `min ${fmt(card.stats.min)}` : fmt(edges[0]);
+    axZero.textContent = zeroShown ? "0" : "";
     axZero.style.left = `${(100 * x0) / w}%`;
-    axHi.textContent = fmt(edges[edges.length - 1]);
+    axHi.textContent = above ? `max ${fmt(card.stats.max)}` : fmt(edges[edges.length - 1]);
     hist.setAttribute("aria-label", `histogram of L${card.layer} N${card.neuron} activations`);
   };
 
@@ -170,9 +211,20 @@ export async function render(props: RenderProps<DashboardState>) {
 
   hist.addEventListener("pointermove", (ev) => {
     const r = hist.getBoundingClientRect();
-    const i = Math.floor(((ev.clientX - r.left) / r.width) * card.hist_counts.length);
-    if (i < 0 || i >= card.hist_counts.length) return;
-    histTip.textContent = `[${fmt(card.hist_edges[i])}, ${fmt(card.hist_edges[i + 1])}): ${card.hist_counts[i].toLocaleString()} tokens`;
+    const x = ((ev.clientX - r.left) / r.width) * HIST_W;
+    const { left: xl, right: xr } = histLayout(HIST_W);
+    const { counts, edges } = shownBins();
+    const [below, above] = card.hist_outside ?? [0, 0];
+    if (x < xl) {
+      histTip.textContent = `below ${fmt(edges[0])}: ${below.toLocaleString()} tokens (min ${fmt(card.stats.min)})`;
+      return;
+    }
+    if (x >= xr) {
+      histTip.textContent = `above ${fmt(edges[edges.length - 1])}: ${above.toLocaleString()} tokens (max ${fmt(card.stats.max)})`;
+      return;
+    }
+    const i = Math.min(counts.length - 1, Math.floor(((x - xl) / (xr - xl)) * counts.length));
+    histTip.textContent = `[${fmt(edges[i])}, ${fmt(edges[i + 1])}): ${counts[i].toLocaleString()} tokens`;
   }, { signal });
   hist.addEventListener("pointerleave", () => {
     histTip.textContent = "";

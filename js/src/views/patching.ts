@@ -2,12 +2,15 @@
 // Per-position sites: positions (tokens, clean → corrupted where they differ) × layers;
 // per-head sites: layers × heads (heads_pos: positions × layers for one head); neurons:
 // layers × neurons. Hover shows normalized and raw values; click selects on the link.
+// Between two images (ViT): both images as patch grids, and per-position sites as one patch
+// grid per layer (CLS beside it) over the source image, each patch coloured by its value.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode } from "../codec";
 import { cssColor } from "../colormaps";
 import { el } from "../dom";
 import { cellAt, paintMatrix } from "../heatmap";
 import { onSelection, resolveLink, select } from "../link";
+import { type ImageInfo, PatchGrid } from "../patches";
 import { followTheme, isDark } from "../theme";
 import type { Encoded, Selection } from "../types";
 import { divergingFor, fmt } from "./attribution";
@@ -30,6 +33,9 @@ interface PatchingState {
   correlation: number | null;
   completeness_error: number | null;
   kv_groups: Record<string, number[]>;
+  image: ImageInfo | Record<string, never>; // image pairs: the clean image ({} for text)
+  corrupted_image: ImageInfo | Record<string, never>;
+  n_pairs: number;
   _values: Encoded;
   _raw: Encoded;
   theme: string;
@@ -77,6 +83,11 @@ export function layoutFor(axes: string[], shape: number[]): Layout {
   return { rows: shape[0], cols: H, rowKind: "layer", colKind: "head", index: (r, c) => r * H + c };
 }
 
+/** Display pixels per patch side of each layer's grid: as large as fits ~720 px, 10..28. */
+export function mapCell(nLayers: number, gridCols: number): number {
+  return Math.max(10, Math.min(28, Math.floor((720 / Math.max(nLayers, 1) - 60) / Math.max(gridCols, 1))));
+}
+
 export async function render(props: RenderProps<PatchingState>) {
   const { model, el: host } = props;
   const abort = new AbortController();
@@ -98,6 +109,10 @@ export async function render(props: RenderProps<PatchingState>) {
   const perHeadPos = axes.length === 3;
   const nHeads = perHeadPos ? shape[2] : 0;
   const range = patchRange(values);
+  const image = model.get("image") as ImageInfo;
+  const isImage = !!(image && image.grid);
+  // An image result's per-position sites: one patch grid per layer instead of the heatmap.
+  const multiples = isImage && lay.rowKind === "position";
 
   // Pick the head of the strongest cell first (heads_pos).
   let head = 0;
@@ -139,7 +154,50 @@ export async function render(props: RenderProps<PatchingState>) {
 
   const body = el("div", "cb-body", root);
   const figure = el("div", "cb-figure cb-patch-figure", body);
+  const denoise = model.get("direction") !== "noise";
+  const pairGrids: PatchGrid[] = [];
+  const maps: PatchGrid[] = [];
+  if (isImage) {
+    const pair = el("div", "cb-pm-pair", figure);
+    const cell = mapCell(2, image.grid[1]);
+    for (const [which, info, toks] of [["clean", image, clean], ["corrupted", model.get("corrupted_image") as ImageInfo, corrupted]] as const) {
+      if (!info || !info.grid) continue;
+      const item = el("div", `cb-pm-item cb-pm-${which}`, pair);
+      const nPairs = model.get("n_pairs") ?? 1;
+      el("div", "cb-pm-label", item).textContent = nPairs > 1 ? `${which} image (pair 1 of ${nPairs})` : `${which} image`;
+      const g = new PatchGrid(toks, info, {
+        hover: (i) => hoverToken(i),
+        click: (i) => select(link, { token: i }),
+      }, signal, cell);
+      item.appendChild(g.el);
+      pairGrids.push(g);
+    }
+  }
+  if (multiples) {
+    const src = denoise ? "clean" : "corrupted";
+    const nPairs = model.get("n_pairs") ?? 1;
+    const mean = nPairs > 1 ? `, the mean over all ${nPairs} pairs` : "";
+    el("div", "cb-pm-caption", figure).textContent = `Each layer's patch grid over the ${src} image (the source of the patched activations): colour = what patching that patch at that layer recovers${mean}`;
+    const wrap = el("div", "cb-pm-maps", figure);
+    const srcImage = denoise ? image : (model.get("corrupted_image") as ImageInfo);
+    const cell = mapCell(lay.cols, image.grid[1]);
+    for (let c = 0; c < lay.cols; c++) {
+      const item = el("div", "cb-pm-item cb-pm-layer", wrap);
+      item.dataset.layer = String(layers[c]);
+      el("div", "cb-pm-label", item).textContent = `layer ${layers[c]}`;
+      const g = new PatchGrid(clean, srcImage, {
+        hover: (i) => hoverMap(c, i),
+        click: (i) => {
+          const rr = positions.indexOf(i);
+          if (rr >= 0) select(link, selectionOf(rr, c));
+        },
+      }, signal, cell);
+      item.appendChild(g.el);
+      maps.push(g);
+    }
+  }
   const grid = el("div", "cb-patch-grid", figure);
+  grid.hidden = multiples;
   grid.style.gridTemplateColumns = `auto ${plotW}px`;
   el("div", "cb-patch-corner", grid).textContent = lay.rowKind === "position" ? "token \\ layer" : `layer \\ ${lay.colKind}`;
   const colAxis = el("div", "cb-patch-caxis", grid);
@@ -193,11 +251,12 @@ export async function render(props: RenderProps<PatchingState>) {
   el("span", "", legend).textContent = fmt(-range);
   const rampWrap = el("span", "cb-patch-rampwrap", legend);
   const ramp = el("canvas", "cb-patch-ramp", rampWrap);
-  for (const [v, label] of [[0, "0 corrupted"], [1, "1 clean"]] as [number, string][]) {
+  // "corrupted 0" ends at its tick and "1 clean" starts at its own, so they never overlap
+  for (const [v, label] of [[0, "corrupted 0"], [1, "1 clean"]] as [number, string][]) {
     const t = el("span", "cb-patch-tick", rampWrap);
     t.style.left = `${(100 * (v + range)) / (2 * range)}%`;
     el("span", "cb-patch-tickmark", t);
-    el("span", "cb-patch-ticklabel", t).textContent = label;
+    el("span", `cb-patch-ticklabel${v === 0 ? " cb-patch-ticklabel-end" : ""}`, t).textContent = label;
   }
   el("span", "", legend).textContent = fmt(range);
   const tip = el("div", "cb-tip cb-patch-tip", figure);
@@ -215,6 +274,10 @@ export async function render(props: RenderProps<PatchingState>) {
   // -- cells ---------------------------------------------------------------------------------
   const at = (rr: number, c: number) => lay.index(rr, c, head);
   const cellLabel = (rr: number, c: number): string => {
+    if (lay.rowKind === "position" && isImage) {
+      const p = positions[rr] ?? rr;
+      return `L${layers[c]}${perHeadPos ? `H${heads[head] ?? head}` : ""} ${p === 0 ? "CLS" : `patch ${clean[p] ?? p}`}`;
+    }
     if (lay.rowKind === "position") {
       const p = positions[rr] ?? rr;
       const a = clean[p] ?? "";
@@ -263,6 +326,11 @@ export async function render(props: RenderProps<PatchingState>) {
   const drawHeat = () => {
     const lut = divergingFor(isDark(root));
     const unit = (v: number) => 0.5 + (0.5 * v) / range;
+    maps.forEach((g, c) => {
+      const perToken = new Float32Array(clean.length).fill(NaN); // positions not patched: NaN
+      for (let rr = 0; rr < lay.rows; rr++) perToken[positions[rr] ?? rr] = values[at(rr, c)];
+      g.color(perToken, lut, unit);
+    });
     const grid2 = new Float32Array(lay.rows * lay.cols);
     for (let rr = 0; rr < lay.rows; rr++) for (let c = 0; c < lay.cols; c++) grid2[rr * lay.cols + c] = values[at(rr, c)];
     paintMatrix(heat, lay.rows, lay.cols, grid2, lut, unit);
@@ -289,6 +357,16 @@ export async function render(props: RenderProps<PatchingState>) {
   };
 
   const drawSelection = () => {
+    const t = link.get("token");
+    const tok = t === null || t === undefined ? null : t;
+    for (const g of pairGrids) g.mark(tok, "cb-token-active");
+    if (multiples) {
+      const cell = cellOfSelection();
+      maps.forEach((g, c) => g.mark(cell ? (cell.c === c ? tok : null) : tok, "cb-token-active"));
+      if (cell) root.dataset.selected = cellLabel(cell.r, cell.c);
+      else delete root.dataset.selected;
+      return;
+    }
     const cell = cellOfSelection();
     marker.hidden = !cell;
     rowEls.forEach((e) => e.classList.remove("cb-patch-rsel"));
@@ -309,6 +387,34 @@ export async function render(props: RenderProps<PatchingState>) {
     tip.hidden = true;
     delete root.dataset.hover;
   };
+  const showAt = (label: string, i: number, anchor: HTMLElement | undefined) => {
+    tip.hidden = false;
+    tip.textContent = `${label}: ${fmt(values[i])} (raw ${fmt(raw[i])})`;
+    if (anchor) {
+      const fr = figure.getBoundingClientRect();
+      const ar = anchor.getBoundingClientRect();
+      tip.style.left = `${Math.max(0, ar.right - fr.left + 6)}px`;
+      tip.style.top = `${ar.top - fr.top}px`;
+    }
+    root.dataset.hover = label;
+    readout.textContent = `${label}\nnormalized ${fmt(values[i])} · raw metric ${fmt(raw[i])}`;
+  };
+  // Hovering a patch of one layer's grid: its value; of the image pair: that patch in every layer.
+  function hoverMap(c: number, tokenIndex: number | null): void {
+    const rr = tokenIndex === null ? -1 : positions.indexOf(tokenIndex);
+    if (rr < 0) return hide();
+    showAt(cellLabel(rr, c), at(rr, c), maps[c]?.span(tokenIndex as number));
+  }
+  function hoverToken(tokenIndex: number | null): void {
+    for (const g of [...pairGrids, ...maps]) g.mark(tokenIndex, "cb-patch-hover");
+    if (tokenIndex === null) return hide();
+    const rr = positions.indexOf(tokenIndex);
+    root.dataset.hover = tokenIndex === 0 ? "CLS" : `patch ${clean[tokenIndex] ?? tokenIndex}`;
+    if (rr >= 0 && multiples) {
+      const parts = layers.map((l, c) => `L${l} ${fmt(values[at(rr, c)])}`);
+      readout.textContent = `${root.dataset.hover}\n${parts.join(" · ")}`;
+    }
+  }
   heat.addEventListener("pointermove", (ev) => {
     const cell = cellAt(heat, ev);
     if (!cell) return hide();

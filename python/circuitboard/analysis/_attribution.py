@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._threads import one_thread
 from ._common import (
     norm_weight,
     position,
@@ -207,6 +208,7 @@ def prepare(
     return t, b, p
 
 
+@one_thread()  # per-layer small products: 9x faster on one thread on a loaded 2-core machine
 def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -> list[Attribution]:
     """:func:`direct_logit_attribution` at several positions at once (token ids, checked
     positions, soft-cap policy already decided by the caller); one pass over the weights."""
@@ -364,6 +366,8 @@ def _moe_terms(
     out = sum(post @ W_out for post, W_out in scaled)
     per_expert = torch.stack([v.sum(-1) for v in per_neuron], dim=1)
     return torch.cat(per_neuron, dim=1), out, per_expert
+
+
 def logit_direction(cap: Any, info: Any, t: int, b: int | None, P: torch.Tensor) -> tuple:
     """The unembedding direction of ``t`` (minus ``b``) with the frozen final norm folded in,
     at positions ``P``: ``(direction [Q, d_model], scale [Q], norm weight, u, last residual)``.

@@ -32,7 +32,19 @@ NEURON_STATS: dict[str, str] = {"neurons": "MLP neuron activation (mlp.hook_post
 RESID_STATS: dict[str, str] = {"resid": "residual stream entering the layer (hook_resid_pre)"}
 """Per-layer residual-stream vectors ``[layers, d_model]``: their mean difference between two
 categories is a steering direction (:meth:`Comparison.direction`)."""
-STATS: dict[str, str] = {**HEAD_STATS, **LAYER_STATS, **NEURON_STATS, **RESID_STATS}
+IMAGE_STATS: dict[str, str] = {
+    "attn_patches": "attention from the sample position to each key: CLS and every patch",
+    "pixels": "the input image's pixels (one sample per image)",
+}
+"""Image captures only (a fixed patch grid): ``attn_patches`` ``[layers, heads, tokens]``,
+``pixels`` ``[channels, height, width]`` (its mean is the category's mean image)."""
+STATS: dict[str, str] = {
+    **HEAD_STATS,
+    **LAYER_STATS,
+    **NEURON_STATS,
+    **RESID_STATS,
+    **IMAGE_STATS,
+}
 MEASURES = ("d", "t", "diff")
 _NEEDS = {  # stat → capture kinds
     "head_write": ("z",),
@@ -43,7 +55,11 @@ _NEEDS = {  # stat → capture kinds
     "mlp_out": ("mlp_out",),
     "neurons": ("mlp_post",),
     "resid": ("resid_pre",),
+    "attn_patches": ("pattern",),
+    "pixels": (),
 }
+_TEXT_DEFAULT = [s for s in STATS if s not in IMAGE_STATS]
+_IMAGE_DEFAULT = [s for s in STATS if s != "attn_prev"]  # patches have no "previous token"
 
 
 # -- running moments ---------------------------------------------------------------------------
@@ -192,7 +208,8 @@ def samples_from_capture(
 
     ``n`` is 1 for an int ``pos`` or ``"mean"`` (the mean over the prompt's tokens) and the
     number of tokens for ``"all"``. Head statistics are ``[n, layers, heads]``, layer
-    statistics ``[n, layers]``, neurons ``[n, layers, d_mlp]``.
+    statistics ``[n, layers]``, neurons ``[n, layers, d_mlp]``; for image captures
+    ``attn_patches`` is ``[n, layers, heads, tokens]`` and ``pixels`` ``[1, C, H, W]``.
     """
     import torch
 
@@ -207,7 +224,7 @@ def samples_from_capture(
                 w_o = _w_o(cap, layer, z.device)
                 w = torch.einsum("nhd,hdm->nhm", z, w_o)  # what each head writes
                 out["head_write"].append(w.norm(dim=-1).double().numpy())
-            if any(s in out for s in ("attn_first", "attn_prev", "attn_entropy")):
+            if any(s in out for s in ("attn_first", "attn_prev", "attn_entropy", "attn_patches")):
                 for s, v in _pattern_samples(cap, layer, idx, out).items():
                     out[s].append(v)
             for s, hook in (("attn_out", "hook_attn_out"), ("mlp_out", "hook_mlp_out")):
@@ -218,9 +235,12 @@ def samples_from_capture(
                 out["neurons"].append(cap[f"blocks.{layer}.mlp.hook_post"][q].double().numpy())
             if "resid" in out:
                 out["resid"].append(cap[f"blocks.{layer}.hook_resid_pre"][q].double().numpy())
+    pixels = out.pop("pixels", None)
     res = {s: np.stack(v, axis=1) for s, v in out.items()}  # layer axis after samples
     if pos == "mean":
         res = {s: v.mean(0, keepdims=True) for s, v in res.items()}
+    if pixels is not None:
+        res["pixels"] = cap.image["pixels"].double().numpy()[None]
     return res
 
 
@@ -231,7 +251,7 @@ def _pattern_samples(cap: Any, layer: int, idx: Any, wanted: Any) -> dict[str, n
 
     queries = slice(None) if isinstance(idx, slice) else int(idx[0])
     parts: dict[str, list[np.ndarray]] = {
-        s: [] for s in ("attn_first", "attn_prev", "attn_entropy") if s in wanted
+        s: [] for s in ("attn_first", "attn_prev", "attn_entropy", "attn_patches") if s in wanted
     }
     for a, p in cap.pattern_rows(layer, queries=queries):  # p: [H, rows, keys] float32
         q = torch.arange(a, a + p.shape[1])
@@ -241,6 +261,8 @@ def _pattern_samples(cap: Any, layer: int, idx: Any, wanted: Any) -> dict[str, n
             prev = torch.gather(p, 2, (q - 1).clamp(min=0).view(1, -1, 1).expand(p.shape[0], -1, 1))
             prev = prev[..., 0] * (q > 0).to(prev.dtype)
             parts["attn_prev"].append(prev.T.double().numpy())
+        if "attn_patches" in parts:  # [rows, heads, keys]
+            parts["attn_patches"].append(p.transpose(0, 1).double().numpy())
         if "attn_entropy" in parts:
             pl = p.double()
             ent = -(torch.where(pl > 0, pl * pl.log(), torch.zeros_like(pl))).sum(-1)
@@ -287,6 +309,9 @@ class Comparison:
     pos: int | str = -1
     n_prompts: dict[str, int] = field(default_factory=dict)
     model_name: str = ""
+    image: dict[str, Any] | None = None
+    """Image captures (ViT): ``{"grid": [rows, cols], "patch": side}``; positions are CLS (0)
+    and the patches. ``attn_patches`` and ``pixels`` are then held too (see IMAGE_STATS)."""
 
     def __repr__(self) -> str:
         cats = ", ".join(f"{c!r}: {self.n_prompts.get(c, '?')}" for c in self.categories)
@@ -389,6 +414,11 @@ class Comparison:
         """
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}.")
+        if stat == "pixels":
+            raise ValueError(
+                "pixels has no components to rank; read cmp.effect(a, b, 'pixels') (per "
+                "channel and pixel) or the mean images cmp.stats[category]['pixels'].mean."
+            )
         e = self.effect(a, b, stat)
         score = np.abs(np.nan_to_num(e.measure(by), nan=-1.0, posinf=np.inf))
         rows = np.arange(len(self.layers))
@@ -405,7 +435,12 @@ class Comparison:
             ix = (int(rows[r]),) if e.d.ndim == 1 else (int(rows[r]), c)
             li = self.layers[ix[0]]
             entry: dict[str, Any] = {"layer": li}
-            if stat in HEAD_STATS:
+            if stat == "attn_patches":  # c runs over head × key
+                h, key = divmod(c, e.d.shape[-1])
+                entry.update(label=f"L{li}H{h} → {self._key_name(key)}", head=h)
+                entry["key"] = key
+                ix = (int(rows[r]), h, key)
+            elif stat in HEAD_STATS:
                 entry.update(label=f"L{li}H{c}", head=c)
             elif stat in NEURON_STATS:
                 entry.update(label=f"L{li} N{c}", neuron=c)
@@ -417,6 +452,15 @@ class Comparison:
                 entry[key] = float(getattr(e, key)[ix])
             out.append(entry)
         return out
+
+    def _key_name(self, key: int) -> str:
+        """A key position as a label: ``CLS`` or ``patch row,col`` of an image, else ``#k``."""
+        if self.image is None:
+            return f"#{key}"
+        if key == 0:
+            return "CLS"
+        r, c = divmod(key - 1, int(self.image["grid"][1]))
+        return f"patch {r},{c}"
 
     def merge(self, *others: Comparison) -> Comparison:
         """Combine shards: categories of the same name pool their prompts (exactly).
@@ -433,6 +477,7 @@ class Comparison:
             self.pos,
             dict(self.n_prompts),
             self.model_name,
+            self.image,
         )
         for o in others:
             if not isinstance(o, Comparison):
@@ -468,6 +513,7 @@ class Comparison:
             "pos": self.pos,
             "n_prompts": self.n_prompts,
             "model_name": self.model_name,
+            "image": self.image,
             "counts": {c: {s: v.count for s, v in st.items()} for c, st in self.stats.items()},
         }
         for ci, c in enumerate(self.categories):
@@ -503,6 +549,7 @@ class Comparison:
             meta["pos"],
             meta["n_prompts"],
             meta["model_name"],
+            meta.get("image"),
         )
 
     @classmethod
@@ -519,9 +566,10 @@ class Comparison:
         >>> cmp = Comparison.from_captures({"A": caps_a, "B": caps_b})  # doctest: +SKIP
         """
         _check_categories(categories, what="captures")
-        stat_list = _parse_stats(stats)
-        _parse_pos(pos)
         first = next(iter(categories.values()))[0]
+        image = _image_of(categories)
+        stat_list = _parse_stats(stats, image=image is not None)
+        _parse_pos(pos)
         if stats is None and not first.layers("hook_resid_pre"):
             stat_list.remove("resid")  # by default, only what these captures hold
         info = first.info
@@ -536,7 +584,8 @@ class Comparison:
         for name, caps in categories.items():
             for cap in caps:
                 acc.add(name, cap)
-        return acc.result(list(categories), n_heads, d_mlp, getattr(info, "model_name", ""))
+        names = list(categories)
+        return acc.result(names, n_heads, d_mlp, getattr(info, "model_name", ""), image)
 
 
 class _Accumulator:
@@ -565,7 +614,14 @@ class _Accumulator:
                 x = np.concatenate(vs)
                 cur[s] = cur[s].update(x) if s in cur else RunningStats.of(x)
 
-    def result(self, names: list[str], n_heads: int, d_mlp: int, model_name: str) -> Comparison:
+    def result(
+        self,
+        names: list[str],
+        n_heads: int,
+        d_mlp: int,
+        model_name: str,
+        image: dict[str, Any] | None = None,
+    ) -> Comparison:
         for name in list(self.pending):
             self.flush(name)
         return Comparison(
@@ -577,11 +633,30 @@ class _Accumulator:
             self.pos,
             {c: self.n.get(c, 0) for c in names},
             model_name,
+            image,
         )
+
+
+def _image_of(categories: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+    """``{"grid", "patch"}`` when every capture is of an image (one grid), None when none is;
+    a clear error for a mix of text and image captures, or of patch grids."""
+    grids = {
+        None if getattr(c, "image", None) is None else (*c.image["grid"], c.image["patch"])
+        for caps in categories.values()
+        for c in caps
+    }
+    if len(grids) > 1:
+        kinds = "text and image captures" if None in grids else "images of different patch grids"
+        raise ValueError(
+            f"the categories mix {kinds}; compare captures of one model and one input kind."
+        )
+    g = next(iter(grids))
+    return None if g is None else {"grid": [int(g[0]), int(g[1])], "patch": int(g[2])}
 
 
 def _available_layers(cap: Any, stats: list[str]) -> list[int]:
     hooks = {
+        "attn_patches": "attn.hook_pattern",
         "head_write": "attn.hook_z",
         "attn_first": "attn.hook_pattern",
         "attn_prev": "attn.hook_pattern",
@@ -591,7 +666,7 @@ def _available_layers(cap: Any, stats: list[str]) -> list[int]:
         "neurons": "mlp.hook_post",
         "resid": "hook_resid_pre",
     }
-    sets = [set(cap.layers(hooks[s])) for s in stats]
+    sets = [set(cap.layers(hooks[s])) for s in stats if s in hooks]  # pixels: no layer
     layers = sorted(set.intersection(*sets)) if sets else []
     if not layers:
         raise ValueError(
@@ -621,6 +696,11 @@ def _check_categories(categories: Any, what: str = "prompts") -> None:
             raise TypeError(
                 f"category {name!r} is a single string; pass a list of {what}: [{items!r}]."
             )
+        if hasattr(items, "shape"):
+            raise TypeError(
+                f"category {name!r} is an array: images go to an image model (ViT); this "
+                f"model takes a list of {what}."
+            )
         if not isinstance(items, Sequence) or len(items) == 0:
             raise ValueError(
                 f"category {name!r} has no {what} (got {items!r}); every category needs at "
@@ -628,13 +708,23 @@ def _check_categories(categories: Any, what: str = "prompts") -> None:
             )
 
 
-def _parse_stats(stats: Sequence[str] | None) -> list[str]:
+def _parse_stats(stats: Sequence[str] | None, image: bool = False) -> list[str]:
+    """The statistics to compute, in :data:`STATS` order; ``image``: of image captures."""
+    default = _IMAGE_DEFAULT if image else _TEXT_DEFAULT
     if stats is None:
-        return list(STATS)
+        return list(default)
     items = [stats] if isinstance(stats, str) else list(stats)
     bad = [s for s in items if s not in STATS]
     if bad or not items:
-        raise ValueError(f"stats= got {items!r}; choose from {list(STATS)}.")
+        raise ValueError(f"stats= got {items!r}; choose from {list(default)}.")
+    unfit = [s for s in items if s not in default]
+    if unfit:
+        why = (
+            "image patches have no previous token"
+            if image
+            else "they need image captures (a fixed patch grid)"
+        )
+        raise ValueError(f"stats= {unfit} do not apply here: {why}; choose from {default}.")
     return [s for s in STATS if s in items]
 
 
@@ -652,7 +742,7 @@ def compare(
     tokenizer: Any,
     categories: Mapping[str, Sequence[str]],
     *,
-    pos: int | str = -1,
+    pos: int | str | None = None,
     layers: int | Sequence[int] | None = None,
     stats: Sequence[str] | None = None,
     batch_size: int = 8,
@@ -680,14 +770,20 @@ def compare(
     Parameters
     ----------
     model, tokenizer
-        A Hugging Face causal LM and its tokenizer (see :func:`circuitboard.capture`).
+        A Hugging Face causal LM and its tokenizer (see :func:`circuitboard.capture`), or an
+        image classifier (ViT) and its image processor (None for the default vision model).
     categories
         ``{name: [prompt, ...]}``: at least 2 categories with at least one prompt each (2+ for
-        effect sizes).
+        effect sizes). For an image model, ``{name: images}`` (an array ``[N, H, W]`` /
+        ``[N, C, H, W]`` or a list of images, validated as :func:`circuitboard.capture`
+        does); ``attn_prev`` is left out (patches have no previous token), and two image
+        statistics are added: ``attn_patches`` (attention from the sample position to CLS
+        and each patch, ``[layers, heads, tokens]``) and ``pixels`` (the mean image).
     pos
         Which token of each prompt is a sample: an index (default ``-1``, the last token; the
         answer position of a prompt), ``"all"`` (every token is a sample) or ``"mean"`` (each
-        prompt's mean over its tokens is one sample).
+        prompt's mean over its tokens is one sample). For images the default is ``0``, CLS
+        (what the classifier reads); ``"all"`` makes every patch a sample.
     layers
         Model layers to compare (default all).
     stats
@@ -736,19 +832,43 @@ def compare(
     >>> cmp = compare(model, tok, {"A": ["a b", "the store"], "B": ["Mary and John", "1 2 3"]})
     >>> cmp.effect("A", "B", "head_write").d.shape
     (2, 4)
+
+    Digit classes of an image model (samples at CLS):
+
+    >>> import numpy as np
+    >>> from tests.unit.tiny_models import tiny_vit
+    >>> vit, _ = tiny_vit(channels=1)
+    >>> imgs = np.random.default_rng(0).random((6, 8, 8))
+    >>> cmp = compare(vit, None, {"A": imgs[:3], "B": imgs[3:]})
+    >>> cmp.pos, cmp.image, cmp.effect("A", "B", "attn_patches").d.shape
+    (0, {'grid': [2, 2], 'patch': 4}, (2, 4, 5))
     """
-    _check_categories(categories)
-    for name, prompts in categories.items():
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p:
-                raise ValueError(
-                    f"category {name!r}: prompts[{i}] must be a non-empty string; got {p!r}."
-                )
+    image = _is_image_model(model)
+    if image:
+        categories = _image_categories(model, categories)
+        if engine != "serial" or shards is not None or checkpoint is not None:
+            raise ValueError(
+                "compare of an image model runs in this process only; drop engine=, shards= "
+                "and checkpoint= (a few thousand small images take seconds)."
+            )
+        pos = 0 if pos is None else pos
+    else:
+        _check_categories(categories)
+        for name, prompts in categories.items():
+            for i, p in enumerate(prompts):
+                if not isinstance(p, str) or not p:
+                    raise ValueError(
+                        f"category {name!r}: prompts[{i}] must be a non-empty string; got "
+                        f"{p!r}."
+                        + (" Images go to an image model (ViT)." if hasattr(p, "shape") else "")
+                    )
+        pos = -1 if pos is None else pos
     _parse_pos(pos)
-    _parse_stats(stats)
+    _parse_stats(stats, image=image)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+    sharded = engine != "serial" or shards is not None or checkpoint is not None
+    if sharded or (tokenizer is None and not image):
         from ..scale._jobs import compare_sharded
 
         return compare_sharded(
@@ -789,6 +909,52 @@ def compare(
             bar.close()
 
 
+def _is_image_model(model: Any) -> bool:
+    from ..capture.adapters import get_adapter
+
+    try:
+        return get_adapter(model).modality == "image"
+    except Exception:  # a ModelSpec or anything capture refuses later, with its own error
+        return False
+
+
+def _image_categories(model: Any, categories: Any) -> dict[str, np.ndarray]:
+    """``{name: [N, C, H, W] in [0, 1]}``, each category validated as capture validates images;
+    errors name the category (text given to an image model, mixed sizes, bad values)."""
+    from ..capture._images import as_images
+
+    if not isinstance(categories, Mapping):
+        raise TypeError(
+            f"categories must be a dict {{name: images}}; got {type(categories).__name__}. "
+            'Example: {"3": threes, "8": eights} with arrays [N, H, W].'
+        )
+    if len(categories) < 2:
+        raise ValueError(
+            f"compare needs at least 2 categories; got {len(categories)} ({list(categories)})."
+        )
+    out = {}
+    for name, items in categories.items():
+        if not isinstance(name, str):
+            raise TypeError(f"category names must be strings; got {name!r}.")
+        if isinstance(items, list | tuple):
+            if not items:
+                raise ValueError(f"category {name!r} has no images; give at least one (2+).")
+            shapes = {np.shape(x) for x in items if not isinstance(x, str)}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"category {name!r} mixes image sizes {sorted(shapes)}; resize every image "
+                    f"to the model's {model.config.image_size}×{model.config.image_size} first."
+                )
+        try:
+            arr = as_images(model, items)
+        except ValueError as err:
+            raise ValueError(f"category {name!r}: {err}") from None
+        if len(arr) == 0:
+            raise ValueError(f"category {name!r} has no images; give at least one (2+).")
+        out[name] = arr
+    return out
+
+
 def plan_blocks(
     categories: Mapping[str, Sequence[str]], batch_size: int
 ) -> list[tuple[str, int, int]]:
@@ -826,8 +992,8 @@ def compare_blocks(
     from ..capture._run import _parse_layers
     from ..capture.adapters import get_adapter
 
-    stat_list = _parse_stats(stats)
     adapter = get_adapter(model)
+    stat_list = _parse_stats(stats, image=adapter.modality == "image")
     layer_list = _parse_layers(layers, adapter.n_blocks(model))
     kinds = sorted({k for s in stat_list for k in _NEEDS[s]})
     dt = torch.float32 if dtype is None else dtype
@@ -849,10 +1015,11 @@ def compare_blocks(
         for cap in caps:
             acc.add(name, cap)
         info = caps[0].info
+        image = _image_of({name: caps})
         if bar is not None:
             bar.update(len(caps))
         del caps
         acc.flush(name)
         if name not in names:
             names.append(name)
-    return acc.result(names, info.n_heads, info.d_mlp, info.model_name)
+    return acc.result(names, info.n_heads, info.d_mlp, info.model_name, image)

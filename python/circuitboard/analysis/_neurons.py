@@ -106,8 +106,9 @@ class TopActivations:
     window_ids, window_acts : ``[n, k, W]`` token ids (``-1`` = outside the text) and the
         neuron's activation on each token of the context window around ``position``.
     window_start : ``[n, k]`` text position of the window's first entry (may be negative).
-    hist_edges : ``[n, bins + 1]``; hist_counts ``[n, bins]`` counts over every token (values
-        beyond the edges are counted in the end bins; ``minimum`` / ``maximum`` are exact).
+    hist_edges : ``[n, bins + 1]``; hist_counts ``[n, bins]`` counts of the tokens inside the
+        edges; hist_below / hist_above ``[n]`` the tokens below the first edge / above the last
+        (edges are fixed before the scan so shards merge; ``minimum`` / ``maximum`` are exact).
     count, mean, std, minimum, maximum, frac_positive : ``[n]`` statistics over every token
         (``std`` with ``ddof=0``).
     m2, positive : ``[n]`` sum of squared deviations from the mean and the count of positive
@@ -141,6 +142,8 @@ class TopActivations:
     model_name: str = ""
     m2: np.ndarray | None = None
     positive: np.ndarray | None = None
+    hist_below: np.ndarray | None = None
+    hist_above: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -257,14 +260,7 @@ class TopActivations:
                 f"{_short(mine)} and {_short(theirs)}. Run every part with the same neurons=, "
                 "k= and context=."
             )
-        if self.hist_edges.shape != o.hist_edges.shape or not np.array_equal(
-            self.hist_edges, o.hist_edges
-        ):
-            raise ValueError(
-                "cannot merge histograms with different bin edges; run every part with the "
-                "same hist_range=(low, high) (or one sharded run, whose edges come from one "
-                "first pass)."
-            )
+        hist_edges, hist_counts = _merge_histograms(self, o)
         if self.m2 is None or o.m2 is None:
             raise ValueError(
                 "one part has no running moments (saved by an older circuitboard); compute it "
@@ -295,6 +291,7 @@ class TopActivations:
         b = RunningStats(int(o.count[0]) if n else 0, o.mean, o.m2)
         m = a.merge(b)
         positive = _positives(self) + _positives(o)
+        below, above = (a + b for a, b in zip(_outside(self), _outside(o), strict=True))
         c = max(m.count, 1)
         logits = self if self.promoted_ids.shape[1] or not o.promoted_ids.shape[1] else o
         return dataclasses.replace(
@@ -306,7 +303,8 @@ class TopActivations:
             window_ids=wids,
             window_acts=wacts,
             window_start=start,
-            hist_counts=self.hist_counts + o.hist_counts,
+            hist_edges=hist_edges,
+            hist_counts=hist_counts,
             count=self.count + o.count,
             mean=m.mean,
             std=np.sqrt(np.maximum(m.m2 / c, 0.0)),
@@ -321,6 +319,8 @@ class TopActivations:
             model_name=self.model_name or o.model_name,
             m2=m.m2,
             positive=positive,
+            hist_below=below,
+            hist_above=above,
         )
 
     def dashboard(self, neuron: tuple[int, int] | None = None, **kwargs: Any) -> Any:
@@ -340,6 +340,40 @@ def _positives(top: TopActivations) -> np.ndarray:
     if top.positive is not None:
         return np.asarray(top.positive, dtype=np.int64)
     return np.rint(top.frac_positive * np.maximum(top.count, 1)).astype(np.int64)
+
+
+def _merge_histograms(a: TopActivations, b: TopActivations) -> tuple[np.ndarray, np.ndarray]:
+    """Edges and counts of two parts' histograms combined: equal edges add; lattice
+    histograms (the default) move onto the lattice of the union's range, exactly."""
+    if a.hist_edges.shape == b.hist_edges.shape and np.array_equal(a.hist_edges, b.hist_edges):
+        return a.hist_edges, a.hist_counts + b.hist_counts
+    if not (a.count > 0).all() or not (b.count > 0).all():  # a part with no tokens counted
+        return (
+            (b.hist_edges, b.hist_counts)
+            if not (a.count > 0).all()
+            else (a.hist_edges, a.hist_counts)
+        )
+    la, lb = _lattice_of(a.hist_edges), _lattice_of(b.hist_edges)
+    clean = not any(_outside(a)[i].any() or _outside(b)[i].any() for i in (0, 1))
+    if la is None or lb is None or not clean or a.hist_counts.shape != b.hist_counts.shape:
+        raise ValueError(
+            "cannot merge histograms with different fixed bin edges; run every part with the "
+            "same hist_range=(low, high), or with hist_range=None (edges that follow the data "
+            "and merge exactly)."
+        )
+    bins = a.hist_counts.shape[1]
+    lo, hi = np.minimum(a.minimum, b.minimum), np.maximum(a.maximum, b.maximum)
+    w = lattice_width(lo, hi, bins)
+    k0 = np.floor(lo / w).astype(np.int64)
+    counts = rebin_lattice(a.hist_counts, *la, w, k0) + rebin_lattice(b.hist_counts, *lb, w, k0)
+    return (k0[:, None] + np.arange(bins + 1)) * w[:, None], counts
+
+
+def _outside(top: TopActivations) -> tuple[np.ndarray, np.ndarray]:
+    """(below, above) the histogram's edges; zeros for files whose end bins held them."""
+    zero = np.zeros(len(top.neurons), dtype=np.int64)
+    below = zero if top.hist_below is None else top.hist_below
+    return below, zero if top.hist_above is None else top.hist_above
 
 
 def _neuron_list(model: Any, neurons: Any, layers: Any) -> list[tuple[int, int]]:
@@ -528,8 +562,8 @@ def _parse_hist_range(hist_range: Any) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in hist_range)
     except (TypeError, ValueError):
         raise ValueError(
-            f"hist_range must be (low, high) or None; got {hist_range!r}. None takes each "
-            "neuron's edges from the first batch."
+            f"hist_range must be (low, high) or None; got {hist_range!r}. None lets each "
+            "neuron's bins follow its data."
         ) from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"hist_range needs finite low < high; got {hist_range!r}.")
@@ -537,38 +571,75 @@ def _parse_hist_range(hist_range: Any) -> tuple[float, float] | None:
 
 
 def histogram_edges(
-    model: Any,
-    sel: list[tuple[int, int]],
-    plan: TextPlan,
-    *,
-    bins: int,
-    hist_range: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """``[n, bins + 1]`` edges fixed before any shard runs, so every shard bins alike.
+    n: int, *, bins: int, hist_range: tuple[float, float] | None = None
+) -> np.ndarray | None:
+    """``[n, bins + 1]`` edges shared by every shard when ``hist_range`` fixes them (values
+    beyond them are counted in ``hist_below`` / ``hist_above``); ``None`` otherwise: each
+    histogram then follows its data on a power-of-two lattice (:func:`lattice_width`)."""
+    if hist_range is None:
+        return None
+    lo, hi = hist_range
+    return np.repeat((lo + (hi - lo) * np.linspace(0.0, 1.0, bins + 1))[None], n, axis=0)
 
-    With ``hist_range`` the same edges for every neuron; otherwise each neuron's range in the
-    plan's first batch (with valid tokens), widened: ``[min(lo - span/4, 0), hi + span/2]``.
-    Values beyond the edges land in the end bins.
+
+LATTICE_MIN_EXP = -40  # narrowest bin, 2**-40: a constant neuron still gets a finite width
+
+
+def lattice_width(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
+    """Per neuron, the narrowest power-of-two bin width ``w`` whose lattice cells
+    ``[j w, (j + 1) w)`` from ``floor(lo / w)`` to ``floor(hi / w)`` number at most ``bins``.
+
+    Why a lattice: a histogram of cells of width ``2^e`` becomes one of width ``2^(e+d)`` by
+    adding neighbouring cells, exactly; and ``x / w`` is exact in floating point. So a
+    histogram can widen as values arrive and parts over different data merge exactly, into
+    what one pass over all of it gives (the width depends only on the minimum and maximum).
+
+    >>> lattice_width(np.array([-0.3]), np.array([2.9]), 8)
+    array([0.5])
     """
-    import torch
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    need = np.maximum(hi - lo, 0.0) / bins
+    e = np.floor(np.log2(np.maximum(need, 2.0**LATTICE_MIN_EXP)))  # a lower bound
+    e = np.maximum(e - 1, LATTICE_MIN_EXP)
+    while True:
+        w = np.exp2(e)
+        wide = np.floor(hi / w) - np.floor(lo / w) + 1 > bins  # fits at w: fits at 2w too
+        if not wide.any():
+            return w
+        e = np.where(wide, e + 1, e)
 
-    n = len(sel)
-    ramp = np.linspace(0.0, 1.0, bins + 1)
-    if hist_range is not None:
-        lo, hi = hist_range
-        return np.repeat((lo + (hi - lo) * ramp)[None], n, axis=0)
-    with _NeuronReader(model, sel) as reader:
-        for b in range(len(plan.batches)):
-            _, rows = plan.batch_inputs(b)
-            acts, ids, lens = reader.run(rows, plan.pad_id)
-            flat = acts[_valid(ids, lens, plan.special)].double()
-            if flat.shape[0]:
-                lo, hi = flat.min(0).values, flat.max(0).values
-                span = (hi - lo).clamp_min(1e-6)
-                lo = torch.minimum(lo - 0.25 * span, torch.zeros_like(lo))
-                hi = hi + 0.5 * span
-                return (lo[:, None] + (hi - lo)[:, None] * torch.from_numpy(ramp)).numpy()
-    return np.repeat(ramp[None], n, axis=0)
+
+def _lattice_of(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(width, index of the first cell) per neuron if ``edges`` are lattice cells, else None."""
+    w = edges[:, 1] - edges[:, 0]
+    k0 = edges[:, 0] / np.where(w > 0, w, 1.0)
+    steps = np.arange(edges.shape[1])
+    if not (
+        (w > 0).all()
+        and (np.frexp(w)[0] == 0.5).all()
+        and (k0 == np.round(k0)).all()
+        and np.array_equal(edges, (k0[:, None] + steps) * w[:, None])
+    ):
+        return None
+    return w, k0.astype(np.int64)
+
+
+def rebin_lattice(
+    counts: np.ndarray, w: np.ndarray, k0: np.ndarray, w_new: np.ndarray, k0_new: np.ndarray
+) -> np.ndarray:
+    """Counts over cells ``k0 + j`` of width ``w`` moved onto the wider (or equal) lattice
+    ``w_new`` (a power-of-two multiple) from cell ``k0_new``: each cell adds into the wider
+    cell that contains it."""
+    n, bins = counts.shape
+    ratio = np.round(w_new / w).astype(np.int64)
+    cell = (k0[:, None] + np.arange(bins)) // ratio[:, None] - k0_new[:, None]  # floor division
+    keep = counts > 0
+    if keep.any() and ((cell[keep] < 0) | (cell[keep] >= bins)).any():
+        raise AssertionError("a lattice cell fell outside the wider histogram")  # a bug
+    out = np.zeros_like(counts)
+    rows = np.repeat(np.arange(n), bins).reshape(n, bins)
+    np.add.at(out, (rows[keep], cell[keep]), counts[keep])
+    return out
 
 
 def _select_top(k: int, values: np.ndarray, text_index: np.ndarray, *others: np.ndarray) -> list:
@@ -591,7 +662,8 @@ def scan_texts(
     sel: list[tuple[int, int]],
     batches: Sequence[tuple[list[int], list[list[int]]]],
     *,
-    edges: np.ndarray,
+    edges: np.ndarray | None,
+    bins: int,
     k: int,
     context: tuple[int, int],
     special: Sequence[int],
@@ -602,13 +674,16 @@ def scan_texts(
 
     ``batches`` are ``(text indices, token ids)`` pairs from :meth:`TextPlan.batch_inputs`. The
     partial has no texts, vocabulary or logit effects yet; :meth:`TopActivations.merge` combines
-    partials and :func:`finish_top_activations` completes the merged one.
+    partials and :func:`finish_top_activations` completes the merged one. ``edges`` fixes the
+    histogram's bins (:func:`histogram_edges`); with ``None`` they follow the data on a
+    power-of-two lattice of ``bins`` cells (:func:`lattice_width`).
     """
     import torch
 
     from ._compare import RunningStats
 
-    n, bins = len(sel), edges.shape[1] - 1
+    n = len(sel)
+    fixed = edges is not None
     before, after = int(context[0]), int(context[1])
     width = before + 1 + after
     top_v = np.full((n, k), -np.inf, dtype=np.float32)
@@ -618,12 +693,18 @@ def scan_texts(
     top_ids = np.full((n, k, width), -1, dtype=np.int64)
     top_acts = np.zeros((n, k, width), dtype=np.float32)
     counts = torch.zeros((n, bins), dtype=torch.long)
+    below = torch.zeros(n, dtype=torch.long)
+    above = torch.zeros(n, dtype=torch.long)
     moments = RunningStats.empty((n,))
     positive = torch.zeros(n, dtype=torch.long)
     vmin = torch.full((n,), torch.inf, dtype=torch.float64)
     vmax = torch.full((n,), -torch.inf, dtype=torch.float64)
-    edges_t = torch.from_numpy(np.array(edges, dtype=np.float64))  # a writable copy
-    lo_e, w_e = edges_t[:, 0], (edges_t[:, -1] - edges_t[:, 0]) / bins
+    if fixed:
+        edges_t = torch.from_numpy(np.array(edges, dtype=np.float64))  # a writable copy
+        lo_e, w_e = edges_t[:, 0], (edges_t[:, -1] - edges_t[:, 0]) / bins
+    else:  # lattice: width w and first cell k0 per neuron, set by the first values
+        w_l = np.ones(n)
+        k0_l = np.zeros(n, dtype=np.int64)
     offs = torch.arange(-before, after + 1)
     with _NeuronReader(model, sel) as reader:
         for batch, rows in batches:
@@ -632,9 +713,30 @@ def scan_texts(
             valid = _valid(ids, lens, special)
             flat = acts[valid].double()  # [N, n]
             if flat.shape[0]:
-                b_idx = ((flat - lo_e) / w_e).floor().clamp(0, bins - 1).long()  # [N, n]
-                flat_bin = (b_idx + torch.arange(n) * bins).reshape(-1)
-                counts += torch.bincount(flat_bin, minlength=n * bins).view(n, bins)
+                if fixed:
+                    low, high = flat < lo_e, flat > edges_t[:, -1]
+                    below += low.sum(0)
+                    above += high.sum(0)
+                    b_idx = ((flat - lo_e) / w_e).floor().clamp(0, bins - 1).long()  # [N, n]
+                    outside = low | high
+                else:  # widen the lattice to the values seen so far, then count exactly
+                    lo_all = torch.minimum(vmin, flat.min(0).values).numpy()
+                    hi_all = torch.maximum(vmax, flat.max(0).values).numpy()
+                    w_new = lattice_width(lo_all, hi_all, bins)
+                    k0_new = np.floor(lo_all / w_new).astype(np.int64)
+                    moved = not (np.array_equal(w_new, w_l) and np.array_equal(k0_new, k0_l))
+                    if moved and moments.count:  # the first values only place the lattice
+                        counts = torch.from_numpy(
+                            rebin_lattice(counts.numpy(), w_l, k0_l, w_new, k0_new)
+                        )
+                    w_l, k0_l = w_new, k0_new
+                    cell = (flat / torch.from_numpy(w_l)).floor().long()  # exact: w = 2^e
+                    b_idx = cell - torch.from_numpy(k0_l)
+                    outside = torch.zeros_like(b_idx, dtype=torch.bool)
+                flat_bin = (b_idx + torch.arange(n) * bins).masked_fill(outside, n * bins)
+                counts += torch.bincount(flat_bin.reshape(-1), minlength=n * bins + 1)[:-1].view(
+                    n, bins
+                )
                 moments = moments.merge(RunningStats.of(flat.numpy()))
                 positive += (flat > 0).sum(0)
                 vmin = torch.minimum(vmin, flat.min(0).values)
@@ -670,7 +772,11 @@ def scan_texts(
         window_ids=top_ids,
         window_acts=top_acts,
         window_start=top_s,
-        hist_edges=np.asarray(edges, dtype=np.float64),
+        hist_edges=(
+            np.asarray(edges, dtype=np.float64)
+            if fixed
+            else (k0_l[:, None] + np.arange(bins + 1)) * w_l[:, None]
+        ),
         hist_counts=counts.numpy(),
         count=np.full(n, moments.count, dtype=np.int64),
         mean=moments.mean.copy(),
@@ -684,6 +790,8 @@ def scan_texts(
         suppressed=none.astype(np.float32),
         m2=moments.m2.copy(),
         positive=positive.numpy(),
+        hist_below=below.numpy(),
+        hist_above=above.numpy(),
     )
 
 
@@ -758,8 +866,10 @@ def top_activations(
         index).
     context : tokens kept before and after each example's maximum.
     bins : histogram bins.
-    hist_range : ``(low, high)`` edges for every neuron; default: each neuron's edges from the
-        first batch (widened), fixed before the scan so every shard bins alike.
+    hist_range : ``(low, high)`` edges for every neuron (values beyond them are counted in
+        ``hist_below`` / ``hist_above``); default ``None``: each neuron's bins follow its data,
+        from its minimum to its maximum in at most ``bins`` bins of a power-of-two width, so
+        shards merge exactly into what one pass gives.
     n_logits : promoted / suppressed tokens kept per neuron (direct logit effect).
     through_norm : multiply by the final norm's weight before the unembedding.
     skip_special : ignore special tokens (BOS, pad, ...) as examples and in the histogram.
@@ -814,7 +924,7 @@ def top_activations(
     plan = plan_texts(
         tokenizer, texts, max_length=max_length, batch_size=batch_size, skip_special=skip_special
     )
-    sel, edges, effects, name = neuron_setup(model, plan, options)
+    sel, edges, effects, name = neuron_setup(model, options)
     bar = _progress(len(texts), progress)
     try:
         part = scan_texts(
@@ -822,6 +932,7 @@ def top_activations(
             sel,
             [plan.batch_inputs(b) for b in range(len(plan.batches))],
             edges=edges,
+            bins=options["bins"],
             k=k,
             context=options["context"],
             special=plan.special,
@@ -835,17 +946,14 @@ def top_activations(
 
 
 def neuron_setup(
-    model: Any, plan: TextPlan, options: dict[str, Any]
-) -> tuple[list[tuple[int, int]], np.ndarray, dict[str, np.ndarray], str]:
+    model: Any, options: dict[str, Any]
+) -> tuple[list[tuple[int, int]], np.ndarray | None, dict[str, np.ndarray], str]:
     """What every shard shares, computed once: neurons, histogram edges, logit effects, name."""
     sel = _neuron_list(model, options["neurons"], options["layers"])
-    edges = histogram_edges(
-        model, sel, plan, bins=options["bins"], hist_range=options["hist_range"]
-    )
-    effects = logit_effects(
-        model, sel, k=options["n_logits"], through_norm=options["through_norm"]
-    )
+    edges = histogram_edges(len(sel), bins=options["bins"], hist_range=options["hist_range"])
+    effects = logit_effects(model, sel, k=options["n_logits"], through_norm=options["through_norm"])
     return sel, edges, effects, model_name(model)
+
 
 def _final_norm(model: Any) -> tuple[Any, str] | None:
     found = _first(model, _FINAL_NORM)

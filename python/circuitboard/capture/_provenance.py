@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-_CACHE: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+# By id, dropped when the capture is collected: a Capture is a Mapping, so it is unhashable
+# (a WeakKeyDictionary cannot hold it) but weak-referenceable.
+_CACHE: dict[int, dict[str, Any]] = {}
 
 
 def _version(package: str) -> str:
@@ -63,10 +65,9 @@ def provenance(cap: Any) -> dict[str, Any]:
     >>> p["dtype"], p["n_tokens"], len(p["tensors_sha256"])
     ('float32', 2, 64)
     """
-    try:
-        return _CACHE[cap]
-    except (KeyError, TypeError):
-        pass
+    hit = _CACHE.get(id(cap))
+    if hit is not None:
+        return hit
     info = cap.info
     tensors = dict(cap.tensors)
     tensors["token_ids"] = cap.token_ids
@@ -91,7 +92,8 @@ def provenance(cap: Any) -> dict[str, Any]:
         "tensors_sha256": tensor_digest(tensors),
     }
     try:
-        _CACHE[cap] = out
+        weakref.finalize(cap, _CACHE.pop, id(cap), None)
+        _CACHE[id(cap)] = out
     except TypeError:  # not weak-referenceable: just not cached
         pass
     return out

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .._threads import one_thread
 from ..widgets._bundle import STATIC, Base, request_key
 from ..widgets._checks import view_checks
 from ..widgets._view import View, json_safe
@@ -227,6 +228,7 @@ def build_report(items: list[Any], *, title: str, budget_bytes: int = DEFAULT_BU
     )
 
 
+@one_thread()  # the views' parts are many small operations (see one_thread)
 def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) -> str:
     views, layout = _layout(items)
     widgets = _collect(views)

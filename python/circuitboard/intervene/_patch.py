@@ -45,6 +45,13 @@ class _Pair:
     corrupt_tokens: list[str]
     first_diff: int
     metric: Metric
+    pixels: np.ndarray | None = None  # image pairs: [2 (clean, corrupted), C, H, W] in [0, 1]
+    image: dict[str, Any] | None = None  # image pairs: {"grid": [rows, cols], "patch": side}
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions per run: tokens, or CLS plus the patches of an image."""
+        return len(self.clean_tokens)
 
 
 @dataclass
@@ -75,8 +82,21 @@ def _check_choice(value: Any, options: Sequence[str], what: str) -> None:
 
 
 def _prepare_pairs(
-    tokenizer: Any, clean: Any, corrupted: Any, answer: Any, wrong: Any, metric: Any
+    tokenizer: Any,
+    clean: Any,
+    corrupted: Any,
+    answer: Any,
+    wrong: Any,
+    metric: Any,
+    runner: Runner | None = None,
 ) -> list[_Pair]:
+    if runner is not None and runner.image:
+        return _prepare_image_pairs(runner, tokenizer, clean, corrupted, answer, wrong, metric)
+    if any(hasattr(x, "shape") for x in (clean, corrupted)):
+        raise ValueError(
+            "clean and corrupted are arrays, but this is a text model: give prompts (strings). "
+            "Images go to an image model (ViTForImageClassification)."
+        )
     single = isinstance(clean, str)
     if single != isinstance(corrupted, str):
         raise ValueError(
@@ -135,6 +155,31 @@ def _prepare_pairs(
             )
         )
     return pairs
+
+
+def _prepare_image_pairs(
+    runner: Runner, processor: Any, clean: Any, corrupted: Any, answer: Any, wrong: Any, metric: Any
+) -> list[_Pair]:
+    """Image pairs (see :mod:`._image_pairs`): pixels where text pairs hold token ids. A ViT
+    has no causal mask, so every position can differ: ``first_diff`` is 0, nothing is skipped.
+    """
+    from ._image_pairs import image_pairs
+
+    out = []
+    for p in image_pairs(runner.model, processor, clean, corrupted, answer, wrong, metric):
+        out.append(
+            _Pair(
+                p["clean"],
+                p["corrupted"],
+                list(p["tokens"]),
+                list(p["tokens"]),
+                0,
+                p["metric"],
+                pixels=p["pixels"],
+                image={"grid": list(p["grid"]), "patch": p["patch"]},
+            )
+        )
+    return out
 
 
 def _parse_layers(layers: Any, n_layers: int) -> list[int]:
@@ -426,16 +471,23 @@ def patch(
     Parameters
     ----------
     model, tokenizer
-        A Hugging Face model of any supported architecture and its tokenizer.
+        A Hugging Face model of any supported architecture and its tokenizer; for an image
+        classifier (ViT) its image processor, or None when the model carries its pixel
+        normalization (``cb.load_default_vision_model()``).
     clean, corrupted
         Two prompts of equal token length, or two equal-length lists of such pairs (results
-        are averaged over pairs; per-pair values are kept in ``pair_values``).
+        are averaged over pairs; per-pair values are kept in ``pair_values``). For an image
+        model: two images (``[H, W]`` / ``[C, H, W]``, values in [0, 1] or uint8), or two
+        equal-length batches of them; positions are CLS (0) and the patches in raster order
+        (``tokens`` holds ``"row,col"``), and as a ViT has no causal mask every cell is run.
     answer, wrong
         One-token strings or token ids (or one per pair) for the default metric, the logit
-        difference ``logit(answer) − logit(wrong)`` at the last position.
+        difference ``logit(answer) − logit(wrong)`` at the last position. For an image model:
+        class ids (``3``) or labels (``"3"``), read from the class logits at CLS.
     metric
-        Instead: any callable of the float32 logits at the last position ``[vocab]``
-        returning one number (differentiable for ``attribution`` / ``ig``).
+        Instead: any callable of the float32 logits at the last position ``[vocab]`` (an
+        image model: the class logits ``[classes]``) returning one number (differentiable for
+        ``attribution`` / ``ig``).
     site
         ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` →
         ``values[layer, position]``; ``heads`` (each head's output ``z`` at all positions) →
@@ -507,6 +559,19 @@ def patch(
     >>> heads.values.shape, heads.top(1)[0]["label"][:2]
     ((2, 4), 'L0')
 
+    Between two images (a ViT: CLS plus patches; classes by id or label):
+
+    >>> import numpy as np
+    >>> from tests.unit.tiny_models import tiny_vit
+    >>> vit, _ = tiny_vit(channels=1)
+    >>> a, b = np.random.default_rng(0).random((2, 8, 8))
+    >>> img = cb.patch(vit, None, a, b, answer="class 1", wrong="class 2", site="resid_post")
+    >>> img.values.shape, img.tokens["clean"]  # [layer, CLS + 4 patches]
+    ((2, 5), ['CLS', '0,0', '0,1', '1,0', '1,1'])
+    >>> # the classifier reads CLS only: after the last block, CLS is everything
+    >>> round(float(img.values[-1, 0]), 4), float(abs(img.values[-1, 1:]).max())
+    (1.0, 0.0)
+
     Many pairs, cut into shards (the same bytes on ``engine="processes"`` or ``"ray"``):
 
     >>> names = [(" Mary", " John"), (" John", " Mary")] * 2
@@ -549,8 +614,8 @@ def patch(
             progress=progress,
         )
     runner = Runner(model)
-    pairs = _prepare_pairs(tokenizer, clean, corrupted, answer, wrong, metric)
-    lengths = {len(p.clean_ids) for p in pairs}
+    pairs = _prepare_pairs(tokenizer, clean, corrupted, answer, wrong, metric, runner=runner)
+    lengths = {p.n_tokens for p in pairs}
     if site in (*POSITION_SITES, "heads_pos") and len(lengths) > 1:
         raise ValueError(
             f"site={site!r} averages per position, but the pairs have different lengths "
@@ -558,7 +623,7 @@ def patch(
             "(site='heads')."
         )
     layer_list = _parse_layers(layers, runner.n_layers)
-    T0 = len(pairs[0].clean_ids)
+    T0 = pairs[0].n_tokens
     if site in ("heads", *ATTN_SITES):
         if positions is not None:
             raise ValueError(
@@ -631,7 +696,7 @@ def _run_pair(
     compare_exact: bool,
     bar: Any,
 ) -> _PairResult:
-    T = len(pair.clean_ids)
+    T = pair.n_tokens
     grid = _Grid(site, layers, positions, runner.info, T)
     skipped = grid.skipped(pair.first_diff, runner.adapter.causal)
     if method == "attribution":
@@ -720,6 +785,12 @@ def _assemble(
             f"{p0.first_diff}, {p0.clean_tokens[p0.first_diff]!r} vs "
             f"{p0.corrupt_tokens[p0.first_diff]!r}): sites there are exactly 0 and were not run"
         )
+    if p0.image is not None:
+        notes[0] = notes[0].replace("prompt", "image")
+        notes.append(
+            "image pair: tokens are CLS and the patches (row,col); a ViT has no causal mask, so "
+            "every patch and CLS can carry the difference: every cell was run, no prefix shared"
+        )
     if site in ("heads", "heads_pos"):
         notes.append("heads: each head's output (attn.hook_z, the input of W_O) is patched")
     info = runner.info
@@ -752,7 +823,7 @@ def _assemble(
         site=site,
         method=method,
         direction=direction,
-        metric=str(m_desc) + " at the last position",
+        metric=str(m_desc) + (" at CLS" if p0.image is not None else " at the last position"),
         axes=AXES["position"] if site in POSITION_SITES else AXES.get(site, AXES["heads"]),
         layers=layers,
         positions=positions,
@@ -774,6 +845,8 @@ def _assemble(
         model_name=runner.info.model_name,
         kv_groups=kv_groups,
         cost=cost,
+        image=p0.image,
+        images=p0.pixels,
     )
 
 

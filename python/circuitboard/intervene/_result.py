@@ -33,6 +33,7 @@ _ARRAYS = (
     "pair_corrupted",
     "reference",
     "completeness",
+    "images",
 )
 
 
@@ -111,6 +112,10 @@ class Patching:
     """For ``k`` / ``v`` sites: KV head → the query heads it serves."""
     cost: dict[str, float] = field(default_factory=dict)
     """Forwards run, seconds, forward-equivalents where measured."""
+    image: dict[str, Any] | None = None
+    """Image pairs (ViT): ``{"grid": [rows, cols], "patch": side}``; tokens are CLS + patches."""
+    images: np.ndarray | None = None
+    """Image pairs: the (first) pair's pixels ``[2 (clean, corrupted), C, H, W]`` in [0, 1]."""
 
     # -- reading -------------------------------------------------------------------------
     def label(self, index: tuple[int, ...]) -> str:
@@ -125,6 +130,8 @@ class Patching:
         if "position" in names:
             p = self.positions[names["position"]] if self.positions else names["position"]
             clean, corrupt = self.tokens["clean"][p], self.tokens["corrupted"][p]
+            if self.image is not None:  # CLS, or a patch by its row,col
+                return s + (" CLS" if p == 0 else f" patch {clean}")
             tok = repr(clean) if clean == corrupt else f"{clean!r}→{corrupt!r}"
             s += f" pos {p} {tok}"
         return s

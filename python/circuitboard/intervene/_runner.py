@@ -6,6 +6,10 @@ no padding (one prompt, or rows of equal length), ``torch.no_grad()`` unless an 
 ``op="grad"``. Logits are computed only at the metric position (the unembedding sees one
 position per row), as float32 ``[B, vocab]``.
 
+Image models (ViT) take normalized pixel values ``[C, H, W]`` / ``[B, C, H, W]`` where text
+models take token ids; their classifier reads only CLS, so their logits are the model's class
+logits ``[B, classes]`` whatever ``at`` says, and there is no KV cache (no causal mask).
+
 Contract
 --------
 - :meth:`Runner.logits` ``(ids, edits, at=-1, expand_at=None, batch=None)``: ``ids`` is a
@@ -80,16 +84,36 @@ class Runner:
         self.model = model
         self.adapter = get_adapter(model)
         self.info = model_info(model, self.adapter)
-        self.device = get_module(model, self.adapter.embed).weight.device
+        self.device = next(get_module(model, self.adapter.embed).parameters()).device
         self.n_layers = self.adapter.n_blocks(model)
+        self.image = self.adapter.modality == "image"
+        """Pixel values in (ViT), not token ids; tokens are CLS plus the patches."""
         self.forwards = 0
         """Forwards run so far (each counts once whatever its batch)."""
         self.row_layers = 0
         """Block evaluations × rows run so far (cost in units of one block on one row)."""
 
     def _ids(self, ids: Any) -> torch.Tensor:
+        if self.image:  # normalized pixels [C, H, W] / [B, C, H, W], in the model's dtype
+            t = torch.as_tensor(ids)
+            t = t[None] if t.ndim == 3 else t
+            return t.to(device=self.device, dtype=next(self.model.parameters()).dtype)
         t = torch.as_tensor(ids, dtype=torch.long)
         return (t[None] if t.ndim == 1 else t).to(self.device)
+
+    def n_tokens(self, x: torch.Tensor) -> int:
+        """Positions of one row of a batched input ``x`` (tokens, or CLS plus the patches)."""
+        if self.image:
+            cfg = self.model.config
+            return 1 + (int(cfg.image_size) // int(cfg.patch_size)) ** 2
+        return int(x.shape[1])
+
+    def _forward(self, x: torch.Tensor, cache: Any) -> Any:
+        if self.image:
+            return self.model(pixel_values=x)
+        if cache is None:
+            return self.model(input_ids=x, use_cache=False)
+        return self.model(input_ids=x, cache=cache, use_cache=True)
 
     def logits(
         self,
@@ -115,19 +139,16 @@ class Runner:
                 adapter=self.adapter,
                 expand_at=expand_at,
                 batch=batch,
-                logits_at=at,
+                logits_at=None if self.image else at,  # a ViT's classifier sees only CLS
             ):
-                if cache is None:
-                    out = self.model(input_ids=x, use_cache=False)
-                else:
-                    out = self.model(input_ids=x, cache=cache, use_cache=True)
+                out = self._forward(x, cache)
         check_applied(edits)
         self.forwards += 1
         rows = batch if expand_at is not None else x.shape[0]
         start = expand_at or 0
         self.row_layers += x.shape[0] * start + rows * (self.n_layers - start)
         lg = out.logits if hasattr(out, "logits") else out[0]
-        return lg[:, -1].float()
+        return (lg if lg.ndim == 2 else lg[:, -1]).float()
 
     def read(
         self, ids: Any, sites: Sequence[Site], *, at: int = -1, edits: Sequence[Edit] = ()
@@ -241,7 +262,7 @@ class Runner:
         if prefix is not None:
             x = x[:, prefix[0][0].shape[-2] :]
         if batch_size is None:
-            batch_size = max(1, DEFAULT_BATCH_TOKENS // x.shape[1])
+            batch_size = max(1, DEFAULT_BATCH_TOKENS // self.n_tokens(x))
         depth = [self._start(runs[i]) for i in range(len(runs))]
         order = sorted(range(len(runs)), key=lambda i: depth[i])
         out = torch.empty(len(runs))
@@ -259,7 +280,7 @@ class Runner:
                     lg = self.logits(x, edits, at=at, expand_at=start, batch=n, cache=cache)
                 else:
                     cache = self._cache(prefix, 0, n) if prefix is not None else None
-                    lg = self.logits(x.expand(n, -1), edits, at=at, cache=cache)
+                    lg = self.logits(x.expand(n, *x.shape[1:]), edits, at=at, cache=cache)
                 out[torch.tensor(chunk)] = evaluate(metric, lg).detach().cpu()
             if progress is not None:
                 progress(len(chunk))

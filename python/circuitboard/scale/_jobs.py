@@ -154,14 +154,11 @@ def compare_sharded(
 
 
 # -- top activations -------------------------------------------------------------------------
-_PRELUDE_BATCHES = 8  # edges come from the first batch with a counted token: rarely past the 1st
-
-
 def top_activations_prelude(model: Any, tokenizer: Any, payload: dict[str, Any]) -> Any:
     """What every shard shares: neurons, histogram edges, logit effects and the model name."""
     from ..analysis._neurons import neuron_setup
 
-    return neuron_setup(model, payload["plan"], payload["options"])
+    return neuron_setup(model, payload["options"])
 
 
 def top_activations_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> Any:
@@ -192,7 +189,7 @@ def top_activations_sharded(
     progress: bool,
 ) -> Any:
     """:func:`circuitboard.top_activations` cut into shards at batch boundaries."""
-    from ..analysis._neurons import TextPlan, finish_top_activations, plan_texts
+    from ..analysis._neurons import finish_top_activations, plan_texts
 
     source = as_source(model, tokenizer, "top_activations")
     tok = source.load_tokenizer() if isinstance(source, ModelSpec) else tokenizer
@@ -205,13 +202,6 @@ def top_activations_sharded(
     )
     eng, owned = _engine(engine, source, workers, gpus_per_worker, ray_address)
     try:
-        first = plan.batches[:_PRELUDE_BATCHES]
-        head = TextPlan(
-            {j: plan.encoded[j] for b in first for j in b},  # only the texts it needs
-            first,
-            plan.special,
-            plan.pad_id,
-        )
         key = {
             "model": _describe(source),
             "inputs": _hash(texts),
@@ -220,21 +210,21 @@ def top_activations_sharded(
         prelude = Plan(
             job="top_activations",
             fn=top_activations_prelude,
-            payloads=[{"plan": head, "options": options}],
+            payloads=[{"options": options}],
             sizes=[0],
             merge=_merge,
             save=_save,
             load=_load_top,
             key=key,
         )
-        # Shared by every shard; tiny, so it is not checkpointed (recomputed on resume,
-        # deterministically: the same first batch gives the same edges).
+        # Shared by every shard; tiny, so it is not checkpointed (recomputed on resume).
         sel, edges, effects, name = execute(
             prelude, source, engine=engine, progress=False, engine_obj=eng
         )
         groups = cut([len(b) for b in plan.batches], _shards(shards, engine, eng))
         kwargs = {
             "edges": edges,
+            "bins": options["bins"],
             "k": options["k"],
             "context": options["context"],
             "special": plan.special,

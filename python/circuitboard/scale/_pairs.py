@@ -107,6 +107,10 @@ def _cell(cell: Any) -> str:
         return "<empty>"
 
 
+def _has_arrays(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and any(hasattr(i, "shape") for i in x)
+
+
 def _prompts(x: Any) -> list[Any]:
     return [x] if isinstance(x, str) else list(x)
 
@@ -202,7 +206,9 @@ def patch_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> PairResu
     runner = Runner(model)
     metric = open_metric(payload["metric"])
     p = payload
-    pairs = _prepare_pairs(tokenizer, p["clean"], p["corrupted"], p["answer"], p["wrong"], metric)
+    pairs = _prepare_pairs(
+        tokenizer, p["clean"], p["corrupted"], p["answer"], p["wrong"], metric, runner=runner
+    )
     results = [
         _run_pair(
             runner,
@@ -229,14 +235,14 @@ def _patch_layout(
     messages), so every shard patches the cells one run would."""
     from ..intervene._patch import ATTN_SITES, POSITION_SITES, _parse_layers, _parse_positions
 
-    lengths = {len(p.clean_ids) for p in pairs}
+    lengths = {p.n_tokens for p in pairs}
     if site in (*POSITION_SITES, "heads_pos") and len(lengths) > 1:
         raise ValueError(
             f"site={site!r} averages per position, but the pairs have different lengths "
             f"{sorted(lengths)}; use pairs of one length (the same template) or a per-head site "
             "(site='heads')."
         )
-    T0 = len(pairs[0].clean_ids)
+    T0 = pairs[0].n_tokens
     if site in ("heads", *ATTN_SITES):
         if positions is not None:
             raise ValueError(
@@ -283,12 +289,20 @@ def patch_sharded(
 ) -> Any:
     """:func:`circuitboard.patch` over a list of pairs, cut into shards of consecutive pairs."""
     from ..intervene._patch import PROGRESS_FROM, _as_list, _assemble, _Grid, _prepare_pairs
+    from ..intervene._runner import Runner
 
+    if any(hasattr(x, "shape") or _has_arrays(x) for x in (clean, corrupted)):
+        raise ValueError(
+            "engine=, shards= and checkpoint= cut lists of text prompt pairs; image pairs run "
+            "in this process: leave them out (engine='serial')."
+        )
     source = as_source(model, tokenizer, "patch")
-    tok = source.load_tokenizer() if isinstance(source, ModelSpec) else tokenizer
+    here = not isinstance(source, ModelSpec)
+    tok = tokenizer if here else source.load_tokenizer()
     answer, wrong, metric = options["answer"], options["wrong"], options["metric"]
     # Every input is checked here, before a worker starts (the workers repeat it per shard).
-    pairs = _prepare_pairs(tok, clean, corrupted, answer, wrong, metric)
+    runner = Runner(source.model) if here else None
+    pairs = _prepare_pairs(tok, clean, corrupted, answer, wrong, metric, runner=runner)
     n = len(pairs)
     cl, co = _prompts(clean), _prompts(corrupted)
     answers, wrongs = _as_list(answer, n, "answer"), _as_list(wrong, n, "wrong")
@@ -322,7 +336,7 @@ def patch_sharded(
             }
             for g in groups
         ]
-        T0 = len(pairs[0].clean_ids)
+        T0 = pairs[0].n_tokens
         if progress is None:  # the serial rule: large exact runs
             cells = int(np.prod(_Grid(site, layer_list, pos_list, facts["info"], T0).shape))
             progress = method == "exact" and cells * T0 * n >= PROGRESS_FROM
@@ -355,13 +369,15 @@ def patch_sharded(
         if owned:
             eng.close()
     # What _assemble reads of a Runner: the model's facts and whether it is causal.
-    runner = SimpleNamespace(info=facts["info"], adapter=SimpleNamespace(causal=facts["causal"]))
+    facts_runner = SimpleNamespace(
+        info=facts["info"], adapter=SimpleNamespace(causal=facts["causal"])
+    )
     # cost: forwards only (they do not depend on the engine); run time is in
     # scale.last_run().seconds, so that saved results are byte-identical across engines.
     return _assemble(
         merged.results,
         pairs,
-        runner,
+        facts_runner,
         site,
         method,
         options["direction"],

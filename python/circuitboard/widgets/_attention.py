@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import traitlets
 
+from .._threads import one_thread
 from ._codec import encode, is_causal, to_numpy
 from ._explain_panel import ExplainCells
 from ._pattern_source import ArraySource, CaptureSource, HeadSummary
@@ -218,6 +219,7 @@ class AttentionView(ExplainCells):
 
     _fetchers: ClassVar[dict[str, str]] = {
         "fetch-head": "_fetch_head",
+        "fetch-layer": "_fetch_layer",
         "fetch-included": "_fetch_included",
         "fetch-overview": "_fetch_overview",
         "fetch-thumb": "_fetch_thumb",
@@ -225,6 +227,7 @@ class AttentionView(ExplainCells):
         **ExplainCells._fetchers,
     }
 
+    @one_thread()  # many small per-head operations (see one_thread)
     def __init__(
         self,
         attention: Any,
@@ -415,6 +418,14 @@ class AttentionView(ExplainCells):
         head = index_in("head", msg.get("head"), self.n_heads)  # type: ignore[arg-type]
         return pack(layer=self.layer_indices[pos], head=head, pattern=self._encode_head(pos, head))
 
+    def _fetch_layer(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        # Every head of a layer in one message: Jupyter's cost is per message (about 100 ms
+        # here), so the view fetches heads ahead of clicks a layer at a time.
+        pos = self._position(msg.get("layer"))  # type: ignore[arg-type]
+        heads = np.stack([self._source.head(pos, h) for h in range(self.n_heads)])
+        enc = encode(heads, lo=0.0, hi=1.0, tril=self._causal)
+        return pack(layer=self.layer_indices[pos], patterns=dict(enc))
+
     def _fetch_overview(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         pos, head = self._head_of(msg)
         if not self._long:
@@ -484,6 +495,12 @@ class AttentionView(ExplainCells):
         n = self._overview or self.n_tokens
         return n * (n + 1) // 2 if self._causal else n * n
 
+    @property
+    def _thumbs_are_heads(self) -> bool:
+        """A prompt no longer than the thumbnail side: each thumbnail is its head, whole (same
+        codes as fetch-head), so the page draws clicks from them and reports embed no heads."""
+        return not self._long and self.n_tokens <= THUMB
+
     def _ranked_heads(self) -> list[tuple[int, int]]:
         """Every head (model layer, head), most worth keeping at full resolution first."""
         init = self._initial
@@ -529,8 +546,10 @@ class AttentionView(ExplainCells):
         selected head and the best-scoring ones) while they fit, at least one. The others
         show their thumbnails.
         """
-        fit = max(1, int((int(budget_bytes) / 2) // self._page_bytes_per_head()))
         ranked = self._ranked_heads()
+        if self._thumbs_are_heads:
+            return ranked
+        fit = max(1, int((int(budget_bytes) / 2) // self._page_bytes_per_head()))
         return ranked if fit >= len(ranked) else ranked[:fit]
 
     def _region(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -591,7 +610,8 @@ class AttentionView(ExplainCells):
         plan = self.export_plan(budget_bytes)
         self._pending_plan = plan  # answered by the fetch-included request, first in line
         reqs: list[dict[str, Any]] = [{"kind": "fetch-included"}]
-        reqs += [{"kind": "fetch-head", "layer": lay, "head": h} for lay, h in plan]
+        if not self._thumbs_are_heads:
+            reqs += [{"kind": "fetch-head", "layer": lay, "head": h} for lay, h in plan]
         return reqs + explain
 
     def export_notes(self, budget_bytes: int) -> list[str]:

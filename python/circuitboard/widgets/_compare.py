@@ -8,7 +8,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode
-from ._view import View, pack
+from ._view import View, image_state, pack
 
 N_TOP = 12
 MEASURES = ("d", "t", "diff")
@@ -27,6 +27,11 @@ class CompareView(View):
     browser (also in a static report). Hover shows the value with both categories'
     mean ± std and n; clicking a head selects ``{layer, head}`` on the link (a linked
     attention view opens it), clicking a neuron selects ``{layer, neuron}``.
+
+    A comparison of image categories (a ViT) also shows each category's mean image as its
+    patch grid, and for the selected head (default: the top one) where its sample position
+    (CLS) looks: the effect of ``a`` vs ``b`` on the attention to each patch, over the mean
+    image of ``a``.
 
     Parameters
     ----------
@@ -75,6 +80,11 @@ class CompareView(View):
     head_stats = traitlets.List().tag(sync=True)  # [[name, description]]
     layer_stats = traitlets.List().tag(sync=True)  # [[name, description]]
     has_neurons = traitlets.Bool(False).tag(sync=True)
+    images = traitlets.List().tag(sync=True)
+    """Image comparisons: each category's mean image as a patch grid; ``[]`` for text."""
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Image comparisons: the positions' labels (``CLS``, ``row,col``)."""
+    _patch_attn = traitlets.Dict().tag(sync=True)  # float32 [categories, 2, L, H, tokens]
     _heads = traitlets.Dict().tag(sync=True)  # float32 [stats, categories, 2 (mean, std), L, H]
     _layer_vals = traitlets.Dict().tag(sync=True)  # float32 [stats, categories, 2, L]
 
@@ -142,6 +152,14 @@ class CompareView(View):
         layer_vals = (
             moments(lstats) if lstats else np.zeros((0, len(cats), 2, len(layers)), np.float32)
         )
+        grid = getattr(comparison, "image", None)
+        images, tokens, patch_attn = [], [], {}
+        if grid and "pixels" in held and "attn_patches" in held:
+            from ..capture._images import patch_tokens
+
+            images = [image_state({**grid, "pixels": stats[c]["pixels"].mean}) for c in cats]
+            tokens = patch_tokens(tuple(grid["grid"]))
+            patch_attn = encode(moments(["attn_patches"])[0], "float32")
         super().__init__(
             categories=cats,
             a=a,
@@ -157,6 +175,9 @@ class CompareView(View):
             head_stats=[[s, desc.get(s, s)] for s in hstats],
             layer_stats=[[s, desc.get(s, s)] for s in lstats],
             has_neurons="neurons" in held,
+            images=images,
+            tokens=tokens,
+            _patch_attn=patch_attn,
             _heads=encode(heads, "float32"),
             _layer_vals=encode(layer_vals, "float32"),
             **kwargs,

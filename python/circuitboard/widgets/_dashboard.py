@@ -106,6 +106,10 @@ class NeuronDashboard(View):
             "examples": examples,
             "hist_edges": top.hist_edges[i].tolist(),
             "hist_counts": top.hist_counts[i].tolist(),
+            "hist_outside": [  # tokens below / above the edges (old files: in the end bins)
+                0 if v is None else int(v[i])
+                for v in (getattr(top, "hist_below", None), getattr(top, "hist_above", None))
+            ],
             "stats": {
                 "count": int(top.count[i]),
                 "mean": float(top.mean[i]),

@@ -8,7 +8,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode, to_numpy
-from ._view import View
+from ._view import View, image_state
 
 N_TOP = 12
 _AXES = {
@@ -33,6 +33,9 @@ class PatchingView(View):
     prompt's tokens on the axis (clean → corrupted where they differ); per-head sites show
     layers × heads; ``heads_pos`` adds a head picker; neurons show layers × neurons. The
     diverging colour map is centred on 0 (= corrupted) with 1 (= clean) marked on its bar.
+    A result between two images (a ViT) shows both images as their patch grids, and its
+    per-position sites as one patch grid per layer (CLS beside it) over the image the patched
+    activations came from, each patch coloured by what patching it at that layer recovers.
     Hover shows the normalized and the raw metric; clicking a cell selects its layer, head,
     token or neuron on the link, so linked attention, attribution and neuron views follow.
 
@@ -88,6 +91,12 @@ class PatchingView(View):
     """IG completeness error (normalized units), when computed."""
     kv_groups = traitlets.Dict().tag(sync=True)
     """KV head → the query heads it serves (``k`` / ``v`` sites)."""
+    image = traitlets.Dict().tag(sync=True)
+    """Image pairs: the clean image's patch grid (grid, patch, pixels); ``{}`` for text."""
+    corrupted_image = traitlets.Dict().tag(sync=True)
+    """Image pairs: the corrupted image's patch grid; ``{}`` for text."""
+    n_pairs = traitlets.Int(1).tag(sync=True)
+    """Pairs the values average over (the images shown are the first pair's)."""
     _values = traitlets.Dict().tag(sync=True)  # Encoded float32, the result's shape
     _raw = traitlets.Dict().tag(sync=True)  # Encoded float32, same shape
 
@@ -108,6 +117,12 @@ class PatchingView(View):
                 f"the same shape; got values {values.shape}, raw {raw.shape}."
             )
         kv = getattr(result, "kv_groups", None) or {}
+        grid, pixels = getattr(result, "image", None), getattr(result, "images", None)
+        pair = (
+            [{}, {}]
+            if not grid or pixels is None
+            else [image_state({**grid, "pixels": to_numpy(pixels)[i]}) for i in (0, 1)]
+        )
         super().__init__(
             site=str(result.site),
             method=str(result.method),
@@ -126,6 +141,9 @@ class PatchingView(View):
             correlation=_finite(getattr(result, "correlation", None)),
             completeness_error=_finite(getattr(result, "completeness_error", None)),
             kv_groups={str(k): [int(h) for h in v] for k, v in kv.items()},
+            image=pair[0],
+            n_pairs=int(len(pv)) if (pv := getattr(result, "pair_values", None)) is not None else 1,
+            corrupted_image=pair[1],
             _values=encode(values, "float32"),
             _raw=encode(raw, "float32"),
             **kwargs,

@@ -12,6 +12,7 @@ import numpy as np
 import traitlets
 from ipywidgets import widget_serialization
 
+from .._threads import one_thread
 from ._bundle import Base
 from ._codec import encode, to_numpy
 from ._link import SELECTION_KEYS, Link
@@ -167,7 +168,8 @@ class View(Base):
         method = self._fetchers.get(kind) if isinstance(kind, str) else None
         if method is None:
             raise ValueError(f"{type(self).__name__} cannot answer {kind!r} requests.")
-        return getattr(self, method)(msg)
+        with one_thread():  # small work: a second thread only waits (see one_thread)
+            return getattr(self, method)(msg)
 
     def _on_custom_msg(self, _widget: Any, msg: Any, buffers: list[bytes]) -> None:
         if not isinstance(msg, dict):

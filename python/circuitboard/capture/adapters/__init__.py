@@ -100,7 +100,7 @@ _DEFAULT_SUPPORTS: dict[str, dict[str, Any]] = {
     "moe": {"explanation": _qk_norm("OLMoE, Qwen3-MoE")},
     "vit": {
         "dla": "exact, at CLS (class logits)",
-        "patching": "no: cb.patch takes prompt pairs; image patching is not built yet",
+        "patching": "yes: between two images; layer × patch (CLS + patches), heads, q/k/v, neurons",
         "explanation": "not tested on images",
         "notes": "image patches + CLS; pixel inputs; classifier reads CLS",
     },
