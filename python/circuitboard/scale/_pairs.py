@@ -119,18 +119,32 @@ def _pick(values: list[Any], group: list[int]) -> list[Any]:
     return [values[i] for i in group]
 
 
-def _run(plan: Plan, source: Any, eng: Any, run: dict[str, Any]) -> Any:
-    return execute(
-        plan,
-        source,
-        engine=run["engine"],
-        workers=run["workers"],
-        gpus_per_worker=run["gpus_per_worker"],
-        ray_address=run["ray_address"],
-        checkpoint=run["checkpoint"],
-        progress=run["progress"],
-        engine_obj=eng,
+def _run_pairs(
+    job: str,
+    fn: Any,
+    payloads: list[dict[str, Any]],
+    groups: list[list[int]],
+    result: Any,
+    source: Any,
+    eng: Any,
+    *,
+    key: dict[str, str],
+    **run: Any,
+) -> Any:
+    """Run one shard per group of consecutive pairs and merge the ``result`` parts in order
+    (``run``: execute's engine, workers, gpus_per_worker, ray_address, checkpoint, progress)."""
+    plan = Plan(
+        job=job,
+        fn=fn,
+        payloads=payloads,
+        sizes=[len(g) for g in groups],
+        merge=result.merge,
+        save=result.save,
+        load=result.load,
+        key={"model": _describe(source), **key},
+        unit="pair",
     )
+    return execute(plan, source, engine_obj=eng, **run)
 
 
 def _npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -340,23 +354,19 @@ def patch_sharded(
         if progress is None:  # the serial rule: large exact runs
             cells = int(np.prod(_Grid(site, layer_list, pos_list, facts["info"], T0).shape))
             progress = method == "exact" and cells * T0 * n >= PROGRESS_FROM
-        plan = Plan(
-            job="patch",
-            fn=patch_shard,
-            payloads=payloads,
-            sizes=[len(g) for g in groups],
-            merge=PairResults.merge,
-            save=PairResults.save,
-            load=PairResults.load,
+        merged = _run_pairs(
+            "patch",
+            patch_shard,
+            payloads,
+            groups,
+            PairResults,
+            source,
+            eng,
             key={
-                "model": _describe(source),
                 "inputs": _hash([cl, co, answers, wrongs]),
                 "metric": describe_metric(metric),
                 "options": repr(sorted(run_opts.items())),
             },
-            unit="pair",
-        )
-        run = dict(
             engine=engine,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
@@ -364,7 +374,6 @@ def patch_sharded(
             checkpoint=checkpoint,
             progress=progress,
         )
-        merged = _run(plan, source, eng, run)
     finally:
         if owned:
             eng.close()
@@ -538,23 +547,19 @@ def circuit_sharded(
             }
             for g in groups
         ]
-        plan = Plan(
-            job="circuit",
-            fn=circuit_shard,
-            payloads=payloads,
-            sizes=[len(g) for g in groups],
-            merge=EdgeSums.merge,
-            save=EdgeSums.save,
-            load=EdgeSums.load,
+        sums = _run_pairs(
+            "circuit",
+            circuit_shard,
+            payloads,
+            groups,
+            EdgeSums,
+            source,
+            eng,
             key={
-                "model": _describe(source),
                 "inputs": _hash([cl, co, answers, wrongs]),
                 "metric": describe_metric(metrics),
                 "options": repr(sorted(run_opts.items())),
             },
-            unit="pair",
-        )
-        run = dict(
             engine=engine,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
@@ -562,7 +567,6 @@ def circuit_sharded(
             checkpoint=checkpoint,
             progress=progress if progress is not None else n >= 4,
         )
-        sums = _run(plan, source, eng, run)
     finally:
         if owned:
             eng.close()
