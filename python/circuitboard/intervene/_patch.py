@@ -441,6 +441,32 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def patch_layout(
+    pairs: list[_Pair], site: str, layers: Any, positions: Any, n_layers: int
+) -> tuple[list[int], list[int] | None]:
+    """The layers and positions :func:`patch` patches (sharded runs resolve them the same way,
+    so every shard patches the cells one run would)."""
+    lengths = {p.n_tokens for p in pairs}
+    if site in (*POSITION_SITES, "heads_pos") and len(lengths) > 1:
+        raise ValueError(
+            f"site={site!r} averages per position, but the pairs have different lengths "
+            f"{sorted(lengths)}; use pairs of one length (the same template) or a per-head site "
+            "(site='heads')."
+        )
+    layer_list = _parse_layers(layers, n_layers)
+    T0 = pairs[0].n_tokens
+    if site in ("heads", *ATTN_SITES):
+        if positions is not None:
+            raise ValueError(
+                f"site={site!r} patches every position; use site='heads_pos' for per-position "
+                "head outputs."
+            )
+        return layer_list, None
+    if site == "neurons":
+        return layer_list, None if positions is None else _parse_positions(positions, T0)
+    return layer_list, _parse_positions(positions, T0)
+
+
 def patch(
     model: Any,
     tokenizer: Any,
@@ -616,26 +642,8 @@ def patch(
         )
     runner = Runner(model)
     pairs = _prepare_pairs(tokenizer, clean, corrupted, answer, wrong, metric, runner=runner)
-    lengths = {p.n_tokens for p in pairs}
-    if site in (*POSITION_SITES, "heads_pos") and len(lengths) > 1:
-        raise ValueError(
-            f"site={site!r} averages per position, but the pairs have different lengths "
-            f"{sorted(lengths)}; use pairs of one length (the same template) or a per-head site "
-            "(site='heads')."
-        )
-    layer_list = _parse_layers(layers, runner.n_layers)
+    layer_list, pos_list = patch_layout(pairs, site, layers, positions, runner.n_layers)
     T0 = pairs[0].n_tokens
-    if site in ("heads", *ATTN_SITES):
-        if positions is not None:
-            raise ValueError(
-                f"site={site!r} patches every position; use site='heads_pos' for per-position "
-                "head outputs."
-            )
-        pos_list = None
-    elif site == "neurons":
-        pos_list = None if positions is None else _parse_positions(positions, T0)
-    else:
-        pos_list = _parse_positions(positions, T0)
     t0, f0 = time.perf_counter(), runner.forwards
     results: list[_PairResult] = []
     bar = None

@@ -242,35 +242,6 @@ def patch_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> PairResu
     return PairResults(results, runner.forwards)
 
 
-def _patch_layout(
-    pairs: list[Any], site: str, layers: Any, positions: Any, n_layers: int
-) -> tuple[list[int], list[int] | None]:
-    """Layers and positions as :func:`circuitboard.patch` resolves them (same rules, same
-    messages), so every shard patches the cells one run would."""
-    from ..intervene._patch import ATTN_SITES, POSITION_SITES, _parse_layers, _parse_positions
-
-    lengths = {p.n_tokens for p in pairs}
-    if site in (*POSITION_SITES, "heads_pos") and len(lengths) > 1:
-        raise ValueError(
-            f"site={site!r} averages per position, but the pairs have different lengths "
-            f"{sorted(lengths)}; use pairs of one length (the same template) or a per-head site "
-            "(site='heads')."
-        )
-    T0 = pairs[0].n_tokens
-    if site in ("heads", *ATTN_SITES):
-        if positions is not None:
-            raise ValueError(
-                f"site={site!r} patches every position; use site='heads_pos' for per-position "
-                "head outputs."
-            )
-        pos_list = None
-    elif site == "neurons":
-        pos_list = None if positions is None else _parse_positions(positions, T0)
-    else:
-        pos_list = _parse_positions(positions, T0)
-    return _parse_layers(layers, n_layers), pos_list
-
-
 def _facts(source: Any, eng: Any, engine: str, job: str) -> dict[str, Any]:
     if not isinstance(source, ModelSpec):  # the model is here: no round trip
         return model_facts(source.model, None, None)
@@ -302,7 +273,14 @@ def patch_sharded(
     progress: bool | None,
 ) -> Any:
     """:func:`circuitboard.patch` over a list of pairs, cut into shards of consecutive pairs."""
-    from ..intervene._patch import PROGRESS_FROM, _as_list, _assemble, _Grid, _prepare_pairs
+    from ..intervene._patch import (
+        PROGRESS_FROM,
+        _as_list,
+        _assemble,
+        _Grid,
+        _prepare_pairs,
+        patch_layout,
+    )
     from ..intervene._runner import Runner
 
     if any(hasattr(x, "shape") or _has_arrays(x) for x in (clean, corrupted)):
@@ -325,7 +303,7 @@ def patch_sharded(
     eng, owned = _engine(engine, source, workers, gpus_per_worker, ray_address)
     try:
         facts = _facts(source, eng, engine, "patch")
-        layer_list, pos_list = _patch_layout(
+        layer_list, pos_list = patch_layout(
             pairs, site, options["layers"], options["positions"], facts["n_layers"]
         )
         run_opts = {
