@@ -15,7 +15,6 @@ Ray), so lambdas and notebook functions travel too.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import pickle
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._npz import save_npz
 from ._jobs import _describe, _engine, _hash, _shards, as_source
 from ._run import Plan, cut, execute
 from ._spec import ModelSpec
@@ -122,17 +122,35 @@ def _pick(values: list[Any], group: list[int]) -> list[Any]:
 def _run_pairs(
     job: str,
     fn: Any,
-    payloads: list[dict[str, Any]],
-    groups: list[list[int]],
     result: Any,
     source: Any,
     eng: Any,
-    *,
-    key: dict[str, str],
+    groups: list[list[int]],
+    pairs: tuple[list[Any], list[Any], list[Any], list[Any]],
+    metric: tuple[Any, Any],
+    options: dict[str, Any],
     **run: Any,
 ) -> Any:
-    """Run one shard per group of consecutive pairs and merge the ``result`` parts in order
-    (``run``: execute's engine, workers, gpus_per_worker, ray_address, checkpoint, progress)."""
+    """Run one shard per group of consecutive pairs and merge the ``result`` parts in order.
+
+    ``pairs``: (clean, corrupted, answer, wrong) lists; ``metric``: (what travels, its
+    :func:`describe_metric` source), a list is one metric per pair; ``run``: execute's engine,
+    workers, gpus_per_worker, ray_address, checkpoint and progress.
+    """
+    cl, co, answers, wrongs = pairs
+    shipped, described = metric
+    payloads = [
+        {
+            "clean": _pick(cl, g),
+            "corrupted": _pick(co, g),
+            "answer": _pick(answers, g),
+            "wrong": _pick(wrongs, g),
+            "metric": _pick(shipped, g) if isinstance(shipped, list) else shipped,
+            "options": options,
+            "first": g[0],  # the pair index of the shard's first pair, for messages
+        }
+        for g in groups
+    ]
     plan = Plan(
         job=job,
         fn=fn,
@@ -141,16 +159,19 @@ def _run_pairs(
         merge=result.merge,
         save=result.save,
         load=result.load,
-        key={"model": _describe(source), **key},
+        key={
+            "model": _describe(source),
+            "inputs": _hash([cl, co, answers, wrongs]),
+            "metric": describe_metric(described),
+            "options": repr(sorted(options.items())),
+        },
         unit="pair",
     )
     return execute(plan, source, engine_obj=eng, **run)
 
 
 def _npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    Path(path).write_bytes(buf.getvalue())
+    save_npz(path, {"__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})
 
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -317,17 +338,6 @@ def patch_sharded(
             "compare_exact": options["compare_exact"],
         }
         groups = cut([1] * n, _shards(shards, engine, eng))
-        payloads = [
-            {
-                "clean": _pick(cl, g),
-                "corrupted": _pick(co, g),
-                "answer": _pick(answers, g),
-                "wrong": _pick(wrongs, g),
-                "metric": shipped,
-                "options": run_opts,
-            }
-            for g in groups
-        ]
         T0 = pairs[0].n_tokens
         if progress is None:  # the serial rule: large exact runs
             cells = int(np.prod(_Grid(site, layer_list, pos_list, facts["info"], T0).shape))
@@ -335,16 +345,13 @@ def patch_sharded(
         merged = _run_pairs(
             "patch",
             patch_shard,
-            payloads,
-            groups,
             PairResults,
             source,
             eng,
-            key={
-                "inputs": _hash([cl, co, answers, wrongs]),
-                "metric": describe_metric(metric),
-                "options": repr(sorted(run_opts.items())),
-            },
+            groups,
+            (cl, co, answers, wrongs),
+            (shipped, metric),
+            run_opts,
             engine=engine,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
@@ -513,31 +520,16 @@ def circuit_sharded(
     eng, owned = _engine(engine, source, workers, gpus_per_worker, ray_address)
     try:
         groups = cut([1] * n, _shards(shards, engine, eng))
-        payloads = [
-            {
-                "clean": _pick(cl, g),
-                "corrupted": _pick(co, g),
-                "answer": _pick(answers, g),
-                "wrong": _pick(wrongs, g),
-                "metric": _pick(shipped, g),
-                "options": run_opts,
-                "first": g[0],
-            }
-            for g in groups
-        ]
         sums = _run_pairs(
             "circuit",
             circuit_shard,
-            payloads,
-            groups,
             EdgeSums,
             source,
             eng,
-            key={
-                "inputs": _hash([cl, co, answers, wrongs]),
-                "metric": describe_metric(metrics),
-                "options": repr(sorted(run_opts.items())),
-            },
+            groups,
+            (cl, co, answers, wrongs),
+            (shipped, metrics),
+            run_opts,
             engine=engine,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
