@@ -15,6 +15,7 @@ import numpy as np
 
 from ..capture._images import ClassLabels, as_images, patch_tokens, pixel_batch
 from ._metric import Metric, logit_diff
+from ._patch import _as_list  # _patch imports this module only inside patch()
 
 
 def _images(model: Any, images: Any, what: str) -> np.ndarray:
@@ -78,8 +79,8 @@ def image_pairs(
     if metric is not None and not callable(metric):
         raise ValueError(f"metric must be a callable of the logits; got {type(metric).__name__}.")
     n = len(a)
-    answers = _per_pair(answer, n, "answer")
-    wrongs = _per_pair(wrong, n, "wrong")
+    answers = _as_list(answer, n, "answer", "image pairs")
+    wrongs = _as_list(wrong, n, "wrong", "image pairs")
     cfg = model.config
     labels = ClassLabels(getattr(cfg, "id2label", None) or {})
     n_classes = int(cfg.num_labels)
@@ -111,14 +112,6 @@ def image_pairs(
             }
         )
     return out
-
-
-def _per_pair(x: Any, n: int, what: str) -> list[Any]:
-    if isinstance(x, list | tuple):
-        if len(x) != n:
-            raise ValueError(f"{what} has {len(x)} entries for {n} image pairs; give one each.")
-        return list(x)
-    return [x] * n
 
 
 __all__ = ["class_id", "image_pairs"]

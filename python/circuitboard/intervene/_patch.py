@@ -68,10 +68,10 @@ def _kind(site: str) -> str:
     return {"heads": "z", "heads_pos": "z", "neurons": "mlp_post"}.get(site, site)
 
 
-def _as_list(x: Any, n: int, what: str) -> list[Any]:
+def _as_list(x: Any, n: int, what: str, pairs: str = "prompt pairs") -> list[Any]:
     if isinstance(x, list | tuple):
         if len(x) != n:
-            raise ValueError(f"{what} has {len(x)} entries for {n} prompt pairs; give one each.")
+            raise ValueError(f"{what} has {len(x)} entries for {n} {pairs}; give one each.")
         return list(x)
     return [x] * n
 
