@@ -292,23 +292,22 @@ export async function render(props: RenderProps<AttentionState>) {
       cachedBytes -= old.codes.length;
     }
   };
-  const fromEncoded = (layer: number, head: number, enc: Encoded, buffers: DataView[] = []): Head => ({
-    layer, head, codes: uint8View(enc, buffers), lo: enc.lo, scale: enc.scale, n: enc.shape[enc.shape.length - 1], reduced: false,
-    nonfinite: enc.nonfinite ?? null,
+  /** A head of `side` × `side` codes, decoded with `enc`'s scale. */
+  const headOfCodes = (layer: number, head: number, codes: Uint8Array, enc: Encoded, side: number, reduced: boolean): Head => ({
+    layer, head, codes, lo: enc.lo, scale: enc.scale, n: side, reduced, nonfinite: enc.nonfinite ?? null,
   });
-  const thumbHead = (layer: number, head: number): Head => {
+  const fromEncoded = (layer: number, head: number, enc: Encoded, buffers: DataView[] = []): Head =>
+    headOfCodes(layer, head, uint8View(enc, buffers), enc, enc.shape[enc.shape.length - 1], false);
+  const thumbHead = (layer: number, head: number, reduced = true): Head => {
     const k = layers.indexOf(layer) * nHeads + head;
     const size = tSide * tSide;
-    return {
-      layer, head, codes: thumbCodes.subarray(k * size, (k + 1) * size), lo: thumbsEnc.lo, scale: thumbsEnc.scale,
-      n: tSide, reduced: true, nonfinite: thumbsEnc.nonfinite ?? null,
-    };
+    return headOfCodes(layer, head, thumbCodes.subarray(k * size, (k + 1) * size), thumbsEnc, tSide, reduced);
   };
   // A prompt no longer than the thumbnail side sends every head whole with the thumbnails
   // (same codes as fetch-head), so a click draws at once, without asking the kernel.
   const thumbsAreHeads = !long && tSide === n && thumbsReady;
   const headOf = (layer: number, head: number): Head | undefined =>
-    decoded.get(`${layer}:${head}`) ?? (thumbsAreHeads ? { ...thumbHead(layer, head), reduced: false } : undefined);
+    decoded.get(`${layer}:${head}`) ?? (thumbsAreHeads ? thumbHead(layer, head, false) : undefined);
   let included: Set<string> | null = null; // null: every head can be fetched
   const markReduced = (key: string) => {
     thumbs.get(key)?.classList.add("cb-thumb-reduced");
@@ -650,12 +649,7 @@ export async function render(props: RenderProps<AttentionState>) {
       }
       const enc = got.reply.patterns as Encoded;
       const codes = uint8View(enc, got.buffers);
-      for (let head = 0; head < nHeads; head++) {
-        remember({
-          layer, head, codes: codes.subarray(head * n * n, (head + 1) * n * n), lo: enc.lo, scale: enc.scale, n, reduced: false,
-          nonfinite: enc.nonfinite ?? null,
-        });
-      }
+      for (let head = 0; head < nHeads; head++) remember(headOfCodes(layer, head, codes.subarray(head * n * n, (head + 1) * n * n), enc, n, false));
     }
     root.dataset.warmMs = (performance.now() - t0).toFixed(0);
   };
