@@ -155,6 +155,7 @@ export async function render(props: RenderProps<PatchingState>) {
   const body = el("div", "cb-body", root);
   const figure = el("div", "cb-figure cb-patch-figure", body);
   const denoise = model.get("direction") !== "noise";
+  const nPairs = model.get("n_pairs") ?? 1;
   const pairGrids: PatchGrid[] = [];
   const maps: PatchGrid[] = [];
   if (isImage) {
@@ -163,7 +164,6 @@ export async function render(props: RenderProps<PatchingState>) {
     for (const [which, info, toks] of [["clean", image, clean], ["corrupted", model.get("corrupted_image") as ImageInfo, corrupted]] as const) {
       if (!info || !info.grid) continue;
       const item = el("div", `cb-pm-item cb-pm-${which}`, pair);
-      const nPairs = model.get("n_pairs") ?? 1;
       el("div", "cb-pm-label", item).textContent = nPairs > 1 ? `${which} image (pair 1 of ${nPairs})` : `${which} image`;
       const g = new PatchGrid(toks, info, {
         hover: (i) => hoverToken(i),
@@ -175,7 +175,6 @@ export async function render(props: RenderProps<PatchingState>) {
   }
   if (multiples) {
     const src = denoise ? "clean" : "corrupted";
-    const nPairs = model.get("n_pairs") ?? 1;
     const mean = nPairs > 1 ? `, the mean over all ${nPairs} pairs` : "";
     el("div", "cb-pm-caption", figure).textContent = `Each layer's patch grid over the ${src} image (the source of the patched activations): colour = what patching that patch at that layer recovers${mean}`;
     const wrap = el("div", "cb-pm-maps", figure);
@@ -387,14 +386,14 @@ export async function render(props: RenderProps<PatchingState>) {
     tip.hidden = true;
     delete root.dataset.hover;
   };
-  const showAt = (label: string, i: number, anchor: HTMLElement | undefined) => {
+  /** The value of cell `i` in the tip (placed at page point x, y) and the readout. */
+  const showAt = (label: string, i: number, x?: number, y?: number) => {
     tip.hidden = false;
     tip.textContent = `${label}: ${fmt(values[i])} (raw ${fmt(raw[i])})`;
-    if (anchor) {
+    if (x !== undefined && y !== undefined) {
       const fr = figure.getBoundingClientRect();
-      const ar = anchor.getBoundingClientRect();
-      tip.style.left = `${Math.max(0, ar.right - fr.left + 6)}px`;
-      tip.style.top = `${ar.top - fr.top}px`;
+      tip.style.left = `${Math.max(0, x - fr.left)}px`;
+      tip.style.top = `${y - fr.top}px`;
     }
     root.dataset.hover = label;
     readout.textContent = `${label}\nnormalized ${fmt(values[i])} · raw metric ${fmt(raw[i])}`;
@@ -403,7 +402,8 @@ export async function render(props: RenderProps<PatchingState>) {
   function hoverMap(c: number, tokenIndex: number | null): void {
     const rr = tokenIndex === null ? -1 : positions.indexOf(tokenIndex);
     if (rr < 0) return hide();
-    showAt(cellLabel(rr, c), at(rr, c), maps[c]?.span(tokenIndex as number));
+    const ar = maps[c]?.span(tokenIndex as number)?.getBoundingClientRect();
+    showAt(cellLabel(rr, c), at(rr, c), ar && ar.right + 6, ar?.top);
   }
   function hoverToken(tokenIndex: number | null): void {
     for (const g of [...pairGrids, ...maps]) g.mark(tokenIndex, "cb-patch-hover");
@@ -418,16 +418,7 @@ export async function render(props: RenderProps<PatchingState>) {
   heat.addEventListener("pointermove", (ev) => {
     const cell = cellAt(heat, ev);
     if (!cell) return hide();
-    const i = at(cell.row, cell.col);
-    const label = cellLabel(cell.row, cell.col);
-    const text = `${label}: ${fmt(values[i])} (raw ${fmt(raw[i])})`;
-    tip.hidden = false;
-    tip.textContent = text;
-    const fr = figure.getBoundingClientRect();
-    tip.style.left = `${Math.max(0, ev.clientX - fr.left + 12)}px`;
-    tip.style.top = `${ev.clientY - fr.top + 12}px`;
-    root.dataset.hover = label;
-    readout.textContent = `${label}\nnormalized ${fmt(values[i])} · raw metric ${fmt(raw[i])}`;
+    showAt(cellLabel(cell.row, cell.col), at(cell.row, cell.col), ev.clientX + 12, ev.clientY + 12);
   }, { signal });
   heat.addEventListener("pointerleave", hide, { signal });
   heat.addEventListener("click", (ev) => {
