@@ -174,6 +174,7 @@ export async function render(props: RenderProps<CompareState>) {
   const legText = el("span", "cb-cmp-legtext", legend);
   // Image categories: mean images, and where the selected head looks from the sample position.
   const images = model.get("images") ?? [];
+  const posLabel = `${model.get("pos")}${images.length && model.get("pos") === "0" ? " (CLS)" : ""}`;
   const ptokens = model.get("tokens") ?? [];
   const pa = model.get("_patch_attn");
   const patchAttn = images.length && pa && (pa as Encoded).shape ? decode(pa as Encoded).data : null;
@@ -235,7 +236,7 @@ export async function render(props: RenderProps<CompareState>) {
     const np = model.get("n_prompts");
     caption.textContent = `${MEASURE_NAMES[m]} of ${headStats[s][1]}: ${name(a)} − ${name(b)} · n = ${counts[a]} vs ${counts[b]}${
       np[a] && np[a] !== counts[a] ? ` samples (${np[a]} vs ${np[b]} prompts)` : ""
-    } · position ${model.get("pos")}${images.length && model.get("pos") === "0" ? " (CLS)" : ""}`;
+    } · position ${posLabel}`;
     const caution = smallSampleNote(counts[a], counts[b]);
     if (caution) {
       const warn = el("span", "cb-error cb-cmp-small", caption);
@@ -468,6 +469,9 @@ export async function render(props: RenderProps<CompareState>) {
   };
   const attnMoment = (c: number, which: 0 | 1, r: number, h: number, t: number) => (patchAttn as Float32Array)[((((c * 2 + which) * L + r) * H + h) * T) + t];
   const patchName = (t: number) => (t === 0 ? "CLS" : `patch ${ptokens[t]}`);
+  /** Category a − b effect (measure m) on head (r, h)'s attention to key t. */
+  const patchEffect = (a: number, b: number, r: number, h: number, t: number, m: Measure) =>
+    effectOf(attnMoment(a, 0, r, h, t), attnMoment(a, 1, r, h, t), counts[a], attnMoment(b, 0, r, h, t), attnMoment(b, 1, r, h, t), counts[b], m);
   const drawImages = () => {
     if (!imgBox || !imgRow || !imgTitle || !patchAttn) return;
     const { a, b, m } = state();
@@ -493,10 +497,10 @@ export async function render(props: RenderProps<CompareState>) {
       effectLabel = eItem.firstElementChild as HTMLElement;
       effectGrid = eGrid;
     }
-    imgTitle.textContent = `Where L${layers[r]}H${h} looks from position ${model.get("pos")}${model.get("pos") === "0" ? " (CLS)" : ""}: ${MEASURE_NAMES[m]} of its attention to each key, “${cats[a]}” − “${cats[b]}” (blue: more in “${cats[a]}”)`;
+    imgTitle.textContent = `Where L${layers[r]}H${h} looks from position ${posLabel}: ${MEASURE_NAMES[m]} of its attention to each key, “${cats[a]}” − “${cats[b]}” (blue: more in “${cats[a]}”)`;
     imgBox.dataset.head = `L${layers[r]}H${h}`;
     const eff = new Float32Array(T);
-    for (let t = 0; t < T; t++) eff[t] = effectOf(attnMoment(a, 0, r, h, t), attnMoment(a, 1, r, h, t), counts[a], attnMoment(b, 0, r, h, t), attnMoment(b, 1, r, h, t), counts[b], m);
+    for (let t = 0; t < T; t++) eff[t] = patchEffect(a, b, r, h, t, m);
     const emax = symmetricMax(eff);
     if (effectLabel) effectLabel.textContent = `effect on attention to each key (colour ±${plain(emax)}), over the mean “${cats[a]}”`;
     const lut = divergingFor(isDark(root));
@@ -509,7 +513,7 @@ export async function render(props: RenderProps<CompareState>) {
     if (t === null || !patchAttn) return hide();
     const { a, b } = state();
     const [r, h] = panelHead();
-    const e = (m: Measure) => num(effectOf(attnMoment(a, 0, r, h, t), attnMoment(a, 1, r, h, t), counts[a], attnMoment(b, 0, r, h, t), attnMoment(b, 1, r, h, t), counts[b], m));
+    const e = (m: Measure) => num(patchEffect(a, b, r, h, t, m));
     const ms = (c: number) => `${plain(attnMoment(c, 0, r, h, t))} ± ${plain(attnMoment(c, 1, r, h, t))} (n=${counts[c]})`;
     readout.textContent = `L${layers[r]}H${h} → ${patchName(t)} · attention\nd ${e("d")} · t ${e("t")} · Δ ${e("diff")}\n${cats[a]}: ${ms(a)}\n${cats[b]}: ${ms(b)}`;
     root.dataset.hover = `L${layers[r]}H${h}→${t}`;
