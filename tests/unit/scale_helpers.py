@@ -214,3 +214,18 @@ def pin_one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def interrupt_fourth_call(monkeypatch: Any, module: Any, name: str) -> Any:
+    """Make ``module.name`` (a shard function) raise KeyboardInterrupt on its 4th call, as a
+    user stopping the run during the 4th shard; returns the real function to put back."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(model: Any, tok: Any, payload: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(model, tok, payload)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real

@@ -20,6 +20,7 @@ from tests.unit.scale_helpers import (
     assert_same_comparison,
     assert_same_top,
     digest,
+    interrupt_fourth_call,
     pin_one_thread,
     run_and_kill,
     save_tiny,
@@ -190,16 +191,8 @@ def test_saved_top_activations_keep_moments(loaded, tmp_path):
 def test_interrupted_run_resumes_from_checkpoint(spec, serial_runs, tmp_path, monkeypatch):
     import circuitboard.scale._jobs as jobs
 
-    real, calls = jobs.compare_shard, []
-
-    def interrupted(model, tok, payload):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # the user stops the run during the 4th shard
-        return real(model, tok, payload)
-
+    real = interrupt_fourth_call(monkeypatch, jobs, "compare_shard")
     folder = tmp_path / "ckpt"
-    monkeypatch.setattr(jobs, "compare_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compare(spec, None, CATEGORIES, batch_size=BATCH, shards=7, checkpoint=folder)
     assert len(list(folder.glob("shard-*.npz"))) == 3

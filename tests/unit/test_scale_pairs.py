@@ -22,6 +22,7 @@ from tests.unit.scale_helpers import (
     assert_same_patching,
     circuit_pairs,
     digest,
+    interrupt_fourth_call,
     patch_pairs,
     pin_one_thread,
     run_and_kill,
@@ -177,16 +178,8 @@ def test_killed_worker_and_custom_metric(spec, loaded, tmp_path):
 def test_interrupted_patch_resumes_from_checkpoint(spec, serial_runs, tmp_path, monkeypatch):
     import circuitboard.scale._pairs as pairs
 
-    real, calls = pairs.patch_shard, []
-
-    def interrupted(model, tok, payload):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # the user stops the run during the 4th shard
-        return real(model, tok, payload)
-
+    real = interrupt_fourth_call(monkeypatch, pairs, "patch_shard")
     folder = tmp_path / "ckpt"
-    monkeypatch.setattr(pairs, "patch_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         patch_pairs(spec, None, shards=7, checkpoint=folder)
     assert len(list(folder.glob("shard-*.npz"))) == 3
