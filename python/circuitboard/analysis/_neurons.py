@@ -107,8 +107,10 @@ class TopActivations:
         neuron's activation on each token of the context window around ``position``.
     window_start : ``[n, k]`` text position of the window's first entry (may be negative).
     hist_edges : ``[n, bins + 1]``; hist_counts ``[n, bins]`` counts of the tokens inside the
-        edges; hist_below / hist_above ``[n]`` the tokens below the first edge / above the last
-        (edges are fixed before the scan so shards merge; ``minimum`` / ``maximum`` are exact).
+        edges (by default they span each neuron's minimum to maximum on a power-of-two
+        lattice, so parts merge exactly); hist_below / hist_above ``[n]`` the tokens below the
+        first / above the last of fixed ``hist_range`` edges; ``minimum`` / ``maximum`` are
+        exact.
     count, mean, std, minimum, maximum, frac_positive : ``[n]`` statistics over every token
         (``std`` with ``ddof=0``).
     m2, positive : ``[n]`` sum of squared deviations from the mean and the count of positive
@@ -347,14 +349,11 @@ def _merge_histograms(a: TopActivations, b: TopActivations) -> tuple[np.ndarray,
     histograms (the default) move onto the lattice of the union's range, exactly."""
     if a.hist_edges.shape == b.hist_edges.shape and np.array_equal(a.hist_edges, b.hist_edges):
         return a.hist_edges, a.hist_counts + b.hist_counts
-    if not (a.count > 0).all() or not (b.count > 0).all():  # a part with no tokens counted
-        return (
-            (b.hist_edges, b.hist_counts)
-            if not (a.count > 0).all()
-            else (a.hist_edges, a.hist_counts)
-        )
+    empty_a, empty_b = not (a.count > 0).all(), not (b.count > 0).all()
+    if empty_a or empty_b:  # a part with no tokens counted has no histogram to add
+        return (b.hist_edges, b.hist_counts) if empty_a else (a.hist_edges, a.hist_counts)
     la, lb = _lattice_of(a.hist_edges), _lattice_of(b.hist_edges)
-    clean = not any(_outside(a)[i].any() or _outside(b)[i].any() for i in (0, 1))
+    clean = not any(x.any() for x in (*_outside(a), *_outside(b)))
     if la is None or lb is None or not clean or a.hist_counts.shape != b.hist_counts.shape:
         raise ValueError(
             "cannot merge histograms with different fixed bin edges; run every part with the "
@@ -362,11 +361,9 @@ def _merge_histograms(a: TopActivations, b: TopActivations) -> tuple[np.ndarray,
             "and merge exactly)."
         )
     bins = a.hist_counts.shape[1]
-    lo, hi = np.minimum(a.minimum, b.minimum), np.maximum(a.maximum, b.maximum)
-    w = lattice_width(lo, hi, bins)
-    k0 = np.floor(lo / w).astype(np.int64)
+    w, k0 = lattice(np.minimum(a.minimum, b.minimum), np.maximum(a.maximum, b.maximum), bins)
     counts = rebin_lattice(a.hist_counts, *la, w, k0) + rebin_lattice(b.hist_counts, *lb, w, k0)
-    return (k0[:, None] + np.arange(bins + 1)) * w[:, None], counts
+    return lattice_edges(w, k0, bins), counts
 
 
 def _outside(top: TopActivations) -> tuple[np.ndarray, np.ndarray]:
@@ -609,16 +606,26 @@ def lattice_width(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
         e = np.where(wide, e + 1, e)
 
 
+def lattice(lo: np.ndarray, hi: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bin width, index of the first cell) per neuron of the lattice holding ``[lo, hi]``."""
+    w = lattice_width(lo, hi, bins)
+    return w, np.floor(np.asarray(lo, np.float64) / w).astype(np.int64)
+
+
+def lattice_edges(w: np.ndarray, k0: np.ndarray, bins: int) -> np.ndarray:
+    """``[n, bins + 1]`` edges of the lattice cells ``k0 .. k0 + bins - 1`` of width ``w``."""
+    return (k0[:, None] + np.arange(bins + 1)) * w[:, None]
+
+
 def _lattice_of(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(width, index of the first cell) per neuron if ``edges`` are lattice cells, else None."""
     w = edges[:, 1] - edges[:, 0]
     k0 = edges[:, 0] / np.where(w > 0, w, 1.0)
-    steps = np.arange(edges.shape[1])
     if not (
         (w > 0).all()
         and (np.frexp(w)[0] == 0.5).all()
         and (k0 == np.round(k0)).all()
-        and np.array_equal(edges, (k0[:, None] + steps) * w[:, None])
+        and np.array_equal(edges, lattice_edges(w, k0, edges.shape[1] - 1))
     ):
         return None
     return w, k0.astype(np.int64)
@@ -722,8 +729,7 @@ def scan_texts(
                 else:  # widen the lattice to the values seen so far, then count exactly
                     lo_all = torch.minimum(vmin, flat.min(0).values).numpy()
                     hi_all = torch.maximum(vmax, flat.max(0).values).numpy()
-                    w_new = lattice_width(lo_all, hi_all, bins)
-                    k0_new = np.floor(lo_all / w_new).astype(np.int64)
+                    w_new, k0_new = lattice(lo_all, hi_all, bins)
                     moved = not (np.array_equal(w_new, w_l) and np.array_equal(k0_new, k0_l))
                     if moved and moments.count:  # the first values only place the lattice
                         counts = torch.from_numpy(
@@ -773,9 +779,7 @@ def scan_texts(
         window_acts=top_acts,
         window_start=top_s,
         hist_edges=(
-            np.asarray(edges, dtype=np.float64)
-            if fixed
-            else (k0_l[:, None] + np.arange(bins + 1)) * w_l[:, None]
+            np.asarray(edges, dtype=np.float64) if fixed else lattice_edges(w_l, k0_l, bins)
         ),
         hist_counts=counts.numpy(),
         count=np.full(n, moments.count, dtype=np.int64),
