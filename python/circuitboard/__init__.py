@@ -66,6 +66,10 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # everyday experiments (issue 29): composition scores, path patching, ablations
+    "CompositionScores": "circuitboard.analysis",
+    "composition_scores": "circuitboard.analysis",
+    "load_composition_scores": "circuitboard.analysis",
 }
 
 
@@ -129,4 +133,8 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    # everyday experiments (issue 29): composition scores, path patching, ablations
+    "CompositionScores",
+    "composition_scores",
+    "load_composition_scores",
 ]

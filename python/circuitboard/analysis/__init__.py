@@ -2,6 +2,7 @@
 
 from ._attribution import Attribution, direct_logit_attribution
 from ._compare import Comparison, Effect, RunningStats, compare
+from ._composition import CompositionScores, composition_scores, load_composition_scores
 from ._explain import (
     AttentionExplanation,
     HeadOutputExplanation,
@@ -17,16 +18,19 @@ __all__ = [
     "AttentionExplanation",
     "Attribution",
     "Comparison",
+    "CompositionScores",
     "Effect",
     "HeadOutputExplanation",
     "LogitLens",
     "RunningStats",
     "TopActivations",
     "compare",
+    "composition_scores",
     "direct_logit_attribution",
     "explain_attention",
     "explain_head_output",
     "head_scores",
+    "load_composition_scores",
     "logit_effects",
     "logit_lens",
     "scores_from_patterns",
