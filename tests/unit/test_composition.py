@@ -132,7 +132,6 @@ def test_bad_inputs():
 def test_agrees_with_transformer_lens(tmp_path):
     pytest.importorskip("transformer_lens")
     from transformer_lens.model_bridge import TransformerBridge
-
     from transformers import AutoTokenizer
 
     model, _ = tiny_smollm()  # grouped-query: 6 heads, 2 KV heads
