@@ -70,6 +70,9 @@ _LAZY = {
     "CompositionScores": "circuitboard.analysis",
     "composition_scores": "circuitboard.analysis",
     "load_composition_scores": "circuitboard.analysis",
+    "PathPatching": "circuitboard.intervene",
+    "path_patch": "circuitboard.intervene",
+    "load_path_patching": "circuitboard.intervene",
 }
 
 
@@ -137,4 +140,7 @@ __all__ = [
     "CompositionScores",
     "composition_scores",
     "load_composition_scores",
+    "PathPatching",
+    "path_patch",
+    "load_path_patching",
 ]

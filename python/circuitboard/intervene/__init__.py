@@ -26,6 +26,9 @@ from ._generate import Generation, generate
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
 from ._patch import DIRECTIONS, METHODS, SITES, patch
+
+# path patching and ablations (issue 29)
+from ._path_patch import PathPatching, load_path_patching, path_patch
 from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
@@ -41,6 +44,7 @@ __all__ = [
     "Location",
     "METHODS",
     "OPS",
+    "PathPatching",
     "Patching",
     "Runner",
     "SITES",
@@ -51,12 +55,14 @@ __all__ = [
     "evaluate",
     "generate",
     "load_circuit",
+    "load_path_patching",
     "load_patching",
     "locate",
     "log_prob",
     "logit_diff",
     "normalize",
     "patch",
+    "path_patch",
     "site_shape",
     "steering_vector",
     "token_id",
