@@ -73,6 +73,9 @@ _LAZY = {
     "PathPatching": "circuitboard.intervene",
     "path_patch": "circuitboard.intervene",
     "load_path_patching": "circuitboard.intervene",
+    "Ablation": "circuitboard.intervene",
+    "ablate": "circuitboard.intervene",
+    "load_ablation": "circuitboard.intervene",
 }
 
 
@@ -143,4 +146,7 @@ __all__ = [
     "PathPatching",
     "path_patch",
     "load_path_patching",
+    "Ablation",
+    "ablate",
+    "load_ablation",
 ]

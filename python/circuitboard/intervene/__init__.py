@@ -20,14 +20,14 @@ Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
 :func:`load_patching`.
 """
 
+# path patching and ablations (issue 29)
+from ._ablate import Ablation, ablate, load_ablation
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
 from ._generate import Generation, generate
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
 from ._patch import DIRECTIONS, METHODS, SITES, patch
-
-# path patching and ablations (issue 29)
 from ._path_patch import PathPatching, load_path_patching, path_patch
 from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
@@ -35,6 +35,7 @@ from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
 
 __all__ = [
+    "Ablation",
     "Circuit",
     "DIRECTIONS",
     "Edit",
@@ -50,10 +51,12 @@ __all__ = [
     "SITES",
     "Site",
     "SteeringVector",
+    "ablate",
     "circuit",
     "eval_mode",
     "evaluate",
     "generate",
+    "load_ablation",
     "load_circuit",
     "load_path_patching",
     "load_patching",
