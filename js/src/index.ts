@@ -5,6 +5,7 @@ import * as attention from "./views/attention";
 import * as attribution from "./views/attribution";
 import * as circuit from "./views/circuit";
 import * as compare from "./views/compare";
+import * as composition from "./views/composition"; // issue 29
 import * as dashboard from "./views/dashboard";
 import * as generation from "./views/generation";
 import * as lens from "./views/lens";
@@ -19,6 +20,7 @@ export const VIEWS: Record<string, View> = {
   attribution: attribution as unknown as View,
   circuit: circuit as unknown as View,
   compare: compare as unknown as View,
+  composition: composition as unknown as View,
   dashboard: dashboard as unknown as View,
   generation: generation as unknown as View,
   lens: lens as unknown as View,

@@ -20,6 +20,7 @@ from .widgets import (
     Board,
     CircuitView,
     CompareView,
+    CompositionView,  # issue 29
     GenerationView,
     Link,
     LogitAttributionView,
@@ -30,6 +31,7 @@ from .widgets import (
     board,
     circuit_view,
     compare_view,
+    composition_view,  # issue 29
     generation_view,
     link,
     patching_view,
@@ -149,4 +151,6 @@ __all__ = [
     "Ablation",
     "ablate",
     "load_ablation",
+    "CompositionView",
+    "composition_view",
 ]

@@ -6,6 +6,7 @@ from ._board import Board, board
 from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
+from ._composition import CompositionView, composition_view  # issue 29
 from ._dashboard import NeuronDashboard
 from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
@@ -20,6 +21,7 @@ __all__ = [
     "Board",
     "CircuitView",
     "CompareView",
+    "CompositionView",
     "GenerationView",
     "Link",
     "LogitAttributionView",
@@ -31,6 +33,7 @@ __all__ = [
     "board",
     "circuit_view",
     "compare_view",
+    "composition_view",
     "decode",
     "encode",
     "generation_view",
