@@ -137,9 +137,12 @@ def test_denoising_swaps_the_prompts(tiny):
 def test_heatmap_save_and_load(tiny, tmp_path):
     res = _pp(tiny, senders="heads", receivers=[(2, 0, "q")])
     hm = res.heatmap()
-    assert hm.values.shape == (3, 6) and np.isnan(hm.values[2]).all()
+    assert hm.values.shape == (3, 6) and (hm.values[2] == 1.0).all()  # can't reach: no effect
+    assert (hm.raw[2] == res.clean_value).all()
     np.testing.assert_array_equal(hm.values[:2].ravel(), res.values)
     assert "path patching into L2H0.q" in hm.notes[0]
+    view = cb.patching_view(res)  # the patching view shows a PathPatching through its heatmap
+    assert view.site == "path" and view.axes == ["layer", "head"]
     back = cb.load_path_patching(res.save(tmp_path / "pp.npz"))
     np.testing.assert_array_equal(back.raw, res.raw)
     assert back.sets == res.sets and back.receivers == res.receivers

@@ -111,8 +111,10 @@ class PathPatching:
         ]
 
     def heatmap(self) -> Patching:
-        """A ``[layer, head]`` :class:`Patching` of the single-head sender sets (NaN where a
-        head was not a sender), for :func:`circuitboard.patching_view`."""
+        """A ``[layer, head]`` :class:`Patching` of the single-head sender sets, for
+        :func:`circuitboard.patching_view`. Heads in or after the first receiver's layer
+        cannot reach a receiver: they show the base run's value exactly (no effect); other
+        heads that were not a sender set of their own are NaN."""
         singles = [(i, s[0]) for i, s in enumerate(self.sets) if len(s) == 1]
         if not singles:
             raise ValueError(
@@ -121,8 +123,18 @@ class PathPatching:
             )
         vals = np.full((self.n_layers, self.n_heads), np.nan)
         raw = np.full((self.n_layers, self.n_heads), np.nan)
+        first = self.n_layers if self.receivers == "logits" else min(r[0] for r in self.receivers)
+        noise = self.direction == "noise"
+        vals[first:] = 1.0 if noise else 0.0
+        raw[first:] = self.clean_value if noise else self.corrupted_value
         for i, (li, h) in singles:
             vals[li, h], raw[li, h] = self.values[i], self.raw[i]
+        notes = [f"path patching into {self._receivers_text()}", *self.notes]
+        if first < self.n_layers:
+            notes.append(
+                f"heads of layers {first}.. cannot reach the receivers: shown at the base "
+                "run's value (no effect)"
+            )
         return Patching(
             values=vals,
             raw=raw,
@@ -138,7 +150,7 @@ class PathPatching:
             clean_value=self.clean_value,
             corrupted_value=self.corrupted_value,
             first_diff=self.first_diff,
-            notes=[f"path patching into {self._receivers_text()}", *self.notes],
+            notes=notes,
             model_name=self.model_name,
         )
 

@@ -101,6 +101,8 @@ class PatchingView(View):
     _raw = traitlets.Dict().tag(sync=True)  # Encoded float32, same shape
 
     def __init__(self, result: Any, **kwargs: Any) -> None:
+        if callable(getattr(result, "heatmap", None)):  # PathPatching (cb.path_patch)
+            result = result.heatmap()
         try:
             values = to_numpy(result.values)
             raw = to_numpy(result.raw)
