@@ -5,8 +5,9 @@ vectors, TransformerLens' convention). A later head B reads it through its query
 ``W_OV^A W_QK^B``), its key (K-composition: ``W_OV^A (W_QK^B)ᵀ``) or its value (V-composition:
 ``W_OV^A W_OV^B``), with ``W_QK = W_Q W_Kᵀ``. The score is ``‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F)``.
 
-Every product is rank ``d_head``, so the norms are computed from ``d_head × d_head`` cores: with
-``W_V = Q R`` (QR), ``‖W_V M‖_F = ‖R M‖_F`` for any ``M``. A KV head serves several query heads
+Every product is rank ``d_head``: with ``W_V = Q R`` (QR), ``‖W_V M‖_F = ‖R M‖_F`` for any
+``M``, and ``‖P M‖_F² = <Pᵀ P, M Mᵀ>_F`` turns all pairs into one matrix product of
+``d_model × d_model`` Gram matrices. A KV head serves several query heads
 (grouped-query attention): query head ``h`` reads with ``W_K[h // group]`` and ``W_V[h // group]``.
 """
 
@@ -23,7 +24,6 @@ import torch
 
 KINDS = ("Q", "K", "V")
 BASELINE_SAMPLES = 32
-_CHUNK = 64  # writer heads per einsum chunk (bounds memory at chunk × heads × d_head²)
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,34 +214,57 @@ def _r_factor(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(W, mode="r")[1]
 
 
+_GRAM_CHUNK = 16  # heads per d_model × d_model Gram block (bounds memory)
+
+
+def _grams(F: torch.Tensor, iu: tuple[torch.Tensor, torch.Tensor], w: Any = 1.0) -> torch.Tensor:
+    """``Fᵀ F`` of each ``F [N, r, d]``, its upper triangle flattened, times ``w``:
+    ``[N, d (d + 1) / 2]``. With ``w`` 2 off the diagonal on one side, ``<Fᵀ F, Gᵀ G>_F`` of two
+    symmetric matrices is a plain dot product."""
+    out = []
+    for s in range(0, F.shape[0], _GRAM_CHUNK):
+        f = F[s : s + _GRAM_CHUNK]
+        out.append((f.transpose(1, 2) @ f)[:, iu[0], iu[1]] * w)
+    return torch.cat(out)
+
+
 def _scores_from_factors(
-    writer: torch.Tensor, reader: torch.Tensor, reader_r: torch.Tensor
+    writer_gram: torch.Tensor, writer_norm: torch.Tensor, reader: torch.Tensor, group: int, iu
 ) -> torch.Tensor:
-    """``‖W_A W_B‖ / (‖W_A‖ ‖W_B‖)`` for every writer ``[N, r, d]`` (its left factor already
-    reduced to ``R``) and reader ``W_B = reader [N, d, r] · reader_rᵀ`` (right factor reduced).
+    """``‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F)`` for every writer and every reader in a later layer.
 
-    Returns ``[N_writers, N_readers]``."""
-    left = writer  # [Na, r, d]
-    right = reader @ reader_r.transpose(-1, -2)  # [Nb, d, r]
-    ln = left.flatten(1).norm(dim=1)
-    rn = right.flatten(1).norm(dim=1)
-    out = torch.empty(left.shape[0], right.shape[0], dtype=torch.float64)
-    for s in range(0, left.shape[0], _CHUNK):
-        prod = torch.einsum("ard,bds->abrs", left[s : s + _CHUNK], right)
-        out[s : s + _CHUNK] = prod.flatten(2).norm(dim=2)
-    return out / ln[:, None] / rn[None, :]
+    ``‖P M‖_F² = <Pᵀ P, M Mᵀ>_F``: with the writers' Gram matrices ``Pᵀ P`` and the readers'
+    ``M Mᵀ`` (``reader`` holds ``Mᵀ [N, r, d]``), every pair is one entry of a matrix product
+    ``[writers, d²/2] × [d²/2, readers]``, about ``r² / (d / 2)`` times cheaper than forming the
+    ``r × r`` products pair by pair. Heads come in layers of ``group``; pairs whose reader is
+    not in a later layer stay 0. Returns ``[N_writers, N_readers]``."""
+    N = writer_gram.shape[0]
+    rn = reader.flatten(1).norm(dim=1)
+    out = torch.zeros(N, reader.shape[0], dtype=torch.float64)
+    for s in range(group, reader.shape[0], group):  # one reader layer at a time
+        h = _grams(reader[s : s + group], iu)
+        out[:s, s : s + group] = (writer_gram[:s] @ h.T).clamp_min(0).sqrt()
+    return out / writer_norm[:, None] / rn[None, :]
 
 
-def _all_scores(Ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``[N, N]`` flat scores per kind from per-head weights ``[N, ...]``."""
+def _all_scores(Ws: dict[str, torch.Tensor], group: int) -> dict[str, torch.Tensor]:
+    """``[N, N]`` flat scores per kind from per-head weights ``[N, ...]``, ``group`` heads per
+    layer (0 unless the reader is in a later layer)."""
     Q, K, V, W_O = Ws["Q"], Ws["K"], Ws["V"], Ws["O"]
+    d = W_O.shape[-1]
+    iu = torch.triu_indices(d, d)
+    w = torch.where(iu[0] == iu[1], 1.0, 2.0).double()
     writer = _r_factor(V) @ W_O  # R_V W_O: ‖W_V W_O M‖ = ‖R_V W_O M‖
+    gram = _grams(writer, (iu[0], iu[1]), w)
+    wn = writer.flatten(1).norm(dim=1)
     o_r = _r_factor(W_O.transpose(-1, -2))  # W_O = (W_Oᵀ)ᵀ = R_Oᵀ Q_Oᵀ: ‖M W_O‖ = ‖M R_Oᵀ‖
-    return {
-        "Q": _scores_from_factors(writer, Q, _r_factor(K)),  # W_Q W_Kᵀ
-        "K": _scores_from_factors(writer, K, _r_factor(Q)),  # (W_Q W_Kᵀ)ᵀ = W_K W_Qᵀ
-        "V": _scores_from_factors(writer, V, o_r),  # W_V W_O
+    # each reader as Mᵀ [N, r, d] with M = (its left factor) · (its right factor's R)ᵀ
+    readers = {
+        "Q": _r_factor(K) @ Q.transpose(-1, -2),  # W_Q W_Kᵀ
+        "K": _r_factor(Q) @ K.transpose(-1, -2),  # (W_Q W_Kᵀ)ᵀ = W_K W_Qᵀ
+        "V": o_r @ V.transpose(-1, -2),  # W_V W_O
     }
+    return {k: _scores_from_factors(gram, wn, m, group, (iu[0], iu[1])) for k, m in readers.items()}
 
 
 def _baseline(d_model: int, d_head: int, samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -258,7 +281,7 @@ def _baseline(d_model: int, d_head: int, samples: int, seed: int) -> dict[str, n
         "V": draw(n, d_model, d_head),
         "O": draw(n, d_head, d_model),
     }
-    full = _all_scores(Ws)
+    full = _all_scores(Ws, samples)  # "layer" 0: the writers, "layer" 1: the readers
     # writer i with reader samples + i: independent draws, never a head with itself
     idx = torch.arange(samples)
     return {k: v[idx, samples + idx].numpy() for k, v in full.items()}
@@ -312,7 +335,7 @@ def composition_scores(
     Ws, info, name = _head_weights(model, fold_norms)
     L, H = info.n_layers, info.n_heads
     flat = {k: v.flatten(0, 1) for k, v in Ws.items()}
-    scores = _all_scores(flat)
+    scores = _all_scores(flat, H)
     li = torch.arange(L)
     mask = (li[:, None, None, None] < li[None, None, :, None]).expand(L, H, L, H)
     values = {
