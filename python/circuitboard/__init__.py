@@ -66,6 +66,11 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # plan protocol (issue 30): a list of jobs, any engine, merged in plan order
+    "Job": "circuitboard.scale",
+    "Plan": "circuitboard.scale",
+    "open_engine": "circuitboard.scale",
+    "run_plan": "circuitboard.scale",
 }
 
 
@@ -88,6 +93,7 @@ __all__ = [
     "Comparison",
     "Generation",
     "GenerationView",
+    "Job",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -96,6 +102,7 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "Plan",
     "SteeringVector",
     "attention",
     "board",
@@ -123,9 +130,11 @@ __all__ = [
     "logit_lens_view",
     "neuron_dashboard",
     "neurons",
+    "open_engine",
     "patch",
     "patching_view",
     "report",
+    "run_plan",
     "steering_vector",
     "supported_architectures",
     "top_activations",

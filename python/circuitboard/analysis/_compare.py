@@ -869,7 +869,7 @@ def compare(
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     sharded = engine != "serial" or shards is not None or checkpoint is not None
     if sharded or (tokenizer is None and not image):
-        from ..scale._jobs import compare_sharded
+        from ._compare_jobs import compare_sharded
 
         return compare_sharded(
             model,

@@ -910,7 +910,7 @@ def top_activations(
         skip_special=skip_special,
     )
     if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
-        from ..scale._jobs import top_activations_sharded
+        from ._neuron_jobs import top_activations_sharded
 
         return top_activations_sharded(
             model,

@@ -617,11 +617,11 @@ def patch(
         raise ValueError(f"steps must be a positive int; got {steps!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    from ..scale._spec import ModelSpec  # here: scale drives intervene, not the reverse
+    from ..scale import ModelSpec
 
     sharded = engine != "serial" or shards is not None or checkpoint is not None
     if sharded or isinstance(model, ModelSpec):
-        from ..scale._pairs import patch_sharded
+        from ._patch_jobs import patch_sharded
 
         options = dict(answer=answer, wrong=wrong, metric=metric, site=site, method=method)
         options.update(direction=direction, layers=layers, positions=positions, steps=steps)
