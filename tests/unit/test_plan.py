@@ -62,6 +62,12 @@ def test_a_worker_that_keeps_dying_fails_the_run_with_the_fix():
             run_plan(plan, engine="processes", workers=1, retries=1, progress=False)
 
 
+def test_a_job_defined_anywhere_travels_to_process_workers():
+    # a lambda cannot be pickled by reference: it travels by value (cloudpickle)
+    plan = Plan("lambdas", [Job(lambda m, t, p: p * p, i) for i in range(4)], merge=max)
+    assert run_plan(plan, engine="processes", workers=2, progress=False) == 9
+
+
 def test_one_engine_runs_several_plans():
     with open_engine(engine="processes", workers=2) as eng:
         a = run_plan(squares_plan(n=10, shards=3), engine=eng, progress=False)

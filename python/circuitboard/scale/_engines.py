@@ -60,7 +60,29 @@ def _init_worker(source: Any, gpus: float, threads: int | None) -> None:
     _WORKER["model"], _WORKER["tokenizer"] = source.load(gpus)
 
 
-def _call(job: Callable[[Any, Any], Any]) -> Any:
+@dataclass(frozen=True)
+class _Packed:
+    """A job pickled by value (cloudpickle): a function defined in a notebook travels too."""
+
+    blob: bytes
+
+
+def _pack(job: Any) -> Any:
+    """``job`` as it travels to a process worker: cloudpickled where cloudpickle is installed
+    (it comes with Ray), else as it is (plain pickle: functions travel by reference, so they
+    must be importable on the worker)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return job
+    return _Packed(cloudpickle.dumps(job))
+
+
+def _call(job: Any) -> Any:
+    if isinstance(job, _Packed):
+        import pickle
+
+        job = pickle.loads(job.blob)
     return job(_WORKER["model"], _WORKER["tokenizer"])
 
 
@@ -150,7 +172,7 @@ class ProcessEngine:
         if getattr(self.pool, "_broken", False):  # a warm pool that lost a worker while idle
             self.pool = self._new_pool()
         while pending:
-            futures = {self.pool.submit(_call, pending[i]): i for i in sorted(pending)}
+            futures = {self.pool.submit(_call, _pack(pending[i])): i for i in sorted(pending)}
             lost: list[int] = []
             try:
                 while futures:

@@ -32,8 +32,8 @@ _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 class Job:
     """One unit of work: ``fn(model, tokenizer, payload)`` on a worker.
 
-    ``fn`` must be importable by name on the workers (a module-level function) and ``payload``
-    picklable. ``size`` counts what the progress bar counts (prompts, pairs, texts); ``key``
+    ``payload`` must be picklable; ``fn`` travels by value where cloudpickle is installed (it
+    comes with Ray), else it must be importable on the workers (a module-level function). ``size`` counts what the progress bar counts (prompts, pairs, texts); ``key``
     names the job's checkpoint file (default: its position in the plan).
 
     >>> def square_sum(model, tokenizer, numbers):
