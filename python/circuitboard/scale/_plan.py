@@ -33,8 +33,9 @@ class Job:
     """One unit of work: ``fn(model, tokenizer, payload)`` on a worker.
 
     ``payload`` must be picklable; ``fn`` travels by value where cloudpickle is installed (it
-    comes with Ray), else it must be importable on the workers (a module-level function). ``size`` counts what the progress bar counts (prompts, pairs, texts); ``key``
-    names the job's checkpoint file (default: its position in the plan).
+    comes with Ray), else it must be importable on the workers (a module-level function).
+    ``size`` counts what the progress bar counts (prompts, pairs, texts); ``key`` names the
+    job's checkpoint file (default: its position in the plan).
 
     >>> def square_sum(model, tokenizer, numbers):
     ...     return sum(x * x for x in numbers)
