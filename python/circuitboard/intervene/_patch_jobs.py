@@ -25,16 +25,10 @@ from ._pair_jobs import (
     ship_metric,
     write_npz,
 )
-from ._patch import (
-    PROGRESS_FROM,
-    _as_list,
-    _assemble,
-    _Grid,
-    _PairResult,
-    _prepare_pairs,
-    _run_pair,
-    patch_layout,
-)
+from ._patch import PROGRESS_FROM
+from ._patch_inputs import _as_list, _PairResult, _prepare_pairs, patch_layout
+from ._patch_methods import _Grid, _run_pair
+from ._patch_result import _assemble
 from ._runner import Runner
 
 
@@ -42,7 +36,7 @@ from ._runner import Runner
 class PairResults:
     """Per-pair patching results of consecutive pairs (a shard, or several merged)."""
 
-    results: list[Any]  # intervene._patch._PairResult, in pair order
+    results: list[Any]  # _PairResult, in pair order
     forwards: int
 
     def merge(self, other: PairResults) -> PairResults:
