@@ -21,7 +21,9 @@ from ..scale import (
     open_engine,
     run_plan,
 )
-from ._neurons import TopActivations, finish_top_activations, neuron_setup, plan_texts, scan_texts
+from ._neuron_scan import finish_top_activations, plan_texts, scan_texts
+from ._neurons import neuron_setup
+from ._top_activations import TopActivations
 
 
 def top_activations_prelude(model: Any, tokenizer: Any, payload: dict[str, Any]) -> Any:
