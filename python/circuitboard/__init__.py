@@ -78,6 +78,11 @@ _LAZY = {
     "Ablation": "circuitboard.intervene",
     "ablate": "circuitboard.intervene",
     "load_ablation": "circuitboard.intervene",
+    # plan protocol (issue 30): a list of jobs, any engine, merged in plan order
+    "Job": "circuitboard.scale",
+    "Plan": "circuitboard.scale",
+    "open_engine": "circuitboard.scale",
+    "run_plan": "circuitboard.scale",
 }
 
 
@@ -100,6 +105,7 @@ __all__ = [
     "Comparison",
     "Generation",
     "GenerationView",
+    "Job",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -108,6 +114,7 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "Plan",
     "SteeringVector",
     "attention",
     "board",
@@ -135,9 +142,11 @@ __all__ = [
     "logit_lens_view",
     "neuron_dashboard",
     "neurons",
+    "open_engine",
     "patch",
     "patching_view",
     "report",
+    "run_plan",
     "steering_vector",
     "supported_architectures",
     "top_activations",

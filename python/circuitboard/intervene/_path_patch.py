@@ -427,7 +427,7 @@ def path_patch(
     >>> res.labels, float(res.effects[0])  # the empty set changes nothing
     (['∅', 'L0H1'], 0.0)
     """
-    from ._patch import _prepare_pairs
+    from ._patch_inputs import _prepare_pairs
 
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; use 'noise' or 'denoise'.")
