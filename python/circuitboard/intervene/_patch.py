@@ -64,6 +64,8 @@ def patch(
     shards: int | None = None,
     checkpoint: Any = None,
     ray_address: str | None = None,
+    reference: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> Patching:
     """Patch activations between a clean and a corrupted prompt and measure what comes back.
 
@@ -134,6 +136,12 @@ def patch(
         Ray cluster to join. Pass a :class:`circuitboard.ModelSpec` as ``model``
         (``tokenizer=None``) so that each worker loads its own model.
 
+    reference, seed
+        With ``corrupted="resample"``: each clean prompt runs against a reference prompt of its
+        length drawn with ``seed``, in both directions (``sufficiency`` and ``necessity`` side
+        by side). With ``corrupted="mean"`` (``direction="noise"``): each site takes its
+        per-position mean over ``reference``; 0 is the reference prompts' mean metric.
+
     Returns
     -------
     Patching
@@ -196,6 +204,17 @@ def patch(
     options.update(direction=direction, layers=layers, positions=positions, steps=steps)
     options.update(batch_size=batch_size, compare_exact=compare_exact)
     sharded = engine != "serial" or shards is not None or checkpoint is not None
+    if isinstance(corrupted, str) and corrupted in ("mean", "resample"):  # issue 29
+        from ._patch_distribution import patch_over_reference
+
+        if sharded or isinstance(model, ModelSpec):
+            raise ValueError(
+                f"corrupted={corrupted!r} runs in this process; drop engine=, shards= and "
+                "checkpoint= (or patch explicit prompt pairs on an engine)."
+            )
+        return patch_over_reference(
+            model, tokenizer, clean, corrupted, reference, seed, options, progress
+        )
     if sharded or isinstance(model, ModelSpec):
         from ._patch_jobs import patch_sharded
 

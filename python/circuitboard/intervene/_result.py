@@ -34,6 +34,8 @@ _ARRAYS = (
     "reference",
     "completeness",
     "images",
+    "sufficiency",
+    "necessity",
 )
 
 
@@ -116,6 +118,12 @@ class Patching:
     """Image pairs (ViT): ``{"grid": [rows, cols], "patch": side}``; tokens are CLS + patches."""
     images: np.ndarray | None = None
     """Image pairs: the (first) pair's pixels ``[2 (clean, corrupted), C, H, W]`` in [0, 1]."""
+    sufficiency: np.ndarray | None = None
+    """Where both directions were run (``corrupted="resample"``): the denoising values (clean
+    activation into the corrupted run: is the site sufficient?), same shape as ``values``."""
+    necessity: np.ndarray | None = None
+    """Where run (``corrupted="mean"`` / ``"resample"``): the noising values (corrupted
+    activation into the clean run: is the site necessary? 1 = not at all)."""
 
     # -- reading -------------------------------------------------------------------------
     def label(self, index: tuple[int, ...]) -> str:
@@ -163,6 +171,10 @@ class Patching:
             entry["value"] = float(self.values[idx])
             entry["raw"] = float(self.raw[idx])
             entry["layer"] = self.layers[idx[0]]
+            for name in ("sufficiency", "necessity"):
+                arr = getattr(self, name)
+                if arr is not None:
+                    entry[name] = float(arr[idx])
             for name, j in zip(self.axes[1:], idx[1:], strict=True):
                 if name == "position":
                     p = self.positions[j] if self.positions else j
@@ -205,6 +217,9 @@ class Patching:
             extra += f", r(exact)={self.correlation:.3f}"
         if self.completeness_error is not None:
             extra += f", completeness error={self.completeness_error:.2g}"
+        both = [n for n in ("sufficiency", "necessity") if getattr(self, n) is not None]
+        if both:
+            extra += f", with {' and '.join(both)}"
         return (
             f"Patching({self.site}, method={self.method}, direction={self.direction}, "
             f"metric={self.metric}: clean={self.clean_value:.4g}, "
