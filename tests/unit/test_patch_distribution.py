@@ -107,3 +107,13 @@ def test_bad_inputs(tiny):
         cb.patch(model, tok, CLEAN, "resample", reference=["short", CLEAN], **kw)
     with pytest.raises(ValueError, match="needs clean prompt 0's 20 tokens"):
         cb.patch(model, tok, CLEAN, "mean", reference=["short"], direction="noise", **kw)
+
+
+def test_circuit_resample_is_the_drawn_pair(tiny):
+    model, tok, a, w = tiny
+    kw = dict(answer=a, wrong=w, method="eap", steps=1)
+    res = cb.circuit(model, tok, CLEAN, "resample", reference=REFS[:1], **kw)
+    ref = cb.circuit(model, tok, CLEAN, REFS[0], **kw)
+    np.testing.assert_array_equal(res.scores, ref.scores)
+    with pytest.raises(ValueError, match="a mean over prompts is no run"):
+        cb.circuit(model, tok, CLEAN, "mean", reference=REFS, **kw)

@@ -214,6 +214,8 @@ def circuit(
     shards: int | None = None,
     checkpoint: Any = None,
     ray_address: str | None = None,
+    reference: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> Circuit:
     """Score every edge of the model's graph for one behaviour (noising), ready to evaluate.
 
@@ -259,6 +261,10 @@ def circuit(
         :class:`circuitboard.ModelSpec` as ``model`` (``tokenizer=None``) so that each worker
         loads its own model.
 
+    reference, seed
+        ``corrupted="resample"``: each clean prompt is paired with a reference prompt of its
+        token length drawn with ``seed`` (the scores average over those pairs).
+
     Returns
     -------
     Circuit
@@ -290,6 +296,18 @@ def circuit(
     >>> round(two.evaluate(two.n_edges), 4)  # evaluates on the model given
     1.0
     """
+    if isinstance(corrupted, str) and corrupted in ("mean", "resample"):  # issue 29
+        if corrupted == "mean":
+            raise ValueError(
+                "circuit() corrupts each edge with another run's activations, and a mean over "
+                "prompts is no run; use corrupted='resample' with reference= prompts, or "
+                "cb.patch(..., corrupted='mean', direction='noise') for per-site necessity."
+            )
+        from ._patch_distribution import _draws, _references
+
+        refs = _references(reference)
+        clean = [clean] if isinstance(clean, str) else list(clean)
+        corrupted = [refs[j] for j in _draws(tokenizer, clean, refs, seed)]
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
