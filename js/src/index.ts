@@ -1,6 +1,7 @@
 // The one bundle: every widget runs this module; `_view` picks the view that renders it.
 import type { RenderProps } from "@anywidget/types";
 import { attachFigure } from "./figure";
+import * as ablation from "./views/ablation"; // issue 29
 import * as attention from "./views/attention";
 import * as attribution from "./views/attribution";
 import * as circuit from "./views/circuit";
@@ -16,6 +17,7 @@ type Cleanup = void | (() => void | Promise<void>);
 type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
 
 export const VIEWS: Record<string, View> = {
+  ablation: ablation as unknown as View,
   attention: attention as unknown as View,
   attribution: attribution as unknown as View,
   circuit: circuit as unknown as View,

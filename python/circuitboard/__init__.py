@@ -16,6 +16,7 @@ from ._errors import CircuitboardWarning
 from .data import load_texts
 from .export import report
 from .widgets import (
+    AblationView,  # issue 29
     AttentionView,
     Board,
     CircuitView,
@@ -28,6 +29,7 @@ from .widgets import (
     NeuronDashboard,
     NeuronsView,
     PatchingView,
+    ablation_view,  # issue 29
     board,
     circuit_view,
     compare_view,
@@ -162,4 +164,6 @@ __all__ = [
     "load_ablation",
     "CompositionView",
     "composition_view",
+    "AblationView",
+    "ablation_view",
 ]

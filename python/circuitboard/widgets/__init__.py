@@ -1,5 +1,6 @@
 """Jupyter widgets (anywidget) for captures; they accept numpy arrays and never import torch."""
 
+from ._ablation import AblationView, ablation_view  # issue 29
 from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
@@ -17,6 +18,7 @@ from ._patching import PatchingView, patching_view
 from ._view import View
 
 __all__ = [
+    "AblationView",
     "AttentionView",
     "Board",
     "CircuitView",
@@ -30,6 +32,7 @@ __all__ = [
     "NeuronsView",
     "PatchingView",
     "View",
+    "ablation_view",
     "board",
     "circuit_view",
     "compare_view",
