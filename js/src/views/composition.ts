@@ -203,7 +203,7 @@ export async function render(props: RenderProps<CompositionState>) {
     const k = r.key as number;
     const [la, ha] = r.writer as number[];
     const [lb, hb] = r.reader as number[];
-    el("div", "", out).textContent = `L${lb}H${hb} at query ${q} ${JSON.stringify(toks[q] ?? "")} attends most to key ${k} ${JSON.stringify(toks[k] ?? "")} (weight ${fmt(r.weight as number)}); score ${fmt(r.score as number)}.`;
+    el("div", "", out).textContent = `L${lb}H${hb} at query ${q} ${JSON.stringify(toks[q] ?? "")} attends most (after the first token) to key ${k} ${JSON.stringify(toks[k] ?? "")} (weight ${fmt(r.weight as number)}); score ${fmt(r.score as number)}.`;
     el("div", "", out).textContent = `L${la}H${ha}'s share: ${fmt(r.writer_query as number)} through the query, ${fmt(r.writer_key as number)} through the key.`;
     const list = el("ul", "cb-patch-notes", out);
     for (const t of r.terms as Term[]) el("li", "", list).textContent = `${t.label}: ${fmt(t.value)}`;

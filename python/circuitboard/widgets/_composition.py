@@ -24,8 +24,9 @@ class CompositionView(View):
     Clicking a pair selects the reader head on the link (linked attention views open it); the
     side panel names both heads, selects either on the link, and, when the view was built with
     a capture (``cap=``), explains the reader's attention on that prompt: the terms of
-    :func:`circuitboard.explain_attention` at the last query and the key it attends to most,
-    with the writer head's share on the query (Q) or key (K) side.
+    :func:`circuitboard.explain_attention` at the last query and the key it attends to most
+    after the first token (usually an attention sink), with the writer head's share on the
+    query and on the key side.
 
     Parameters
     ----------
@@ -123,11 +124,19 @@ class CompositionView(View):
         return self._result
 
     def explain_pair(
-        self, writer: tuple[int, int], reader: tuple[int, int], kind: str | None = None
+        self,
+        writer: tuple[int, int],
+        reader: tuple[int, int],
+        kind: str | None = None,
+        *,
+        query: int | None = None,
+        key: int | None = None,
     ) -> dict[str, Any]:
         """The activation-based counterpart of a pair on the view's capture: the reader's
-        attention score at the last query and the key it attends to most, split by
-        :func:`circuitboard.explain_attention`, with the writer head's share of it."""
+        attention score at ``query`` (default: the last position) and ``key`` (default: the
+        key it attends to most after the first token, which is usually an attention sink),
+        split by :func:`circuitboard.explain_attention`, with the writer head's share of it
+        through the query and through the key."""
         if self._cap is None:
             raise ValueError(
                 "this composition view has no capture, so it cannot explain a pair on a prompt; "
@@ -143,9 +152,11 @@ class CompositionView(View):
                 f"writer L{la}H{ha} must be in an earlier layer than reader L{lb}H{hb}."
             )
         n = len(self._cap.tokens)
-        query = n - 1
+        query = n - 1 if query is None else int(query) % n
         row = np.asarray(_pattern_row(self._cap, lb, hb, query))
-        key = int(np.argmax(row))
+        if key is None:
+            key = int(np.argmax(row[1:])) + 1 if query > 0 else 0
+        key = int(key)
         ex = explain_attention(self._cap, layer=lb, head=hb, query=query, key=key)
         label = f"L{la}H{ha}"
         q_share = float(ex.query_totals[ex.query_labels.index(label)])
