@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
-from ._errors import CircuitboardWarning
+from ._errors import CircuitboardFileError, CircuitboardWarning
 from .data import load_texts
-from .export import report
+from .export import report, verify_report
 from .widgets import (
     AttentionView,
     Board,
@@ -66,6 +66,9 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # Loaders that check what they open (issue 32)
+    "load_comparison": "circuitboard.analysis",
+    "load_top_activations": "circuitboard.analysis",
 }
 
 
@@ -83,6 +86,7 @@ __all__ = [
     "Capture",
     "Circuit",
     "CircuitView",
+    "CircuitboardFileError",
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
@@ -114,9 +118,11 @@ __all__ = [
     "link",
     "load_capture",
     "load_circuit",
+    "load_comparison",
     "load_default_model",
     "load_default_vision_model",
     "load_patching",
+    "load_top_activations",
     "load_texts",
     "logit_attribution",
     "logit_lens",
@@ -129,4 +135,5 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    "verify_report",
 ]

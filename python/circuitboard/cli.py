@@ -188,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         help="recompute a report's checks from its embedded data (exit 1 when any fails)",
     )
     ver.add_argument("reports", nargs="+", help="report .html files written by circuitboard")
+    ver.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail a report none of whose views carries a check",
+    )
     args = parser.parse_args(argv)
     if args.command == "verify":
-        return _verify(args.reports)
+        return _verify(args.reports, strict=args.strict)
 
     import circuitboard as cb
 
@@ -222,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _verify(paths: list[str]) -> int:
-    from .export._verify import verify_report
+def _verify(paths: list[str], *, strict: bool = False) -> int:
+    from .export import verify_report
 
     failed = 0
     for path in paths:
@@ -231,7 +236,7 @@ def _verify(paths: list[str]) -> int:
             print(f"circuitboard verify: {path}: no such file", file=sys.stderr)
             failed += 1
             continue
-        result = verify_report(path)
+        result = verify_report(path, strict=strict)
         print(result.summary())
         failed += not result.ok
     return 1 if failed else 0

@@ -1,7 +1,7 @@
 """Pure tensor math on a Capture: exact logit attribution, logit lens, head scores."""
 
 from ._attribution import Attribution, direct_logit_attribution
-from ._compare import Comparison, Effect, RunningStats, compare
+from ._compare import Comparison, Effect, RunningStats, compare, load_comparison
 from ._explain import (
     AttentionExplanation,
     HeadOutputExplanation,
@@ -10,7 +10,7 @@ from ._explain import (
 )
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
-from ._neurons import TopActivations, logit_effects, top_activations
+from ._neurons import TopActivations, load_top_activations, logit_effects, top_activations
 
 __all__ = [
     "SCORES",
@@ -27,6 +27,8 @@ __all__ = [
     "explain_attention",
     "explain_head_output",
     "head_scores",
+    "load_comparison",
+    "load_top_activations",
     "logit_effects",
     "logit_lens",
     "scores_from_patterns",

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, read_npz, stamp
+
 # Module paths per architecture family: decoder blocks, the MLP output projection inside a
 # block, the final norm and the unembedding. Tried in order; the first that resolves wins.
 _BLOCKS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
@@ -212,23 +214,24 @@ class TopActivations:
 
         if isinstance(path, (str, os.PathLike)) and not str(path).endswith(".npz"):
             path = f"{os.fspath(path)}.npz"  # as numpy's savez does
-        save_npz(path, {"_meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})
+        meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        save_npz(path, {**stamp("top activations"), "_meta": meta_array, **arrays})
 
     @classmethod
     def load(cls, path: Any) -> TopActivations:
         """Read a file written by :meth:`save`."""
-        import json
-
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["_meta"].tobytes().decode())
-            arrays = {k: z[k] for k in z.files if k != "_meta"}
-        return cls(
-            neurons=[(int(a), int(b)) for a, b in meta["neurons"]],
-            texts=list(meta["texts"]),
-            vocab={int(k): v for k, v in meta["vocab"].items()},
-            model_name=meta.get("model_name", ""),
-            **arrays,
-        )
+        writer = "TopActivations.save(path)"
+        arrays = read_npz(path, "top activations", writer, required=("_meta",))
+        meta = json_array(arrays, "_meta", path, "top activations", writer)
+        del arrays["_meta"]
+        with decoding(path, "top activations", writer):
+            return cls(
+                neurons=[(int(a), int(b)) for a, b in meta["neurons"]],
+                texts=list(meta["texts"]),
+                vocab={int(k): v for k, v in meta["vocab"].items()},
+                model_name=meta.get("model_name", ""),
+                **arrays,
+            )
 
     def merge(self, *others: TopActivations) -> TopActivations:
         """Combine results of the same neurons over more texts (shards of one run, or datasets).
@@ -1055,3 +1058,17 @@ def logit_effects(
         key: torch.cat(v).numpy().astype(np.int64 if key.endswith("ids") else np.float32)
         for key, v in out.items()
     }
+
+
+def load_top_activations(path: str | os.PathLike[str]) -> TopActivations:
+    """Read a :class:`TopActivations` written by :meth:`TopActivations.save`, without
+    unpickling; any other file is refused with :class:`circuitboard.CircuitboardFileError`.
+
+    Examples
+    --------
+    >>> top = cb.top_activations(model, tok, texts, neurons=[(0, 1)])  # doctest: +SKIP
+    >>> top.save(tmp_path / "t.npz")  # doctest: +SKIP
+    >>> cb.load_top_activations(tmp_path / "t.npz").neurons  # doctest: +SKIP
+    [(0, 1)]
+    """
+    return TopActivations.load(path)
