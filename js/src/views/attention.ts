@@ -516,7 +516,10 @@ export async function render(props: RenderProps<AttentionState>) {
     wanted = key;
     const t0 = clickT0;
     clickT0 = null;
-    if (current.layer === layer && current.head === head && !current.reduced) return;
+    if (current.layer === layer && current.head === head && !current.reduced) {
+      showCurrent(); // the head is drawn already (opened at it): the menus must say so too
+      return;
+    }
     let h = headOf(layer, head);
     if (!h) {
       if (included && !included.has(key)) {
