@@ -70,7 +70,7 @@ def _(lens, mo, neurons):
 
 @app.cell
 def _(attention, attribution, cb, lens, neurons):
-    from circuitboard.export._verify import verify_report
+    from circuitboard import verify_report
 
     out = cb.report(
         "# IOI on SmolLM2-135M",

@@ -66,6 +66,8 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # first hour (issue 24): public names for what notebooks imported from private modules
+    "verify_report": "circuitboard.export",
 }
 
 
@@ -75,6 +77,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'circuitboard' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names exist only once touched: list them, so tab completion offers every one.
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
@@ -129,4 +136,5 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    "verify_report",
 ]

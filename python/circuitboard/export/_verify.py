@@ -67,7 +67,7 @@ def verify_report(path: str | Path) -> Verification:
     Examples
     --------
     >>> import numpy as np, circuitboard as cb
-    >>> from circuitboard.export._verify import verify_report
+    >>> from circuitboard import verify_report
     >>> view = cb.AttentionView(np.full((1, 2, 2), 0.5), ["a", "b"])
     >>> out = cb.report(view, path=tmp_dir / "r.html")  # doctest: +SKIP
     >>> verify_report(out).ok  # doctest: +SKIP

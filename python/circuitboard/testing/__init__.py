@@ -40,7 +40,7 @@ def families() -> list[str]:
     return sorted(_all())
 
 
-def tiny_model(family: str, seed: int = 0) -> tuple[Any, Any]:
+def tiny_model(family: str, seed: int = 0, **options: Any) -> tuple[Any, Any]:
     """A tiny random model of ``family`` and its tokenizer (``None`` for the image model ``vit``).
 
     Parameters
@@ -50,6 +50,8 @@ def tiny_model(family: str, seed: int = 0) -> tuple[Any, Any]:
         attention), ``"gemma2"``, ``"mixtral"``, ``"bert"`` or ``"vit"``.
     seed : int
         Seed of the random weights (the same seed gives the same model).
+    **options
+        Passed to the family's builder: ``channels=1`` for ``"vit"`` (grey images).
 
     Returns
     -------
@@ -71,4 +73,4 @@ def tiny_model(family: str, seed: int = 0) -> tuple[Any, Any]:
             f"tiny_model got family={family!r}; expected one of {', '.join(sorted(factories))}. "
             "Pass one of those names."
         )
-    return factories[family](seed=seed)
+    return factories[family](seed=seed, **options)
