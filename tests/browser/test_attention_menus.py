@@ -58,3 +58,14 @@ def test_menus_follow_cb_attention_on_a_capture(page, tmp_path):
     page.click('.cb-thumb[data-layer="0"][data-head="1"]')
     page.wait_for_selector('.cb-attention[data-layer="0"][data-head="1"]')
     assert menus(page) == ("0", "1")
+
+
+def test_menus_follow_cb_attention_on_an_image_capture(page, tmp_path):
+    from circuitboard.testing import tiny_model
+
+    vit, _ = tiny_model("vit", channels=1)
+    images = np.random.default_rng(0).random((1, 1, 8, 8)).astype(np.float32)
+    cap = cb.capture(vit, None, images)[0]  # one capture per image
+    open_report(page, cb.report(cb.attention(cap, layer=0, head=3), path=tmp_path / "v.html"))
+    assert drawn(page) == ("0", "3")
+    assert menus(page) == ("0", "3")
