@@ -80,6 +80,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'circuitboard' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # The lazy names exist only once touched: list them, so tab completion offers every one.
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "AttentionView",
     "Board",

@@ -198,8 +198,8 @@ class Generation:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> gen = generate(model, tok, "When Mary and John", max_new_tokens=3, stop_at_eos=False)
     >>> len(gen.tokens), gen.capture.n_tokens == gen.capture.n_prompt_tokens + 3
     (3, True)
@@ -436,8 +436,8 @@ class Generation:
 
         Examples
         --------
-        >>> from tests.unit.tiny_models import tiny_llama
-        >>> model, tok = tiny_llama()
+        >>> from circuitboard.testing import tiny_model
+        >>> model, tok = tiny_model("llama")
         >>> gen = generate(model, tok, "When Mary and John", max_new_tokens=4, stop_at_eos=False)
         >>> alt = gen.fork(2, text=" the")
         >>> alt.token_ids[:2] == gen.token_ids[:2]
@@ -590,8 +590,8 @@ def generate(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> v = torch.zeros(32); v[0] = 1.0
     >>> gen = generate(model, tok, "When Mary", max_new_tokens=2, steer=v, layer=1, scale=4.0)
     >>> gen.steering
