@@ -69,6 +69,11 @@ _LAZY = {
     # Loaders that check what they open (issue 32)
     "load_comparison": "circuitboard.analysis",
     "load_top_activations": "circuitboard.analysis",
+    # plan protocol (issue 30): a list of jobs, any engine, merged in plan order
+    "Job": "circuitboard.scale",
+    "Plan": "circuitboard.scale",
+    "open_engine": "circuitboard.scale",
+    "run_plan": "circuitboard.scale",
 }
 
 
@@ -97,6 +102,7 @@ __all__ = [
     "Comparison",
     "Generation",
     "GenerationView",
+    "Job",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -105,6 +111,7 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "Plan",
     "SteeringVector",
     "attention",
     "board",
@@ -134,9 +141,11 @@ __all__ = [
     "logit_lens_view",
     "neuron_dashboard",
     "neurons",
+    "open_engine",
     "patch",
     "patching_view",
     "report",
+    "run_plan",
     "steering_vector",
     "supported_architectures",
     "top_activations",

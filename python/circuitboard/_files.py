@@ -113,10 +113,9 @@ def read_npz(
     ``required`` names arrays a file of this kind always has (how a file from before the stamp
     is recognised). ``writer`` is the call that writes such a file, named in every error.
 
-    >>> import io, tempfile
-    >>> from circuitboard._npz import save_npz
+    >>> import tempfile
     >>> f = Path(tempfile.mkdtemp()) / "x.npz"
-    >>> save_npz(f, {**stamp("demo"), "a": np.arange(3)})
+    >>> np.savez(f, **stamp("demo"), a=np.arange(3))
     >>> read_npz(f, "demo", "Demo.save()")["a"].tolist()
     [0, 1, 2]
     >>> read_npz(f, "patching", "Patching.save()")  # doctest: +ELLIPSIS

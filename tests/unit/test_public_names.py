@@ -14,8 +14,6 @@ import circuitboard as cb
 ROOT = Path(__file__).resolve().parents[2]
 # An import of a private module (a path component starting with "_") or of the test suite.
 PRIVATE = re.compile(r"\b(?:from|import)\s+(circuitboard(?:\.\w+)*\._\w+|tests\.[\w.]+)")
-# Being refactored on another branch; its two docstring imports move to circuitboard.testing there.
-PENDING = {"circuitboard.intervene._patch"}
 
 
 def test_dir_lists_every_public_name_including_the_lazy_ones() -> None:
@@ -28,8 +26,6 @@ def test_dir_lists_every_public_name_including_the_lazy_ones() -> None:
 def test_docstring_examples_import_public_names_only() -> None:
     found = []
     for info in pkgutil.walk_packages(cb.__path__, "circuitboard."):
-        if info.name in PENDING:
-            continue
         module = importlib.import_module(info.name)
         for test in doctest.DocTestFinder().find(module):
             for ex in test.examples:

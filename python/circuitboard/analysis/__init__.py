@@ -1,7 +1,8 @@
 """Pure tensor math on a Capture: exact logit attribution, logit lens, head scores."""
 
 from ._attribution import Attribution, direct_logit_attribution
-from ._compare import Comparison, Effect, RunningStats, compare, load_comparison
+from ._compare import Comparison, Effect, RunningStats, compare
+from ._comparison import load_comparison
 from ._explain import (
     AttentionExplanation,
     HeadOutputExplanation,
@@ -10,7 +11,8 @@ from ._explain import (
 )
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
-from ._neurons import TopActivations, load_top_activations, logit_effects, top_activations
+from ._neurons import TopActivations, logit_effects, top_activations
+from ._top_activations import load_top_activations
 
 __all__ = [
     "SCORES",
