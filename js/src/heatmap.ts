@@ -205,6 +205,7 @@ export class ZoomHeatmap {
   private base: HTMLCanvasElement = document.createElement("canvas");
   private baseKey = "";
   private marks: { row: number | null; col: number | null } = { row: null, col: null };
+  private cellMark: { row: number; col: number } | null = null;
   private colors = { fg: "#1f2328", muted: "#656d76", accent: "#cf222e", bg: "#ffffff" };
   readonly size: number;
   readonly ml: number;
@@ -291,6 +292,13 @@ export class ZoomHeatmap {
   setColors(colors: Partial<ZoomHeatmap["colors"]>): void {
     this.colors = { ...this.colors, ...colors };
     this.baseKey = "";
+  }
+
+  /** Outline one cell (the one an explanation is open for), or none with null. */
+  setCellMark(cell: { row: number; col: number } | null): void {
+    if (this.cellMark?.row === cell?.row && this.cellMark?.col === cell?.col) return;
+    this.cellMark = cell;
+    this.draw();
   }
 
   setMarks(row: number | null, col: number | null): void {
@@ -490,6 +498,21 @@ export class ZoomHeatmap {
       const x = this.ml + t.x0 + col * t.k;
       ctx.setLineDash([3, 3]);
       ctx.strokeRect(x, this.mt + t.y0, Math.max(t.k, 1), d.rows * t.k);
+    }
+    const cell = this.cellMark;
+    if (cell && cell.row < d.rows && cell.col < d.cols) {
+      // A dark halo under an accent outline: visible on light and dark cells, and unlike the
+      // row / column marks it closes around one cell.
+      const x = this.ml + t.x0 + cell.col * t.k;
+      const y = this.mt + t.y0 + cell.row * t.k;
+      const w = Math.max(t.k, 4);
+      ctx.setLineDash([]);
+      ctx.strokeStyle = this.colors.fg;
+      ctx.lineWidth = 4;
+      ctx.strokeRect(x, y, w, w);
+      ctx.strokeStyle = this.colors.accent;
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x, y, w, w);
     }
     ctx.restore();
   }

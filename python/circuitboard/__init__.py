@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
-from ._errors import CircuitboardWarning
+from ._errors import CircuitboardFileError, CircuitboardWarning
 from .data import load_texts
-from .export import report
+from .export import report, verify_report
 from .widgets import (
     AblationView,  # issue 29
     AttentionView,
@@ -70,6 +70,9 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # Loaders that check what they open (issue 32)
+    "load_comparison": "circuitboard.analysis",
+    "load_top_activations": "circuitboard.analysis",
     # everyday experiments (issue 29): composition scores, path patching, ablations
     "CompositionScores": "circuitboard.analysis",
     "composition_scores": "circuitboard.analysis",
@@ -96,12 +99,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'circuitboard' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # The lazy names exist only once touched: list them, so tab completion offers every one.
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "AttentionView",
     "Board",
     "Capture",
     "Circuit",
     "CircuitView",
+    "CircuitboardFileError",
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
@@ -135,9 +144,11 @@ __all__ = [
     "link",
     "load_capture",
     "load_circuit",
+    "load_comparison",
     "load_default_model",
     "load_default_vision_model",
     "load_patching",
+    "load_top_activations",
     "load_texts",
     "logit_attribution",
     "logit_lens",
@@ -152,6 +163,7 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    "verify_report",
     # everyday experiments (issue 29): composition scores, path patching, ablations
     "CompositionScores",
     "composition_scores",

@@ -1,4 +1,4 @@
-"""Warning class shared by every circuitboard module (tests turn it into an error)."""
+"""Warning and error classes shared by every circuitboard module."""
 
 
 class CircuitboardWarning(UserWarning):
@@ -16,3 +16,20 @@ class CircuitboardWarning(UserWarning):
     ...     issubclass(cb.CircuitboardWarning, UserWarning)
     True
     """
+
+
+class CircuitboardFileError(ValueError):
+    """A file given to a ``cb.load_*`` is not the circuitboard file it reads: damaged, empty,
+    truncated, of another kind, or something else entirely. The message says what was found
+    and which call writes the right file. Nothing in such a file is ever executed or unpickled.
+
+    Examples
+    --------
+    >>> import circuitboard as cb
+    >>> issubclass(cb.CircuitboardFileError, ValueError)
+    True
+    """
+
+
+class MissingCircuitboardFile(CircuitboardFileError, FileNotFoundError):
+    """No file at the path a ``cb.load_*`` was given (also a :class:`FileNotFoundError`)."""

@@ -132,7 +132,19 @@ def build_board(
             return cb.logit_attribution(cap, target=target, baseline=baseline)
 
     add("attribution", attribution)
-    add("attention", lambda: cb.attention(cap))
+    top = top_head(views[0]) if views else None
+
+    def attention() -> Any:
+        import warnings
+
+        if top is None:
+            return cb.attention(cap)
+        # Opens on the head the page points to, so its embedded explanations are that head's.
+        with warnings.catch_warnings():  # already printed with the tokens used
+            warnings.simplefilter("ignore", UserWarning)
+            return cb.attention(cap, layer=top[0], head=top[1], target=target, baseline=baseline)
+
+    add("attention", attention)
     add("logit lens", lambda: cb.logit_lens_view(cap))
     add("neurons", lambda: cb.neurons(cap))
     if not views:
@@ -144,8 +156,27 @@ def build_board(
         f"**Attribution** of {what}. Click a head in the attribution heatmap to open it in the "
         "attention view; hover a token anywhere to follow it in every view.",
     ]
+    if top is not None and any(isinstance(v, cb.AttentionView) for v in views):
+        intro.append(
+            f"The attention view opens on **L{top[0]}H{top[1]}**, the head with the largest "
+            "attribution: click a cell of its pattern to see which components built that score."
+        )
     intro += [f"- left out: {s}" for s in skipped]
-    return ["\n\n".join(intro), cb.board(*views)], timings
+    board = cb.board(*views)
+    if top is not None:
+        board.selection = {"layer": top[0], "head": top[1]}  # every view marks it
+    return ["\n\n".join(intro), board], timings
+
+
+def top_head(attribution_view: Any) -> tuple[int, int] | None:
+    """(layer, head) of the largest |attribution| in an attribution view, else None."""
+    import numpy as np
+
+    heads = getattr(attribution_view, "_head_values", None)
+    if heads is None or not np.size(heads):
+        return None
+    layer, head = np.unravel_index(int(np.argmax(np.abs(heads))), np.shape(heads))
+    return int(layer), int(head)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,9 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         help="recompute a report's checks from its embedded data (exit 1 when any fails)",
     )
     ver.add_argument("reports", nargs="+", help="report .html files written by circuitboard")
+    ver.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail a report none of whose views carries a check",
+    )
     args = parser.parse_args(argv)
     if args.command == "verify":
-        return _verify(args.reports)
+        return _verify(args.reports, strict=args.strict)
 
     import circuitboard as cb
 
@@ -222,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _verify(paths: list[str]) -> int:
-    from .export._verify import verify_report
+def _verify(paths: list[str], *, strict: bool = False) -> int:
+    from .export import verify_report
 
     failed = 0
     for path in paths:
@@ -231,7 +267,7 @@ def _verify(paths: list[str]) -> int:
             print(f"circuitboard verify: {path}: no such file", file=sys.stderr)
             failed += 1
             continue
-        result = verify_report(path)
+        result = verify_report(path, strict=strict)
         print(result.summary())
         failed += not result.ok
     return 1 if failed else 0

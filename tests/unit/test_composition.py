@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import circuitboard as cb
-from tests.unit.tiny_models import _build, tiny_llama, tiny_smollm, tiny_tokenizer
+from circuitboard.testing._models import _build
+from tests.unit.tiny_models import tiny_llama, tiny_smollm, tiny_tokenizer
 
 
 def mha_llama(layers: int = 3):

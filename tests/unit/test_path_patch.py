@@ -8,7 +8,8 @@ import torch
 
 import circuitboard as cb
 from circuitboard.intervene import Edit, Runner, Site, evaluate, logit_diff
-from tests.unit.tiny_models import _build, tiny_tokenizer
+from circuitboard.testing._models import _build
+from tests.unit.tiny_models import tiny_tokenizer
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"

@@ -14,7 +14,7 @@ import torch
 import circuitboard as cb
 from circuitboard.cli import main as cli
 from circuitboard.export._html import _state
-from circuitboard.export._proof import content_hash
+from circuitboard.export._proof import SEAL_CLOSE, SEAL_OPEN, SEAL_PLACEHOLDER, seal
 from circuitboard.widgets._checks import view_checks
 from tests.unit.tiny_models import tiny_llama
 
@@ -137,10 +137,8 @@ def test_verify_fails_an_edit_that_also_forged_the_hash(views: list[Any], tmp_pa
     from circuitboard.export._verify import verify_report
 
     page = _edit_model_value(cb.report(*views, path=tmp_path / "r.html").read_text(), 99.0)
-    state = re.search(r'<script id="cb-state" type="application/json">(.*?)</script>', page, re.S)
-    blob = re.search(r'<script id="cb-blob" type="text/plain">(.*?)</script>', page, re.S)
-    old = _proof(page)["content_sha256"]
-    page = page.replace(old, content_hash(state.group(1), blob.group(1)))
+    claimed = re.search(re.escape(SEAL_OPEN) + "([0-9a-f]{64})" + SEAL_CLOSE, page).group(1)
+    page = seal(page.replace(SEAL_OPEN + claimed + SEAL_CLOSE, SEAL_PLACEHOLDER))
     forged = tmp_path / "forged.html"
     forged.write_text(page)
     result = verify_report(forged)

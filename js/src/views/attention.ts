@@ -359,7 +359,11 @@ export async function render(props: RenderProps<AttentionState>) {
     onClick: (cell) => {
       if (current.reduced) return;
       toggleLock(cell.row);
-      void explainPanel?.explain(current.layer, current.head, cell.row, cell.col); // explain panel
+      if (explainPanel) {
+        explained = { layer: current.layer, head: current.head, row: cell.row, col: cell.col };
+        markExplained();
+        void explainPanel.explain(current.layer, current.head, cell.row, cell.col);
+      }
     },
     onZoom: () => {
       updateStatus();
@@ -388,6 +392,14 @@ export async function render(props: RenderProps<AttentionState>) {
     heat.setColors({ bg: v("--cb-bg", "#ffffff"), fg: v("--cb-fg", "#1f2328"), muted: v("--cb-muted", "#656d76"), accent: v("--cb-active", "#cf222e") });
   };
 
+  // The cell whose explanation the panel shows, outlined while its head is drawn.
+  let explained: { layer: number; head: number; row: number; col: number } | null = null;
+  const markExplained = () => {
+    const e = explained;
+    const on = e !== null && e.layer === current.layer && e.head === current.head && !current.reduced && !figureMode;
+    heat.setCellMark(on ? { row: e.row, col: e.col } : null);
+    root.dataset.explained = on ? `${e.row},${e.col}` : "";
+  };
   let shownKey = "";
   const drawHeat = (keepView: boolean) => {
     const data = matrixOf(current);
@@ -410,6 +422,7 @@ export async function render(props: RenderProps<AttentionState>) {
     root.dataset.layer = String(current.layer);
     root.dataset.head = String(current.head);
     root.dataset.reduced = String(current.reduced);
+    markExplained();
     updateStatus();
   };
 
@@ -436,8 +449,12 @@ export async function render(props: RenderProps<AttentionState>) {
   };
 
   // ---- explain panel (views/explain_panel.ts): why a clicked cell has its score -----------------
+  const onClose = () => {
+    explained = null;
+    markExplained();
+  };
   const explainPanel = model.get("explainable")
-    ? new ExplainPanel(fetcher, { tokens, target: model.get("explain_target") ?? "", select: (v) => select(link, v), signal })
+    ? new ExplainPanel(fetcher, { tokens, target: model.get("explain_target") ?? "", select: (v) => select(link, v), signal, onClose })
     : null;
   if (explainPanel) body.insertBefore(explainPanel.el, side);
   // ---- end explain panel -------------------------------------------------------------------------
@@ -516,7 +533,10 @@ export async function render(props: RenderProps<AttentionState>) {
     wanted = key;
     const t0 = clickT0;
     clickT0 = null;
-    if (current.layer === layer && current.head === head && !current.reduced) return;
+    if (current.layer === layer && current.head === head && !current.reduced) {
+      showCurrent(); // the head is drawn already (opened at it): the menus must say so too
+      return;
+    }
     let h = headOf(layer, head);
     if (!h) {
       if (included && !included.has(key)) {
@@ -756,12 +776,14 @@ export async function render(props: RenderProps<AttentionState>) {
     title: () => `Attention · layer ${current.layer}, head ${current.head}${current.reduced ? " (thumbnail)" : ""}`,
     enter: () => {
       figureMode = true;
+      markExplained(); // figures show the data, not the click
       liveView = heat.transform;
       heat.fit();
       drawTokens();
     },
     exit: () => {
       figureMode = false;
+      markExplained();
       heat.setTransform(liveView);
       drawTokens();
     },

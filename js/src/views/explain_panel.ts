@@ -59,6 +59,8 @@ export interface PanelOptions {
   /** Select a component in the linked views: {layer, head} for a head, {layer} for an MLP. */
   select(values: { layer: number; head?: number }): void;
   signal: AbortSignal;
+  /** Called when the panel is closed (the view unmarks the explained cell). */
+  onClose?(): void;
 }
 
 /** Where a component lives in the model, or null for embeddings and biases. */
@@ -136,6 +138,7 @@ export class ExplainPanel {
     this.el.hidden = true;
     this.wanted = "";
     this.el.dataset.state = "closed";
+    this.opts.onClose?.();
   }
 
   /** Ask the kernel (or the report) for the explanation of one cell and show it. */

@@ -2,6 +2,7 @@
 
 from ._attribution import Attribution, direct_logit_attribution
 from ._compare import Comparison, Effect, RunningStats, compare
+from ._comparison import load_comparison
 from ._composition import CompositionScores, composition_scores, load_composition_scores
 from ._explain import (
     AttentionExplanation,
@@ -12,6 +13,7 @@ from ._explain import (
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
 from ._neurons import TopActivations, logit_effects, top_activations
+from ._top_activations import load_top_activations
 
 __all__ = [
     "SCORES",
@@ -30,7 +32,9 @@ __all__ = [
     "explain_attention",
     "explain_head_output",
     "head_scores",
+    "load_comparison",
     "load_composition_scores",
+    "load_top_activations",
     "logit_effects",
     "logit_lens",
     "scores_from_patterns",

@@ -117,8 +117,8 @@ def compare(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> cmp = compare(model, tok, {"A": ["a b", "the store"], "B": ["Mary and John", "1 2 3"]})
     >>> cmp.effect("A", "B", "head_write").d.shape
     (2, 4)
@@ -126,8 +126,8 @@ def compare(
     Digit classes of an image model (samples at CLS):
 
     >>> import numpy as np
-    >>> from tests.unit.tiny_models import tiny_vit
-    >>> vit, _ = tiny_vit(channels=1)
+    >>> from circuitboard.testing import tiny_model
+    >>> vit, _ = tiny_model("vit", channels=1)
     >>> imgs = np.random.default_rng(0).random((6, 8, 8))
     >>> cmp = compare(vit, None, {"A": imgs[:3], "B": imgs[3:]})
     >>> cmp.pos, cmp.image, cmp.effect("A", "B", "attn_patches").d.shape

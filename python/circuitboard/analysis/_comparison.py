@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, read_npz, stamp
 from ._compare_samples import (
     HEAD_STATS,
     NEURON_STATS,
@@ -267,16 +268,17 @@ class Comparison:
         from .._npz import save_npz  # byte-reproducible: the same statistics, the same file
 
         out = Path(path)
-        save_npz(out, {"__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})
+        meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        save_npz(out, {**stamp("comparison"), "__meta__": meta_array, **arrays})
         return out
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Comparison:
         """Read a file written by :meth:`save`."""
-        import json
-
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["__meta__"]).decode())
+        writer = "Comparison.save(path)"
+        z = read_npz(path, "comparison", writer, required=("__meta__",))
+        meta = json_array(z, "__meta__", path, "comparison", writer)
+        with decoding(path, "comparison", writer):
             stats = {
                 c: {
                     s: RunningStats(n, z[f"{ci}/{s}/mean"], z[f"{ci}/{s}/m2"])
@@ -284,17 +286,17 @@ class Comparison:
                 }
                 for ci, c in enumerate(meta["categories"])
             }
-        return cls(
-            meta["categories"],
-            stats,
-            meta["layers"],
-            meta["n_heads"],
-            meta["d_mlp"],
-            meta["pos"],
-            meta["n_prompts"],
-            meta["model_name"],
-            meta.get("image"),
-        )
+            return cls(
+                meta["categories"],
+                stats,
+                meta["layers"],
+                meta["n_heads"],
+                meta["d_mlp"],
+                meta["pos"],
+                meta["n_prompts"],
+                meta["model_name"],
+                meta.get("image"),
+            )
 
     @classmethod
     def from_captures(
@@ -379,3 +381,17 @@ class _Accumulator:
             model_name,
             image,
         )
+
+
+def load_comparison(path: str | os.PathLike[str]) -> Comparison:
+    """Read a :class:`Comparison` written by :meth:`Comparison.save`, without unpickling; any
+    other file is refused with :class:`circuitboard.CircuitboardFileError`.
+
+    Examples
+    --------
+    >>> result = cb.compare(model, tok, {"a": ["x y"], "b": ["y x"]})  # doctest: +SKIP
+    >>> result.save(tmp_path / "c.npz")  # doctest: +SKIP
+    >>> cb.load_comparison(tmp_path / "c.npz").categories  # doctest: +SKIP
+    ['a', 'b']
+    """
+    return Comparison.load(path)

@@ -106,6 +106,7 @@ class CompositionScores:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :func:`load_composition_scores` reads it."""
+        from .._files import stamp
         from .._npz import save_npz
 
         meta = {
@@ -118,7 +119,10 @@ class CompositionScores:
             "model_name": self.model_name,
             "notes": self.notes,
         }
-        arrays: dict[str, Any] = {"__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        arrays: dict[str, Any] = {
+            **stamp("composition scores"),
+            "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        }
         arrays.update({k: self.values[k] for k in KINDS})
         out = Path(path)
         save_npz(out, arrays)
@@ -148,10 +152,13 @@ def load_composition_scores(path: str | os.PathLike[str]) -> CompositionScores:
     >>> bool((load_composition_scores(f).values["Q"] == res.values["Q"]).all())
     True
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        values = {k: z[k] for k in KINDS}
-    return CompositionScores(values=values, **meta)
+    from .._files import decoding, json_array, read_npz
+
+    kind, writer = "composition scores", "CompositionScores.save(path)"
+    z = read_npz(path, kind, writer, required=("__meta__", *KINDS))
+    meta = json_array(z, "__meta__", path, kind, writer)
+    with decoding(path, kind, writer):
+        return CompositionScores(values={k: z[k] for k in KINDS}, **meta)
 
 
 def _kind(kind: str) -> str:

@@ -519,8 +519,8 @@ def explain_attention(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> cap = cb.capture(model, tok, "When Mary and John went to the store", dtype=torch.float32)
     >>> ex = cb.explain_attention(cap, layer=1, head=2, query=6, key=3)
     >>> bool(abs(ex.total - ex.score) <= 1e-4 * max(1.0, abs(ex.score)))
@@ -669,8 +669,8 @@ def explain_head_output(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> cap = cb.capture(model, tok, "When Mary and John went to the store", dtype=torch.float32)
     >>> ov = cb.explain_head_output(cap, layer=1, head=0, query=-1, target=5, baseline=7)
     >>> term = cb.direct_logit_attribution(cap, 5, baseline=7)["L1H0"]

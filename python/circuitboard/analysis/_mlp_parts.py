@@ -57,8 +57,8 @@ def mlp_out_proj(model: Any, layer: int) -> Any:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, _ = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, _ = tiny_model("llama")
     >>> type(mlp_out_proj(model, 0)).__name__
     'Linear'
     """

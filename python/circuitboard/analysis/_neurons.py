@@ -158,8 +158,8 @@ def top_activations(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> top = top_activations(model, tok, ["a b c", "the lazy dog"], [(0, 3), (1, 5)], k=2,
     ...                       progress=False)
     >>> top.values.shape, bool(top.examples(1, 5)[0]["value"] == top.values[1, 0])
@@ -277,8 +277,8 @@ def logit_effects(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, _ = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, _ = tiny_model("llama")
     >>> eff = logit_effects(model, [(0, 1)], k=3)
     >>> eff["promoted"].shape, bool(eff["promoted"][0, 0] >= eff["promoted"][0, 1])
     ((1, 3), True)

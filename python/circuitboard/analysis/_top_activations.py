@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, read_npz, stamp
 from ._histograms import (
     _lattice_of,
     lattice,
@@ -141,23 +142,24 @@ class TopActivations:
 
         if isinstance(path, (str, os.PathLike)) and not str(path).endswith(".npz"):
             path = f"{os.fspath(path)}.npz"  # as numpy's savez does
-        save_npz(path, {"_meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})
+        meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        save_npz(path, {**stamp("top activations"), "_meta": meta_array, **arrays})
 
     @classmethod
     def load(cls, path: Any) -> TopActivations:
         """Read a file written by :meth:`save`."""
-        import json
-
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["_meta"].tobytes().decode())
-            arrays = {k: z[k] for k in z.files if k != "_meta"}
-        return cls(
-            neurons=[(int(a), int(b)) for a, b in meta["neurons"]],
-            texts=list(meta["texts"]),
-            vocab={int(k): v for k, v in meta["vocab"].items()},
-            model_name=meta.get("model_name", ""),
-            **arrays,
-        )
+        writer = "TopActivations.save(path)"
+        arrays = read_npz(path, "top activations", writer, required=("_meta",))
+        meta = json_array(arrays, "_meta", path, "top activations", writer)
+        del arrays["_meta"]
+        with decoding(path, "top activations", writer):
+            return cls(
+                neurons=[(int(a), int(b)) for a, b in meta["neurons"]],
+                texts=list(meta["texts"]),
+                vocab={int(k): v for k, v in meta["vocab"].items()},
+                model_name=meta.get("model_name", ""),
+                **arrays,
+            )
 
     def merge(self, *others: TopActivations) -> TopActivations:
         """Combine results of the same neurons over more texts (shards of one run, or datasets).
@@ -314,3 +316,17 @@ def _select_top(k: int, values: np.ndarray, text_index: np.ndarray, *others: np.
         pick = order if a.ndim == 2 else order[:, :, None]
         out.append(np.take_along_axis(a, pick, 1))
     return out
+
+
+def load_top_activations(path: str | os.PathLike[str]) -> TopActivations:
+    """Read a :class:`TopActivations` written by :meth:`TopActivations.save`, without
+    unpickling; any other file is refused with :class:`circuitboard.CircuitboardFileError`.
+
+    Examples
+    --------
+    >>> top = cb.top_activations(model, tok, texts, neurons=[(0, 1)])  # doctest: +SKIP
+    >>> top.save(tmp_path / "t.npz")  # doctest: +SKIP
+    >>> cb.load_top_activations(tmp_path / "t.npz").neurons  # doctest: +SKIP
+    [(0, 1)]
+    """
+    return TopActivations.load(path)

@@ -244,8 +244,8 @@ def _register() -> None:
 def interface_status(model: Any) -> tuple[bool, str]:
     """Whether ``model`` can run through :data:`KEY`, and the kernel (or the reason it cannot).
 
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> interface_status(tiny_llama()[0])
+    >>> from circuitboard.testing import tiny_model
+    >>> interface_status(tiny_model("llama")[0])
     (True, 'sdpa')
     """
     try:
@@ -327,8 +327,8 @@ def attention_hooks(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> seen = []
     >>> with attention_hooks(model, {1: LayerHooks(on_qkv=lambda c: seen.append(c.key.shape))}):
     ...     _ = model(input_ids=torch.tensor([[1, 5, 6]]))

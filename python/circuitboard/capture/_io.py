@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import check_file, decoding, describe_start, not_a
 from ._capture import FORMAT_VERSION, Capture, ModelInfo
 from ._patterns import LayerSpec, Patterns
 
@@ -80,23 +81,18 @@ def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no capture file at {path}; write one with cap.save(path).")
+    writer = "cap.save(path)"
+    path = check_file(path, "capture", writer)
     try:
         f = safe_open(str(path), framework="pt", device=device)
-    except Exception as e:  # not a safetensors file at all
-        raise ValueError(
-            f"{path} is not a circuitboard capture (not a safetensors file: {e}). "
-            "Write captures with cap.save(path)."
-        ) from None
-    with f:
+    except Exception:  # noqa: BLE001 - not a safetensors file at all
+        found = f"not a safetensors file: {describe_start(path)}"
+        raise not_a(path, "capture", found, writer) from None
+    with f, decoding(path, "capture", writer):
         raw = (f.metadata() or {}).get(META_KEY)
         if raw is None:
-            raise ValueError(
-                f"{path} is a safetensors file but not a circuitboard capture (no "
-                f"{META_KEY!r} metadata). Write captures with cap.save(path)."
-            )
+            found = f"a safetensors file without {META_KEY!r} metadata"
+            raise not_a(path, "capture", found, writer)
         meta = json.loads(raw)
         version = meta.get("format_version")
         if version not in READABLE_VERSIONS:
@@ -105,25 +101,33 @@ def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
                 if isinstance(version, int) and version > FORMAT_VERSION
                 else "re-capture it with this version (cb.capture(...).save(path))"
             )
-            raise ValueError(
-                f"{path} has capture format version {version!r}; this circuitboard reads "
-                f"version {FORMAT_VERSION}. To open it, {hint}."
+            raise not_a(
+                path,
+                "capture",
+                f"it has capture format version {version!r}; this circuitboard reads "
+                f"version {FORMAT_VERSION}. To open it, {hint}",
+                writer,
             )
         keys = set(f.keys())
-        tensors = {n: f.get_tensor("tensors/" + n) for n in meta["names"]}
-        weights = {n: f.get_tensor("weights/" + n) for n in meta["weight_names"]}
-        logits = f.get_tensor("logits") if "logits" in keys else None
-        token_ids = f.get_tensor("token_ids")
-        specs = {
-            int(layer): LayerSpec(
-                scaling=float(m["scaling"]),
-                softcap=m.get("softcap"),
-                span=f.get_tensor(f"attn/{layer}/span"),
-                allowed=f.get_tensor(f"attn/{layer}/allowed") if m.get("dense") else None,
-            )
-            for layer, m in (meta.get("attention") or {}).items()
-        }
-    info = ModelInfo(**meta["info"]) if meta.get("info") else None
+        try:
+            tensors = {n: f.get_tensor("tensors/" + n) for n in meta["names"]}
+            weights = {n: f.get_tensor("weights/" + n) for n in meta["weight_names"]}
+            logits = f.get_tensor("logits") if "logits" in keys else None
+            token_ids = f.get_tensor("token_ids")
+            specs = {
+                int(layer): LayerSpec(
+                    scaling=float(m["scaling"]),
+                    softcap=m.get("softcap"),
+                    span=f.get_tensor(f"attn/{layer}/span"),
+                    allowed=f.get_tensor(f"attn/{layer}/allowed") if m.get("dense") else None,
+                )
+                for layer, m in (meta.get("attention") or {}).items()
+            }
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            found = f"a tensor it names cannot be read: {type(e).__name__}: {e}"
+            raise not_a(path, "capture", found, writer) from None
+    with decoding(path, "capture", writer):
+        info = ModelInfo(**meta["info"]) if meta.get("info") else None
     return Capture(
         tokens=list(meta["tokens"]),
         token_ids=token_ids,

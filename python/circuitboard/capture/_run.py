@@ -366,8 +366,8 @@ def capture(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> cap = capture(model, tok, "When Mary and John went to the store")
     >>> cap["blocks.0.attn.hook_pattern"].shape[0], cap.tokens[:2]
     (4, ['<s>', 'Whe'])

@@ -18,7 +18,7 @@ from ..widgets._bundle import STATIC, Base, request_key
 from ..widgets._checks import view_checks
 from ..widgets._view import View, json_safe
 from ._markdown import markdown_to_html
-from ._proof import PROOF_CSS, badges_html, content_hash, provenance_html
+from ._proof import PROOF_CSS, SEAL_PLACEHOLDER, badges_html, provenance_html, seal
 
 DEFAULT_BUDGET = 50_000_000  # bytes of the written file
 PREFIX = "IPY_MODEL_"
@@ -356,10 +356,10 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
     body_html = "\n".join(body)
     state_json = _safe_json(data)
     blob_b64 = base64.b64encode(blob.compressed()).decode("ascii")
-    proof = {"content_sha256": content_hash(state_json, blob_b64), "views": proof_views}
+    proof = {"views": proof_views}
     provenance_block = provenance_html([v["provenance"] for v in proof_views.values()])
     bundle_b64 = base64.b64encode(bundle).decode("ascii")
-    return f"""<!DOCTYPE html>
+    return seal(f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -385,10 +385,11 @@ def _build(items: list[Any], title: str, budget_bytes: int, stated_budget: int) 
 <script id="cb-proof" type="application/json">{_safe_json(proof)}</script>
 <script id="cb-blob" type="text/plain">{blob_b64}</script>
 <script id="cb-bundle" type="text/plain">{bundle_b64}</script>
-<script>{host}</script>
+<script id="cb-host">{host}</script>
+{SEAL_PLACEHOLDER}
 </body>
 </html>
-"""
+""")
 
 
 def _footer() -> str:

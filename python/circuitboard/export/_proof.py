@@ -1,4 +1,4 @@
-"""What a report shows to prove itself: check badges per view, provenance, the content hash."""
+"""What a report shows to prove itself: check badges per view, provenance, the page's seal."""
 
 from __future__ import annotations
 
@@ -19,12 +19,61 @@ PROOF_CSS = (
 )
 
 
-def content_hash(state_json: str, blob_b64: str) -> str:
-    """sha256 over the page's embedded state and data, exactly as written in the page."""
-    h = hashlib.sha256(state_json.encode("ascii"))
-    h.update(b"\n")
-    h.update(blob_b64.encode("ascii"))
-    return h.hexdigest()
+SEAL_OPEN = '<script id="cb-seal" type="text/plain">'
+SEAL_CLOSE = "</script>"
+SEAL_PLACEHOLDER = SEAL_OPEN + SEAL_CLOSE
+
+# Every part the exporter writes, in page order, with the text that opens it: a page lacking
+# one was cut short or edited, and `circuitboard verify` names what is gone.
+PARTS = (
+    ("the document type", "<!DOCTYPE html>"),
+    ("the page title", "<title>"),
+    ("the page header", '<header class="cb-page-header">'),
+    ("the views", '<main id="cb-report">'),
+    ("the end of the views", "</main>"),
+    ("the footer", '<footer class="cb-page-footer">'),
+    ("the embedded state", '<script id="cb-state" type="application/json">'),
+    ("the proof", '<script id="cb-proof" type="application/json">'),
+    ("the embedded data", '<script id="cb-blob" type="text/plain">'),
+    ("the widget bundle", '<script id="cb-bundle" type="text/plain">'),
+    ("the page host", '<script id="cb-host">'),
+    ("the seal", SEAL_OPEN),
+    ("the end of the page", "</html>"),
+)
+
+
+def _digest(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def seal(page: str) -> str:
+    """Fill in the page's seal: the sha256 of every byte of the page as written (UTF-8) with
+    the seal itself empty, so any edit anywhere (state, data, bundle, host, visible text) shows.
+
+    >>> page = seal("<p>hi</p>" + SEAL_PLACEHOLDER)
+    >>> def intact(p): claimed, actual = read_seal(p.encode()); return claimed == actual
+    >>> intact(page), intact(page.replace("hi", "ho"))
+    (True, False)
+    """
+    if page.count(SEAL_OPEN) != 1:
+        raise RuntimeError("a report must hold exactly one seal placeholder")
+    at = page.index(SEAL_PLACEHOLDER) + len(SEAL_OPEN)
+    return page[:at] + _digest(page.encode("utf-8", "replace")) + page[at:]
+
+
+def read_seal(data: bytes) -> tuple[str | None, str | None]:
+    """``(claimed, actual)``: the seal a page carries and the one its bytes give; ``(None,
+    None)`` when it has no complete seal."""
+    opening = SEAL_OPEN.encode()
+    start = data.rfind(opening)
+    if start < 0:
+        return None, None
+    body = start + len(opening)
+    end = data.find(SEAL_CLOSE.encode(), body)
+    if end < 0:
+        return None, None
+    claimed = data[body:end].decode("ascii", "replace")
+    return claimed, _digest(data[:body] + data[end:])
 
 
 def _badge(c: dict[str, Any]) -> str:

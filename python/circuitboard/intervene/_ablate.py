@@ -100,6 +100,7 @@ class Ablation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :func:`load_ablation` reads it back."""
+        from .._files import stamp
         from .._npz import save_npz
 
         meta = {
@@ -116,6 +117,7 @@ class Ablation:
         save_npz(
             out,
             {
+                **stamp("ablation"),
                 "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
                 "values": self.values,
                 "baseline": self.baseline,
@@ -145,10 +147,13 @@ def load_ablation(path: str | os.PathLike[str]) -> Ablation:
     >>> load_ablation(a.save(os.path.join(tempfile.mkdtemp(), "a.npz"))).labels
     ['L0H0']
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        values, baseline = z["values"], z["baseline"]
-    return Ablation(values=values, baseline=baseline, **meta)
+    from .._files import decoding, json_array, read_npz
+
+    kind, writer = "ablation", "Ablation.save(path)"
+    z = read_npz(path, kind, writer, required=("__meta__", "values", "baseline"))
+    meta = json_array(z, "__meta__", path, kind, writer)
+    with decoding(path, kind, writer):
+        return Ablation(values=z["values"], baseline=z["baseline"], **meta)
 
 
 # -- components ---------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, not_a, read_npz, stamp
+from .._npz import save_npz
 from ._graph import Graph
 
 FORMAT = "circuitboard.circuit/1"
@@ -44,9 +46,9 @@ class Circuit:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
+    >>> from circuitboard.testing import tiny_model
     >>> import circuitboard as cb
-    >>> model, tok = tiny_llama()
+    >>> model, tok = tiny_model("llama")
     >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", method="eap")
     >>> c.n_edges, c.graph.n_heads, c.graph.n_kv_heads
     (82, 4, 2)
@@ -509,8 +511,8 @@ class Circuit:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps(_json_safe(self._meta()))
-        with open(out, "wb") as f:
-            np.savez_compressed(f, scores=self.scores.astype(np.float32), meta=np.array(meta))
+        scores = self.scores.astype(np.float32)
+        save_npz(out, {**stamp("circuit"), "scores": scores, "meta": np.array(meta)})
         return out
 
     @property
@@ -587,10 +589,22 @@ def load_circuit(
     >>> cb.load_circuit(tmp_path / "ioi.circuit.npz").curve["value"][-1]  # doctest: +SKIP
     1.0
     """
-    with np.load(Path(path), allow_pickle=False) as f:
-        scores = f["scores"]
-        meta = json.loads(str(f["meta"]))
-    c = Circuit(
+    writer = "Circuit.save(path)"
+    f = read_npz(path, "circuit", writer, required=("scores", "meta"))
+    scores, meta = f["scores"], json_array(f, "meta", path, "circuit", writer)
+    if meta.get("format", FORMAT) != FORMAT:
+        raise not_a(Path(path), "circuit", f"its format is {meta.get('format')!r}", writer)
+    with decoding(path, "circuit", writer):
+        c = _from_meta(scores, meta)
+    if model is not None:
+        from ._eap import attach
+
+        attach(c, model, tokenizer, **kwargs)
+    return c
+
+
+def _from_meta(scores: np.ndarray, meta: dict[str, Any]) -> Circuit:
+    return Circuit(
         graph=Graph.from_dict(meta["graph"]),
         scores=scores,
         method=meta["method"],
@@ -607,8 +621,3 @@ def load_circuit(
         evaluations=meta.get("evaluations") or {},
         prompts=meta.get("prompts") or {},
     )
-    if model is not None:
-        from ._eap import attach
-
-        attach(c, model, tokenizer, **kwargs)
-    return c

@@ -276,9 +276,9 @@ def circuit(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
+    >>> from circuitboard.testing import tiny_model
     >>> import circuitboard as cb
-    >>> model, tok = tiny_llama()
+    >>> model, tok = tiny_model("llama")
     >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", steps=8)
     >>> c.n_edges, c.top(1)[0]["label"].count("→")
     (82, 1)

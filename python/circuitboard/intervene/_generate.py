@@ -112,8 +112,8 @@ def generate(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> v = torch.zeros(32); v[0] = 1.0
     >>> gen = generate(model, tok, "When Mary", max_new_tokens=2, steer=v, layer=1, scale=4.0)
     >>> gen.steering

@@ -87,8 +87,8 @@ class Generation:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> gen = cb.generate(model, tok, "When Mary and John", max_new_tokens=3, stop_at_eos=False)
     >>> len(gen.tokens), gen.capture.n_tokens == gen.capture.n_prompt_tokens + 3
     (3, True)
@@ -325,8 +325,8 @@ class Generation:
 
         Examples
         --------
-        >>> from tests.unit.tiny_models import tiny_llama
-        >>> model, tok = tiny_llama()
+        >>> from circuitboard.testing import tiny_model
+        >>> model, tok = tiny_model("llama")
         >>> gen = cb.generate(model, tok, "When Mary and John", max_new_tokens=4, stop_at_eos=False)
         >>> alt = gen.fork(2, text=" the")
         >>> alt.token_ids[:2] == gen.token_ids[:2]

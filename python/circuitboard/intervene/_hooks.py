@@ -41,9 +41,9 @@ Two options make batched patching cheap:
 Examples
 --------
 >>> import torch
->>> from tests.unit.tiny_models import tiny_llama
+>>> from circuitboard.testing import tiny_model
 >>> from circuitboard.intervene import Edit, Site, write_hooks
->>> model, tok = tiny_llama()
+>>> model, tok = tiny_model("llama")
 >>> ids = torch.tensor([tok("the store")["input_ids"]])
 >>> read = Edit(Site("resid_post", 0), op="read")
 >>> with torch.no_grad(), write_hooks(model, [read]):

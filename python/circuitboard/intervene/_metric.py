@@ -25,7 +25,7 @@ def token_id(tokenizer: Any, token: str | int, what: str = "answer") -> int:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_tokenizer
+    >>> from circuitboard.testing import tiny_tokenizer
     >>> tok = tiny_tokenizer()
     >>> token_id(tok, " the") == tok(" the", add_special_tokens=False)["input_ids"][0]
     True

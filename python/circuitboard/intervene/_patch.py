@@ -150,8 +150,8 @@ def patch(
     Examples
     --------
     >>> import circuitboard as cb
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> clean = "When Mary and John went to the store, John gave a drink to"
     >>> corrupted = "When Mary and John went to the store, Mary gave a drink to"
     >>> res = cb.patch(model, tok, clean, corrupted, answer=" Mary", wrong=" John")
@@ -169,8 +169,8 @@ def patch(
     Between two images (a ViT: CLS plus patches; classes by id or label):
 
     >>> import numpy as np
-    >>> from tests.unit.tiny_models import tiny_vit
-    >>> vit, _ = tiny_vit(channels=1)
+    >>> from circuitboard.testing import tiny_model
+    >>> vit, _ = tiny_model("vit", channels=1)
     >>> a, b = np.random.default_rng(0).random((2, 8, 8))
     >>> img = cb.patch(vit, None, a, b, answer="class 1", wrong="class 2", site="resid_post")
     >>> img.values.shape, img.tokens["clean"]  # [layer, CLS + 4 patches]

@@ -161,6 +161,7 @@ class PathPatching:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :func:`load_path_patching` reads it back."""
+        from .._files import stamp
         from .._npz import save_npz
 
         meta = {
@@ -183,6 +184,7 @@ class PathPatching:
         save_npz(
             out,
             {
+                **stamp("path patching"),
                 "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
                 "values": self.values,
                 "raw": self.raw,
@@ -210,13 +212,16 @@ def load_path_patching(path: str | os.PathLike[str]) -> PathPatching:
     >>> load_path_patching(f).labels
     ['L0H1']
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        values, raw = z["values"], z["raw"]
-    meta["sets"] = [[tuple(x) for x in s] for s in meta["sets"]]
-    if not isinstance(meta["receivers"], str):
-        meta["receivers"] = [(int(a), int(b), str(c)) for a, b, c in meta["receivers"]]
-    return PathPatching(values=values, raw=raw, **meta)
+    from .._files import decoding, json_array, read_npz
+
+    kind, writer = "path patching", "PathPatching.save(path)"
+    z = read_npz(path, kind, writer, required=("__meta__", "values", "raw"))
+    meta = json_array(z, "__meta__", path, kind, writer)
+    with decoding(path, kind, writer):
+        meta["sets"] = [[tuple(x) for x in s] for s in meta["sets"]]
+        if not isinstance(meta["receivers"], str):
+            meta["receivers"] = [(int(a), int(b), str(c)) for a, b, c in meta["receivers"]]
+        return PathPatching(values=z["values"], raw=z["raw"], **meta)
 
 
 # -- input checks -------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, read_npz, stamp
+from .._npz import save_npz
+
 AXES = {
     "position": ("layer", "position"),
     "heads": ("layer", "head"),
@@ -196,10 +199,8 @@ class Patching:
             meta["kv_groups"] = {str(k): v for k, v in self.kv_groups.items()}
         arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS if getattr(self, k) is not None}
         out = Path(path)
-        with open(out, "wb") as f:
-            np.savez_compressed(
-                f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays
-            )
+        meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        save_npz(out, {**stamp("patching"), "__meta__": meta_array, **arrays})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,13 +241,14 @@ def load_patching(path: str | os.PathLike[str]) -> Patching:
     >>> load_patching(f).site
     'heads'
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        arrays = {k: z[k] for k in _ARRAYS if k in z.files}
-    meta["axes"] = tuple(meta["axes"])
-    if meta.get("kv_groups") is not None:
-        meta["kv_groups"] = {int(k): v for k, v in meta["kv_groups"].items()}
-    return Patching(**meta, **{k: arrays.get(k) for k in _ARRAYS})
+    writer = "Patching.save(path)"
+    z = read_npz(path, "patching", writer, required=("__meta__", "values", "raw"))
+    meta = json_array(z, "__meta__", path, "patching", writer)
+    with decoding(path, "patching", writer):
+        meta["axes"] = tuple(meta["axes"])
+        if meta.get("kv_groups") is not None:
+            meta["kv_groups"] = {int(k): v for k, v in meta["kv_groups"].items()}
+        return Patching(**meta, **{k: z.get(k) for k in _ARRAYS})
 
 
 __all__ = ["AXES", "Patching", "load_patching"]

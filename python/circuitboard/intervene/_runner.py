@@ -26,9 +26,9 @@ Contract
 Examples
 --------
 >>> import torch
->>> from tests.unit.tiny_models import tiny_llama
+>>> from circuitboard.testing import tiny_model
 >>> from circuitboard.intervene import Runner, Site, logit_diff
->>> model, tok = tiny_llama()
+>>> model, tok = tiny_model("llama")
 >>> r = Runner(model)
 >>> ids = torch.tensor(tok("the store")["input_ids"])
 >>> acts, logits = r.read(ids, [Site("resid_pre", 1)])

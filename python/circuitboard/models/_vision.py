@@ -46,13 +46,26 @@ CACHE_NAME = f"vit-digits-v{RECIPE['version']}"
 PIXEL_NORM = {"mean": [0.5], "std": [0.5]}
 
 
+def _load_digits() -> Any:
+    """scikit-learn's bundled 8×8 digits; without scikit-learn, an error naming the extra."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # ModuleNotFoundError, or a broken install
+        raise ModuleNotFoundError(
+            "the default vision model is trained on scikit-learn's bundled digits, and "
+            f"scikit-learn could not be imported ({err}). Install the vision extra: "
+            'pip install "circuitboard[vision]"',
+            name="sklearn",
+        ) from err
+    return load_digits()
+
+
 def digits() -> tuple[Any, Any, Any, Any]:
     """``(train_images, train_labels, test_images, test_labels)``: float32 ``[N, 1, 16, 16]`` in
     ``[0, 1]`` and int64 labels, split as the default vision model was trained."""
     import numpy as np
-    from sklearn.datasets import load_digits
 
-    d = load_digits()
+    d = _load_digits()
     x = (d.images.astype(np.float32) / 16.0).repeat(2, axis=1).repeat(2, axis=2)[:, None]
     y = d.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(y))
@@ -155,6 +168,7 @@ def load_default_vision_model() -> tuple[Any, None]:
 
     cached = default_cache_dir() / CACHE_NAME
     if not (cached / "metrics.json").is_file():
+        _load_digits()  # says which extra to install before any training starts
         model, metrics = train_vision_model()
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))

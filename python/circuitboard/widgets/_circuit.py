@@ -45,9 +45,9 @@ class CircuitView(View):
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
+    >>> from circuitboard.testing import tiny_model
     >>> import circuitboard as cb
-    >>> model, tok = tiny_llama()
+    >>> model, tok = tiny_model("llama")
     >>> c = cb.circuit(model, tok, "1 2 3 4 5 6 7 8", "9 8 7 6 5 4 3 2", method="eap")
     >>> view = cb.circuit_view(c, k=20)
     >>> view.k, view.n_edges

@@ -42,9 +42,9 @@ class NeuronDashboard(View):
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
+    >>> from circuitboard.testing import tiny_model
     >>> from circuitboard.analysis import top_activations
-    >>> model, tok = tiny_llama()
+    >>> model, tok = tiny_model("llama")
     >>> top = top_activations(model, tok, ["a b c", "the dog"], [(0, 1), (1, 2)], k=2,
     ...                       progress=False)
     >>> card = NeuronDashboard(top, neuron=(1, 2)).card(1, 2)
