@@ -37,8 +37,8 @@ class CompositionScores:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> res = composition_scores(tiny_llama()[0])
+    >>> from circuitboard.testing import tiny_model
+    >>> res = composition_scores(tiny_model("llama")[0])
     >>> res.values["K"].shape  # [layers, heads, layers, heads]
     (2, 4, 2, 4)
     >>> float(res.values["K"][1, 0, 0, 0])  # a later head never writes into an earlier one
@@ -146,8 +146,8 @@ def load_composition_scores(path: str | os.PathLike[str]) -> CompositionScores:
     Examples
     --------
     >>> import tempfile, os
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> res = composition_scores(tiny_llama()[0], baseline_samples=2)
+    >>> from circuitboard.testing import tiny_model
+    >>> res = composition_scores(tiny_model("llama")[0], baseline_samples=2)
     >>> f = res.save(os.path.join(tempfile.mkdtemp(), "comp.npz"))
     >>> bool((load_composition_scores(f).values["Q"] == res.values["Q"]).all())
     True
@@ -327,8 +327,8 @@ def composition_scores(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> res = composition_scores(tiny_llama()[0], baseline_samples=4)
+    >>> from circuitboard.testing import tiny_model
+    >>> res = composition_scores(tiny_model("llama")[0], baseline_samples=4)
     >>> sorted(res.values)
     ['K', 'Q', 'V']
     >>> 0.0 < res.baseline["K"] < 1.0

@@ -56,8 +56,8 @@ class Ablation:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> res = ablate(model, tok, ["the quick brown fox"], ["L0H1", "L1.mlp", []])
     >>> res.values.shape, float(res.effects[2, 0])  # the empty ablation changes nothing
     ((3, 1), 0.0)
@@ -306,8 +306,8 @@ def ablate(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> res = ablate(model, tok, ["the quick brown fox"], ["L0H1", "L1"], how="mean",
     ...              reference=["the quick brown fox"])
     >>> bool(abs(res.effects).max() < 1e-5)  # the mean of the prompt itself changes nothing

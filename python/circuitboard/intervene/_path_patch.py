@@ -424,8 +424,8 @@ def path_patch(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> res = path_patch(model, tok, "When Mary and John went", "When John and Mary went",
     ...                  senders=[[], [(0, 1)]], receivers=[(1, 0, "q")],
     ...                  answer=" to", wrong=" the")

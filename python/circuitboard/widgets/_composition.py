@@ -41,8 +41,8 @@ class CompositionView(View):
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> res = cb.composition_scores(tiny_llama()[0], baseline_samples=2)
+    >>> from circuitboard.testing import tiny_model
+    >>> res = cb.composition_scores(tiny_model("llama")[0], baseline_samples=2)
     >>> view = CompositionView(res)
     >>> view.kind, view.n_layers, view.n_heads
     ('K', 2, 4)
