@@ -66,6 +66,8 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "surgery": "circuitboard.intervene",
 }
 
 
@@ -129,4 +131,6 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "surgery",
 ]

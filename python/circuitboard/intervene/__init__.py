@@ -31,6 +31,9 @@ from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
 
+# Model surgery and causal tracing (issue 29, second half)
+from ._surgery import Surgery, surgery
+
 __all__ = [
     "Circuit",
     "DIRECTIONS",
@@ -59,6 +62,9 @@ __all__ = [
     "patch",
     "site_shape",
     "steering_vector",
+    # Model surgery and causal tracing (issue 29, second half)
+    "Surgery",
+    "surgery",
     "token_id",
     "write_hooks",
 ]
