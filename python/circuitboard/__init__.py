@@ -67,6 +67,9 @@ _LAZY = {
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
     # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "CausalTrace": "circuitboard.intervene",
+    "causal_trace": "circuitboard.intervene",
+    "load_causal_trace": "circuitboard.intervene",
     "surgery": "circuitboard.intervene",
 }
 
@@ -132,5 +135,8 @@ __all__ = [
     "supported_architectures",
     "top_activations",
     # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "CausalTrace",
+    "causal_trace",
+    "load_causal_trace",
     "surgery",
 ]
