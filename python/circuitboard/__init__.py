@@ -18,6 +18,7 @@ from .export import report
 from .widgets import (
     AttentionView,
     Board,
+    CausalTraceView,  # issue 29, second half
     CircuitView,
     CompareView,
     GenerationView,
@@ -28,6 +29,7 @@ from .widgets import (
     NeuronsView,
     PatchingView,
     board,
+    causal_trace_view,
     circuit_view,
     compare_view,
     generation_view,
@@ -136,6 +138,8 @@ __all__ = [
     "top_activations",
     # Model surgery, causal tracing and the experiment log (issue 29, second half)
     "CausalTrace",
+    "CausalTraceView",
+    "causal_trace_view",
     "causal_trace",
     "load_causal_trace",
     "surgery",

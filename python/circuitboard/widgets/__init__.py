@@ -3,6 +3,7 @@
 from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
+from ._causal_trace import CausalTraceView, causal_trace_view  # issue 29, second half
 from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
@@ -18,6 +19,7 @@ from ._view import View
 __all__ = [
     "AttentionView",
     "Board",
+    "CausalTraceView",
     "CircuitView",
     "CompareView",
     "GenerationView",
@@ -29,6 +31,7 @@ __all__ = [
     "PatchingView",
     "View",
     "board",
+    "causal_trace_view",
     "circuit_view",
     "compare_view",
     "decode",
