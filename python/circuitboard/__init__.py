@@ -73,6 +73,9 @@ _LAZY = {
     "causal_trace": "circuitboard.intervene",
     "load_causal_trace": "circuitboard.intervene",
     "surgery": "circuitboard.intervene",
+    "experiment": "circuitboard.experiments",
+    "load_experiment": "circuitboard.experiments",
+    "log": "circuitboard.experiments",
 }
 
 
