@@ -7,6 +7,7 @@ import * as causal_trace from "./views/causal_trace"; // issue 29, second half
 import * as circuit from "./views/circuit";
 import * as compare from "./views/compare";
 import * as dashboard from "./views/dashboard";
+import * as experiments from "./views/experiments"; // issue 29, second half
 import * as generation from "./views/generation";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
@@ -22,6 +23,7 @@ export const VIEWS: Record<string, View> = {
   circuit: circuit as unknown as View,
   compare: compare as unknown as View,
   dashboard: dashboard as unknown as View,
+  experiments: experiments as unknown as View,
   generation: generation as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,

@@ -21,6 +21,7 @@ from .widgets import (
     CausalTraceView,  # issue 29, second half
     CircuitView,
     CompareView,
+    ExperimentsView,
     GenerationView,
     Link,
     LogitAttributionView,
@@ -76,6 +77,7 @@ _LAZY = {
     "experiment": "circuitboard.experiments",
     "load_experiment": "circuitboard.experiments",
     "log": "circuitboard.experiments",
+    "experiments": "circuitboard.experiments",
 }
 
 
@@ -142,8 +144,13 @@ __all__ = [
     # Model surgery, causal tracing and the experiment log (issue 29, second half)
     "CausalTrace",
     "CausalTraceView",
-    "causal_trace_view",
+    "ExperimentsView",
     "causal_trace",
+    "causal_trace_view",
+    "experiment",
+    "experiments",
     "load_causal_trace",
+    "load_experiment",
+    "log",
     "surgery",
 ]

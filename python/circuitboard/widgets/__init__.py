@@ -8,6 +8,7 @@ from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
+from ._experiments import ExperimentsBrowser, ExperimentsView, experiments  # issue 29
 from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
 from ._link import Link
@@ -22,6 +23,8 @@ __all__ = [
     "CausalTraceView",
     "CircuitView",
     "CompareView",
+    "ExperimentsBrowser",
+    "ExperimentsView",
     "GenerationView",
     "Link",
     "LogitAttributionView",
@@ -36,6 +39,7 @@ __all__ = [
     "compare_view",
     "decode",
     "encode",
+    "experiments",
     "generation_view",
     "link",
     "patching_view",
