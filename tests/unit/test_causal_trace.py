@@ -65,31 +65,44 @@ def test_trace_identities_and_batching(llama) -> None:
     np.testing.assert_array_equal(again.values, tr.values)  # seeded
 
 
-def test_one_cell_equals_a_hand_written_hooked_run(llama) -> None:
-    """MLP output of layer 0 at the subject's last token, restored in a plain hooked forward."""
+@pytest.mark.parametrize(
+    ("kind", "site", "layer"),
+    [
+        ("mlp", "mlp_out", 0),
+        ("mlp", "mlp_out", 1),
+        ("hidden", "resid_post", 1),
+        ("attn", "attn_out", 1),
+    ],
+)
+def test_one_cell_equals_a_hand_written_hooked_run(llama, kind, site, layer) -> None:
+    """One restoration, redone as a plain hooked forward from the embedding (no shared
+    corrupted prefix, no batching): at the subject's last token in layer 0, at the last token
+    in layer 1 (the last layer: other positions cannot reach the logits there)."""
     model, tok = llama
     tr = cb.causal_trace(
-        model, tok, PROMPT, subject=SUBJECT, samples=2, windows=(1, 1), kinds=("mlp",)
+        model, tok, PROMPT, subject=SUBJECT, samples=2, windows=(1, 1), kinds=(kind,)
     )
     pos = subject_positions(tok, PROMPT, SUBJECT)
     ids = torch.tensor([tok(PROMPT)["input_ids"]])
     emb_std = float(model.model.embed_tokens.weight.detach().std())
     noise = torch.randn(2, len(pos), 32, generator=torch.Generator().manual_seed(0)) * 3 * emb_std
-    read = Edit(Site("mlp_out", 0), op="read")
+    read = Edit(Site(site, layer), op="read")
     with torch.no_grad(), write_hooks(model, [read]):
         clean_logits = model(input_ids=ids, use_cache=False).logits[0, -1]
     answer = int(clean_logits.argmax())
+    at = pos[-1] if layer == 0 else ids.shape[1] - 1
     effects = []
     for s in range(2):
         add = Edit(Site("embed", 0, pos=tuple(pos)), "add", noise[s])
-        put = Edit(Site("mlp_out", 0, pos=pos[-1]), "replace", read.activation[0, pos[-1]])
+        put = Edit(Site(site, layer, pos=at), "replace", read.activation[0, at])
         with torch.no_grad(), write_hooks(model, [add]):
             p_corrupt = torch.softmax(model(input_ids=ids, use_cache=False).logits[0, -1], -1)
         with torch.no_grad(), write_hooks(model, [add, put]):
             p_restored = torch.softmax(model(input_ids=ids, use_cache=False).logits[0, -1], -1)
         effects.append(float(p_restored[answer] - p_corrupt[answer]))
     assert tr.answer_id == answer
-    assert tr.effect("mlp")[0, pos[-1]] == pytest.approx(np.mean(effects), abs=1e-6)
+    assert tr.effect(kind)[layer, at] == pytest.approx(np.mean(effects), abs=1e-7)
+    assert abs(np.mean(effects)) > 1e-7  # the cell is not trivially 0
 
 
 def test_save_load_roundtrip_without_pickle(llama, tmp_path) -> None:
