@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,24 @@ def test_bad_surgery_inputs_name_the_fix() -> None:
     with pytest.raises(ValueError, match="Hugging Face"):
         with surgery(torch.nn.Linear(2, 2)):
             pass
+
+
+def test_patching_inside_surgery_equals_patching_a_rebuilt_model() -> None:
+    """cb.patch sees the edited model: its heatmap equals the one of a model built with the
+    layers already reordered (layer i = the i-th block that runs)."""
+    from tests.unit.test_patch import CLEAN, CORRUPT, _model, _tokens_with_range
+
+    model, tok = _model("llama")
+    ref = copy.deepcopy(model)
+    layers = ref.model.layers
+    layers[0], layers[1] = layers[1], layers[0]
+    for i, blk in enumerate(layers):
+        blk.self_attn.layer_idx = i
+    answer, wrong = _tokens_with_range(ref, tok)
+    kw = dict(answer=answer, wrong=wrong, site="resid_pre")
+    want = cb.patch(ref, tok, CLEAN, CORRUPT, **kw)
+    with surgery(model) as s:
+        s.permute_layers([1, 0])
+        got = cb.patch(model, tok, CLEAN, CORRUPT, **kw)
+    np.testing.assert_allclose(got.values, want.values, atol=1e-6)
+    assert got.clean_value == pytest.approx(want.clean_value, abs=1e-6)

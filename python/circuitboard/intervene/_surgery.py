@@ -37,8 +37,7 @@ def _layer_idx_owners(block: Any) -> list[tuple[Any, int]]:
     return [
         (m, m.layer_idx)
         for m in block.modules()
-        if isinstance(getattr(m, "layer_idx", None), int)
-        and not isinstance(m.layer_idx, bool)
+        if isinstance(getattr(m, "layer_idx", None), int) and not isinstance(m.layer_idx, bool)
     ]
 
 
