@@ -67,3 +67,41 @@ def test_three_panels_hover_click_and_text_tokens(page, tmp_path, artifacts) -> 
     page.wait_for_selector('.cb-trace[data-selected="L1 token 2"]')
     page.screenshot(path=str(artifacts / "causal-trace-synthetic.png"), full_page=True)
     assert page.cb_errors == []
+
+
+def test_hostile_tokens_are_text(page, tmp_path) -> None:
+    from tests.browser.test_hostile_every_view import INJECTED
+    from tests.hostile import HOSTILE_TOKENS
+
+    tokens = [t for t in HOSTILE_TOKENS if "\ud800" not in t][:20]
+    n = len(tokens)
+    values = np.random.default_rng(0).uniform(0, 0.5, size=(3, 2, n))
+    tr = CausalTrace(
+        values,
+        values,
+        values[None],
+        ("hidden", "mlp", "attn"),
+        tokens,
+        [2, 3],
+        tokens[0],
+        1,
+        0.6,
+        0.1,
+        np.array([0.1]),
+        3.0,
+        0.3,
+        1,
+        0,
+        (1, 10),
+        notes=[tokens[3]],
+    )
+    path = cb.report(cb.causal_trace_view(tr), path=tmp_path / "hostile.html", title="trace")
+    open_report(page, path)
+    for i in range(n):
+        page.locator('.cb-trace-panel[data-kind="mlp"] canvas').hover(
+            position={"x": 3, "y": 18 * i + 9}
+        )
+    assert page.evaluate("() => window.__pwned === undefined")
+    assert page.evaluate(f"() => document.querySelectorAll({INJECTED!r}).length") == 0
+    assert tokens[0] in page.inner_text(".cb-trace .cb-patch-desc")  # the answer, as text
+    assert page.cb_errors == []

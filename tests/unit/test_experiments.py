@@ -277,3 +277,38 @@ def test_bad_inputs_name_the_fix(tmp_path) -> None:
         cb.experiment(3)
     with pytest.raises(ValueError, match="stored 2 results"):
         cb.log("two", {"a": 1, "b": 2}, project=tmp_path).result  # noqa: B018
+
+
+def test_widget_lists_refreshes_and_shows_result_views(tmp_path) -> None:
+    trace = CausalTrace(
+        np.zeros((1, 2, 3)),
+        np.zeros((1, 2, 3)),
+        np.zeros((1, 1, 2, 3)),
+        ("mlp",),
+        ["a", "b", "c"],
+        [1],
+        " x",
+        5,
+        0.5,
+        0.1,
+        np.array([0.1]),
+        3.0,
+        0.3,
+        1,
+        0,
+        (1, 10),
+    )
+    first = cb.log("trace", {"trace": trace, "n": 1}, project=tmp_path)
+    browser = cb.experiments(tmp_path)
+    view = browser.view
+    assert [e["name"] for e in view.experiments] == ["trace"]
+    (entry,) = view.experiments[0]["runs"]
+    assert entry["status"] == "complete" and [r["key"] for r in entry["results"]] == ["trace", "n"]
+    view.selected_run = first.run_id
+    assert [type(v).__name__ for v in browser.results.children] == ["CausalTraceView"]
+    cb.log("trace", {"n": 2}, source="v2", project=tmp_path)
+    view.refresh()
+    assert len(view.experiments[0]["runs"]) == 2 and len(view.experiments[0]["versions"]) == 2
+    assert view.experiments[0]["versions"][1]["diff"].startswith("--- trace v1")
+    with pytest.raises(ValueError, match="no run 'nope'.*click a run"):
+        view.run("nope")
