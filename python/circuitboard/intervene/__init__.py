@@ -62,12 +62,12 @@ __all__ = [
     "patch",
     "site_shape",
     "steering_vector",
+    "token_id",
+    "write_hooks",
     # Model surgery and causal tracing (issue 29, second half)
     "CausalTrace",
     "Surgery",
     "causal_trace",
     "load_causal_trace",
     "surgery",
-    "token_id",
-    "write_hooks",
 ]
