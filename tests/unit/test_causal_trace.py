@@ -11,7 +11,7 @@ from circuitboard.intervene import Edit, Site, write_hooks
 from circuitboard.intervene._causal_trace import restoration_effect, subject_positions
 from circuitboard.intervene._causal_trace_result import load_causal_trace
 
-from .tiny_models import tiny_gpt2, tiny_llama
+from .tiny_models import tiny_bert, tiny_gpt2, tiny_llama
 
 PROMPT = "when the store opened the"
 SUBJECT = "store"
@@ -129,3 +129,6 @@ def test_bad_inputs_name_the_fix(llama) -> None:
         cb.causal_trace(model, tok, PROMPT, subject=SUBJECT, kinds=("mlps",))
     with pytest.raises(ValueError, match="samples must be"):
         cb.causal_trace(model, tok, PROMPT, subject=SUBJECT, samples=0)
+    bert, bert_tok = tiny_bert()
+    with pytest.raises(ValueError, match="needs a causal language model.*'bert'"):
+        cb.causal_trace(bert, bert_tok, PROMPT, subject=SUBJECT)

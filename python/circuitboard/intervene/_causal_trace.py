@@ -154,6 +154,15 @@ class _Tracer:
 def _setup(
     model: Any, tokenizer: Any, prompt: str, subject: str, answer: Any, noise: float, samples: int
 ) -> tuple[torch.Tensor, list[int], int]:
+    from ..capture.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    if adapter.modality != "text" or not adapter.causal:
+        raise ValueError(
+            f"causal_trace() needs a causal language model (the answer is the next token); got "
+            f"a {adapter.name!r} model ({adapter.modality}, causal={adapter.causal}). Use a "
+            "decoder such as the default model (cb.load_default_model())."
+        )
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")
     if not isinstance(noise, int | float) or isinstance(noise, bool) or noise < 0:
