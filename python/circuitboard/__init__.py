@@ -18,8 +18,10 @@ from .export import report, verify_report
 from .widgets import (
     AttentionView,
     Board,
+    CausalTraceView,  # issue 29, second half
     CircuitView,
     CompareView,
+    ExperimentsView,
     GenerationView,
     Link,
     LogitAttributionView,
@@ -28,6 +30,7 @@ from .widgets import (
     NeuronsView,
     PatchingView,
     board,
+    causal_trace_view,
     circuit_view,
     compare_view,
     generation_view,
@@ -74,6 +77,15 @@ _LAZY = {
     "Plan": "circuitboard.scale",
     "open_engine": "circuitboard.scale",
     "run_plan": "circuitboard.scale",
+    # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "CausalTrace": "circuitboard.intervene",
+    "causal_trace": "circuitboard.intervene",
+    "load_causal_trace": "circuitboard.intervene",
+    "surgery": "circuitboard.intervene",
+    "experiment": "circuitboard.experiments",
+    "load_experiment": "circuitboard.experiments",
+    "log": "circuitboard.experiments",
+    "experiments": "circuitboard.experiments",
 }
 
 
@@ -150,4 +162,16 @@ __all__ = [
     "supported_architectures",
     "top_activations",
     "verify_report",
+    # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "CausalTrace",
+    "CausalTraceView",
+    "ExperimentsView",
+    "causal_trace",
+    "causal_trace_view",
+    "experiment",
+    "experiments",
+    "load_causal_trace",
+    "load_experiment",
+    "log",
+    "surgery",
 ]

@@ -3,10 +3,12 @@
 from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
+from ._causal_trace import CausalTraceView, causal_trace_view  # issue 29, second half
 from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
+from ._experiments import ExperimentsBrowser, ExperimentsView, experiments  # issue 29
 from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
 from ._link import Link
@@ -18,8 +20,11 @@ from ._view import View
 __all__ = [
     "AttentionView",
     "Board",
+    "CausalTraceView",
     "CircuitView",
     "CompareView",
+    "ExperimentsBrowser",
+    "ExperimentsView",
     "GenerationView",
     "Link",
     "LogitAttributionView",
@@ -29,10 +34,12 @@ __all__ = [
     "PatchingView",
     "View",
     "board",
+    "causal_trace_view",
     "circuit_view",
     "compare_view",
     "decode",
     "encode",
+    "experiments",
     "generation_view",
     "link",
     "patching_view",
