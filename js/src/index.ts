@@ -4,10 +4,12 @@ import { attachFigure } from "./figure";
 import * as ablation from "./views/ablation"; // issue 29
 import * as attention from "./views/attention";
 import * as attribution from "./views/attribution";
+import * as causal_trace from "./views/causal_trace"; // issue 29, second half
 import * as circuit from "./views/circuit";
 import * as compare from "./views/compare";
 import * as composition from "./views/composition"; // issue 29
 import * as dashboard from "./views/dashboard";
+import * as experiments from "./views/experiments"; // issue 29, second half
 import * as generation from "./views/generation";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
@@ -20,10 +22,12 @@ export const VIEWS: Record<string, View> = {
   ablation: ablation as unknown as View,
   attention: attention as unknown as View,
   attribution: attribution as unknown as View,
+  causal_trace: causal_trace as unknown as View,
   circuit: circuit as unknown as View,
   compare: compare as unknown as View,
   composition: composition as unknown as View,
   dashboard: dashboard as unknown as View,
+  experiments: experiments as unknown as View,
   generation: generation as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,

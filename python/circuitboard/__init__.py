@@ -19,9 +19,11 @@ from .widgets import (
     AblationView,  # issue 29
     AttentionView,
     Board,
+    CausalTraceView,  # issue 29, second half
     CircuitView,
     CompareView,
     CompositionView,  # issue 29
+    ExperimentsView,
     GenerationView,
     Link,
     LogitAttributionView,
@@ -31,6 +33,7 @@ from .widgets import (
     PatchingView,
     ablation_view,  # issue 29
     board,
+    causal_trace_view,
     circuit_view,
     compare_view,
     composition_view,  # issue 29
@@ -88,6 +91,15 @@ _LAZY = {
     "Plan": "circuitboard.scale",
     "open_engine": "circuitboard.scale",
     "run_plan": "circuitboard.scale",
+    # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "CausalTrace": "circuitboard.intervene",
+    "causal_trace": "circuitboard.intervene",
+    "load_causal_trace": "circuitboard.intervene",
+    "surgery": "circuitboard.intervene",
+    "experiment": "circuitboard.experiments",
+    "load_experiment": "circuitboard.experiments",
+    "log": "circuitboard.experiments",
+    "experiments": "circuitboard.experiments",
 }
 
 
@@ -178,4 +190,16 @@ __all__ = [
     "composition_view",
     "AblationView",
     "ablation_view",
+    # Model surgery, causal tracing and the experiment log (issue 29, second half)
+    "CausalTrace",
+    "CausalTraceView",
+    "ExperimentsView",
+    "causal_trace",
+    "causal_trace_view",
+    "experiment",
+    "experiments",
+    "load_causal_trace",
+    "load_experiment",
+    "log",
+    "surgery",
 ]

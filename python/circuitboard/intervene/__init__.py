@@ -22,6 +22,8 @@ Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
 
 # path patching and ablations (issue 29)
 from ._ablate import Ablation, ablate, load_ablation
+from ._causal_trace import causal_trace  # causal tracing (issue 29, second half)
+from ._causal_trace_result import CausalTrace, load_causal_trace
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
 from ._generate import Generation, generate
@@ -33,6 +35,7 @@ from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
+from ._surgery import Surgery, surgery  # model surgery (issue 29, second half)
 
 __all__ = [
     "Ablation",
@@ -70,4 +73,10 @@ __all__ = [
     "steering_vector",
     "token_id",
     "write_hooks",
+    # Model surgery and causal tracing (issue 29, second half)
+    "CausalTrace",
+    "Surgery",
+    "causal_trace",
+    "load_causal_trace",
+    "surgery",
 ]

@@ -4,11 +4,13 @@ from ._ablation import AblationView, ablation_view  # issue 29
 from ._attention import AttentionView
 from ._attribution import LogitAttributionView
 from ._board import Board, board
+from ._causal_trace import CausalTraceView, causal_trace_view  # issue 29, second half
 from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._composition import CompositionView, composition_view  # issue 29
 from ._dashboard import NeuronDashboard
+from ._experiments import ExperimentsBrowser, ExperimentsView, experiments  # issue 29
 from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
 from ._link import Link
@@ -21,9 +23,12 @@ __all__ = [
     "AblationView",
     "AttentionView",
     "Board",
+    "CausalTraceView",
     "CircuitView",
     "CompareView",
     "CompositionView",
+    "ExperimentsBrowser",
+    "ExperimentsView",
     "GenerationView",
     "Link",
     "LogitAttributionView",
@@ -34,11 +39,13 @@ __all__ = [
     "View",
     "ablation_view",
     "board",
+    "causal_trace_view",
     "circuit_view",
     "compare_view",
     "composition_view",
     "decode",
     "encode",
+    "experiments",
     "generation_view",
     "link",
     "patching_view",
