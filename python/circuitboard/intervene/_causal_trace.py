@@ -41,7 +41,7 @@ def subject_positions(tokenizer: Any, prompt: str, subject: str) -> list[int]:
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_tokenizer
+    >>> from circuitboard.testing import tiny_tokenizer
     >>> tok = tiny_tokenizer()
     >>> pos = subject_positions(tok, "the store opened", "store")
     >>> pos, [tok.decode([tok("the store opened")["input_ids"][i]]) for i in pos]
@@ -202,8 +202,8 @@ def restoration_effect(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> every = [Site("resid_post", 1)]  # the last block's output at every position
     >>> r = restoration_effect(model, tok, "the store opened the", subject="store",
     ...                        restore=every, samples=2)
@@ -280,8 +280,8 @@ def causal_trace(
 
     Examples
     --------
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> tr = causal_trace(model, tok, "the store opened the", subject="store", samples=2)
     >>> tr.values.shape[:2], round(float(tr.normalized[0, -1, -1]), 4)
     ((3, 2), 1.0)

@@ -92,8 +92,8 @@ class Surgery:
     def delete_layers(self, layers: Sequence[int]) -> Surgery:
         """Remove these layers (current indices); the rest keep their order.
 
-        >>> from tests.unit.tiny_models import tiny_llama
-        >>> model, _ = tiny_llama()
+        >>> from circuitboard.testing import tiny_model
+        >>> model, _ = tiny_model("llama")
         >>> with surgery(model) as s:
         ...     _ = s.delete_layers([0])
         ...     s.layer_map, model.config.num_hidden_layers
@@ -114,8 +114,8 @@ class Surgery:
     def permute_layers(self, order: Sequence[int]) -> Surgery:
         """Run the current layers in ``order`` (a permutation of ``range(n_layers)``).
 
-        >>> from tests.unit.tiny_models import tiny_llama
-        >>> model, _ = tiny_llama()
+        >>> from circuitboard.testing import tiny_model
+        >>> model, _ = tiny_model("llama")
         >>> with surgery(model) as s:
         ...     s.permute_layers([1, 0]).layer_map
         [1, 0]
@@ -133,8 +133,8 @@ class Surgery:
         """Put ``module`` (called like a block: same arguments, same outputs) at ``layer``.
 
         >>> import copy
-        >>> from tests.unit.tiny_models import tiny_llama
-        >>> model, _ = tiny_llama()
+        >>> from circuitboard.testing import tiny_model
+        >>> model, _ = tiny_model("llama")
         >>> twin = copy.deepcopy(model.model.layers[0])
         >>> with surgery(model) as s:
         ...     s.replace_layer(1, twin).layer_map
@@ -209,8 +209,8 @@ def surgery(model: Any) -> Iterator[Surgery]:
     Examples
     --------
     >>> import torch
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> ids = torch.tensor([tok("the store")["input_ids"]])
     >>> with surgery(model) as s:
     ...     _ = s.delete_layers([1])
