@@ -386,6 +386,24 @@ def run_plan(
     ...             merge=lambda a, b: a + b)
     >>> run_plan(plan, engine="serial", progress=False)
     7
+
+    Jobs that run the model get it from their worker (loaded once per worker; here a tiny
+    model, shipped to two worker processes). Lists concatenate in plan order, so the parts
+    come back as one pass would give them:
+
+    >>> import torch
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> model, tok = tiny_llama()
+    >>> def last_logit_max(model, tokenizer, texts):  # one job's math
+    ...     with torch.no_grad():
+    ...         runs = [model(**tokenizer(t, return_tensors="pt")) for t in texts]
+    ...     return [float(r.logits[0, -1].max()) for r in runs]
+    >>> texts = ["the store", "a drink", "When Mary", "John went"]
+    >>> jobs = [Job(last_logit_max, texts[i : i + 2], size=2) for i in (0, 2)]
+    >>> plan = Plan("last logits", jobs, merge=lambda a, b: a + b, unit="text")
+    >>> got = run_plan(plan, model, tok, engine="processes", workers=2, progress=False)
+    >>> got == last_logit_max(model, tok, texts)
+    True
     """
     global _LAST
     if not plan.jobs:
