@@ -23,6 +23,7 @@ RANK = {
     "dictionaries": 0,
     "scale": 0,
     "data": 0,
+    "testing": 0,  # tiny models for tests and examples: transformers only
     "capture": 1,
     "analysis": 2,
     "intervene": 2,
@@ -113,7 +114,11 @@ def _package_of(module: str) -> str | None:
 
 def violations(root: Path) -> list[str]:
     """Every import of a module under ``root`` (a ``circuitboard`` folder) that breaks a rule."""
-    bad = []
+    bad = [
+        f"{p.parent.name}/ has no place in the layering: add it to RANK in {Path(__file__).name}"
+        for p in sorted(root.glob("*/__init__.py"))
+        if p.parent.name not in RANK
+    ]
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if len(rel.parts) < 2 or rel.parts[0] not in RANK:
@@ -177,6 +182,11 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 def test_a_new_violation_is_caught(tmp_path, files, message):
     bad = violations(_tree(tmp_path, files))
     assert len(bad) == 1 and message in bad[0], bad
+
+
+def test_a_new_package_must_take_its_place(tmp_path):
+    bad = violations(_tree(tmp_path, {"probes/__init__.py": "", "probes/_x.py": ""}))
+    assert bad == ["probes/ has no place in the layering: add it to RANK in test_layering.py"]
 
 
 def test_allowed_imports_pass(tmp_path):

@@ -106,3 +106,14 @@ def test_bad_plans_are_refused_with_the_fix(tmp_path):
             eng.shards(0)
     with pytest.raises(TypeError, match=r"wrap it: cb.ModelSpec\('gpt2'\)"):
         run_plan(order_plan(), "gpt2")
+
+
+def test_parts_fold_as_soon_as_the_ones_before_them_are_in():
+    from circuitboard.scale._plan import _InOrder
+
+    fold = _InOrder(lambda a, b: a + b)
+    assert fold.add(2, [2]) and fold.result is None and list(fold.waiting) == [2]
+    assert fold.add(0, [0]) and fold.result == [0] and list(fold.waiting) == [2]
+    assert not fold.add(0, [99])  # a retried job answering twice: counted once
+    assert fold.add(1, [1]) and fold.result == [0, 1, 2] and fold.waiting == {}
+    assert fold.add(3, [3]) and fold.result == [0, 1, 2, 3]

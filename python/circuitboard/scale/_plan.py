@@ -66,8 +66,9 @@ class Plan:
         :class:`Job` objects (or any picklable ``job(model, tokenizer)`` callable with a
         ``size``), in plan order.
     merge
-        ``merge(a, b) -> part``, applied as a left fold in plan order once every part is in,
-        whichever worker finished first; so every engine gives the same result.
+        ``merge(a, b) -> part``, applied as a left fold in plan order (each part as soon as
+        the ones before it are in), whichever worker finished first; so every engine gives the
+        same result.
     save, load
         ``save(part, path)`` / ``load(path) -> part`` write a part to one checkpoint file and
         read it back exactly (needed only with ``checkpoint=``).
@@ -336,6 +337,30 @@ def open_engine(
             impl.close()
 
 
+class _InOrder:
+    """The left fold of the parts in plan order, done as soon as the next part is in: only the
+    parts that arrived early wait in memory, and the result is the same whatever the order."""
+
+    def __init__(self, merge: Callable[[Any, Any], Any]) -> None:
+        self.merge = merge
+        self.done: set[int] = set()
+        self.waiting: dict[int, Any] = {}
+        self.next = 0
+        self.result: Any = None
+
+    def add(self, i: int, part: Any) -> bool:
+        """Take job ``i``'s part; False if it came before (a retried job answering twice)."""
+        if i in self.done:
+            return False
+        self.done.add(i)
+        self.waiting[i] = part
+        while self.next in self.waiting:
+            nxt = self.waiting.pop(self.next)
+            self.result = nxt if self.next == 0 else self.merge(self.result, nxt)
+            self.next += 1
+        return True
+
+
 def run_plan(
     plan: Plan,
     model: Any = None,
@@ -386,15 +411,35 @@ def run_plan(
     ...             merge=lambda a, b: a + b)
     >>> run_plan(plan, engine="serial", progress=False)
     7
+
+    Jobs that run the model get it from their worker (loaded once per worker; here a tiny
+    model, shipped to two worker processes). Lists concatenate in plan order, so the parts
+    come back as one pass would give them:
+
+    >>> import torch
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> model, tok = tiny_llama()
+    >>> def last_logit_max(model, tokenizer, texts):  # one job's math
+    ...     with torch.no_grad():
+    ...         runs = [model(**tokenizer(t, return_tensors="pt")) for t in texts]
+    ...     return [float(r.logits[0, -1].max()) for r in runs]
+    >>> texts = ["the store", "a drink", "When Mary", "John went"]
+    >>> jobs = [Job(last_logit_max, texts[i : i + 2], size=2) for i in (0, 2)]
+    >>> plan = Plan("last logits", jobs, merge=lambda a, b: a + b, unit="text")
+    >>> got = run_plan(plan, model, tok, engine="processes", workers=2, progress=False)
+    >>> got == last_logit_max(model, tok, texts)
+    True
     """
     global _LAST
     if not plan.jobs:
         raise ValueError(f"plan {plan.name!r} has no jobs; give it at least one.")
     t0 = time.perf_counter()
     ckpt = Checkpoint(checkpoint, plan) if checkpoint is not None else None
-    parts: dict[int, Any] = ckpt.done() if ckpt is not None else {}
-    resumed = len(parts)
-    todo = {i: j for i, j in enumerate(plan.jobs) if i not in parts}
+    fold = _InOrder(plan.merge)
+    for i, part in (ckpt.done() if ckpt is not None else {}).items():
+        fold.add(i, part)
+    resumed = len(fold.done)
+    todo = {i: j for i, j in enumerate(plan.jobs) if i not in fold.done}
     sizes = plan.sizes()
     opened = None
     eng = engine if isinstance(engine, Engine) else None
@@ -419,14 +464,13 @@ def run_plan(
             f" × {eng.workers})" if eng is not None else ")"
         )
         bar = tqdm(
-            total=sum(sizes), initial=sum(sizes[i] for i in parts), desc=label, unit=plan.unit
+            total=sum(sizes), initial=sum(sizes[i] for i in fold.done), desc=label, unit=plan.unit
         )
     try:
         if todo:
             for i, part in eng.impl.run(todo, retries):
-                if i in parts:  # a retried job's second answer: counted once
+                if not fold.add(i, part):  # a retried job's second answer: counted once
                     continue
-                parts[i] = part
                 if ckpt is not None:
                     ckpt.write(i, part)
                 if bar is not None:
@@ -436,9 +480,6 @@ def run_plan(
             bar.close()
         if opened is not None:
             opened.__exit__(None, None, None)
-    result = None
-    for i in range(len(plan.jobs)):
-        result = parts[i] if result is None else plan.merge(result, parts[i])
     _LAST = RunInfo(
         plan.name,
         name,
@@ -449,4 +490,4 @@ def run_plan(
         time.perf_counter() - t0,
         t_start,
     )
-    return result
+    return fold.result
