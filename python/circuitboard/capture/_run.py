@@ -35,6 +35,7 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         causal=adapter.causal,
         source=json.dumps(getattr(cfg, "circuitboard_source", None) or {}, sort_keys=True),
         pre_norm=adapter.pre_norm,
+        compute_dtype=str(get_module(model, adapter.embed).weight.dtype).removeprefix("torch."),
         **dims,
         **attention_info(model, adapter),
     )
