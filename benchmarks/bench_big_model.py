@@ -54,11 +54,15 @@ class PeakRSS:
 
 
 def measure(name: str, fn: Callable[[], Any], rows: list[dict[str, Any]]) -> Any:
+    out, error = None, ""
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        out = fn()
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - a failing step is reported, the rest still run
+            error = f"{type(e).__name__}: {e}"[:200]
         seconds = time.perf_counter() - t0
-    rows.append({"step": name, "s": seconds, "peak": mem.peak, "added": mem.added})
+    rows.append({"step": name, "s": seconds, "peak": mem.peak, "added": mem.added, "error": error})
     return out
 
 
@@ -94,14 +98,20 @@ def run(shape: str, tokens: int, layers: int | None = None) -> tuple[list[dict[s
     del cap
     clean = "When Mary and John went to the store"
     corrupted = "When John and Mary went to the store"
+    with torch.no_grad():  # random weights: contrast the tokens the two prompts separate most
+        a, b = (
+            model(tok(s, return_tensors="pt").input_ids).logits[0, -1] for s in (clean, corrupted)
+        )
+    diff = (a - b).float()[: len(tok)]
+    kw = {"answer": int(diff.argmax()), "wrong": int(diff.argmin())}
     measure(
         "patch every head, 8-token pair",
-        lambda: cb.patch(model, tok, clean, corrupted, answer=" the", wrong=" a", site="heads"),
+        lambda: cb.patch(model, tok, clean, corrupted, site="heads", **kw),
         rows,
     )
     measure(
         "EAP, 8-token pair",
-        lambda: cb.circuit(model, tok, clean, corrupted, answer=" the", wrong=" a"),
+        lambda: cb.circuit(model, tok, clean, corrupted, **kw),
         rows,
     )
     measure(
@@ -122,9 +132,8 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any], shape: str) -> str:
         "|---|---:|---:|---:|",
     ]
     for r in rows:
-        out.append(
-            f"| {r['step']} | {r['s']:.1f} | {r['peak'] / GIB:.2f} | {r['added'] / GIB:.2f} |"
-        )
+        step = r["step"] + (f" (failed: {r['error']})" if r["error"] else "")
+        out.append(f"| {step} | {r['s']:.1f} | {r['peak'] / GIB:.2f} | {r['added'] / GIB:.2f} |")
     cap = next(r for r in rows if r["step"].startswith("capture"))
     out += [
         "",

@@ -126,7 +126,7 @@ def random_model(
         # transformers' own initialization takes minutes at these sizes on a CPU: skip it and
         # draw every weight once, below (buffers such as rotary frequencies are still built).
         with _no_init(), torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model = AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(previous)
     gen = torch.Generator(device=device).manual_seed(seed)
