@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from .._threads import one_thread
 from ._common import (
     norm_weight,
     position,
+    precision,
     require_decoder,
     require_info,
     spacing_warning,
@@ -55,6 +57,12 @@ class Attribution:
     baseline_text: str = ""
     biases: dict[str, float] = field(default_factory=dict)
     residual_error: float = 0.0
+    # The least precise dtype the model computed in or the capture stored, and how far the sum
+    # of parts may then sit from model_value: eps × (|logits compared| + Σ_i |x_i · d_i|, the
+    # final residual's terms along the logit direction), at least 1e-4 relative (float32).
+    # Parts are summed in float64 whatever the dtype.
+    dtype: str = "float32"
+    tolerance: float = 0.0
     _neurons: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     _experts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -220,6 +228,7 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
     Q = len(positions)
 
     direction, scale, w, u, last = logit_direction(cap, info, t, b, P)
+    dtype, eps = precision(cap)
 
     labels: list[str] = []
     columns: list[torch.Tensor] = []  # one [Q] column per label
@@ -303,11 +312,9 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
         rebuilt = torch.stack(vectors).sum(0)
         errs = (rebuilt - last[P]).norm(dim=-1) / last[P].norm(dim=-1).clamp_min(1e-12)
         err = float(errs.max())
-        low = cap.tensors[f"blocks.{L - 1}.hook_resid_post"].dtype in (
-            torch.float16,
-            torch.bfloat16,
-        )
-        if err > (3e-2 if low else 1e-3):  # half-precision captures round every term
+        # Each of the 2L + 1 writes is rounded to the model's (or storage) dtype: a random walk
+        # of relative steps of eps / 2, given 8x room.
+        if err > max(1e-3, 4 * eps * math.sqrt(2 * L + 1)):
             raise ValueError(
                 f"the captured components do not add up to the final residual (relative error "
                 f"{err:.2g}): this architecture ({info.architecture}) changes head or MLP "
@@ -317,6 +324,8 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
             )
 
     values = torch.stack(columns, dim=1).float()  # [Q, labels]
+    ends = last[P] if last is not None else torch.stack(vectors).sum(0)
+    magnitude = (ends * direction).abs().sum(-1)  # [Q]: Σ_i |x_i · direction_i|
     out: list[Attribution] = []
     for qi, p in enumerate(positions):
         model_value = _model_value(
@@ -336,6 +345,8 @@ def attribute_positions(cap: Any, t: int, b: int | None, positions: list[int]) -
                 baseline_text=token_text(cap, b) if b is not None else "",
                 biases={k: float(v[qi]) for k, v in biases.items()},
                 residual_error=float(errs[qi]),
+                dtype=dtype,
+                tolerance=_tolerance(cap, info, p, t, b, model_value, magnitude[qi], eps),
                 _neurons={li: v[qi].clone() for li, v in neurons.items()},
                 _experts={li: v[qi].float() for li, v in experts.items()},
             )
@@ -429,6 +440,18 @@ def _as_multiplier(s: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
     as_multiplier = float((s / est).log().abs().median())
     as_divisor = float((s * est).log().abs().median())
     return 1.0 / s if as_divisor < 0.5 * as_multiplier and as_multiplier > 0.05 else s
+
+
+def _tolerance(cap, info, p, t, b, model_value, terms, eps) -> float:
+    """How far the parts' sum may sit from ``model_value`` at this precision (see the field):
+    the model rounds the final norm's output (each of its terms ``x_i · direction_i``) and the
+    logits it compares to its dtype."""
+    if cap.logits is not None and not info.final_logit_softcap:
+        row = cap.logits[p].double()
+        compared = abs(float(row[t])) + (abs(float(row[b])) if b is not None else 0.0)
+    else:
+        compared = abs(model_value)
+    return max(1e-4 * max(1.0, abs(model_value)), eps * (compared + float(terms)))
 
 
 def _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value) -> float:

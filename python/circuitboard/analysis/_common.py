@@ -193,3 +193,24 @@ def position(pos: Any, n: int) -> int:
             f"pos={pos} is out of range for a {n}-token prompt (0..{n - 1} or -{n}..-1)."
         )
     return p
+
+
+def precision(cap: Any) -> tuple[str, float]:
+    """``(dtype, eps)``: the least precise of the dtype the model computed in and the dtype the
+    capture stores activations in, with that dtype's machine epsilon. Decompositions are summed
+    in float64, so how closely their parts can rebuild the model's own value is set by this.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> cap = NS(info=NS(compute_dtype="bfloat16"), tensors={"x": torch.zeros(1)})
+    >>> precision(cap)
+    ('bfloat16', 0.0078125)
+    """
+    compute = getattr(getattr(cap, "info", None), "compute_dtype", None)
+    dtypes = {t.dtype for t in cap.tensors.values()}
+    if isinstance(getattr(torch, compute or "", None), torch.dtype):
+        dtypes.add(getattr(torch, compute))
+    floats = [d for d in dtypes if d.is_floating_point] or [torch.float32]
+    low = max(floats, key=lambda d: torch.finfo(d).eps)
+    return str(low).removeprefix("torch."), float(torch.finfo(low).eps)

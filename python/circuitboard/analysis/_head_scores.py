@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..capture.adapters._base import execution_device
+
 SCORES = ("previous_token", "induction", "duplicate_token", "first_token")
 
 
@@ -213,7 +215,7 @@ def head_scores(
     bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
     if bos is not None:
         ids = torch.cat([torch.full((n_seqs, 1), int(bos)), ids], dim=1)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     before = getattr(cfg, "_attn_implementation", None)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")

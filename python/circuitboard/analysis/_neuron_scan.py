@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture.adapters._base import execution_device
 from ._histograms import (
     lattice,
     lattice_edges,
@@ -120,7 +121,7 @@ class _NeuronReader:
         for b, r in enumerate(rows):
             ids[b, : lens[b]] = torch.tensor(r)
             mask[b, : lens[b]] = 1
-        device = next(self.model.parameters()).device
+        device = execution_device(self.model)
         self.got.clear()
         with torch.no_grad():
             try:

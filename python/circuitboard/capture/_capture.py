@@ -50,6 +50,9 @@ class ModelInfo:
     attn_windows: tuple[int | None, ...] | None = None  # per layer: sliding window, or None
     attn_softcap: float | None = None  # scores soft-capped as cap * tanh(score / cap)
     qk_norm: bool = False  # queries / keys normalized after projection (Qwen3, OLMo 2, Gemma 3)
+    # The dtype the model computed in (its parameters'), e.g. "bfloat16": with the storage
+    # dtype it bounds how closely decompositions can match the model's own values.
+    compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("attn_scales", "attn_windows"):  # JSON gives lists back: keep hashable

@@ -16,8 +16,8 @@ import torch
 from . import _memory
 from ._capture import Capture
 from ._patterns import Patterns
-from ._run import _gather_weights, _parse_layers, model_info, record
-from .adapters._base import get_module
+from ._run import _parse_layers, model_info, record
+from .adapters._base import gather_weights, get_module
 
 
 class ClassLabels:
@@ -193,7 +193,7 @@ def capture_images(
         )
     finally:
         grab.remove()
-    weights = _gather_weights(model, adapter, info)
+    weights = gather_weights(model, adapter, info)
     caps = [
         Capture(
             tokens=patch_tokens(grid),

@@ -17,7 +17,7 @@ from ._hooks import Recorder
 from ._patterns import Patterns
 from ._tokens import decode_incremental, tokenize
 from .adapters import Adapter, get_adapter
-from .adapters._base import get_module, norm_weights
+from .adapters._base import execution_device, gather_weights, get_module
 
 DEFAULT_MAX_MEMORY = "8GiB"
 BATCH_TOKENS = 4096  # padded tokens per forward pass, whatever batch_size says
@@ -35,6 +35,7 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         causal=adapter.causal,
         source=json.dumps(getattr(cfg, "circuitboard_source", None) or {}, sort_keys=True),
         pre_norm=adapter.pre_norm,
+        compute_dtype=str(get_module(model, adapter.embed).weight.dtype).removeprefix("torch."),
         **dims,
         **attention_info(model, adapter),
     )
@@ -131,29 +132,6 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
         else:
             out.append([i])
     return out
-
-
-def _gather_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
-    """Parameter views; layers offloaded by accelerate (``device_map`` with "disk"/"cpu"
-    offload keeps them on the meta device between forwards) are loaded and copied to CPU."""
-    weights = {k: v.detach() for k, v in _all_weights(model, adapter, info).items()}
-    meta = [k for k, v in weights.items() if v.is_meta]
-    if not meta:
-        return weights
-    from accelerate.utils import align_module_device, has_offloaded_params
-
-    with contextlib.ExitStack() as stack:
-        for mod in model.modules():
-            if has_offloaded_params(mod):
-                stack.enter_context(align_module_device(mod, torch.device("cpu")))
-        fresh = _all_weights(model, adapter, info)
-        for k in meta:
-            weights[k] = fresh[k].detach().to("cpu", copy=True)
-    return weights
-
-
-def _all_weights(model: Any, adapter: Adapter, info: ModelInfo) -> dict[str, torch.Tensor]:
-    return {**adapter.weights(model, adapter, info), **norm_weights(model, adapter, info)}
 
 
 def _forward(
@@ -407,7 +385,7 @@ def capture(
             "bidirectional encoder. Capture the prompt alone (max_new_tokens=0)."
         )
     _memory.parse_bytes(max_memory)  # validate early
-    device = get_module(model, adapter.embed).weight.device
+    device = execution_device(get_module(model, adapter.embed))
 
     # Tokenize (and generate) first, so the memory estimate sees the final lengths.
     ids_list: list[list[int]] = []
@@ -476,7 +454,7 @@ def capture(
         if bar is not None:
             bar.close()
 
-    weights = _gather_weights(model, adapter, info)
+    weights = gather_weights(model, adapter, info)
     caps = [
         Capture(
             tokens=texts_list[i],

@@ -22,7 +22,7 @@ import torch
 
 from ..capture._hooks import norm_scale
 from ..capture.adapters import Adapter
-from ..capture.adapters._base import get_module
+from ..capture.adapters._base import execution_device, gather_weights, get_module
 from ._graph import Graph
 from ._sites import Site, locate
 
@@ -84,10 +84,10 @@ class EdgeModel:
         ]
         self.mlp_norms = [locate(model, adapter, info, Site("mlp_in", i)).module for i in range(L)]
         p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self.device, self.dtype = execution_device(model), p.dtype
         H, KV, dh = info.n_heads, info.n_kv_heads, info.d_head
         self.H, self.KV, self.dh, self.D = H, KV, dh, info.d_model
-        w = adapter.weights(model, adapter, info)
+        w = gather_weights(model, adapter, info)  # offloaded layers read through accelerate
         L = info.n_layers
         # float32 copies of the few projections the hooks multiply by (views for float32 models)
         self.W = {

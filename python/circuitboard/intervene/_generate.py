@@ -23,10 +23,10 @@ from ..capture import _memory
 from ..capture._attn_interface import InterfaceUnavailable, attention_hooks, interface_status
 from ..capture._capture import Capture, ModelInfo
 from ..capture._patterns import Patterns
-from ..capture._run import _capture_mode, _gather_weights, model_info
+from ..capture._run import _capture_mode, model_info
 from ..capture._tokens import decode_incremental, tokenize
 from ..capture.adapters import get_adapter
-from ..capture.adapters._base import get_module
+from ..capture.adapters._base import gather_weights, get_module
 from ._generation import Generation, Sampling
 from ._steering import Steering, resolve_steering, steering_hooks
 from ._step_capture import _assemble, _prefix_chunk, _StepRecorder
@@ -273,7 +273,7 @@ def _run(
         tensors=tensors,
         logits=torch.cat(logits_parts) if logits_parts else None,
         info=info,
-        weights=_gather_weights(model, adapter, info),
+        weights=gather_weights(model, adapter, info),
         prompt=prompt,
         tokenizer=tokenizer,
         n_prompt_tokens=n_prompt,

@@ -97,7 +97,30 @@ def evaluate(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
         out = metric(logits)
         if not isinstance(out, torch.Tensor) or out.shape != logits.shape[:1]:
             raise ValueError(f"batched metric returned {getattr(out, 'shape', out)!r}.")
-        return out.float()
+        return _finite(out.float(), logits)
+    return _finite(_rows(metric, logits), logits)
+
+
+def _finite(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Refuse a metric that came out inf or NaN: every normalized number would be NaN."""
+    if bool(torch.isfinite(values.detach()).all()):
+        return values
+    bad = values.detach()[~torch.isfinite(values.detach())][0].item()
+    if not bool(torch.isfinite(logits.detach()).all()):
+        cause = (
+            "the model's own logits hold inf or NaN: the forward overflowed in its dtype. "
+            "Load the model in bfloat16 or float32 (from_pretrained(..., dtype=torch.bfloat16)) "
+            "instead of float16"
+        )
+    else:
+        cause = (
+            "the logits are finite, so the metric itself overflowed or divided by zero: compute "
+            "it in float32 (logits.float()) and avoid exp/softmax of raw logits"
+        )
+    raise ValueError(f"the metric gave {bad} on a run: {cause}.")
+
+
+def _rows(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     vals = []
     for row in logits:
         v = metric(row)
@@ -119,11 +142,25 @@ def evaluate(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     return torch.stack(vals)
 
 
-def normalize(raw: Any, clean: float, corrupted: float) -> Any:
+def resolution(model: Any, *values: float) -> float:
+    """The smallest endpoint gap worth normalizing for a model: :data:`MIN_RANGE`, or for a
+    half-precision model 4 × its dtype's eps × the endpoints' size (its logits are rounded).
+
+    Examples
+    --------
+    >>> resolution(torch.nn.Linear(1, 1).to(torch.bfloat16), 2.0, -1.0)
+    0.0625
+    """
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return max(MIN_RANGE, 4 * torch.finfo(dtype).eps * max(map(abs, values), default=0.0))
+
+
+def normalize(raw: Any, clean: float, corrupted: float, *, min_range: float = MIN_RANGE) -> Any:
     """``(raw − corrupted) / (clean − corrupted)``: clean = 1, corrupted = 0.
 
-    Refuses (ValueError) when the endpoints are closer than :data:`MIN_RANGE`: the scale would
-    only amplify noise.
+    Refuses (ValueError) when the endpoints are closer than ``min_range`` (default
+    :data:`MIN_RANGE`; a half-precision model's :func:`resolution`): the scale would only
+    amplify noise.
 
     Examples
     --------
@@ -131,13 +168,22 @@ def normalize(raw: Any, clean: float, corrupted: float) -> Any:
     0.5
     """
     span = clean - corrupted
-    if not abs(span) > MIN_RANGE:
+    if not abs(span) > min_range:
         raise ValueError(
             f"cannot normalize: the metric is {clean:.6g} on the clean run and {corrupted:.6g} on "
-            "the corrupted run (difference below 1e-6), so clean = 1 / corrupted = 0 is undefined."
-            " Pick a corrupted prompt (or answer/wrong tokens) the model tells apart."
+            f"the corrupted run (difference below {min_range:.2g}, what the model's precision "
+            "resolves), so clean = 1 / corrupted = 0 is undefined. Pick a corrupted prompt (or "
+            "answer/wrong tokens) the model tells apart."
         )
     return (raw - corrupted) / span
 
 
-__all__ = ["MIN_RANGE", "evaluate", "log_prob", "logit_diff", "normalize", "token_id"]
+__all__ = [
+    "MIN_RANGE",
+    "evaluate",
+    "log_prob",
+    "logit_diff",
+    "normalize",
+    "resolution",
+    "token_id",
+]

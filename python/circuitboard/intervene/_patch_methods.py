@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ._hooks import Edit
-from ._metric import evaluate, normalize
+from ._metric import evaluate, normalize, resolution
 from ._patch_inputs import (
     ATTN_SITES,
     POSITION_SITES,
@@ -171,7 +171,8 @@ def _endpoints(
     clean = {e.site: e.activation[0] for e in reads}
     corr = {e.site: e.activation[1] for e in reads}
     m_clean, m_corr = float(m[0]), float(m[1])
-    normalize(0.0, m_clean, m_corr)  # refuse early when the endpoints coincide
+    # refuse early when the endpoints coincide, to what the model's dtype resolves
+    normalize(0.0, m_clean, m_corr, min_range=resolution(runner.model, m_clean, m_corr))
     return clean, corr, m_clean, m_corr
 
 
@@ -191,7 +192,7 @@ def _attribution(
     grads = [Edit(Site(grid.kind, layer), "grad", rows=[base_row]) for layer in grid.layers]
     m = evaluate(pair.metric, runner.logits(ids, [*reads, *grads]))
     m_clean, m_corr = float(m[0].detach()), float(m[1].detach())
-    normalize(0.0, m_clean, m_corr)
+    normalize(0.0, m_clean, m_corr, min_range=resolution(runner.model, m_clean, m_corr))
     g_all = torch.autograd.grad(m[base_row], [e.delta for e in grads], allow_unused=True)
     raw = np.zeros(grid.shape)
     for li, (r, e, g) in enumerate(zip(reads, grads, g_all, strict=True)):

@@ -23,8 +23,9 @@ from ._models import (
     tiny_tokenizer,
     tiny_vit,
 )
+from ._shapes import SHAPES, random_model
 
-__all__ = ["families", "tiny_model", "tiny_tokenizer"]
+__all__ = ["SHAPES", "families", "random_model", "tiny_model", "tiny_tokenizer"]
 
 
 def _all() -> dict[str, Any]:

@@ -59,6 +59,10 @@ class LogitAttributionView(View):
     """The sum of every contribution (equals ``model_value`` up to float error)."""
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     """The prompt's tokens (context only)."""
+    dtype = traitlets.Unicode("float32").tag(sync=True)
+    """The least precise dtype the model computed in or the capture stored."""
+    tolerance = traitlets.Float(0.0).tag(sync=True)
+    """How far ``total`` may sit from ``model_value`` at that precision (the report's check)."""
     _heads = traitlets.Dict().tag(sync=True)  # Encoded float32 [layers, heads]
     _layers = traitlets.Dict().tag(sync=True)  # Encoded float32 [2, layers]: attn, mlp
     _terms = traitlets.List().tag(sync=True)  # [[label, value]] for embed / pos_embed / bias
@@ -109,6 +113,8 @@ class LogitAttributionView(View):
             model_value=float(attribution.model_value),
             total=float(values.astype(np.float64).sum()),
             tokens=list(tokens or []),
+            dtype=str(getattr(attribution, "dtype", "float32")),
+            tolerance=float(getattr(attribution, "tolerance", 0.0)),
             _heads=encode(heads, "float32"),
             _layers=encode(np.stack([attn, mlp]), "float32"),
             _terms=terms,

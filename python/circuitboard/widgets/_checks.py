@@ -37,12 +37,15 @@ def attribution_checks(state: dict[str, Any]) -> list[Check]:
     terms = sum(float(v) for _, v in state["_terms"])
     total = heads.sum() + mlp.sum() + terms
     model = float(state["model_value"])
+    # A half-precision model's own logits are rounded: the attribution states how far its
+    # float64 sum may sit from them (float32: 1e-4 relative).
+    dtype = state.get("dtype", "float32")
     return [
         check(
             "parts sum to the model's value",
-            f"sum of parts {total:+.6f} vs model {model:+.6f}",
+            f"sum of parts {total:+.6f} vs model {model:+.6f} ({dtype})",
             total - model,
-            1e-4 * max(1.0, abs(model)),
+            max(1e-4 * max(1.0, abs(model)), float(state.get("tolerance", 0.0))),
         ),
         check(
             "layer bars equal their heads",

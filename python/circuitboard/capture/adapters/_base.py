@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,28 @@ def get_module(root: Any, path: str) -> Any:
     for part in filter(None, path.split(".")):
         mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
     return mod
+
+
+def execution_device(module: Any) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device when it dispatched the model
+    (offloaded weights sit on the meta device between forwards, so their ``.device`` says
+    nothing), else the device of its first real parameter, else the CPU.
+
+    Examples
+    --------
+    >>> execution_device(torch.nn.Linear(2, 2))
+    device(type='cpu')
+    >>> execution_device(torch.nn.Linear(2, 2, device="meta"))
+    device(type='cpu')
+    """
+    for mod in module.modules():  # the module's own hook first, then its first submodule's
+        found = getattr(getattr(mod, "_hf_hook", None), "execution_device", None)
+        if found is not None:
+            return torch.device("cuda", found) if isinstance(found, int) else torch.device(found)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def cfg_get(config: Any, *names: str, default: Any = None) -> Any:
@@ -297,3 +320,27 @@ def norm_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Ten
             out[f"blocks.{layer}.{name}.w"] = mod.weight
             out[f"blocks.{layer}.{name}.b"] = bias(mod, mod.weight.shape[0])
     return out
+
+
+def gather_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    """Every weight analyses read (the adapter's and the norms'), as parameter views; layers
+    offloaded by accelerate (``device_map`` with "disk"/"cpu" offload keeps them on the meta
+    device between forwards) are loaded through accelerate and copied to CPU."""
+    weights = {k: v.detach() for k, v in _all_weights(model, adapter, info).items()}
+    meta = [k for k, v in weights.items() if v.is_meta]
+    if not meta:
+        return weights
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with contextlib.ExitStack() as stack:
+        for mod in model.modules():
+            if has_offloaded_params(mod):
+                stack.enter_context(align_module_device(mod, torch.device("cpu")))
+        fresh = _all_weights(model, adapter, info)
+        for k in meta:
+            weights[k] = fresh[k].detach().to("cpu", copy=True)
+    return weights
+
+
+def _all_weights(model: Any, adapter: Adapter, info: Any) -> dict[str, torch.Tensor]:
+    return {**adapter.weights(model, adapter, info), **norm_weights(model, adapter, info)}
