@@ -417,8 +417,8 @@ def run_plan(
     come back as one pass would give them:
 
     >>> import torch
-    >>> from tests.unit.tiny_models import tiny_llama
-    >>> model, tok = tiny_llama()
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
     >>> def last_logit_max(model, tokenizer, texts):  # one job's math
     ...     with torch.no_grad():
     ...         runs = [model(**tokenizer(t, return_tensors="pt")) for t in texts]
