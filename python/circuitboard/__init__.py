@@ -66,6 +66,13 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # training dynamics
+    "KpiCorrelation": "circuitboard.training",
+    "TrainingRecorder": "circuitboard.training",
+    "TrainingRun": "circuitboard.training",
+    "from_checkpoints": "circuitboard.training",
+    "load_kpi_correlation": "circuitboard.training",
+    "load_training_run": "circuitboard.training",
 }
 
 
@@ -78,6 +85,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    # training dynamics
+    "KpiCorrelation",
+    "TrainingRecorder",
+    "TrainingRun",
+    "from_checkpoints",
+    "load_kpi_correlation",
+    "load_training_run",
+    # the rest
     "AttentionView",
     "Board",
     "Capture",

@@ -56,19 +56,19 @@ def test_kpis_equal_brute_force_and_grads_equal_autograd(tmp_path):
             g = t.grad if mask is None else t.grad[mask]
             np.testing.assert_allclose(run.series(f"act:{name}", "norm", cat), brute_force(x)[5])
             got = run.values[0, run.category(cat), run.index(f"act:{name}")]
-            np.testing.assert_allclose(got, brute_force(x), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(got, brute_force(x), rtol=1e-6, atol=1e-12)
             got = run.values[0, run.category(cat), run.index(f"grad:{name}")]
-            np.testing.assert_allclose(got, brute_force(g), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(got, brute_force(g), rtol=1e-6, atol=1e-9)
         # per-sample values of the kept row 1
         got = run.sample_values[0, 0, run.category("first"), run.index(f"act:{name}")]
-        np.testing.assert_allclose(got, brute_force(t.detach()[1, :3]), rtol=1e-12)
+        np.testing.assert_allclose(got, brute_force(t.detach()[1, :3]), rtol=1e-6)
     for name, p in model.named_parameters():
         i = run.category("all")
         np.testing.assert_allclose(
             run.values[0, i, run.index(f"param_grad:{name}")],
             brute_force(p.grad),
-            rtol=1e-12,
-            atol=1e-15,
+            rtol=1e-6,
+            atol=1e-9,
         )
     # per-token losses split by category; "all" is the mean over every token
     per = token_loss(model(ids), ids).detach().double()
@@ -149,7 +149,7 @@ def test_token_categories_with_labels_array(tmp_path):
     run = rec.close()
     assert run.categories == ["all", "a", "b"]
     np.testing.assert_allclose(
-        run.values[0, run.category("b"), 0], brute_force(out["x"][:, 8:]), rtol=1e-12
+        run.values[0, run.category("b"), 0], brute_force(out["x"][:, 8:]), rtol=1e-6
     )
 
 

@@ -19,6 +19,14 @@ class KpiCorrelation:
     ``values[i]`` is the correlation of ``labels[i]`` (``"kind:name/stat"``) with the target;
     ``lags[i]`` is in recorded steps: a positive lag means the KPI moves *first* (the KPI at
     step ``t`` matches the target at ``t + lag``). ``n[i]`` is the number of points used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = KpiCorrelation(np.array([0.2, -0.9]), np.array([0, 2]), np.array([9, 7]),
+    ...                    ["act:a/norm", "act:b/mean"], "loss", "all", "steps", 3)
+    >>> c.top(1)
+    [{'label': 'act:b/mean', 'r': -0.9, 'lag': 2, 'n': 7}]
     """
 
     values: np.ndarray

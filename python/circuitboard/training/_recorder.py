@@ -14,7 +14,7 @@ import torch
 from . import _probes
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import STATS, finish, merge, sums
+from ._stats import STATS, finish, lead_sums, merge, reduce, sums
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -89,7 +89,7 @@ class TrainingRecorder:
     ...     opt.step(); opt.zero_grad()
     >>> run = rec.close()
     >>> run.steps.tolist(), run.categories
-    ([0, 2], ['even', 'odd'])
+    ([0, 2], ['all', 'even', 'odd'])
     """
 
     def __init__(
@@ -334,17 +334,38 @@ class TrainingRecorder:
             self._accumulate(act, name, "grad", g, masks)
 
     def _accumulate(self, act: dict, name: str, kind: str, x: torch.Tensor, masks: Masks) -> None:
-        with torch.no_grad():
-            x = x.detach()
-            for cat, mask in masks:
-                part = select(x, mask)
-                if part is not None and part.numel():
-                    self._add(act["sums"], (cat, name, kind), sums(part))
-                for i in self.samples:
-                    if i < x.shape[0] and (mask is None or mask.shape[0] == x.shape[0]):
-                        row = select(x[i : i + 1], None if mask is None else mask[i : i + 1])
-                        if row is not None and row.numel():
-                            self._add(act["sample_sums"], (i, cat, name, kind), sums(row))
+        # One pass over the tensor gives sums per batch row (and per token when a token
+        # category lines up with it); categories and kept samples are then sums of those rows.
+        lead = 0
+        if x.ndim >= 1:
+            lead = 1
+            for _, m in masks:
+                if m is not None and m.ndim == 2 and x.ndim >= 2 and x.shape[:2] == m.shape:
+                    lead = 2
+        per = lead_sums(x.detach(), lead)
+        rows = [i for i in self.samples if lead and i < x.shape[0]]
+        for cat, mask in masks:
+            if mask is None:
+                part, mrows = per, None
+            elif lead >= mask.ndim and per.shape[: mask.ndim] == tuple(mask.shape):
+                mrows = mask.cpu().numpy()
+                part = per[mrows]
+            else:
+                continue  # this tensor's dims do not line up with the category's mask
+            total = reduce(part)
+            if total[0] > 0:
+                self._add(act["sums"], (cat, name, kind), total)
+            for i in rows:
+                row = (
+                    per[i]
+                    if mrows is None
+                    else per[i][mrows[i]]
+                    if mrows.ndim == 2
+                    else (per[i] if mrows[i] else per[i][:0])
+                )
+                s = reduce(row)
+                if s[0] > 0:
+                    self._add(act["sample_sums"], (i, cat, name, kind), s)
 
     @staticmethod
     def _add(table: dict, key: Any, s: np.ndarray) -> None:

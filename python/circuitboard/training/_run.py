@@ -36,6 +36,22 @@ class TrainingRun:
         ``"previous_token"``, ``"duplicate_token"`` to ``[probes, layers, heads]``;
         ``patterns`` uint8 ``[probes, batch, layers, heads, query, key]`` (``p ≈ code / 255``);
         ``probe_tokens`` ``[batch, pos]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 1))
+    >>> rec = cb.TrainingRecorder(model, every=1)
+    >>> with rec.step(0):
+    ...     loss = model(torch.ones(2, 3)).pow(2).mean()
+    ...     rec.loss(loss)
+    ...     loss.backward()
+    >>> run = rec.close()
+    >>> run.labels
+    ['act:0', 'grad:0', 'param:0.weight', 'param:0.bias', 'param_grad:0.weight',
+     'param_grad:0.bias']
+    >>> run.kpi("norm", "all", kind="param")[0].shape  # [steps, tensors]
+    (1, 2)
     """
 
     values: np.ndarray

@@ -18,27 +18,64 @@ N_SUMS = 6
 def sums(x: torch.Tensor) -> np.ndarray:
     """The ``[6]`` float64 sums of ``x`` from which :func:`finish` gives the KPIs.
 
-    Computed in float64 so that merged sums equal one pass over the joined tensor.
+    Each piece is reduced in the tensor's dtype (float32: ~1e-7 relative rounding); the
+    pieces of one step are merged in float64.
 
     >>> s = sums(torch.tensor([3.0, -4.0, 0.0]))
     >>> dict(zip(STATS, finish(s).round(4).tolist()))["norm"]
     5.0
     """
-    x = x.detach()
-    if x.numel() == 0:
-        return np.zeros(N_SUMS)
-    d = x.to(torch.float64)
+    return row_sums(x.reshape(1, -1))[0]
+
+
+@torch.no_grad()
+def row_sums(x: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
+    """Sums ``[rows, 6]`` of each row of ``x`` ``[rows, ...]``, over the positions where
+    ``mask`` ``[rows, pos]`` is True (``x`` then ``[rows, pos, ...]``), in one device sync."""
+    r = x.shape[0]
+    d = x.detach().reshape(r, -1)
+    if d.dtype not in (torch.float32, torch.float64):
+        d = d.to(torch.float32)  # half precision would round the sums themselves
+    f64 = torch.float64
+    if mask is None:
+        keep = None
+        n = torch.full((r,), float(d.shape[1]), dtype=f64, device=d.device)
+    else:
+        t = mask.shape[1]
+        keep = mask.to(d.device).reshape(r, t, 1).expand(r, t, d.shape[1] // t).reshape(r, -1)
+        d = d * keep
+        n = keep.sum(1, dtype=f64)
+    if d.shape[1] == 0:
+        return np.zeros((r, N_SUMS))
+    # elementwise work in the tensor's dtype (float32 sums are pairwise: ~1e-7 relative);
+    # the pieces of one step are merged in float64
     a = d.abs()
-    return np.array(
-        [
-            float(d.numel()),
-            float(d.sum()),
-            float(a.sum()),
-            float((d * d).sum()),
-            float(a.max()),
-            float((d == 0).sum()),
-        ]
-    )
+    sq = torch.dot(d[0], d[0])[None] if r == 1 else (d * d).sum(1)
+    zero = d == 0
+    if keep is not None:
+        zero &= keep
+    out = torch.stack([d.sum(1), a.sum(1), sq, a.amax(1)], 1).to(f64)
+    out = torch.cat([n[:, None], out, zero.sum(1, dtype=f64)[:, None]], 1)
+    return out.cpu().numpy()
+
+
+@torch.no_grad()
+def lead_sums(x: torch.Tensor, lead: int) -> np.ndarray:
+    """Sums ``[*x.shape[:lead], 6]`` over the trailing dimensions of ``x``: one pass over the
+    tensor, after which any category or sample is a cheap :func:`reduce` of these rows."""
+    shape = tuple(x.shape[:lead])
+    flat = x.reshape(int(np.prod(shape)) if shape else 1, -1)
+    return row_sums(flat).reshape(*shape, N_SUMS)
+
+
+def reduce(rows: np.ndarray) -> np.ndarray:
+    """Sums ``[6]`` of the union of pieces ``[..., 6]`` (zeros when there are none)."""
+    rows = rows.reshape(-1, N_SUMS)
+    if not len(rows):
+        return np.zeros(N_SUMS)
+    out = rows.sum(0)
+    out[4] = rows[:, 4].max()
+    return out
 
 
 def merge(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
@@ -58,6 +95,7 @@ def finish(s: np.ndarray) -> np.ndarray:
     """
     s = np.asarray(s, dtype=np.float64)
     n = s[..., 0]
+    s = np.where(n[..., None] == 0, np.nan, s)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s[..., 1] / n
         var = np.maximum(s[..., 3] / n - mean * mean, 0.0)
