@@ -15,7 +15,7 @@ from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboar
 from ._errors import CircuitboardWarning
 from .data import load_texts
 from .export import report
-from .widgets import (
+from .widgets import (  # training dynamics
     AttentionView,
     Board,
     CircuitView,
@@ -27,12 +27,14 @@ from .widgets import (
     NeuronDashboard,
     NeuronsView,
     PatchingView,
+    TrainingView,
     board,
     circuit_view,
     compare_view,
     generation_view,
     link,
     patching_view,
+    training_view,
 )
 
 __version__ = "0.1.0"
@@ -92,6 +94,8 @@ __all__ = [
     "from_checkpoints",
     "load_kpi_correlation",
     "load_training_run",
+    "TrainingView",
+    "training_view",
     # the rest
     "AttentionView",
     "Board",

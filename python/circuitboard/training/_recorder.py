@@ -213,7 +213,8 @@ class TrainingRecorder:
 
     def loss(self, value: Any) -> None:
         """Log the loss of the current step: a scalar, or per-sample ``[batch]`` / per-token
-        ``[batch, pos]`` losses (then split by category; the scalar loss is their mean)."""
+        ``[batch, pos]`` losses (then split by category: each category's loss is the mean over
+        its samples or tokens). NaN marks positions without a loss (e.g. the last token)."""
         act = self._active
         if act is None:
             return
@@ -226,16 +227,20 @@ class TrainingRecorder:
         masks = act["masks"] or self._masks_for(None, t.shape[0])
         for cat, mask in masks:
             x = select(t, mask)
-            if x is not None and x.numel():
-                s, n = act["loss"].get(cat, (0.0, 0))
-                act["loss"][cat] = (s + float(x.sum()), n + x.numel())
+            if x is not None:
+                self._add_loss(act["loss"], cat, x)
             for i in self.samples:
                 if i < t.shape[0]:
                     xi = select(t[i : i + 1], None if mask is None else mask[i : i + 1])
-                    if xi is not None and xi.numel():
-                        k = (i, cat)
-                        s, n = act["sample_loss"].get(k, (0.0, 0))
-                        act["sample_loss"][k] = (s + float(xi.sum()), n + xi.numel())
+                    if xi is not None:
+                        self._add_loss(act["sample_loss"], (i, cat), xi)
+
+    @staticmethod
+    def _add_loss(table: dict, key: Any, x: torch.Tensor) -> None:
+        x = x[~torch.isnan(x)]  # NaN marks a position without a loss
+        if x.numel():
+            s, n = table.get(key, (0.0, 0))
+            table[key] = (s + float(x.sum()), n + x.numel())
 
     def run(self) -> Any:
         """The :class:`~circuitboard.training.TrainingRun` recorded so far (read from disk)."""

@@ -13,6 +13,9 @@ from ._link import Link
 from ._linking import link
 from ._neurons import NeuronsView
 from ._patching import PatchingView, patching_view
+
+# training dynamics
+from ._training import TrainingView, training_view
 from ._view import View
 
 __all__ = [
@@ -28,6 +31,9 @@ __all__ = [
     "NeuronsView",
     "PatchingView",
     "View",
+    # training dynamics
+    "TrainingView",
+    "training_view",
     "board",
     "circuit_view",
     "compare_view",
