@@ -15,7 +15,7 @@ from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboar
 from ._errors import CircuitboardWarning
 from .data import load_texts
 from .export import report
-from .widgets import (  # training dynamics
+from .widgets import (
     AttentionView,
     Board,
     CircuitView,
