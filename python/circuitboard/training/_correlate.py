@@ -76,7 +76,18 @@ class KpiCorrelation:
 
 
 def load_kpi_correlation(path: str | os.PathLike[str]) -> KpiCorrelation:
-    """Load a :class:`KpiCorrelation` written by its ``save`` (no pickle)."""
+    """Load a :class:`KpiCorrelation` written by its ``save`` (no pickle).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> c = KpiCorrelation(np.array([0.5]), np.array([1]), np.array([8]), ["act:a/norm"],
+    ...                    "loss", "all", "steps", 2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "corr.npz")
+    >>> c.save(path)
+    >>> load_kpi_correlation(path).top(1)
+    [{'label': 'act:a/norm', 'r': 0.5, 'lag': 1, 'n': 8}]
+    """
     with np.load(path, allow_pickle=False) as z:
         head = json.loads(z["header"].tobytes().decode())
         return KpiCorrelation(values=z["values"], lags=z["lags"], n=z["n"], **head)
