@@ -328,7 +328,9 @@ export async function render(props: RenderProps<TrainingState>) {
   const scoreSel = labelled(heads, "head score");
   for (const s of model.get("score_names")) option(scoreSel, s, s.replace("_", "-"));
   const headBody = el("div", "cb-train-head-body", heads);
-  const scoreCanvas = el("canvas", "cb-train-scores", headBody);
+  const scoreBox = el("div", "cb-train-map-body", headBody);
+  const headRows = el("div", "cb-train-rows cb-train-head-rows", scoreBox);
+  const scoreCanvas = el("canvas", "cb-train-scores", scoreBox);
   const patBox = el("div", "cb-train-pattern", headBody);
   const patTitle = el("div", "cb-train-map-title", patBox);
   const patCanvas = el("canvas", "cb-train-pattern-canvas", patBox);
@@ -347,6 +349,10 @@ export async function render(props: RenderProps<TrainingState>) {
       }
     }
     paintMatrix(scoreCanvas, L * Hh, P, m, sequential(isDark(root)), (v) => v);
+    if (headRows.childElementCount !== L * Hh) {
+      headRows.replaceChildren();
+      for (let r = 0; r < L * Hh; r++) el("div", "cb-train-row", headRows).textContent = `L${Math.floor(r / Hh)}H${r % Hh}`;
+    }
     scoreCanvas.style.height = `${L * Hh * ROW_PX}px`;
     scoreCanvas.dataset.rows = String(L * Hh);
     drawPattern();
