@@ -202,3 +202,30 @@ def test_trials_side_by_side_and_save(tmp_path):
     b = load_training_run(tmp_path / "copy.sqlite")
     np.testing.assert_array_equal(a.values, b.values)
     assert "TrainingRun(trial='narrow', 2 recorded steps" in repr(b)
+
+
+def test_attached_recorder_needs_no_call_and_equals_step_mode(tmp_path):
+    a, b, c = tiny_toy(), tiny_toy(), tiny_toy()
+    probes, _ = toy_batch(999, 2)
+    rec_a = TrainingRecorder(a, every=3, probes=probes, path=tmp_path / "a.db")
+    train_toy(a, 8, rec_a)
+    rec_b = TrainingRecorder(b, every=3, probes=probes, path=tmp_path / "b.db")
+    opt = torch.optim.AdamW(b.parameters(), lr=1e-2)
+    rec_b.attach(opt)
+    for step in range(8):  # the loop knows nothing of the recorder except rec.loss
+        ids, _ = toy_batch(step)
+        per = token_loss(b(ids), ids)
+        rec_b.loss(per)
+        per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert rec_b.hook_count() == 3  # forward, before and after the update
+    run_a, run_b = rec_a.close(), rec_b.close()
+    assert hook_count(b) == 0 and rec_b.hook_count() == 0
+    assert run_b.steps.tolist() == [0, 3, 6]
+    np.testing.assert_array_equal(run_a.values, run_b.values)
+    np.testing.assert_array_equal(run_a.loss, run_b.loss)
+    np.testing.assert_array_equal(run_a.head_scores["induction"], run_b.head_scores["induction"])
+    train_toy(c, 8)
+    for p, q in zip(c.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q)

@@ -152,6 +152,9 @@ class TrainingRecorder:
         self.path = os.fspath(path)
         self.store = Store(self.path)
         self._handles: list[Any] = []
+        self._auto: list[Any] = []  # attach(): the persistent hooks
+        self._auto_step = 0
+        self._probing = False
         self._active: dict[str, Any] | None = None
         self._write_meta()
 
@@ -172,6 +175,64 @@ class TrainingRecorder:
         if not self.records(step):
             yield
             return
+        try:
+            self._begin(step, category, batch)
+            yield
+            self._end()
+        finally:
+            self._remove()
+            self._active = None
+
+    def attach(self, optimizer: Any, *, start: int = 0) -> TrainingRecorder:
+        """Record without touching the loop: steps are counted by ``optimizer.step()``.
+
+        A hook on the model's forward opens a recorded step (the first forward after an
+        update whose step number is a multiple of ``every``); a hook before the optimizer's
+        update records the parameters' gradients and writes the step; a hook after it counts
+        the step (from ``start``). ``rec.loss(...)`` still logs losses. The hooks stay until
+        :meth:`close` (or the end of a ``with rec:`` block); a forward that raises leaves its
+        step unwritten.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import circuitboard as cb
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> rec = cb.TrainingRecorder(model, every=2).attach(opt)
+        >>> for _ in range(4):
+        ...     model(torch.ones(2, 3)).sum().backward()
+        ...     opt.step(); opt.zero_grad()
+        >>> rec.close().steps.tolist()
+        [0, 2]
+        """
+        self._auto_step = int(start)
+        self._auto = [
+            self.model.register_forward_pre_hook(self._auto_open, with_kwargs=True, prepend=True),
+            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._auto_close()),
+            optimizer.register_step_post_hook(lambda opt, args, kwargs: self._auto_count()),
+        ]
+        return self
+
+    def _auto_open(self, mod: Any, args: tuple, kwargs: dict) -> None:
+        if self._active is not None or self._probing or not self.records(self._auto_step):
+            return
+        self._begin(self._auto_step, None, None)
+        self._on_root(mod, args, kwargs)  # hooks added now do not run for this very call
+
+    def _auto_close(self) -> None:
+        if self._active is None:
+            return
+        try:
+            self._end()
+        finally:
+            self._remove()
+            self._active = None
+
+    def _auto_count(self) -> None:
+        self._auto_step += 1
+
+    def _begin(self, step: int, category: str | None, batch: Any) -> None:
         if self.store is None:
             raise RuntimeError("this TrainingRecorder is closed; create a new one to record.")
         if self.grads and not torch.is_grad_enabled():
@@ -192,24 +253,27 @@ class TrainingRecorder:
             "masks": None,
             "grad_seen": False,
         }
-        try:
-            if self.probe_ids is not None and step % self.probe_every == 0:
+        if self.probe_ids is not None and step % self.probe_every == 0:
+            self._probing = True
+            try:
                 act["probes"] = self._probe()
-            self._active = act
-            base = category or "all"
+            finally:
+                self._probing = False
+        self._active = act
+        for name, p in self.params:
+            self._add(act["sums"], (category or "all", name, "param"), sums(p))
+        self._install()
+
+    def _end(self) -> None:
+        act = self._active
+        if self.grads:
+            self._check_grads(act)
             for name, p in self.params:
-                self._add(act["sums"], (base, name, "param"), sums(p))
-            self._install()
-            yield
-            if self.grads:
-                self._check_grads(act)
-                for name, p in self.params:
-                    if p.grad is not None:
-                        self._add(act["sums"], (base, name, "param_grad"), sums(p.grad))
-            self._write(act)
-        finally:
-            self._remove()
-            self._active = None
+                if p.grad is not None:
+                    self._add(
+                        act["sums"], (act["category"] or "all", name, "param_grad"), sums(p.grad)
+                    )
+        self._write(act)
 
     def loss(self, value: Any) -> None:
         """Log the loss of the current step: a scalar, or per-sample ``[batch]`` / per-token
@@ -250,6 +314,7 @@ class TrainingRecorder:
 
     def close(self) -> Any:
         """Remove every hook, close the file and return the recorded run."""
+        self._detach()
         self._remove()
         if self.store is not None:
             self.store.close()
@@ -260,6 +325,7 @@ class TrainingRecorder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._detach()
         self._remove()
         if self.store is not None:
             self.store.close()
@@ -292,14 +358,20 @@ class TrainingRecorder:
 
                 self._handles.append(site.module.register_forward_hook(post))
 
+    def _detach(self) -> None:
+        for h in self._auto:
+            h.remove()
+        self._auto.clear()
+        self._active = None
+
     def _remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
     def hook_count(self) -> int:
-        """Hooks this recorder holds on the model right now (0 outside a recorded step)."""
-        return len(self._handles)
+        """Hooks this recorder holds right now (0 outside a recorded step unless attached)."""
+        return len(self._handles) + len(self._auto)
 
     def _on_root(self, mod: Any, args: tuple, kwargs: dict) -> None:
         act = self._active
