@@ -14,7 +14,7 @@ import torch
 from . import _probes
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import STATS, finish, lead_sums, merge, reduce, sums
+from ._stats import STATS, finish, lead_sums, many_sums, merge, reduce
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -39,7 +39,9 @@ class TrainingRecorder:
     modules : list of str, optional
         Tensors to record: capture names or ``model.named_modules()`` paths (their outputs).
         Default: each block's attention output, MLP output and residual stream for
-        adapter-backed models, every leaf module otherwise. ``[]`` records none.
+        adapter-backed models; for models with hook points (modules named ``hook_*``, as in
+        TransformerLens) every hook point except attention patterns (the probes keep those);
+        every leaf module otherwise. ``[]`` records none.
     params : list of str or "all", optional
         Parameters to record (values at the start of the step, gradients at its end). Default:
         every trainable parameter. ``[]`` records none.
@@ -260,19 +262,19 @@ class TrainingRecorder:
             finally:
                 self._probing = False
         self._active = act
-        for name, p in self.params:
-            self._add(act["sums"], (category or "all", name, "param"), sums(p))
+        base = category or "all"
+        for (name, _), v in zip(self.params, many_sums([p for _, p in self.params]), strict=True):
+            self._add(act["sums"], (base, name, "param"), v)
         self._install()
 
     def _end(self) -> None:
         act = self._active
         if self.grads:
             self._check_grads(act)
-            for name, p in self.params:
-                if p.grad is not None:
-                    self._add(
-                        act["sums"], (act["category"] or "all", name, "param_grad"), sums(p.grad)
-                    )
+            have = [(name, p.grad) for name, p in self.params if p.grad is not None]
+            base = act["category"] or "all"
+            for (name, _), v in zip(have, many_sums([g for _, g in have]), strict=True):
+                self._add(act["sums"], (base, name, "param_grad"), v)
         self._write(act)
 
     def loss(self, value: Any) -> None:
@@ -420,29 +422,23 @@ class TrainingRecorder:
                 if m is not None and m.ndim == 2 and x.ndim >= 2 and x.shape[:2] == m.shape:
                     lead = 2
         per = lead_sums(x.detach(), lead)
-        rows = [i for i in self.samples if lead and i < x.shape[0]]
+        if lead == 0:
+            for cat, mask in masks:
+                if mask is None:
+                    self._add(act["sums"], (cat, name, kind), per)
+            return
+        rows = [i for i in self.samples if i < x.shape[0]]
         for cat, mask in masks:
-            if mask is None:
-                part, mrows = per, None
-            elif lead >= mask.ndim and per.shape[: mask.ndim] == tuple(mask.shape):
-                mrows = mask.cpu().numpy()
-                part = per[mrows]
-            else:
+            m = None if mask is None else mask.cpu().numpy()
+            if m is not None and (lead < m.ndim or per.shape[: m.ndim] != m.shape):
                 continue  # this tensor's dims do not line up with the category's mask
-            total = reduce(part)
+            by_row = _row_sums_in(per, m)
+            total = reduce(by_row)
             if total[0] > 0:
                 self._add(act["sums"], (cat, name, kind), total)
             for i in rows:
-                row = (
-                    per[i]
-                    if mrows is None
-                    else per[i][mrows[i]]
-                    if mrows.ndim == 2
-                    else (per[i] if mrows[i] else per[i][:0])
-                )
-                s = reduce(row)
-                if s[0] > 0:
-                    self._add(act["sample_sums"], (i, cat, name, kind), s)
+                if by_row[i, 0] > 0:
+                    self._add(act["sample_sums"], (i, cat, name, kind), by_row[i])
 
     @staticmethod
     def _add(table: dict, key: Any, s: np.ndarray) -> None:
@@ -471,13 +467,17 @@ class TrainingRecorder:
     def _write(self, act: dict) -> None:
         keep = np.array([s in self.stats for s in STATS])
 
-        def kp(s: np.ndarray) -> np.ndarray:
-            v = finish(s)
-            v[~keep] = np.nan
-            return v
+        def kp(table: dict) -> list[np.ndarray]:
+            if not table:
+                return []
+            v = finish(np.stack(list(table.values())))  # all KPIs of the step at once
+            v[:, ~keep] = np.nan
+            return list(v)
 
-        kpis = [(c, t, k, kp(s)) for (c, t, k), s in act["sums"].items()]
-        samples = [(i, c, t, k, kp(s)) for (i, c, t, k), s in act["sample_sums"].items()]
+        kpis = [(*key, v) for key, v in zip(act["sums"], kp(act["sums"]), strict=True)]
+        samples = [
+            (*key, v) for key, v in zip(act["sample_sums"], kp(act["sample_sums"]), strict=True)
+        ]
         losses = [(c, s / n) for c, (s, n) in act["loss"].items()]
         sample_losses = [(i, c, s / n) for (i, c), (s, n) in act["sample_loss"].items()]
         if act["category"] not in (None, "all"):
@@ -535,3 +535,16 @@ def _probe_ids(probes: Any, tokenizer: Any) -> torch.Tensor | None:
             f"{ids.dtype} of shape {tuple(ids.shape)}."
         )
     return ids.long()
+
+
+def _row_sums_in(per: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Sums ``[batch, 6]`` of each batch row's elements inside ``mask`` (``[batch]`` or
+    ``[batch, pos]``), from per-row ``[batch, 6]`` or per-token ``[batch, pos, 6]`` sums."""
+    if per.ndim == 2:
+        return per if mask is None else np.where(mask[:, None], per, 0.0)
+    m = np.ones(per.shape[:2], bool) if mask is None else mask
+    if m.ndim == 1:
+        m = np.repeat(m[:, None], per.shape[1], 1)
+    out = (per * m[..., None]).sum(1)
+    out[:, 4] = np.where(m, per[..., 4], 0.0).max(1)
+    return out

@@ -65,12 +65,19 @@ DEFAULT_HOOKS = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
 def resolve_modules(model: Any, modules: Sequence[str] | None) -> list[Site]:
     """The sites for ``modules`` (default: attention / MLP outputs and the residual stream of
-    each block for adapter-backed models, every leaf module otherwise)."""
+    each block for adapter-backed models; the ``hook_*`` points but attention patterns for
+    models that have them; every leaf module otherwise)."""
     named = dict(model.named_modules())
     capture_named = adapter_sites(model) or {}
     if modules is None:
         if capture_named:
             return [s for n, s in capture_named.items() if n.endswith(DEFAULT_HOOKS)]
+        hooks = [n for n in named if n.rsplit(".", 1)[-1].startswith("hook_")]
+        if hooks:
+            # hook points (TransformerLens style): every one except attention patterns, which
+            # the probes store, and whose [batch, heads, pos, pos] KPIs would cost more than
+            # all the rest together
+            return [Site(n, named[n]) for n in hooks if not n.endswith("hook_pattern")]
         return [Site(n, m) for n, m in named.items() if n and not list(m.children())]
     if isinstance(modules, str):
         modules = [modules]

@@ -60,6 +60,37 @@ def row_sums(x: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
 
 
 @torch.no_grad()
+def many_sums(tensors: list[torch.Tensor]) -> np.ndarray:
+    """Sums ``[len(tensors), 6]`` of many (small) tensors in a handful of vectorized passes:
+    parameters are many and small, so one call each would cost more in overhead than work."""
+    if not tensors:
+        return np.zeros((0, N_SUMS))
+    flat = [t.detach().reshape(-1).to(torch.float32) for t in tensors]
+    x = torch.cat(flat)
+    sizes = torch.tensor([f.numel() for f in flat], device=x.device)
+    seg = torch.repeat_interleave(torch.arange(len(flat), device=x.device), sizes)
+    n = len(flat)
+    a = x.abs()
+
+    def seg_sum(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, seg, v.double())
+
+    amax = torch.zeros(n, device=x.device).scatter_reduce(0, seg, a, "amax", include_self=True)
+    out = torch.stack(
+        [
+            sizes.double(),
+            seg_sum(x),
+            seg_sum(a),
+            seg_sum(x * x),
+            amax.double(),
+            seg_sum((x == 0).float()),
+        ],
+        1,
+    )
+    return out.cpu().numpy()
+
+
+@torch.no_grad()
 def lead_sums(x: torch.Tensor, lead: int) -> np.ndarray:
     """Sums ``[*x.shape[:lead], 6]`` over the trailing dimensions of ``x``: one pass over the
     tensor, after which any category or sample is a cheap :func:`reduce` of these rows."""

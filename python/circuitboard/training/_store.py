@@ -101,11 +101,11 @@ class Store:
         with self.db:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO kpi VALUES (?, ?, ?, ?, ?, {q})",
-                [(trial, step, c, t, k, *map(_real, v)) for c, t, k, v in kpis],
+                [(trial, step, c, t, k, *_reals(v)) for c, t, k, v in kpis],
             )
             self.db.executemany(
                 f"INSERT OR REPLACE INTO sample_kpi VALUES (?, ?, ?, ?, ?, ?, {q})",
-                [(trial, step, i, c, t, k, *map(_real, v)) for i, c, t, k, v in samples],
+                [(trial, step, i, c, t, k, *_reals(v)) for i, c, t, k, v in samples],
             )
             self.db.executemany(
                 "INSERT OR REPLACE INTO loss VALUES (?, ?, ?, ?)",
@@ -127,6 +127,6 @@ class Store:
         self.db.close()
 
 
-def _real(v: float) -> float | None:
-    v = float(v)
-    return None if np.isnan(v) else v
+def _reals(v: np.ndarray) -> list[float | None]:
+    """KPIs as SQL values: NaN (not kept) becomes NULL."""
+    return [None if x != x else x for x in v.tolist()]
