@@ -2,10 +2,12 @@
 
 The notebook's model (a 2-layer attention-only transformer, d_model 64, 4 heads, vocab 64,
 64 tokens, batch 32, AdamW) trains on repeated sequences. Blocks of ``--block`` steps run
-alternately without and with a recorder (every 10th step recorded: every leaf module's output
-and gradient, every parameter and its gradient, first-period / repeated-token categories,
-4 kept samples, probe patterns and head scores every 50 steps), so a change of machine load
-hits both the same way; the overhead is the median recorded block over the median plain block.
+alternately without and with a recorder (every 10th step recorded, the defaults: every hook
+point's output and gradient but attention patterns, every parameter and its gradient; plus
+first-period / repeated-token categories, 4 kept samples, probe patterns and head scores every
+50 steps), so a change of machine load hits both the same way. Two estimates: the median
+recorded block over the median plain block, and (robust to load bursts) the median recorded
+step's extra time over ``every`` median plain steps.
 
     python benchmarks/bench_training.py [--blocks 6] [--block 50] [--every 10]
 """
