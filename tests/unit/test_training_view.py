@@ -40,6 +40,16 @@ def test_state_holds_the_runs_numbers(run):
     assert view.selection["layer"] == 1 and view.selection["head"] == 0
 
 
+def test_attention_view_of_a_probe_step_shares_the_link(run):
+    view = cb.training_view(run)
+    attn = view.attention_view(2)
+    assert attn.link is view.link
+    view.pick(4, 1, 1)
+    assert attn.selection["layer"] == 1 and attn.selection["head"] == 1
+    with pytest.raises(ValueError, match=r"step 1 is not a probe step"):
+        view.attention_view(1)
+
+
 def test_bad_choices(run):
     with pytest.raises(
         ValueError, match=r"category='nope' is not in this run; choose from \['all'\]"

@@ -232,6 +232,34 @@ class TrainingView(View):
         self.picked = {"p": self.probe_steps.index(step), "layer": int(layer), "head": int(head)}
         self.selection = {"layer": int(layer), "head": int(head)}
 
+    def attention_view(self, step: int | None = None, **kwargs: Any) -> Any:
+        """An :class:`AttentionView` of the probe's first row at probe step ``step`` (default:
+        the picked step, else the last), on this view's link: clicking a (step, head) cell
+        here selects that head there.
+
+        Examples
+        --------
+        >>> attn = view.attention_view(320)  # doctest: +SKIP
+        >>> cb.board(view, attn)  # doctest: +SKIP
+        """
+        from ._attention import AttentionView
+
+        run = self._run
+        if run.patterns is None:
+            raise ValueError(
+                "this run has no probe patterns; record with probes=... (token ids of a fixed "
+                "batch) to see attention patterns over training."
+            )
+        if step is None:
+            p = self.picked.get("p", len(self.probe_steps) - 1)
+        elif step in self.probe_steps:
+            p = self.probe_steps.index(step)
+        else:
+            raise ValueError(f"step {step} is not a probe step; probe steps: {self.probe_steps}.")
+        patterns = run.patterns[p, 0].astype(np.float32) / 255.0
+        kwargs.setdefault("link", self.link)
+        return AttentionView(patterns, list(self.probe_tokens), **kwargs)
+
 
 def training_view(run: Any, other: Any = None, **kwargs: Any) -> TrainingView:
     """The :class:`TrainingView` of a :class:`~circuitboard.training.TrainingRun`.
