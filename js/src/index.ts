@@ -14,6 +14,7 @@ import * as generation from "./views/generation";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
 import * as patching from "./views/patching";
+import * as training from "./views/training"; // training dynamics
 
 type Cleanup = void | (() => void | Promise<void>);
 type View = { render(props: RenderProps): Promise<Cleanup> | Cleanup };
@@ -32,6 +33,7 @@ export const VIEWS: Record<string, View> = {
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,
   patching: patching as unknown as View,
+  training: training as unknown as View, // training dynamics
   link: { render: () => undefined }, // the shared selection has no visual
 };
 

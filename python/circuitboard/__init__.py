@@ -31,6 +31,7 @@ from .widgets import (
     NeuronDashboard,
     NeuronsView,
     PatchingView,
+    TrainingView,
     ablation_view,  # issue 29
     board,
     causal_trace_view,
@@ -40,6 +41,7 @@ from .widgets import (
     generation_view,
     link,
     patching_view,
+    training_view,
 )
 
 __version__ = "0.1.0"
@@ -100,6 +102,13 @@ _LAZY = {
     "load_experiment": "circuitboard.experiments",
     "log": "circuitboard.experiments",
     "experiments": "circuitboard.experiments",
+    # training dynamics
+    "KpiCorrelation": "circuitboard.training",
+    "TrainingRecorder": "circuitboard.training",
+    "TrainingRun": "circuitboard.training",
+    "from_checkpoints": "circuitboard.training",
+    "load_kpi_correlation": "circuitboard.training",
+    "load_training_run": "circuitboard.training",
 }
 
 
@@ -117,6 +126,16 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    # training dynamics
+    "KpiCorrelation",
+    "TrainingRecorder",
+    "TrainingRun",
+    "from_checkpoints",
+    "load_kpi_correlation",
+    "load_training_run",
+    "TrainingView",
+    "training_view",
+    # the rest
     "AttentionView",
     "Board",
     "Capture",

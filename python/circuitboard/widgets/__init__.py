@@ -17,6 +17,9 @@ from ._link import Link
 from ._linking import link
 from ._neurons import NeuronsView
 from ._patching import PatchingView, patching_view
+
+# training dynamics
+from ._training import TrainingView, training_view
 from ._view import View
 
 __all__ = [
@@ -38,6 +41,9 @@ __all__ = [
     "PatchingView",
     "View",
     "ablation_view",
+    # training dynamics
+    "TrainingView",
+    "training_view",
     "board",
     "causal_trace_view",
     "circuit_view",

@@ -1,0 +1,474 @@
+// Training view: a run over its steps. Loss curves per category (a second trial dashed), a
+// step scrubber, activations | gradients (or parameters | gradients) as steps × tensors
+// heatmaps of one KPI for a category or a difference of two, the probe's head scores over
+// probe steps; clicking a (step, head) cell shows its attention pattern and selects the head
+// on the link so linked attention views follow.
+import type { AnyModel, RenderProps } from "@anywidget/types";
+import { decode, uint8View } from "../codec";
+import { cssColor, diverging, type Lut, sequential } from "../colormaps";
+import { el } from "../dom";
+import { cellAt, paintCodes, paintMatrix } from "../heatmap";
+import { resolveLink, select } from "../link";
+import { followTheme, isDark } from "../theme";
+import type { Encoded } from "../types";
+
+interface TrainingState {
+  trial: string;
+  steps: number[];
+  categories: string[];
+  stats: string[];
+  names: string[];
+  param_names: string[];
+  stat: string;
+  category: string;
+  minus: string;
+  kind: string;
+  step_index: number;
+  probe_steps: number[];
+  score_names: string[];
+  score: string;
+  probe_tokens: string[];
+  picked: { p?: number; layer?: number; head?: number };
+  trial_b: string;
+  correlations: { label: string; r: number; lag: number }[];
+  highlight: string;
+  _kpis: Record<string, Encoded>;
+  _loss: Encoded;
+  _kpis_b: Record<string, Encoded>;
+  _loss_b: Encoded | Record<string, never>;
+  _steps_b: number[];
+  _scores: Encoded | Record<string, never>;
+  _patterns: Encoded | Record<string, never>;
+  theme: string;
+  link: string;
+}
+
+const CAT_COLORS = ["#57606a", "#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df"];
+const ROW_PX = 13;
+
+/** One KPI as rows = tensors × cols = steps, from `[S, C, N, K]` (minus a category if asked). */
+export function kpiMatrix(
+  data: Float32Array,
+  shape: number[],
+  cat: number,
+  minus: number,
+  stat: number,
+): Float32Array {
+  const [S, C, N, K] = shape;
+  const out = new Float32Array(N * S);
+  for (let n = 0; n < N; n++) {
+    for (let s = 0; s < S; s++) {
+      const at = (c: number) => data[((s * C + c) * N + n) * K + stat];
+      out[n * S + s] = minus >= 0 ? at(cat) - at(minus) : at(cat);
+    }
+  }
+  return out;
+}
+
+/** Each row mapped to [0, 1] by its own range; differences by their largest magnitude (0 → ½). */
+export function rowScaled(m: Float32Array, rows: number, cols: number, signed: boolean): Float32Array {
+  const out = new Float32Array(m.length);
+  for (let r = 0; r < rows; r++) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (let c = 0; c < cols; c++) {
+      const v = m[r * cols + c];
+      if (Number.isFinite(v)) {
+        lo = Math.min(lo, v);
+        hi = Math.max(hi, v);
+      }
+    }
+    const amp = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+    for (let c = 0; c < cols; c++) {
+      const v = m[r * cols + c];
+      if (!Number.isFinite(v)) out[r * cols + c] = Number.NaN;
+      else if (signed) out[r * cols + c] = 0.5 + v / (2 * amp);
+      else out[r * cols + c] = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+    }
+  }
+  return out;
+}
+
+function fmt(v: number): string {
+  if (!Number.isFinite(v)) return "–";
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(2) : v.toFixed(3);
+}
+
+function option(sel: HTMLSelectElement, value: string, text: string): void {
+  const o = el("option", "", sel);
+  o.value = value;
+  o.textContent = text;
+}
+
+function labelled(parent: HTMLElement, text: string): HTMLSelectElement {
+  const lab = el("label", "cb-train-ctl", parent);
+  lab.append(`${text} `);
+  return el("select", "", lab);
+}
+
+export async function render(props: RenderProps<TrainingState>) {
+  const { model, el: host } = props;
+  const abort = new AbortController();
+  const signal = abort.signal;
+  const link = await resolveLink(props);
+  const steps = model.get("steps");
+  const cats = model.get("categories");
+  const stats = model.get("stats");
+  const S = steps.length;
+  const kpis: Record<string, { data: Float32Array; shape: number[] }> = {};
+  for (const [k, enc] of Object.entries(model.get("_kpis"))) kpis[k] = decode(enc);
+  const kpisB: Record<string, { data: Float32Array; shape: number[] }> = {};
+  for (const [k, enc] of Object.entries(model.get("_kpis_b") ?? {})) kpisB[k] = decode(enc);
+  const loss = decode(model.get("_loss"));
+  const lossBEnc = model.get("_loss_b");
+  const lossB = lossBEnc && "shape" in lossBEnc ? decode(lossBEnc as Encoded) : null;
+  const stepsB = model.get("_steps_b") ?? [];
+  const scoresEnc = model.get("_scores");
+  const scores = scoresEnc && "shape" in scoresEnc ? decode(scoresEnc as Encoded) : null;
+  const patEnc = model.get("_patterns");
+  const patterns = patEnc && "shape" in patEnc ? uint8View(patEnc as Encoded) : null;
+  const patShape = patEnc && "shape" in patEnc ? (patEnc as Encoded).shape : [];
+  const probeSteps = model.get("probe_steps");
+
+  const root = el("div", "cb-root cb-training", host);
+  const title = el("div", "cb-title", root);
+  title.textContent = `Training run · ${model.get("trial")}${model.get("trial_b") ? ` vs ${model.get("trial_b")}` : ""}`;
+  const bar = el("div", "cb-train-bar", root);
+  const statSel = labelled(bar, "KPI");
+  for (const s of stats) option(statSel, s, s);
+  const catSel = labelled(bar, "category");
+  for (const c of cats) option(catSel, c, c);
+  const minusSel = labelled(bar, "minus");
+  option(minusSel, "", "—");
+  for (const c of cats) option(minusSel, c, c);
+  const kindSel = labelled(bar, "tensors");
+  option(kindSel, "act", "activations | gradients");
+  option(kindSel, "param", "parameters | gradients");
+
+  const lossCanvas = el("canvas", "cb-train-loss", root);
+  lossCanvas.width = 640;
+  lossCanvas.height = 150;
+  const scrub = el("div", "cb-train-scrub", root);
+  const slider = el("input", "cb-train-slider", scrub);
+  slider.type = "range";
+  slider.min = "0";
+  slider.max = String(Math.max(S - 1, 0));
+  const stepLabel = el("span", "cb-train-step", scrub);
+
+  const maps = el("div", "cb-train-maps", root);
+  const readout = el("div", "cb-train-readout", root);
+  readout.textContent = "hover a cell";
+  const corrBox = el("div", "cb-train-corr", root);
+  const heads = el("div", "cb-train-heads", root);
+
+  interface Panel {
+    kind: string;
+    trialB: boolean;
+    canvas: HTMLCanvasElement;
+    cursor: HTMLDivElement;
+    rows: HTMLDivElement;
+    values: Float32Array;
+    names: string[];
+  }
+  let panels: Panel[] = [];
+
+  const pair = () => (model.get("kind") === "param" ? ["param", "param_grad"] : ["act", "grad"]);
+  const namesOf = () => (model.get("kind") === "param" ? model.get("param_names") : model.get("names"));
+
+  function buildMaps(): void {
+    maps.replaceChildren();
+    panels = [];
+    const trials = Object.keys(kpisB).length ? [false, true] : [false];
+    for (const trialB of trials) {
+      for (const kind of pair()) {
+        const box = el("div", "cb-train-map", maps);
+        const head = el("div", "cb-train-map-title", box);
+        const what = kind.endsWith("grad") ? "gradients" : kind === "act" ? "activations" : "parameters";
+        head.textContent = `${what} · ${trialB ? model.get("trial_b") : model.get("trial")}`;
+        const body = el("div", "cb-train-map-body", box);
+        const rows = el("div", "cb-train-rows", body);
+        const names = namesOf();
+        for (const n of names) {
+          const r = el("div", "cb-train-row", rows);
+          const depth = n.split(".").length - 1;
+          r.style.paddingLeft = `${Math.min(depth, 6) * 6}px`; // the module tree, by dotted path
+          r.textContent = n.split(".").slice(-2).join(".");
+          r.title = n;
+          r.dataset.label = `${kind}:${n}`;
+          r.addEventListener("click", () => {
+            model.set("highlight", `${kind}:${n}`);
+            model.save_changes();
+          }, { signal });
+        }
+        const wrap = el("div", "cb-train-canvas-wrap", body);
+        const canvas = el("canvas", "cb-train-canvas", wrap);
+        canvas.style.height = `${names.length * ROW_PX}px`;
+        const cursor = el("div", "cb-train-cursor", wrap);
+        const panel: Panel = { kind, trialB, canvas, cursor, rows, values: new Float32Array(0), names };
+        canvas.addEventListener("pointermove", (ev) => {
+          const cell = cellAt(canvas, ev);
+          if (!cell) return;
+          const v = panel.values[cell.row * S + cell.col];
+          readout.textContent = `${panel.names[cell.row]} · ${kind} · step ${steps[cell.col]} · ${model.get("stat")} = ${fmt(v)}`;
+        }, { signal });
+        canvas.addEventListener("click", (ev) => {
+          const cell = cellAt(canvas, ev);
+          if (!cell) return;
+          model.set("step_index", cell.col);
+          model.save_changes();
+        }, { signal });
+        panels.push(panel);
+      }
+    }
+  }
+
+  function drawMaps(): void {
+    const stat = stats.indexOf(model.get("stat"));
+    const cat = cats.indexOf(model.get("category"));
+    const minus = model.get("minus") ? cats.indexOf(model.get("minus")) : -1;
+    const signed = minus >= 0;
+    const lut: Lut = signed ? diverging() : sequential(isDark(root));
+    const hl = model.get("highlight");
+    for (const p of panels) {
+      const t = (p.trialB ? kpisB : kpis)[p.kind];
+      if (!t) continue;
+      const N = t.shape[2];
+      p.values = kpiMatrix(t.data, t.shape, cat, minus, stat);
+      // grey: not recorded for this category (a tensor whose dims do not line up with its mask)
+      const none: [number, number, number] = isDark(root) ? [48, 54, 61] : [216, 222, 228];
+      paintMatrix(p.canvas, N, t.shape[0], rowScaled(p.values, N, t.shape[0], signed), lut, (v) => v, none);
+      for (const r of Array.from(p.rows.children) as HTMLElement[]) {
+        r.classList.toggle("cb-train-row-hl", r.dataset.label === hl);
+      }
+    }
+    drawCursor();
+  }
+
+  function drawCursor(): void {
+    const i = model.get("step_index");
+    slider.value = String(i);
+    stepLabel.textContent = S ? `step ${steps[i]} (${i + 1}/${S})` : "no steps";
+    for (const p of panels) {
+      const w = p.canvas.getBoundingClientRect().width || 300;
+      p.cursor.style.left = `${((i + 0.5) / Math.max(S, 1)) * w}px`;
+    }
+    drawLoss();
+  }
+
+  function drawLoss(): void {
+    const ctx = lossCanvas.getContext("2d");
+    if (!ctx) return;
+    const W = lossCanvas.width;
+    const H = lossCanvas.height;
+    const dark = isDark(root);
+    ctx.fillStyle = dark ? "#0d1117" : "#ffffff";
+    ctx.fillRect(0, 0, W, H);
+    const all = [...steps, ...stepsB];
+    const x0 = Math.min(...all);
+    const x1 = Math.max(...all, x0 + 1);
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const arr of [loss.data, lossB?.data ?? new Float32Array(0)]) {
+      for (const v of arr) if (Number.isFinite(v)) [lo, hi] = [Math.min(lo, v), Math.max(hi, v)];
+    }
+    if (!Number.isFinite(lo)) {
+      ctx.fillStyle = dark ? "#8d96a0" : "#656d76";
+      ctx.fillText("no loss logged (rec.loss(...) inside each step)", 40, H / 2);
+      return;
+    }
+    if (hi === lo) hi = lo + 1;
+    const L = 40;
+    const px = (s: number) => L + ((s - x0) / (x1 - x0)) * (W - L - 90);
+    const py = (v: number) => 8 + (1 - (v - lo) / (hi - lo)) * (H - 24);
+    ctx.font = "10px sans-serif";
+    ctx.fillStyle = dark ? "#8d96a0" : "#656d76";
+    ctx.fillText(fmt(hi), 2, 12);
+    ctx.fillText(fmt(lo), 2, H - 14);
+    const C = cats.length;
+    const line = (data: Float32Array, xs: number[], c: number, dashed: boolean) => {
+      ctx.strokeStyle = CAT_COLORS[c % CAT_COLORS.length];
+      ctx.setLineDash(dashed ? [4, 3] : []);
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      let pen = false;
+      xs.forEach((s, i) => {
+        const v = data[i * C + c];
+        if (!Number.isFinite(v)) return;
+        if (pen) ctx.lineTo(px(s), py(v));
+        else ctx.moveTo(px(s), py(v));
+        pen = true;
+      });
+      ctx.stroke();
+    };
+    cats.forEach((name, c) => {
+      line(loss.data, steps, c, false);
+      if (lossB) line(lossB.data, stepsB, c, true);
+      ctx.setLineDash([]);
+      ctx.fillStyle = CAT_COLORS[c % CAT_COLORS.length];
+      ctx.fillText(name, W - 84, 14 + 12 * c);
+    });
+    if (lossB) ctx.fillText(`dashed: ${model.get("trial_b")}`, W - 84, 14 + 12 * C);
+    if (S) {
+      const x = px(steps[model.get("step_index")]);
+      ctx.strokeStyle = dark ? "#e6edf3" : "#1f2328";
+      ctx.setLineDash([2, 2]);
+      ctx.beginPath();
+      ctx.moveTo(x, 4);
+      ctx.lineTo(x, H - 12);
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    ctx.fillStyle = dark ? "#8d96a0" : "#656d76";
+    ctx.fillText(`step ${x0}`, L, H - 2);
+    ctx.fillText(`${x1}`, W - 110, H - 2);
+  }
+
+  // Head scores: rows = layer × head, cols = probe steps; click opens the pattern.
+  const scoreSel = labelled(heads, "head score");
+  for (const s of model.get("score_names")) option(scoreSel, s, s.replace("_", "-"));
+  const headBody = el("div", "cb-train-head-body", heads);
+  const scoreBox = el("div", "cb-train-map-body", headBody);
+  const headRows = el("div", "cb-train-rows cb-train-head-rows", scoreBox);
+  const scoreCanvas = el("canvas", "cb-train-scores", scoreBox);
+  const patBox = el("div", "cb-train-pattern", headBody);
+  const patTitle = el("div", "cb-train-map-title", patBox);
+  const patCanvas = el("canvas", "cb-train-pattern-canvas", patBox);
+  const [nScores, P, L, Hh] = scores ? scores.shape : [0, 0, 0, 0];
+
+  function drawScores(): void {
+    if (!scores || !P) {
+      heads.style.display = "none";
+      return;
+    }
+    const si = Math.max(0, model.get("score_names").indexOf(model.get("score")));
+    const m = new Float32Array(L * Hh * P);
+    for (let p = 0; p < P; p++) {
+      for (let l = 0; l < L; l++) {
+        for (let h = 0; h < Hh; h++) m[(l * Hh + h) * P + p] = scores.data[((si * P + p) * L + l) * Hh + h];
+      }
+    }
+    paintMatrix(scoreCanvas, L * Hh, P, m, sequential(isDark(root)), (v) => v);
+    if (headRows.childElementCount !== L * Hh) {
+      headRows.replaceChildren();
+      for (let r = 0; r < L * Hh; r++) el("div", "cb-train-row", headRows).textContent = `L${Math.floor(r / Hh)}H${r % Hh}`;
+    }
+    scoreCanvas.style.height = `${L * Hh * ROW_PX}px`;
+    scoreCanvas.dataset.rows = String(L * Hh);
+    drawPattern();
+  }
+
+  function drawPattern(): void {
+    const pk = model.get("picked");
+    if (!patterns || pk.p === undefined || pk.layer === undefined || pk.head === undefined) {
+      patTitle.textContent = "click a (step, head) cell to see its attention pattern";
+      return;
+    }
+    const [, pl, ph, T] = patShape;
+    const off = ((pk.p * pl + pk.layer) * ph + pk.head) * T * T;
+    paintCodes(patCanvas, T, T, patterns.subarray(off, off + T * T), sequential(isDark(root)));
+    const si = Math.max(0, model.get("score_names").indexOf(model.get("score")));
+    const v = scores ? scores.data[((si * P + pk.p) * L + pk.layer) * Hh + pk.head] : Number.NaN;
+    patTitle.textContent = `L${pk.layer}H${pk.head} at step ${probeSteps[pk.p]} · ${model.get("score")} ${fmt(v)}`;
+    patCanvas.dataset.step = String(probeSteps[pk.p]);
+  }
+
+  scoreCanvas.addEventListener("pointermove", (ev) => {
+    const cell = cellAt(scoreCanvas, ev);
+    if (!cell || !scores) return;
+    const l = Math.floor(cell.row / Hh);
+    const h = cell.row % Hh;
+    readout.textContent = `L${l}H${h} · step ${probeSteps[cell.col]} · ${model.get("score")} = ${fmt(scores.data[((Math.max(0, model.get("score_names").indexOf(model.get("score"))) * P + cell.col) * L + l) * Hh + h])}`;
+  }, { signal });
+  scoreCanvas.addEventListener("click", (ev) => {
+    const cell = cellAt(scoreCanvas, ev);
+    if (!cell) return;
+    const layer = Math.floor(cell.row / Hh);
+    const head = cell.row % Hh;
+    model.set("picked", { p: cell.col, layer, head });
+    const at = steps.indexOf(probeSteps[cell.col]);
+    if (at >= 0) model.set("step_index", at);
+    model.save_changes();
+    select(link, { layer, head });
+  }, { signal });
+
+  function drawCorr(): void {
+    corrBox.replaceChildren();
+    const rows = model.get("correlations") ?? [];
+    if (!rows.length) return;
+    const t = el("div", "cb-train-map-title", corrBox);
+    t.textContent = "KPIs that move with the loss (r, lag in recorded steps; click to show)";
+    for (const r of rows) {
+      const b = el("button", "cb-train-corr-row", corrBox);
+      b.textContent = `${r.r >= 0 ? "+" : ""}${r.r.toFixed(3)}  lag ${r.lag}  ${r.label}`;
+      b.addEventListener("click", () => {
+        const [label, stat] = r.label.split("/");
+        const kind = label.split(":")[0];
+        if (stats.includes(stat)) model.set("stat", stat);
+        model.set("kind", kind.startsWith("param") ? "param" : "act");
+        model.set("highlight", label);
+        model.save_changes();
+      }, { signal });
+    }
+  }
+
+  const sync = () => {
+    statSel.value = model.get("stat");
+    catSel.value = model.get("category");
+    minusSel.value = model.get("minus");
+    kindSel.value = model.get("kind");
+    scoreSel.value = model.get("score");
+  };
+  const bind = (sel: HTMLSelectElement, key: "stat" | "category" | "minus" | "kind" | "score") =>
+    sel.addEventListener("change", () => {
+      model.set(key, sel.value);
+      model.save_changes();
+    }, { signal });
+  bind(statSel, "stat");
+  bind(catSel, "category");
+  bind(minusSel, "minus");
+  bind(kindSel, "kind");
+  bind(scoreSel, "score");
+  slider.addEventListener("input", () => {
+    model.set("step_index", Number(slider.value));
+    model.save_changes();
+  }, { signal });
+
+  const onKind = () => {
+    sync();
+    buildMaps();
+    drawMaps();
+  };
+  const onMap = () => {
+    sync();
+    drawMaps();
+  };
+  const onScore = () => {
+    sync();
+    drawScores();
+  };
+  const m = model as unknown as AnyModel;
+  m.on("change:kind", onKind);
+  for (const k of ["stat", "category", "minus", "highlight"]) m.on(`change:${k}`, onMap);
+  m.on("change:step_index", drawCursor);
+  m.on("change:score", onScore);
+  m.on("change:picked", drawPattern);
+  const offTheme = followTheme(m, root, () => {
+    drawMaps();
+    drawScores();
+  });
+  sync();
+  buildMaps();
+  drawMaps();
+  drawScores();
+  drawCorr();
+  return () => {
+    abort.abort();
+    offTheme();
+    m.off("change:kind", onKind);
+    for (const k of ["stat", "category", "minus", "highlight"]) m.off(`change:${k}`, onMap);
+    m.off("change:step_index", drawCursor);
+    m.off("change:score", onScore);
+    m.off("change:picked", drawPattern);
+  };
+}

@@ -1,0 +1,278 @@
+"""TrainingView: loss curves, steps × tensors KPI heatmaps and the probe's heads over training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import traitlets
+
+from ._codec import encode
+from ._view import View, json_safe
+
+PAIRS = {"act": ("act", "grad"), "param": ("param", "param_grad")}
+
+
+def _labels_of(run: Any, kind: str) -> list[str]:
+    return [lab.split(":", 1)[1] for lab in run.labels if lab.split(":", 1)[0] == kind]
+
+
+def _kpi_block(run: Any, names: list[str], kind: str) -> np.ndarray:
+    """``[steps, categories, len(names), stats]`` float32 (NaN where not recorded)."""
+    out = np.full((len(run.steps), len(run.categories), len(names), len(run.stats)), np.nan)
+    for j, name in enumerate(names):
+        label = f"{kind}:{name}"
+        if label in run.labels:
+            out[:, :, j] = run.values[:, :, run.labels.index(label)]
+    return out.astype(np.float32)
+
+
+class TrainingView(View):
+    """A training run over its steps: loss per category, KPI heatmaps, heads of the probe.
+
+    - loss curves per category (two trials overlaid when ``other`` is given);
+    - activations and their gradients (or parameters and theirs) side by side, as steps ×
+      tensors heatmaps of one KPI for one category, or the difference of two categories;
+      each row is scaled to its own range (a difference to its own largest magnitude);
+    - a step scrubber that moves a cursor over every panel and reads the values out;
+    - the module tree as the heatmaps' row list (indented by dotted path);
+    - the probe batch's head scores over probe steps; clicking a (step, head) cell shows that
+      head's attention pattern at that step and selects its layer and head on the link, so a
+      linked attention view follows;
+    - with ``correlation=`` (a :class:`~circuitboard.training.KpiCorrelation`), the top KPIs
+      listed; clicking one picks its KPI and highlights its heatmap row.
+
+    Everything is in the page, so the view works offline in reports.
+
+    Parameters
+    ----------
+    run : TrainingRun
+    other : TrainingRun, optional
+        A second trial: its loss curves are drawn beside the first, and its heatmaps below.
+    stat, category, minus, kind, score : initial choices (``minus`` = a category to subtract)
+    correlation : KpiCorrelation, optional
+    tokens : list of str, optional — the probe's token texts (default: its ids)
+
+    Examples
+    --------
+    >>> import torch, circuitboard as cb
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    >>> rec = cb.TrainingRecorder(model, every=1)
+    >>> for step in range(2):
+    ...     with rec.step(step):
+    ...         loss = model(torch.ones(4, 3)).sum()
+    ...         rec.loss(loss)
+    ...         loss.backward()
+    >>> view = TrainingView(rec.close())
+    >>> view.steps, view.names
+    ([0, 1], ['0', '1'])
+    """
+
+    _view = traitlets.Unicode("training").tag(sync=True)
+    trial = traitlets.Unicode().tag(sync=True)
+    """The trial's name."""
+    steps = traitlets.List(traitlets.Int()).tag(sync=True)
+    """Recorded steps (the heatmaps' columns)."""
+    categories = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Categories (``all`` first)."""
+    stats = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """KPI names."""
+    names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Module names of the activation heatmaps' rows."""
+    param_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Parameter names of the parameter heatmaps' rows."""
+    stat = traitlets.Unicode("norm").tag(sync=True)
+    """The KPI shown."""
+    category = traitlets.Unicode("all").tag(sync=True)
+    """The category shown."""
+    minus = traitlets.Unicode("").tag(sync=True)
+    """A category subtracted from ``category`` ("" for none)."""
+    kind = traitlets.Unicode("act").tag(sync=True)
+    """``act`` (activations | their gradients) or ``param`` (parameters | their gradients)."""
+    step_index = traitlets.Int(0).tag(sync=True)
+    """The scrubber's position (an index into ``steps``)."""
+    probe_steps = traitlets.List(traitlets.Int()).tag(sync=True)
+    """Steps where the probe batch ran."""
+    score_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Head scores available (induction, previous_token, duplicate_token)."""
+    score = traitlets.Unicode("induction").tag(sync=True)
+    """The head score shown."""
+    probe_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Token texts of the probe's first row."""
+    picked = traitlets.Dict().tag(sync=True)
+    """The (probe step index, layer, head) whose pattern is shown: ``{"p", "layer", "head"}``."""
+    trial_b = traitlets.Unicode("").tag(sync=True)
+    """The second trial's name ("" when there is none)."""
+    correlations = traitlets.List(traitlets.Dict()).tag(sync=True)
+    """Top rows of a KpiCorrelation (label, r, lag), when given."""
+    highlight = traitlets.Unicode("").tag(sync=True)
+    """A tensor label (``kind:name``) whose heatmap row is outlined."""
+    _kpis = traitlets.Dict().tag(sync=True)  # per kind: encoded float32 [S, C, N, K]
+    _loss = traitlets.Dict().tag(sync=True)  # encoded float32 [S, C]
+    _kpis_b = traitlets.Dict().tag(sync=True)
+    _loss_b = traitlets.Dict().tag(sync=True)
+    _steps_b = traitlets.List(traitlets.Int()).tag(sync=True)
+    _scores = traitlets.Dict().tag(sync=True)  # encoded float32 [scores, P, L, H]
+    _patterns = traitlets.Dict().tag(sync=True)  # encoded uint8 [P, L, H, T, T] (probe row 0)
+
+    def __init__(
+        self,
+        run: Any,
+        *,
+        other: Any = None,
+        stat: str = "norm",
+        category: str = "all",
+        minus: str = "",
+        kind: str = "act",
+        score: str = "induction",
+        correlation: Any = None,
+        tokens: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            cats, stats = list(run.categories), list(run.stats)
+            list(run.labels)
+        except AttributeError as err:
+            raise TypeError(
+                "TrainingView needs a TrainingRun (from TrainingRecorder.close(), "
+                f"cb.load_training_run or cb.from_checkpoints); got {type(run).__name__}, "
+                f"which lacks {err.name!r}."
+            ) from None
+        for what, value, allowed in (
+            ("stat", stat, stats),
+            ("category", category, cats),
+            ("minus", minus, ["", *cats]),
+            ("kind", kind, list(PAIRS)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{what}={value!r} is not in this run; choose from {allowed}.")
+        names, pnames = _labels_of(run, "act"), _labels_of(run, "param")
+        for n in _labels_of(run, "grad"):
+            if n not in names:
+                names.append(n)
+        for n in _labels_of(run, "param_grad"):
+            if n not in pnames:
+                pnames.append(n)
+        kpis = self._kpis_of(run, names, pnames)
+        state: dict[str, Any] = {}
+        if other is not None:
+            oc = list(other.categories)
+            kb = self._kpis_of(other, names, pnames)
+            # the other trial's categories reindexed to this run's (NaN where it has none)
+            idx = [oc.index(c) if c in oc else -1 for c in cats]
+            for key, arr in kb.items():
+                full = np.full(arr.shape[:1] + (len(cats),) + arr.shape[2:], np.nan, np.float32)
+                for i, j in enumerate(idx):
+                    if j >= 0:
+                        full[:, i] = arr[:, j]
+                kb[key] = full
+            lb = np.full((len(other.steps), len(cats)), np.nan, np.float32)
+            for i, j in enumerate(idx):
+                if j >= 0:
+                    lb[:, i] = other.loss[:, j]
+            state.update(
+                trial_b=str(other.trial),
+                _kpis_b={k: encode(v, "float32") for k, v in kb.items()},
+                _loss_b=encode(lb, "float32"),
+                _steps_b=[int(s) for s in other.steps],
+            )
+        score_names = [
+            s for s in ("induction", "previous_token", "duplicate_token") if s in run.head_scores
+        ]
+        if score_names:
+            scores = np.stack([run.head_scores[s] for s in score_names]).astype(np.float32)
+            state["_scores"] = encode(scores, "float32")
+        if run.patterns is not None and len(run.probe_steps):
+            state["_patterns"] = encode(run.patterns[:, 0], "uint8", lo=0, hi=255)
+        if run.probe_tokens is not None:
+            toks = tokens or [str(int(t)) for t in run.probe_tokens[0]]
+            state["probe_tokens"] = [str(t) for t in toks]
+        if correlation is not None:
+            state["correlations"] = json_safe(correlation.top(12))
+        super().__init__(
+            trial=str(run.trial),
+            steps=[int(s) for s in run.steps],
+            categories=cats,
+            stats=stats,
+            names=names,
+            param_names=pnames,
+            stat=stat,
+            category=category,
+            minus=minus,
+            kind=kind,
+            step_index=max(len(run.steps) - 1, 0),
+            probe_steps=[int(s) for s in run.probe_steps],
+            score_names=score_names,
+            score=score if score in score_names else (score_names[0] if score_names else ""),
+            _kpis={k: encode(v, "float32") for k, v in kpis.items()},
+            _loss=encode(run.loss.astype(np.float32), "float32"),
+            **state,
+            **kwargs,
+        )
+        self._run = run
+
+    @staticmethod
+    def _kpis_of(run: Any, names: list[str], pnames: list[str]) -> dict[str, np.ndarray]:
+        return {
+            "act": _kpi_block(run, names, "act"),
+            "grad": _kpi_block(run, names, "grad"),
+            "param": _kpi_block(run, pnames, "param"),
+            "param_grad": _kpi_block(run, pnames, "param_grad"),
+        }
+
+    @property
+    def run(self) -> Any:
+        """The :class:`~circuitboard.training.TrainingRun` shown."""
+        return self._run
+
+    def pick(self, step: int, layer: int, head: int) -> None:
+        """Show ``head`` of ``layer`` at the probe step ``step`` (as a click on its cell)."""
+        if step not in self.probe_steps:
+            raise ValueError(f"step {step} is not a probe step; probe steps: {self.probe_steps}.")
+        self.picked = {"p": self.probe_steps.index(step), "layer": int(layer), "head": int(head)}
+        self.selection = {"layer": int(layer), "head": int(head)}
+
+    def attention_view(self, step: int | None = None, **kwargs: Any) -> Any:
+        """An :class:`AttentionView` of the probe's first row at probe step ``step`` (default:
+        the picked step, else the last), on this view's link: clicking a (step, head) cell
+        here selects that head there.
+
+        Examples
+        --------
+        >>> attn = view.attention_view(320)  # doctest: +SKIP
+        >>> cb.board(view, attn)  # doctest: +SKIP
+        """
+        from ._attention import AttentionView
+
+        run = self._run
+        if run.patterns is None:
+            raise ValueError(
+                "this run has no probe patterns; record with probes=... (token ids of a fixed "
+                "batch) to see attention patterns over training."
+            )
+        if step is None:
+            p = self.picked.get("p", len(self.probe_steps) - 1)
+        elif step in self.probe_steps:
+            p = self.probe_steps.index(step)
+        else:
+            raise ValueError(f"step {step} is not a probe step; probe steps: {self.probe_steps}.")
+        patterns = run.patterns[p, 0].astype(np.float32) / 255.0
+        kwargs.setdefault("link", self.link)
+        return AttentionView(patterns, list(self.probe_tokens), **kwargs)
+
+
+def training_view(run: Any, other: Any = None, **kwargs: Any) -> TrainingView:
+    """The :class:`TrainingView` of a :class:`~circuitboard.training.TrainingRun`.
+
+    ``other`` is a second trial shown beside it; keywords go to the view (``stat=``,
+    ``category=``, ``minus=``, ``kind=``, ``correlation=``, ``link=``, ``theme=``).
+
+    Examples
+    --------
+    >>> run = cb.load_training_run("training_dynamics.sqlite")  # doctest: +SKIP
+    >>> cb.training_view(run, category="repeated", minus="first period")  # doctest: +SKIP
+    """
+    return TrainingView(run, other=other, **kwargs)
+
+
+__all__ = ["TrainingView", "training_view"]

@@ -1,0 +1,124 @@
+"""The training view in an exported page: heatmaps and scrubber draw the run's data, a
+(step, head) click shows that pattern and moves a linked attention view, offline report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import circuitboard as cb
+from circuitboard.training import TrainingRecorder
+from tests.conftest import open_report
+from tests.unit.training_helpers import tiny_toy, token_loss, toy_batch
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    model = tiny_toy()
+    probes, _ = toy_batch(999, 2)
+    path = tmp_path_factory.mktemp("run") / "run.sqlite"
+    rec = TrainingRecorder(
+        model,
+        every=2,
+        probes=probes,
+        probe_every=4,
+        path=path,
+        categories=lambda ids: {
+            "early": torch.arange(16)[None].expand(len(ids), 16) < 8,
+            "late": torch.arange(16)[None].expand(len(ids), 16) >= 8,
+        },
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(13):
+        ids, _ = toy_batch(step)
+        with rec.step(step):
+            per = token_loss(model(ids), ids)
+            rec.loss(per)
+            per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return rec.close()
+
+
+def _pixels(page, selector):
+    data = page.eval_on_selector(
+        selector, "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+    )
+    w, h = page.eval_on_selector(selector, "c => [c.width, c.height]")
+    return np.array(data, dtype=np.uint8).reshape(h, w, 4)
+
+
+def test_heatmap_scrubber_and_head_click_follow(page, tmp_path, artifacts, toy_run):
+    run = toy_run
+    link = cb.Link()
+    view = cb.training_view(run, link=link, stat="norm", category="late")
+    last = run.patterns[-1, 0].astype(np.float32) / 255
+    tokens = [str(int(t)) for t in run.probe_tokens[0]]
+    attn = cb.AttentionView(last, tokens, link=link)
+    path = cb.report(view, attn, path=tmp_path / "training.html", title="training")
+    page.context.set_offline(True)
+    open_report(page, path)
+    # activations heatmap: one row per module, one column per recorded step, real data
+    px = _pixels(page, ".cb-train-canvas")
+    names = view.names
+    assert px.shape[:2] == (len(names), len(run.steps))
+    # the row of the module whose norm changes most spans the colour map: distinct colours
+    v, labels = run.kpi("norm", "late", kind="act")
+    with np.errstate(all="ignore"):
+        spread = np.nan_to_num(np.nanmax(v, 0) - np.nanmin(v, 0), nan=-1.0)
+    row = int(np.argmax(spread))
+    r = names.index(labels[row].split(":", 1)[1])
+    lo, hi = int(np.nanargmin(v[:, row])), int(np.nanargmax(v[:, row]))
+    assert np.abs(px[r, lo, :3].astype(int) - px[r, hi, :3].astype(int)).sum() > 150
+    # the scrubber moves the cursor and the step label
+    page.eval_on_selector(
+        ".cb-train-slider", "s => { s.value = '2'; s.dispatchEvent(new Event('input')); }"
+    )
+    assert page.inner_text(".cb-train-step").startswith(f"step {run.steps[2]} ")
+    # hover reads the recorded value out
+    box = page.query_selector(".cb-train-canvas").bounding_box()
+    S, N = len(run.steps), len(names)
+    page.mouse.move(
+        box["x"] + box["width"] * (lo + 0.5) / S, box["y"] + box["height"] * (r + 0.5) / N
+    )
+    want = run.values[lo, run.category("late"), run.index(labels[row]), run.stat("norm")]
+    assert f"{want:.3f}" in page.inner_text(".cb-train-readout")
+    # click (probe step 1, layer 1 head 0) in the head-score map
+    L, H = run.head_scores["induction"].shape[1:]
+    P = len(run.probe_steps)
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(
+        box["x"] + box["width"] * 1.5 / P, box["y"] + box["height"] * (H + 0.5) / (L * H)
+    )
+    page.wait_for_selector('.cb-attention[data-layer="1"][data-head="0"]')
+    step = run.probe_steps[1]
+    page.wait_for_selector(f'.cb-train-pattern-canvas[data-step="{step}"]')
+    assert page.inner_text(".cb-train-pattern .cb-train-map-title").startswith(
+        f"L1H0 at step {step}"
+    )
+    pat = _pixels(page, ".cb-train-pattern-canvas")
+    T = run.patterns.shape[-1]
+    assert pat.shape[:2] == (T, T)
+    codes = run.patterns[1, 0, 1, 0]
+    # the darkest cell of the drawn pattern is the largest attention weight of that head
+    dark = pat[..., :3].astype(int).sum(-1)
+    assert codes.ravel()[dark.argmin()] == codes.max()
+    page.screenshot(path=str(artifacts / "training-view.png"), full_page=True)
+    assert page.cb_errors == []
+
+
+def test_two_trials_and_correlations(page, tmp_path, toy_run):
+    corr = toy_run.correlate("loss", category="late", max_lag=2)
+    view = cb.training_view(toy_run, other=toy_run, correlation=corr, minus="early")
+    path = cb.report(view, path=tmp_path / "two.html", title="two trials")
+    open_report(page, path)
+    assert len(page.query_selector_all(".cb-train-canvas")) == 4  # act | grad for each trial
+    a = _pixels(page, ".cb-train-map:nth-child(1) .cb-train-canvas")
+    b = _pixels(page, ".cb-train-map:nth-child(3) .cb-train-canvas")
+    np.testing.assert_array_equal(a, b)  # the same run twice draws the same pixels
+    first = page.query_selector(".cb-train-corr-row")
+    label = corr.top(1)[0]["label"].split("/")[0]
+    first.click()
+    page.wait_for_selector(f'.cb-train-row-hl[data-label="{label}"]')
+    assert page.cb_errors == []

@@ -1,0 +1,71 @@
+"""TrainingView's state comes from the run; bad choices name what the run has."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import circuitboard as cb
+from circuitboard.training import TrainingRecorder
+from circuitboard.widgets import decode
+
+from .training_helpers import tiny_toy, toy_batch, train_toy
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    model = tiny_toy()
+    path = tmp_path_factory.mktemp("v") / "r.db"
+    rec = TrainingRecorder(model, every=2, probes=toy_batch(9, 2)[0], probe_every=2, path=path)
+    train_toy(model, 5, rec)
+    return rec.close()
+
+
+def test_state_holds_the_runs_numbers(run):
+    view = cb.training_view(run, stat="std")
+    kp = decode(view._kpis["grad"])
+    j = view.names.index("blocks.1.hook_resid_post")
+    want = run.values[:, :, run.index("grad:blocks.1.hook_resid_post")]
+    np.testing.assert_allclose(kp[:, :, j], want, rtol=1e-6)
+    np.testing.assert_allclose(decode(view._loss), run.loss, rtol=1e-6)
+    scores = decode(view._scores)
+    np.testing.assert_allclose(scores[0], run.head_scores["induction"], rtol=1e-6)
+    pats = decode(view._patterns)
+    np.testing.assert_allclose(pats, run.patterns[:, 0], atol=1e-4)
+    assert view.steps == [0, 2, 4] and view.probe_steps == [0, 2, 4]
+    view.pick(2, 1, 0)
+    assert view.picked == {"p": 1, "layer": 1, "head": 0}
+    assert view.selection["layer"] == 1 and view.selection["head"] == 0
+
+
+def test_attention_view_of_a_probe_step_shares_the_link(run):
+    view = cb.training_view(run)
+    attn = view.attention_view(2)
+    assert attn.link is view.link
+    view.pick(4, 1, 1)
+    assert attn.selection["layer"] == 1 and attn.selection["head"] == 1
+    with pytest.raises(ValueError, match=r"step 1 is not a probe step"):
+        view.attention_view(1)
+
+
+def test_bad_choices(run):
+    with pytest.raises(
+        ValueError, match=r"category='nope' is not in this run; choose from \['all'\]"
+    ):
+        cb.training_view(run, category="nope")
+    with pytest.raises(ValueError, match=r"stat='median'.*'norm'"):
+        cb.training_view(run, stat="median")
+    with pytest.raises(TypeError, match="TrainingView needs a TrainingRun"):
+        cb.training_view(np.zeros(3))
+    with pytest.raises(ValueError, match=r"step 3 is not a probe step; probe steps: \[0, 2, 4\]"):
+        cb.training_view(run).pick(3, 0, 0)
+
+
+def test_the_view_module_never_imports_torch():
+    import subprocess
+
+    code = "import sys, circuitboard.widgets._training; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
