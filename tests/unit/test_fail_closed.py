@@ -156,6 +156,17 @@ def _tiny_results(tmp: Path) -> dict[str, Path]:
     )
     files["path patching"] = path.save(tmp / "path.npz")
     files["ablation"] = cb.ablate(model, tok, [clean], ["L0H1"]).save(tmp / "ablation.npz")
+    trace = cb.causal_trace(model, tok, clean, subject=" Mary", samples=1, kinds=("mlp",))
+    files["causal trace"] = trace.save(tmp / "trace.npz")
+    # training dynamics (issue 28)
+    from tests.unit.training_helpers import tiny_toy, train_toy
+
+    rec = cb.TrainingRecorder(tiny_toy(), modules=[], every=1, path=tmp / "run.sqlite")
+    train_toy(rec.model, 2, rec)
+    run = rec.close()
+    files["training run"] = tmp / "run.sqlite"
+    run.correlate("loss", max_lag=0).save(tmp / "corr.npz")
+    files["KPI correlation"] = tmp / "corr.npz"
     return files
 
 
@@ -168,6 +179,9 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "composition scores": cb.load_composition_scores,  # issue 29
     "path patching": cb.load_path_patching,
     "ablation": cb.load_ablation,
+    "causal trace": cb.load_causal_trace,
+    "training run": cb.load_training_run,
+    "KPI correlation": cb.load_kpi_correlation,
 }
 
 
@@ -219,7 +233,10 @@ def test_every_loader_fails_closed(kind: str, good_files: dict[str, Path], tmp_p
             load(path)
         message = str(err.value)
         assert f"is not a circuitboard {kind} file" in message, (what, message)
-        assert re.search(r"write one with \S+\.save\(path\)", message), (what, message)
+        assert re.search(r"write one with \S+(\.save\(path\)|\(model, path=path\))", message), (
+            what,
+            message,
+        )
         assert "allow_pickle" not in message and "pickle.load" not in message, (what, message)
         assert err.value.__cause__ is None or isinstance(
             err.value.__cause__, cb.CircuitboardFileError

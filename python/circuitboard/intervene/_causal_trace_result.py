@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, read_npz, stamp
 from .._npz import save_npz
 
 KINDS = ("hidden", "mlp", "attn")
@@ -143,7 +144,7 @@ class CausalTrace:
         arrays: dict[str, Any] = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         out = Path(path)
-        save_npz(out, arrays)
+        save_npz(out, {**stamp("causal trace"), **arrays})
         return out
 
     def __repr__(self) -> str:
@@ -174,11 +175,12 @@ def load_causal_trace(path: str | os.PathLike[str]) -> CausalTrace:
     >>> again.kinds, again.windows, float(again.values.sum())
     (('mlp',), (1, 10), 2.0)
     """
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        arrays = {k: z[k] for k in _ARRAYS}
-    meta["kinds"], meta["windows"] = tuple(meta["kinds"]), tuple(meta["windows"])
-    return CausalTrace(**meta, **arrays)
+    writer = "CausalTrace.save(path)"
+    z = read_npz(path, "causal trace", writer, required=("__meta__", *_ARRAYS))
+    meta = json_array(z, "__meta__", path, "causal trace", writer)
+    with decoding(path, "causal trace", writer):
+        meta["kinds"], meta["windows"] = tuple(meta["kinds"]), tuple(meta["windows"])
+        return CausalTrace(**meta, **{k: z[k] for k in _ARRAYS})
 
 
 __all__ = ["KINDS", "CausalTrace", "load_causal_trace"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import decoding, json_array, read_npz, stamp
 from .._npz import save_npz
 
 
@@ -62,6 +63,7 @@ class KpiCorrelation:
                 "lags": self.lags,
                 "n": self.n,
                 "header": np.frombuffer(json.dumps(head).encode(), dtype=np.uint8),
+                **stamp("KPI correlation"),
             },
         )
 
@@ -88,8 +90,10 @@ def load_kpi_correlation(path: str | os.PathLike[str]) -> KpiCorrelation:
     >>> load_kpi_correlation(path).top(1)
     [{'label': 'act:a/norm', 'r': 0.5, 'lag': 1, 'n': 8}]
     """
-    with np.load(path, allow_pickle=False) as z:
-        head = json.loads(z["header"].tobytes().decode())
+    writer = "KpiCorrelation.save(path)"
+    z = read_npz(path, "KPI correlation", writer, required=("header", "values", "lags", "n"))
+    head = json_array(z, "header", path, "KPI correlation", writer)
+    with decoding(path, "KPI correlation", writer):
         return KpiCorrelation(values=z["values"], lags=z["lags"], n=z["n"], **head)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .._files import check_file, describe_start, not_a
 from ._stats import STATS
 from ._store import Store, unpack
 
@@ -178,20 +180,30 @@ def load_training_run(path: str | os.PathLike[str], trial: str | None = None) ->
     --------
     >>> run = cb.load_training_run("runs/induction.sqlite")  # doctest: +SKIP
     """
-    store = Store(path, readonly=True)
+    writer = "TrainingRecorder(model, path=path)"
+    checked = check_file(path, "training run", writer)
+    with open(checked, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            raise not_a(checked, "training run", describe_start(checked), writer)
     try:
-        trials = store.trials()
-        if trial is None:
-            if len(trials) != 1:
-                raise ValueError(
-                    f"{str(path)!r} holds {len(trials)} trials {trials}; pass trial= to pick one."
-                )
-            trial = trials[0]
-        elif trial not in trials:
-            raise ValueError(f"no trial {trial!r} in {str(path)!r}; it holds {trials}.")
-        return _read(store, trial, os.fspath(path))
-    finally:
-        store.close()
+        store = Store(path, readonly=True)
+        try:
+            trials = store.trials()
+            if trial is None:
+                if len(trials) != 1:
+                    raise ValueError(
+                        f"{str(path)!r} holds {len(trials)} trials {trials}; pass trial= to "
+                        "pick one."
+                    )
+                trial = trials[0]
+            elif trial not in trials:
+                raise ValueError(f"no trial {trial!r} in {str(path)!r}; it holds {trials}.")
+            return _read(store, trial, os.fspath(path))
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as e:  # truncated, damaged, or another program's database
+        found = f"its database cannot be read: {e}"
+        raise not_a(checked, "training run", found, writer) from None
 
 
 def trials(path: str | os.PathLike[str]) -> list[str]:
