@@ -66,6 +66,9 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # dictionary features (issue 26)
+    "FeatureAttribution": "circuitboard.analysis",
+    "load_feature_attribution": "circuitboard.analysis",
 }
 
 
@@ -86,6 +89,7 @@ __all__ = [
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
+    "FeatureAttribution",
     "Generation",
     "GenerationView",
     "Link",
@@ -116,6 +120,7 @@ __all__ = [
     "load_circuit",
     "load_default_model",
     "load_default_vision_model",
+    "load_feature_attribution",
     "load_patching",
     "load_texts",
     "logit_attribution",

@@ -23,3 +23,12 @@ def test_splice_with_error_equals_plain_forward(default_model):
         dtype=torch.float32,
     )  # fmt: skip
     torch.testing.assert_close(kept.logits, plain.logits, atol=1e-5, rtol=0)
+
+
+def test_dla_with_features_sums_to_the_logit_difference(default_model):
+    model, tok = default_model
+    sae = ReluSAE(576, 2048, "blocks.12.hook_resid_post", seed=12)
+    cap = cb.capture(model, tok, IOI, saes=sae, dtype=torch.float32)
+    attr = cb.direct_logit_attribution(cap, " Mary", " John", saes=True)
+    split = attr.features(12)
+    assert abs(split.total - attr.model_value) <= 1e-5 * abs(attr.model_value)

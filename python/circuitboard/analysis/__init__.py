@@ -8,6 +8,7 @@ from ._explain import (
     explain_attention,
     explain_head_output,
 )
+from ._features import FeatureAttribution, load_feature_attribution  # dictionary features
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
 from ._neurons import TopActivations, logit_effects, top_activations
@@ -18,6 +19,7 @@ __all__ = [
     "Attribution",
     "Comparison",
     "Effect",
+    "FeatureAttribution",
     "HeadOutputExplanation",
     "LogitLens",
     "RunningStats",
@@ -27,6 +29,7 @@ __all__ = [
     "explain_attention",
     "explain_head_output",
     "head_scores",
+    "load_feature_attribution",
     "logit_effects",
     "logit_lens",
     "scores_from_patterns",
