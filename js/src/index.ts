@@ -6,6 +6,7 @@ import * as attribution from "./views/attribution";
 import * as circuit from "./views/circuit";
 import * as compare from "./views/compare";
 import * as dashboard from "./views/dashboard";
+import * as features from "./views/features";
 import * as generation from "./views/generation";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
@@ -20,6 +21,7 @@ export const VIEWS: Record<string, View> = {
   circuit: circuit as unknown as View,
   compare: compare as unknown as View,
   dashboard: dashboard as unknown as View,
+  features: features as unknown as View,
   generation: generation as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,

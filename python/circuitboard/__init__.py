@@ -15,11 +15,12 @@ from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboar
 from ._errors import CircuitboardWarning
 from .data import load_texts
 from .export import report
-from .widgets import (
+from .widgets import (  # dictionary features (issue 26)
     AttentionView,
     Board,
     CircuitView,
     CompareView,
+    FeaturesView,
     GenerationView,
     Link,
     LogitAttributionView,
@@ -30,6 +31,7 @@ from .widgets import (
     board,
     circuit_view,
     compare_view,
+    features,
     generation_view,
     link,
     patching_view,
@@ -90,6 +92,7 @@ __all__ = [
     "CompareView",
     "Comparison",
     "FeatureAttribution",
+    "FeaturesView",
     "Generation",
     "GenerationView",
     "Link",
@@ -110,6 +113,7 @@ __all__ = [
     "compare_view",
     "direct_logit_attribution",
     "explain_attention",
+    "features",
     "explain_head_output",
     "from_transformer_lens",
     "generate",
