@@ -66,6 +66,11 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # dictionaries (SAEs and transcoders)
+    "CrossLayerTranscoder": "circuitboard.dictionaries",
+    "SAE": "circuitboard.dictionaries",
+    "TranscoderSet": "circuitboard.dictionaries",
+    "load_sae": "circuitboard.dictionaries",
 }
 
 
@@ -86,6 +91,7 @@ __all__ = [
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
+    "CrossLayerTranscoder",
     "Generation",
     "GenerationView",
     "Link",
@@ -96,7 +102,9 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "SAE",
     "SteeringVector",
+    "TranscoderSet",
     "attention",
     "board",
     "capture",
@@ -117,6 +125,7 @@ __all__ = [
     "load_default_model",
     "load_default_vision_model",
     "load_patching",
+    "load_sae",
     "load_texts",
     "logit_attribution",
     "logit_lens",
