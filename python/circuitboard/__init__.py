@@ -13,7 +13,7 @@ from typing import Any
 
 from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
 from ._errors import CircuitboardWarning
-from .data import load_texts
+from .data import load_corpus, load_texts
 from .export import report
 from .widgets import (
     AttentionView,
@@ -122,6 +122,7 @@ __all__ = [
     "link",
     "load_capture",
     "load_circuit",
+    "load_corpus",
     "load_default_model",
     "load_default_vision_model",
     "load_patching",
