@@ -13,9 +13,9 @@ from typing import Any
 
 from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
 from ._errors import CircuitboardWarning
-from .data import load_texts
+from .data import load_corpus, load_texts
 from .export import report
-from .widgets import (  # dictionary features (issue 26)
+from .widgets import (
     AttentionView,
     Board,
     CircuitView,
@@ -71,6 +71,11 @@ _LAZY = {
     # dictionary features (issue 26)
     "FeatureAttribution": "circuitboard.analysis",
     "load_feature_attribution": "circuitboard.analysis",
+    # dictionaries (SAEs and transcoders)
+    "CrossLayerTranscoder": "circuitboard.dictionaries",
+    "SAE": "circuitboard.dictionaries",
+    "TranscoderSet": "circuitboard.dictionaries",
+    "load_sae": "circuitboard.dictionaries",
 }
 
 
@@ -91,6 +96,7 @@ __all__ = [
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
+    "CrossLayerTranscoder",
     "FeatureAttribution",
     "FeaturesView",
     "Generation",
@@ -103,7 +109,9 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "SAE",
     "SteeringVector",
+    "TranscoderSet",
     "attention",
     "board",
     "capture",
@@ -122,10 +130,12 @@ __all__ = [
     "link",
     "load_capture",
     "load_circuit",
+    "load_corpus",
     "load_default_model",
     "load_default_vision_model",
     "load_feature_attribution",
     "load_patching",
+    "load_sae",
     "load_texts",
     "logit_attribution",
     "logit_lens",
