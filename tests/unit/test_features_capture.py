@@ -136,3 +136,22 @@ def test_splice_arguments():
     two = [ReluSAE(32, 64, "blocks.0.hook_resid_post"), ReluSAE(32, 8, "blocks.0.hook_resid_post")]
     with pytest.raises(ValueError, match="one dictionary per hook"):
         cb.capture(model, tok, PROMPT, saes=two)
+
+
+@pytest.mark.parametrize("kind", ["topk", "jumprelu"])
+def test_circuitboard_sae_and_skip_transcoder(kind):
+    from circuitboard.dictionaries import SAE
+
+    model, tok = tiny_llama()
+    extra = {"k": 4} if kind == "topk" else {"threshold": 0.05}
+    sae = SAE(32, 64, kind=kind, hook="blocks.1.hook_resid_post", seed=1, **extra)
+    tc = SAE(32, 48, kind="relu", hook="blocks.0.hook_resid_mid", hook_out="blocks.0.hook_mlp_out",
+             W_skip=0.1 * torch.randn(32, 32), seed=2)  # fmt: skip
+    plain = cb.capture(model, tok, PROMPT, what="all", **F32)
+    cap = cb.capture(model, tok, PROMPT, saes=[sae, tc], splice=True, keep_error=True, **F32)
+    assert torch.equal(cap.logits, plain.logits)
+    acts = cap[sae_names(sae.hook)["hook_sae_acts_post"]]
+    if kind == "topk":
+        assert int((acts.to_dense() > 0).sum(-1).max()) <= 4
+    out = tc(plain["blocks.0.hook_resid_mid"], plain["blocks.0.hook_mlp_out"])
+    torch.testing.assert_close(cap[sae_names(tc.hook)["hook_sae_recons"]], out.reconstruction)

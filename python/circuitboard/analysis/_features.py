@@ -25,10 +25,13 @@ _HOOK = re.compile(r"blocks\.(\d+)\.(.+)$")
 
 
 def feature_labels(sae: Any) -> dict[int, str]:
-    """User names of features (``sae.labels``, or ``sae.metadata["labels"]``), by index."""
+    """User names of features by index: ``sae.labels`` (a list, ``cb.SAE``'s default names
+    ``f0, f1, ...`` left out, or a dict), else ``sae.metadata["labels"]``."""
     labels = getattr(sae, "labels", None)
     if labels is None:
         labels = (getattr(sae, "metadata", None) or {}).get("labels")
+    if isinstance(labels, list | tuple):
+        return {i: str(v) for i, v in enumerate(labels) if str(v) != f"f{i}"}
     return {int(k): str(v) for k, v in (labels or {}).items()}
 
 

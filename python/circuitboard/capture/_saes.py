@@ -198,7 +198,9 @@ class SaeHooks:
             dtype = _param_dtype(sae, flat.dtype)
             xs = flat.to(dtype)
             acts = sae.encode(xs)
-            recons = sae.decode(acts)
+            # skip transcoders add x @ W_skip.T: their decode needs the input too
+            skip = getattr(sae, "W_skip", None) is not None
+            recons = sae.decode(acts, xs) if skip else sae.decode(acts)
             for r, (idx, n) in enumerate(rec.rows):
                 rec.store[idx][names["hook_sae_input"]] = rec._copy(flat[r, :n])
                 rec.store[idx][names["hook_sae_acts_post"]] = _sparse_rows(acts[r, :n])

@@ -101,9 +101,12 @@ def sparse_from_capture(cap: Any, hook: str, sae: Any = None) -> SparseFeatures:
 
 
 def _labels(sae: Any) -> dict[int, str]:
+    """Named features only (``cb.SAE``'s default names ``f0, f1, ...`` are left out)."""
     labels = getattr(sae, "labels", None)
     if labels is None:
         labels = (getattr(sae, "metadata", None) or {}).get("labels")
+    if isinstance(labels, list | tuple):
+        return {i: str(v) for i, v in enumerate(labels) if str(v) != f"f{i}"}
     return {int(k): str(v) for k, v in (labels or {}).items()}
 
 
