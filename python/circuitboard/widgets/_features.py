@@ -11,7 +11,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode
-from ._validate import index_in, token_list
+from ._validate import displayable, index_in, token_list
 from ._view import View, pack
 
 
@@ -184,7 +184,7 @@ class FeaturesView(View):
                     "hook": d.hook,
                     "layer": d.layer,
                     "d_sae": d.d_sae,
-                    "labels": {str(k): v for k, v in d.labels.items()},
+                    "labels": {str(k): displayable(v) for k, v in d.labels.items()},
                 }
                 for d in dicts
             ],  # fmt: skip

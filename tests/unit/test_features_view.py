@@ -1,0 +1,56 @@
+"""The features view's data: columns and per-token lists equal the capture's features; an
+identity dictionary over neurons shows what the neurons view shows; bad input is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import circuitboard as cb
+
+from .sae_helpers import IdentityDictionary, ReluSAE
+from .tiny_models import tiny_llama
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_identity_dictionary_view_equals_neurons_view():
+    model, tok = tiny_llama()
+    ident = IdentityDictionary(48, "blocks.1.mlp.hook_post")
+    cap = cb.capture(model, tok, PROMPT, saes=ident, dtype=torch.float32)
+    view, neurons = cb.features(cap), cb.neurons(cap)
+    for n in (0, 7, 47):
+        col = view.column(ident.hook, n)
+        assert np.array_equal(col, neurons.column(1, n))
+    feats, vals = view.top_features(ident.hook, token=4, n=5)
+    idx, nvals = neurons.top_neurons(1, token=4, n=5)
+    assert feats == [int(i) for i in idx] and np.allclose(vals, nvals, rtol=0, atol=0)
+
+
+def test_view_data_and_selection():
+    model, tok = tiny_llama()
+    sae = ReluSAE(32, 512, "blocks.0.hook_resid_post", seed=2)
+    sae.metadata["labels"] = {3: "three"}
+    cap = cb.capture(model, tok, PROMPT, saes=sae, dtype=torch.float32)
+    acts = cap[f"{sae.hook}.sae.hook_sae_acts_post"].to_dense().numpy()
+    view = cb.features(cap, feature=3)
+    assert view.selection["feature"] == 3 and view.selection["layer"] == 0
+    assert view.dictionaries[0]["labels"] == {"3": "three"}
+    assert np.array_equal(view.column(sae.hook, 3), acts[:, 3])
+    reply, buffers = view._fetch_dictionary({"dictionary": sae.hook})
+    assert len(buffers) == 3 and sum(map(len, buffers)) == 12 * int((acts != 0).sum())
+    assert cb.features(cap).selection["feature"] == int(np.argmax(acts[1:].max(0)))
+
+
+def test_bad_input():
+    model, tok = tiny_llama()
+    plain = cb.capture(model, tok, PROMPT)
+    with pytest.raises(ValueError, match=r"capture with dictionary features.*saes=\[sae\]"):
+        cb.features(plain)
+    sae = ReluSAE(32, 64, "blocks.0.hook_resid_post")
+    cap = cb.capture(model, tok, PROMPT, saes=sae)
+    with pytest.raises(IndexError, match="feature"):
+        cb.features(cap, feature=64)
+    with pytest.raises(KeyError, match=r"no dictionary reading 'blocks.1.hook_resid_post'"):
+        cb.features(cap).column("blocks.1.hook_resid_post", 0)
