@@ -72,7 +72,8 @@ def clamp_hooks(clamp: Mapping, n_layers: int, d_model: int) -> dict[int, Any]:
     for key, value in clamp.items():
         if not (isinstance(key, tuple) and len(key) == 2):
             raise TypeError(
-                f"clamp keys are (sae, feature) pairs; got {key!r}. Example: clamp={{(sae, 3): 5.0}}."
+                f"clamp keys are (sae, feature) pairs; got {key!r}. "
+                "Example: clamp={(sae, 3): 5.0}."
             )
         sae, i = key
         layer = clamp_layer(sae, n_layers, d_model)
