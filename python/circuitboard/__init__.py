@@ -71,6 +71,8 @@ _LAZY = {
     # dictionary features (issue 26)
     "FeatureAttribution": "circuitboard.analysis",
     "load_feature_attribution": "circuitboard.analysis",
+    "FeaturePatching": "circuitboard.intervene",
+    "load_feature_patching": "circuitboard.intervene",
     # dictionaries (SAEs and transcoders)
     "CrossLayerTranscoder": "circuitboard.dictionaries",
     "SAE": "circuitboard.dictionaries",
@@ -98,6 +100,7 @@ __all__ = [
     "Comparison",
     "CrossLayerTranscoder",
     "FeatureAttribution",
+    "FeaturePatching",
     "FeaturesView",
     "Generation",
     "GenerationView",
@@ -134,6 +137,7 @@ __all__ = [
     "load_default_model",
     "load_default_vision_model",
     "load_feature_attribution",
+    "load_feature_patching",
     "load_patching",
     "load_sae",
     "load_texts",

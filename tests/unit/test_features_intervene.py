@@ -3,11 +3,13 @@ a real change), and the errors that name the fix."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import circuitboard as cb
 from circuitboard.dictionaries import SAE
+from circuitboard.intervene._feature_patch import load_feature_patching
 
 from .sae_helpers import ReluSAE
 from .tiny_models import tiny_llama
@@ -78,3 +80,43 @@ def test_steer_with_a_feature_direction(setup):
                       scale=30.0, positions=[acts.shape[0] - 1])  # fmt: skip
     added = gen.steer_added[1][acts.shape[0] - 1]
     torch.testing.assert_close(added, 30.0 * sae.W_dec[5].detach())
+
+
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+
+
+def _logit(tok):
+    """A metric with a wide clean–corrupted range on the tiny model: one token's logit."""
+    return {"answer": " Mary", "wrong": None}
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_patching_every_feature_and_the_error_equals_the_whole_activation(setup, direction):
+    model, tok, sae, acts, plain = setup
+    res = cb.patch(model, tok, CLEAN, CORRUPT, site="features", saes=sae, direction=direction,
+                   **_logit(tok))  # fmt: skip
+    span = res.clean_value - res.corrupted_value
+    assert abs(res.all_and_error - res.whole) * abs(span) <= 1e-5
+    assert abs(res.whole - (1.0 if direction == "denoise" else 0.0)) * abs(span) <= 1e-5
+    assert len(res.features) and np.isfinite(res.values).all()
+    # one feature exactly as the decoder says: base + (a_src - a_base)_f * W_dec[f]
+    att = cb.patch(model, tok, CLEAN, CORRUPT, site="features", saes=sae, direction=direction,
+                   method="attribution", **_logit(tok))  # fmt: skip
+    assert np.array_equal(att.features, res.features)
+    assert np.corrcoef(att.values, res.values)[0, 1] > 0.9
+
+
+def test_feature_patching_saves_and_refuses_bad_input(setup, tmp_path):
+    model, tok, sae, acts, plain = setup
+    res = cb.patch(model, tok, CLEAN, CORRUPT, site="features", saes=sae, **_logit(tok))
+    res.save(tmp_path / "fp.npz")
+    back = load_feature_patching(tmp_path / "fp.npz")
+    assert np.array_equal(back.values, res.values) and back.labels == res.labels
+    with pytest.raises(ValueError, match=r"site='features' needs the dictionary.*saes=sae"):
+        cb.patch(model, tok, CLEAN, CORRUPT, site="features", answer=" Mary")
+    with pytest.raises(ValueError, match=r"saes= goes with site='features'"):
+        cb.patch(model, tok, CLEAN, CORRUPT, site="heads", saes=sae, answer=" Mary")
+    other = ReluSAE(576, 64, "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match=r"d_in=576.*width 32"):
+        cb.patch(model, tok, CLEAN, CORRUPT, site="features", saes=other, answer=" Mary")

@@ -22,6 +22,7 @@ Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
 
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
+from ._feature_patch import FeaturePatching, load_feature_patching  # dictionary features
 from ._generate import Generation, generate
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
@@ -35,6 +36,7 @@ __all__ = [
     "Circuit",
     "DIRECTIONS",
     "Edit",
+    "FeaturePatching",
     "Generation",
     "HEAD_KINDS",
     "KINDS",
@@ -51,6 +53,7 @@ __all__ = [
     "evaluate",
     "generate",
     "load_circuit",
+    "load_feature_patching",
     "load_patching",
     "locate",
     "log_prob",

@@ -491,6 +491,7 @@ def patch(
     shards: int | None = None,
     checkpoint: Any = None,
     ray_address: str | None = None,
+    saes: Any = None,
 ) -> Patching:
     """Patch activations between a clean and a corrupted prompt and measure what comes back.
 
@@ -561,6 +562,11 @@ def patch(
         Ray cluster to join. Pass a :class:`circuitboard.ModelSpec` as ``model``
         (``tokenizer=None``) so that each worker loads its own model.
 
+    saes
+        With ``site="features"``: the dictionary (``cb.SAE``) whose features are patched, each
+        at every position with the error term kept; returns a
+        :class:`~circuitboard.intervene._feature_patch.FeaturePatching` (``method`` "exact" or
+        "attribution"; one pair).
     Returns
     -------
     Patching
@@ -610,6 +616,15 @@ def patch(
     >>> bool((one.values == two.values).all()), two.pair_values.shape
     (True, (4, 2, 4))
     """
+    if site == "features" or saes is not None:
+        if site != "features":
+            raise ValueError(f"saes= goes with site='features'; got site={site!r}.")
+        from ._feature_patch import patch_features
+
+        return patch_features(  # type: ignore[return-value]
+            model, tokenizer, clean, corrupted, saes=saes, answer=answer, wrong=wrong,
+            metric=metric, method=method, direction=direction, batch_size=batch_size or 32,
+        )  # fmt: skip
     _check_choice(site, SITES, "site")
     _check_choice(method, METHODS, "method")
     _check_choice(direction, DIRECTIONS, "direction")
