@@ -78,6 +78,11 @@ _LAZY = {
     "SAE": "circuitboard.dictionaries",
     "TranscoderSet": "circuitboard.dictionaries",
     "load_sae": "circuitboard.dictionaries",
+    # plan protocol (issue 30): a list of jobs, any engine, merged in plan order
+    "Job": "circuitboard.scale",
+    "Plan": "circuitboard.scale",
+    "open_engine": "circuitboard.scale",
+    "run_plan": "circuitboard.scale",
 }
 
 
@@ -104,6 +109,7 @@ __all__ = [
     "FeaturesView",
     "Generation",
     "GenerationView",
+    "Job",
     "Link",
     "LogitAttributionView",
     "LogitLensView",
@@ -112,6 +118,7 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "Plan",
     "SAE",
     "SteeringVector",
     "TranscoderSet",
@@ -146,9 +153,11 @@ __all__ = [
     "logit_lens_view",
     "neuron_dashboard",
     "neurons",
+    "open_engine",
     "patch",
     "patching_view",
     "report",
+    "run_plan",
     "steering_vector",
     "supported_architectures",
     "top_activations",

@@ -189,7 +189,7 @@ def test_saved_top_activations_keep_moments(loaded, tmp_path):
 
 
 def test_interrupted_run_resumes_from_checkpoint(spec, serial_runs, tmp_path, monkeypatch):
-    import circuitboard.scale._jobs as jobs
+    import circuitboard.analysis._compare_jobs as jobs
 
     real = interrupt_fourth_call(monkeypatch, jobs, "compare_shard")
     folder = tmp_path / "ckpt"

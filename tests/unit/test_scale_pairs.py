@@ -176,7 +176,7 @@ def test_killed_worker_and_custom_metric(spec, loaded, tmp_path):
 
 
 def test_interrupted_patch_resumes_from_checkpoint(spec, serial_runs, tmp_path, monkeypatch):
-    import circuitboard.scale._pairs as pairs
+    import circuitboard.intervene._patch_jobs as pairs
 
     real = interrupt_fourth_call(monkeypatch, pairs, "patch_shard")
     folder = tmp_path / "ckpt"

@@ -10,7 +10,8 @@ import pytest
 import circuitboard as cb
 from circuitboard.analysis._compare import compare
 from circuitboard.analysis._neurons import top_activations
-from circuitboard.scale import last_run, shutdown
+from circuitboard.scale import last_run, run_plan, shutdown
+from tests.unit.plan_toy import order_plan, squares_plan, want
 from tests.unit.scale_helpers import (
     BATCH,
     CATEGORIES,
@@ -191,3 +192,25 @@ def test_ray_patch_and_circuit_equal_serial_for_every_shard_count(cluster, pairs
     custom = dict(metric=lambda logits: logits[a] - logits[b], answer=None, wrong=None, shards=3)
     got = patch_pairs(model, tok, engine="ray", workers=1, **custom)
     assert_same_patching(got, patch_pairs(model, tok, **custom))
+
+
+def test_toy_plan_on_ray_retries_and_resumes(cluster, tmp_path):
+    """The plan protocol needs nothing of the MI code: a sum of squares, no model."""
+    plan = squares_plan(misbehave={2: {"die_once": str(tmp_path / "died")}})
+    with pytest.warns(cb.CircuitboardWarning, match="worker died"):
+        assert run_plan(plan, engine="ray", workers=2, progress=False) == want()
+    assert last_run().engine == "ray" and last_run().retried >= 1
+    assert run_plan(order_plan(), engine="ray", workers=2, progress=False) == list(range(12))
+    folder = tmp_path / "ckpt"
+    with pytest.raises(ValueError, match="failed on purpose"):
+        run_plan(
+            squares_plan(misbehave={4: {"fail": True}}),
+            engine="ray",
+            workers=2,
+            checkpoint=folder,
+            progress=False,
+        )
+    done = len(list(folder.glob("shard-*.npz")))
+    assert done >= 4  # jobs 0-3 ran before job 4 failed (job 5 may have finished too)
+    got = run_plan(squares_plan(), engine="ray", workers=2, checkpoint=folder, progress=False)
+    assert got == want() and last_run().resumed == done

@@ -300,7 +300,7 @@ def circuit(
             f"attention layer); got {nodes!r}."
         )
     if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
-        from ..scale._pairs import circuit_sharded
+        from ._circuit_jobs import circuit_sharded
 
         options = dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps)
         return circuit_sharded(

@@ -145,7 +145,7 @@ def patch_features(
     from ..capture._run import _capture_mode
     from ..capture._saes import check_fits, locate_hook, sae_hook, sae_hook_out
     from ..capture.adapters import get_adapter
-    from ._patch import _prepare_pairs
+    from ._patch_inputs import _prepare_pairs
 
     sae = _one_dictionary(saes)
     hook = sae_hook(sae)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..capture._images import ClassLabels, as_images, patch_tokens, pixel_batch
 from ._metric import Metric, logit_diff
-from ._patch import _as_list  # _patch imports this module only inside patch()
+from ._patch_inputs import _as_list  # _patch_inputs imports this module inside a function
 
 
 def _images(model: Any, images: Any, what: str) -> np.ndarray:

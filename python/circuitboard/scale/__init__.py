@@ -1,14 +1,43 @@
-"""Dataset-scale runs: one plan cut into shards, run serially, on a process pool or on Ray.
+"""Dataset-scale runs: a plan of jobs, run serially, on a process pool or on Ray, merged in order.
 
-A :class:`ModelSpec` says where each worker loads its model from; the engines (``"serial"``,
-``"processes"``, ``"ray"``) run the shards of a :class:`Plan`; results are merged in plan order,
-so every engine gives the same numbers. Users reach this through ``engine=`` on
-:func:`circuitboard.compare`, :func:`circuitboard.top_activations`, and
-:func:`circuitboard.patch` / :func:`circuitboard.circuit` over lists of prompt pairs.
+The plan protocol (:class:`Plan`, :class:`Job`, :func:`run_plan`) knows nothing of what the
+jobs compute: each computation builds its own plan next to its math. A :class:`ModelSpec` says
+where each worker loads its model from; the engines (``"serial"``, ``"processes"``, ``"ray"``)
+run the jobs; parts are merged in plan order, so every engine gives the same numbers. Users
+reach this through ``engine=`` on :func:`circuitboard.compare`,
+:func:`circuitboard.top_activations`, and :func:`circuitboard.patch` /
+:func:`circuitboard.circuit` over lists of prompt pairs, or through :func:`run_plan` directly.
 """
 
 from ._engines import ENGINES, shutdown
-from ._run import Plan, RunInfo, cut, execute, last_run
+from ._plan import (
+    Engine,
+    Job,
+    Plan,
+    RunInfo,
+    cut,
+    describe_source,
+    digest,
+    last_run,
+    model_source,
+    open_engine,
+    run_plan,
+)
 from ._spec import ModelSpec
 
-__all__ = ["ENGINES", "ModelSpec", "Plan", "RunInfo", "cut", "execute", "last_run", "shutdown"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "Job",
+    "ModelSpec",
+    "Plan",
+    "RunInfo",
+    "cut",
+    "describe_source",
+    "digest",
+    "last_run",
+    "model_source",
+    "open_engine",
+    "run_plan",
+    "shutdown",
+]

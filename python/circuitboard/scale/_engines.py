@@ -1,10 +1,10 @@
 """Engines: where the shards of a plan run (this process, a local process pool, Ray actors).
 
-An engine only decides where shards run; what a shard computes is a plain function
-``fn(model, tokenizer, payload) -> state`` and how states combine is the plan's. Each worker
-loads its model once (from a :class:`ModelSpec`, or a pickled copy of a loaded model) and keeps
-it for every shard it runs. A shard whose worker dies is run again on a fresh worker; an error
-raised by ``fn`` itself is the caller's and propagates at once.
+An engine only decides where jobs run; what a job computes is the job's (a picklable
+``job(model, tokenizer) -> part``) and how parts combine is the plan's. Each worker loads its
+model once (from a :class:`ModelSpec`, a pickled copy of a loaded model, or nothing) and keeps
+it for every job it runs. A job whose worker dies is run again on a fresh worker; an error
+raised by the job itself is the caller's and propagates at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import atexit
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,14 @@ class Loaded:
         return self.model, self.tokenizer
 
 
+@dataclass
+class NoModel:
+    """Jobs that need no model (they get ``model=None, tokenizer=None``)."""
+
+    def load(self, gpus: float | None = None) -> tuple[Any, Any]:
+        return None, None
+
+
 # -- worker side ---------------------------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 
@@ -52,8 +60,30 @@ def _init_worker(source: Any, gpus: float, threads: int | None) -> None:
     _WORKER["model"], _WORKER["tokenizer"] = source.load(gpus)
 
 
-def _call(fn: Callable[..., Any], payload: Any) -> Any:
-    return fn(_WORKER["model"], _WORKER["tokenizer"], payload)
+@dataclass(frozen=True)
+class _Packed:
+    """A job pickled by value (cloudpickle): a function defined in a notebook travels too."""
+
+    blob: bytes
+
+
+def _pack(job: Any) -> Any:
+    """``job`` as it travels to a process worker: cloudpickled where cloudpickle is installed
+    (it comes with Ray), else as it is (plain pickle: functions travel by reference, so they
+    must be importable on the worker)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return job
+    return _Packed(cloudpickle.dumps(job))
+
+
+def _call(job: Any) -> Any:
+    if isinstance(job, _Packed):
+        import pickle
+
+        job = pickle.loads(job.blob)
+    return job(_WORKER["model"], _WORKER["tokenizer"])
 
 
 def _pid() -> int:
@@ -70,11 +100,9 @@ class SerialEngine:
         self.workers = 1
         self.model, self.tokenizer = source.load()
 
-    def run(
-        self, fn: Callable[..., Any], payloads: dict[int, Any], retries: int
-    ) -> Iterator[tuple[int, Any]]:
-        for i in sorted(payloads):
-            yield i, fn(self.model, self.tokenizer, payloads[i])
+    def run(self, jobs: dict[int, Any], retries: int) -> Iterator[tuple[int, Any]]:
+        for i in sorted(jobs):
+            yield i, jobs[i](self.model, self.tokenizer)
 
     def close(self) -> None:
         self.model = self.tokenizer = None
@@ -84,21 +112,21 @@ _PRELOAD = [
     "torch",
     "transformers",
     "transformers.modeling_utils",  # most of what loading any model imports
-    "circuitboard.capture",
-    "circuitboard.analysis",
 ]
 
 
-def _mp_context() -> Any:
-    """``forkserver`` with torch preloaded: workers fork from a server that imported torch once
-    (a fresh worker after a crash starts in a fraction of a second, not the seconds an import
-    takes) and never from this process's threads. ``spawn`` where there is no forkserver."""
+def _mp_context(preload: Sequence[str] = ()) -> Any:
+    """``forkserver`` with torch (and the modules the jobs name in ``preload``) imported once:
+    workers fork from a server that imported them (a fresh worker after a crash starts in a
+    fraction of a second, not the seconds an import takes) and never from this process's
+    threads. ``spawn`` where there is no forkserver. The server starts on first use and keeps
+    its first preload list."""
     import multiprocessing as mp
 
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    ctx.set_forkserver_preload([*_PRELOAD, *preload])
     return ctx
 
 
@@ -108,9 +136,15 @@ class ProcessEngine:
     name = "processes"
 
     def __init__(
-        self, source: Any, *, workers: int, gpus: float = 0, threads: int | None = None
+        self,
+        source: Any,
+        *,
+        workers: int,
+        gpus: float = 0,
+        threads: int | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
-        self.source, self.workers, self.gpus = source, workers, gpus
+        self.source, self.workers, self.gpus, self.preload = source, workers, gpus, tuple(preload)
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.pool = self._new_pool()
 
@@ -119,7 +153,7 @@ class ProcessEngine:
 
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=_mp_context(),
+            mp_context=_mp_context(self.preload),
             initializer=_init_worker,
             initargs=(self.source, self.gpus, self.threads),
         )
@@ -128,19 +162,17 @@ class ProcessEngine:
         """Process ids of the pool's workers (started on first use)."""
         return sorted(p.pid for p in getattr(self.pool, "_processes", {}).values())
 
-    def run(
-        self, fn: Callable[..., Any], payloads: dict[int, Any], retries: int
-    ) -> Iterator[tuple[int, Any]]:
+    def run(self, jobs: dict[int, Any], retries: int) -> Iterator[tuple[int, Any]]:
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        pending = dict(payloads)
+        pending = dict(jobs)
         attempts = dict.fromkeys(pending, 0)
         self.last_retried = 0
         if getattr(self.pool, "_broken", False):  # a warm pool that lost a worker while idle
             self.pool = self._new_pool()
         while pending:
-            futures = {self.pool.submit(_call, fn, pending[i]): i for i in sorted(pending)}
+            futures = {self.pool.submit(_call, _pack(pending[i])): i for i in sorted(pending)}
             lost: list[int] = []
             try:
                 while futures:
@@ -236,25 +268,22 @@ class RayEngine:
         """Process ids of the actors (on their nodes)."""
         return self.ray.get([a.pid.remote() for a in self.actors])
 
-    def run(
-        self, fn: Callable[..., Any], payloads: dict[int, Any], retries: int
-    ) -> Iterator[tuple[int, Any]]:
+    def run(self, jobs: dict[int, Any], retries: int) -> Iterator[tuple[int, Any]]:
         ray = self.ray
         import ray.exceptions as rex
 
         names = ("RayActorError", "ActorUnavailableError", "WorkerCrashedError")
         dead = tuple(getattr(rex, n) for n in names if hasattr(rex, n))
-        queue = deque(sorted(payloads))
+        queue = deque(sorted(jobs))
         attempts = dict.fromkeys(queue, 0)
         idle = deque(range(len(self.actors)))
         inflight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, actor slot)
-        fn_ref = ray.put(fn)
         self.last_retried = 0
         try:
             while queue or inflight:
                 while queue and idle:
                     slot, i = idle.popleft(), queue.popleft()
-                    ref = self.actors[slot].run.remote(fn_ref, payloads[i])
+                    ref = self.actors[slot].run.remote(jobs[i])
                     inflight[ref] = (i, slot)
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 i, slot = inflight.pop(ready[0])
@@ -298,8 +327,8 @@ class _RayWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, fn: Callable[..., Any], payload: Any) -> Any:
-        return _call(fn, payload)
+    def run(self, job: Callable[[Any, Any], Any]) -> Any:
+        return _call(job)
 
 
 def _check_fits(ray: Any, workers: int, cpus: float, gpus: float) -> None:
@@ -352,6 +381,7 @@ def get_engine(
     workers: int | None,
     gpus_per_worker: float | None,
     ray_address: str | None,
+    preload: Sequence[str] = (),
 ) -> tuple[Any, bool]:
     """An engine for ``source`` and whether the caller owns it (must close it after the run)."""
     if engine not in ENGINES:
@@ -377,7 +407,7 @@ def get_engine(
         key = ("processes", repr(spec), n, gpus)
         if key not in _WARM:
             _release("processes")  # one warm pool at a time: its workers hold memory
-            eng = ProcessEngine(source, workers=n, gpus=gpus, threads=threads)
+            eng = ProcessEngine(source, workers=n, gpus=gpus, threads=threads, preload=preload)
             if spec is None:
                 return eng, True
             _WARM[key] = eng

@@ -1,0 +1,80 @@
+"""`compare` as a plan: one job per run of consecutive blocks, parts merged in plan order.
+
+The job function is module-level (workers import it by name) and calls the same code a
+single run uses, so a job computes exactly what one process computes for its part; a part
+is a :class:`Comparison`, whose ``merge`` pools the running moments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..scale import Job, Plan, cut, describe_source, digest, model_source, open_engine, run_plan
+from ._compare import Comparison, compare_blocks, plan_blocks
+
+
+def compare_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> Comparison:
+    """One job of a sharded :func:`circuitboard.compare`: its blocks, folded in order."""
+    return compare_blocks(model, tokenizer, payload["blocks"], **payload["options"])
+
+
+def _merge(a: Comparison, b: Comparison) -> Comparison:
+    return a.merge(b)
+
+
+def _save(part: Comparison, path: Path) -> None:
+    part.save(path)
+
+
+def compare_sharded(
+    model: Any,
+    tokenizer: Any,
+    categories: Mapping[str, Sequence[str]],
+    options: dict[str, Any],
+    *,
+    engine: str,
+    workers: int | None,
+    gpus_per_worker: float | None,
+    shards: int | None,
+    checkpoint: Any,
+    ray_address: str | None,
+    progress: bool | None,
+) -> Comparison:
+    """:func:`circuitboard.compare` cut into jobs at block boundaries, run on ``engine``."""
+    source = model_source(model, tokenizer, "compare")
+    blocks = plan_blocks(categories, options["batch_size"])
+    with open_engine(
+        source,
+        engine=engine,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        ray_address=ray_address,
+        preload=[__name__],
+        what="compare",
+    ) as eng:
+        groups = cut([b - a for _, a, b in blocks], eng.shards(shards))
+        jobs = []
+        for g in groups:
+            part = [
+                (blocks[j][0], list(categories[blocks[j][0]][slice(*blocks[j][1:])])) for j in g
+            ]
+            size = sum(blocks[j][2] - blocks[j][1] for j in g)
+            jobs.append(Job(compare_shard, {"blocks": part, "options": options}, size=size))
+        plan = Plan(
+            "compare",
+            jobs,
+            merge=_merge,
+            save=_save,
+            load=Comparison.load,
+            key={
+                "model": describe_source(eng.source),
+                "inputs": digest({k: list(v) for k, v in categories.items()}),
+                "options": repr(sorted(options.items())),
+            },
+            unit="prompt",
+        )
+        total = sum(len(p) for p in categories.values())
+        show = progress if progress is not None else total >= 64
+        return run_plan(plan, engine=eng, checkpoint=checkpoint, progress=show)
