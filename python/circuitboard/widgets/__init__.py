@@ -7,7 +7,7 @@ from ._circuit import CircuitView, circuit_view
 from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
-from ._features import FeaturesView, features  # dictionary features
+from ._features import FeaturesView, feature_dashboard, features  # dictionary features
 from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
 from ._link import Link
@@ -35,6 +35,7 @@ __all__ = [
     "compare_view",
     "decode",
     "encode",
+    "feature_dashboard",
     "features",
     "generation_view",
     "link",

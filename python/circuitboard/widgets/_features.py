@@ -271,3 +271,52 @@ def features(
     dicts = [sparse_from_capture(cap, h, s) for h, s in chosen.items()]
     view = FeaturesView(dicts, cap.tokens, dictionary=dictionary, feature=feature, **kwargs)
     return _with_provenance(view, cap)
+
+
+def feature_dashboard(
+    top: Any,
+    tokenizer: Any = None,
+    texts: Sequence[str] | None = None,
+    *,
+    features: Any = None,
+    feature: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The neuron dashboard over dictionary features: top examples, histogram, density, logit
+    effects through the final norm's weight.
+
+    Pass ``cb.top_activations(model, tok, texts, features=(sae, ids))``, or a model, its
+    tokenizer, texts and ``features=(sae, ids)``. ``feature`` picks the one shown first (its
+    entry is ``(sae layer, feature)``).
+
+    Examples
+    --------
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> import circuitboard as cb
+    >>> model, tok = tiny_llama()
+    >>> sae = cb.SAE(32, 64, kind="topk", k=4, hook="blocks.1.hook_resid_post", seed=0)
+    >>> top = cb.top_activations(model, tok, ["a b c", "the store"], features=(sae, [3, 9]),
+    ...                          progress=False)
+    >>> cb.feature_dashboard(top, feature=9).selection["neuron"]
+    9
+    """
+    from .._api import neuron_dashboard
+
+    if not hasattr(top, "hist_counts"):
+        if features is None:
+            raise TypeError(
+                "feature_dashboard needs top_activations(..., features=(sae, ids)) records, or a "
+                "model, tokenizer, texts and features=(sae, ids)."
+            )
+        from ..analysis._neurons import top_activations
+
+        top = top_activations(top, tokenizer, texts, features=features, **kwargs)
+        kwargs = {}
+    neuron = None
+    if feature is not None:
+        layer = next((lay for lay, i in top.neurons if i == int(feature)), None)
+        if layer is None:
+            raise IndexError(f"feature {feature} is not in these records; they hold "
+                             f"{[i for _, i in top.neurons][:8]} ...")  # fmt: skip
+        neuron = (layer, int(feature))
+    return neuron_dashboard(top, neuron=neuron, **kwargs)
