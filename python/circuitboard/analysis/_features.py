@@ -159,7 +159,19 @@ class FeatureAttribution:
 
 
 def load_feature_attribution(path: str | Path) -> FeatureAttribution:
-    """Open a :class:`FeatureAttribution` written by its ``save``."""
+    """Open a :class:`FeatureAttribution` written by its ``save``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> fa = FeatureAttribution("blocks.0.hook_resid_post", np.array([0.5, 0.0, -0.25]),
+    ...                         bias=0.1, error=0.05, rest=1.0, model_value=1.4, names={0: "x"})
+    >>> path = os.path.join(tempfile.mkdtemp(), "fa.npz")
+    >>> fa.save(path)
+    >>> back = load_feature_attribution(path)
+    >>> round(back.total, 6), back.labels[0]
+    (1.4, 'blocks.0.hook_resid_post#0 x')
+    """
     with np.load(Path(path), allow_pickle=False) as f:
         values, meta = f["values"], json.loads(str(f["meta"]))
     names = {int(k): v for k, v in meta.pop("names").items()}

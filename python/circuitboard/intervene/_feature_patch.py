@@ -31,9 +31,16 @@ class FeaturePatching:
     """The effect of patching each active feature of one dictionary on the metric.
 
     ``values[i]`` (normalized: clean = 1, corrupted = 0, either direction) is the effect of
-    patching feature ``features[i]`` at every position; ``raw`` the metric itself. ``error``
-    / ``error_raw``: the error term alone; ``all_and_error`` / ``whole``: every feature plus the
-    error, and the whole hooked activation (equal up to float rounding).
+    patching feature ``features[i]`` at every position; ``raw`` the metric itself. ``error``:
+    the error term alone; ``all_and_error`` / ``whole``: every feature plus the error, and the
+    whole hooked activation (equal up to float rounding); all three normalized.
+
+    Examples
+    --------
+    >>> res = cb.patch(model, tok, clean, corrupted, answer=" Mary", wrong=" John",
+    ...                site="features", saes=sae)  # doctest: +SKIP
+    >>> res.top(3)  # doctest: +SKIP
+    [{'label': 'blocks.12.hook_resid_post#301', 'feature': 301, 'value': 0.41}, ...]
     """
 
     hook: str
@@ -88,7 +95,19 @@ class FeaturePatching:
 
 
 def load_feature_patching(path: str | Path) -> FeaturePatching:
-    """Open a :class:`FeaturePatching` written by its ``save``."""
+    """Open a :class:`FeaturePatching` written by its ``save``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> fp = FeaturePatching("blocks.0.hook_resid_post", np.array([3, 9]), np.array([0.7, 0.1]),
+    ...                      np.array([1.2, 0.3]), "exact", "denoise", "logit diff", 1.5, 0.1,
+    ...                      0.02, 1.0, 1.0, {})
+    >>> path = os.path.join(tempfile.mkdtemp(), "fp.npz")
+    >>> fp.save(path)
+    >>> load_feature_patching(path).top(1)
+    [{'label': 'blocks.0.hook_resid_post#3', 'feature': 3, 'value': 0.7}]
+    """
     with np.load(Path(path), allow_pickle=False) as f:
         arrays = {k: f[k] for k in ("features", "values", "raw")}
         meta = json.loads(str(f["meta"]))
