@@ -54,3 +54,27 @@ def test_bad_input():
         cb.features(cap, feature=64)
     with pytest.raises(KeyError, match=r"no dictionary reading 'blocks.1.hook_resid_post'"):
         cb.features(cap).column("blocks.1.hook_resid_post", 0)
+
+
+def test_feature_badge_verifies_and_catches_tampering(tmp_path):
+    from circuitboard.export._verify import verify_report
+    from circuitboard.widgets._checks import view_checks
+    from circuitboard.widgets._codec import decode, encode
+
+    model, tok = tiny_llama()
+    sae = cb.SAE(32, 64, kind="topk", k=4, hook="blocks.1.hook_resid_post", seed=0,
+                 metadata={"sha256": "f" * 64})  # fmt: skip
+    cap = cb.capture(model, tok, PROMPT, saes=sae, dtype=torch.float32)
+    view = cb.features(cap)
+    prov = view.provenance["dictionaries"][sae.hook]
+    assert prov["file_sha256"] == "f" * 64 and len(prov["parameters_sha256"]) == 64
+    path = tmp_path / "features.html"
+    cb.report(view, path=path)
+    result = verify_report(path)
+    assert result.ok and "features + error rebuild" in result.summary()
+    proof = dict(view._proof[sae.hook])
+    err = decode(proof["error"]).copy()
+    err[0, 0] += 0.1  # a report whose error term does not match its features
+    proof["error"] = encode(err, "float32")
+    (bad,) = view_checks({"_view": "features", "_proof": {sae.hook: proof}})
+    assert not bad["ok"] and bad["error"] > 1e-3

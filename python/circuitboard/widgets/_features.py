@@ -148,6 +148,7 @@ class FeaturesView(View):
     n_top = traitlets.Int(10).tag(sync=True)
     """Features listed per token."""
     _initial = traitlets.Dict().tag(sync=True)  # first paint: {dictionary, feature}
+    _proof = traitlets.Dict().tag(sync=True)  # per dictionary: what the feature badge checks
 
     _fetchers: ClassVar[dict[str, str]] = {"fetch-dictionary": "_fetch_dictionary"}
 
@@ -270,7 +271,72 @@ def features(
         )
     dicts = [sparse_from_capture(cap, h, s) for h, s in chosen.items()]
     view = FeaturesView(dicts, cap.tokens, dictionary=dictionary, feature=feature, **kwargs)
+    view._proof = {h: p for h, s in chosen.items() if (p := proof_state(cap, h, s)) is not None}
     return _with_provenance(view, cap)
+
+
+PROOF_POSITIONS = 4
+
+
+def proof_state(cap: Any, hook: str, sae: Any) -> dict[str, Any] | None:
+    """What the feature badge checks at a few shown positions (the last, and where the
+    strongest features peak): the hooked activation, the active features' activations and
+    decoder rows, the decoder bias and the error. None for decoders that are not
+    ``acts @ W_dec + b_dec`` (skip transcoders) or transcoders (their target is elsewhere)."""
+    W, b = getattr(sae, "W_dec", None), getattr(sae, "b_dec", None)
+    if W is None or b is None or getattr(sae, "W_skip", None) is not None:
+        return None
+    out_hook = getattr(sae, "hook_out", None) or hook
+    if out_hook != hook:
+        return None
+    n = f"{hook}.sae."
+    x = cap.tensors[n + "hook_sae_input"].float().numpy()
+    err = cap.tensors[n + "hook_sae_error"].double().numpy()
+    sf = sparse_from_capture(cap, hook, sae)
+    peaks = [int(sf.rows[i]) for i in np.argsort(-sf.values, kind="stable")]
+    positions = list(dict.fromkeys([x.shape[0] - 1, *peaks]))[:PROOF_POSITIONS]
+    keep = np.isin(sf.rows, positions)
+    feats = np.unique(sf.cols[keep])
+    acts = np.zeros((len(positions), len(feats)), np.float32)
+    for r, c, v in zip(sf.rows[keep], sf.cols[keep], sf.values[keep], strict=True):
+        acts[positions.index(int(r)), int(np.searchsorted(feats, c))] = v
+    W_rows = W.detach().float().cpu().numpy()[feats]
+    return {
+        "positions": positions,
+        "input": encode(x[positions], "float32"),
+        "error": encode(err[positions].astype(np.float32), "float32"),
+        "acts": encode(acts, "float32"),
+        "decoder": encode(W_rows, "float32"),
+        "bias": encode(b.detach().float().cpu().numpy(), "float32"),
+    }
+
+
+def feature_checks(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The features view's badge: at the shown positions, every dictionary's features times
+    their decoder rows, plus the decoder bias and the error, rebuild the hooked activation."""
+    from ._checks import check
+    from ._codec import decode
+
+    out = []
+    for hook, p in (state.get("_proof") or {}).items():
+        x = decode(p["input"]).astype(np.float64)
+        rebuilt = (
+            decode(p["acts"]).astype(np.float64) @ decode(p["decoder"]).astype(np.float64)
+            + decode(p["bias"]).astype(np.float64)
+            + decode(p["error"]).astype(np.float64)
+        )
+        err = float(np.abs(rebuilt - x).max(initial=0.0)) / max(
+            float(np.abs(x).max(initial=0.0)), 1e-12
+        )
+        out.append(
+            check(
+                f"features + error rebuild {hook}",
+                f"max |Σ a·W_dec + b_dec + error − x| / max |x| at positions {p['positions']}",
+                err,
+                1e-5,
+            )
+        )
+    return out
 
 
 def feature_dashboard(
