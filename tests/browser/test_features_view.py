@@ -106,3 +106,29 @@ def test_hostile_tokens_stay_text(page, tmp_path):
     assert texts == [shown(t) for t in tokens] or len(texts) == len(tokens)
     assert page.evaluate("() => window.__pwned === undefined")
     assert not page.cb_errors, page.cb_errors
+
+
+def test_feature_dashboard_draws_histogram_and_logit_tables(page, tmp_path, artifacts):
+    from tests.unit.tiny_models import tiny_llama as factory
+
+    model, tok = factory()
+    sae = cb.SAE(32, 64, kind="topk", k=4, hook="blocks.1.hook_resid_post", seed=0)
+    texts = cb.load_texts()[:30]
+    top = cb.top_activations(model, tok, texts, features=(sae, None), k=5, progress=False)
+    feature = int(np.nanargmax(top.values[:, 0]))
+    dash = cb.feature_dashboard(top, feature=feature)
+    open_report(page, cb.report(dash, path=tmp_path / "feature-dash.html"))
+    page.wait_for_selector(f'.cb-dashboard[data-neuron="{feature}"]')
+    rows = page.eval_on_selector_all(".cb-dash-row", "els => els.map(e => Number(e.dataset.text))")
+    assert rows == [t for t in top.text_index[top.index(1, feature)].tolist() if t >= 0]
+    # the histogram canvas has ink, and both logit tables list the decoder row's tokens
+    ink = page.evaluate(
+        """() => { const c = document.querySelector('.cb-dash-hist');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }"""
+    )
+    assert ink > 50
+    n_logits = page.eval_on_selector_all(".cb-dash-logit", "els => els.length")
+    assert n_logits == 2 * top.promoted.shape[1]
+    page.screenshot(path=str(artifacts / "feature-dashboard.png"), full_page=True)
+    assert not page.cb_errors and not page.cb_blocked
