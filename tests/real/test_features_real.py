@@ -32,3 +32,22 @@ def test_dla_with_features_sums_to_the_logit_difference(default_model):
     attr = cb.direct_logit_attribution(cap, " Mary", " John", saes=True)
     split = attr.features(12)
     assert abs(split.total - attr.model_value) <= 1e-5 * abs(attr.model_value)
+
+
+def test_feature_patching_identity_and_clamp_identity(default_model):
+    model, tok = default_model
+    sae = cb.SAE(576, 2048, kind="topk", k=32, hook="blocks.10.hook_resid_post", seed=10)
+    corrupt = IOI.replace("John gave", "Mary gave")
+    res = cb.patch(model, tok, IOI, corrupt, answer=" Mary", wrong=" John", site="features",
+                   saes=sae, method="attribution")  # fmt: skip
+    span = res.clean_value - res.corrupted_value
+    assert abs(res.all_and_error - res.whole) * abs(span) <= 1e-4
+    assert abs(res.whole - 1.0) * abs(span) <= 1e-4
+    cap = cb.capture(model, tok, IOI, saes=sae, dtype=torch.float32)
+    acts = cap[f"{sae.hook}.sae.hook_sae_acts_post"].to_dense()
+    p = cap.n_tokens - 1
+    f = int(acts[p].argmax())
+    plain = cb.generate(model, tok, IOI, max_new_tokens=1)
+    same = cb.generate(model, tok, IOI, max_new_tokens=1, clamp={(sae, f): float(acts[p, f])},
+                       positions=[p])  # fmt: skip
+    assert torch.equal(same.capture.logits, plain.capture.logits)
