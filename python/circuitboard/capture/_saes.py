@@ -195,8 +195,8 @@ class SaeHooks:
         def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             flat = x.reshape(*x.shape[:2], -1)  # attn.hook_z: heads flattened, as SAELens
             check_fits(sae, flat.shape[-1], hook)
-            dtype = _param_dtype(sae, flat.dtype)
-            xs = flat.to(dtype)
+            dtype, device = _param_dtype(sae, flat.dtype), _param_device(sae, flat.device)
+            xs = flat.to(device=device, dtype=dtype)  # the dictionary's device and dtype
             acts = sae.encode(xs)
             # skip transcoders add x @ W_skip.T: their decode needs the input too
             skip = getattr(sae, "W_skip", None) is not None
@@ -207,7 +207,7 @@ class SaeHooks:
             return acts, recons
 
         def finish(target: torch.Tensor, recons: torch.Tensor) -> torch.Tensor | None:
-            flat = target.reshape(*target.shape[:2], -1)
+            flat = target.reshape(*target.shape[:2], -1).to(recons.device)
             # in float64 the difference of two float32 tensors and its sum back are exact, so
             # recons + error gives the hooked tensor bit for bit (keep_error splices exactly)
             error = flat.double() - recons.double()
@@ -217,7 +217,7 @@ class SaeHooks:
             if not self.splice:
                 return None
             new = recons.double() + error if self.keep_error else recons
-            return new.to(target.dtype).reshape(target.shape)
+            return new.to(device=target.device, dtype=target.dtype).reshape(target.shape)
 
         def on_in(x: torch.Tensor) -> torch.Tensor | None:
             _, recons = encode(x)
@@ -252,6 +252,12 @@ def _register(point: HookPoint, fn: Any) -> Any:
         return None if new is None else point.put(new, args, {}, out)
 
     return point.module.register_forward_hook(post)
+
+
+def _param_device(sae: Any, fallback: torch.device) -> torch.device:
+    for p in getattr(sae, "parameters", lambda: iter(()))():
+        return p.device
+    return fallback
 
 
 def _param_dtype(sae: Any, fallback: torch.dtype) -> torch.dtype:
