@@ -155,3 +155,19 @@ def test_circuitboard_sae_and_skip_transcoder(kind):
         assert int((acts.to_dense() > 0).sum(-1).max()) <= 4
     out = tc(plain["blocks.0.hook_resid_mid"], plain["blocks.0.hook_mlp_out"])
     torch.testing.assert_close(cap[sae_names(tc.hook)["hook_sae_recons"]], out.reconstruction)
+
+
+def test_transcoder_on_the_mlp_input():
+    """``mlp.hook_in`` (what the MLP receives, after its norm) → ``hook_mlp_out``."""
+    from circuitboard.dictionaries import SAE
+
+    model, tok = tiny_llama()
+    tc = SAE(32, 48, kind="relu", hook="blocks.1.mlp.hook_in", hook_out="blocks.1.hook_mlp_out",
+             W_skip=0.1 * torch.randn(32, 32), seed=3)  # fmt: skip
+    plain = cb.capture(model, tok, PROMPT, what="all", **F32)
+    cap = cb.capture(model, tok, PROMPT, saes=tc, splice=True, keep_error=True, **F32)
+    x = cap[sae_names(tc.hook)["hook_sae_input"]]
+    with torch.no_grad():
+        ref = model.model.layers[1].post_attention_layernorm(plain["blocks.1.hook_resid_mid"])
+    torch.testing.assert_close(x, ref)
+    assert torch.equal(cap.logits, plain.logits)

@@ -32,7 +32,7 @@ from .adapters._base import Adapter, get_module
 
 SUFFIXES = ("hook_sae_input", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error")
 _HOOK = re.compile(r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
-                   r"hook_mlp_out|mlp\.hook_post|attn\.hook_z)$")  # fmt: skip
+                   r"hook_mlp_out|mlp\.hook_in|mlp\.hook_post|attn\.hook_z)$")  # fmt: skip
 
 
 def sae_hook(sae: Any) -> str:
@@ -97,9 +97,9 @@ def locate_hook(model: Any, adapter: Adapter, hook: str, n_layers: int) -> HookP
         raise ValueError(
             f"a dictionary reads {hook!r}, which this model's capture does not have (it has "
             f"{n_layers} layers and dictionaries attach to blocks.{{l}}.hook_resid_pre / "
-            "hook_resid_mid / hook_resid_post / hook_attn_out / hook_mlp_out / mlp.hook_post / "
-            "attn.hook_z). Use a dictionary trained for this model, or set sae.hook to one of "
-            "those names (TransformerLens names map the same way)."
+            "hook_resid_mid / hook_resid_post / hook_attn_out / hook_mlp_out / mlp.hook_in / "
+            "mlp.hook_post / attn.hook_z). Use a dictionary trained for this model, or set "
+            "sae.hook to one of those names (TransformerLens names map the same way)."
         )
     blk = adapter.block(model, int(m.group(1)))
     kind = m.group(2)
@@ -111,6 +111,9 @@ def locate_hook(model: Any, adapter: Adapter, hook: str, n_layers: int) -> HookP
     if kind == "hook_mlp_out":
         path, idx = adapter.block_mlp_out
         return HookPoint(get_module(blk, path), pre=False, index=idx)
+    if kind == "mlp.hook_in":  # what the MLP module receives (after its norm)
+        path, _ = adapter.block_mlp_out
+        return HookPoint(get_module(blk, path), pre=True)
     if kind == "mlp.hook_post":
         return HookPoint(get_module(blk, adapter.block_mlp_down), pre=True)
     if kind == "attn.hook_z":
