@@ -78,3 +78,13 @@ def test_feature_badge_verifies_and_catches_tampering(tmp_path):
     proof["error"] = encode(err, "float32")
     (bad,) = view_checks({"_view": "features", "_proof": {sae.hook: proof}})
     assert not bad["ok"] and bad["error"] > 1e-3
+
+
+def test_kernel_link_fallback_carries_the_feature():
+    """Hosts that isolate cells (Colab) link through the kernel: a feature click arrives in
+    the view's ``_sel`` and must reach the shared link, hook name included."""
+    model, tok = tiny_llama()
+    sae = ReluSAE(32, 64, "blocks.0.hook_resid_post")
+    view = cb.features(cb.capture(model, tok, PROMPT, saes=sae))
+    view._sel = {**view.link.selection, "dictionary": sae.hook, "feature": 9, "layer": 0}
+    assert view.link.feature == 9 and view.link.dictionary == sae.hook
