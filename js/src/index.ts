@@ -10,6 +10,7 @@ import * as compare from "./views/compare";
 import * as composition from "./views/composition"; // issue 29
 import * as dashboard from "./views/dashboard";
 import * as experiments from "./views/experiments"; // issue 29, second half
+import * as features from "./views/features";
 import * as generation from "./views/generation";
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
@@ -29,6 +30,7 @@ export const VIEWS: Record<string, View> = {
   composition: composition as unknown as View,
   dashboard: dashboard as unknown as View,
   experiments: experiments as unknown as View,
+  features: features as unknown as View,
   generation: generation as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,

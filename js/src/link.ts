@@ -10,13 +10,13 @@ import type { LinkModel, Selection } from "./types";
 
 const PREFIX = "IPY_MODEL_";
 export const RESOLVE_TIMEOUT_MS = 4_000;
-const KEYS: (keyof Selection)[] = ["layer", "head", "token", "neuron", "prompt", "hover_token"];
+const KEYS: (keyof Selection)[] = ["layer", "head", "token", "neuron", "prompt", "hover_token", "dictionary", "feature"];
 
 
 /** A link that lives on the view's own model: clicks go through the kernel, hovers stay local. */
 export class KernelLink extends Emitter {
   readonly viaKernel = true;
-  private state: Selection = { layer: null, head: null, token: null, neuron: null, prompt: 0, hover_token: null };
+  private state: Selection = { layer: null, head: null, token: null, neuron: null, prompt: 0, hover_token: null, dictionary: null, feature: null };
   private onRemote = () => this.merge(this.model.get("_sel") as Partial<Selection> | undefined);
 
   constructor(private model: AnyModel) {

@@ -28,6 +28,10 @@ export interface Selection {
   neuron: number | null;
   prompt: number;
   hover_token: number | null;
+  /** The hook the selected feature's dictionary reads, e.g. "blocks.12.hook_resid_post". */
+  dictionary?: string | null;
+  /** The selected dictionary feature (index within `dictionary`). */
+  feature?: number | null;
 }
 
 export type LinkModel = AnyModel<Selection>;

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
 from ._errors import CircuitboardFileError, CircuitboardWarning
-from .data import load_texts
+from .data import load_corpus, load_texts
 from .export import report, verify_report
 from .widgets import (
     AblationView,  # issue 29
@@ -24,6 +24,7 @@ from .widgets import (
     CompareView,
     CompositionView,  # issue 29
     ExperimentsView,
+    FeaturesView,
     GenerationView,
     Link,
     LogitAttributionView,
@@ -38,6 +39,8 @@ from .widgets import (
     circuit_view,
     compare_view,
     composition_view,  # issue 29
+    feature_dashboard,
+    features,
     generation_view,
     link,
     patching_view,
@@ -88,6 +91,16 @@ _LAZY = {
     "Ablation": "circuitboard.intervene",
     "ablate": "circuitboard.intervene",
     "load_ablation": "circuitboard.intervene",
+    # dictionary features (issue 26)
+    "FeatureAttribution": "circuitboard.analysis",
+    "load_feature_attribution": "circuitboard.analysis",
+    "FeaturePatching": "circuitboard.intervene",
+    "load_feature_patching": "circuitboard.intervene",
+    # dictionaries (SAEs and transcoders)
+    "CrossLayerTranscoder": "circuitboard.dictionaries",
+    "SAE": "circuitboard.dictionaries",
+    "TranscoderSet": "circuitboard.dictionaries",
+    "load_sae": "circuitboard.dictionaries",
     # plan protocol (issue 30): a list of jobs, any engine, merged in plan order
     "Job": "circuitboard.scale",
     "Plan": "circuitboard.scale",
@@ -145,6 +158,10 @@ __all__ = [
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
+    "CrossLayerTranscoder",
+    "FeatureAttribution",
+    "FeaturePatching",
+    "FeaturesView",
     "Generation",
     "GenerationView",
     "Job",
@@ -157,7 +174,9 @@ __all__ = [
     "Patching",
     "PatchingView",
     "Plan",
+    "SAE",
     "SteeringVector",
+    "TranscoderSet",
     "attention",
     "board",
     "capture",
@@ -168,6 +187,8 @@ __all__ = [
     "direct_logit_attribution",
     "explain_attention",
     "explain_head_output",
+    "feature_dashboard",
+    "features",
     "from_transformer_lens",
     "generate",
     "generation_view",
@@ -176,10 +197,14 @@ __all__ = [
     "load_capture",
     "load_circuit",
     "load_comparison",
+    "load_corpus",
     "load_default_model",
     "load_default_vision_model",
+    "load_feature_attribution",
+    "load_feature_patching",
     "load_patching",
     "load_top_activations",
+    "load_sae",
     "load_texts",
     "logit_attribution",
     "logit_lens",

@@ -214,3 +214,14 @@ def test_toy_plan_on_ray_retries_and_resumes(cluster, tmp_path):
     assert done >= 4  # jobs 0-3 ran before job 4 failed (job 5 may have finished too)
     got = run_plan(squares_plan(), engine="ray", workers=2, checkpoint=folder, progress=False)
     assert got == want() and last_run().resumed == done
+
+
+def test_ray_feature_dashboard_equals_one_pass(cluster, spec):
+    """Dictionary features (issue 26) run the same plan: Ray shards equal one serial pass."""
+    sae = cb.SAE(32, 64, kind="topk", k=4, hook="blocks.0.hook_resid_post", seed=0)
+    model, tok = spec.load()
+    kw = dict(features=(sae, None), k=4, batch_size=3, progress=False)
+    want_top = top_activations(model, tok, TEXTS, **kw)
+    got = top_activations(spec, None, TEXTS, engine="ray", workers=2, shards=3, **kw)
+    assert last_run().engine == "ray"
+    assert_same_top(got, want_top)

@@ -10,6 +10,7 @@ from ._explain import (
     explain_attention,
     explain_head_output,
 )
+from ._features import FeatureAttribution, load_feature_attribution  # dictionary features
 from ._head_scores import SCORES, head_scores, scores_from_patterns
 from ._lens import LogitLens, logit_lens
 from ._neurons import TopActivations, logit_effects, top_activations
@@ -22,6 +23,7 @@ __all__ = [
     "Comparison",
     "CompositionScores",
     "Effect",
+    "FeatureAttribution",
     "HeadOutputExplanation",
     "LogitLens",
     "RunningStats",
@@ -35,6 +37,7 @@ __all__ = [
     "load_comparison",
     "load_composition_scores",
     "load_top_activations",
+    "load_feature_attribution",
     "logit_effects",
     "logit_lens",
     "scores_from_patterns",

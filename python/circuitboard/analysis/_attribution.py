@@ -65,6 +65,7 @@ class Attribution:
     tolerance: float = 0.0
     _neurons: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     _experts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _features: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {lab: i for i, lab in enumerate(self.labels)})
@@ -115,6 +116,22 @@ class Attribution:
             )
         return self._experts[layer]
 
+    def features(self, layer: int | str) -> Any:
+        """A dictionary's features as terms of this attribution (``saes=`` given): a
+        :class:`~circuitboard.analysis._features.FeatureAttribution` whose features, decoder
+        bias, error and rest sum to ``model_value``. ``layer``: the layer of the hook the
+        dictionary writes to, or that hook's name (``"blocks.12.hook_resid_post"``)."""
+        if isinstance(layer, str) and layer in self._features:
+            return self._features[layer]
+        found = [f for h, f in self._features.items() if h.startswith(f"blocks.{layer}.")]
+        if len(found) == 1:
+            return found[0]
+        have = sorted(self._features) or "none (pass saes=[...] to direct_logit_attribution)"
+        raise KeyError(
+            f"no single dictionary at {layer!r} in this attribution; dictionaries: {have}. "
+            "Pass the hook name when a layer has several."
+        )
+
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` components with the largest absolute contribution."""
         order = self.values.abs().argsort(descending=True)[:k]
@@ -144,7 +161,13 @@ class Attribution:
 
 
 def direct_logit_attribution(
-    cap: Any, target: Any, baseline: Any = None, pos: int | None = None, *, softcap: str = "refuse"
+    cap: Any,
+    target: Any,
+    baseline: Any = None,
+    pos: int | None = None,
+    *,
+    softcap: str = "refuse",
+    saes: Any = None,
 ) -> Attribution:
     """Split the logit of ``target`` (minus ``baseline``'s) at ``pos`` into component contributions.
 
@@ -170,6 +193,10 @@ def direct_logit_attribution(
     softcap : {"refuse", "pre"}
         Models with final logit soft-capping (Gemma 2) are not linear in the residual:
         ``"refuse"`` raises, ``"pre"`` attributes the logit before the cap.
+    saes : dictionary, list of them, or True, optional
+        Dictionaries the capture ran (``cb.capture(..., saes=[...])``; ``True``: all of them):
+        ``attr.features(layer)`` then splits the hooked activation into per-feature terms,
+        the decoder bias, the error and the rest, summing to ``model_value``.
 
     Returns
     -------
@@ -184,7 +211,16 @@ def direct_logit_attribution(
     True
     """
     t, b, p = prepare(cap, target, baseline, pos, softcap)
-    return attribute_positions(cap, t, b, [p])[0]
+    attr = attribute_positions(cap, t, b, [p])[0]
+    if saes is None or saes is False:
+        return attr
+    from ._features import resolve_saes, split_by_features
+
+    dictionaries = resolve_saes(cap, saes, WHAT)
+    info = require_info(cap, WHAT)
+    direction = logit_direction(cap, info, t, b, torch.tensor([p]))[0][0]
+    attr._features.update(split_by_features(cap, attr, dictionaries, direction))
+    return attr
 
 
 def prepare(

@@ -99,6 +99,7 @@ def top_activations_sharded(
             "context": options["context"],
             "special": texts_plan.special,
             "pad_id": texts_plan.pad_id,
+            "features": options["features"][0] if options.get("features") else None,
         }
         jobs = [
             Job(

@@ -153,6 +153,7 @@ def scan_texts(
     special: Sequence[int],
     pad_id: int,
     bar: Any = None,
+    features: Any = None,
 ) -> TopActivations:
     """A partial :class:`TopActivations` of some batches (texts indexed globally).
 
@@ -188,7 +189,13 @@ def scan_texts(
         w_l = np.ones(n)
         k0_l = np.zeros(n, dtype=np.int64)
     offs = torch.arange(-before, after + 1)
-    with _NeuronReader(model, sel) as reader:
+    if features is not None:  # a dictionary's features (sel: (layer, feature index))
+        from ._feature_scan import FeatureReader
+
+        reader_ctx: Any = FeatureReader(model, features, [i for _, i in sel])
+    else:
+        reader_ctx = _NeuronReader(model, sel)
+    with reader_ctx as reader:
         for batch, rows in batches:
             acts, ids, lens = reader.run(rows, pad_id)  # [B, T, n]
             T = ids.shape[1]

@@ -125,6 +125,7 @@ def top_activations(
     shards: int | None = None,
     checkpoint: Any = None,
     ray_address: str | None = None,
+    features: Any = None,
 ) -> TopActivations:
     """Run ``model`` over ``texts`` and keep, per neuron, its top-``k`` texts and a histogram.
 
@@ -152,6 +153,10 @@ def top_activations(
     n_logits : promoted / suppressed tokens kept per neuron (direct logit effect).
     through_norm : multiply by the final norm's weight before the unembedding.
     skip_special : ignore special tokens (BOS, pad, ...) as examples and in the histogram.
+    features : ``(sae, ids)`` (``ids`` None: every feature)
+        Dictionary features instead of neurons: the same statistics of ``sae.encode`` at its
+        hook (the forward stops there), entries keyed ``(sae.layer, feature)``, logit effects
+        through the decoder rows (:mod:`circuitboard.analysis._feature_scan`).
     engine, workers, gpus_per_worker, shards, checkpoint, ray_address
         Where the batches run: ``"serial"`` (this process), ``"processes"`` (a local process
         pool) or ``"ray"``; see :func:`circuitboard.compare` for the shared options.
@@ -184,6 +189,12 @@ def top_activations(
         through_norm=through_norm,
         skip_special=skip_special,
     )
+    if features is not None:
+        from ._feature_scan import feature_selection
+
+        if neurons is not None or layers is not None:
+            raise ValueError("give features=(sae, ids) or neurons= / layers=, not both.")
+        options["features"] = feature_selection(features)
     if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
         from ._neuron_jobs import top_activations_sharded
 
@@ -217,6 +228,7 @@ def top_activations(
             special=plan.special,
             pad_id=plan.pad_id,
             bar=bar,
+            features=options["features"][0] if options.get("features") else None,
         )
     finally:
         if bar is not None:
@@ -228,6 +240,18 @@ def neuron_setup(
     model: Any, options: dict[str, Any]
 ) -> tuple[list[tuple[int, int]], np.ndarray | None, dict[str, np.ndarray], str]:
     """What every shard shares, computed once: neurons, histogram edges, logit effects, name."""
+    if options.get("features"):
+        from ._feature_scan import feature_logit_effects
+
+        sae, ids = options["features"]
+        layer = getattr(sae, "layer", None)
+        layer = int(sae.hook.split(".")[1]) if layer is None else int(layer)
+        sel = [(layer, i) for i in ids]
+        edges = histogram_edges(len(sel), bins=options["bins"], hist_range=options["hist_range"])
+        effects = feature_logit_effects(
+            model, sae, ids, k=options["n_logits"], through_norm=options["through_norm"]
+        )
+        return sel, edges, effects, model_name(model)
     sel = _neuron_list(model, options["neurons"], options["layers"])
     edges = histogram_edges(len(sel), bins=options["bins"], hist_range=options["hist_range"])
     effects = logit_effects(model, sel, k=options["n_logits"], through_norm=options["through_norm"])

@@ -131,6 +131,8 @@ class Capture(Mapping[str, torch.Tensor]):
     """Image captures (ViT): ``{"grid": [rows, cols], "patch": pixels per side, "pixels":
     [C, H, W] in [0, 1]}``; token 0 is CLS, token ``1 + r * cols + c`` the patch at (r, c)."""
     patterns: Patterns | None = field(default=None, repr=False, compare=False)
+    saes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Dictionaries run during the capture, by the hook they read (see ``capture(saes=)``)."""
 
     def _virtual_layer(self, name: str) -> int | None:
         """The layer of a pattern name computed on demand (not stored), else None."""

@@ -39,8 +39,15 @@ def save_capture(cap: Capture, path: str | Path, *, weights: bool = True) -> Non
     data: dict[str, torch.Tensor] = {"token_ids": _plain(cap.token_ids)}
     if cap.logits is not None:
         data["logits"] = _plain(cap.logits)
+    sparse: dict[str, list[int]] = {}  # dictionary features: indices and values, not dense
     for k, v in cap.tensors.items():
-        data["tensors/" + k] = _plain(v)
+        if v.is_sparse:
+            v = v.coalesce()
+            data[f"sparse/{k}/indices"] = _plain(v.indices())
+            data[f"sparse/{k}/values"] = _plain(v.values())
+            sparse[k] = list(v.shape)
+        else:
+            data["tensors/" + k] = _plain(v)
     if weights:
         for k, v in cap.weights.items():
             data["weights/" + k] = _plain(v)
@@ -57,7 +64,8 @@ def save_capture(cap: Capture, path: str | Path, *, weights: bool = True) -> Non
         "prompt": cap.prompt,
         "n_prompt_tokens": cap.n_prompt_tokens,
         "info": cap.info.to_dict() if cap.info is not None else None,
-        "names": list(cap.tensors),
+        "names": [k for k in cap.tensors if k not in sparse],
+        "sparse": sparse,
         "weight_names": list(cap.weights) if weights else [],
         "attention": attention,
     }
@@ -111,6 +119,12 @@ def load_capture(path: str | Path, *, device: str = "cpu") -> Capture:
         keys = set(f.keys())
         try:
             tensors = {n: f.get_tensor("tensors/" + n) for n in meta["names"]}
+            for n, shape in (meta.get("sparse") or {}).items():
+                indices, values = (
+                    f.get_tensor(f"sparse/{n}/indices"),
+                    f.get_tensor(f"sparse/{n}/values"),
+                )
+                tensors[n] = torch.sparse_coo_tensor(indices, values, shape, check_invariants=True)
             weights = {n: f.get_tensor("weights/" + n) for n in meta["weight_names"]}
             logits = f.get_tensor("logits") if "logits" in keys else None
             token_ids = f.get_tensor("token_ids")

@@ -34,6 +34,11 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach()
         if t.device.type != "cpu":
             t = t.cpu()
+        if t.is_sparse:  # dictionary features: hash the stored entries, not a dense copy
+            t = t.coalesce()
+            h.update(f"{name}|sparse|{tuple(t.shape)}|".encode())
+            h.update(t.indices().contiguous().numpy().tobytes())
+            t = t.values()
         t = t.contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -91,12 +96,30 @@ def provenance(cap: Any) -> dict[str, Any]:
         "n_tokens": cap.n_tokens,
         "tensors_sha256": tensor_digest(tensors),
     }
+    if getattr(cap, "saes", None):
+        out["dictionaries"] = {hook: dictionary_provenance(sae) for hook, sae in cap.saes.items()}
     try:
         weakref.finalize(cap, _CACHE.pop, id(cap), None)
         _CACHE[id(cap)] = out
     except TypeError:  # not weak-referenceable: just not cached
         pass
     return out
+
+
+def dictionary_provenance(sae: Any) -> dict[str, Any]:
+    """What identifies a dictionary a capture ran: its kind, sizes, the sha256 of the file it
+    was loaded from (``metadata["sha256"]`` where the loader recorded it) and of its
+    parameters as they are."""
+    meta = getattr(sae, "metadata", None) or {}
+    params = {k: v for k, v in sae.state_dict().items()} if hasattr(sae, "state_dict") else {}
+    return {
+        "kind": str(getattr(sae, "kind", type(sae).__name__)),
+        "d_in": getattr(sae, "d_in", None),
+        "d_sae": getattr(sae, "d_sae", None),
+        "file": meta.get("path") or meta.get("file"),
+        "file_sha256": meta.get("sha256"),
+        "parameters_sha256": tensor_digest(params) if params else None,
+    }
 
 
 def combined_provenance(caps: list[Any]) -> dict[str, Any]:

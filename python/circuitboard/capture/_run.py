@@ -15,6 +15,7 @@ from ._attn_interface import InterfaceUnavailable, attention_hooks, interface_st
 from ._capture import Capture, ModelInfo
 from ._hooks import Recorder
 from ._patterns import Patterns
+from ._saes import SaeHooks, sae_hook
 from ._tokens import decode_incremental, tokenize
 from .adapters import Adapter, get_adapter
 from .adapters._base import execution_device, gather_weights, get_module
@@ -81,6 +82,24 @@ def _parse_layers(layers: Any, n_layers: int) -> list[int]:
             )
         out.append(layer % n_layers)
     return sorted(set(out))
+
+
+def _parse_saes(saes: Any, splice: bool, keep_error: bool) -> list[Any]:
+    """``saes=`` as a list (one dictionary, a list, or a dict of them)."""
+    if keep_error and not splice:
+        raise ValueError(
+            "keep_error=True only matters with splice=True (without splicing the model's output "
+            "is already its own); pass splice=True, keep_error=True."
+        )
+    if saes is None:
+        if splice:
+            raise ValueError("splice=True needs dictionaries: pass saes=[...] as well.")
+        return []
+    if isinstance(saes, dict):
+        return list(saes.values())
+    if isinstance(saes, list | tuple):
+        return list(saes)
+    return [saes]
 
 
 def _parse_prompts(prompts: Any) -> tuple[list[str], bool]:
@@ -189,6 +208,9 @@ def record(
     batches: list[list[int]],
     forward: Callable[[Recorder, list[int]], None],
     bar: Any = None,
+    saes: Sequence[Any] = (),
+    splice: bool = False,
+    keep_error: bool = False,
 ) -> tuple[Recorder, ModelInfo]:
     """Run ``forward(rec, batch)`` for every batch with the capture hooks installed.
 
@@ -206,6 +228,8 @@ def record(
         with torch.no_grad(), _capture_mode(model, eager="pattern" in kinds and not qk):
             rec = Recorder(model, adapter, info, layer_list, kinds, n_items, dtype, qk=qk)
             try:
+                if saes:  # after the recorder's hooks: the hooked tensor is recorded unspliced
+                    SaeHooks(model, adapter, rec, saes, splice=splice, keep_error=keep_error)
                 hooks = (
                     attention_hooks(model, rec.attention_hooks(), blocks=blocks)
                     if qk and not by_modules
@@ -261,6 +285,9 @@ def capture(
     max_new_tokens: int = 0,
     generate_kwargs: dict[str, Any] | None = None,
     progress: bool | None = None,
+    saes: Any = None,
+    splice: bool = False,
+    keep_error: bool = False,
 ) -> Capture | list[Capture]:
     """Run ``model`` on ``prompts`` and record activations under TransformerLens names.
 
@@ -313,6 +340,18 @@ def capture(
         Extra arguments for ``model.generate``.
     progress
         Show a tqdm progress bar; default: from 16 prompts on.
+    saes
+        Dictionaries (``cb.SAE``, transcoders, SAELens objects; one or a list) to run on the
+        activations they read. Each one's input, sparse feature activations, reconstruction
+        and error are stored next to its hook, e.g.
+        ``blocks.12.hook_resid_post.sae.hook_sae_acts_post`` (see
+        :mod:`circuitboard.capture._saes`); ``cap.saes`` maps hooks to the dictionaries.
+    splice
+        Run the model with each dictionary's reconstruction in place of the activation it
+        reads (default False: dictionaries only read, the model's output is its own).
+    keep_error
+        With ``splice=True``, add the error term back (reconstruction + error), so the output
+        is the model's own again while gradients and edits can go through the features.
 
     Returns
     -------
@@ -385,6 +424,7 @@ def capture(
             "bidirectional encoder. Capture the prompt alone (max_new_tokens=0)."
         )
     _memory.parse_bytes(max_memory)  # validate early
+    sae_list = _parse_saes(saes, splice, keep_error)
     device = execution_device(get_module(model, adapter.embed))
 
     # Tokenize (and generate) first, so the memory estimate sees the final lengths.
@@ -449,6 +489,9 @@ def capture(
                 model, rec, batch, ids_list, lengths, kinds, device, logits_out
             ),
             bar,
+            saes=sae_list,
+            splice=splice,
+            keep_error=keep_error,
         )
     finally:
         if bar is not None:
@@ -467,6 +510,7 @@ def capture(
             tokenizer=tokenizer,
             n_prompt_tokens=n_prompt[i],
             patterns=Patterns(rec.store[i], rec.specs[i]) if rec.qk else None,
+            saes={sae_hook(s): s for s in sae_list},
         )
         for i in range(len(items))
     ]

@@ -26,6 +26,7 @@ from ._causal_trace import causal_trace  # causal tracing (issue 29, second half
 from ._causal_trace_result import CausalTrace, load_causal_trace
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
+from ._feature_patch import FeaturePatching, load_feature_patching  # dictionary features
 from ._generate import Generation, generate
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
@@ -42,6 +43,7 @@ __all__ = [
     "Circuit",
     "DIRECTIONS",
     "Edit",
+    "FeaturePatching",
     "Generation",
     "HEAD_KINDS",
     "KINDS",
@@ -62,6 +64,7 @@ __all__ = [
     "load_ablation",
     "load_circuit",
     "load_path_patching",
+    "load_feature_patching",
     "load_patching",
     "locate",
     "log_prob",

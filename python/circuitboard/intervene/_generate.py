@@ -27,6 +27,7 @@ from ..capture._run import _capture_mode, model_info
 from ..capture._tokens import decode_incremental, tokenize
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import gather_weights, get_module
+from ._feature_sites import merge_clamp
 from ._generation import Generation, Sampling
 from ._steering import Steering, resolve_steering, steering_hooks
 from ._step_capture import _assemble, _prefix_chunk, _StepRecorder
@@ -59,6 +60,7 @@ def generate(
     stop_at_eos: bool = True,
     min_new_tokens: int = 0,
     max_memory: Any = "8GiB",
+    clamp: Any = None,
 ) -> Generation:
     """Generate a continuation, optionally steered, capturing every step with the KV cache.
 
@@ -98,6 +100,11 @@ def generate(
         ``min_new_tokens``; the recorded logits are the model's, unchanged).
     max_memory
         Refuse up front when the capture would exceed this (see :func:`circuitboard.capture`).
+    clamp
+        ``{(sae, feature): value}``: set dictionary features to values at the steered
+        positions, delta-clamped (the residual gets ``decode(clamped) − decode(original)``, so
+        the dictionary's error stays; a feature clamped to its own value changes nothing). For
+        dictionaries on the residual stream; see :mod:`circuitboard.intervene._feature_sites`.
 
     Returns
     -------
@@ -132,6 +139,7 @@ def generate(
             "encoder. Use cb.capture on it instead."
         )
     info = model_info(model, adapter)
+    steer, layer = merge_clamp(steer, layer, clamp, info.n_layers, info.d_model)
     steering = resolve_steering(
         steer, layer, scale, positions, n_layers=info.n_layers, d_model=info.d_model
     )

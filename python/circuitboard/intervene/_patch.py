@@ -66,6 +66,7 @@ def patch(
     ray_address: str | None = None,
     reference: Sequence[str] | None = None,
     seed: int = 0,
+    saes: Any = None,
 ) -> Patching:
     """Patch activations between a clean and a corrupted prompt and measure what comes back.
 
@@ -142,6 +143,11 @@ def patch(
         by side). With ``corrupted="mean"`` (``direction="noise"``): each site takes its
         per-position mean over ``reference``; 0 is the reference prompts' mean metric.
 
+    saes
+        With ``site="features"``: the dictionary (``cb.SAE``) whose features are patched, each
+        at every position with the error term kept; returns a
+        :class:`~circuitboard.intervene._feature_patch.FeaturePatching` (``method`` "exact" or
+        "attribution"; one pair).
     Returns
     -------
     Patching
@@ -191,6 +197,15 @@ def patch(
     >>> bool((one.values == two.values).all()), two.pair_values.shape
     (True, (4, 2, 4))
     """
+    if site == "features" or saes is not None:
+        if site != "features":
+            raise ValueError(f"saes= goes with site='features'; got site={site!r}.")
+        from ._feature_patch import patch_features
+
+        return patch_features(  # type: ignore[return-value]
+            model, tokenizer, clean, corrupted, saes=saes, answer=answer, wrong=wrong,
+            metric=metric, method=method, direction=direction, batch_size=batch_size or 32,
+        )  # fmt: skip
     _check_choice(site, SITES, "site")
     _check_choice(method, METHODS, "method")
     _check_choice(direction, DIRECTIONS, "direction")

@@ -11,6 +11,7 @@ from ._compare import CompareView, compare_view
 from ._composition import CompositionView, composition_view  # issue 29
 from ._dashboard import NeuronDashboard
 from ._experiments import ExperimentsBrowser, ExperimentsView, experiments  # issue 29
+from ._features import FeaturesView, feature_dashboard, features  # dictionary features
 from ._generation import GenerationView, generation_view
 from ._lens import LogitLensView
 from ._link import Link
@@ -32,6 +33,7 @@ __all__ = [
     "CompositionView",
     "ExperimentsBrowser",
     "ExperimentsView",
+    "FeaturesView",
     "GenerationView",
     "Link",
     "LogitAttributionView",
@@ -52,6 +54,8 @@ __all__ = [
     "decode",
     "encode",
     "experiments",
+    "feature_dashboard",
+    "features",
     "generation_view",
     "link",
     "patching_view",

@@ -83,8 +83,15 @@ def lens_checks(state: dict[str, Any]) -> list[Check]:
     ]
 
 
+def _feature_checks(state: dict[str, Any]) -> list[Check]:
+    from ._features import feature_checks  # dictionary features
+
+    return feature_checks(state)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], list[Check]]] = {
     "attribution": attribution_checks,
+    "features": _feature_checks,
     "lens": lens_checks,
 }
 

@@ -8,7 +8,7 @@ import traitlets
 
 from ._bundle import Base
 
-SELECTION_KEYS = ("layer", "head", "token", "neuron", "prompt")
+SELECTION_KEYS = ("layer", "head", "token", "neuron", "prompt", "dictionary", "feature")
 
 
 def complete_selection(values: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +57,10 @@ class Link(Base):
     """Selected MLP neuron index within ``layer``, or None."""
     prompt = traitlets.Int(0).tag(sync=True)
     """Index of the prompt shown, for views over several prompts."""
+    dictionary = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+    """The hook the selected feature's dictionary reads (``blocks.12.hook_resid_post``)."""
+    feature = traitlets.Int(None, allow_none=True).tag(sync=True)
+    """Selected dictionary feature index within ``dictionary``, or None."""
     hover_token = traitlets.Int(None, allow_none=True).tag(sync=True)
     """Token under the pointer; set in the browser, reaches Python only with the next click."""
 
@@ -84,6 +88,14 @@ class Link(Base):
                 f"expected some of {list(SELECTION_KEYS)}."
             )
         for k, v in values.items():
+            if k == "dictionary":
+                if v is not None and not isinstance(v, str):
+                    raise TypeError(
+                        f"selection 'dictionary' is the hook a dictionary reads (a str); got "
+                        f"{v!r}. Example: "
+                        "select(dictionary='blocks.12.hook_resid_post', feature=3)."
+                    )
+                continue
             if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__")):
                 raise TypeError(
                     f"selection values are ints or None; got {k}={v!r}. "
@@ -92,4 +104,4 @@ class Link(Base):
         values = complete_selection(values)
         with self.hold_sync():
             for k, v in values.items():
-                setattr(self, k, None if v is None else int(v))
+                setattr(self, k, v if v is None or k == "dictionary" else int(v))

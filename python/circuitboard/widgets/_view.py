@@ -142,7 +142,8 @@ class View(Base):
             for k in _MIRRORED:
                 if k in values and getattr(self.link, k) != values[k]:
                     v = values[k]
-                    setattr(self.link, k, None if v is None else int(v))
+                    # the dictionary of a feature selection is a hook name, the rest ints
+                    setattr(self.link, k, v if v is None or k == "dictionary" else int(v))
 
     def _on_link_swap(self, change: Any) -> None:
         if self._via_kernel:

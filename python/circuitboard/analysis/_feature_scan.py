@@ -1,0 +1,159 @@
+"""Dictionary features in the corpus scan: a reader that hands :func:`scan_texts` feature
+activations instead of MLP neurons, and the features' direct logit effects.
+
+``cb.top_activations(model, tok, texts, features=(sae, ids))`` runs the same plan as for
+neurons (the same batches, running top-k, histograms and moments, mergeable across shards and
+engines); only what is read differs: the dictionary encodes the activation at its hook and the
+selected features' columns are kept. The forward stops right after the hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def feature_selection(features: Any) -> tuple[Any, list[int]]:
+    """``features=(sae, ids)`` checked: the dictionary and its feature indices (``ids`` None:
+    every feature)."""
+    if not (isinstance(features, tuple | list) and len(features) == 2):
+        raise TypeError(
+            f"features= takes (sae, ids), e.g. features=(sae, [3, 17]) or (sae, None) for all; "
+            f"got {features!r}."
+        )
+    sae, ids = features
+    d_sae = int(getattr(sae, "d_sae", 0))
+    if ids is None:
+        ids = list(range(d_sae))
+    elif isinstance(ids, int | np.integer):
+        ids = [int(ids)]
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= int(i) < d_sae:
+            raise IndexError(
+                f"feature index {i!r} is out of range for a dictionary of d_sae={d_sae}; use "
+                f"0..{d_sae - 1}."
+            )
+        out.append(int(i))
+    return sae, list(dict.fromkeys(out))
+
+
+class FeatureReader:
+    """Reads the selected features of one dictionary (same interface as the neuron reader)."""
+
+    def __init__(self, model: Any, sae: Any, ids: Sequence[int]) -> None:
+        from ..capture._saes import locate_hook, sae_hook
+        from ..capture.adapters import get_adapter
+
+        adapter = get_adapter(model)
+        self.model, self.sae = model, sae
+        self.point = locate_hook(model, adapter, sae_hook(sae), adapter.n_blocks(model))
+        self.ids = list(ids)
+        self.got: Any = None
+        self.handle: Any = None
+
+    def __enter__(self) -> FeatureReader:
+        import torch
+
+        from ..capture._saes import _register
+        from ._neuron_scan import _Stop
+
+        idx = torch.tensor(self.ids)
+        ref = next(self.sae.parameters())
+
+        def read(x: Any) -> None:
+            flat = x.reshape(*x.shape[:2], -1).to(device=ref.device, dtype=ref.dtype)
+            acts = self.sae.encode(flat)
+            self.got = acts[..., idx.to(acts.device)].detach().to("cpu", torch.float32)
+            raise _Stop  # nothing after the hook is needed
+
+        self.handle = _register(self.point, read)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def run(self, rows: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
+        """``(acts [B, T, n] float32, ids [B, T], lens [B])`` of right-padded ``rows``."""
+        import torch
+
+        from ._neuron_scan import _Stop
+
+        lens = torch.tensor([len(r) for r in rows])
+        T = int(lens.max())
+        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : lens[b]] = torch.tensor(r)
+            mask[b, : lens[b]] = 1
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            try:
+                self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            except _Stop:
+                pass
+        return self.got, ids, lens
+
+
+def feature_directions(
+    model: Any, sae: Any, ids: Sequence[int], *, through_norm: bool = True
+) -> Any:
+    """``[n, d_model]`` float64 decoder rows ``W_dec[f]`` as the unembedding sees them (times the
+    final norm's weight, centred for LayerNorm), for dictionaries that write the residual
+    stream or an MLP / attention output; ``mlp.hook_post`` dictionaries go through ``W_out``."""
+    import torch
+
+    from ..capture._saes import sae_hook_out
+    from ._features import decoder_matrix
+    from ._mlp_parts import _final_norm, _w_out, mlp_out_proj
+
+    W_dec, _ = decoder_matrix(sae)
+    d = W_dec[list(ids)]
+    hook = sae_hook_out(sae)
+    if hook.endswith("mlp.hook_post"):
+        layer = int(hook.split(".")[1])
+        d = d @ _w_out(mlp_out_proj(model, layer)).to("cpu", torch.float64)
+    if through_norm:
+        found = _final_norm(model)
+        if found is not None:
+            mod, kind = found
+            if kind == "layernorm":
+                d = d - d.mean(-1, keepdim=True)
+            w = getattr(mod, "weight", None)
+            if w is not None:
+                w = w.detach().to("cpu", torch.float64)
+                d = d * (1.0 + w if kind == "gemma_rmsnorm" else w)
+    return d
+
+
+def feature_logit_effects(
+    model: Any, sae: Any, ids: Sequence[int], *, k: int = 12, through_norm: bool = True
+) -> dict[str, np.ndarray]:
+    """Tokens each feature directly promotes / suppresses: ``W_dec[f] (· w_norm) @ W_U``."""
+    from ._mlp_parts import _unembed
+
+    W_U = _unembed(model)
+    k = min(int(k), W_U.shape[0])
+    out: dict[str, list] = {
+        key: [] for key in ("promoted_ids", "promoted", "suppressed_ids", "suppressed")
+    }
+    ids = list(ids)
+    for s in range(0, len(ids), 256):
+        dirs = feature_directions(model, sae, ids[s : s + 256], through_norm=through_norm)
+        eff = dirs.float() @ W_U.T
+        pv, pi = eff.topk(k, dim=1)
+        sv, si = (-eff).topk(k, dim=1)
+        out["promoted_ids"].append(pi)
+        out["promoted"].append(pv)
+        out["suppressed_ids"].append(si)
+        out["suppressed"].append(-sv)
+    import torch
+
+    return {
+        key: torch.cat(v).numpy().astype(np.int64 if key.endswith("ids") else np.float32)
+        for key, v in out.items()
+    }

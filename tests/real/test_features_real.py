@@ -1,0 +1,53 @@
+"""Dictionaries on the default model: splicing with the error term keeps the model's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitboard as cb
+
+from ..unit.sae_helpers import ReluSAE
+
+pytestmark = pytest.mark.real
+
+IOI = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_splice_with_error_equals_plain_forward(default_model):
+    model, tok = default_model
+    saes = [ReluSAE(576, 2048, f"blocks.{layer}.hook_resid_post", seed=layer) for layer in (3, 12)]
+    plain = cb.capture(model, tok, IOI, what=["logits"], dtype=torch.float32)
+    kept = cb.capture(
+        model, tok, IOI, what=["logits"], saes=saes, splice=True, keep_error=True,
+        dtype=torch.float32,
+    )  # fmt: skip
+    torch.testing.assert_close(kept.logits, plain.logits, atol=1e-5, rtol=0)
+
+
+def test_dla_with_features_sums_to_the_logit_difference(default_model):
+    model, tok = default_model
+    sae = ReluSAE(576, 2048, "blocks.12.hook_resid_post", seed=12)
+    cap = cb.capture(model, tok, IOI, saes=sae, dtype=torch.float32)
+    attr = cb.direct_logit_attribution(cap, " Mary", " John", saes=True)
+    split = attr.features(12)
+    assert abs(split.total - attr.model_value) <= 1e-5 * abs(attr.model_value)
+
+
+def test_feature_patching_identity_and_clamp_identity(default_model):
+    model, tok = default_model
+    sae = cb.SAE(576, 2048, kind="topk", k=32, hook="blocks.10.hook_resid_post", seed=10)
+    corrupt = IOI.replace("John gave", "Mary gave")
+    res = cb.patch(model, tok, IOI, corrupt, answer=" Mary", wrong=" John", site="features",
+                   saes=sae, method="attribution")  # fmt: skip
+    span = res.clean_value - res.corrupted_value
+    assert abs(res.all_and_error - res.whole) * abs(span) <= 1e-4
+    assert abs(res.whole - 1.0) * abs(span) <= 1e-4
+    cap = cb.capture(model, tok, IOI, saes=sae, dtype=torch.float32)
+    acts = cap[f"{sae.hook}.sae.hook_sae_acts_post"].to_dense()
+    p = cap.n_tokens - 1
+    f = int(acts[p].argmax())
+    plain = cb.generate(model, tok, IOI, max_new_tokens=1)
+    same = cb.generate(model, tok, IOI, max_new_tokens=1, clamp={(sae, f): float(acts[p, f])},
+                       positions=[p])  # fmt: skip
+    assert torch.equal(same.capture.logits, plain.capture.logits)
