@@ -71,6 +71,9 @@ _LAZY = {
     "SAE": "circuitboard.dictionaries",
     "TranscoderSet": "circuitboard.dictionaries",
     "load_sae": "circuitboard.dictionaries",
+    "evaluate_sae": "circuitboard.dictionaries",
+    "train_sae": "circuitboard.dictionaries",
+    "fit_sae": "circuitboard.dictionaries",
 }
 
 
@@ -113,8 +116,10 @@ __all__ = [
     "compare",
     "compare_view",
     "direct_logit_attribution",
+    "evaluate_sae",
     "explain_attention",
     "explain_head_output",
+    "fit_sae",
     "from_transformer_lens",
     "generate",
     "generation_view",
@@ -139,4 +144,5 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    "train_sae",
 ]

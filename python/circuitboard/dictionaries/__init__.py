@@ -6,9 +6,11 @@ widgets or export at module level. Hooks are plain capture-name strings; callers
 activations.
 """
 
+from ._evaluate import evaluate_sae
 from ._formats import detect_format, from_sae_lens, load_sae, save_sae
 from ._hooknames import to_capture_name
 from ._sae import KINDS, SAE, CrossLayerTranscoder, SAEOutput, TranscoderSet
+from ._train import fit_sae, train_sae
 
 __all__ = [
     "KINDS",
@@ -17,8 +19,11 @@ __all__ = [
     "SAEOutput",
     "TranscoderSet",
     "detect_format",
+    "evaluate_sae",
+    "fit_sae",
     "from_sae_lens",
     "load_sae",
     "save_sae",
     "to_capture_name",
+    "train_sae",
 ]
