@@ -9,6 +9,7 @@ unit mean norm while training; :meth:`Trainee.to_sae` folds the scale back into 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +39,17 @@ class Spec:
 
 
 def _csr(rows_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
-    return torch.sparse_csr_tensor(rows_ptr, cols, vals, size=shape, check_invariants=False)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": it is exact here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(rows_ptr, cols, vals, size=shape, check_invariants=False)
 
 
 def _coo_t(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
     """The transpose ``[d_sae, B]`` of a sparse ``[B, d_sae]`` matrix, as COO."""
     idx = torch.stack([cols, rows])
-    return torch.sparse_coo_tensor(idx, vals, (shape[1], shape[0]), is_coalesced=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_coo_tensor(idx, vals, (shape[1], shape[0]), is_coalesced=False)
 
 
 class Trainee:
