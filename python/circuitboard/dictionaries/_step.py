@@ -56,8 +56,12 @@ class Trainee:
     """Parameters (``enc [d_sae, d_in]``, ``b_enc``, ``dec [d_sae, d_out]``, ``b_dec``, optional
     ``skip [d_out, d_in]``), their Adam state and the dead-latent counters of one dictionary."""
 
-    def __init__(self, spec: Spec, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    def __init__(
+        self, spec: Spec, x: torch.Tensor, y: torch.Tensor, seed: int, device: Any = None
+    ) -> None:
         self.spec = spec
+        self.device = torch.device(device or "cpu")
+        x, y = x.float(), y.float()
         # scale factors from the first buffer: inputs and targets of unit mean norm
         self.c_in = float(1.0 / x.norm(dim=-1).mean().clamp_min(1e-12))
         self.c_out = float(1.0 / y.norm(dim=-1).mean().clamp_min(1e-12))
@@ -68,16 +72,19 @@ class Trainee:
             enc = torch.randn(spec.d_sae, spec.d_in, generator=gen) / math.sqrt(spec.d_in)
         else:
             enc = dec.clone()
-        self.enc = enc.requires_grad_()
-        self.b_enc = torch.zeros(spec.d_sae).requires_grad_()
-        self.dec = dec.requires_grad_()
-        self.b_dec = (y * self.c_out).mean(0).clone().requires_grad_()  # the data mean
-        self.skip = torch.zeros(spec.d_out, spec.d_in).requires_grad_() if spec.skip else None
+        dv = self.device  # initialised on CPU (same numbers everywhere), trained on the device
+        self.enc = enc.to(dv).requires_grad_()
+        self.b_enc = torch.zeros(spec.d_sae, device=dv).requires_grad_()
+        self.dec = dec.to(dv).requires_grad_()
+        self.b_dec = (y * self.c_out).mean(0).to(dv).requires_grad_()  # the data mean
+        self.skip = (
+            torch.zeros(spec.d_out, spec.d_in, device=dv).requires_grad_() if spec.skip else None
+        )
         self.params = [
             p for p in (self.enc, self.b_enc, self.dec, self.b_dec, self.skip) if p is not None
         ]
         self.opt = torch.optim.Adam(self.params, lr=spec.lr, betas=(0.9, 0.999), eps=6.25e-10)
-        self.since_fired = torch.zeros(spec.d_sae, dtype=torch.long)
+        self.since_fired = torch.zeros(spec.d_sae, dtype=torch.long, device=dv)
         self.threshold = -1.0  # BatchTopK's running threshold (training units); -1: unset
 
     # -- state for checkpoints ----------------------------------------------------------------
@@ -89,7 +96,8 @@ class Trainee:
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in st:
                     tensors[f"{prefix}.adam.{n}.{key}"] = st[key].clone()
-        tensors[f"{prefix}.since_fired"] = self.since_fired.clone()
+        tensors[f"{prefix}.since_fired"] = self.since_fired.cpu().clone()
+        tensors = {k: v.detach().cpu() for k, v in tensors.items()}
         step = next((float(s["step"]) for s in self.opt.state.values() if "step" in s), 0.0)
         info = {
             "c_in": self.c_in,
@@ -105,15 +113,15 @@ class Trainee:
         names = ["enc", "b_enc", "dec", "b_dec"] + (["skip"] if self.skip is not None else [])
         with torch.no_grad():
             for n in names:
-                getattr(self, n).copy_(tensors[f"{prefix}.{n}"])
+                getattr(self, n).copy_(tensors[f"{prefix}.{n}"].to(self.device))
         for n, p in zip(names, self.params, strict=True):
             if f"{prefix}.adam.{n}.exp_avg" in tensors:
                 self.opt.state[p] = {
                     "step": torch.tensor(info["adam_step"]),
-                    "exp_avg": tensors[f"{prefix}.adam.{n}.exp_avg"].clone(),
-                    "exp_avg_sq": tensors[f"{prefix}.adam.{n}.exp_avg_sq"].clone(),
+                    "exp_avg": tensors[f"{prefix}.adam.{n}.exp_avg"].to(self.device),
+                    "exp_avg_sq": tensors[f"{prefix}.adam.{n}.exp_avg_sq"].to(self.device),
                 }
-        self.since_fired = tensors[f"{prefix}.since_fired"].clone()
+        self.since_fired = tensors[f"{prefix}.since_fired"].to(self.device)
         self.c_in, self.c_out, self.threshold = info["c_in"], info["c_out"], info["threshold"]
 
     # -- one step -------------------------------------------------------------------------------
@@ -125,20 +133,21 @@ class Trainee:
             vals, idx = pre.topk(k, dim=-1, sorted=False)
             idx, order = idx.sort(dim=-1)
             vals = vals.gather(1, order)
-            ptr = torch.arange(0, B * k + 1, k)
+            ptr = torch.arange(0, B * k + 1, k, device=pre.device)
             return ptr, idx.reshape(-1), vals.reshape(-1)
         flat = pre.reshape(-1)  # batchtopk: the k * B largest over the whole batch
         _, fi = flat.topk(k * B, sorted=False)
         fi = fi.sort().values
         rows = torch.div(fi, n, rounding_mode="floor")
-        ptr = torch.zeros(B + 1, dtype=torch.long)
+        ptr = torch.zeros(B + 1, dtype=torch.long, device=pre.device)
         ptr[1:] = torch.bincount(rows, minlength=B).cumsum(0)
         return ptr, fi - rows * n, flat[fi]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict[str, float]:
         """One Adam step on a batch ``x [B, d_in]`` → ``y [B, d_out]`` (raw units)."""
         s = self.spec
-        B, n = x.shape[0], s.d_sae
+        B, n, dv = x.shape[0], s.d_sae, self.device
+        x, y = x.to(dv, torch.float32), y.to(dv, torch.float32)
         with torch.no_grad():
             xs, ys = x * self.c_in, y * self.c_out
             enc, dec, b_dec = self.enc.detach(), self.dec.detach(), self.b_dec.detach()
@@ -146,7 +155,7 @@ class Trainee:
             pre = torch.addmm(self.b_enc.detach(), xc, enc.T)
             ptr, cols, vals = self._select(pre)
             acts = vals.clamp_min(0)
-            rows = torch.repeat_interleave(torch.arange(B), ptr.diff())
+            rows = torch.repeat_interleave(torch.arange(B, device=dv), ptr.diff())
             recon = _csr(ptr, cols, acts, (B, n)) @ dec + b_dec
             if self.skip is not None:
                 recon = recon + xs @ self.skip.detach().T
@@ -161,7 +170,7 @@ class Trainee:
             g_act = torch.sparse.sampled_addmm(pattern, g_recon, dec.T, beta=0.0).values()
             g_pre = g_act * (vals > 0)
             g_enc = torch.sparse.mm(_coo_t(rows, cols, g_pre, (B, n)), xc)
-            g_b_enc = torch.zeros(n).index_add_(0, cols, g_pre)
+            g_b_enc = torch.zeros(n, device=dv).index_add_(0, cols, g_pre)
 
             # AuxK: the dead latents' top pre-activations explain what the live ones missed
             dead = self.since_fired > s.dead_tokens
@@ -176,8 +185,8 @@ class Trainee:
                 va = va.gather(1, order).reshape(-1)
                 ia = ia.reshape(-1)
                 a_aux = va.clamp_min(0)
-                ptr_a = torch.arange(0, B * k_aux + 1, k_aux)
-                rows_a = torch.repeat_interleave(torch.arange(B), k_aux)
+                ptr_a = torch.arange(0, B * k_aux + 1, k_aux, device=dv)
+                rows_a = torch.repeat_interleave(torch.arange(B, device=dv), k_aux)
                 e_hat = _csr(ptr_a, ia, a_aux, (B, n)) @ dec
                 diff = e_hat + err  # e_hat should equal the residual -err
                 aux = float(diff.pow(2).sum() / total_var) * scale
@@ -203,7 +212,7 @@ class Trainee:
         self.opt.step()
         with torch.no_grad():
             self.dec /= self.dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            fired = torch.zeros(n, dtype=torch.bool)
+            fired = torch.zeros(n, dtype=torch.bool, device=dv)
             fired[cols[acts > 0]] = True
             self.since_fired += B
             self.since_fired[fired] = 0
@@ -244,4 +253,5 @@ class Trainee:
                 W_skip=None if self.skip is None else self.skip * (ci / co),
                 center_input=not s.transcoder,
                 metadata=metadata,
+                device=self.device,
             )

@@ -230,6 +230,7 @@ def fit_sae(
         return _fit(
             fetch, sizes, [hook], [hook_out], ["x", "y"] if y is not None else ["x"],
             keep=False, single=True, model_name=None, keys=keys, d_sae=d_sae, k=k, kind=kind,
+            device=x.device,
             skip=skip, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
             dead_tokens=dead_tokens, progress=progress,
             checkpoint=None if checkpoint is None else Path(checkpoint),
@@ -268,7 +269,11 @@ def _run(model, tokenizer, texts, hooks, outs, reads, *, single, **o) -> Any:  #
 
     sizes = [b.shape[0] * per_window for b in buffers]
     name = getattr(getattr(model, "config", None), "_name_or_path", None)
-    return _fit(fetch, sizes, hooks, outs, reads, keep=keep, single=single, model_name=name, **o)
+    device = next(model.parameters()).device  # train where the model runs (CUDA or CPU)
+    return _fit(
+        fetch, sizes, hooks, outs, reads, keep=keep, single=single, model_name=name,
+        device=device, **o,
+    )  # fmt: skip
 
 
 def _fit(fetch, sizes, hooks, outs, reads, *, keep, single, model_name, **o) -> Any:  # noqa: ANN001
@@ -300,7 +305,9 @@ def _fit(fetch, sizes, hooks, outs, reads, *, keep, single, model_name, **o) -> 
                 dead_tokens=o["dead_tokens"] or min(10_000_000, max(B, total * B // 4)),
                 key_in=key_in, key_out=key_out,
             )  # fmt: skip
-            ts.append(Trainee(spec, x[: B * 4], y[: B * 4], seed=seed + 7919 * j))
+            ts.append(
+                Trainee(spec, x[: B * 4], y[: B * 4], seed=seed + 7919 * j, device=o.get("device"))
+            )
         return ts
 
     bar = None
