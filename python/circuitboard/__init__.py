@@ -74,6 +74,8 @@ _LAZY = {
     "evaluate_sae": "circuitboard.dictionaries",
     "train_sae": "circuitboard.dictionaries",
     "fit_sae": "circuitboard.dictionaries",
+    "load_default_saes": "circuitboard.dictionaries",
+    "load_default_transcoder": "circuitboard.dictionaries",
 }
 
 
@@ -129,6 +131,8 @@ __all__ = [
     "load_circuit",
     "load_corpus",
     "load_default_model",
+    "load_default_saes",
+    "load_default_transcoder",
     "load_default_vision_model",
     "load_patching",
     "load_sae",
