@@ -91,7 +91,7 @@ def run(shape: str, tokens: int, layers: int | None = None) -> tuple[list[dict[s
         _memory.estimate(
             info, [cap.n_tokens], info.n_layers, kinds, torch.bfloat16, qk_dtype=torch.bfloat16
         ).values()
-    )
+    ) + _memory.forward_bytes(info, cap.n_tokens, torch.bfloat16)
     stored = sum(t.numel() * t.element_size() for t in cap.tensors.values())
     if cap.logits is not None:
         stored += cap.logits.numel() * cap.logits.element_size()
@@ -137,7 +137,8 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any], shape: str) -> str:
     cap = next(r for r in rows if r["step"].startswith("capture"))
     out += [
         "",
-        f"Capture's up-front estimate: {meta['estimate'] / GIB:.2f} GiB; stored: "
+        f"Capture's up-front estimate (stored + the forward's logits): "
+        f"{meta['estimate'] / GIB:.2f} GiB; stored: "
         f"{meta['stored'] / GIB:.2f} GiB; measured added peak: {cap['added'] / GIB:.2f} GiB.",
     ]
     return "\n".join(out)

@@ -174,6 +174,20 @@ def estimate(
     return out
 
 
+def forward_bytes(info: Any, batch_tokens: int, model_dtype: torch.dtype) -> float:
+    """Bytes a capture's forward holds for a moment beyond what it stores: the batch's logits
+    in the model's dtype and their float32 copy on the way to storage (at 151,936 tokens of
+    vocabulary the logits dwarf every per-layer activation).
+
+    >>> from circuitboard.capture import ModelInfo
+    >>> info = ModelInfo("llama", "m", 2, 4, 2, 32, 8, 64, 100, "rmsnorm")
+    >>> forward_bytes(info, 10, torch.bfloat16)
+    6000.0
+    """
+    item = torch.empty((), dtype=model_dtype).element_size()
+    return float(batch_tokens * info.d_vocab * (item + 4))
+
+
 def _neurons_per_token(info: Any) -> int:
     """MLP neurons stored per token and layer: every expert's (and the shared expert's) for
     mixture-of-experts models, which also store router logits, indices and weights."""

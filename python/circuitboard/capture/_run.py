@@ -457,6 +457,9 @@ def capture(
         has_pos_embed=adapter.pos_embed is not None,
         qk_dtype=model_dtype if qk_ok or by_modules else None,
     )
+    if "logits" in kinds:  # held while the forward runs, not stored
+        batch = max(max(lengths), min(sum(lengths), BATCH_TOKENS))
+        est["forward (transient)"] = _memory.forward_bytes(info, batch, model_dtype)
     _memory.check(est, max_memory, len(items), len(layer_list))
 
     show = progress if progress is not None else len(items) >= PROGRESS_FROM
