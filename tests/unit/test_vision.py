@@ -34,6 +34,7 @@ def test_capture_is_exactly_the_models_forward(vit: Any, caps: list[Any]) -> Non
     for i, cap in enumerate(caps):
         assert cap.tokens == ["CLS", "0,0", "0,1", "1,0", "1,1"]
         assert cap.image["grid"] == [2, 2] and cap.image["patch"] == 4
+        assert cap.info.compute_dtype == "float32"  # the embedding is a container of parameters
         # CLS row: the model's own output (eager vs fast attention kernel: float error only)
         torch.testing.assert_close(cap.logits[0], plain[i], rtol=0, atol=1e-6)
         np.testing.assert_array_equal(cap.image["pixels"].numpy(), _images()[i])

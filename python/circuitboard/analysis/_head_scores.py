@@ -132,11 +132,14 @@ def scores_from_capture(cap: Any, layers: list[int] | None = None) -> dict[str, 
         for a, p in cap.pattern_rows(layer):
             masks = _score_masks(ids, a, a + p.shape[1])
             for name, m in masks.items():
-                # per row q: p[:, q] . m[q], as a batched matmul (no [H, rows, n] temporary)
-                mass = torch.matmul(p.transpose(0, 1), m.float()[:, :, None])[..., 0]  # [rows, H]
-                total[name] = total.get(name, 0) + mass.sum(0)
+                # per head and row q: p[h, q] . m[q], as batched dot products over p[h]'s own
+                # contiguous rows: no [H, rows, n] temporary (a transposed p would be copied)
+                mf = m.float()[:, :, None]
+                mass = torch.stack([torch.bmm(p[h][:, None, :], mf).sum() for h in range(len(p))])
+                total[name] = total.get(name, 0) + mass
                 if li == 0:
                     counts[name] += int(m.any(-1).sum())
+            del p, masks  # before the next chunk is computed (see Patterns.rows)
         rows.append(total)
     out = {}
     for name in SCORES:

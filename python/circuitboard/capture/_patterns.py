@@ -181,6 +181,9 @@ class Patterns:
             if e > s:
                 out[:, :, s - ka : e - ka] = w[:, :, s - lo : e - lo]
             yield a, out
+            # drop this chunk before computing the next: its buffers would otherwise stay alive
+            # (bound here) next to the new chunk's scores and softmax, one more chunk of peak
+            del w, out
 
     def pattern(
         self,

@@ -36,10 +36,20 @@ def model_info(model: Any, adapter: Adapter) -> ModelInfo:
         causal=adapter.causal,
         source=json.dumps(getattr(cfg, "circuitboard_source", None) or {}, sort_keys=True),
         pre_norm=adapter.pre_norm,
-        compute_dtype=str(get_module(model, adapter.embed).weight.dtype).removeprefix("torch."),
+        compute_dtype=compute_dtype(get_module(model, adapter.embed)),
         **dims,
         **attention_info(model, adapter),
     )
+
+
+def compute_dtype(module: Any) -> str | None:
+    """The dtype ``module`` computes in, from its first floating-point parameter (an image
+    model's embedding is a container: patch projection, class token, positions), e.g.
+    ``"bfloat16"``; None when it has none."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return None
 
 
 def attention_info(model: Any, adapter: Adapter) -> dict[str, Any]:
