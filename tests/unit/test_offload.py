@@ -101,3 +101,16 @@ def test_offloaded_weights_stay_on_disk(pair: Any, tmp_path: Path) -> None:
     cb.capture(offloaded, tok, CLEAN, dtype=torch.float32)
     still = [n for n, p in offloaded.named_parameters() if p.device.type == "meta"]
     assert any("layers.1" in n for n in still)
+
+
+def test_a_model_split_without_dispatch_is_refused_with_the_fix() -> None:
+    """Parameters on two devices with nothing to move activations between them (here: one
+    layer left on the meta device, as a failed manual split leaves it)."""
+    model, tok = tiny_llama()
+    model.model.layers[1].to_empty(device="meta")
+    for call in (
+        lambda: cb.capture(model, tok, CLEAN),
+        lambda: cb.patch(model, tok, CLEAN, CORRUPTED, answer=" Mary", wrong=" John"),
+    ):
+        with pytest.raises(ValueError, match=r"sit on cpu and meta .*device_map='auto'"):
+            call()

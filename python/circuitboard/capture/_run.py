@@ -18,7 +18,7 @@ from ._patterns import Patterns
 from ._saes import SaeHooks, sae_hook
 from ._tokens import decode_incremental, tokenize
 from .adapters import Adapter, get_adapter
-from .adapters._base import execution_device, gather_weights, get_module
+from .adapters._base import check_placement, execution_device, gather_weights, get_module
 
 DEFAULT_MAX_MEMORY = "8GiB"
 BATCH_TOKENS = 4096  # padded tokens per forward pass, whatever batch_size says
@@ -435,6 +435,7 @@ def capture(
         )
     _memory.parse_bytes(max_memory)  # validate early
     sae_list = _parse_saes(saes, splice, keep_error)
+    check_placement(model)
     device = execution_device(get_module(model, adapter.embed))
 
     # Tokenize (and generate) first, so the memory estimate sees the final lengths.

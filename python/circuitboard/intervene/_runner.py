@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from ..capture.adapters import get_adapter
-from ..capture.adapters._base import execution_device, get_module
+from ..capture.adapters._base import check_placement, execution_device, get_module
 from ._hooks import Edit, check_applied, write_hooks
 from ._metric import Metric, evaluate
 from ._sites import Site
@@ -84,6 +84,7 @@ class Runner:
         self.model = model
         self.adapter = get_adapter(model)
         self.info = model_info(model, self.adapter)
+        check_placement(model)
         self.device = execution_device(get_module(model, self.adapter.embed))
         self.n_layers = self.adapter.n_blocks(model)
         self.image = self.adapter.modality == "image"

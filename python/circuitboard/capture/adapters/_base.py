@@ -42,6 +42,34 @@ def execution_device(module: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def check_placement(model: Any) -> None:
+    """Refuse a model whose parameters sit on several devices (or on the meta device) without
+    accelerate's dispatch hooks to move activations between them: its forward would fail (or
+    run on placeholders) somewhere deep inside, and analyses could not read its weights.
+
+    Examples
+    --------
+    >>> check_placement(torch.nn.Linear(2, 2))
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, device="meta"))
+    >>> check_placement(m)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: the model's parameters sit on cpu and meta ...
+    """
+    devices = {str(p.device) for p in model.parameters()}
+    if len(devices) < 2 and "meta" not in devices:
+        return
+    if any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return  # dispatched by accelerate: its hooks move weights and activations
+    where = " and ".join(sorted(devices))
+    raise ValueError(
+        f"the model's parameters sit on {where} with nothing to move activations between them "
+        "(meta parameters hold no weights at all). Load it with "
+        "from_pretrained(..., device_map='auto', max_memory={...}) so accelerate dispatches it "
+        "(layers on several GPUs, the CPU or disk all work), or move it whole with "
+        "model.to(device)."
+    )
+
+
 def cfg_get(config: Any, *names: str, default: Any = None) -> Any:
     """The first of ``names`` that the config sets to a non-None value."""
     for n in names:
