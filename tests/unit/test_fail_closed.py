@@ -242,3 +242,34 @@ def test_every_loader_fails_closed(kind: str, good_files: dict[str, Path], tmp_p
             err.value.__cause__, cb.CircuitboardFileError
         ), what
     assert not marker.exists(), "a loader executed a pickled object"
+
+
+def test_dictionary_loading_fails_closed(tmp_path: Path) -> None:
+    """SAE.load reads other tools' folders: damaged ones are refused the same way, and a
+    pickle dressed as safetensors is never executed."""
+    sae = cb.SAE(8, 16, kind="topk", k=2, hook="blocks.0.hook_resid_post")
+    good = Path(sae.save(tmp_path / "good"))
+    weights = next(good.glob("*.safetensors"))
+    marker = tmp_path / "marker"
+    with pytest.raises(FileNotFoundError, match="no dictionary at that path"):
+        cb.SAE.load(tmp_path / "missing")
+    bad = tmp_path / "random.bin"
+    bad.write_bytes(np.random.default_rng(0).bytes(64))
+    with pytest.raises(cb.CircuitboardFileError, match="not a dictionary circuitboard reads"):
+        cb.SAE.load(bad)
+    for cut in (0.0, 0.3, 0.9):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        for f in good.iterdir():
+            data = f.read_bytes()
+            (folder / f.name).write_bytes(data[: int(len(data) * cut)] if f == weights else data)
+        with pytest.raises(cb.CircuitboardFileError, match="not a dictionary circuitboard reads"):
+            cb.SAE.load(folder)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for f in good.iterdir():
+        (evil / f.name).write_bytes(f.read_bytes())
+    _pickle_zip(evil / weights.name, marker)
+    with pytest.raises(cb.CircuitboardFileError, match="not a dictionary circuitboard reads"):
+        cb.SAE.load(evil)
+    assert not marker.exists()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .._errors import CircuitboardFileError, MissingCircuitboardFile
 from ._hooknames import to_capture_name
 from ._sae import SAE, CrossLayerTranscoder, TranscoderSet
 
@@ -161,7 +162,17 @@ def load_sae(
         raise TypeError(
             f"expected a folder path, a config file or a sae_lens SAE; got {type(path).__name__}."
         )
-    path = Path(path).expanduser()
+    try:
+        return _load_path(Path(path).expanduser(), device, dtype, hook)
+    except CircuitboardFileError:
+        raise
+    except FileNotFoundError as e:
+        raise MissingCircuitboardFile(f"no dictionary at that path: {e}") from None
+    except (ValueError, KeyError, OSError) as e:  # a file, not a caller's mistake
+        raise CircuitboardFileError(f"not a dictionary circuitboard reads: {e}") from None
+
+
+def _load_path(path: Path, device: Any, dtype: Any, hook: str | None) -> Any:
     fmt = detect_format(path)
     if fmt == "saelens":
         out: Any = _load_saelens(path if path.is_dir() else path.parent, hook)
