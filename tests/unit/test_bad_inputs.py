@@ -191,7 +191,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "capture non-string",
         _capture(42),
         ValueError,
-        "prompts must be a string or a list of strings; got int",
+        r"prompts must be a string or a list of strings, or token ids .*; got int",
     ),
     (
         "capture prompt too long",

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..capture._prompts import Prompt, encode, id_texts, is_loaded_model, split_prompts
 from ..capture._run import model_info
-from ..capture._tokens import tokenize
 from ..capture.adapters import get_adapter
 from ._circuit import EVAL_BYTES, Circuit
 from ._edges import EdgeModel, projections_for
@@ -53,11 +53,13 @@ def _checked(metric: Callable, B: int) -> Callable[[torch.Tensor], torch.Tensor]
     return run
 
 
-def _as_list(x: Any, name: str) -> list[str]:
-    items = [x] if isinstance(x, str) else list(x) if isinstance(x, Sequence) else None
-    if not items or not all(isinstance(p, str) and p for p in items):
-        raise ValueError(f"{name} must be a non-empty string or a list of them; got {x!r}.")
-    return items
+def _as_list(x: Any, name: str) -> list[Prompt]:
+    """The prompts of ``x`` (one or a list; each a string or token ids)."""
+    return split_prompts(x, name)[0]
+
+
+def _text(tokenizer: Any, tid: int) -> str:
+    return id_texts(tokenizer, [tid])[0]
 
 
 def _per_pair(value: Any, n: int, name: str) -> list[Any]:
@@ -96,8 +98,9 @@ def _prepare(
     first_tokens: tuple[list[str], list[str]] = ([], [])
     name = ""
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
-        ia, ta = tokenize(tokenizer, a)
-        ib, tb = tokenize(tokenizer, b)
+        d_vocab = getattr(info, "d_vocab", None)
+        ia, ta = encode(tokenizer, a, f"clean prompt {first + i}", d_vocab)
+        ib, tb = encode(tokenizer, b, f"corrupted prompt {first + i}", d_vocab)
         if len(ia) != len(ib):
             raise ValueError(
                 f"pair {first + i}: the clean prompt has {len(ia)} tokens and the corrupted one "
@@ -130,7 +133,7 @@ def _prepare(
         if ans == wr:
             raise ValueError(
                 f"pair {first + i}: answer and wrong are the same token "
-                f"({tokenizer.decode([ans])!r}); pass wrong= (e.g. the name the corrupted "
+                f"({_text(tokenizer, ans)!r}); pass wrong= (e.g. the name the corrupted "
                 "prompt points to)."
             )
         pairs.append(_Pair(x, y, logit_diff(ans, wr), [len(ia) - 1]))
@@ -138,7 +141,7 @@ def _prepare(
         saved["wrong"].append(wr)
         if i == 0:
             name = (
-                f"logit diff {tokenizer.decode([ans])!r} − {tokenizer.decode([wr])!r} "
+                f"logit diff {_text(tokenizer, ans)!r} − {_text(tokenizer, wr)!r} "
                 "at the last position"
             )
         saved["pairs"].append([a, b])
@@ -299,7 +302,12 @@ def circuit(
             f"nodes must be 'heads' (one node per attention head) or 'layers' (one node per "
             f"attention layer); got {nodes!r}."
         )
-    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+    if (
+        engine != "serial"
+        or shards is not None
+        or checkpoint is not None
+        or (tokenizer is None and not is_loaded_model(model))
+    ):
         from ._circuit_jobs import circuit_sharded
 
         options = dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps)

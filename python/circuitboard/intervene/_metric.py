@@ -39,6 +39,11 @@ def token_id(tokenizer: Any, token: str | int, what: str = "answer") -> int:
         return token
     if not isinstance(token, str) or not token:
         raise ValueError(f"{what} must be a one-token string or a token id; got {token!r}.")
+    if tokenizer is None:
+        raise ValueError(
+            f"{what}={token!r} is a string but tokenizer is None: pass the model's tokenizer, "
+            "or the token id (an int) instead."
+        )
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture._tokens import tokenize
+from ..capture._prompts import encode, id_texts, split_prompts
 from ._metric import Metric, logit_diff, token_id
 from ._runner import Runner
 
@@ -73,19 +73,14 @@ def _prepare_pairs(
 ) -> list[_Pair]:
     if runner is not None and runner.image:
         return _prepare_image_pairs(runner, tokenizer, clean, corrupted, answer, wrong, metric)
-    if any(hasattr(x, "shape") for x in (clean, corrupted)):
+    d_vocab = runner.info.d_vocab if runner is not None else None
+    cl, single = split_prompts(clean, "clean")
+    co, single_b = split_prompts(corrupted, "corrupted")
+    if single != single_b:
         raise ValueError(
-            "clean and corrupted are arrays, but this is a text model: give prompts (strings). "
-            "Images go to an image model (ViTForImageClassification)."
+            "clean and corrupted must both be one prompt (a string or token ids) or both lists "
+            f"of prompts (pairs); got {type(clean).__name__} and {type(corrupted).__name__}."
         )
-    single = isinstance(clean, str)
-    if single != isinstance(corrupted, str):
-        raise ValueError(
-            "clean and corrupted must both be strings (one pair) or both lists of strings "
-            f"(pairs); got {type(clean).__name__} and {type(corrupted).__name__}."
-        )
-    cl = [clean] if single else list(clean)
-    co = [corrupted] if single else list(corrupted)
     if not cl or len(cl) != len(co):
         raise ValueError(
             f"clean has {len(cl)} prompts and corrupted {len(co)}; give the same (>= 1) number."
@@ -101,11 +96,8 @@ def _prepare_pairs(
     wrongs = _as_list(wrong, len(cl), "wrong")
     pairs = []
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
-        for name, p in (("clean", a), ("corrupted", b)):
-            if not isinstance(p, str) or not p:
-                raise ValueError(f"{name} prompt {i} must be a non-empty string; got {p!r}.")
-        ia, ta = tokenize(tokenizer, a)
-        ib, tb = tokenize(tokenizer, b)
+        ia, ta = encode(tokenizer, a, f"clean prompt {i}", d_vocab)
+        ib, tb = encode(tokenizer, b, f"corrupted prompt {i}", d_vocab)
         diff = next((j for j, (x, y) in enumerate(zip(ia, ib, strict=False)) if x != y), None)
         if len(ia) != len(ib):
             j = diff if diff is not None else min(len(ia), len(ib))
@@ -123,7 +115,8 @@ def _prepare_pairs(
             aid = token_id(tokenizer, answers[i], "answer")
             wid = token_id(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None
             m = logit_diff(aid, wid)
-            at, wt = tokenizer.decode([aid]), tokenizer.decode([wid]) if wid is not None else None
+            at = id_texts(tokenizer, [aid])[0]
+            wt = id_texts(tokenizer, [wid])[0] if wid is not None else None
             m.description = f"logit({at!r}) − logit({wt!r})" if wt else f"logit({at!r})"
         pairs.append(
             _Pair(
