@@ -15,7 +15,8 @@ from ..capture.adapters import get_adapter
 from ._circuit import EVAL_BYTES, Circuit
 from ._edges import EdgeModel, projections_for
 from ._graph import Graph
-from ._metric import evaluate, logit_diff, normalize, token_id
+from ._metric import evaluate, logit_diff, normalize, token_ids
+from ._patch_inputs import answers_per_pair
 from ._runner import eval_mode
 
 METHODS = ("eap", "eap-ig")
@@ -58,7 +59,9 @@ def _as_list(x: Any, name: str) -> list[Prompt]:
     return split_prompts(x, name)[0]
 
 
-def _text(tokenizer: Any, tid: int) -> str:
+def _text(tokenizer: Any, tid: int | tuple[int, ...]) -> Any:
+    if not isinstance(tid, int):  # a token set
+        return {id_texts(tokenizer, [i])[0] for i in tid}
     return id_texts(tokenizer, [tid])[0]
 
 
@@ -90,8 +93,9 @@ def _prepare(
             f"{len(cl)} clean prompts but {len(co)} corrupted ones; pass one corrupted prompt "
             "per clean prompt."
         )
-    answers = _per_pair(answer, len(cl), "answer")
-    wrongs = _per_pair(wrong, len(cl), "wrong")
+    single = split_prompts(clean, "clean")[1]
+    answers = answers_per_pair(answer, len(cl), single, "answer")
+    wrongs = answers_per_pair(wrong, len(cl), single, "wrong")
     metrics = _per_pair(metric, len(cl), "metric")
     pairs: list[_Pair] = []
     saved: dict[str, Any] = {"pairs": [], "answer": [], "wrong": [], "custom_metric": False}
@@ -125,11 +129,11 @@ def _prepare(
             with torch.no_grad():
                 out = model(input_ids=torch.stack([x, y]), use_cache=False)
                 top = out.logits[:, -1].argmax(-1).tolist()
-            ans = top[0] if answers[i] is None else token_id(tokenizer, answers[i], "answer")
-            wr = top[1] if wrongs[i] is None else token_id(tokenizer, wrongs[i], "wrong")
+            ans = top[0] if answers[i] is None else token_ids(tokenizer, answers[i], "answer")
+            wr = top[1] if wrongs[i] is None else token_ids(tokenizer, wrongs[i], "wrong")
         else:
-            ans = token_id(tokenizer, answers[i], "answer")
-            wr = token_id(tokenizer, wrongs[i], "wrong")
+            ans = token_ids(tokenizer, answers[i], "answer")
+            wr = token_ids(tokenizer, wrongs[i], "wrong")
         if ans == wr:
             raise ValueError(
                 f"pair {first + i}: answer and wrong are the same token "

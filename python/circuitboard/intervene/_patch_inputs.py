@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..capture._prompts import encode, id_texts, split_prompts
-from ._metric import Metric, logit_diff, token_id
+from ._metric import Metric, logit_diff, token_ids
 from ._runner import Runner
 
 POSITION_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -57,6 +57,24 @@ def _as_list(x: Any, n: int, what: str, pairs: str = "prompt pairs") -> list[Any
     return [x] * n
 
 
+def answers_per_pair(x: Any, n: int, single: bool, what: str) -> list[Any]:
+    """One answer per pair. An answer is a token, or a token set (a list: its mean logit).
+    With one pair a list is that pair's set; with several, a list/tuple gives one answer per
+    pair (each a token or a list) and a ``set`` is one token set shared by every pair."""
+    if single and isinstance(x, list | tuple):
+        return [x]
+    if isinstance(x, set | frozenset):
+        return [x] * n
+    return _as_list(x, n, what)
+
+
+def _logit_text(tokenizer: Any, ids: int | tuple[int, ...]) -> str:
+    if isinstance(ids, int):
+        return f"logit({id_texts(tokenizer, [ids])[0]!r})"
+    texts = ", ".join(repr(id_texts(tokenizer, [i])[0]) for i in ids)
+    return f"mean logit({{{texts}}})"
+
+
 def _check_choice(value: Any, options: Sequence[str], what: str) -> None:
     if value not in options:
         raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(options)}.")
@@ -92,8 +110,8 @@ def _prepare_pairs(
         )
     if metric is not None and not callable(metric):
         raise ValueError(f"metric must be a callable of the logits; got {type(metric).__name__}.")
-    answers = _as_list(answer, len(cl), "answer")
-    wrongs = _as_list(wrong, len(cl), "wrong")
+    answers = answers_per_pair(answer, len(cl), single, "answer")
+    wrongs = answers_per_pair(wrong, len(cl), single, "wrong")
     pairs = []
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
         ia, ta = encode(tokenizer, a, f"clean prompt {i}", d_vocab)
@@ -112,12 +130,11 @@ def _prepare_pairs(
         if metric is not None:
             m = metric
         else:
-            aid = token_id(tokenizer, answers[i], "answer")
-            wid = token_id(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None
+            aid = token_ids(tokenizer, answers[i], "answer")
+            wid = token_ids(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None
             m = logit_diff(aid, wid)
-            at = id_texts(tokenizer, [aid])[0]
-            wt = id_texts(tokenizer, [wid])[0] if wid is not None else None
-            m.description = f"logit({at!r}) − logit({wt!r})" if wt else f"logit({at!r})"
+            at = _logit_text(tokenizer, aid)
+            m.description = f"{at} − {_logit_text(tokenizer, wid)}" if wid is not None else at
         pairs.append(
             _Pair(
                 torch.tensor(ia),
