@@ -253,7 +253,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "load_capture newer version",
         _load_version(99),
         ValueError,
-        r"format version 99; this circuitboard reads version 2\. .*pip install -U circuitboard",
+        r"format version 99; this circuitboard reads version 3\. .*pip install -U circuitboard",
     ),
     (
         "load_capture older version",

@@ -140,6 +140,10 @@ def token_id(cap: Any, target: Any, name: str) -> int:
                 "id instead (tokenizer.encode(text, add_special_tokens=False)[0])."
             )
         ids = tok.encode(target, add_special_tokens=False)
+        if not ids and target:  # a saved capture's vocabulary: no entry has this text
+            raise ValueError(
+                f"{name}={target!r} is no token of this capture's vocabulary; pass the token id."
+            )
         if len(ids) != 1:
             pieces = [tok.decode([i]) for i in ids]
             raise ValueError(
