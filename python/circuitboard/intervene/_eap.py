@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._threads import one_thread
 from ..capture._prompts import Prompt, encode, id_texts, is_loaded_model, split_prompts
 from ..capture._run import model_info
 from ..capture.adapters import get_adapter
@@ -202,6 +203,9 @@ class _Live:
         return normalize(total / len(self.pairs), self.m_clean, self.m_corr)
 
 
+# Many batched forwards: on a busy 2-core machine two torch threads wait on each other at
+# every op's barrier (oversubscription), 3-8x slower than one; on an idle machine two help.
+@one_thread(when_busy=True)
 def circuit(
     model: Any,
     tokenizer: Any,
