@@ -191,7 +191,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "capture non-string",
         _capture(42),
         ValueError,
-        "prompts must be a string or a list of strings; got int",
+        r"prompts must be a string or a list of strings, or token ids .*; got int",
     ),
     (
         "capture prompt too long",
@@ -253,7 +253,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "load_capture newer version",
         _load_version(99),
         ValueError,
-        r"format version 99; this circuitboard reads version 2\. .*pip install -U circuitboard",
+        r"format version 99; this circuitboard reads version 3\. .*pip install -U circuitboard",
     ),
     (
         "load_capture older version",

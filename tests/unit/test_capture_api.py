@@ -197,7 +197,7 @@ def test_save_load_roundtrip(llama, tmp_path):
     model, tok = llama
     cap = cb.capture(model, tok, PROMPT, max_new_tokens=2)
     path = tmp_path / "cap.safetensors"
-    cap.save(path)
+    cap.save(path, weights="all")
     back = cb.load_capture(path)
     assert back.tokens == cap.tokens and back.prompt == cap.prompt
     assert back.names() == cap.names() and back.info == cap.info

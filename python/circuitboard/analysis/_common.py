@@ -140,6 +140,10 @@ def token_id(cap: Any, target: Any, name: str) -> int:
                 "id instead (tokenizer.encode(text, add_special_tokens=False)[0])."
             )
         ids = tok.encode(target, add_special_tokens=False)
+        if not ids and target:  # a saved capture's vocabulary: no entry has this text
+            raise ValueError(
+                f"{name}={target!r} is no token of this capture's vocabulary; pass the token id."
+            )
         if len(ids) != 1:
             pieces = [tok.decode([i]) for i in ids]
             raise ValueError(
@@ -148,6 +152,31 @@ def token_id(cap: Any, target: Any, name: str) -> int:
             )
         return int(ids[0])
     raise TypeError(f"{name} must be a token string or an int id; got {type(target).__name__}.")
+
+
+TokenSet = tuple[int, ...]
+"""A target that is a set of tokens: its value is the mean of their logits."""
+
+
+def target_ids(cap: Any, target: Any, name: str) -> int | TokenSet:
+    """A token id (see :func:`token_id`), or for a list / tuple / set of tokens the sorted
+    tuple of their distinct ids: a set target, valued as the mean of its tokens' logits."""
+    if isinstance(target, list | tuple | set | frozenset) and not (
+        hasattr(target, "shape") or isinstance(target, str)
+    ):
+        items = sorted(target, key=repr) if isinstance(target, set | frozenset) else list(target)
+        if not items:
+            raise ValueError(
+                f"{name}=[] is an empty token set; give one token or several ([' 4', ' 5'])."
+            )
+        ids = sorted({token_id(cap, x, f"{name}[{i}]") for i, x in enumerate(items)})
+        return ids[0] if len(ids) == 1 else tuple(ids)
+    return token_id(cap, target, name)
+
+
+def as_id_list(t: int | TokenSet | None) -> list[int]:
+    """The ids of a target: ``[]`` for None, ``[t]`` for one token, the set's ids."""
+    return [] if t is None else [t] if isinstance(t, int) else list(t)
 
 
 def spacing_warning(cap: Any, given: Any, tid: int, pos: int, name: str) -> str | None:
@@ -179,7 +208,10 @@ def spacing_warning(cap: Any, given: Any, tid: int, pos: int, name: str) -> str 
     )
 
 
-def token_text(cap: Any, tid: int) -> str:
+def token_text(cap: Any, tid: int | TokenSet) -> str:
+    """The text of a token (``"#<id>"`` without a tokenizer); a set's texts, ``"{' 4', ' 5'}"``."""
+    if not isinstance(tid, int):
+        return "{" + ", ".join(repr(token_text(cap, i)) for i in tid) + "}"
     tok = getattr(cap, "tokenizer", None)
     return tok.decode([tid]) if tok is not None else f"#{tid}"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture._prompts import is_loaded_model, split_prompts
 from ._compare_samples import (
     _NEEDS,
     _check_categories,
@@ -144,21 +145,20 @@ def compare(
         pos = 0 if pos is None else pos
     else:
         _check_categories(categories)
-        for name, prompts in categories.items():
-            for i, p in enumerate(prompts):
-                if not isinstance(p, str) or not p:
-                    raise ValueError(
-                        f"category {name!r}: prompts[{i}] must be a non-empty string; got "
-                        f"{p!r}."
-                        + (" Images go to an image model (ViT)." if hasattr(p, "shape") else "")
-                    )
+        # Each category: strings or token ids (lists of ints, a 2-D integer tensor).
+        categories = {
+            name: split_prompts(prompts, f"category {name!r}: prompts")[0]
+            if not isinstance(prompts, str)
+            else prompts
+            for name, prompts in categories.items()
+        }
         pos = -1 if pos is None else pos
     _parse_pos(pos)
     _parse_stats(stats, image=image)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     sharded = engine != "serial" or shards is not None or checkpoint is not None
-    if sharded or (tokenizer is None and not image):
+    if sharded or (tokenizer is None and not image and not is_loaded_model(model)):
         from ._compare_jobs import compare_sharded
 
         return compare_sharded(

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..capture._prompts import as_ids
+
 HEAD_STATS: dict[str, str] = {
     "head_write": "‖z·W_O‖: norm of what the head writes to the residual",
     "attn_first": "attention to the first token",
@@ -207,9 +209,16 @@ def _check_categories(categories: Any, what: str = "prompts") -> None:
                 f"category {name!r} is a single string; pass a list of {what}: [{items!r}]."
             )
         if hasattr(items, "shape"):
+            if what == "prompts" and as_ids(items[0] if len(items) else None) is not None:
+                continue  # a 2-D integer tensor: one prompt of token ids per row
             raise TypeError(
-                f"category {name!r} is an array: images go to an image model (ViT); this "
-                f"model takes a list of {what}."
+                f"category {name!r} is a {getattr(items, 'dtype', '')} array of shape "
+                f"{tuple(items.shape)}; this model takes a list of {what}"
+                + (
+                    " or token ids (a 2-D integer tensor [prompts, tokens])."
+                    if what == "prompts"
+                    else "."
+                )
             )
         if not isinstance(items, Sequence) or len(items) == 0:
             raise ValueError(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ._attribution import logit_direction
-from ._common import require_decoder, require_info, token_id, token_text
+from ._common import require_decoder, require_info, target_ids, token_text
 
 WHAT_QK = "explain_attention"
 WHAT_OV = "explain_head_output"
@@ -691,8 +691,8 @@ def explain_head_output(
     h = _index("head", head, info.n_heads, WHAT_OV)
     n = cap.n_tokens
     qp = _index("query", query, n, WHAT_OV)
-    t = token_id(cap, target, "target")
-    b = token_id(cap, baseline, "baseline") if baseline is not None else None
+    t = target_ids(cap, target, "target")
+    b = target_ids(cap, baseline, "baseline") if baseline is not None else None
     kv = h // (info.n_heads // info.n_kv_heads)
 
     direction = logit_direction(cap, info, t, b, torch.tensor([qp]))[0][0]  # [d_model]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture._prompts import id_texts, prompt_text
 from ..capture.adapters._base import execution_device
 from ._histograms import (
     lattice,
@@ -48,7 +49,7 @@ class TextPlan:
 
 
 def plan_texts(
-    tokenizer: Any, texts: list[str], *, max_length: int, batch_size: int, skip_special: bool
+    tokenizer: Any, texts: list[Any], *, max_length: int, batch_size: int, skip_special: bool
 ) -> TextPlan:
     """Tokenize ``texts`` (truncated to ``max_length``) and cut them into batches."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -56,7 +57,15 @@ def plan_texts(
     special = set(getattr(tokenizer, "all_special_ids", []) or []) if skip_special else set()
     encoded = []
     for t in texts:
-        ids = tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
+        if not isinstance(t, str):  # token ids, run as given (truncated like text)
+            ids = list(t)[:max_length]
+        else:
+            if tokenizer is None:
+                raise ValueError(
+                    f"texts has the string {t[:40]!r} but tokenizer is None: pass the model's "
+                    "tokenizer, or token ids (lists of ints) instead of text."
+                )
+            ids = tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
         if ids and isinstance(ids[0], list):
             ids = ids[0]
         encoded.append([int(x) for x in ids])
@@ -296,9 +305,9 @@ def finish_top_activations(
     values[~np.isfinite(values)] = np.nan
     return dataclasses.replace(
         part,
-        texts=list(texts),
+        texts=[t if isinstance(t, str) else prompt_text(t, id_texts(tokenizer, t)) for t in texts],
         values=values,
-        vocab={int(i): tokenizer.decode([int(i)]) for i in sorted(used)},
+        vocab={int(i): id_texts(tokenizer, [int(i)])[0] for i in sorted(used)},
         model_name=str(model_name),
         **effects,
     )

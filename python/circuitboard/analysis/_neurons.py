@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture._prompts import as_ids, is_loaded_model, split_prompts
 from ._histograms import (
     _parse_hist_range,
     histogram_edges,
@@ -69,18 +70,25 @@ def _neuron_list(model: Any, neurons: Any, layers: Any) -> list[tuple[int, int]]
     return list(seen)
 
 
-def _texts(texts: Any) -> list[str]:
+def _texts(texts: Any) -> list[Any]:
+    """The texts, each a non-empty string or token ids (a list of ints, or a row of a 2-D
+    integer tensor)."""
     if isinstance(texts, str):
         raise TypeError(
             "texts must be a list of strings; got a single string. Wrap it: texts=[text]."
         )
+    if hasattr(texts, "shape"):
+        texts = split_prompts(texts, "texts")[0]
     out = list(texts)
-    bad = [i for i, t in enumerate(out) if not isinstance(t, str) or not t]
-    if bad:
-        raise TypeError(
-            f"texts must be non-empty strings; texts[{bad[0]}] is {out[bad[0]]!r}. "
-            "cb.load_texts() gives a ready-made list."
-        )
+    for i, t in enumerate(out):
+        ids = None if isinstance(t, str) else as_ids(t)
+        if ids is not None:
+            out[i] = ids
+        elif not isinstance(t, str) or not t:
+            raise TypeError(
+                f"texts must be non-empty strings or token ids (lists of ints); texts[{i}] is "
+                f"{t!r}. cb.load_texts() gives a ready-made list."
+            )
     if not out:
         raise ValueError("texts is empty; pass at least one string (e.g. cb.load_texts()).")
     return out
@@ -195,7 +203,12 @@ def top_activations(
         if neurons is not None or layers is not None:
             raise ValueError("give features=(sae, ids) or neurons= / layers=, not both.")
         options["features"] = feature_selection(features)
-    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+    if (
+        engine != "serial"
+        or shards is not None
+        or checkpoint is not None
+        or (tokenizer is None and not is_loaded_model(model))
+    ):
         from ._neuron_jobs import top_activations_sharded
 
         return top_activations_sharded(

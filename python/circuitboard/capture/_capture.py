@@ -11,7 +11,7 @@ import torch
 
 from ._patterns import Patterns, pool_rows
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version 2 stores queries and keys (``attn.hook_q`` / ``hook_k``) instead of patterns;
 version 1 files (stored patterns) still load."""
 
@@ -326,10 +326,15 @@ class Capture(Mapping[str, torch.Tensor]):
             z = z[pos]
         return torch.einsum("...hd,hdm->...hm", z.float(), W_O)
 
-    def save(self, path: Any, *, weights: bool = True) -> None:
+    def save(self, path: Any, *, weights: bool | str = "needed") -> None:
         """Write this capture to ``path`` (safetensors + JSON metadata); reopen it with
-        :func:`circuitboard.load_capture`, no model needed. ``weights=False`` leaves out
-        ``cap.weights`` (smaller file; attribution then needs the model)."""
+        :func:`circuitboard.load_capture`, no model needed.
+
+        ``weights="needed"`` (default) stores the weights analyses of the loaded capture read
+        (DLA, logit lens, attention explanations): all but the token embedding and the value
+        projection. ``"all"`` stores every weight, a tied embedding once; ``False`` none
+        (smallest; attribution then needs the model). The vocabulary's token texts are kept,
+        so the loaded capture names tokens as the tokenizer did."""
         from ._io import save_capture
 
         save_capture(self, path, weights=weights)

@@ -15,8 +15,9 @@ from ._attn_interface import InterfaceUnavailable, attention_hooks, interface_st
 from ._capture import Capture, ModelInfo
 from ._hooks import Recorder
 from ._patterns import Patterns
+from ._prompts import Prompt, encode, id_texts, prompt_text, split_prompts
 from ._saes import SaeHooks, sae_hook
-from ._tokens import decode_incremental, tokenize
+from ._tokens import decode_incremental
 from .adapters import Adapter, get_adapter
 from .adapters._base import check_placement, execution_device, gather_weights, get_module
 
@@ -112,22 +113,8 @@ def _parse_saes(saes: Any, splice: bool, keep_error: bool) -> list[Any]:
     return [saes]
 
 
-def _parse_prompts(prompts: Any) -> tuple[list[str], bool]:
-    if isinstance(prompts, str):
-        items, single = [prompts], True
-    elif isinstance(prompts, Sequence) and not isinstance(prompts, bytes):
-        items, single = list(prompts), False
-    else:
-        raise ValueError(
-            f"prompts must be a string or a list of strings; got {type(prompts).__name__}. "
-            "Images go to an image model (ViTForImageClassification), not a language model."
-        )
-    if not items:
-        raise ValueError("prompts is an empty list; pass at least one prompt.")
-    for i, p in enumerate(items):
-        if not isinstance(p, str) or not p:
-            raise ValueError(f"prompts[{i}] must be a non-empty string; got {p!r}.")
-    return items, single
+def _parse_prompts(prompts: Any) -> tuple[list[Prompt], bool]:
+    return split_prompts(prompts, "prompts")
 
 
 @contextlib.contextmanager
@@ -285,7 +272,7 @@ def record(
 def capture(
     model: Any,
     tokenizer: Any,
-    prompts: str | Sequence[str],
+    prompts: str | Sequence[int] | Sequence[str | Sequence[int]] | torch.Tensor,
     *,
     layers: int | Sequence[int] | None = None,
     what: str | Sequence[str] | None = None,
@@ -314,9 +301,13 @@ def capture(
     tokenizer
         Its tokenizer. Token texts are exact slices of the prompt (character offsets of a fast
         tokenizer; see :mod:`circuitboard.capture._tokens`), so they join back to the prompt;
-        special tokens the tokenizer adds (BOS) are kept.
+        special tokens the tokenizer adds (BOS) are kept. May be None when every prompt is
+        token ids: tokens then read ``"#<id>"``.
     prompts
-        One string (returns one :class:`Capture`) or a list (returns a list, same order).
+        One prompt (returns one :class:`Capture`) or a list (returns a list, same order). A
+        prompt is a string or token ids: a list of ints or a 1-D integer tensor, run as given
+        (no BOS added), with texts decoded by the tokenizer; a 2-D integer tensor
+        ``[prompts, tokens]`` is a list of prompts.
     layers
         Layer indices to record (negative counts from the end); default all.
     what
@@ -442,10 +433,8 @@ def capture(
     ids_list: list[list[int]] = []
     texts_list: list[list[str]] = []
     n_prompt: list[int] = []
-    for p in items:
-        ids, texts = tokenize(tokenizer, p)
-        if not ids:
-            raise ValueError(f"the tokenizer produced no tokens for prompt {p!r}.")
+    for i, p in enumerate(items):
+        ids, texts = encode(tokenizer, p, f"prompts[{i}]" if not single else "prompt", info.d_vocab)
         n_prompt.append(len(ids))
         ids_list.append(ids)
         texts_list.append(texts)
@@ -487,7 +476,8 @@ def capture(
             for i, ids in enumerate(ids_list):
                 gen_kw = generate_kwargs or {}
                 new = _generate(model, tokenizer, ids, device, max_new_tokens, gen_kw)
-                texts_list[i] = texts_list[i] + decode_incremental(tokenizer, ids, new)
+                more = decode_incremental(tokenizer, ids, new) if tokenizer else id_texts(None, new)
+                texts_list[i] = texts_list[i] + more
                 ids_list[i] = ids + new
         lengths = [len(i) for i in ids_list]
         rec, info = record(
@@ -520,7 +510,7 @@ def capture(
             logits=logits_out[i],
             info=info,
             weights=weights,
-            prompt=items[i],
+            prompt=prompt_text(items[i], texts_list[i][: n_prompt[i]]),
             tokenizer=tokenizer,
             n_prompt_tokens=n_prompt[i],
             patterns=Patterns(rec.store[i], rec.specs[i]) if rec.qk else None,

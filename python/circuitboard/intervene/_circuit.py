@@ -26,6 +26,7 @@ import numpy as np
 
 from .._files import decoding, json_array, not_a, read_npz, stamp
 from .._npz import save_npz
+from .._threads import one_thread
 from ._graph import Graph
 
 FORMAT = "circuitboard.circuit/1"
@@ -308,6 +309,7 @@ class Circuit:
 
         return attach(self, model, tokenizer, **kwargs)
 
+    @one_thread(when_busy=True)  # see circuitboard.circuit
     def evaluate_masks(self, masks: Sequence[np.ndarray]) -> np.ndarray:
         """Faithfulness of each kept-edge mask, batched (several masks share one forward)."""
         return self._require_live().evaluate(np.stack([np.asarray(m, bool) for m in masks]))
@@ -361,6 +363,7 @@ class Circuit:
             out = {}
         return [out[i] if i in out else self.evaluations[keys[i]] for i in range(len(specs))]
 
+    @one_thread(when_busy=True)  # see circuitboard.circuit
     def faithfulness(self, ks: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ks, values)``: faithfulness of the top ``k`` edges for each ``k`` (default: 25
         counts spaced logarithmically from 1 to all edges). Stored as ``circuit.curve``."""
@@ -375,9 +378,12 @@ class Circuit:
             self.evaluations[f"k={int(k)}"] = float(v)
         return ks, values
 
-    def edges_for(self, target: float = 0.8) -> int:
+    @one_thread(when_busy=True)  # see circuitboard.circuit
+    def edges_for(self, target: float = 0.8, *, progress: bool | None = None) -> int:
         """The smallest number of top edges whose faithfulness reaches ``target`` (a search on
-        the curve, refined by bisection; assumes the curve crosses ``target`` once there)."""
+        the curve, refined by bisection; assumes the curve crosses ``target`` once there).
+
+        ``progress``: a tqdm bar over the bisection rounds (default: from 3 rounds on)."""
         if not self.curve:
             self.faithfulness()
         ks, vs = self.curve["k"], self.curve["value"]
@@ -390,6 +396,19 @@ class Circuit:
         lo, hi = (ks[hit - 1] if hit else 0), ks[hit]
         if self._live is None:
             return int(hi)
+        rounds = max(1, math.ceil(math.log(max(hi - lo, 2), 4)))  # 3 probes: a quarter each
+        bar = None
+        if progress or (progress is None and rounds >= 3):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=rounds, desc="circuitboard edges_for", unit="round")
+        try:
+            return self._bisect(lo, hi, target, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _bisect(self, lo: int, hi: int, target: float, bar: Any) -> int:
         while hi - lo > 1:
             mids = sorted({int(lo + (hi - lo) * f) for f in (0.25, 0.5, 0.75)} - {lo, hi})
             vals = self.evaluate_masks([self._keep(m) for m in mids])
@@ -400,6 +419,9 @@ class Circuit:
             if above:
                 hi = min(above)
             lo = max([lo] + [m for m in below if m < hi])
+            if bar is not None:
+                bar.set_postfix_str(f"{lo}..{hi} edges")
+                bar.update(1)
         return int(hi)
 
     # -- derived circuits ----------------------------------------------------------------

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ..capture._prompts import split_prompts
 from ..scale import ModelSpec, cut, model_source, open_engine
 from ._eap import _as_list, _per_pair, _prepare, attach, edge_model, finish_circuit, score_pairs
 from ._pair_jobs import open_metric, read_npz, run_pairs, ship_metric, write_npz
+from ._patch_inputs import answers_per_pair
 from ._runner import eval_mode
 
 
@@ -133,8 +135,9 @@ def circuit_sharded(
             "per clean prompt."
         )
     n = len(cl)
-    answers = _per_pair(options["answer"], n, "answer")
-    wrongs = _per_pair(options["wrong"], n, "wrong")
+    single = split_prompts(clean, "clean")[1]
+    answers = answers_per_pair(options["answer"], n, single, "answer")
+    wrongs = answers_per_pair(options["wrong"], n, single, "wrong")
     metric = options["metric"]
     metrics = _per_pair(metric, n, "metric")
     for m in metrics:

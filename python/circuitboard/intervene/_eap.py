@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._threads import one_thread
+from ..capture._prompts import Prompt, encode, id_texts, is_loaded_model, split_prompts
 from ..capture._run import model_info
-from ..capture._tokens import tokenize
 from ..capture.adapters import get_adapter
 from ._circuit import EVAL_BYTES, Circuit
 from ._edges import EdgeModel, projections_for
 from ._graph import Graph
-from ._metric import evaluate, logit_diff, normalize, token_id
+from ._metric import evaluate, logit_diff, normalize, token_ids
+from ._patch_inputs import answers_per_pair
 from ._runner import eval_mode
 
 METHODS = ("eap", "eap-ig")
@@ -53,11 +55,15 @@ def _checked(metric: Callable, B: int) -> Callable[[torch.Tensor], torch.Tensor]
     return run
 
 
-def _as_list(x: Any, name: str) -> list[str]:
-    items = [x] if isinstance(x, str) else list(x) if isinstance(x, Sequence) else None
-    if not items or not all(isinstance(p, str) and p for p in items):
-        raise ValueError(f"{name} must be a non-empty string or a list of them; got {x!r}.")
-    return items
+def _as_list(x: Any, name: str) -> list[Prompt]:
+    """The prompts of ``x`` (one or a list; each a string or token ids)."""
+    return split_prompts(x, name)[0]
+
+
+def _text(tokenizer: Any, tid: int | tuple[int, ...]) -> Any:
+    if not isinstance(tid, int):  # a token set
+        return {id_texts(tokenizer, [i])[0] for i in tid}
+    return id_texts(tokenizer, [tid])[0]
 
 
 def _per_pair(value: Any, n: int, name: str) -> list[Any]:
@@ -88,16 +94,18 @@ def _prepare(
             f"{len(cl)} clean prompts but {len(co)} corrupted ones; pass one corrupted prompt "
             "per clean prompt."
         )
-    answers = _per_pair(answer, len(cl), "answer")
-    wrongs = _per_pair(wrong, len(cl), "wrong")
+    single = split_prompts(clean, "clean")[1]
+    answers = answers_per_pair(answer, len(cl), single, "answer")
+    wrongs = answers_per_pair(wrong, len(cl), single, "wrong")
     metrics = _per_pair(metric, len(cl), "metric")
     pairs: list[_Pair] = []
     saved: dict[str, Any] = {"pairs": [], "answer": [], "wrong": [], "custom_metric": False}
     first_tokens: tuple[list[str], list[str]] = ([], [])
     name = ""
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
-        ia, ta = tokenize(tokenizer, a)
-        ib, tb = tokenize(tokenizer, b)
+        d_vocab = getattr(info, "d_vocab", None)
+        ia, ta = encode(tokenizer, a, f"clean prompt {first + i}", d_vocab)
+        ib, tb = encode(tokenizer, b, f"corrupted prompt {first + i}", d_vocab)
         if len(ia) != len(ib):
             raise ValueError(
                 f"pair {first + i}: the clean prompt has {len(ia)} tokens and the corrupted one "
@@ -122,15 +130,15 @@ def _prepare(
             with torch.no_grad():
                 out = model(input_ids=torch.stack([x, y]), use_cache=False)
                 top = out.logits[:, -1].argmax(-1).tolist()
-            ans = top[0] if answers[i] is None else token_id(tokenizer, answers[i], "answer")
-            wr = top[1] if wrongs[i] is None else token_id(tokenizer, wrongs[i], "wrong")
+            ans = top[0] if answers[i] is None else token_ids(tokenizer, answers[i], "answer")
+            wr = top[1] if wrongs[i] is None else token_ids(tokenizer, wrongs[i], "wrong")
         else:
-            ans = token_id(tokenizer, answers[i], "answer")
-            wr = token_id(tokenizer, wrongs[i], "wrong")
+            ans = token_ids(tokenizer, answers[i], "answer")
+            wr = token_ids(tokenizer, wrongs[i], "wrong")
         if ans == wr:
             raise ValueError(
                 f"pair {first + i}: answer and wrong are the same token "
-                f"({tokenizer.decode([ans])!r}); pass wrong= (e.g. the name the corrupted "
+                f"({_text(tokenizer, ans)!r}); pass wrong= (e.g. the name the corrupted "
                 "prompt points to)."
             )
         pairs.append(_Pair(x, y, logit_diff(ans, wr), [len(ia) - 1]))
@@ -138,7 +146,7 @@ def _prepare(
         saved["wrong"].append(wr)
         if i == 0:
             name = (
-                f"logit diff {tokenizer.decode([ans])!r} − {tokenizer.decode([wr])!r} "
+                f"logit diff {_text(tokenizer, ans)!r} − {_text(tokenizer, wr)!r} "
                 "at the last position"
             )
         saved["pairs"].append([a, b])
@@ -195,6 +203,9 @@ class _Live:
         return normalize(total / len(self.pairs), self.m_clean, self.m_corr)
 
 
+# Many batched forwards: on a busy 2-core machine two torch threads wait on each other at
+# every op's barrier (oversubscription), 3-8x slower than one; on an idle machine two help.
+@one_thread(when_busy=True)
 def circuit(
     model: Any,
     tokenizer: Any,
@@ -317,7 +328,12 @@ def circuit(
             f"nodes must be 'heads' (one node per attention head) or 'layers' (one node per "
             f"attention layer); got {nodes!r}."
         )
-    if engine != "serial" or shards is not None or checkpoint is not None or tokenizer is None:
+    if (
+        engine != "serial"
+        or shards is not None
+        or checkpoint is not None
+        or (tokenizer is None and not is_loaded_model(model))
+    ):
         from ._circuit_jobs import circuit_sharded
 
         options = dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps)

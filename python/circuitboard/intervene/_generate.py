@@ -23,8 +23,9 @@ from ..capture import _memory
 from ..capture._attn_interface import InterfaceUnavailable, attention_hooks, interface_status
 from ..capture._capture import Capture, ModelInfo
 from ..capture._patterns import Patterns
+from ..capture._prompts import encode, id_texts, prompt_text
 from ..capture._run import _capture_mode, model_info
-from ..capture._tokens import decode_incremental, tokenize
+from ..capture._tokens import decode_incremental
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import gather_weights, get_module
 from ._feature_sites import merge_clamp
@@ -43,7 +44,7 @@ def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
 def generate(
     model: Any,
     tokenizer: Any,
-    prompt: str,
+    prompt: str | list[int] | torch.Tensor,
     *,
     max_new_tokens: int = 20,
     do_sample: bool = False,
@@ -68,8 +69,10 @@ def generate(
     ----------
     model, tokenizer
         A causal Hugging Face model of a supported family and its tokenizer.
-    prompt : str
-        The prompt (special tokens the tokenizer adds, e.g. BOS, are kept).
+    prompt : str or token ids
+        The prompt (special tokens the tokenizer adds, e.g. BOS, are kept), or its token ids
+        (a list of ints or a 1-D integer tensor, run as given; ``tokenizer`` may then be None
+        and tokens read ``"#<id>"``).
     max_new_tokens : int
         Tokens to generate (fewer when the model emits its end-of-sequence token and
         ``stop_at_eos``).
@@ -126,8 +129,6 @@ def generate(
     >>> gen.steering
     Steering(L1 resid_pre |v|=1 × 4 at all)
     """
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
         raise TypeError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
     if max_new_tokens < 1:
@@ -166,9 +167,8 @@ def generate(
         tuple(sorted(_eos_ids(model, tokenizer))) if min_new_tokens else (),
         min_new_tokens,
     )
-    ids, texts = tokenize(tokenizer, prompt)
-    if not ids:
-        raise ValueError(f"the tokenizer produced no tokens for prompt {prompt!r}.")
+    ids, texts = encode(tokenizer, prompt, "prompt", info.d_vocab)
+    prompt = prompt_text(prompt, texts)
     kinds = _memory.parse_what(what)
     dtype = torch.float32 if dtype is None else dtype
     max_pos = getattr(model.config, "max_position_embeddings", None)
@@ -274,7 +274,9 @@ def _run(
     n_total = n_prompt + len(gen_ids)
     tensors = _assemble(chunks, n_total)
     patterns = Patterns(tensors, specs) if specs else None
-    gen_texts = decode_incremental(tokenizer, prompt_ids, gen_ids)
+    gen_texts = (
+        decode_incremental(tokenizer, prompt_ids, gen_ids) if tokenizer else id_texts(None, gen_ids)
+    )
     cap = Capture(
         tokens=list(prompt_texts) + gen_texts,
         token_ids=torch.tensor(prompt_ids + gen_ids, dtype=torch.long),

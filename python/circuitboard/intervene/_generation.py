@@ -195,7 +195,7 @@ class Generation:
 
     def attributions(self, steps: list[int] | None = None, baseline: Any = None) -> list[Any]:
         """:meth:`attribution` of several steps (default all), sharing one preparation."""
-        from ..analysis._attribution import Attribution, attribute_positions, prepare
+        from ..analysis._attribution import Attribution, attribute_positions, prepare, readout
 
         steps = list(range(self.n_steps)) if steps is None else [self._step(s) for s in steps]
         cap, steer_total = self._attribution_capture()
@@ -206,9 +206,7 @@ class Generation:
             if steer_total is None:
                 out.append(attr)
                 continue
-            cols = cap.weights["unembed.W_U"][:, [t] if b is None else [t, b]]
-            cols = cols.detach().to("cpu", torch.float64)
-            u = cols[:, 0] - (cols[:, 1] if b is not None else 0.0)
+            u = readout(cap.weights["unembed.W_U"].detach().to("cpu", torch.float64), t, b)
             scale = cap.tensors["ln_final.hook_scale"].reshape(cap.n_tokens, -1)[p, 0].double()
             w = cap.weights["ln_final.w"].double()
             w = 1.0 + w if cap.info.norm == "gemma_rmsnorm" else w

@@ -39,6 +39,11 @@ def token_id(tokenizer: Any, token: str | int, what: str = "answer") -> int:
         return token
     if not isinstance(token, str) or not token:
         raise ValueError(f"{what} must be a one-token string or a token id; got {token!r}.")
+    if tokenizer is None:
+        raise ValueError(
+            f"{what}={token!r} is a string but tokenizer is None: pass the model's tokenizer, "
+            "or the token id (an int) instead."
+        )
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]
@@ -50,23 +55,53 @@ def token_id(tokenizer: Any, token: str | int, what: str = "answer") -> int:
     return int(ids[0])
 
 
-def logit_diff(answer: int, wrong: int | None = None) -> Metric:
+def token_ids(tokenizer: Any, token: Any, what: str = "answer") -> int | tuple[int, ...]:
+    """:func:`token_id`, or for a list / tuple / set of tokens the sorted tuple of their
+    distinct ids (a set answer: the metric uses the mean of their logits).
+
+    Examples
+    --------
+    >>> token_ids(None, [7, 3, 7])
+    (3, 7)
+    """
+    if isinstance(token, list | tuple | set | frozenset):
+        items = sorted(token, key=repr) if isinstance(token, set | frozenset) else list(token)
+        if not items:
+            raise ValueError(f"{what}=[] is an empty token set; give one token or several.")
+        ids = sorted({token_id(tokenizer, x, f"{what}[{i}]") for i, x in enumerate(items)})
+        return ids[0] if len(ids) == 1 else tuple(ids)
+    return token_id(tokenizer, token, what)
+
+
+def _mean_logit(logits: torch.Tensor, ids: int | tuple[int, ...]) -> torch.Tensor:
+    return logits[..., ids] if isinstance(ids, int) else logits[..., list(ids)].mean(-1)
+
+
+def logit_diff(answer: int | tuple[int, ...], wrong: int | tuple[int, ...] | None = None) -> Metric:
     """``logits[answer] − logits[wrong]`` (or ``logits[answer]`` when ``wrong`` is None).
+
+    A tuple of ids is a token set, valued as the mean of its logits (linear in the logits, so
+    exact patching identities and attribution stay exact).
 
     Examples
     --------
     >>> m = logit_diff(2, 0)
     >>> float(m(torch.tensor([1.0, 0.0, 4.0])))
     3.0
+    >>> float(logit_diff((1, 2), 0)(torch.tensor([1.0, 0.0, 4.0])))
+    1.0
     """
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        out = logits[..., answer]
-        return out - logits[..., wrong] if wrong is not None else out
+        out = _mean_logit(logits, answer)
+        return out - _mean_logit(logits, wrong) if wrong is not None else out
+
+    def name(ids: Any) -> str:
+        return f"logit[{ids}]" if isinstance(ids, int) else f"mean logit[{list(ids)}]"
 
     metric.batched = True  # type: ignore[attr-defined]
     metric.description = (  # type: ignore[attr-defined]
-        f"logit[{answer}] − logit[{wrong}]" if wrong is not None else f"logit[{answer}]"
+        f"{name(answer)} − {name(wrong)}" if wrong is not None else name(answer)
     )
     return metric
 
@@ -186,4 +221,5 @@ __all__ = [
     "normalize",
     "resolution",
     "token_id",
+    "token_ids",
 ]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._npz import save_npz
+from ..capture._prompts import split_prompts
 from ..scale import Engine, Job, ModelSpec, Plan, describe_source, digest, run_plan
 
 
@@ -109,7 +110,8 @@ def has_arrays(x: Any) -> bool:
 
 
 def prompts_of(x: Any) -> list[Any]:
-    return [x] if isinstance(x, str) else list(x)
+    """The prompts of a call as a list (each a string or a list of token ids)."""
+    return split_prompts(x)[0]
 
 
 def _pick(values: list[Any], group: list[int]) -> list[Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._threads import one_thread
 from ._patch_inputs import (
     DIRECTIONS,
     METHODS,
@@ -40,6 +41,9 @@ from ._runner import Runner
 PROGRESS_FROM = 20_000  # show a progress bar from this many patched token-rows on
 
 
+# Many batched forwards: on a busy 2-core machine two torch threads wait on each other at
+# every op's barrier (oversubscription), 3-8x slower than one; on an idle machine two help.
+@one_thread(when_busy=True)
 def patch(
     model: Any,
     tokenizer: Any,

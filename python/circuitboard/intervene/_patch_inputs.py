@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture._tokens import tokenize
-from ._metric import Metric, logit_diff, token_id
+from ..capture._prompts import encode, id_texts, split_prompts
+from ._metric import Metric, logit_diff, token_ids
 from ._runner import Runner
 
 POSITION_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -57,6 +57,24 @@ def _as_list(x: Any, n: int, what: str, pairs: str = "prompt pairs") -> list[Any
     return [x] * n
 
 
+def answers_per_pair(x: Any, n: int, single: bool, what: str) -> list[Any]:
+    """One answer per pair. An answer is a token, or a token set (a list: its mean logit).
+    With one pair a list is that pair's set; with several, a list/tuple gives one answer per
+    pair (each a token or a list) and a ``set`` is one token set shared by every pair."""
+    if single and isinstance(x, list | tuple):
+        return [x]
+    if isinstance(x, set | frozenset):
+        return [x] * n
+    return _as_list(x, n, what)
+
+
+def _logit_text(tokenizer: Any, ids: int | tuple[int, ...]) -> str:
+    if isinstance(ids, int):
+        return f"logit({id_texts(tokenizer, [ids])[0]!r})"
+    texts = ", ".join(repr(id_texts(tokenizer, [i])[0]) for i in ids)
+    return f"mean logit({{{texts}}})"
+
+
 def _check_choice(value: Any, options: Sequence[str], what: str) -> None:
     if value not in options:
         raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(options)}.")
@@ -73,19 +91,14 @@ def _prepare_pairs(
 ) -> list[_Pair]:
     if runner is not None and runner.image:
         return _prepare_image_pairs(runner, tokenizer, clean, corrupted, answer, wrong, metric)
-    if any(hasattr(x, "shape") for x in (clean, corrupted)):
+    d_vocab = runner.info.d_vocab if runner is not None else None
+    cl, single = split_prompts(clean, "clean")
+    co, single_b = split_prompts(corrupted, "corrupted")
+    if single != single_b:
         raise ValueError(
-            "clean and corrupted are arrays, but this is a text model: give prompts (strings). "
-            "Images go to an image model (ViTForImageClassification)."
+            "clean and corrupted must both be one prompt (a string or token ids) or both lists "
+            f"of prompts (pairs); got {type(clean).__name__} and {type(corrupted).__name__}."
         )
-    single = isinstance(clean, str)
-    if single != isinstance(corrupted, str):
-        raise ValueError(
-            "clean and corrupted must both be strings (one pair) or both lists of strings "
-            f"(pairs); got {type(clean).__name__} and {type(corrupted).__name__}."
-        )
-    cl = [clean] if single else list(clean)
-    co = [corrupted] if single else list(corrupted)
     if not cl or len(cl) != len(co):
         raise ValueError(
             f"clean has {len(cl)} prompts and corrupted {len(co)}; give the same (>= 1) number."
@@ -97,15 +110,12 @@ def _prepare_pairs(
         )
     if metric is not None and not callable(metric):
         raise ValueError(f"metric must be a callable of the logits; got {type(metric).__name__}.")
-    answers = _as_list(answer, len(cl), "answer")
-    wrongs = _as_list(wrong, len(cl), "wrong")
+    answers = answers_per_pair(answer, len(cl), single, "answer")
+    wrongs = answers_per_pair(wrong, len(cl), single, "wrong")
     pairs = []
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
-        for name, p in (("clean", a), ("corrupted", b)):
-            if not isinstance(p, str) or not p:
-                raise ValueError(f"{name} prompt {i} must be a non-empty string; got {p!r}.")
-        ia, ta = tokenize(tokenizer, a)
-        ib, tb = tokenize(tokenizer, b)
+        ia, ta = encode(tokenizer, a, f"clean prompt {i}", d_vocab)
+        ib, tb = encode(tokenizer, b, f"corrupted prompt {i}", d_vocab)
         diff = next((j for j, (x, y) in enumerate(zip(ia, ib, strict=False)) if x != y), None)
         if len(ia) != len(ib):
             j = diff if diff is not None else min(len(ia), len(ib))
@@ -120,11 +130,11 @@ def _prepare_pairs(
         if metric is not None:
             m = metric
         else:
-            aid = token_id(tokenizer, answers[i], "answer")
-            wid = token_id(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None
+            aid = token_ids(tokenizer, answers[i], "answer")
+            wid = token_ids(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None
             m = logit_diff(aid, wid)
-            at, wt = tokenizer.decode([aid]), tokenizer.decode([wid]) if wid is not None else None
-            m.description = f"logit({at!r}) − logit({wt!r})" if wt else f"logit({at!r})"
+            at = _logit_text(tokenizer, aid)
+            m.description = f"{at} − {_logit_text(tokenizer, wid)}" if wid is not None else at
         pairs.append(
             _Pair(
                 torch.tensor(ia),

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture._prompts import split_prompts
 from ..scale import ModelSpec, cut, model_source, open_engine
 from ._pair_jobs import (
     facts_of,
@@ -26,7 +27,7 @@ from ._pair_jobs import (
     write_npz,
 )
 from ._patch import PROGRESS_FROM
-from ._patch_inputs import _as_list, _PairResult, _prepare_pairs, patch_layout
+from ._patch_inputs import _PairResult, _prepare_pairs, answers_per_pair, patch_layout
 from ._patch_methods import _Grid, _run_pair
 from ._patch_result import _assemble
 from ._runner import Runner
@@ -130,7 +131,9 @@ def patch_sharded(
     pairs = _prepare_pairs(tok, clean, corrupted, answer, wrong, metric, runner=runner)
     n = len(pairs)
     cl, co = prompts_of(clean), prompts_of(corrupted)
-    answers, wrongs = _as_list(answer, n, "answer"), _as_list(wrong, n, "wrong")
+    single = split_prompts(clean, "clean")[1]
+    answers = answers_per_pair(answer, n, single, "answer")
+    wrongs = answers_per_pair(wrong, n, single, "wrong")
     shipped = ship_metric(metric, engine, "patch")
     site, method = options["site"], options["method"]
     with open_engine(

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..capture._prompts import encode
 from ..capture._run import _capture_mode, _parse_prompts, model_info
-from ..capture._tokens import tokenize
 from ..capture.adapters import get_adapter
 from ..capture.adapters._base import get_module
 from ._hooks import Edit, write_hooks
@@ -138,10 +138,10 @@ def steering_vector(
     device = get_module(model, adapter.embed).weight.device
     read = Edit(Site("resid_pre", layer), op="read")
 
-    def means(items: list[str]) -> tuple[torch.Tensor, list[float]]:
+    def means(items: list[Any]) -> tuple[torch.Tensor, list[float]]:
         rows, norms = [], []
         for p in items:
-            ids, _ = tokenize(tokenizer, p)
+            ids, _ = encode(tokenizer, p, f"prompt {p!r}")
             if not -len(ids) <= pos < len(ids):
                 raise ValueError(
                     f"pos={pos} is outside the prompt {p!r}, which has {len(ids)} tokens; use "
