@@ -503,7 +503,11 @@ def _tolerance(cap, info, p, t, b, model_value, terms, eps) -> float:
     logits it compares to its dtype."""
     if cap.logits is not None and not info.final_logit_softcap:
         row = cap.logits[p].double()
-        compared = abs(float(row[t])) + (abs(float(row[b])) if b is not None else 0.0)
+
+        def size(ids: Any) -> float:  # one token, or the mean logit of a token set
+            return float(row[list(ids) if isinstance(ids, tuple | list) else ids].abs().mean())
+
+        compared = size(t) + (size(b) if b is not None else 0.0)
     else:
         compared = abs(model_value)
     return max(1e-4 * max(1.0, abs(model_value)), eps * (compared + float(terms)))
