@@ -183,13 +183,14 @@ def _head_weights(model: Any, fold_norms: bool) -> tuple[dict[str, torch.Tensor]
             )
         info, weights, name = model.info, model.weights, model.info.model_name
     else:
-        from ..capture._run import _gather_weights, model_info
+        from ..capture._run import model_info
         from ..capture.adapters import get_adapter
+        from ..capture.adapters._base import gather_weights
 
         adapter = get_adapter(model)
         info = model_info(model, adapter)
         with torch.no_grad():
-            weights = _gather_weights(model, adapter, info)
+            weights = gather_weights(model, adapter, info)
         name = info.model_name
     L, H, KV = info.n_layers, info.n_heads, info.n_kv_heads
     group = H // KV
