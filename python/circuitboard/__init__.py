@@ -66,6 +66,10 @@ _LAZY = {
     "Generation": "circuitboard.intervene",
     "steering_vector": "circuitboard.intervene",
     "SteeringVector": "circuitboard.intervene",
+    # attribution graphs (issue #27)
+    "AttributionGraph": "circuitboard.intervene",
+    "attribution_graph": "circuitboard.intervene",
+    "load_graph": "circuitboard.intervene",
 }
 
 
@@ -129,4 +133,8 @@ __all__ = [
     "steering_vector",
     "supported_architectures",
     "top_activations",
+    # attribution graphs (issue #27)
+    "AttributionGraph",
+    "attribution_graph",
+    "load_graph",
 ]

@@ -31,6 +31,10 @@ from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
 
+# attribution graphs (issue #27)
+from ._graph_attribute import attribution_graph  # noqa: E402
+from ._graph_result import AttributionGraph, load_graph  # noqa: E402
+
 __all__ = [
     "Circuit",
     "DIRECTIONS",
@@ -61,4 +65,8 @@ __all__ = [
     "steering_vector",
     "token_id",
     "write_hooks",
+    # attribution graphs (issue #27)
+    "AttributionGraph",
+    "attribution_graph",
+    "load_graph",
 ]
