@@ -126,7 +126,8 @@ def test_edges_equal_brute_force_jacobian(factory):
     V = fr.W_U.shape[1]
     tgt_v = 7
     cand = torch.tensor([b.per_layer + 9 * fr.d_mlp + 5])  # layer 1, pos 9, neuron 5
-    rows, _ = compute_rows(b, torch.eye(V)[[tgt_v]], cand)
+    # the neuron row alone carries only positions up to its own (causal truncation)
+    rows = torch.cat([compute_rows(b, torch.eye(V)[[tgt_v]])[0], compute_rows(b, cand=cand)[0]])
     for row, target in zip(rows, [("logit", tgt_v), ("neuron", 1, 9, 5)], strict=True):
         neurons, tokens = brute_force_rows(model, tok, PROMPT, target)
         ours_n = row[: b.n_basis].view(fr.n_layers, fr.n_pos, fr.d_mlp)
@@ -271,3 +272,20 @@ def test_estimate_returns_cost_without_running(capsys):
     cost = cb.attribution_graph(model, tok, PROMPT, basis="neurons", estimate=True)
     assert cost["flops"] > 0 and cost["seconds"] > 0 and cost["peak_bytes"] > 0
     assert "TFLOP" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_neox])
+def test_head_loadings_sum_to_their_edge(factory):
+    model, tok = factory()
+    g = cb.attribution_graph(
+        model, tok, PROMPT, basis="neurons", max_nodes=64, node_threshold=0.95,
+        edge_threshold=0.99, head_loadings=4, progress=False,
+    )
+    loaded = np.unique(g.hl_edge)
+    assert len(loaded) > 0
+    for e in loaded:
+        assert g.node_pos[g.edge_src[e]] != g.node_pos[g.edge_dst[e]]
+        parts = g.head_loadings(int(e))
+        assert all(p["layer"] < g.n_layers for p in parts)
+        total = sum(p["value"] for p in parts)
+        assert total == pytest.approx(float(g.edge_weight[e]), rel=1e-4, abs=1e-7)

@@ -130,6 +130,7 @@ def attribution_graph(
     edge_threshold: float = 0.98,
     batch_size: int = 64,
     min_edge_share: float = 1e-4,
+    head_loadings: int = 8,
     max_memory: int | float | str | None = "8GiB",
     progress: bool = True,
     estimate: bool = False,
@@ -162,6 +163,10 @@ def attribution_graph(
         Rows per backward pass.
     min_edge_share
         Edges under this share of their row's absolute total are not stored (0 stores all).
+    head_loadings
+        Split the kept edges that cross positions into per-attention-head parts for this many
+        target nodes (logit nodes first, then by influence); each costs about one backward
+        pass of ``n_layers * n_heads`` rows.
     max_memory
         Refuse before running when the estimated peak exceeds this (bytes or "8GiB"); None: no
         limit.
@@ -226,8 +231,56 @@ def attribution_graph(
     fr = freeze(model, tokenizer, prompt)
     b = NeuronBasis(fr)
     dirs, weights, labels, ids = _targets(fr, tokenizer, target, baseline)
-    return _build(fr, b, dirs, weights, labels, ids, prompt, max_nodes, node_threshold,
-                  edge_threshold, batch_size, min_edge_share, progress, t0)
+    graph = _build(fr, b, dirs, weights, labels, ids, prompt, max_nodes, node_threshold,
+                   edge_threshold, batch_size, min_edge_share, progress, t0)
+    if head_loadings > 0:
+        graph = _add_head_loadings(graph, b, dirs, head_loadings)
+    return graph
+
+
+def _add_head_loadings(graph: AttributionGraph, basis: NeuronBasis, dirs, n_targets: int):
+    """Fill ``graph.hl_*`` for the kept cross-position edges into the top ``n_targets`` nodes."""
+    from dataclasses import replace
+
+    from ._graph_heads import head_parts
+
+    fr = basis.fr
+    g = graph
+    e = np.flatnonzero(g.edge_mask & (g.node_pos[g.edge_src] != g.node_pos[g.edge_dst]))
+    if len(e) == 0:
+        return g
+    targets = np.unique(g.edge_dst[e])
+    order = sorted(
+        targets.tolist(),
+        key=lambda n: (g.node_kind[n] != 3, -float(g.node_influence[n])),
+    )[:n_targets]
+    out_e, out_l, out_h, out_v = [], [], [], []
+    for node in order:
+        mine = e[g.edge_dst[e] == node]
+        src = g.edge_src[mine]
+        cols = np.where(
+            g.node_kind[src] == 0,
+            basis.token_offset + g.node_pos[src],
+            (g.node_layer[src].astype(np.int64) * fr.n_pos + g.node_pos[src]) * fr.d_mlp
+            + g.node_index[src],
+        )
+        if g.node_kind[node] == 3:
+            tags, parts = head_parts(basis, torch.as_tensor(cols), direction=dirs[g.node_index[node]])
+        else:
+            cand = (int(g.node_layer[node]) * fr.n_pos + int(g.node_pos[node])) * fr.d_mlp
+            tags, parts = head_parts(basis, torch.as_tensor(cols), cand=cand + int(g.node_index[node]))
+        t_idx, c_idx = (parts != 0).nonzero(as_tuple=True)
+        out_e.append(mine[c_idx.numpy()])
+        out_l.append(tags[t_idx, 0].numpy())
+        out_h.append(tags[t_idx, 1].numpy())
+        out_v.append(parts[t_idx, c_idx].numpy())
+    return replace(
+        g,
+        hl_edge=np.concatenate(out_e).astype(np.int64),
+        hl_layer=np.concatenate(out_l).astype(np.int32),
+        hl_head=np.concatenate(out_h).astype(np.int32),
+        hl_value=np.concatenate(out_v).astype(np.float32),
+    )
 
 
 def _build(fr, basis, dirs, weights, labels, ids, prompt, max_nodes, node_threshold,
@@ -243,16 +296,16 @@ def _build(fr, basis, dirs, weights, labels, ids, prompt, max_nodes, node_thresh
 
     def take(rows: torch.Tensor, bias: torch.Tensor, row_ids: list[int], row_infl) -> None:
         a = rows.abs()
-        total = a.sum(1).double()
-        share = (a.double() / total.clamp_min(1e-30)[:, None]) * torch.as_tensor(row_infl)[:, None]
-        infl.add_(share.sum(0))
-        keep = a >= (min_edge_share * total.float())[:, None]
+        total = a.sum(1)
+        w = torch.as_tensor(row_infl, dtype=torch.float32) / total.clamp_min(1e-30)
+        infl.add_((w[None] @ a)[0].double())  # influence pushed back through these rows
+        keep = a >= (min_edge_share * total)[:, None]
         keep &= a > 0
         r, c = keep.nonzero(as_tuple=True)
         store_src.append(c.numpy().astype(np.int64))
         store_dst.append(np.asarray(row_ids, np.int64)[r.numpy()])
         store_w.append(rows[r, c].numpy().astype(np.float32))
-        kept_mass.append((a * keep).sum(1) / total.float().clamp_min(1e-30))
+        kept_mass.append(torch.zeros(len(rows)).index_add_(0, r, a[r, c]) / total.clamp_min(1e-30))
         row_bias.extend(bias.tolist())
 
     # logit rows first: their ids are -1 - k until the node layout is known

@@ -51,8 +51,9 @@ class Norm:
     centred: bool  # LayerNorm subtracts the mean
 
     def vjp(self, g: torch.Tensor) -> torch.Tensor:
-        """Gradient at the norm's input from ``g`` ``[..., pos, d_model]`` at its output."""
-        y = g * self.scale * self.w
+        """Gradient at the norm's input from ``g`` ``[..., pos, d_model]`` at its output (the
+        first ``pos`` positions)."""
+        y = g * self.scale[: g.shape[-2]] * self.w
         return y - y.mean(-1, keepdim=True) if self.centred else y
 
     def vjp_at(self, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -134,18 +135,32 @@ class Frozen:
     # -- the backward pass through the frozen system -------------------------------------------
     def attn_vjp(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """Gradient at the attention input (the residual) from ``g`` ``[rows, pos, d_model]`` at
-        the attention output, with the pattern frozen."""
-        A, W_O, W_V = self.patterns[layer], self.W_O[layer], self.W_V[layer]
-        H, KV = W_O.shape[0], W_V.shape[0]
-        gz = torch.einsum("bqd,hed->bhqe", g, W_O)
+        the attention output, with the pattern frozen (the first ``pos`` positions: causal
+        attention never moves gradient to later ones)."""
+        n = g.shape[1]
+        A = self.patterns[layer][:, :n, :n]
+        W_O, W_V = self.W_O[layer], self.W_V[layer]
+        H, dh, D = W_O.shape
+        KV = W_V.shape[0]
+        gz = torch.matmul(g, W_O.reshape(H * dh, D).T)  # [rows, pos, heads * d_head]
+        gz = gz.view(len(g), n, H, dh).transpose(1, 2)
         gv = torch.matmul(A.transpose(-1, -2), gz)  # [rows, heads, key, d_head]
-        gv = gv.view(g.shape[0], KV, H // KV, *gv.shape[2:]).sum(2)
-        gu = torch.einsum("bgke,gde->bkd", gv, W_V)
+        gv = gv.view(len(g), KV, H // KV, n, dh).sum(2).transpose(1, 2).reshape(len(g), n, -1)
+        gu = torch.matmul(gv, self._wv_flat(layer))  # [rows, pos, d_model]
         return self.ln1[layer].vjp(gu)
+
+    def _wv_flat(self, layer: int) -> torch.Tensor:
+        """``W_V`` as ``[kv_heads * d_head, d_model]`` (cached)."""
+        cache = self.__dict__.setdefault("_wv_cache", {})
+        if layer not in cache:
+            W_V = self.W_V[layer]
+            cache[layer] = W_V.permute(0, 2, 1).reshape(-1, W_V.shape[1]).contiguous()
+        return cache[layer]
 
     def head_vjp(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """Per-head parts of :meth:`attn_vjp`: ``[rows, heads, pos, d_model]`` summing to it."""
-        A, W_O, W_V = self.patterns[layer], self.W_O[layer], self.W_V[layer]
+        n = g.shape[1]
+        A, W_O, W_V = self.patterns[layer][:, :n, :n], self.W_O[layer], self.W_V[layer]
         H, KV = W_O.shape[0], W_V.shape[0]
         gz = torch.einsum("bqd,hed->bhqe", g, W_O)
         gv = torch.matmul(A.transpose(-1, -2), gz)
@@ -159,6 +174,8 @@ class Frozen:
         in_seeds: dict[int, torch.Tensor],
         read_mlp: Callable[[int, torch.Tensor], None],
         read_embed: Callable[[torch.Tensor], None],
+        post_seeds: dict[int, torch.Tensor] | None = None,
+        n_pos: int | None = None,
     ) -> torch.Tensor:
         """Run rows of gradient down the frozen system; returns each row's bias part.
 
@@ -166,15 +183,23 @@ class Frozen:
         the MLP input of layer ``l`` (targets inside that layer). ``read_mlp(l, g)`` receives the
         gradient where layer ``l``'s MLP writes, ``read_embed(g)`` the one at the embedding.
         MLPs pass no gradient: their outputs are nodes (or error nodes), not paths.
+        ``post_seeds[l]`` sit at the residual after layer ``l`` (``-1``: the embedding).
+        With ``n_pos`` only the first ``n_pos`` positions are carried (enough for targets
+        there: causal attention moves gradient only to earlier positions); seeds then have
+        ``n_pos`` positions too.
         """
-        rows = next(iter(in_seeds.values())).shape[0] if final_seed is None else len(final_seed)
+        post_seeds = post_seeds or {}
+        some = [*in_seeds.values(), *post_seeds.values()]
+        rows = some[0].shape[0] if final_seed is None else len(final_seed)
         g = (
             final_seed.clone()
             if final_seed is not None
-            else torch.zeros(rows, self.n_pos, self.embed.shape[1])
+            else torch.zeros(rows, n_pos or self.n_pos, self.embed.shape[1])
         )
         bias = torch.zeros(rows)
         for layer in range(self.n_layers - 1, -1, -1):
+            if layer in post_seeds:
+                g = g + post_seeds[layer]
             if g.abs().amax() > 0:
                 read_mlp(layer, g)
                 bias += g.sum(1) @ self.b_out[layer]
@@ -191,6 +216,8 @@ class Frozen:
                 bias += g.sum(1) @ self.attn_const[layer]
                 if g.abs().amax() > 0:
                     g = g + self.attn_vjp(layer, g)
+        if -1 in post_seeds:
+            g = g + post_seeds[-1]
         read_embed(g)
         return bias
 

@@ -58,10 +58,11 @@ class NeuronBasis:
 
     def read_mlp(self, layer: int, g: torch.Tensor, rows: torch.Tensor) -> None:
         """Edges from layer ``layer``'s neurons: ``act * (g @ W_out^T)``."""
+        n = g.shape[1]  # the first n positions (targets sit before position n)
         block = torch.matmul(g, self.fr.W_out[layer].T)  # [rows, pos, d_mlp]
-        block.mul_(self.fr.act[layer])
+        block.mul_(self.fr.act[layer][:n])
         s = layer * self.per_layer
-        rows[:, s : s + self.per_layer] = block.reshape(len(g), -1)
+        rows[:, s : s + n * self.fr.d_mlp] = block.reshape(len(g), -1)
 
     def seeds(self, cand: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per layer: ``(layer, row indices, pos, seeds [rows, d_model])`` and the rows' own bias
@@ -89,7 +90,8 @@ def compute_rows(
     fr = basis.fr
     n_logit = 0 if logit_dirs is None else len(logit_dirs)
     n_node = 0 if cand is None else len(cand)
-    B, P, D = n_logit + n_node, fr.n_pos, fr.embed.shape[1]
+    B, D = n_logit + n_node, fr.embed.shape[1]
+    P = fr.n_pos if n_logit or not n_node else int(basis.locate(cand)[1].max()) + 1
     rows = torch.zeros(B, basis.n_cand)
     own = torch.zeros(B)
     final = None
@@ -106,9 +108,11 @@ def compute_rows(
             own[n_logit + idx] = node_own
 
     def read_embed(g: torch.Tensor) -> None:
-        rows[:, basis.token_offset :] = (g * fr.embed).sum(-1)
+        rows[:, basis.token_offset : basis.token_offset + P] = (g * fr.embed[:P]).sum(-1)
 
     if final is None and not in_seeds:
         return rows, own
-    bias = fr.backward(final, in_seeds, lambda l, g: basis.read_mlp(l, g, rows), read_embed)
+    bias = fr.backward(
+        final, in_seeds, lambda l, g: basis.read_mlp(l, g, rows), read_embed, n_pos=P
+    )
     return rows, bias + own
