@@ -21,7 +21,7 @@ from ._graph_prune import prune, scores
 from ._graph_result import AttributionGraph
 from ._graph_rows import NeuronBasis, compute_rows
 
-DEFAULT_MAX_NODES = 2048
+DEFAULT_MAX_NODES = 1024
 _BASES = ("neurons",)
 
 
