@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     model, tok = cb.load_default_model()
     n_tok = len(tok(PROMPT)["input_ids"])
     print(f"IOI prompt, {n_tok} tokens, basis='neurons', {torch.get_num_threads()} threads\n")
-    print("| run | max_nodes | wall s | CPU s | kept nodes / edges | stored edges | "
-          "edge storage | load avg |")
+    print(
+        "| run | max_nodes | wall s | CPU s | kept nodes / edges | stored edges | "
+        "edge storage | load avg |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for m in sizes:
         rss0 = peak_rss_mib()
@@ -103,9 +105,11 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         top = g.top(3)
-        print(f"\ntop nodes: {[t['label'] for t in top]}; scores "
-              f"{g.replacement_score:.3f}/{g.completeness_score:.3f}; "
-              f"row mass stored {g.stats['stored_row_mass_mean']:.3f}\n")
+        print(
+            f"\ntop nodes: {[t['label'] for t in top]}; scores "
+            f"{g.replacement_score:.3f}/{g.completeness_score:.3f}; "
+            f"row mass stored {g.stats['stored_row_mass_mean']:.3f}\n"
+        )
         _ = np  # keep numpy imported for interactive use
 
 

@@ -7,6 +7,7 @@ import * as circuit from "./views/circuit";
 import * as compare from "./views/compare";
 import * as dashboard from "./views/dashboard";
 import * as generation from "./views/generation";
+import * as graph from "./views/graph"; // attribution graphs (issue #27)
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
 import * as patching from "./views/patching";
@@ -21,6 +22,7 @@ export const VIEWS: Record<string, View> = {
   compare: compare as unknown as View,
   dashboard: dashboard as unknown as View,
   generation: generation as unknown as View,
+  graph: graph as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,
   patching: patching as unknown as View,

@@ -35,6 +35,9 @@ from .widgets import (
     patching_view,
 )
 
+# attribution graphs (issue #27)
+from .widgets import GraphView, graph_view  # noqa: E402
+
 __version__ = "0.1.0"
 
 # Capture and the default model need torch: imported on first use so that viewing a saved
@@ -135,6 +138,8 @@ __all__ = [
     "top_activations",
     # attribution graphs (issue #27)
     "AttributionGraph",
+    "GraphView",
     "attribution_graph",
+    "graph_view",
     "load_graph",
 ]

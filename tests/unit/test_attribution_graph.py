@@ -221,7 +221,9 @@ def test_save_load_and_circuit_tracer_round_trip(llama_graph, tmp_path):
     remap = {int(n): i for i, n in enumerate(kept)}
     e = np.flatnonzero(g.edge_mask)
     pairs = {(remap[int(g.edge_src[j])], remap[int(g.edge_dst[j])]): g.edge_weight[j] for j in e}
-    got = {(int(s), int(d)): w for s, d, w in zip(c.edge_src, c.edge_dst, c.edge_weight, strict=True)}
+    got = {
+        (int(s), int(d)): w for s, d, w in zip(c.edge_src, c.edge_dst, c.edge_weight, strict=True)
+    }
     assert got.keys() == pairs.keys()
     for k, w in pairs.items():
         assert got[k] == pytest.approx(float(w), rel=1e-6)
@@ -230,15 +232,23 @@ def test_save_load_and_circuit_tracer_round_trip(llama_graph, tmp_path):
 def test_target_baseline_graph_explains_the_difference():
     model, tok = tiny_llama()
     g = cb.attribution_graph(
-        model, tok, PROMPT, basis="neurons", target=" Mary", baseline=" John",
-        max_nodes=16, progress=False,
+        model,
+        tok,
+        PROMPT,
+        basis="neurons",
+        target=" Mary",
+        baseline=" John",
+        max_nodes=16,
+        progress=False,
     )
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = model(ids).logits[0, -1]
     m, j = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (" Mary", " John"))
     assert (g.node_kind == 3).sum() == 1
-    assert g.node_activation[g.node_kind == 3][0] == pytest.approx(float(logits[m] - logits[j]), abs=1e-5)
+    assert g.node_activation[g.node_kind == 3][0] == pytest.approx(
+        float(logits[m] - logits[j]), abs=1e-5
+    )
 
 
 def test_bad_inputs():
@@ -278,8 +288,15 @@ def test_estimate_returns_cost_without_running(capsys):
 def test_head_loadings_sum_to_their_edge(factory):
     model, tok = factory()
     g = cb.attribution_graph(
-        model, tok, PROMPT, basis="neurons", max_nodes=64, node_threshold=0.95,
-        edge_threshold=0.99, head_loadings=4, progress=False,
+        model,
+        tok,
+        PROMPT,
+        basis="neurons",
+        max_nodes=64,
+        node_threshold=0.95,
+        edge_threshold=0.99,
+        head_loadings=4,
+        progress=False,
     )
     loaded = np.unique(g.hl_edge)
     assert len(loaded) > 0

@@ -114,6 +114,7 @@ def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor
         b = token_id(tokenizer, baseline, "baseline")
         d[0, b] -= 1
         label = f"{label} - {tokenizer.decode([b])}"
+        return d, [1.0], [label], [t, b]
     return d, [1.0], [label], [t]
 
 
@@ -187,8 +188,7 @@ def attribution_graph(
     """
     if basis is None:
         raise ValueError(
-            "basis is required: basis='neurons' uses the MLPs' own neurons (no dictionary "
-            "needed)."
+            "basis is required: basis='neurons' uses the MLPs' own neurons (no dictionary needed)."
         )
     if basis not in _BASES:
         raise ValueError(f"basis must be one of {_BASES}; got {basis!r}.")
@@ -231,8 +231,22 @@ def attribution_graph(
     fr = freeze(model, tokenizer, prompt)
     b = NeuronBasis(fr)
     dirs, weights, labels, ids = _targets(fr, tokenizer, target, baseline)
-    graph = _build(fr, b, dirs, weights, labels, ids, prompt, max_nodes, node_threshold,
-                   edge_threshold, batch_size, min_edge_share, progress, t0)
+    graph = _build(
+        fr,
+        b,
+        dirs,
+        weights,
+        labels,
+        ids,
+        prompt,
+        max_nodes,
+        node_threshold,
+        edge_threshold,
+        batch_size,
+        min_edge_share,
+        progress,
+        t0,
+    )
     if head_loadings > 0:
         graph = _add_head_loadings(graph, b, dirs, head_loadings)
     return graph
@@ -265,10 +279,14 @@ def _add_head_loadings(graph: AttributionGraph, basis: NeuronBasis, dirs, n_targ
             + g.node_index[src],
         )
         if g.node_kind[node] == 3:
-            tags, parts = head_parts(basis, torch.as_tensor(cols), direction=dirs[g.node_index[node]])
+            tags, parts = head_parts(
+                basis, torch.as_tensor(cols), direction=dirs[g.node_index[node]]
+            )
         else:
             cand = (int(g.node_layer[node]) * fr.n_pos + int(g.node_pos[node])) * fr.d_mlp
-            tags, parts = head_parts(basis, torch.as_tensor(cols), cand=cand + int(g.node_index[node]))
+            tags, parts = head_parts(
+                basis, torch.as_tensor(cols), cand=cand + int(g.node_index[node])
+            )
         t_idx, c_idx = (parts != 0).nonzero(as_tuple=True)
         out_e.append(mine[c_idx.numpy()])
         out_l.append(tags[t_idx, 0].numpy())
@@ -283,8 +301,22 @@ def _add_head_loadings(graph: AttributionGraph, basis: NeuronBasis, dirs, n_targ
     )
 
 
-def _build(fr, basis, dirs, weights, labels, ids, prompt, max_nodes, node_threshold,
-           edge_threshold, batch_size, min_edge_share, progress, t0) -> AttributionGraph:
+def _build(
+    fr,
+    basis,
+    dirs,
+    weights,
+    labels,
+    ids,
+    prompt,
+    max_nodes,
+    node_threshold,
+    edge_threshold,
+    batch_size,
+    min_edge_share,
+    progress,
+    t0,
+) -> AttributionGraph:
     n_cand = basis.n_cand
     infl = torch.zeros(n_cand, dtype=torch.float64)
     done = torch.zeros(n_cand, dtype=torch.bool)
@@ -402,6 +434,7 @@ def _build(fr, basis, dirs, weights, labels, ids, prompt, max_nodes, node_thresh
             "seconds": round(time.perf_counter() - t0, 3),
             "min_edge_share": min_edge_share,
             "stored_row_mass_mean": float(km.mean()),
-            "logit_token_ids": [int(i) for i in ids],
+            "logit_token_ids": [int(i) for i in ids[: len(dirs)]],
+            "baseline_id": int(ids[1]) if len(ids) > len(dirs) else None,
         },
     )

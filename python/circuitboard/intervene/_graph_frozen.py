@@ -294,9 +294,7 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         b = b.detach().float() if b is not None else torch.zeros_like(w)
         return Norm(scale.float(), (1 + w) if gemma else w, b, centred)
 
-    fr_ln1, fr_ln2, pats, W_V, W_O, consts, W_in, b_in, W_out, b_out, acts = (
-        [] for _ in range(11)
-    )
+    fr_ln1, fr_ln2, pats, W_V, W_O, consts, W_in, b_in, W_out, b_out, acts = ([] for _ in range(11))
     for layer in range(n_layers):
         p = f"blocks.{layer}."
         ln1 = norm(p + "ln1", cap[p + "ln1.hook_scale"])
@@ -310,7 +308,9 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         W_V.append(wv.contiguous())
         W_O.append(wo.contiguous())
         consts.append(
-            _attn_const(wv, W[p + "attn.b_V"].detach().float(), wo, W[p + "attn.b_O"].float(), ln1.b)
+            _attn_const(
+                wv, W[p + "attn.b_V"].detach().float(), wo, W[p + "attn.b_O"].float(), ln1.b
+            )
         )
         blk = adapter.block(model, layer)
         wi, bi = _linear_in_out(get_module(blk, up_path))

@@ -220,14 +220,24 @@ class AttributionGraph:
             infl = float(self.node_influence[i])
             act = float(self.node_activation[i])
             if kind == 0:
-                nid, js, ftype, lyr, feat = f"E_{idx}_{pos}", f"E_{idx}-{pos}", "embedding", "E", pos
+                nid, js, ftype, lyr, feat = (
+                    f"E_{idx}_{pos}",
+                    f"E_{idx}-{pos}",
+                    "embedding",
+                    "E",
+                    pos,
+                )
             elif kind == 3:
                 vocab_ids = self.stats.get("logit_token_ids") or []
                 vocab = int(vocab_ids[idx]) if idx < len(vocab_ids) else idx
                 nid, js, ftype = f"{L + 1}_{vocab}_{pos}", f"L_{vocab}-{pos}", "logit"
                 lyr, feat = str(L + 1), vocab
             elif kind == 2:
-                nid, js, ftype = f"{layer}_-1_{pos}", f"{layer}_-1-{pos}", "mlp reconstruction error"
+                nid, js, ftype = (
+                    f"{layer}_-1_{pos}",
+                    f"{layer}_-1-{pos}",
+                    "mlp reconstruction error",
+                )
                 lyr, feat = str(layer), -1
             else:
                 nid, js = f"{layer}_{idx}_{pos}", f"{layer}_{idx}-0"
@@ -383,7 +393,9 @@ def load_graph(path: str | os.PathLike[str]) -> AttributionGraph:
             )
         header = json.loads(bytes(z["header"]).decode())
         if header.get("format") != FORMAT:
-            raise ValueError(f"{str(p)!r} has format {header.get('format')!r}; expected {FORMAT!r}.")
+            raise ValueError(
+                f"{str(p)!r} has format {header.get('format')!r}; expected {FORMAT!r}."
+            )
         arrays = {k: z[k] for k in _ARRAYS}
     return AttributionGraph(
         prompt=header["prompt"],

@@ -64,7 +64,9 @@ class NeuronBasis:
         s = layer * self.per_layer
         rows[:, s : s + n * self.fr.d_mlp] = block.reshape(len(g), -1)
 
-    def seeds(self, cand: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def seeds(
+        self, cand: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per layer: ``(layer, row indices, pos, seeds [rows, d_model])`` and the rows' own bias
         terms, for basis targets ``cand``."""
         layer, pos, n = self.locate(cand)
@@ -113,6 +115,6 @@ def compute_rows(
     if final is None and not in_seeds:
         return rows, own
     bias = fr.backward(
-        final, in_seeds, lambda l, g: basis.read_mlp(l, g, rows), read_embed, n_pos=P
+        final, in_seeds, lambda layer, g: basis.read_mlp(layer, g, rows), read_embed, n_pos=P
     )
     return rows, bias + own

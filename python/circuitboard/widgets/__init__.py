@@ -15,6 +15,9 @@ from ._neurons import NeuronsView
 from ._patching import PatchingView, patching_view
 from ._view import View
 
+# attribution graphs (issue #27)
+from ._graph_view import GraphView, graph_view  # noqa: E402
+
 __all__ = [
     "AttentionView",
     "Board",
@@ -36,4 +39,7 @@ __all__ = [
     "generation_view",
     "link",
     "patching_view",
+    # attribution graphs (issue #27)
+    "GraphView",
+    "graph_view",
 ]
