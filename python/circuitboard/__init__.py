@@ -21,6 +21,7 @@ from .widgets import (
     CircuitView,
     CompareView,
     GenerationView,
+    GraphView,
     Link,
     LogitAttributionView,
     LogitLensView,
@@ -31,12 +32,10 @@ from .widgets import (
     circuit_view,
     compare_view,
     generation_view,
+    graph_view,
     link,
     patching_view,
 )
-
-# attribution graphs (issue #27)
-from .widgets import GraphView, graph_view  # noqa: E402
 
 __version__ = "0.1.0"
 

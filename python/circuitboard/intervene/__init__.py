@@ -23,6 +23,8 @@ Patching (:mod:`._patch`, :mod:`._result`): :func:`patch` → :class:`Patching`,
 from ._circuit import Circuit, load_circuit
 from ._eap import circuit
 from ._generate import Generation, generate
+from ._graph_attribute import attribution_graph  # attribution graphs (issue #27)
+from ._graph_result import AttributionGraph, load_graph  # attribution graphs (issue #27)
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
 from ._patch import DIRECTIONS, METHODS, SITES, patch
@@ -30,10 +32,6 @@ from ._result import Patching, load_patching
 from ._runner import Runner, eval_mode
 from ._sites import HEAD_KINDS, KINDS, Location, Site, locate, site_shape
 from ._steering import SteeringVector, steering_vector
-
-# attribution graphs (issue #27)
-from ._graph_attribute import attribution_graph  # noqa: E402
-from ._graph_result import AttributionGraph, load_graph  # noqa: E402
 
 __all__ = [
     "Circuit",

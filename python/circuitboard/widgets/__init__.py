@@ -8,15 +8,13 @@ from ._codec import decode, encode
 from ._compare import CompareView, compare_view
 from ._dashboard import NeuronDashboard
 from ._generation import GenerationView, generation_view
+from ._graph_view import GraphView, graph_view  # attribution graphs (issue #27)
 from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
 from ._neurons import NeuronsView
 from ._patching import PatchingView, patching_view
 from ._view import View
-
-# attribution graphs (issue #27)
-from ._graph_view import GraphView, graph_view  # noqa: E402
 
 __all__ = [
     "AttentionView",
