@@ -306,3 +306,52 @@ def test_head_loadings_sum_to_their_edge(factory):
         assert all(p["layer"] < g.n_layers for p in parts)
         total = sum(p["value"] for p in parts)
         assert total == pytest.approx(float(g.edge_weight[e]), rel=1e-4, abs=1e-7)
+
+
+def test_graph_view_interventions_in_the_kernel():
+    model, tok = tiny_llama()
+    g = cb.attribution_graph(
+        model,
+        tok,
+        PROMPT,
+        basis="neurons",
+        target=" Mary",
+        max_nodes=64,
+        node_threshold=0.95,
+        progress=False,
+    )
+    view = cb.graph_view(g, model=model, tokenizer=tok)
+    assert view._edges["shape"] == [g.n_edges, 3] and isinstance(view._edges["data"], bytes)
+    basis = [i for i, n in enumerate(np.flatnonzero(g.node_mask)) if g.node_kind[n] == 1]
+    assert basis
+    view.group("grp", basis[:3])
+    same = view.intervene("grp", 1.0)  # scaling by 1 changes nothing
+    assert same["metric_after"] == pytest.approx(same["metric_before"], abs=1e-6)
+    m = tok(" Mary", add_special_tokens=False)["input_ids"][0]
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert same["metric_before"] == pytest.approx(float(model(ids).logits[0, -1, m]), abs=1e-5)
+    # ablating one neuron equals zeroing its down-projection input by hand
+    node = int(np.flatnonzero(g.node_mask)[basis[0]])
+    layer, pos, n = (int(a[node]) for a in (g.node_layer, g.node_pos, g.node_index))
+    view.group("one", [basis[0]])
+    out = view.intervene("one", 0.0)
+    down = model.model.layers[layer].mlp.down_proj
+
+    def zero(mod, args):
+        x = args[0].clone()
+        x[:, pos, n] = 0
+        return (x,)
+
+    h = down.register_forward_pre_hook(zero)
+    try:
+        with torch.no_grad():
+            want = float(model(ids).logits[0, -1, m])
+    finally:
+        h.remove()
+    assert out["metric_after"] == pytest.approx(want, abs=1e-6)
+    assert len(view.interventions) == 2
+    with pytest.raises(ValueError, match="no supernode 'nope'"):
+        view.intervene("nope")
+    with pytest.raises(ValueError, match="no model attached.*cb.graph_view\\(graph, model="):
+        cb.graph_view(g).intervene("grp")
