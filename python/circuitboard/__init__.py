@@ -13,7 +13,7 @@ from typing import Any
 
 from ._api import attention, logit_attribution, logit_lens_view, neuron_dashboard, neurons
 from ._errors import CircuitboardWarning
-from .data import load_texts
+from .data import load_corpus, load_texts
 from .export import report
 from .widgets import (
     AttentionView,
@@ -72,6 +72,11 @@ _LAZY = {
     "AttributionGraph": "circuitboard.intervene",
     "attribution_graph": "circuitboard.intervene",
     "load_graph": "circuitboard.intervene",
+    # dictionaries (SAEs and transcoders)
+    "CrossLayerTranscoder": "circuitboard.dictionaries",
+    "SAE": "circuitboard.dictionaries",
+    "TranscoderSet": "circuitboard.dictionaries",
+    "load_sae": "circuitboard.dictionaries",
 }
 
 
@@ -92,6 +97,7 @@ __all__ = [
     "CircuitboardWarning",
     "CompareView",
     "Comparison",
+    "CrossLayerTranscoder",
     "Generation",
     "GenerationView",
     "Link",
@@ -102,7 +108,9 @@ __all__ = [
     "NeuronsView",
     "Patching",
     "PatchingView",
+    "SAE",
     "SteeringVector",
+    "TranscoderSet",
     "attention",
     "board",
     "capture",
@@ -120,9 +128,11 @@ __all__ = [
     "link",
     "load_capture",
     "load_circuit",
+    "load_corpus",
     "load_default_model",
     "load_default_vision_model",
     "load_patching",
+    "load_sae",
     "load_texts",
     "logit_attribution",
     "logit_lens",

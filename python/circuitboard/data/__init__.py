@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
+from ._corpus import load_corpus  # the training corpus (dictionaries)
+
 KINDS = ("prose", "code", "list")
 
 
@@ -47,4 +49,4 @@ def load_texts(kind: str | list[str] | None = None, n: int | None = None) -> lis
     return texts if n is None else texts[:n]
 
 
-__all__ = ["KINDS", "load_texts"]
+__all__ = ["KINDS", "load_corpus", "load_texts"]
