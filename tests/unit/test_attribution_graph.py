@@ -355,3 +355,68 @@ def test_graph_view_interventions_in_the_kernel():
         view.intervene("nope")
     with pytest.raises(ValueError, match="no model attached.*cb.graph_view\\(graph, model="):
         cb.graph_view(g).intervene("grp")
+
+
+def _transcoders(model, layers, d_sae=64, kind="relu"):
+    """Tiny transcoders (random, seeded): the identities hold for any weights."""
+    from circuitboard.dictionaries import SAE
+
+    D = model.config.hidden_size
+    return [
+        SAE(
+            D,
+            d_sae,
+            d_out=D,
+            kind=kind,
+            k=8 if kind == "topk" else None,
+            hook=f"blocks.{layer}.mlp.hook_in",
+            hook_out=f"blocks.{layer}.hook_mlp_out",
+            seed=layer,
+        )
+        for layer in layers
+    ]
+
+
+@pytest.mark.parametrize(
+    ("factory", "kind"), [(tiny_llama, "relu"), (tiny_gpt2, "topk"), (tiny_neox, "relu")]
+)
+def test_transcoder_edges_sum_to_pre_activation_and_errors_make_logits_exact(factory, kind):
+    from circuitboard.intervene._graph_transcoders import TranscoderBasis
+
+    model, tok = factory()
+    fr = freeze(model, tok, PROMPT, keep_mlp_out=True)
+    b = TranscoderBasis(fr, _transcoders(model, [1], kind=kind))  # layer 0: one error node/pos
+    assert b.n_basis > 0 and b.n_error == fr.n_layers * fr.n_pos
+    V = fr.W_U.shape[1]
+    with torch.no_grad():
+        logits = model(tok(PROMPT, return_tensors="pt")["input_ids"]).logits[0, -1].float()
+    cand = torch.arange(0, b.n_basis, max(1, b.n_basis // 6))
+    rows, bias = compute_rows(b, torch.eye(V)[[2, 40]], cand)
+    total = rows.double().sum(1) + bias.double()
+    want = torch.cat([logits[[2, 40]], b.pre[cand]]).double()
+    torch.testing.assert_close(total, want, atol=1e-5 * want.abs().max().item(), rtol=0)
+    # the feature rows hold their activation too where the feature is on (pre == act)
+    torch.testing.assert_close(b.pre[cand], b.act[cand])
+
+
+def test_transcoder_graph_and_bad_transcoders():
+    model, tok = tiny_llama()
+    ts = cb.TranscoderSet(_transcoders(model, [0, 1]))
+    g = cb.attribution_graph(model, tok, PROMPT, basis=ts, max_nodes=40, progress=False)
+    assert g.basis == "transcoders" and (g.node_kind == 2).sum() == 2 * len(g.tokens)
+    assert 0 < g.replacement_score <= 1 and 0 < g.completeness_score <= 1
+    assert g.node_mask[(g.node_kind == 0) | (g.node_kind == 3)].all()
+    from circuitboard.dictionaries import SAE
+
+    D = model.config.hidden_size
+    wrong_width = SAE(
+        D + 2, 16, d_out=D, hook="blocks.1.mlp.hook_in", hook_out="blocks.1.hook_mlp_out"
+    )
+    with pytest.raises(ValueError, match="does not fit this model.*widths"):
+        cb.attribution_graph(model, tok, PROMPT, basis=wrong_width, progress=False)
+    wrong_layer = SAE(D, 16, d_out=D, hook="blocks.7.mlp.hook_in", hook_out="blocks.7.hook_mlp_out")
+    with pytest.raises(ValueError, match="layer 7 of 2"):
+        cb.attribution_graph(model, tok, PROMPT, basis=[wrong_layer], progress=False)
+    sae = SAE(D, 16, hook="blocks.1.hook_resid_post")
+    with pytest.raises(ValueError, match="need MLP transcoders"):
+        cb.attribution_graph(model, tok, PROMPT, basis=sae, progress=False)

@@ -190,8 +190,11 @@ def attribution_graph(
         raise ValueError(
             "basis is required: basis='neurons' uses the MLPs' own neurons (no dictionary needed)."
         )
-    if basis not in _BASES:
-        raise ValueError(f"basis must be one of {_BASES}; got {basis!r}.")
+    if isinstance(basis, str) and basis not in _BASES:
+        raise ValueError(
+            f"basis must be 'neurons' or transcoders (cb.SAE, cb.TranscoderSet, a list); got "
+            f"{basis!r}."
+        )
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be in [0, 1]; got {v}. 0.8 / 0.98 are the defaults.")
@@ -200,7 +203,17 @@ def attribution_graph(
     cfg = model.config
     from ..capture.adapters import get_adapter
 
-    dims = get_adapter(model).dims(cfg)
+    adapter = get_adapter(model)
+    dims = adapter.dims(cfg)
+    transcoders = None
+    per_layer_sources = None
+    if not isinstance(basis, str):
+        from ._graph_transcoders import transcoder_list
+
+        parallel = bool(dims.get("parallel_attn_mlp")) or adapter.block_mid is None
+        transcoders = transcoder_list(basis, dims["n_layers"], dims["d_model"], parallel)
+        ks = [t.k or 64 for t in transcoders]
+        per_layer_sources = max(ks) + 1
     n_pos = len(tokenizer(prompt)["input_ids"])
     cost = estimate_cost(
         dims["n_layers"],
@@ -210,6 +223,7 @@ def attribution_graph(
         dims["n_heads"],
         max_nodes,
         batch_size,
+        per_layer_sources,
     )
     cost["seconds"] = cost["flops"] / _throughput() if estimate else float("nan")
     budget = _parse_bytes(max_memory)
@@ -228,8 +242,13 @@ def attribution_graph(
         )
         return cost
     t0 = time.perf_counter()
-    fr = freeze(model, tokenizer, prompt)
-    b = NeuronBasis(fr)
+    fr = freeze(model, tokenizer, prompt, keep_mlp_out=transcoders is not None)
+    if transcoders is None:
+        b = NeuronBasis(fr)
+    else:
+        from ._graph_transcoders import TranscoderBasis
+
+        b = TranscoderBasis(fr, transcoders)
     dirs, weights, labels, ids = _targets(fr, tokenizer, target, baseline)
     graph = _build(
         fr,
@@ -247,7 +266,7 @@ def attribution_graph(
         progress,
         t0,
     )
-    if head_loadings > 0:
+    if head_loadings > 0 and transcoders is None:
         graph = _add_head_loadings(graph, b, dirs, head_loadings)
     return graph
 
@@ -368,37 +387,45 @@ def _build(
 
     # node layout: computed basis nodes, error nodes, tokens, logits (circuit-tracer's order)
     P, K = fr.n_pos, len(dirs)
-    n_b = len(row_cand)
+    n_b, n_e = len(row_cand), basis.n_error
     cand_t = torch.tensor(row_cand, dtype=torch.long)
     node_of = np.full(n_cand, -1, np.int64)
     node_of[np.asarray(row_cand, np.int64)] = np.arange(n_b)
-    tok0 = n_b
+    node_of[basis.n_basis : basis.n_basis + n_e] = n_b + np.arange(n_e)
+    tok0 = n_b + n_e
     node_of[basis.token_offset : basis.token_offset + P] = tok0 + np.arange(P)
-    n_nodes = n_b + P + K
+    n_nodes = tok0 + P + K
     src = np.concatenate(store_src)
     dst = np.concatenate(store_dst)
     w = np.concatenate(store_w)
-    dst = np.where(dst < 0, n_b + P + (-1 - dst), node_of[np.maximum(dst, 0)])
+    dst = np.where(dst < 0, tok0 + P + (-1 - dst), node_of[np.maximum(dst, 0)])
     src = node_of[src]
     ok = src >= 0
     src, dst, w = src[ok], dst[ok], w[ok]
 
-    kind = np.concatenate([np.ones(n_b), np.zeros(P), np.full(K, 3)]).astype(np.uint8)
+    kind = np.concatenate([np.ones(n_b), np.full(n_e, 2), np.zeros(P), np.full(K, 3)])
+    kind = kind.astype(np.uint8)
     if n_b:
         layer, pos, idx = (t.numpy() for t in basis.locate(cand_t))
         act = basis.activation(cand_t).numpy()
     else:
         layer = pos = idx = np.zeros(0, np.int64)
         act = np.zeros(0, np.float32)
-    node_layer = np.concatenate([layer, np.full(P, -1), np.full(K, fr.n_layers)]).astype(np.int32)
-    node_pos = np.concatenate([pos, np.arange(P), np.full(K, P - 1)]).astype(np.int32)
-    node_index = np.concatenate([idx, fr.token_ids.numpy(), np.arange(K)]).astype(np.int64)
+    err_layer = np.repeat(np.arange(fr.n_layers), P) if n_e else np.zeros(0, np.int64)
+    err_pos = np.tile(np.arange(P), fr.n_layers) if n_e else np.zeros(0, np.int64)
+    err_size = torch.stack(basis.errors).norm(dim=-1).reshape(-1).numpy() if n_e else np.zeros(0)
+    node_layer = np.concatenate([layer, err_layer, np.full(P, -1), np.full(K, fr.n_layers)])
+    node_layer = node_layer.astype(np.int32)
+    node_pos = np.concatenate([pos, err_pos, np.arange(P), np.full(K, P - 1)]).astype(np.int32)
+    node_index = np.concatenate([idx, np.full(n_e, -1), fr.token_ids.numpy(), np.arange(K)]).astype(
+        np.int64
+    )
     logit_vals = (dirs @ fr.logits).numpy()
-    node_act = np.concatenate([act, np.zeros(P), logit_vals]).astype(np.float32)
+    node_act = np.concatenate([act, err_size, np.zeros(P), logit_vals]).astype(np.float32)
     biases = np.asarray(row_bias, np.float32)  # logit rows first, then basis rows
-    node_bias = np.concatenate([biases[K:], np.zeros(P), biases[:K]]).astype(np.float32)
+    node_bias = np.concatenate([biases[K:], np.zeros(n_e + P), biases[:K]]).astype(np.float32)
     logit_w = np.zeros(n_nodes)
-    logit_w[n_b + P :] = weights
+    logit_w[tok0 + P :] = weights
     node_mask, edge_mask, node_infl = prune(
         kind, src, dst, w, logit_w, node_threshold, edge_threshold
     )

@@ -56,6 +56,11 @@ class Norm:
         y = g * self.scale[: g.shape[-2]] * self.w
         return y - y.mean(-1, keepdim=True) if self.centred else y
 
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``N(x)`` with the frozen scale, ``x`` ``[pos, d_model]``."""
+        c = x - x.mean(-1, keepdim=True) if self.centred else x
+        return c * self.scale[: x.shape[0]] * self.w + self.b
+
     def vjp_at(self, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """``vjp`` of one vector per row ``v`` ``[rows, d_model]`` read at positions ``pos``."""
         y = v * self.scale[pos] * self.w
@@ -89,6 +94,7 @@ class Frozen:
     b_U: torch.Tensor  # [vocab]
     logits: torch.Tensor  # [vocab] at the last position, from the model itself
     mlp_out: list[torch.Tensor] | None = None  # [pos, d_model], kept for transcoder error nodes
+    mlp_in_resid: list[torch.Tensor] | None = None  # [pos, d_model]: the residual the MLP reads
 
     @property
     def n_layers(self) -> int:
@@ -176,6 +182,7 @@ class Frozen:
         read_embed: Callable[[torch.Tensor], None],
         post_seeds: dict[int, torch.Tensor] | None = None,
         n_pos: int | None = None,
+        mlp_bias: Callable[[int], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run rows of gradient down the frozen system; returns each row's bias part.
 
@@ -202,7 +209,7 @@ class Frozen:
                 g = g + post_seeds[layer]
             if g.abs().amax() > 0:
                 read_mlp(layer, g)
-                bias += g.sum(1) @ self.b_out[layer]
+                bias += g.sum(1) @ (self.b_out[layer] if mlp_bias is None else mlp_bias(layer))
             seed = in_seeds.get(layer)
             if self.parallel:  # attention and MLP both read resid_pre
                 attn_g = g
@@ -275,7 +282,7 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
     for layer in range(n_layers):
         act_mod = get_module(adapter.block(model, layer), act_path)
         handles.append(act_mod.register_forward_hook(grab(layer)))
-    what = ["resid_pre", "pattern", "mlp_post", "scale", "logits", "norm_scales"]
+    what = ["resid_pre", "resid_mid", "pattern", "mlp_post", "scale", "logits", "norm_scales"]
     if keep_mlp_out:
         what.append("mlp_out")
     try:
@@ -320,6 +327,8 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         b_out.append(W[p + "mlp.b_out"].detach().float())
         acts.append(cap[p + "mlp.hook_post"].float())
     P = len(cap.tokens)
+    reads = "hook_resid_pre" if info.parallel_attn_mlp else "hook_resid_mid"
+    mlp_in_resid = [cap[f"blocks.{i}.{reads}"].float() for i in range(n_layers)]
     mult = [mults[layer][:P] for layer in range(n_layers)]
     embed = cap["blocks.0.hook_resid_pre"].float()
     final = norm("ln_final", cap["ln_final.hook_scale"])
@@ -352,4 +361,5 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         mlp_out=[cap[f"blocks.{i}.hook_mlp_out"].float() for i in range(n_layers)]
         if keep_mlp_out
         else None,
+        mlp_in_resid=mlp_in_resid,
     )

@@ -141,10 +141,17 @@ class AttributionGraph:
             f"{self.n_nodes} of {len(self.node_kind)} nodes and {self.n_edges} of "
             f"{len(self.edge_src)} edges kept at node_threshold={self.node_threshold}, "
             f"edge_threshold={self.edge_threshold}; direct effects in the replacement model "
-            "(attention patterns, norm scales and MLP multipliers frozen); "
+            f"({self.frozen_what}); "
             f"replacement score {self.replacement_score:.3f}, completeness "
             f"{self.completeness_score:.3f}; targets {self.logit_labels})"
         )
+
+    @property
+    def frozen_what(self) -> str:
+        """What the replacement model holds fixed, in words."""
+        if self.basis == "neurons":
+            return "attention patterns, norm scales and MLP neuron multipliers frozen"
+        return "attention patterns and norm scales frozen, MLPs replaced by transcoder features plus error nodes"
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
         """The same graph pruned again (thresholds in [0, 1]; higher keeps more)."""

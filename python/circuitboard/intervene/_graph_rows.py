@@ -51,6 +51,9 @@ class NeuronBasis:
         layer, rest = cand // self.per_layer, cand % self.per_layer
         return layer, rest // self.fr.d_mlp, rest % self.fr.d_mlp
 
+    def mlp_bias(self, layer: int) -> torch.Tensor:
+        return self.fr.b_out[layer]
+
     def activation(self, cand: torch.Tensor) -> torch.Tensor:
         layer, pos, n = self.locate(cand)
         flat = torch.stack([a.reshape(-1) for a in self.fr.act])
@@ -115,6 +118,11 @@ def compute_rows(
     if final is None and not in_seeds:
         return rows, own
     bias = fr.backward(
-        final, in_seeds, lambda layer, g: basis.read_mlp(layer, g, rows), read_embed, n_pos=P
+        final,
+        in_seeds,
+        lambda layer, g: basis.read_mlp(layer, g, rows),
+        read_embed,
+        n_pos=P,
+        mlp_bias=basis.mlp_bias,
     )
     return rows, bias + own

@@ -121,7 +121,7 @@ class GraphView(View):
                 f"(node_threshold {graph.node_threshold}, edge_threshold "
                 f"{graph.edge_threshold}); replacement score {graph.replacement_score:.3f}, "
                 f"completeness {graph.completeness_score:.3f}. Edges are direct effects with "
-                "attention patterns, norm scales and MLP multipliers frozen."
+                f"{getattr(graph, 'frozen_what', 'attention patterns and norm scales frozen')}."
             ),
             tokens=token_list(list(graph.tokens), len(graph.tokens), "the graph"),
             n_layers=int(graph.n_layers),
