@@ -151,7 +151,10 @@ class AttributionGraph:
         """What the replacement model holds fixed, in words."""
         if self.basis == "neurons":
             return "attention patterns, norm scales and MLP neuron multipliers frozen"
-        return "attention patterns and norm scales frozen, MLPs replaced by transcoder features plus error nodes"
+        return (
+            "attention patterns and norm scales frozen, MLPs replaced by transcoder features "
+            "plus error nodes"
+        )
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
         """The same graph pruned again (thresholds in [0, 1]; higher keeps more)."""
