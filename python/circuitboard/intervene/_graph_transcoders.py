@@ -107,7 +107,10 @@ class TranscoderBasis:
                 pres.append(pre[p, i])
                 decs.append(W_dec[i])
                 self.offsets.append(self.offsets[-1] + len(p))
-        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)
+
+        def cat(xs: list[torch.Tensor], dt: torch.dtype) -> torch.Tensor:
+            return torch.cat(xs) if xs else torch.zeros(0, dtype=dt)
+
         self.layer, self.pos = cat(layers, torch.long), cat(poss, torch.long)
         self.feat, self.act = cat(feats, torch.long), cat(acts, torch.float32)
         self.pre = cat(pres, torch.float32)
