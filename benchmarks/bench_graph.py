@@ -73,8 +73,76 @@ def dense_reference(model, tok, max_nodes: int, batch_size: int = 64) -> dict:
     }
 
 
+def long_prompt(tok, n_tokens: int) -> str:
+    """Prose from the package's texts, repeated, cut to ``n_tokens`` tokens."""
+    from pathlib import Path
+
+    text = (Path(cb.__file__).parent / "data" / "texts.txt").read_text()
+    ids = tok(text)["input_ids"]
+    while len(ids) < n_tokens:
+        ids = ids + ids
+    return tok.decode(ids[:n_tokens])
+
+
+def long_context_run(n_tokens: int, max_nodes: int) -> None:
+    """One transcoder-basis graph at ``n_tokens`` (run in a fresh process: its peak RSS is its
+    own). Transcoders: TopK (k=32) 576 -> 4,608 at every layer, seeded random weights (the cost
+    depends on the shapes and k, not on what the features mean)."""
+    from circuitboard.dictionaries import SAE, TranscoderSet
+
+    model, tok = cb.load_default_model()
+    D = model.config.hidden_size
+    ts = TranscoderSet(
+        [
+            SAE(
+                D,
+                4608,
+                d_out=D,
+                kind="topk",
+                k=32,
+                hook=f"blocks.{i}.mlp.hook_in",
+                hook_out=f"blocks.{i}.hook_mlp_out",
+                seed=i,
+            )
+            for i in range(model.config.num_hidden_layers)
+        ]
+    )
+    prompt = long_prompt(tok, n_tokens)
+    rss0 = peak_rss_mib()
+    t0, c0 = time.perf_counter(), time.process_time()
+    g = cb.attribution_graph(model, tok, prompt, basis=ts, max_nodes=max_nodes, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(
+        f"| transcoders | {len(g.tokens)} | {max_nodes} | {wall:.1f} | {cpu:.1f} | "
+        f"{peak_rss_mib():.0f} (+{peak_rss_mib() - rss0:.0f}) | {g.n_nodes} / {g.n_edges} | "
+        f"{g.replacement_score:.2f} | {os.getloadavg()[0]:.1f} |",
+        flush=True,
+    )
+
+
+def long_context(sizes: list[int], max_nodes: int = 16) -> None:
+    import subprocess
+
+    print(
+        "| basis | tokens | rows | wall s | CPU s | peak RSS MiB (graph's own) | kept nodes / "
+        "edges | replacement | load avg |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_graph", "--long-one", str(n), str(max_nodes)],
+            check=False,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--long-one"]:
+        long_context_run(int(args[1]), int(args[2]))
+        return
+    if args[:1] == ["--long"]:
+        long_context([int(a) for a in args[1:]] or [128, 256, 512])
+        return
     sizes = [int(a) for a in args] or [DEFAULT_MAX_NODES]
     torch.manual_seed(0)
     model, tok = cb.load_default_model()
