@@ -405,6 +405,10 @@ def test_transcoder_graph_and_bad_transcoders():
     g = cb.attribution_graph(model, tok, PROMPT, basis=ts, max_nodes=40, progress=False)
     assert g.basis == "transcoders" and (g.node_kind == 2).sum() == 2 * len(g.tokens)
     assert 0 < g.replacement_score <= 1 and 0 < g.completeness_score <= 1
+    for e in np.unique(g.hl_edge):  # head loadings (features, errors, tokens) sum to the edge
+        total = sum(p["value"] for p in g.head_loadings(int(e)))
+        assert total == pytest.approx(float(g.edge_weight[e]), rel=1e-4, abs=1e-7)
+    assert len(np.unique(g.hl_edge)) > 0
     assert g.node_mask[(g.node_kind == 0) | (g.node_kind == 3)].all()
     from circuitboard.dictionaries import SAE
 

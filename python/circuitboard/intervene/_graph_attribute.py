@@ -266,12 +266,12 @@ def attribution_graph(
         progress,
         t0,
     )
-    if head_loadings > 0 and transcoders is None:
+    if head_loadings > 0:
         graph = _add_head_loadings(graph, b, dirs, head_loadings)
     return graph
 
 
-def _add_head_loadings(graph: AttributionGraph, basis: NeuronBasis, dirs, n_targets: int):
+def _add_head_loadings(graph: AttributionGraph, basis: Any, dirs, n_targets: int):
     """Fill ``graph.hl_*`` for the kept cross-position edges into the top ``n_targets`` nodes."""
     from dataclasses import replace
 
@@ -287,25 +287,39 @@ def _add_head_loadings(graph: AttributionGraph, basis: NeuronBasis, dirs, n_targ
         targets.tolist(),
         key=lambda n: (g.node_kind[n] != 3, -float(g.node_influence[n])),
     )[:n_targets]
+    P = fr.n_pos
+    if isinstance(basis, NeuronBasis):
+        lookup = None
+    else:
+        lookup = {
+            (int(a), int(b), int(c)): i
+            for i, (a, b, c) in enumerate(zip(basis.layer, basis.pos, basis.feat, strict=True))
+        }
+
+    def cand_of(n: int) -> int:
+        """The column (candidate) of graph node ``n``."""
+        kind, layer, pos, idx = (
+            int(g.node_kind[n]),
+            int(g.node_layer[n]),
+            int(g.node_pos[n]),
+            int(g.node_index[n]),
+        )
+        if kind == 0:
+            return basis.token_offset + pos
+        if kind == 2:
+            return basis.n_basis + layer * P + pos
+        if lookup is None:
+            return (layer * P + pos) * fr.d_mlp + idx
+        return lookup[(layer, pos, idx)]
+
     out_e, out_l, out_h, out_v = [], [], [], []
     for node in order:
         mine = e[g.edge_dst[e] == node]
-        src = g.edge_src[mine]
-        cols = np.where(
-            g.node_kind[src] == 0,
-            basis.token_offset + g.node_pos[src],
-            (g.node_layer[src].astype(np.int64) * fr.n_pos + g.node_pos[src]) * fr.d_mlp
-            + g.node_index[src],
-        )
+        cols = torch.as_tensor([cand_of(int(n)) for n in g.edge_src[mine]], dtype=torch.long)
         if g.node_kind[node] == 3:
-            tags, parts = head_parts(
-                basis, torch.as_tensor(cols), direction=dirs[g.node_index[node]]
-            )
+            tags, parts = head_parts(basis, cols, direction=dirs[g.node_index[node]])
         else:
-            cand = (int(g.node_layer[node]) * fr.n_pos + int(g.node_pos[node])) * fr.d_mlp
-            tags, parts = head_parts(
-                basis, torch.as_tensor(cols), cand=cand + int(g.node_index[node])
-            )
+            tags, parts = head_parts(basis, cols, cand=cand_of(int(node)))
         t_idx, c_idx = (parts != 0).nonzero(as_tuple=True)
         out_e.append(mine[c_idx.numpy()])
         out_l.append(tags[t_idx, 0].numpy())

@@ -60,6 +60,28 @@ def head_parts(
             g = g + seed  # the target reads resid_pre: its own layer's attention is not upstream
     if not tags:
         return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, len(cols))
+    # read only the columns asked for: what each source writes, dotted with the gradient
+    cols = torch.as_tensor(cols, dtype=torch.long)
+    is_basis = cols < basis.n_basis
+    is_error = (cols >= basis.n_basis) & (cols < basis.token_offset)
+    is_token = cols >= basis.token_offset
+    P = fr.n_pos
+    layer_of = torch.full((len(cols),), -2, dtype=torch.long)
+    pos_of = torch.zeros(len(cols), dtype=torch.long)
+    vecs = torch.zeros(len(cols), fr.embed.shape[1])
+    if is_basis.any():
+        lyr, pos, vec = basis.writes(cols[is_basis])
+        layer_of[is_basis], pos_of[is_basis], vecs[is_basis] = lyr, pos, vec
+    if is_error.any():
+        e = cols[is_error] - basis.n_basis
+        layer_of[is_error], pos_of[is_error] = e // P, e % P
+        vecs[is_error] = torch.stack(
+            [basis.errors[int(a)][int(b)] for a, b in zip(e // P, e % P, strict=True)]
+        )
+    if is_token.any():
+        pos_of[is_token] = cols[is_token] - basis.token_offset
+        layer_of[is_token] = -1
+        vecs[is_token] = fr.embed[pos_of[is_token]]
     out = []
     for s in range(0, len(tags), chunk):
         part_tags = tags[s : s + chunk]
@@ -68,13 +90,13 @@ def head_parts(
         for i, (layer, _) in enumerate(part_tags):
             buf = post.setdefault(layer - 1, torch.zeros(n, fr.n_pos, fr.embed.shape[1]))
             buf[i] = seeds[s + i]
-        rows = torch.zeros(n, basis.n_cand)
+        vals = torch.zeros(n, len(cols))
 
-        def read_embed(gr: torch.Tensor, rows=rows) -> None:
-            rows[:, basis.token_offset :] = (gr * fr.embed).sum(-1)
+        def read(layer: int, gr: torch.Tensor, vals=vals) -> None:
+            j = (layer_of == layer).nonzero().flatten()
+            if len(j):
+                vals[:, j] = (gr[:, pos_of[j]] * vecs[j]).sum(-1)
 
-        fr.backward(
-            None, {}, lambda lyr, gr, rows=rows: basis.read_mlp(lyr, gr, rows), read_embed, post
-        )
-        out.append(rows[:, cols])
+        fr.backward(None, {}, read, lambda gr, read=read: read(-1, gr), post)
+        out.append(vals)
     return torch.tensor(tags, dtype=torch.long), torch.cat(out)

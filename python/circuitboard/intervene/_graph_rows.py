@@ -54,6 +54,17 @@ class NeuronBasis:
     def mlp_bias(self, layer: int) -> torch.Tensor:
         return self.fr.b_out[layer]
 
+    def writes(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(layer, pos, vector [k, d_model])``: what basis candidates write (activation times
+        their output direction)."""
+        layer, pos, n = self.locate(cand)
+        vec = (
+            torch.stack([self.fr.W_out[int(a)][int(i)] for a, i in zip(layer, n, strict=True)])
+            if len(cand)
+            else torch.zeros(0, self.fr.embed.shape[1])
+        )
+        return layer, pos, vec * self.activation(cand)[:, None]
+
     def activation(self, cand: torch.Tensor) -> torch.Tensor:
         layer, pos, n = self.locate(cand)
         flat = torch.stack([a.reshape(-1) for a in self.fr.act])

@@ -143,6 +143,10 @@ class TranscoderBasis:
     def activation(self, cand: torch.Tensor) -> torch.Tensor:
         return self.act[cand]
 
+    def writes(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(layer, pos, vector [k, d_model])`` that basis candidates write."""
+        return self.layer[cand], self.pos[cand], self.dec[cand] * self.act[cand][:, None]
+
     def mlp_bias(self, layer: int) -> torch.Tensor:
         return self.bias_vec[layer]
 
