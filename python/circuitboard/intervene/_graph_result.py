@@ -52,6 +52,18 @@ class AttributionGraph:
     Head loadings ``hl_*``: for kept edges whose source and target positions differ, the part
     carried by each attention head (``hl_layer``, ``hl_head``) at the last hop that changes
     position; an edge's parts sum to its weight.
+
+    Examples
+    --------
+    >>> import circuitboard as cb
+    >>> from tests.unit.tiny_models import tiny_llama
+    >>> model, tok = tiny_llama()
+    >>> g = cb.attribution_graph(model, tok, "When Mary and John went", basis="neurons",
+    ...                          max_nodes=16, progress=False)
+    >>> g.prune(0.95, 0.99).n_nodes >= g.n_nodes  # a higher threshold keeps more
+    True
+    >>> int((g.node_kind[g.node_mask] == 0).sum()) == len(g.tokens)  # tokens always kept
+    True
     """
 
     prompt: str
