@@ -255,7 +255,7 @@ def test_bad_inputs():
     model, tok = tiny_llama()
     with pytest.raises(ValueError, match="basis is required: basis='neurons'"):
         cb.attribution_graph(model, tok, PROMPT)
-    with pytest.raises(ValueError, match="basis must be one of"):
+    with pytest.raises(ValueError, match="basis must be 'neurons' or transcoders"):
         cb.attribution_graph(model, tok, PROMPT, basis="features")
     with pytest.raises(ValueError, match=r"target=.* is \d+ tokens.*a logit node is one token"):
         cb.attribution_graph(model, tok, PROMPT, basis="neurons", target=" Maryland zz")
