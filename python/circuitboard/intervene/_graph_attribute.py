@@ -52,7 +52,8 @@ def estimate_cost(
     output and value projections) plus reading edges from the sources (``2 P D d_mlp`` per layer
     for all neurons; ``2 P D k`` with ``k`` active transcoder features per position).
     """
-    per_layer_back = 2 * n_pos * d_model * d_model * 2 + 2 * n_heads * n_pos * n_pos * d_model
+    # output and value projections (~4 P D^2) and the frozen pattern (2 H P^2 d_head)
+    per_layer_back = 4 * n_pos * d_model * d_model + 2 * n_pos * n_pos * d_model
     per_layer_read = 2 * n_pos * d_model * (n_sources_per_layer or d_mlp)
     rows = max_nodes + 10
     flops = rows * n_layers * (per_layer_back + per_layer_read) / 2  # rows sit at all depths
