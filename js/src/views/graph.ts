@@ -257,6 +257,7 @@ export async function render(props: RenderProps<GraphState>) {
         ctx.stroke();
       }
     }
+    ctx.getImageData(0, 0, 1, 1); // wait for the raster, so paintMs is the real paint time
     root.dataset.paintMs = String(performance.now() - t0);
     root.dataset.edges = String(M);
   };
