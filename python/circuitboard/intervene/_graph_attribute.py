@@ -132,7 +132,7 @@ def attribution_graph(
     edge_threshold: float = 0.98,
     batch_size: int = 64,
     min_edge_share: float = 1e-4,
-    head_loadings: int = 8,
+    head_loadings: int = 1,
     max_memory: int | float | str | None = "8GiB",
     progress: bool = True,
     estimate: bool = False,
