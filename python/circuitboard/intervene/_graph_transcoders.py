@@ -155,11 +155,12 @@ class TranscoderBasis:
         n = g.shape[1]
         s, e = self.offsets[layer], self.offsets[layer + 1]
         if e > s:
-            pos = self.pos[s:e]
-            ok = pos < n
-            gp = g[:, pos.clamp(max=n - 1)]  # [rows, k, d_model]
-            vals = (gp * self.dec[s:e]).sum(-1) * self.act[s:e]
-            rows[:, s:e] = vals * ok
+            for a in range(s, e, 512):  # blocks: never a [rows, all active, d_model] temporary
+                b = min(a + 512, e)
+                pos = self.pos[a:b]
+                ok = pos < n
+                gp = g[:, pos.clamp(max=n - 1)]  # [rows, block, d_model]
+                rows[:, a:b] = torch.einsum("bkd,kd->bk", gp, self.dec[a:b]) * self.act[a:b] * ok
         err0 = self.n_basis + layer * self.fr.n_pos
         rows[:, err0 : err0 + n] = (g * self.errors[layer][:n]).sum(-1)
 
