@@ -12,6 +12,7 @@ import * as dashboard from "./views/dashboard";
 import * as experiments from "./views/experiments"; // issue 29, second half
 import * as features from "./views/features";
 import * as generation from "./views/generation";
+import * as graph from "./views/graph"; // attribution graphs (issue #27)
 import * as lens from "./views/lens";
 import * as neurons from "./views/neurons";
 import * as patching from "./views/patching";
@@ -32,6 +33,7 @@ export const VIEWS: Record<string, View> = {
   experiments: experiments as unknown as View,
   features: features as unknown as View,
   generation: generation as unknown as View,
+  graph: graph as unknown as View,
   lens: lens as unknown as View,
   neurons: neurons as unknown as View,
   patching: patching as unknown as View,

@@ -28,6 +28,8 @@ from ._circuit import Circuit, load_circuit
 from ._eap import circuit
 from ._feature_patch import FeaturePatching, load_feature_patching  # dictionary features
 from ._generate import Generation, generate
+from ._graph_attribute import attribution_graph  # attribution graphs (issue #27)
+from ._graph_result import AttributionGraph, load_graph  # attribution graphs (issue #27)
 from ._hooks import OPS, Edit, write_hooks
 from ._metric import evaluate, log_prob, logit_diff, normalize, token_id
 from ._patch import DIRECTIONS, METHODS, SITES, patch
@@ -40,6 +42,8 @@ from ._surgery import Surgery, surgery  # model surgery (issue 29, second half)
 
 __all__ = [
     "Ablation",
+    "AttributionGraph",
+    "CausalTrace",
     "Circuit",
     "DIRECTIONS",
     "Edit",
@@ -50,22 +54,27 @@ __all__ = [
     "Location",
     "METHODS",
     "OPS",
-    "PathPatching",
     "Patching",
+    "PathPatching",
     "Runner",
     "SITES",
     "Site",
     "SteeringVector",
+    "Surgery",
     "ablate",
+    "attribution_graph",
+    "causal_trace",
     "circuit",
     "eval_mode",
     "evaluate",
     "generate",
     "load_ablation",
+    "load_causal_trace",
     "load_circuit",
-    "load_path_patching",
     "load_feature_patching",
+    "load_graph",
     "load_patching",
+    "load_path_patching",
     "locate",
     "log_prob",
     "logit_diff",
@@ -74,12 +83,7 @@ __all__ = [
     "path_patch",
     "site_shape",
     "steering_vector",
+    "surgery",
     "token_id",
     "write_hooks",
-    # Model surgery and causal tracing (issue 29, second half)
-    "CausalTrace",
-    "Surgery",
-    "causal_trace",
-    "load_causal_trace",
-    "surgery",
 ]

@@ -13,6 +13,7 @@ from ._dashboard import NeuronDashboard
 from ._experiments import ExperimentsBrowser, ExperimentsView, experiments  # issue 29
 from ._features import FeaturesView, feature_dashboard, features  # dictionary features
 from ._generation import GenerationView, generation_view
+from ._graph_view import GraphView, graph_view  # attribution graphs (issue #27)
 from ._lens import LogitLensView
 from ._link import Link
 from ._linking import link
@@ -59,4 +60,7 @@ __all__ = [
     "generation_view",
     "link",
     "patching_view",
+    # attribution graphs (issue #27)
+    "GraphView",
+    "graph_view",
 ]

@@ -1,0 +1,482 @@
+"""``cb.attribution_graph``: circuit-tracer's attribution graph on the frozen replacement model.
+
+Rows (the direct effects into one target node) come from batched backward passes
+(:mod:`._graph_rows`), logit rows first, then basis nodes in order of their estimated influence
+on the logits. Each row is thinned as it arrives (edges under ``min_edge_share`` of the row's
+absolute total are not stored), so memory grows with the rows kept, never with
+nodes x nodes. Pruning and scores are circuit-tracer's (:mod:`._graph_prune`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._graph_frozen import Frozen, freeze
+from ._graph_prune import prune, scores
+from ._graph_result import AttributionGraph
+from ._graph_rows import NeuronBasis, compute_rows
+
+DEFAULT_MAX_NODES = 1024
+_BASES = ("neurons",)
+
+
+def _parse_bytes(v: int | float | str | None) -> float | None:
+    if v is None or isinstance(v, (int, float)):
+        return v
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}
+    s = v.strip().upper().replace(" ", "")
+    for u, f in units.items():
+        if s.endswith(u):
+            return float(s[: -len(u)]) * f
+    return float(s)
+
+
+def estimate_cost(
+    n_layers: int,
+    n_pos: int,
+    d_model: int,
+    d_mlp: int,
+    n_heads: int,
+    max_nodes: int,
+    batch_size: int,
+    n_sources_per_layer: int | None = None,
+) -> dict[str, float]:
+    """The cost model of docs/attribution_graphs.md: FLOPs and bytes of one run.
+
+    A row costs one backward pass through frozen attention (``4 P D^2``-ish per layer: the
+    output and value projections) plus reading edges from the sources (``2 P D d_mlp`` per layer
+    for all neurons; ``2 P D k`` with ``k`` active transcoder features per position).
+    """
+    # output and value projections (~4 P D^2) and the frozen pattern (2 H P^2 d_head)
+    per_layer_back = 4 * n_pos * d_model * d_model + 2 * n_pos * n_pos * d_model
+    per_layer_read = 2 * n_pos * d_model * (n_sources_per_layer or d_mlp)
+    rows = max_nodes + 10
+    flops = rows * n_layers * (per_layer_back + per_layer_read) / 2  # rows sit at all depths
+    n_cand = n_layers * n_pos * (n_sources_per_layer or d_mlp) + n_pos
+    frozen = 4 * n_layers * (n_heads * n_pos * n_pos + 2 * n_pos * d_mlp + 3 * n_pos)
+    buffers = 4 * batch_size * (n_cand + 3 * n_pos * d_model)
+    return {
+        "rows": rows,
+        "flops": float(flops),
+        "frozen_bytes": float(frozen),
+        "row_buffer_bytes": float(buffers),
+        "peak_bytes": float(frozen + buffers + 12 * rows * 4096),
+    }
+
+
+def _throughput() -> float:
+    """Measured matmul FLOP/s on this machine right now (about 0.1 s)."""
+    a = torch.randn(512, 512)
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < 0.1:
+        a @ a
+        n += 1
+    return 2 * 512**3 * n / (time.perf_counter() - t0)
+
+
+def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor, list, list, list]:
+    """Logit directions ``[k, vocab]``, weights, labels and token ids of the target nodes."""
+    from ._metric import token_id as _token_id
+
+    def token_id(tok: Any, token: Any, what: str) -> int:
+        if isinstance(token, str):
+            ids = tok(token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                pieces = [tok.decode([i]) for i in ids]
+                raise ValueError(
+                    f"{what}={token!r} is {len(ids)} tokens {pieces}; a logit node is one token. "
+                    f"Pass its first token ({pieces[0]!r}) or a token id."
+                )
+        return _token_id(tok, token, what)
+
+    V = fr.W_U.shape[1]
+    if target is None:
+        if baseline is not None:
+            raise ValueError("baseline= needs target= too (the graph explains target - baseline).")
+        probs = torch.softmax(fr.logits.double(), -1)
+        p, ids = probs.sort(descending=True)
+        k = int(min(10, int((p.cumsum(0) < 0.95).sum()) + 1))
+        ids, p = ids[:k].tolist(), p[:k].float()
+        dirs = torch.zeros(k, V)
+        dirs[torch.arange(k), ids] = 1
+        labels = [tokenizer.decode([i]) for i in ids]
+        return dirs, p.tolist(), labels, ids
+    t = token_id(tokenizer, target, "target")
+    d = torch.zeros(1, V)
+    d[0, t] = 1
+    label = tokenizer.decode([t])
+    if baseline is not None:
+        b = token_id(tokenizer, baseline, "baseline")
+        d[0, b] -= 1
+        label = f"{label} - {tokenizer.decode([b])}"
+        return d, [1.0], [label], [t, b]
+    return d, [1.0], [label], [t]
+
+
+def attribution_graph(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    *,
+    basis: str | Any = None,
+    target: str | int | None = None,
+    baseline: str | int | None = None,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    batch_size: int = 64,
+    min_edge_share: float = 1e-4,
+    head_loadings: int = 1,
+    max_memory: int | float | str | None = "8GiB",
+    progress: bool = True,
+    estimate: bool = False,
+) -> AttributionGraph | dict[str, float]:
+    """Attribution graph of ``prompt``: direct effects between tokens, basis nodes and logits.
+
+    The replacement model freezes every attention pattern, every norm's scale and each MLP
+    neuron's activation multiplier at the prompt's values (``basis="neurons"``: SwiGLU's
+    ``silu(gate)``, GELU's ``act(z)/z``), so the residual stream is linear in its sources and
+    edges are exact direct effects: into each node, the edges from all sources plus its bias
+    terms equal its activation. This is a local linearization, like the frozen attention.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A Llama/Mistral/Qwen2, Gemma 1, GPT-2 or GPT-NeoX family model and its tokenizer.
+    prompt
+        The text to explain (the graph explains the prediction after its last token).
+    basis
+        ``"neurons"`` (the MLPs' own neurons; no dictionary needed). Required.
+    target, baseline
+        One token each: the graph explains ``logit(target) - logit(baseline)``. Default: the
+        top tokens until their probabilities sum to 0.95 (at most 10), weighted by probability.
+    max_nodes
+        Basis nodes whose rows are computed (in order of estimated influence).
+    node_threshold, edge_threshold
+        Pruning: keep nodes holding this share of influence on the logits, then edges holding
+        this share of edge influence (circuit-tracer's defaults). ``graph.prune(...)`` redoes it.
+    batch_size
+        Rows per backward pass.
+    min_edge_share
+        Edges under this share of their row's absolute total are not stored (0 stores all).
+    head_loadings
+        Split the kept edges that cross positions into per-attention-head parts for this many
+        target nodes (logit nodes first, then by influence); each costs about one backward
+        pass of ``n_layers * n_heads`` rows.
+    max_memory
+        Refuse before running when the estimated peak exceeds this (bytes or "8GiB"); None: no
+        limit.
+    progress
+        Print progress to stderr.
+    estimate
+        Return (and print) the estimated FLOPs, seconds and bytes without computing the graph.
+
+    Examples
+    --------
+    >>> import circuitboard as cb
+    >>> from circuitboard.testing import tiny_model
+    >>> model, tok = tiny_model("llama")
+    >>> g = cb.attribution_graph(model, tok, "When Mary and John went", basis="neurons",
+    ...                          max_nodes=64, progress=False)
+    >>> bool(g.node_mask[g.node_kind == 3].all())
+    True
+    """
+    if basis is None:
+        raise ValueError(
+            "basis is required: basis='neurons' uses the MLPs' own neurons (no dictionary needed)."
+        )
+    if isinstance(basis, str) and basis not in _BASES:
+        raise ValueError(
+            f"basis must be 'neurons' or transcoders (cb.SAE, cb.TranscoderSet, a list); got "
+            f"{basis!r}."
+        )
+    for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1]; got {v}. 0.8 / 0.98 are the defaults.")
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")
+    cfg = model.config
+    from ..capture.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    dims = adapter.dims(cfg)
+    transcoders = None
+    per_layer_sources = None
+    if not isinstance(basis, str):
+        from ._graph_transcoders import transcoder_list
+
+        parallel = bool(dims.get("parallel_attn_mlp")) or adapter.block_mid is None
+        transcoders = transcoder_list(basis, dims["n_layers"], dims["d_model"], parallel)
+        ks = [t.k or 64 for t in transcoders]
+        per_layer_sources = max(ks) + 1
+    n_pos = len(tokenizer(prompt)["input_ids"])
+    cost = estimate_cost(
+        dims["n_layers"],
+        n_pos,
+        dims["d_model"],
+        dims["d_mlp"],
+        dims["n_heads"],
+        max_nodes,
+        batch_size,
+        per_layer_sources,
+    )
+    cost["seconds"] = cost["flops"] / _throughput() if estimate else float("nan")
+    budget = _parse_bytes(max_memory)
+    if budget is not None and cost["peak_bytes"] > budget:
+        raise ValueError(
+            f"a {n_pos}-token graph with basis={basis!r} needs about "
+            f"{cost['peak_bytes'] / 2**30:.1f} GiB, past max_memory={max_memory!r}. Shorten the "
+            "prompt, lower batch_size or max_nodes, or raise max_memory."
+        )
+    if estimate:
+        print(
+            f"[circuitboard] attribution graph estimate: {n_pos} tokens, {cost['rows']:.0f} rows, "
+            f"{cost['flops'] / 1e12:.2f} TFLOP (~{cost['seconds']:.0f} s here now), peak "
+            f"{cost['peak_bytes'] / 2**30:.2f} GiB",
+            file=sys.stderr,
+        )
+        return cost
+    t0 = time.perf_counter()
+    fr = freeze(model, tokenizer, prompt, keep_mlp_out=transcoders is not None)
+    if transcoders is None:
+        b = NeuronBasis(fr)
+    else:
+        from ._graph_transcoders import TranscoderBasis
+
+        b = TranscoderBasis(fr, transcoders)
+    dirs, weights, labels, ids = _targets(fr, tokenizer, target, baseline)
+    graph = _build(
+        fr,
+        b,
+        dirs,
+        weights,
+        labels,
+        ids,
+        prompt,
+        max_nodes,
+        node_threshold,
+        edge_threshold,
+        batch_size,
+        min_edge_share,
+        progress,
+        t0,
+    )
+    if head_loadings > 0:
+        graph = _add_head_loadings(graph, b, dirs, head_loadings)
+    return graph
+
+
+def _add_head_loadings(graph: AttributionGraph, basis: Any, dirs, n_targets: int):
+    """Fill ``graph.hl_*`` for the kept cross-position edges into the top ``n_targets`` nodes."""
+    from dataclasses import replace
+
+    from ._graph_heads import head_parts
+
+    fr = basis.fr
+    g = graph
+    e = np.flatnonzero(g.edge_mask & (g.node_pos[g.edge_src] != g.node_pos[g.edge_dst]))
+    if len(e) == 0:
+        return g
+    targets = np.unique(g.edge_dst[e])
+    order = sorted(
+        targets.tolist(),
+        key=lambda n: (g.node_kind[n] != 3, -float(g.node_influence[n])),
+    )[:n_targets]
+    P = fr.n_pos
+    if isinstance(basis, NeuronBasis):
+        lookup = None
+    else:
+        lookup = {
+            (int(a), int(b), int(c)): i
+            for i, (a, b, c) in enumerate(zip(basis.layer, basis.pos, basis.feat, strict=True))
+        }
+
+    def cand_of(n: int) -> int:
+        """The column (candidate) of graph node ``n``."""
+        kind, layer, pos, idx = (
+            int(g.node_kind[n]),
+            int(g.node_layer[n]),
+            int(g.node_pos[n]),
+            int(g.node_index[n]),
+        )
+        if kind == 0:
+            return basis.token_offset + pos
+        if kind == 2:
+            return basis.n_basis + layer * P + pos
+        if lookup is None:
+            return (layer * P + pos) * fr.d_mlp + idx
+        return lookup[(layer, pos, idx)]
+
+    out_e, out_l, out_h, out_v = [], [], [], []
+    for node in order:
+        mine = e[g.edge_dst[e] == node]
+        cols = torch.as_tensor([cand_of(int(n)) for n in g.edge_src[mine]], dtype=torch.long)
+        if g.node_kind[node] == 3:
+            tags, parts = head_parts(basis, cols, direction=dirs[g.node_index[node]])
+        else:
+            tags, parts = head_parts(basis, cols, cand=cand_of(int(node)))
+        t_idx, c_idx = (parts != 0).nonzero(as_tuple=True)
+        out_e.append(mine[c_idx.numpy()])
+        out_l.append(tags[t_idx, 0].numpy())
+        out_h.append(tags[t_idx, 1].numpy())
+        out_v.append(parts[t_idx, c_idx].numpy())
+    return replace(
+        g,
+        hl_edge=np.concatenate(out_e).astype(np.int64),
+        hl_layer=np.concatenate(out_l).astype(np.int32),
+        hl_head=np.concatenate(out_h).astype(np.int32),
+        hl_value=np.concatenate(out_v).astype(np.float32),
+    )
+
+
+def _build(
+    fr,
+    basis,
+    dirs,
+    weights,
+    labels,
+    ids,
+    prompt,
+    max_nodes,
+    node_threshold,
+    edge_threshold,
+    batch_size,
+    min_edge_share,
+    progress,
+    t0,
+) -> AttributionGraph:
+    n_cand = basis.n_cand
+    infl = torch.zeros(n_cand, dtype=torch.float64)
+    done = torch.zeros(n_cand, dtype=torch.bool)
+    done[basis.n_basis :] = True  # tokens and error nodes are leaves: they get no rows
+    row_cand: list[int] = []  # candidate of each computed basis row
+    row_bias: list[float] = []
+    store_src, store_dst, store_w = [], [], []
+    kept_mass = []
+
+    def take(rows: torch.Tensor, bias: torch.Tensor, row_ids: list[int], row_infl) -> None:
+        a = rows.abs()
+        total = a.sum(1)
+        w = torch.as_tensor(row_infl, dtype=torch.float32) / total.clamp_min(1e-30)
+        infl.add_((w[None] @ a)[0].double())  # influence pushed back through these rows
+        keep = a >= (min_edge_share * total)[:, None]
+        keep &= a > 0
+        r, c = keep.nonzero(as_tuple=True)
+        store_src.append(c.numpy().astype(np.int64))
+        store_dst.append(np.asarray(row_ids, np.int64)[r.numpy()])
+        store_w.append(rows[r, c].numpy().astype(np.float32))
+        kept_mass.append(torch.zeros(len(rows)).index_add_(0, r, a[r, c]) / total.clamp_min(1e-30))
+        row_bias.extend(bias.tolist())
+
+    # logit rows first: their ids are -1 - k until the node layout is known
+    lrows, lbias = compute_rows(basis, logit_dirs=dirs)
+    take(lrows, lbias, [-1 - k for k in range(len(dirs))], weights)
+    n_rows = 0
+    while n_rows < max_nodes:
+        masked = torch.where(done, torch.full_like(infl, -1.0), infl)
+        k = min(batch_size, max_nodes - n_rows)
+        vals, cand = masked.topk(k)
+        cand = cand[vals > 0]
+        if len(cand) == 0:
+            break
+        done[cand] = True
+        rows, bias = compute_rows(basis, cand=cand)
+        take(rows, bias, cand.tolist(), vals[: len(cand)].tolist())
+        row_cand.extend(cand.tolist())
+        n_rows += len(cand)
+        if progress:
+            print(
+                f"\r[circuitboard] attribution graph: {n_rows}/{max_nodes} rows, "
+                f"{time.perf_counter() - t0:.1f} s",
+                end="",
+                file=sys.stderr,
+            )
+    if progress:
+        print(file=sys.stderr)
+
+    # node layout: computed basis nodes, error nodes, tokens, logits (circuit-tracer's order)
+    P, K = fr.n_pos, len(dirs)
+    n_b, n_e = len(row_cand), basis.n_error
+    cand_t = torch.tensor(row_cand, dtype=torch.long)
+    node_of = np.full(n_cand, -1, np.int64)
+    node_of[np.asarray(row_cand, np.int64)] = np.arange(n_b)
+    node_of[basis.n_basis : basis.n_basis + n_e] = n_b + np.arange(n_e)
+    tok0 = n_b + n_e
+    node_of[basis.token_offset : basis.token_offset + P] = tok0 + np.arange(P)
+    n_nodes = tok0 + P + K
+    src = np.concatenate(store_src)
+    dst = np.concatenate(store_dst)
+    w = np.concatenate(store_w)
+    dst = np.where(dst < 0, tok0 + P + (-1 - dst), node_of[np.maximum(dst, 0)])
+    src = node_of[src]
+    ok = src >= 0
+    src, dst, w = src[ok], dst[ok], w[ok]
+
+    kind = np.concatenate([np.ones(n_b), np.full(n_e, 2), np.zeros(P), np.full(K, 3)])
+    kind = kind.astype(np.uint8)
+    if n_b:
+        layer, pos, idx = (t.numpy() for t in basis.locate(cand_t))
+        act = basis.activation(cand_t).numpy()
+    else:
+        layer = pos = idx = np.zeros(0, np.int64)
+        act = np.zeros(0, np.float32)
+    err_layer = np.repeat(np.arange(fr.n_layers), P) if n_e else np.zeros(0, np.int64)
+    err_pos = np.tile(np.arange(P), fr.n_layers) if n_e else np.zeros(0, np.int64)
+    err_size = torch.stack(basis.errors).norm(dim=-1).reshape(-1).numpy() if n_e else np.zeros(0)
+    node_layer = np.concatenate([layer, err_layer, np.full(P, -1), np.full(K, fr.n_layers)])
+    node_layer = node_layer.astype(np.int32)
+    node_pos = np.concatenate([pos, err_pos, np.arange(P), np.full(K, P - 1)]).astype(np.int32)
+    node_index = np.concatenate([idx, np.full(n_e, -1), fr.token_ids.numpy(), np.arange(K)]).astype(
+        np.int64
+    )
+    logit_vals = (dirs @ fr.logits).numpy()
+    node_act = np.concatenate([act, err_size, np.zeros(P), logit_vals]).astype(np.float32)
+    biases = np.asarray(row_bias, np.float32)  # logit rows first, then basis rows
+    node_bias = np.concatenate([biases[K:], np.zeros(n_e + P), biases[:K]]).astype(np.float32)
+    logit_w = np.zeros(n_nodes)
+    logit_w[tok0 + P :] = weights
+    node_mask, edge_mask, node_infl = prune(
+        kind, src, dst, w, logit_w, node_threshold, edge_threshold
+    )
+    rep, comp = scores(kind, src, dst, w, logit_w)
+    km = torch.cat(kept_mass)
+    return AttributionGraph(
+        prompt=prompt,
+        tokens=fr.tokens,
+        token_ids=fr.token_ids.numpy().astype(np.int64),
+        basis=basis.name,
+        model_name=fr.model_name,
+        n_layers=fr.n_layers,
+        node_kind=kind,
+        node_layer=node_layer,
+        node_pos=node_pos,
+        node_index=node_index,
+        node_activation=node_act,
+        node_bias=node_bias,
+        node_influence=node_infl.astype(np.float32),
+        node_mask=node_mask,
+        edge_src=src,
+        edge_dst=dst,
+        edge_weight=w,
+        edge_mask=edge_mask,
+        logit_weights=logit_w.astype(np.float32),
+        logit_labels=labels,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        replacement_score=rep,
+        completeness_score=comp,
+        stats={
+            "rows": n_b + K,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "min_edge_share": min_edge_share,
+            "stored_row_mass_mean": float(km.mean()),
+            "logit_token_ids": [int(i) for i in ids[: len(dirs)]],
+            "baseline_id": int(ids[1]) if len(ids) > len(dirs) else None,
+        },
+    )
