@@ -158,6 +158,9 @@ def _tiny_results(tmp: Path) -> dict[str, Path]:
     files["ablation"] = cb.ablate(model, tok, [clean], ["L0H1"]).save(tmp / "ablation.npz")
     trace = cb.causal_trace(model, tok, clean, subject=" Mary", samples=1, kinds=("mlp",))
     files["causal trace"] = trace.save(tmp / "trace.npz")
+    graph = cb.attribution_graph(model, tok, clean, basis="neurons", progress=False)
+    graph.save(tmp / "graph.npz")
+    files["attribution graph"] = tmp / "graph.npz"
     # training dynamics (issue 28)
     from tests.unit.training_helpers import tiny_toy, train_toy
 
@@ -182,6 +185,7 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "causal trace": cb.load_causal_trace,
     "training run": cb.load_training_run,
     "KPI correlation": cb.load_kpi_correlation,
+    "attribution graph": cb.load_graph,
 }
 
 

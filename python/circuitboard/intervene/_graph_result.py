@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import check_file, decoding, json_array, not_a, read_npz, stamp
 from ._graph_prune import prune
 
 KIND_NAMES = ("token", "neuron", "error", "logit")
@@ -222,7 +223,7 @@ class AttributionGraph:
         }
         arrays: dict[str, Any] = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
         arrays.update({k: np.asarray(getattr(self, k)) for k in _ARRAYS})
-        save_npz(path, arrays)
+        save_npz(path, {**stamp("attribution graph"), **arrays})
 
     def to_circuit_tracer_json(self, path: str | os.PathLike[str] | None = None) -> dict:
         """circuit-tracer's frontend schema (``metadata``, ``qParams``, ``nodes``, ``links``)
@@ -402,23 +403,21 @@ def load_graph(path: str | os.PathLike[str]) -> AttributionGraph:
     >>> graph.save("ioi.npz"); cb.load_graph("ioi.npz").n_nodes == graph.n_nodes  # doctest: +SKIP
     True
     """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no graph file at {str(p)!r}; save one with graph.save(path).")
+    writer = "AttributionGraph.save(path)"
+    p = check_file(path, "attribution graph", writer)
     if p.suffix == ".json":
-        return _from_circuit_tracer(json.loads(p.read_text()))
-    with np.load(p, allow_pickle=False) as z:
-        if "header" not in z.files:
-            raise ValueError(
-                f"{str(p)!r} is not an attribution graph (no header); expected a file written "
-                "by AttributionGraph.save or a circuit-tracer .json."
-            )
-        header = json.loads(bytes(z["header"]).decode())
-        if header.get("format") != FORMAT:
-            raise ValueError(
-                f"{str(p)!r} has format {header.get('format')!r}; expected {FORMAT!r}."
-            )
-        arrays = {k: z[k] for k in _ARRAYS}
+        with decoding(p, "attribution graph", writer):
+            return _from_circuit_tracer(json.loads(p.read_text(encoding="utf-8")))
+    z = read_npz(p, "attribution graph", writer, required=("header", *_ARRAYS))
+    header = json_array(z, "header", p, "attribution graph", writer)
+    if header.get("format") != FORMAT:
+        raise not_a(p, "attribution graph", f"its format is {header.get('format')!r}", writer)
+    arrays = {k: z[k] for k in _ARRAYS}
+    with decoding(p, "attribution graph", writer):
+        return _graph_from(header, arrays)
+
+
+def _graph_from(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttributionGraph:
     return AttributionGraph(
         prompt=header["prompt"],
         tokens=header["tokens"],
