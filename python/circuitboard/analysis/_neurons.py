@@ -209,6 +209,7 @@ def top_activations(
         or checkpoint is not None
         or (tokenizer is None and not is_loaded_model(model))
     ):
+        from ..scale import Sharding
         from ._neuron_jobs import top_activations_sharded
 
         return top_activations_sharded(
@@ -216,12 +217,7 @@ def top_activations(
             tokenizer,
             texts,
             options,
-            engine=engine,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            shards=shards,
-            checkpoint=checkpoint,
-            ray_address=ray_address,
+            Sharding(engine, workers, gpus_per_worker, shards, checkpoint, ray_address),
             progress=progress,
         )
     plan = plan_texts(
