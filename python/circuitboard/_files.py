@@ -44,6 +44,25 @@ def stamp(kind: str, version: int = 1) -> dict[str, np.ndarray]:
     return {STAMP: np.frombuffer(text.encode(), np.uint8)}
 
 
+def save_stamped(
+    path: str | os.PathLike[str], kind: str, meta: dict[str, Any], arrays: dict[str, Any]
+) -> Path:
+    """Write a ``kind`` file: the :func:`stamp`, ``meta`` as JSON in ``__meta__``, then
+    ``arrays``; byte-reproducible (the same contents, the same file). Returns the path.
+
+    >>> import os, tempfile
+    >>> p = save_stamped(os.path.join(tempfile.mkdtemp(), "d.npz"), "demo", {"n": 3}, {})
+    >>> sorted(np.load(p).files)
+    ['__circuitboard__', '__meta__']
+    """
+    from ._npz import save_npz
+
+    out = Path(path)
+    meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    save_npz(out, {**stamp(kind), "__meta__": meta_array, **arrays})
+    return out
+
+
 def not_a(path: Path, kind: str, found: str, writer: str) -> CircuitboardFileError:
     """The one error for a file that is not what a loader reads."""
     return CircuitboardFileError(

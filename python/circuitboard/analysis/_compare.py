@@ -159,6 +159,7 @@ def compare(
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     sharded = engine != "serial" or shards is not None or checkpoint is not None
     if sharded or (tokenizer is None and not image and not is_loaded_model(model)):
+        from ..scale import Sharding
         from ._compare_jobs import compare_sharded
 
         return compare_sharded(
@@ -166,12 +167,7 @@ def compare(
             tokenizer,
             categories,
             dict(pos=pos, layers=layers, stats=stats, batch_size=batch_size, dtype=dtype),
-            engine=engine,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            shards=shards,
-            checkpoint=checkpoint,
-            ray_address=ray_address,
+            Sharding(engine, workers, gpus_per_worker, shards, checkpoint, ray_address),
             progress=progress,
         )
     total = sum(len(p) for p in categories.values())

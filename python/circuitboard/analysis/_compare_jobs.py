@@ -8,10 +8,9 @@ is a :class:`Comparison`, whose ``merge`` pools the running moments.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from ..scale import Job, Plan, cut, describe_source, digest, model_source, open_engine, run_plan
+from ..scale import Job, Plan, Sharding, cut, model_source, plan_key
 from ._compare import Comparison, compare_blocks, plan_blocks
 
 
@@ -20,41 +19,20 @@ def compare_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> Compar
     return compare_blocks(model, tokenizer, payload["blocks"], **payload["options"])
 
 
-def _merge(a: Comparison, b: Comparison) -> Comparison:
-    return a.merge(b)
-
-
-def _save(part: Comparison, path: Path) -> None:
-    part.save(path)
-
-
 def compare_sharded(
     model: Any,
     tokenizer: Any,
     categories: Mapping[str, Sequence[str]],
     options: dict[str, Any],
+    run: Sharding,
     *,
-    engine: str,
-    workers: int | None,
-    gpus_per_worker: float | None,
-    shards: int | None,
-    checkpoint: Any,
-    ray_address: str | None,
     progress: bool | None,
 ) -> Comparison:
-    """:func:`circuitboard.compare` cut into jobs at block boundaries, run on ``engine``."""
+    """:func:`circuitboard.compare` cut into jobs at block boundaries, run as ``run`` says."""
     source = model_source(model, tokenizer, "compare")
     blocks = plan_blocks(categories, options["batch_size"])
-    with open_engine(
-        source,
-        engine=engine,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        ray_address=ray_address,
-        preload=[__name__],
-        what="compare",
-    ) as eng:
-        groups = cut([b - a for _, a, b in blocks], eng.shards(shards))
+    with run.open(source, __name__, "compare") as eng:
+        groups = cut([b - a for _, a, b in blocks], eng.shards(run.shards))
         jobs = []
         for g in groups:
             part = [
@@ -65,16 +43,12 @@ def compare_sharded(
         plan = Plan(
             "compare",
             jobs,
-            merge=_merge,
-            save=_save,
+            merge=Comparison.merge,
+            save=Comparison.save,
             load=Comparison.load,
-            key={
-                "model": describe_source(eng.source),
-                "inputs": digest({k: list(v) for k, v in categories.items()}),
-                "options": repr(sorted(options.items())),
-            },
+            key=plan_key(eng.source, {k: list(v) for k, v in categories.items()}, options),
             unit="prompt",
         )
         total = sum(len(p) for p in categories.values())
         show = progress if progress is not None else total >= 64
-        return run_plan(plan, engine=eng, checkpoint=checkpoint, progress=show)
+        return run.run(plan, eng, progress=show)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import decoding, json_array, read_npz, stamp
+from .._files import decoding, json_array, read_npz, save_stamped
 from ._compare_samples import (
     HEAD_STATS,
     NEURON_STATS,
@@ -247,7 +247,6 @@ class Comparison:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :meth:`load` reads it back, e.g. to merge."""
-        import json
 
         arrays: dict[str, np.ndarray] = {}
         meta = {
@@ -265,12 +264,8 @@ class Comparison:
             for s, v in self.stats[c].items():
                 arrays[f"{ci}/{s}/mean"] = v.mean
                 arrays[f"{ci}/{s}/m2"] = v.m2
-        from .._npz import save_npz  # byte-reproducible: the same statistics, the same file
-
-        out = Path(path)
-        meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        save_npz(out, {**stamp("comparison"), "__meta__": meta_array, **arrays})
-        return out
+        # byte-reproducible: the same statistics, the same file
+        return save_stamped(path, "comparison", meta, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Comparison:

@@ -13,7 +13,6 @@ Every product is rank ``d_head``: with ``W_V = Q R`` (QR), ``‖W_V M‖_F = ‖
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +105,7 @@ class CompositionScores:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :func:`load_composition_scores` reads it."""
-        from .._files import stamp
-        from .._npz import save_npz
+        from .._files import save_stamped
 
         meta = {
             "baseline": self.baseline,
@@ -119,14 +117,8 @@ class CompositionScores:
             "model_name": self.model_name,
             "notes": self.notes,
         }
-        arrays: dict[str, Any] = {
-            **stamp("composition scores"),
-            "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
-        }
-        arrays.update({k: self.values[k] for k in KINDS})
-        out = Path(path)
-        save_npz(out, arrays)
-        return out
+        arrays = {k: self.values[k] for k in KINDS}
+        return save_stamped(path, "composition scores", meta, arrays)
 
     def __repr__(self) -> str:
         best = self.top(1)

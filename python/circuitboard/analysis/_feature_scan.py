@@ -79,23 +79,10 @@ class FeatureReader:
 
     def run(self, rows: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
         """``(acts [B, T, n] float32, ids [B, T], lens [B])`` of right-padded ``rows``."""
-        import torch
+        from ._neuron_scan import forward_rows
 
-        from ._neuron_scan import _Stop
-
-        lens = torch.tensor([len(r) for r in rows])
-        T = int(lens.max())
-        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : lens[b]] = torch.tensor(r)
-            mask[b, : lens[b]] = 1
         device = next(self.model.parameters()).device
-        with torch.no_grad():
-            try:
-                self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
-            except _Stop:
-                pass
+        ids, lens = forward_rows(self.model, rows, pad_id, device)
         return self.got, ids, lens
 
 
@@ -109,7 +96,7 @@ def feature_directions(
 
     from ..capture._saes import sae_hook_out
     from ._features import decoder_matrix
-    from ._mlp_parts import _final_norm, _w_out, mlp_out_proj
+    from ._mlp_parts import _w_out, mlp_out_proj, through_final_norm
 
     W_dec, _ = decoder_matrix(sae)
     d = W_dec[list(ids)]
@@ -117,43 +104,18 @@ def feature_directions(
     if hook.endswith("mlp.hook_post"):
         layer = int(hook.split(".")[1])
         d = d @ _w_out(mlp_out_proj(model, layer)).to("cpu", torch.float64)
-    if through_norm:
-        found = _final_norm(model)
-        if found is not None:
-            mod, kind = found
-            if kind == "layernorm":
-                d = d - d.mean(-1, keepdim=True)
-            w = getattr(mod, "weight", None)
-            if w is not None:
-                w = w.detach().to("cpu", torch.float64)
-                d = d * (1.0 + w if kind == "gemma_rmsnorm" else w)
-    return d
+    return through_final_norm(model, d) if through_norm else d
 
 
 def feature_logit_effects(
     model: Any, sae: Any, ids: Sequence[int], *, k: int = 12, through_norm: bool = True
 ) -> dict[str, np.ndarray]:
     """Tokens each feature directly promotes / suppresses: ``W_dec[f] (· w_norm) @ W_U``."""
-    from ._mlp_parts import _unembed
+    from ._mlp_parts import top_logit_effects
 
-    W_U = _unembed(model)
-    k = min(int(k), W_U.shape[0])
-    out: dict[str, list] = {
-        key: [] for key in ("promoted_ids", "promoted", "suppressed_ids", "suppressed")
-    }
-    ids = list(ids)
-    for s in range(0, len(ids), 256):
-        dirs = feature_directions(model, sae, ids[s : s + 256], through_norm=through_norm)
-        eff = dirs.float() @ W_U.T
-        pv, pi = eff.topk(k, dim=1)
-        sv, si = (-eff).topk(k, dim=1)
-        out["promoted_ids"].append(pi)
-        out["promoted"].append(pv)
-        out["suppressed_ids"].append(si)
-        out["suppressed"].append(-sv)
-    import torch
-
-    return {
-        key: torch.cat(v).numpy().astype(np.int64 if key.endswith("ids") else np.float32)
-        for key, v in out.items()
-    }
+    return top_logit_effects(
+        model,
+        list(ids),
+        lambda part: feature_directions(model, sae, part, through_norm=through_norm),
+        k,
+    )

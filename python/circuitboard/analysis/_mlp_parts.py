@@ -3,7 +3,7 @@ unembedding (module paths per architecture family)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,51 @@ def _final_norm(model: Any) -> tuple[Any, str] | None:
     if "gemma" in name:
         kind = "gemma_rmsnorm"
     return mod, kind
+
+
+def through_final_norm(model: Any, d: Any) -> Any:
+    """Float64 directions ``d [n, d_model]`` as the unembedding sees them: times the final
+    norm's weight (``1 + w`` for Gemma), centred first for LayerNorm (it removes the mean)."""
+    import torch
+
+    found = _final_norm(model)
+    if found is None:
+        return d
+    mod, kind = found
+    if kind == "layernorm":
+        d = d - d.mean(-1, keepdim=True)
+    w = getattr(mod, "weight", None)
+    if w is not None:
+        w = w.detach().to("cpu", torch.float64)
+        d = d * (1.0 + w if kind == "gemma_rmsnorm" else w)
+    return d
+
+
+def top_logit_effects(
+    model: Any, items: Sequence[Any], directions: Callable[[Sequence[Any]], Any], k: int
+) -> dict[str, np.ndarray]:
+    """The ``k`` tokens each item's direction promotes / suppresses most: ``directions(chunk)
+    @ W_U`` over chunks of 256 items (``promoted_ids`` / ``promoted``, ``suppressed_ids`` /
+    ``suppressed``, each ``[n, k]``)."""
+    import torch
+
+    W_U = _unembed(model)
+    k = min(int(k), W_U.shape[0])
+    out: dict[str, list] = {
+        key: [] for key in ("promoted_ids", "promoted", "suppressed_ids", "suppressed")
+    }
+    for s in range(0, len(items), 256):
+        eff = directions(items[s : s + 256]).float() @ W_U.T  # float32: ranking only
+        pv, pi = eff.topk(k, dim=1)
+        sv, si = (-eff).topk(k, dim=1)
+        out["promoted_ids"].append(pi)
+        out["promoted"].append(pv)
+        out["suppressed_ids"].append(si)
+        out["suppressed"].append(-sv)
+    return {
+        key: torch.cat(v).numpy().astype(np.int64 if key.endswith("ids") else np.float32)
+        for key, v in out.items()
+    }
 
 
 def _unembed(model: Any) -> Any:

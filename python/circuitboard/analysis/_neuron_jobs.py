@@ -7,20 +7,9 @@ top-k, moments and histograms exactly as one pass over all texts would.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ..scale import (
-    Job,
-    ModelSpec,
-    Plan,
-    cut,
-    describe_source,
-    digest,
-    model_source,
-    open_engine,
-    run_plan,
-)
+from ..scale import Job, ModelSpec, Plan, Sharding, cut, model_source, plan_key, run_plan
 from ._neuron_scan import finish_top_activations, plan_texts, scan_texts
 from ._neurons import neuron_setup
 from ._top_activations import TopActivations
@@ -36,26 +25,13 @@ def top_activations_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -
     return scan_texts(model, payload["sel"], payload["batches"], **payload["kwargs"])
 
 
-def _merge(a: TopActivations, b: TopActivations) -> TopActivations:
-    return a.merge(b)
-
-
-def _save(part: TopActivations, path: Path) -> None:
-    part.save(path)
-
-
 def top_activations_sharded(
     model: Any,
     tokenizer: Any,
     texts: list[str],
     options: dict[str, Any],
+    run: Sharding,
     *,
-    engine: str,
-    workers: int | None,
-    gpus_per_worker: float | None,
-    shards: int | None,
-    checkpoint: Any,
-    ray_address: str | None,
     progress: bool,
 ) -> TopActivations:
     """:func:`circuitboard.top_activations` cut into jobs at batch boundaries."""
@@ -68,30 +44,18 @@ def top_activations_sharded(
         batch_size=options["batch_size"],
         skip_special=options["skip_special"],
     )
-    key = {
-        "model": describe_source(src),
-        "inputs": digest(texts),
-        "options": repr(sorted(options.items())),
-    }
-    with open_engine(
-        src,
-        engine=engine,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        ray_address=ray_address,
-        preload=[__name__],
-        what="top_activations",
-    ) as eng:
+    key = plan_key(src, texts, options)
+    with run.open(src, __name__, "top_activations") as eng:
         # Shared by every job; tiny, so it is not checkpointed (recomputed on resume).
         prelude = Plan(
             "top_activations",
             [Job(top_activations_prelude, {"options": options}, size=0)],
-            merge=_merge,
+            merge=TopActivations.merge,
             key=key,
         )
         sel, edges, effects, name = run_plan(prelude, engine=eng, progress=False)
         batches = texts_plan.batches
-        groups = cut([len(b) for b in batches], eng.shards(shards))
+        groups = cut([len(b) for b in batches], eng.shards(run.shards))
         kwargs = {
             "edges": edges,
             "bins": options["bins"],
@@ -112,11 +76,11 @@ def top_activations_sharded(
         main = Plan(
             "top_activations",
             jobs,
-            merge=_merge,
-            save=_save,
+            merge=TopActivations.merge,
+            save=TopActivations.save,
             load=TopActivations.load,
             key=key,
             unit="text",
         )
-        part = run_plan(main, engine=eng, checkpoint=checkpoint, progress=progress)
+        part = run.run(main, eng, progress=progress)
     return finish_top_activations(part, texts, tok, effects, name)

@@ -123,22 +123,30 @@ class _NeuronReader:
         """``(acts [B, T, n] float32, ids [B, T], lens [B])`` of right-padded ``rows``."""
         import torch
 
-        lens = torch.tensor([len(r) for r in rows])
-        T = int(lens.max())
-        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : lens[b]] = torch.tensor(r)
-            mask[b, : lens[b]] = 1
-        device = execution_device(self.model)
         self.got.clear()
-        with torch.no_grad():
-            try:
-                self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
-            except _Stop:
-                pass
+        ids, lens = forward_rows(self.model, rows, pad_id, execution_device(self.model))
         acts = torch.cat([self.got[layer] for layer in self.layers], dim=-1)[..., self.to_sel]
         return acts, ids, lens
+
+
+def forward_rows(model: Any, rows: list[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    """Run ``model`` on ``rows`` right-padded with ``pad_id`` (until a hook raises
+    :class:`_Stop`); ``(ids [B, T], lens [B])`` on the CPU."""
+    import torch
+
+    lens = torch.tensor([len(r) for r in rows])
+    T = int(lens.max())
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : lens[b]] = torch.tensor(r)
+        mask[b, : lens[b]] = 1
+    with torch.no_grad():
+        try:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        except _Stop:
+            pass
+    return ids, lens
 
 
 def _valid(ids: Any, lens: Any, special: Sequence[int]) -> Any:

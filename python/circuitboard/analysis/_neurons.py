@@ -20,10 +20,10 @@ from ._histograms import (
 from ._mlp_parts import (
     _blocks,
     _d_mlp,
-    _final_norm,
-    _unembed,
     _w_out,
     mlp_out_proj,
+    through_final_norm,
+    top_logit_effects,
 )
 from ._neuron_scan import (
     finish_top_activations,
@@ -209,6 +209,7 @@ def top_activations(
         or checkpoint is not None
         or (tokenizer is None and not is_loaded_model(model))
     ):
+        from ..scale import Sharding
         from ._neuron_jobs import top_activations_sharded
 
         return top_activations_sharded(
@@ -216,12 +217,7 @@ def top_activations(
             tokenizer,
             texts,
             options,
-            engine=engine,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            shards=shards,
-            checkpoint=checkpoint,
-            ray_address=ray_address,
+            Sharding(engine, workers, gpus_per_worker, shards, checkpoint, ray_address),
             progress=progress,
         )
     plan = plan_texts(
@@ -286,17 +282,7 @@ def neuron_directions(
     for layer, i in neurons:
         rows.append(_w_out(mlp_out_proj(model, layer))[int(i)].to("cpu", torch.float64))
     d = torch.stack(rows)
-    if through_norm:
-        found = _final_norm(model)
-        if found is not None:
-            mod, kind = found
-            if kind == "layernorm":
-                d = d - d.mean(-1, keepdim=True)
-            w = getattr(mod, "weight", None)
-            if w is not None:
-                w = w.detach().to("cpu", torch.float64)
-                d = d * (1.0 + w if kind == "gemma_rmsnorm" else w)
-    return d
+    return through_final_norm(model, d) if through_norm else d
 
 
 def logit_effects(
@@ -320,22 +306,7 @@ def logit_effects(
     >>> eff["promoted"].shape, bool(eff["promoted"][0, 0] >= eff["promoted"][0, 1])
     ((1, 3), True)
     """
-    import torch
-
     neurons = [(int(a), int(b)) for a, b in neurons]
-    W_U = _unembed(model)
-    k = min(int(k), W_U.shape[0])
-    out = {key: [] for key in ("promoted_ids", "promoted", "suppressed_ids", "suppressed")}
-    for s in range(0, len(neurons), 256):
-        dirs = neuron_directions(model, neurons[s : s + 256], through_norm=through_norm)
-        eff = dirs.float() @ W_U.T  # float32: ranking only; float64 costs 2x on CPU
-        pv, pi = eff.topk(k, dim=1)
-        sv, si = (-eff).topk(k, dim=1)
-        out["promoted_ids"].append(pi)
-        out["promoted"].append(pv)
-        out["suppressed_ids"].append(si)
-        out["suppressed"].append(-sv)
-    return {
-        key: torch.cat(v).numpy().astype(np.int64 if key.endswith("ids") else np.float32)
-        for key, v in out.items()
-    }
+    return top_logit_effects(
+        model, neurons, lambda part: neuron_directions(model, part, through_norm=through_norm), k
+    )

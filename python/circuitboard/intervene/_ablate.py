@@ -18,7 +18,6 @@ all ablations.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -100,8 +99,7 @@ class Ablation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :func:`load_ablation` reads it back."""
-        from .._files import stamp
-        from .._npz import save_npz
+        from .._files import save_stamped
 
         meta = {
             "labels": self.labels,
@@ -113,17 +111,9 @@ class Ablation:
             "model_name": self.model_name,
             "notes": self.notes,
         }
-        out = Path(path)
-        save_npz(
-            out,
-            {
-                **stamp("ablation"),
-                "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                "values": self.values,
-                "baseline": self.baseline,
-            },
+        return save_stamped(
+            path, "ablation", meta, {"values": self.values, "baseline": self.baseline}
         )
-        return out
 
     def __repr__(self) -> str:
         ref = f" over {self.n_reference} reference prompts" if self.how != "zero" else ""

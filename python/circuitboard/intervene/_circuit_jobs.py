@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..capture._prompts import split_prompts
-from ..scale import ModelSpec, cut, model_source, open_engine
+from ..scale import ModelSpec, Sharding, cut, model_source
 from ._eap import _as_list, _per_pair, _prepare, attach, edge_model, finish_circuit, score_pairs
 from ._pair_jobs import open_metric, read_npz, run_pairs, ship_metric, write_npz
 from ._patch_inputs import answers_per_pair
@@ -117,13 +117,8 @@ def circuit_sharded(
     clean: Any,
     corrupted: Any,
     options: dict[str, Any],
+    run: Sharding,
     *,
-    engine: str,
-    workers: int | None,
-    gpus_per_worker: float | None,
-    shards: int | None,
-    checkpoint: Any,
-    ray_address: str | None,
     progress: bool | None,
 ) -> Any:
     """:func:`circuitboard.circuit` over a list of pairs, cut into shards of consecutive pairs."""
@@ -144,21 +139,13 @@ def circuit_sharded(
         if m is not None and not callable(m):
             raise TypeError(f"metric must be a callable (logits -> [batch]); got {m!r}.")
     if isinstance(metric, (list, tuple)):
-        shipped: Any = [ship_metric(m, engine, "circuit") for m in metrics]
+        shipped: Any = [ship_metric(m, run.engine, "circuit") for m in metrics]
     else:
-        one = ship_metric(metric, engine, "circuit")
+        one = ship_metric(metric, run.engine, "circuit")
         shipped = [one] * n
     run_opts = {k: options[k] for k in ("method", "steps", "nodes")}
-    with open_engine(
-        source,
-        engine=engine,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        ray_address=ray_address,
-        preload=[__name__],
-        what="circuit",
-    ) as eng:
-        groups = cut([1] * n, eng.shards(shards))
+    with run.open(source, __name__, "circuit") as eng:
+        groups = cut([1] * n, eng.shards(run.shards))
         sums = run_pairs(
             "circuit",
             circuit_shard,
@@ -168,7 +155,7 @@ def circuit_sharded(
             (cl, co, answers, wrongs),
             (shipped, metrics),
             run_opts,
-            checkpoint=checkpoint,
+            run=run,
             progress=progress if progress is not None else n >= 4,
         )
     meta = sums.meta

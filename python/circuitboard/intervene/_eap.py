@@ -334,6 +334,7 @@ def circuit(
         or checkpoint is not None
         or (tokenizer is None and not is_loaded_model(model))
     ):
+        from ..scale import Sharding
         from ._circuit_jobs import circuit_sharded
 
         options = dict(answer=answer, wrong=wrong, metric=metric, method=method, steps=steps)
@@ -343,12 +344,7 @@ def circuit(
             clean,
             corrupted,
             {**options, "nodes": nodes},
-            engine=engine,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            shards=shards,
-            checkpoint=checkpoint,
-            ray_address=ray_address,
+            Sharding(engine, workers, gpus_per_worker, shards, checkpoint, ray_address),
             progress=progress,
         )
     em, info, graph = edge_model(model, nodes)

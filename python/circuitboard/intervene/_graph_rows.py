@@ -18,8 +18,21 @@ KIND_TOKEN, KIND_BASIS, KIND_ERROR, KIND_LOGIT = 0, 1, 2, 3
 KIND_NAMES = ("token", "neuron", "error", "logit")
 
 
+class CandidateLayout:
+    """The candidates of a basis, in order: its ``n_basis`` nodes, ``n_error`` error nodes,
+    then one token node per position (a basis sets ``fr``, ``n_basis`` and ``n_error``)."""
+
+    @property
+    def token_offset(self) -> int:
+        return self.n_basis + self.n_error
+
+    @property
+    def n_cand(self) -> int:
+        return self.token_offset + self.fr.n_pos
+
+
 @dataclass
-class NeuronBasis:
+class NeuronBasis(CandidateLayout):
     """Every MLP neuron at every position is a node; neurons are never zero under SwiGLU, so
     all of them are candidates. Layout: ``(layer * pos + p) * d_mlp + n``, then the tokens."""
 
@@ -37,14 +50,6 @@ class NeuronBasis:
     @property
     def n_error(self) -> int:
         return 0
-
-    @property
-    def token_offset(self) -> int:
-        return self.n_basis + self.n_error
-
-    @property
-    def n_cand(self) -> int:
-        return self.token_offset + self.fr.n_pos
 
     def locate(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(layer, pos, neuron)`` of basis candidates."""

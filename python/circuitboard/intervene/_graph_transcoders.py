@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ._graph_frozen import Frozen
+from ._graph_rows import CandidateLayout
 
 _READS = ("mlp.hook_in", "hook_resid_mid")
 
@@ -63,7 +64,7 @@ def transcoder_list(basis: Any, n_layers: int, d_model: int, parallel: bool) -> 
 
 
 @dataclass
-class TranscoderBasis:
+class TranscoderBasis(CandidateLayout):
     """Active transcoder features (sorted by layer, then position) are the basis nodes, then
     ``n_layers * pos`` error nodes, then the tokens."""
 
@@ -128,14 +129,6 @@ class TranscoderBasis:
     @property
     def n_error(self) -> int:
         return self.fr.n_layers * self.fr.n_pos
-
-    @property
-    def token_offset(self) -> int:
-        return self.n_basis + self.n_error
-
-    @property
-    def n_cand(self) -> int:
-        return self.token_offset + self.fr.n_pos
 
     def locate(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.layer[cand], self.pos[cand], self.feat[cand]

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._npz import save_npz
 from ..capture._prompts import split_prompts
-from ..scale import Engine, Job, ModelSpec, Plan, describe_source, digest, run_plan
+from ..scale import Engine, Job, ModelSpec, Plan, Sharding, plan_key, run_plan
 
 
 # -- metrics that travel ------------------------------------------------------------------
@@ -128,7 +128,7 @@ def run_pairs(
     metric: tuple[Any, Any],
     options: dict[str, Any],
     *,
-    checkpoint: Any,
+    run: Sharding,
     progress: bool,
 ) -> Any:
     """Run one job per group of consecutive pairs and merge the ``part`` results in order.
@@ -156,15 +156,12 @@ def run_pairs(
         merge=part.merge,
         save=part.save,
         load=part.load,
-        key={
-            "model": describe_source(eng.source),
-            "inputs": digest([cl, co, answers, wrongs]),
-            "metric": describe_metric(described),
-            "options": repr(sorted(options.items())),
-        },
+        key=plan_key(
+            eng.source, [cl, co, answers, wrongs], options, metric=describe_metric(described)
+        ),
         unit="pair",
     )
-    return run_plan(plan, engine=eng, checkpoint=checkpoint, progress=progress)
+    return run.run(plan, eng, progress=progress)
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -235,6 +235,7 @@ def patch(
             model, tokenizer, clean, corrupted, reference, seed, options, progress
         )
     if sharded or isinstance(model, ModelSpec):
+        from ..scale import Sharding
         from ._patch_jobs import patch_sharded
 
         return patch_sharded(
@@ -243,12 +244,7 @@ def patch(
             clean,
             corrupted,
             options,
-            engine=engine,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            shards=shards,
-            checkpoint=checkpoint,
-            ray_address=ray_address,
+            Sharding(engine, workers, gpus_per_worker, shards, checkpoint, ray_address),
             progress=progress,
         )
     return _patch_here(model, tokenizer, clean, corrupted, options, progress)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..capture._prompts import split_prompts
-from ..scale import ModelSpec, cut, model_source, open_engine
+from ..scale import ModelSpec, Sharding, cut, model_source
 from ._pair_jobs import (
     facts_of,
     has_arrays,
@@ -107,13 +107,8 @@ def patch_sharded(
     clean: Any,
     corrupted: Any,
     options: dict[str, Any],
+    run: Sharding,
     *,
-    engine: str,
-    workers: int | None,
-    gpus_per_worker: float | None,
-    shards: int | None,
-    checkpoint: Any,
-    ray_address: str | None,
     progress: bool | None,
 ) -> Any:
     """:func:`circuitboard.patch` over a list of pairs, cut into shards of consecutive pairs."""
@@ -134,17 +129,9 @@ def patch_sharded(
     single = split_prompts(clean, "clean")[1]
     answers = answers_per_pair(answer, n, single, "answer")
     wrongs = answers_per_pair(wrong, n, single, "wrong")
-    shipped = ship_metric(metric, engine, "patch")
+    shipped = ship_metric(metric, run.engine, "patch")
     site, method = options["site"], options["method"]
-    with open_engine(
-        source,
-        engine=engine,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        ray_address=ray_address,
-        preload=[__name__],
-        what="patch",
-    ) as eng:
+    with run.open(source, __name__, "patch") as eng:
         facts = facts_of(eng, "patch")
         layer_list, pos_list = patch_layout(
             pairs, site, options["layers"], options["positions"], facts["n_layers"]
@@ -159,7 +146,7 @@ def patch_sharded(
             "batch_size": options["batch_size"],
             "compare_exact": options["compare_exact"],
         }
-        groups = cut([1] * n, eng.shards(shards))
+        groups = cut([1] * n, eng.shards(run.shards))
         T0 = pairs[0].n_tokens
         if progress is None:  # the serial rule: large exact runs
             cells = int(np.prod(_Grid(site, layer_list, pos_list, facts["info"], T0).shape))
@@ -173,7 +160,7 @@ def patch_sharded(
             (cl, co, answers, wrongs),
             (shipped, metric),
             run_opts,
-            checkpoint=checkpoint,
+            run=run,
             progress=progress,
         )
     # What _assemble reads of a Runner: the model's facts and whether it is causal.

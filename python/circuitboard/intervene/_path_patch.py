@@ -18,7 +18,6 @@ KV head ``g`` serves query heads ``g·G .. g·G + G − 1``), as for ``cb.patch(
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,8 +160,7 @@ class PathPatching:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to a ``.npz`` file (no pickle); :func:`load_path_patching` reads it back."""
-        from .._files import stamp
-        from .._npz import save_npz
+        from .._files import save_stamped
 
         meta = {
             "sets": [[list(x) for x in s] for s in self.sets],
@@ -180,17 +178,7 @@ class PathPatching:
             "model_name": self.model_name,
             "notes": self.notes,
         }
-        out = Path(path)
-        save_npz(
-            out,
-            {
-                **stamp("path patching"),
-                "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                "values": self.values,
-                "raw": self.raw,
-            },
-        )
-        return out
+        return save_stamped(path, "path patching", meta, {"values": self.values, "raw": self.raw})
 
     def __repr__(self) -> str:
         return (

@@ -9,7 +9,6 @@ for both directions.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import decoding, json_array, read_npz, stamp
-from .._npz import save_npz
+from .._files import decoding, json_array, read_npz, save_stamped
 
 AXES = {
     "position": ("layer", "position"),
@@ -198,10 +196,7 @@ class Patching:
         if self.kv_groups is not None:
             meta["kv_groups"] = {str(k): v for k, v in self.kv_groups.items()}
         arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS if getattr(self, k) is not None}
-        out = Path(path)
-        meta_array = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        save_npz(out, {**stamp("patching"), "__meta__": meta_array, **arrays})
-        return out
+        return save_stamped(path, "patching", meta, arrays)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (arrays as nested lists)."""

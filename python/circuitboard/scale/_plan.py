@@ -337,6 +337,60 @@ def open_engine(
             impl.close()
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """How a computation's plan runs: the engine and its workers, the shards, the checkpoint.
+
+    What ``engine=``, ``workers=``, ``gpus_per_worker=``, ``shards=``, ``checkpoint=`` and
+    ``ray_address=`` of :func:`circuitboard.compare` (and the other sharded computations) say,
+    carried as one value from the public function to the module that builds its plan.
+
+    >>> def square_sum(model, tokenizer, numbers):
+    ...     return sum(x * x for x in numbers)
+    >>> run = Sharding(shards=2)
+    >>> with run.open(None, __name__, "sum of squares") as eng:
+    ...     groups = cut([1] * 4, eng.shards(run.shards))
+    ...     jobs = [Job(square_sum, [g + 1 for g in group], size=len(group)) for group in groups]
+    ...     run.run(Plan("sum of squares", jobs, merge=lambda a, b: a + b), eng, progress=False)
+    30
+    """
+
+    engine: str = "serial"
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    shards: int | None = None
+    checkpoint: Any = None
+    ray_address: str | None = None
+
+    def open(self, source: Any, module: str, what: str) -> Any:
+        """:func:`open_engine` on ``source`` (a :func:`model_source`, or None); every process
+        worker imports ``module`` (the one that holds the job functions) before its first job."""
+        return open_engine(
+            source,
+            engine=self.engine,
+            workers=self.workers,
+            gpus_per_worker=self.gpus_per_worker,
+            ray_address=self.ray_address,
+            preload=[module],
+            what=what,
+        )
+
+    def run(self, plan: Plan, eng: Engine, *, progress: bool) -> Any:
+        """:func:`run_plan` of ``plan`` on the open ``eng``, checkpointed where asked."""
+        return run_plan(plan, engine=eng, checkpoint=self.checkpoint, progress=progress)
+
+
+def plan_key(source: Any, inputs: Any, options: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A plan's ``key``: the model (:func:`describe_source`), a :func:`digest` of the inputs,
+    the options, and anything ``more`` the result depends on."""
+    return {
+        "model": describe_source(source),
+        "inputs": digest(inputs),
+        "options": repr(sorted(options.items())),
+        **more,
+    }
+
+
 class _InOrder:
     """The left fold of the parts in plan order, done as soon as the next part is in: only the
     parts that arrived early wait in memory, and the result is the same whatever the order."""
