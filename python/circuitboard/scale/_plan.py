@@ -481,7 +481,8 @@ def run_plan(
     >>> jobs = [Job(last_logit_max, texts[i : i + 2], size=2) for i in (0, 2)]
     >>> plan = Plan("last logits", jobs, merge=lambda a, b: a + b, unit="text")
     >>> got = run_plan(plan, model, tok, engine="processes", workers=2, progress=False)
-    >>> got == last_logit_max(model, tok, texts)
+    >>> here = last_logit_max(model, tok, texts)  # equal up to the thread count's float order
+    >>> all(abs(a - b) < 1e-5 for a, b in zip(got, here, strict=True)) and len(got) == 4
     True
     """
     global _LAST
