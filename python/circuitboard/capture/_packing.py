@@ -51,7 +51,7 @@ def pack(w: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | No
 
     Examples
     --------
-    >>> q = (torch.arange(256) % 16).reshape(4, 64).float()  # each block spans 0..15
+    >>> q = (torch.arange(4 * 64).reshape(4, 64) * 7 % 16).float()  # every block spans 0..15
     >>> w = q * torch.tensor(0.5).half().float() + torch.tensor(-1.0).half().float()
     >>> parts, meta = pack(w)
     >>> meta["scheme"], torch.equal(unpack(parts, meta), w)

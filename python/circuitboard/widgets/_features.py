@@ -244,10 +244,10 @@ def features(
     Examples
     --------
     >>> from circuitboard.testing import tiny_model
-    >>> from tests.unit.sae_helpers import ReluSAE
+    >>> from circuitboard.dictionaries import SAE
     >>> import circuitboard as cb
     >>> model, tok = tiny_model("llama")
-    >>> sae = ReluSAE(32, 64, "blocks.1.hook_resid_post")
+    >>> sae = SAE(32, 64, kind="topk", k=4, hook="blocks.1.hook_resid_post", seed=0)
     >>> view = cb.features(cb.capture(model, tok, "the store", saes=sae))
     >>> view.selection["dictionary"]
     'blocks.1.hook_resid_post'
