@@ -80,6 +80,22 @@ def test_feature_badge_verifies_and_catches_tampering(tmp_path):
     assert not bad["ok"] and bad["error"] > 1e-3
 
 
+def test_a_report_with_several_dictionaries_verifies(tmp_path):
+    """The page's JSON sorts its keys: badges must not depend on the dictionaries' order."""
+    model, tok = tiny_llama()
+    saes = [
+        cb.SAE(32, 64, kind="topk", k=4, hook=f"blocks.{layer}.hook_resid_post", seed=layer)
+        for layer in (1, 0)  # inserted out of the order JSON gives back
+    ]
+    cap = cb.capture(model, tok, PROMPT, saes=saes, dtype=torch.float32)
+    result = cb.verify_report(cb.report(cb.features(cap), path=tmp_path / "f.html"))
+    assert result.ok, result.summary()
+    assert [c["name"] for _, c in result.rows] == [
+        "features + error rebuild blocks.0.hook_resid_post",
+        "features + error rebuild blocks.1.hook_resid_post",
+    ]
+
+
 def test_kernel_link_fallback_carries_the_feature():
     """Hosts that isolate cells (Colab) link through the kernel: a feature click arrives in
     the view's ``_sel`` and must reach the shared link, hook name included."""

@@ -318,7 +318,7 @@ def feature_checks(state: dict[str, Any]) -> list[dict[str, Any]]:
     from ._codec import decode
 
     out = []
-    for hook, p in (state.get("_proof") or {}).items():
+    for hook, p in sorted((state.get("_proof") or {}).items()):  # the order JSON gives back
         x = decode(p["input"]).astype(np.float64)
         rebuilt = (
             decode(p["acts"]).astype(np.float64) @ decode(p["decoder"]).astype(np.float64)
