@@ -161,6 +161,19 @@ def _tiny_results(tmp: Path) -> dict[str, Path]:
     graph = cb.attribution_graph(model, tok, clean, basis="neurons", progress=False)
     graph.save(tmp / "graph.npz")
     files["attribution graph"] = tmp / "graph.npz"
+    # dictionary features (issue 26)
+    fa = cb.FeatureAttribution(
+        "blocks.0.hook_resid_post", np.array([0.5, 0.0]), bias=0.1, error=0.05, rest=1.0,
+        model_value=0.65, names={},
+    )  # fmt: skip
+    fa.save(tmp / "fa.npz")
+    files["feature attribution"] = tmp / "fa.npz"
+    fp = cb.FeaturePatching(
+        "blocks.0.hook_resid_post", np.array([3]), np.array([0.7]), np.array([1.2]), "exact",
+        "denoise", "logit diff", 1.5, 0.1, 0.02, 1.0, 1.0, {},
+    )  # fmt: skip
+    fp.save(tmp / "fp.npz")
+    files["feature patching"] = tmp / "fp.npz"
     # training dynamics (issue 28)
     from tests.unit.training_helpers import tiny_toy, train_toy
 
@@ -186,6 +199,8 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "training run": cb.load_training_run,
     "KPI correlation": cb.load_kpi_correlation,
     "attribution graph": cb.load_graph,
+    "feature attribution": cb.load_feature_attribution,
+    "feature patching": cb.load_feature_patching,
 }
 
 

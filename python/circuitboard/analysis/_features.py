@@ -11,7 +11,6 @@ activation does not contain.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .._files import decoding, json_array, read_npz, save_stamped
 
 WHAT = "direct_logit_attribution(saes=...)"
 _HOOK = re.compile(r"blocks\.(\d+)\.(.+)$")
@@ -147,7 +148,7 @@ class FeatureAttribution:
         meta = {k: getattr(self, k) for k in ("hook", "bias", "error", "rest", "model_value")}
         meta["description"] = self.description
         meta["names"] = {str(k): v for k, v in (self.names or {}).items()}
-        np.savez(Path(path), values=self.values, meta=np.array(json.dumps(meta)))
+        save_stamped(path, "feature attribution", meta, {"values": self.values})
 
     def __repr__(self) -> str:
         active = int((self.values != 0).sum())
@@ -172,10 +173,12 @@ def load_feature_attribution(path: str | Path) -> FeatureAttribution:
     >>> round(back.total, 6), back.labels[0]
     (1.4, 'blocks.0.hook_resid_post#0 x')
     """
-    with np.load(Path(path), allow_pickle=False) as f:
-        values, meta = f["values"], json.loads(str(f["meta"]))
-    names = {int(k): v for k, v in meta.pop("names").items()}
-    return FeatureAttribution(values=values, names=names, **meta)
+    writer = "FeatureAttribution.save(path)"
+    z = read_npz(path, "feature attribution", writer, required=("__meta__", "values"))
+    meta = json_array(z, "__meta__", path, "feature attribution", writer)
+    with decoding(path, "feature attribution", writer):
+        names = {int(k): v for k, v in meta.pop("names").items()}
+        return FeatureAttribution(values=z["values"], names=names, **meta)
 
 
 def _covered(hook: str, labels: list[str], biases: dict[str, float]) -> tuple[set, set, str]:

@@ -15,7 +15,6 @@ features only).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import decoding, json_array, read_npz, save_stamped
 from ._metric import evaluate, normalize
 
 
@@ -82,8 +82,8 @@ class FeaturePatching:
                       "error", "all_and_error", "whole")
         }  # fmt: skip
         meta["names"] = {str(k): v for k, v in self.names.items()}
-        np.savez(Path(path), features=self.features, values=self.values, raw=self.raw,
-                 meta=np.array(json.dumps(meta)))  # fmt: skip
+        arrays = {"features": self.features, "values": self.values, "raw": self.raw}
+        save_stamped(path, "feature patching", meta, arrays)
 
     def __repr__(self) -> str:
         return (
@@ -108,11 +108,13 @@ def load_feature_patching(path: str | Path) -> FeaturePatching:
     >>> load_feature_patching(path).top(1)
     [{'label': 'blocks.0.hook_resid_post#3', 'feature': 3, 'value': 0.7}]
     """
-    with np.load(Path(path), allow_pickle=False) as f:
-        arrays = {k: f[k] for k in ("features", "values", "raw")}
-        meta = json.loads(str(f["meta"]))
-    names = {int(k): v for k, v in meta.pop("names").items()}
-    return FeaturePatching(**arrays, **meta, names=names)
+    writer = "FeaturePatching.save(path)"
+    keys = ("features", "values", "raw")
+    z = read_npz(path, "feature patching", writer, required=("__meta__", *keys))
+    meta = json_array(z, "__meta__", path, "feature patching", writer)
+    with decoding(path, "feature patching", writer):
+        names = {int(k): v for k, v in meta.pop("names").items()}
+        return FeaturePatching(**{k: z[k] for k in keys}, **meta, names=names)
 
 
 def _one_dictionary(saes: Any) -> Any:
