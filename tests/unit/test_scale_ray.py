@@ -211,7 +211,8 @@ def test_toy_plan_on_ray_retries_and_resumes(cluster, tmp_path):
             progress=False,
         )
     done = len(list(folder.glob("shard-*.npz")))
-    assert done >= 4  # jobs 0-3 ran before job 4 failed (job 5 may have finished too)
+    # Two workers hold at most two jobs: when job 4 starts, jobs 0-2 are done (3 may still run).
+    assert done >= 3
     got = run_plan(squares_plan(), engine="ray", workers=2, checkpoint=folder, progress=False)
     assert got == want() and last_run().resumed == done
 

@@ -140,5 +140,5 @@ def test_text_calls_on_an_image_capture_and_images_to_a_text_model(caps: list[An
     with pytest.raises(ValueError, match="is not a class of this image model"):
         cb.direct_logit_attribution(caps[0], " Mary")
     model, tok = tiny_llama()
-    with pytest.raises(ValueError, match="Images go to an image model"):
+    with pytest.raises(ValueError, match="(?i)images go to an image model"):
         cb.capture(model, tok, _images(1))

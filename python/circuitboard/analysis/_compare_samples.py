@@ -211,13 +211,21 @@ def _check_categories(categories: Any, what: str = "prompts") -> None:
         if hasattr(items, "shape"):
             if what == "prompts" and as_ids(items[0] if len(items) else None) is not None:
                 continue  # a 2-D integer tensor: one prompt of token ids per row
+            dtype = str(getattr(items, "dtype", ""))
+            looks_like_images = what == "prompts" and "float" in dtype and len(items.shape) >= 3
             raise TypeError(
-                f"category {name!r} is a {getattr(items, 'dtype', '')} array of shape "
-                f"{tuple(items.shape)}; this model takes a list of {what}"
+                f"category {name!r} is a {dtype} array of shape {tuple(items.shape)}; this model "
+                f"takes a list of {what}"
                 + (
                     " or token ids (a 2-D integer tensor [prompts, tokens])."
                     if what == "prompts"
                     else "."
+                )
+                + (
+                    " A float array of this shape looks like images: images go to an image "
+                    "model (ViTForImageClassification), not a language model."
+                    if looks_like_images
+                    else ""
                 )
             )
         if not isinstance(items, Sequence) or len(items) == 0:

@@ -61,6 +61,11 @@ def _array_error(x: Any, what: str, image_model: bool) -> ValueError:
             if not image_model
             else "Pass images (PIL images or arrays) to this image model."
         )
+        if not image_model and ndim >= 2:  # [H, W], [C, H, W] or a batch of them
+            hint += (
+                " A float array of this shape looks like images: images go to an image model "
+                "(ViTForImageClassification), not a language model."
+            )
         return ValueError(f"{what} is a {x.dtype} array of shape {shape}; {hint}")
     return ValueError(
         f"{what} is an integer array of shape {shape}; token ids are one prompt [tokens] (1-D) "
