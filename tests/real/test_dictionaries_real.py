@@ -26,7 +26,7 @@ def test_shipped_dictionaries_load_offline_within_5_seconds() -> None:
     assert tc.is_transcoder and tc.W_skip is not None and tc.hook_out == "blocks.15.hook_mlp_out"
     # decoder rows are unit norm (float16 storage rounds them by < 1e-3)
     norms = saes[0].W_dec.norm(dim=-1)
-    assert float((norms - 1).abs().max()) < 1e-3
+    assert float((norms - 1).abs().max().detach()) < 1e-3
 
 
 def test_shipped_metrics_hold_on_held_out_text(default_model: tuple[Any, Any]) -> None:
