@@ -20,6 +20,12 @@ export function requestKey(msg: Record<string, unknown>): string {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(msg[k])}`).join(",")}}`;
 }
 
+/** Whether a view fetches ahead of clicks: live only (a report embeds its replies), and not
+ * when `html[data-cb-prefetch=off]` says so (benchmarks compare with and without). */
+export function prefetchAllowed(model: unknown): boolean {
+  return !(model as { offline?: boolean }).offline && document.documentElement.dataset.cbPrefetch !== "off";
+}
+
 export interface Fetched {
   reply: Reply;
   buffers: DataView[];
@@ -54,6 +60,11 @@ export class Fetcher {
       hit.catch(() => this.cache.delete(key));
     }
     return hit;
+  }
+
+  /** Ask once, without keeping the reply (the caller keeps what it needs, within its budget). */
+  request(msg: Record<string, unknown> & { kind: string }): Promise<Fetched> {
+    return this.send(msg);
   }
 
   has(msg: Record<string, unknown>): boolean {

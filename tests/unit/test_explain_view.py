@@ -66,6 +66,36 @@ def test_bad_requests_and_views_without_a_capture(cap):
     )
 
 
+def test_row_request_answers_each_cell_as_a_single_request_would(cap):
+    view = cb.attention(cap, layer=1, head=2, target=5, baseline=7)
+    keys = [0, 4, 12]
+    msg = {"kind": "fetch-explain-row", "layer": 1, "head": 2, "query": 12, "keys": keys}
+    reply, buffers = view.answer(msg)
+    assert buffers == []
+    assert [c["key"] for c in reply["cells"]] == keys
+    for key, cell in zip(keys, reply["cells"], strict=True):
+        one, _ = view.answer({**msg, "kind": "fetch-explain", "key": key})
+        assert cell == one  # the same panel, so a prefetched cell draws what a click would fetch
+
+
+def test_bad_row_requests_say_what_to_send(cap):
+    view = cb.attention(cap)
+    row = {"kind": "fetch-explain-row", "layer": 1, "head": 0, "query": 5}
+    with pytest.raises(ValueError, match="needs keys: a list of 1 to 64 ints"):
+        view.answer({**row, "keys": []})
+    with pytest.raises(ValueError, match="split longer rows"):
+        view.answer({**row, "keys": [0] * 65})
+    with pytest.raises(ValueError, match="needs keys"):
+        view.answer({**row, "keys": [1, "2"]})
+    with pytest.raises(ValueError, match="needs an int head"):
+        view.answer({**row, "head": None, "keys": [1]})
+    with pytest.raises(ValueError, match="key=6 comes after query=5"):
+        view.answer({**row, "keys": [1, 6]})
+    plain = cb.AttentionView(np.full((1, 2, 3, 3), 1 / 3), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="built from patterns alone"):
+        plain.answer({**row, "layer": 0, "query": 2, "keys": [1]})
+
+
 def test_bad_target_is_refused_when_the_view_is_built(cap):
     with pytest.raises(ValueError, match="expected exactly one"):
         cb.attention(cap, target="zzqxv Mary went")

@@ -4,7 +4,7 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { uint8View } from "../codec";
 import { type Lut, NAN_RGBA, sequential } from "../colormaps";
-import { type Fetched, Fetcher } from "../fetch";
+import { type Fetched, Fetcher, prefetchAllowed } from "../fetch";
 import { cssToUint32, type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
@@ -13,7 +13,7 @@ import { NAN_PAINT } from "../tokens";
 import type { Encoded } from "../types";
 import { el } from "../dom";
 import { TiledHead, tilesFor } from "./attention_tiles";
-import { ExplainPanel } from "./explain_panel";
+import { aheadCells, ExplainPanel } from "./explain_panel";
 import { ColorBar } from "../colorbar";
 import { figureHooks } from "../figure";
 
@@ -457,6 +457,26 @@ export async function render(props: RenderProps<AttentionState>) {
     ? new ExplainPanel(fetcher, { tokens, target: model.get("explain_target") ?? "", select: (v) => select(link, v), signal, onClose })
     : null;
   if (explainPanel) body.insertBefore(explainPanel.el, side);
+  /** Live, a click on a cell waits for the kernel to explain it (a few hundred ms under load).
+   * After a head is drawn, fetch the explanations of the cells a click most likely lands on
+   * (every cell of a short prompt, else each query's most-attended keys), so it draws from
+   * the panel's cache. */
+  let aheadFor = "";
+  const warmExplanations = () => {
+    const h = current;
+    const key = `${h.layer}:${h.head}`;
+    if (!explainPanel || aheadFor === key || long || h.reduced || h.tiled || !prefetchAllowed(model)) return;
+    aheadFor = key;
+    const t0 = performance.now();
+    root.dataset.explainAhead = "";
+    const rows = aheadCells(h.n, (q, k) => h.codes[q * h.n + k], activeToken());
+    void explainPanel.prefetch(h.layer, h.head, rows).then((kept) => {
+      if (kept < 0) return; // another head took over
+      root.dataset.explainAhead = key;
+      root.dataset.explainAheadCells = String(kept);
+      root.dataset.explainAheadMs = (performance.now() - t0).toFixed(0);
+    });
+  };
   // ---- end explain panel -------------------------------------------------------------------------
 
   // ---- tokens ----------------------------------------------------------------------------------
@@ -575,6 +595,7 @@ export async function render(props: RenderProps<AttentionState>) {
     root.dataset.shown = String(Number(root.dataset.shown ?? 0) + 1);
     prefetch(layer, head);
     scheduleTiles();
+    warmExplanations();
   };
 
   // ---- long prompts: full-resolution tiles of the visible region ------------------------------
@@ -738,7 +759,11 @@ export async function render(props: RenderProps<AttentionState>) {
   root.addEventListener("keydown", (ev) => {
     if ((ev.target as HTMLElement).tagName === "SELECT" || ev.altKey || ev.ctrlKey || ev.metaKey) return;
     const k = ev.key;
-    if (k === "Escape") select(link, { token: null });
+    if (k === "Escape") {
+      // the click that opened the panel also locked its query: Escape undoes both
+      if (explainPanel?.isOpen) explainPanel.close();
+      select(link, { token: null });
+    }
     else if (k === "ArrowLeft") moveToken(-1);
     else if (k === "ArrowRight") moveToken(1);
     else if (k === "ArrowUp") moveHead(0, -1);
@@ -810,6 +835,7 @@ export async function render(props: RenderProps<AttentionState>) {
   await show();
   if (!thumbsReady) void loadThumbs(); // after the first paint; clicks interleave with it
   else if (!(model as { offline?: boolean }).offline) void warmHeads();
+  warmExplanations();
 
   return () => {
     abort.abort();

@@ -63,6 +63,44 @@ export interface PanelOptions {
   onClose?(): void;
 }
 
+/** Explanations fetched ahead of clicks are kept up to this many bytes (their JSON length). */
+export const AHEAD_BYTES = 2 * 2 ** 20;
+/** Cells fetched ahead for one head, at most (the kernel computes each: ~0.1 s under load). */
+export const AHEAD_CELLS = 256;
+/** Keys per fetch-explain-row message: a click on a cell not fetched yet waits behind one. */
+export const AHEAD_ROW_KEYS = 8;
+
+/** One query row of cells to fetch ahead. */
+export interface AheadRow {
+  query: number;
+  keys: number[];
+}
+
+/**
+ * The cells of a head a click most likely lands on, at most `maxCells`: every cell when the
+ * head has that few, else each query's most-attended keys (`weight(q, k)`). Rows come in the
+ * order they are fetched: the locked query first, then from the last query up (the prompt's
+ * end, where predictions are read).
+ */
+export function aheadCells(n: number, weight: (q: number, k: number) => number, locked: number | null, maxCells = AHEAD_CELLS): AheadRow[] {
+  const total = (n * (n + 1)) / 2;
+  const perRow = total <= maxCells ? n : Math.max(1, Math.floor(maxCells / n));
+  const order: number[] = [];
+  if (locked !== null && locked >= 0 && locked < n) order.push(locked);
+  for (let q = n - 1; q >= 0; q--) if (q !== locked) order.push(q);
+  const rows: AheadRow[] = [];
+  let cells = 0;
+  for (const q of order) {
+    let keys = Array.from({ length: q + 1 }, (_, k) => k);
+    if (keys.length > perRow) keys = keys.sort((a, b) => weight(q, b) - weight(q, a) || a - b).slice(0, perRow);
+    keys = keys.slice(0, maxCells - cells);
+    if (!keys.length) break;
+    rows.push({ query: q, keys });
+    cells += keys.length;
+  }
+  return rows;
+}
+
 /** Where a component lives in the model, or null for embeddings and biases. */
 export function componentTarget(label: string): { layer: number; head?: number } | null {
   const h = /^L(\d+)H(\d+)$/.exec(label);
@@ -92,6 +130,10 @@ export class ExplainPanel {
   private ov: HTMLDivElement;
   private current: Explanation | null = null;
   private wanted = "";
+  /** Explanations fetched ahead (live), oldest first, within AHEAD_BYTES. */
+  private ahead = new Map<string, { x: Explanation; bytes: number }>();
+  private aheadBytes = 0;
+  private aheadRun = 0;
 
   constructor(private fetcher: Fetcher, private opts: PanelOptions) {
     this.el = el("div", "cb-xp");
@@ -134,6 +176,62 @@ export class ExplainPanel {
     opts.signal.addEventListener("abort", () => watch.disconnect());
   }
 
+  get isOpen(): boolean {
+    return !this.el.hidden;
+  }
+
+  /** Whether the explanation of this cell is at hand (fetched ahead), so a click draws at once. */
+  has(layer: number, head: number, query: number, key: number): boolean {
+    return this.ahead.has(`${layer}:${head}:${query}:${key}`);
+  }
+
+  private keep(x: Explanation): void {
+    const id = `${x.layer}:${x.head}:${x.query}:${x.key}`;
+    if (this.ahead.has(id)) return;
+    const bytes = 2 * JSON.stringify(x).length; // UTF-16
+    this.ahead.set(id, { x, bytes });
+    this.aheadBytes += bytes;
+    for (const [k, old] of this.ahead) {
+      if (this.aheadBytes <= AHEAD_BYTES) break;
+      this.ahead.delete(k);
+      this.aheadBytes -= old.bytes;
+    }
+  }
+
+  /**
+   * Live: fetch the explanations of `rows` of one head ahead of clicks, a few keys per message
+   * (so a click on another cell waits behind one), in order. A later call stops an earlier
+   * one; so does the budget (what this head fetched never pushes out its own cells). Resolves
+   * to the cells kept, or -1 when stopped.
+   */
+  async prefetch(layer: number, head: number, rows: AheadRow[]): Promise<number> {
+    const run = ++this.aheadRun;
+    let used = 0;
+    let kept = 0;
+    for (const row of rows) {
+      const keys = row.keys.filter((k) => !this.has(layer, head, row.query, k));
+      for (let i = 0; i < keys.length; i += AHEAD_ROW_KEYS) {
+        if (run !== this.aheadRun || this.opts.signal.aborted) return -1;
+        const chunk = keys.slice(i, i + AHEAD_ROW_KEYS);
+        let cells: Explanation[];
+        try {
+          const { reply } = await this.fetcher.request({ kind: "fetch-explain-row", layer, head, query: row.query, keys: chunk });
+          cells = (reply as unknown as { cells: Explanation[] }).cells;
+        } catch {
+          return kept; // e.g. a capture that cannot explain: a click says why
+        }
+        if (run !== this.aheadRun) return -1;
+        for (const x of cells) {
+          used += 2 * JSON.stringify(x).length;
+          if (used > AHEAD_BYTES) return kept;
+          this.keep(x);
+          kept += 1;
+        }
+      }
+    }
+    return kept;
+  }
+
   close(): void {
     this.el.hidden = true;
     this.wanted = "";
@@ -150,6 +248,20 @@ export class ExplainPanel {
     this.el.dataset.state = "loading";
     this.title.textContent = `L${layer}H${head} · query #${query} → key #${key}`;
     this.summary.textContent = "explaining…";
+    const hit = this.ahead.get(id);
+    if (hit) {
+      // fetched ahead: drawn in this click's task, no kernel round trip
+      this.ahead.delete(id); // most recently used last
+      this.ahead.set(id, hit);
+      this.current = hit.x;
+      this.paint(hit.x);
+      this.el.dataset.state = "ready";
+      this.el.dataset.ms = (performance.now() - t0).toFixed(1);
+      this.el.dataset.cached = "true";
+      this.el.dataset.count = String(Number(this.el.dataset.count ?? 0) + 1);
+      return;
+    }
+    this.el.dataset.cached = "false";
     try {
       const { reply } = await this.fetcher.get({ kind: "fetch-explain", layer, head, query, key });
       if (this.wanted !== id) return; // a newer click won

@@ -7,7 +7,7 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode } from "../codec";
 import { cssColor, sequential, textOn } from "../colormaps";
 import { el } from "../dom";
-import { Fetcher } from "../fetch";
+import { Fetcher, prefetchAllowed } from "../fetch";
 import { hover, onSelection, resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import type { Encoded } from "../types";
@@ -66,6 +66,8 @@ interface StepData {
 }
 
 const DLA_SHOWN = 10;
+/** Live: steps fetched ahead of the scrubber are kept up to this many bytes (about). */
+export const AHEAD_BYTES = 16 * 2 ** 20;
 const HEAD_RE = /^L(\d+)H(\d+)$/;
 
 function decodeRow(row: Row): Decoded {
@@ -380,6 +382,43 @@ export async function render(props: RenderProps<GenState>) {
     }
   };
 
+  /** Live, a step's internals wait for the kernel (a few hundred ms under load). After the
+   * first paint, fetch every step ahead: the selected row from the selected step on, then the
+   * other rows, a step per message (a scrub to a step not fetched yet waits behind one), within
+   * AHEAD_BYTES, so scrubbing draws from the cache. */
+  let aheadRun = 0;
+  const stepBytes = (s: number) =>
+    (model.get("has_pattern") ? L * H * (nPrompt + s) : 0) + 8 * L * (H + 4) + 64 * L + 1024;
+  const warmSteps = async () => {
+    if (!prefetchAllowed(model)) return;
+    const run = ++aheadRun;
+    const t0 = performance.now();
+    root.dataset.stepsAhead = "";
+    const first = Math.min(rowIdx, rows.length - 1);
+    const order: [number, number][] = [];
+    for (const r of [first, ...rows.keys()].filter((r, i, all) => all.indexOf(r) === i)) {
+      const S = rows[r].row.n_steps;
+      const from = r === first ? step : 0;
+      for (let i = 0; i < S; i++) order.push([r, (from + i) % S]);
+    }
+    let bytes = 0;
+    let kept = 0;
+    for (const [r, s] of order) {
+      if (signal.aborted || run !== aheadRun) return;
+      bytes += stepBytes(s);
+      if (bytes > AHEAD_BYTES) break;
+      try {
+        await fetcher.get({ kind: "fetch-step", row: r, step: s }); // cached by the fetcher
+      } catch {
+        break; // the kernel is gone: the scrubber says so itself
+      }
+      kept += 1;
+    }
+    if (run !== aheadRun) return;
+    root.dataset.stepsAhead = String(kept);
+    root.dataset.stepsAheadMs = (performance.now() - t0).toFixed(0);
+  };
+
   const drawMarks = () => {
     cells.forEach((rowCells, r) =>
       rowCells.forEach((c, s) => {
@@ -399,7 +438,7 @@ export async function render(props: RenderProps<GenState>) {
     root.dataset.row = String(rowIdx);
     drawMarks();
     drawTop();
-    void drawInternals();
+    return drawInternals();
   };
 
   let committing = false;
@@ -407,7 +446,7 @@ export async function render(props: RenderProps<GenState>) {
   const choose = (s: number, r: number = rowIdx, commit = true) => {
     rowIdx = Math.max(0, Math.min(rows.length - 1, r));
     step = Math.max(0, Math.min(current().row.n_steps - 1, s));
-    drawStep();
+    void drawStep();
     const token = nPrompt + step - 1;
     if (commit) {
       committing = true; // our own trait writes must not re-enter onTraits half-done
@@ -446,14 +485,14 @@ export async function render(props: RenderProps<GenState>) {
     const s = t - nPrompt + 1;
     if (s >= 0 && s < nSteps() && s !== step) {
       step = s;
-      drawStep();
+      void drawStep();
     }
   };
   const onRows = () => {
     rows = model.get("_rows").map(decodeRow);
     strings = model.get("_strings");
     buildTimeline();
-    drawStep();
+    void drawStep().then(warmSteps); // a new row (a fork): its steps too
   };
   const onTraits = () => {
     if (committing) return;
@@ -462,7 +501,7 @@ export async function render(props: RenderProps<GenState>) {
     if (s !== step || r !== rowIdx) {
       rowIdx = Math.max(0, Math.min(rows.length - 1, r));
       step = s;
-      drawStep();
+      void drawStep();
     }
   };
   model.on("change:_rows", onRows);
@@ -472,14 +511,15 @@ export async function render(props: RenderProps<GenState>) {
   const offHead = onSelection(link, ["layer", "head"], () => drawAttention(current(), shown));
   const offTheme = followTheme(model as AnyModel, root, () => {
     buildTimeline();
-    drawStep();
+    void drawStep();
   });
 
   rowIdx = Math.max(0, Math.min(rows.length - 1, model.get("row")));
   step = model.get("step");
   buildTimeline();
-  drawStep();
+  const firstPaint = drawStep();
   root.dataset.ready = "true";
+  void firstPaint.then(warmSteps);
 
   return () => {
     abort.abort();

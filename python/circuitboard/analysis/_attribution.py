@@ -446,7 +446,15 @@ def logit_direction(cap: Any, info: Any, t: int, b: int | None, P: torch.Tensor)
     W_U = cap.weights.get("unembed.W_U") if cap.weights else None
     if W_U is None:
         weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
-    u = readout(W_U.detach().to("cpu", torch.float64), t, b)
+    # Only the target's (and baseline's) columns are read: converting them alone to float64
+    # gives the same numbers as converting the whole unembedding (~0.3 s per call for 50k
+    # tokens, which every explanation panel and generation step paid).
+    cols = as_id_list(t) + (as_id_list(b) if b is not None else [])
+    sub = W_U.detach()[..., cols].to("cpu", torch.float64)
+    nt = len(as_id_list(t))
+    u = sub[..., :nt].mean(-1)
+    if b is not None:
+        u = u - sub[..., nt:].mean(-1)
     captured = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
     last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
     if captured is None:

@@ -18,6 +18,7 @@ PANEL_PAIRS = 12  # top pairs listed
 PANEL_SOURCES = 16  # source positions in the OV bars
 EMBED_MAX_TOKENS = 2048  # reports embed explanations for prompts up to this long
 REPLY_BYTES = 5_000  # about one reply in a report (JSON), for the budget
+ROW_KEYS = 64  # keys of one query explained per fetch-explain-row request, at most
 
 
 def _top_indices(matrix: np.ndarray, axis: int, k: int) -> list[int]:
@@ -83,7 +84,10 @@ class ExplainCells(View):
     explain_target = traitlets.Unicode("").tag(sync=True)
     """The attribution target the panel's source bars explain (``" Mary" − " John"``), or ""."""
 
-    _fetchers: ClassVar[dict[str, str]] = {"fetch-explain": "_fetch_explain"}
+    _fetchers: ClassVar[dict[str, str]] = {
+        "fetch-explain": "_fetch_explain",
+        "fetch-explain-row": "_fetch_explain_row",
+    }
 
     def _init_explain(
         self,
@@ -109,6 +113,14 @@ class ExplainCells(View):
         ov = self._head_output(layer, head, query) if self._head_output is not None else None
         return panel_reply(ex, ov)
 
+    def explain_row(self, layer: int, head: int, query: int, keys: list[int]) -> list[dict]:
+        """The panel's data for several cells of one query row: what ``explain`` returns for
+        each key, the head's output split (which depends on the query alone) computed once."""
+        if getattr(self, "_explainer", None) is None:
+            self.explain(layer, head, query, keys[0] if keys else 0)  # raises the explanation
+        ov = self._head_output(layer, head, query) if self._head_output is not None else None
+        return [panel_reply(self._explainer(layer, head, query, k), ov) for k in keys]
+
     def answer(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         reply = super().answer(msg)
         # A head shown live (a request with an id, not a report's): prepare its explanations
@@ -133,6 +145,27 @@ class ExplainCells(View):
                 raise ValueError(f"a fetch-explain request needs an int {name}; got {v!r}.")
             args.append(v)
         return self.explain(*args), []
+
+    def _fetch_explain_row(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        """Several cells of one query at once (the view fetches the selected head's likely
+        clicks ahead, a row per message, so that a click draws from its cache)."""
+        args = []
+        for name in ("layer", "head", "query"):
+            v = msg.get(name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"a fetch-explain-row request needs an int {name}; got {v!r}.")
+            args.append(v)
+        keys = msg.get("keys")
+        if (
+            not isinstance(keys, list)
+            or not 0 < len(keys) <= ROW_KEYS
+            or any(isinstance(k, bool) or not isinstance(k, int) for k in keys)
+        ):
+            raise ValueError(
+                f"a fetch-explain-row request needs keys: a list of 1 to {ROW_KEYS} ints "
+                f"(split longer rows into several requests); got {keys!r}."
+            )
+        return {"cells": self.explain_row(*args, keys)}, []
 
     # -- reports -------------------------------------------------------------------------------
     def explain_budget(self, budget_bytes: int) -> int:
