@@ -22,10 +22,12 @@ def live_notebook(
     viewport: dict[str, int],
     ready: str,
     timeout_ms: int = 180_000,
+    init_script: str | None = None,
 ) -> Iterator[Any]:
     """Write ``source`` (one cell or a list of cells) as ``root/live.ipynb``, open and run it in
     JupyterLab (requests off the lab's own address aborted) and wait for ``ready`` (a CSS
-    selector); yields the page. The lab and the browser context are closed on exit."""
+    selector); yields the page. ``init_script`` runs in the page before JupyterLab's own.
+    The lab and the browser context are closed on exit."""
     from tests.browser.test_jupyter_live import (
         free_port,
         offline_context,
@@ -40,6 +42,8 @@ def live_notebook(
     lab = start_lab(root, port, token)
     base = f"http://127.0.0.1:{port}"
     ctx = offline_context(browser, base, viewport)
+    if init_script:
+        ctx.add_init_script(init_script)
     try:
         page = ctx.new_page()
         open_and_run(page, f"{base}/lab/tree/live.ipynb?token={token}")

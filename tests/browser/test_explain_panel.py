@@ -135,3 +135,27 @@ def test_click_a_cell_explains_it(page, tmp_path, artifacts, hostile_cap):
     page.wait_for_selector(".cb-xp[data-state=error]")
     assert "not in this report" in page.inner_text(".cb-xp-summary")
     assert page.cb_errors == [] and page.cb_blocked == []
+
+
+def test_escape_closes_the_panel_as_its_close_button_says(page, tmp_path):
+    model, tok = tiny_llama()
+    cap = cb.capture(model, tok, PROMPT, dtype=torch.float32)
+    att = cb.attention(cap, layer=LAYER, head=HEAD)
+    open_report(page, cb.report(att, path=tmp_path / "escape.html"))
+    assert "(Escape)" in page.get_attribute(".cb-xp-close", "title")
+    q = cap.n_tokens - 1
+    k = int(np.argmax(att.pattern(LAYER, HEAD)[q]))  # embedded in the report
+    click_cell(page, q, k)
+    page.wait_for_selector(".cb-xp[data-state=ready]")
+    assert page.get_attribute(".cb-attention", "data-explained") == f"{q},{k}"
+    page.keyboard.press("Escape")
+    page.wait_for_selector(".cb-xp[data-state=closed]", state="attached")
+    assert page.locator(".cb-xp").is_hidden()
+    assert page.get_attribute(".cb-attention", "data-explained") == ""  # the cell unmarked
+    # focus on the panel's own controls: Escape closes it too
+    click_cell(page, q, k)
+    page.wait_for_selector(".cb-xp[data-state=ready]")
+    page.focus(".cb-xp-close")
+    page.keyboard.press("Escape")
+    page.wait_for_selector(".cb-xp[data-state=closed]", state="attached")
+    assert page.cb_errors == []
