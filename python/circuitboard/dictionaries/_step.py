@@ -44,13 +44,15 @@ class Spec:
     # JumpReLU: the kernel's width as a fraction of the starting threshold (Gemma Scope's
     # width equals its starting threshold; narrower kernels barely move in short runs)
     bandwidth: float = 0.05
-    l0_adapt: float = 0.02  # how fast the L0 coefficient follows L0 / k
+    # the L0 coefficient follows log(L0 / k): integral (per step) and proportional gains
+    l0_integral: float = 0.03
+    l0_proportional: float = 2.0
     # thresholds move in log space by about lr per Adam step: short runs need them faster
     threshold_lr_scale: float = 30.0
 
 
 # JumpReLU's L0 coefficient starts here (the loss is FVU + coef * mean L0) and adapts
-_L0_COEF_START = 1e-4
+_L0_COEF_START = 1e-3
 
 
 def _csr(rows_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
@@ -97,13 +99,14 @@ class Trainee:
         )
         self.log_threshold = None
         self.l0_coef = _L0_COEF_START
+        self.log_coef_integral = math.log(_L0_COEF_START)
         self.eps = 0.0
         if spec.kind == "jumprelu":
             # start every threshold where TopK would cut the first rows: L0 starts near k
-            xs = x * self.c_in
-            pre = (xs if spec.transcoder else xs - self.b_dec.detach().cpu()) @ enc.T
+            xs = x.detach() * self.c_in
+            pre = (xs if spec.transcoder else xs - self.b_dec.detach().cpu()) @ enc.detach().T
             start = pre.reshape(-1).topk(spec.k * pre.shape[0]).values[-1].clamp_min(1e-6)
-            self.eps = spec.bandwidth * float(start)
+            self.eps = spec.bandwidth * start.item()
             self.log_threshold = torch.full((spec.d_sae,), float(start.log()), device=dv)
             self.log_threshold.requires_grad_()
         self.params = list(self._named_params().values())
@@ -144,6 +147,7 @@ class Trainee:
             "c_out": self.c_out,
             "threshold": self.threshold,
             "l0_coef": self.l0_coef,
+            "log_coef_integral": self.log_coef_integral,
             "eps": self.eps,
             "adam_step": step,
         }
@@ -166,6 +170,7 @@ class Trainee:
         self.since_fired = tensors[f"{prefix}.since_fired"].to(self.device)
         self.c_in, self.c_out, self.threshold = info["c_in"], info["c_out"], info["threshold"]
         self.l0_coef = info.get("l0_coef", _L0_COEF_START)
+        self.log_coef_integral = info.get("log_coef_integral", math.log(self.l0_coef))
         self.eps = info.get("eps", self.eps)
 
     # -- one step -------------------------------------------------------------------------------
@@ -276,8 +281,10 @@ class Trainee:
                     m = float(live.min())
                     self.threshold = m if self.threshold < 0 else 0.99 * self.threshold + 0.01 * m
             if s.kind == "jumprelu":  # L0 above the target raises the penalty, below lowers it
-                ratio = float((acts > 0).sum()) / B / s.k
-                self.l0_coef *= math.exp(s.l0_adapt * max(-4.0, min(4.0, ratio - 1.0)))
+                miss = math.log(max(float((acts > 0).sum()) / B, 0.1) / s.k)
+                miss = max(-2.0, min(2.0, miss))
+                self.log_coef_integral += s.l0_integral * miss
+                self.l0_coef = math.exp(self.log_coef_integral + s.l0_proportional * miss)
         return {
             "fvu": fvu,
             "l0": float((acts > 0).sum()) / B,
