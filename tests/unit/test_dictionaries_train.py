@@ -103,7 +103,7 @@ def test_jumprelu_threshold_gradient_is_the_rectangle_kernel_pseudo_derivative()
     spec = Spec(None, None, 8, 8, 16, "jumprelu", k=3, skip=False, lr=1e-3, bandwidth=0.5)
     t = Trainee(spec, x, x, seed=0)
     t.l0_coef = 0.01
-    pre = torch.randn(64, 16, generator=gen).abs() * float(t.log_threshold[0].exp()) * 2
+    pre = torch.randn(64, 16, generator=gen).abs() * float(t.log_threshold[0].detach().exp()) * 2
     g_recon = torch.randn(64, 8, generator=gen)
     got = t._threshold_grad(pre, g_recon, t.dec.detach())
 
