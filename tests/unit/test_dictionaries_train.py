@@ -38,15 +38,18 @@ def test_recovers_planted_sparse_features() -> None:
     sae = fit_sae(x, d_sae=128, k=4, epochs=8, batch_size=1024, buffer_tokens=8192, lr=1e-3)
     held = planted(4096, seed=2)[0]  # fresh samples of the same directions
     out = sae(held)
-    fvu = float(out.error.pow(2).sum() / (held - held.mean(0)).pow(2).sum().double())
+    fvu = float(out.error.detach().pow(2).sum() / (held - held.mean(0)).pow(2).sum().double())
     best_cos = (feats @ sae.W_dec.detach().T).max(-1).values
     assert float(best_cos.mean()) >= 0.9, float(best_cos.mean())
     assert fvu <= 0.15, fvu  # measured 0.07 (3 true features per sample, k = 4)
 
 
-def test_fit_is_deterministic_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["topk", "jumprelu"])
+def test_fit_is_deterministic_and_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, kind: str
+) -> None:
     x = torch.randn(6000, 16) * 2 + 1
-    kw = dict(d_sae=48, k=4, epochs=2, batch_size=500, buffer_tokens=2000, seed=5)
+    kw = dict(d_sae=48, k=4, kind=kind, epochs=2, batch_size=500, buffer_tokens=2000, seed=5)
     a = fit_sae(x, **kw)
     b = fit_sae(x, **kw)
     assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.W_enc, b.W_enc)
@@ -56,7 +59,7 @@ def test_fit_is_deterministic_and_resume_equals_an_uninterrupted_run(tmp_path: P
     assert part.metadata["training"]["steps"] == 7 and not part.metadata["training"]["finished"]
     resumed = fit_sae(x, **kw, checkpoint=tmp_path / "ck", checkpoint_every=3)
     assert resumed.metadata["training"]["finished"]
-    for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    for n in ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if kind == "jumprelu" else ()):
         assert torch.equal(getattr(resumed, n), getattr(a, n)), n
 
 
@@ -67,6 +70,54 @@ def test_batchtopk_infers_as_jumprelu_with_its_threshold() -> None:
     f = sae.encode(x[:512])
     assert bool(((f == 0) | (f > sae.threshold)).all())
     assert 1.0 < float((f > 0).sum(-1).float().mean()) < 12.0  # about k = 4 on average
+
+
+def test_jumprelu_learns_a_threshold_per_feature_and_recovers_planted_features() -> None:
+    x, feats = planted(32_768)
+    sae = fit_sae(
+        x, d_sae=128, k=4, kind="jumprelu", epochs=8, batch_size=1024, buffer_tokens=8192, lr=1e-3
+    )
+    assert sae.kind == "jumprelu" and sae.threshold.shape == (128,)
+    assert float(sae.threshold.std()) > 0  # learned per feature, not one shared cut
+    held = planted(4096, seed=2)[0]
+    f = sae.encode(held)
+    assert bool(((f == 0) | (f > sae.threshold)).all())
+    l0 = float((f > 0).sum(-1).float().mean())
+    assert 2.5 <= l0 <= 5.5, l0  # the L0 penalty adapts towards k = 4 (measured 3.55)
+    out = sae(held)
+    fvu = float(out.error.detach().pow(2).sum() / (held - held.mean(0)).pow(2).sum().double())
+    best_cos = (feats @ sae.W_dec.detach().T).max(-1).values
+    assert float(best_cos.mean()) >= 0.9, float(best_cos.mean())
+    assert fvu <= 0.15, fvu  # measured 0.099
+
+
+def test_jumprelu_threshold_gradient_is_the_rectangle_kernel_pseudo_derivative() -> None:
+    """Rajamanoharan et al. 2024, eqs. 11-12: for a pre-activation z within eps/2 of its
+    threshold t, d f / d t = -t / eps and d H(z - t) / d t = -1 / eps; elsewhere 0."""
+    import numpy as np
+
+    from circuitboard.dictionaries._step import Spec, Trainee
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 8, generator=gen)
+    spec = Spec(None, None, 8, 8, 16, "jumprelu", k=3, skip=False, lr=1e-3, bandwidth=0.5)
+    t = Trainee(spec, x, x, seed=0)
+    t.l0_coef = 0.01
+    pre = torch.randn(64, 16, generator=gen).abs() * float(t.log_threshold[0].detach().exp()) * 2
+    g_recon = torch.randn(64, 8, generator=gen)
+    got = t._threshold_grad(pre, g_recon, t.dec.detach())
+
+    theta = t.log_threshold.detach().exp().numpy().astype(np.float64)
+    P, G, D = pre.numpy().astype(np.float64), g_recon.numpy(), t.dec.detach().numpy()
+    want = np.zeros(16)
+    for b in range(64):
+        for i in range(16):
+            if abs(P[b, i] - theta[i]) < t.eps / 2:
+                g_f = float(G[b] @ D[i])  # d loss / d f[b, i]
+                want[i] += g_f * -theta[i] / t.eps - t.l0_coef / (64 * t.eps)
+    want *= theta  # with respect to log(threshold)
+    assert int((np.abs(P - theta) < t.eps / 2).sum()) > 10  # the band is not empty
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
 
 
 def test_transcoder_with_skip_learns_a_linear_map() -> None:
@@ -132,8 +183,8 @@ def test_evaluate_endpoints_a_perfect_dictionary_recovers_everything() -> None:
 
 def test_training_refuses_what_it_cannot_do() -> None:
     model, tok = tiny_smollm()
-    with pytest.raises(ValueError, match="train 'batchtopk'"):
-        train_sae(model, tok, CORPUS, hook="blocks.0.hook_resid_post", d_sae=8, kind="jumprelu")
+    with pytest.raises(ValueError, match="'topk', 'batchtopk' or 'jumprelu'"):
+        train_sae(model, tok, CORPUS, hook="blocks.0.hook_resid_post", d_sae=8, kind="gated")
     with pytest.raises(ValueError, match="give one per hook"):
         train_sae(model, tok, CORPUS, hook=["blocks.0.hook_resid_post"], d_sae=8,
                   transcoder_out=[None, None])  # fmt: skip

@@ -4,6 +4,11 @@ The gradients are written by hand so that only the encoder's forward is a dense 
 decoder, its gradient and the encoder's gradient touch only the ``k`` active features of each
 token (sparse CSR/COO products), which is what makes a CPU step cheap. Inputs are scaled to
 unit mean norm while training; :meth:`Trainee.to_sae` folds the scale back into the weights.
+
+JumpReLU dictionaries learn one threshold per feature (Rajamanoharan et al. 2024): the step
+function's gradient with respect to the threshold is the straight-through pseudo-derivative of
+a rectangle kernel of width ``bandwidth``, and an L0 penalty pushes thresholds up. Its
+coefficient adapts so that the mean L0 settles at the asked ``k`` (a target, not a cap).
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ class Spec:
     dead_tokens: int = 100_000
     key_in: str = "x"  # where its inputs / targets are in a buffer
     key_out: str = "x"
+    # JumpReLU: the kernel's width as a fraction of the starting threshold (Gemma Scope's
+    # width equals its starting threshold; narrower kernels barely move in short runs)
+    bandwidth: float = 0.05
+    # the L0 coefficient follows log(L0 / k): integral (per step) and proportional gains
+    l0_integral: float = 0.03
+    l0_proportional: float = 2.0
+    # thresholds move in log space by about lr per Adam step: short runs need them faster
+    threshold_lr_scale: float = 30.0
+
+
+# JumpReLU's L0 coefficient starts here (the loss is FVU + coef * mean L0) and adapts
+_L0_COEF_START = 1e-3
 
 
 def _csr(rows_ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
@@ -80,16 +97,42 @@ class Trainee:
         self.skip = (
             torch.zeros(spec.d_out, spec.d_in, device=dv).requires_grad_() if spec.skip else None
         )
-        self.params = [
-            p for p in (self.enc, self.b_enc, self.dec, self.b_dec, self.skip) if p is not None
-        ]
-        self.opt = torch.optim.Adam(self.params, lr=spec.lr, betas=(0.9, 0.999), eps=6.25e-10)
+        self.log_threshold = None
+        self.l0_coef = _L0_COEF_START
+        self.log_coef_integral = math.log(_L0_COEF_START)
+        self.eps = 0.0
+        if spec.kind == "jumprelu":
+            # start every threshold where TopK would cut the first rows: L0 starts near k
+            xs = x.detach() * self.c_in
+            pre = (xs if spec.transcoder else xs - self.b_dec.detach().cpu()) @ enc.detach().T
+            start = pre.reshape(-1).topk(spec.k * pre.shape[0]).values[-1].clamp_min(1e-6)
+            self.eps = spec.bandwidth * start.item()
+            self.log_threshold = torch.full((spec.d_sae,), float(start.log()), device=dv)
+            self.log_threshold.requires_grad_()
+        self.params = list(self._named_params().values())
+        self.opt = torch.optim.Adam(
+            [{"params": [p], "lr_scale": self._lr_scale(p)} for p in self.params],
+            lr=spec.lr,
+            betas=(0.9, 0.999),
+            eps=6.25e-10,
+        )
         self.since_fired = torch.zeros(spec.d_sae, dtype=torch.long, device=dv)
         self.threshold = -1.0  # BatchTopK's running threshold (training units); -1: unset
 
+    def _lr_scale(self, p: torch.Tensor) -> float:
+        return self.spec.threshold_lr_scale if p is self.log_threshold else 1.0
+
+    def _named_params(self) -> dict[str, torch.Tensor]:
+        named = {"enc": self.enc, "b_enc": self.b_enc, "dec": self.dec, "b_dec": self.b_dec}
+        if self.skip is not None:
+            named["skip"] = self.skip
+        if self.log_threshold is not None:
+            named["log_threshold"] = self.log_threshold
+        return named
+
     # -- state for checkpoints ----------------------------------------------------------------
     def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        names = ["enc", "b_enc", "dec", "b_dec"] + (["skip"] if self.skip is not None else [])
+        names = list(self._named_params())
         tensors = {f"{prefix}.{n}": getattr(self, n).detach().clone() for n in names}
         for n, p in zip(names, self.params, strict=True):
             st = self.opt.state.get(p, {})
@@ -103,6 +146,9 @@ class Trainee:
             "c_in": self.c_in,
             "c_out": self.c_out,
             "threshold": self.threshold,
+            "l0_coef": self.l0_coef,
+            "log_coef_integral": self.log_coef_integral,
+            "eps": self.eps,
             "adam_step": step,
         }
         return tensors, info
@@ -110,7 +156,7 @@ class Trainee:
     def load_state(
         self, prefix: str, tensors: dict[str, torch.Tensor], info: dict[str, Any]
     ) -> None:
-        names = ["enc", "b_enc", "dec", "b_dec"] + (["skip"] if self.skip is not None else [])
+        names = list(self._named_params())
         with torch.no_grad():
             for n in names:
                 getattr(self, n).copy_(tensors[f"{prefix}.{n}"].to(self.device))
@@ -123,6 +169,9 @@ class Trainee:
                 }
         self.since_fired = tensors[f"{prefix}.since_fired"].to(self.device)
         self.c_in, self.c_out, self.threshold = info["c_in"], info["c_out"], info["threshold"]
+        self.l0_coef = info.get("l0_coef", _L0_COEF_START)
+        self.log_coef_integral = info.get("log_coef_integral", math.log(self.l0_coef))
+        self.eps = info.get("eps", self.eps)
 
     # -- one step -------------------------------------------------------------------------------
     def _select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,6 +184,11 @@ class Trainee:
             vals = vals.gather(1, order)
             ptr = torch.arange(0, B * k + 1, k, device=pre.device)
             return ptr, idx.reshape(-1), vals.reshape(-1)
+        if self.spec.kind == "jumprelu":  # every pre-activation above its feature's threshold
+            rows, idx = (pre > self.log_threshold.detach().exp()).nonzero(as_tuple=True)
+            ptr = torch.zeros(B + 1, dtype=torch.long, device=pre.device)
+            ptr[1:] = torch.bincount(rows, minlength=B).cumsum(0)
+            return ptr, idx, pre[rows, idx]
         flat = pre.reshape(-1)  # batchtopk: the k * B largest over the whole batch
         _, fi = flat.topk(k * B, sorted=False)
         fi = fi.sort().values
@@ -197,6 +251,9 @@ class Trainee:
                 g_enc += torch.sparse.mm(_coo_t(rows_a, ia, g_pa, (B, n)), xc)
                 g_b_enc.index_add_(0, ia, g_pa)
 
+            if self.log_threshold is not None:
+                g_log_threshold = self._threshold_grad(pre, g_recon, dec)
+
             g_b_dec = g_recon.sum(0)
             if not s.transcoder:
                 g_b_dec -= g_b_enc @ enc  # b_dec is also subtracted from the encoder's input
@@ -205,10 +262,12 @@ class Trainee:
             grads = [g_enc, g_b_enc, g_dec, g_b_dec]
             if self.skip is not None:
                 grads.append(g_recon.T @ xs)
+            if self.log_threshold is not None:
+                grads.append(g_log_threshold)
             for p, g in zip(self.params, grads, strict=True):
                 p.grad = g
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.opt.step()
         with torch.no_grad():
             self.dec /= self.dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -221,12 +280,37 @@ class Trainee:
                 if live.numel():
                     m = float(live.min())
                     self.threshold = m if self.threshold < 0 else 0.99 * self.threshold + 0.01 * m
+            if s.kind == "jumprelu":  # L0 above the target raises the penalty, below lowers it
+                miss = math.log(max(float((acts > 0).sum()) / B, 0.1) / s.k)
+                miss = max(-2.0, min(2.0, miss))
+                self.log_coef_integral += s.l0_integral * miss
+                self.l0_coef = math.exp(self.log_coef_integral + s.l0_proportional * miss)
         return {
             "fvu": fvu,
             "l0": float((acts > 0).sum()) / B,
             "dead": n_dead / n,
             "auxk": aux,
         }
+
+    def _threshold_grad(
+        self, pre: torch.Tensor, g_recon: torch.Tensor, dec: torch.Tensor
+    ) -> torch.Tensor:
+        """d loss / d log(threshold): the pseudo-derivatives of a rectangle kernel of width
+        ``self.eps`` around each threshold, for the reconstruction (``-theta/eps`` per unit of the
+        feature's output gradient) and for the L0 penalty (``-coef / (B eps)`` per count)."""
+        B, n = pre.shape
+        theta = self.log_threshold.detach().exp()
+        eps = self.eps
+        rows, cols = ((pre - theta).abs() < eps / 2).nonzero(as_tuple=True)
+        g = torch.zeros(n, device=pre.device)
+        if rows.numel():
+            ptr = torch.zeros(B + 1, dtype=torch.long, device=pre.device)
+            ptr[1:] = torch.bincount(rows, minlength=B).cumsum(0)
+            band = _csr(ptr, cols, torch.zeros(rows.shape[0], device=pre.device), (B, n))
+            g_out = torch.sparse.sampled_addmm(band, g_recon, dec.T, beta=0.0).values()
+            g.index_add_(0, cols, g_out * -(theta[cols] / eps))
+            g.index_add_(0, cols, torch.full_like(g_out, -self.l0_coef / (B * eps)))
+        return g * theta
 
     # -- the result -------------------------------------------------------------------------------
     def to_sae(self, metadata: dict[str, Any] | None = None) -> SAE:
@@ -237,6 +321,8 @@ class Trainee:
             thr = None
             if s.kind == "batchtopk":
                 thr = torch.full((s.d_sae,), max(self.threshold, 0.0) / co)
+            elif s.kind == "jumprelu":
+                thr = self.log_threshold.exp() / co
             return SAE(
                 s.d_in,
                 s.d_sae,

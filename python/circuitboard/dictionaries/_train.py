@@ -24,7 +24,7 @@ from ._activations import run_to_hooks, token_windows
 from ._hooknames import to_capture_name
 from ._step import Spec, Trainee
 
-TRAIN_KINDS = ("topk", "batchtopk")
+TRAIN_KINDS = ("topk", "batchtopk", "jumprelu")
 
 
 def _lr_for(d_sae: int) -> float:
@@ -81,8 +81,10 @@ def train_sae(
     texts : training texts (e.g. ``cb.load_corpus("train")``); shuffled with ``seed``.
     hook : a capture name (``"blocks.6.hook_resid_post"``), or a list of them: one dictionary
         each, all fed by the same forward, which stops after the last layer needed.
-    d_sae, k, kind : features, active features per token, ``"topk"`` or ``"batchtopk"``
-        (which infers as a JumpReLU with the threshold it learns).
+    d_sae, k, kind : features, active features per token, and ``"topk"``, ``"batchtopk"``
+        (which infers as a JumpReLU with the threshold it learns) or ``"jumprelu"`` (a
+        threshold per feature, learned with straight-through pseudo-derivatives and an L0
+        penalty whose coefficient adapts so that the mean L0 settles at ``k``).
     tokens : training tokens per epoch (each window's first token is left out: it carries the
         attention-sink outlier).
     transcoder_out : for a transcoder, the capture name it predicts (e.g.
@@ -133,8 +135,8 @@ def train_sae(
         )
     if kind not in TRAIN_KINDS:
         raise ValueError(
-            f"train_sae trains kind 'topk' or 'batchtopk'; got {kind!r}. For a JumpReLU "
-            "dictionary train 'batchtopk': it infers as a JumpReLU with a learned threshold."
+            f"train_sae trains kind 'topk', 'batchtopk' or 'jumprelu'; got {kind!r}. A plain "
+            "ReLU dictionary is not trained here: 'jumprelu' with a small k is its sparse form."
         )
     for name, v in (("d_sae", d_sae), ("k", k), ("tokens", tokens), ("epochs", epochs)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -207,7 +209,7 @@ def fit_sae(
     if y is not None and (y.ndim != 2 or y.shape[0] != x.shape[0]):
         raise ValueError(f"y must be [n_tokens={x.shape[0]}, d_out]; got {tuple(y.shape)}.")
     if kind not in TRAIN_KINDS:
-        raise ValueError(f"fit_sae trains kind 'topk' or 'batchtopk'; got {kind!r}.")
+        raise ValueError(f"fit_sae trains kind 'topk', 'batchtopk' or 'jumprelu'; got {kind!r}.")
     if not isinstance(k, int) or not 1 <= k <= d_sae:
         raise ValueError(f"k must be an int in [1, d_sae={d_sae}]; got {k!r}.")
     if batch_size > buffer_tokens:
