@@ -16,7 +16,7 @@ from ..capture.adapters import get_adapter
 from ._circuit import EVAL_BYTES, Circuit
 from ._edges import EdgeModel, projections_for
 from ._graph import Graph
-from ._metric import evaluate, logit_diff, normalize, token_ids
+from ._metric import at_index, evaluate, logit_diff, normalize, token_ids
 from ._patch_inputs import answers_per_pair
 from ._runner import eval_mode
 
@@ -122,9 +122,10 @@ def _prepare(
                 raise TypeError(
                     f"metric must be a callable (logits -> [batch]); got {metrics[i]!r}."
                 )
-            pairs.append(_Pair(x, y, metrics[i], [len(ia) - 1]))
+            m = at_index(metrics[i], first + i)  # a per-example metric gets the pair's index
+            pairs.append(_Pair(x, y, m, [len(ia) - 1]))
             saved["custom_metric"] = True
-            name = getattr(metrics[i], "__name__", "custom")
+            name = getattr(m, "__name__", "custom")
             continue
         if answers[i] is None or wrongs[i] is None:
             with torch.no_grad():
