@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._direction import Direction
 from .._threads import one_thread
 from ._common import (
     TokenSet,
@@ -154,6 +155,8 @@ class Attribution:
         def shown(t: Any, text: str) -> str:
             return f"mean {text}" if isinstance(t, tuple) else repr(text)
 
+        if isinstance(self.target, Direction):
+            return f"{self.target.label} at position {self.pos}"
         what = shown(self.target, self.target_text)
         if self.baseline is not None:
             what += f" − {shown(self.baseline, self.baseline_text)}"
@@ -253,6 +256,18 @@ def prepare(
     if pos is None:  # where the model reads its prediction: the last token, or ViT's CLS
         pos = 0 if getattr(cap, "image", None) is not None else -1
     p = position(pos, cap.n_tokens)
+    if isinstance(baseline, Direction):
+        raise ValueError(
+            "baseline= takes tokens; a direction is the whole target: pass "
+            "target=cb.Direction(v_target − v_baseline)."
+        )
+    if isinstance(target, Direction):
+        if baseline is not None:
+            raise ValueError(
+                "target=cb.Direction(...) takes no baseline=: fold it into the vector (for a "
+                "vocabulary direction subtract the baseline's one-hot, v[b] -= 1)."
+            )
+        return target.resolve(info.d_model, getattr(info, "d_vocab", None), "target"), None, p
     t = target_ids(cap, target, "target")
     b = target_ids(cap, baseline, "baseline") if baseline is not None else None
     for given, tid, name in ((target, t, "target"), (baseline, b, "baseline")):
@@ -347,7 +362,7 @@ def attribute_positions(
     if ln_b is not None and bool(ln_b.any()):
         biases["ln_final.b"] = (ln_b @ u).expand(Q)
     b_U = weight(cap, "unembed.b_U", WHAT, optional=True)
-    if b_U is not None and bool(b_U.any()):
+    if b_U is not None and bool(b_U.any()) and not _residual(t):
         biases["unembed.b_U"] = torch.as_tensor(readout(b_U, t, b)).expand(Q)
     labels.append("bias")
     columns.append(
@@ -430,9 +445,12 @@ def _moe_terms(
     return torch.cat(per_neuron, dim=1), out, per_expert
 
 
-def readout(x: torch.Tensor, t: int | TokenSet, b: int | TokenSet | None) -> torch.Tensor:
+def readout(x: torch.Tensor, t: Any, b: int | TokenSet | None) -> torch.Tensor:
     """``mean(x[..., t]) − mean(x[..., b])`` over the last axis (vocabulary): a logit row, the
-    bias ``b_U`` or the columns of ``W_U`` (then the unembedding vector of the quantity)."""
+    bias ``b_U`` or the columns of ``W_U`` (then the unembedding vector of the quantity). A
+    vocabulary :class:`~circuitboard.Direction` reads ``x · vector``."""
+    if isinstance(t, Direction):
+        return x.double() @ t.vector.to(x.device)
     out = x[..., as_id_list(t)].mean(-1)
     return out - x[..., as_id_list(b)].mean(-1) if b is not None else out
 
@@ -446,7 +464,7 @@ def logit_direction(cap: Any, info: Any, t: int, b: int | None, P: torch.Tensor)
     W_U = cap.weights.get("unembed.W_U") if cap.weights else None
     if W_U is None:
         weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
-    u = readout(W_U.detach().to("cpu", torch.float64), t, b)
+    u = t.vector if _residual(t) else readout(W_U.detach().to("cpu", torch.float64), t, b)
     captured = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
     last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
     if captured is None:
@@ -501,10 +519,12 @@ def _tolerance(cap, info, p, t, b, model_value, terms, eps) -> float:
     """How far the parts' sum may sit from ``model_value`` at this precision (see the field):
     the model rounds the final norm's output (each of its terms ``x_i · direction_i``) and the
     logits it compares to its dtype."""
-    if cap.logits is not None and not info.final_logit_softcap:
+    if cap.logits is not None and not info.final_logit_softcap and not _residual(t):
         row = cap.logits[p].double()
 
-        def size(ids: Any) -> float:  # one token, or the mean logit of a token set
+        def size(ids: Any) -> float:  # one token, the mean logit of a token set, a direction
+            if isinstance(ids, Direction):
+                return float(row.abs() @ ids.vector.abs())
             return float(row[list(ids) if isinstance(ids, tuple | list) else ids].abs().mean())
 
         compared = size(t) + (size(b) if b is not None else 0.0)
@@ -515,7 +535,7 @@ def _tolerance(cap, info, p, t, b, model_value, terms, eps) -> float:
 
 def _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value) -> float:
     """The logit (difference) as the model computed it (pre-cap when soft-capped)."""
-    if not cap_value and cap.logits is not None:
+    if not cap_value and cap.logits is not None and not _residual(t):
         return float(readout(cap.logits[p].double(), t, b))
     if last is None:
         raise KeyError(f"{WHAT} needs cap.logits or the final residual to know the model's value.")
@@ -525,6 +545,11 @@ def _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value) ->
     value = float((x * scale * w) @ u)
     if ln_b is not None:
         value += float(ln_b @ u)
-    if b_U is not None:
+    if b_U is not None and not _residual(t):
         value += float(readout(b_U, t, b))
     return value
+
+
+def _residual(t: Any) -> bool:
+    """Whether the target is a residual-stream direction (read before the unembedding)."""
+    return isinstance(t, Direction) and t.space == "resid"

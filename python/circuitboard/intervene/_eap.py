@@ -16,7 +16,7 @@ from ..capture.adapters import get_adapter
 from ._circuit import EVAL_BYTES, Circuit
 from ._edges import EdgeModel, projections_for
 from ._graph import Graph
-from ._metric import at_index, evaluate, logit_diff, normalize, token_ids
+from ._metric import at_index, direction_metric, evaluate, logit_diff, normalize, token_ids
 from ._patch_inputs import answers_per_pair
 from ._runner import eval_mode
 
@@ -117,6 +117,9 @@ def _prepare(
             first_tokens = (ta, tb)
         x = torch.tensor(ia, device=em.device)
         y = torch.tensor(ib, device=em.device)
+        along = direction_metric(answers[i], wrongs[i], info.d_model, info.d_vocab, "answer")
+        if metrics[i] is None and along is not None:
+            metrics[i] = along  # logits · v: a metric like any other (saved as custom)
         if metrics[i] is not None:
             if not callable(metrics[i]):
                 raise TypeError(

@@ -130,6 +130,32 @@ def log_prob(answer: int) -> Metric:
     return metric
 
 
+def direction_metric(
+    answer: Any, wrong: Any, d_model: int | None, d_vocab: int | None, what: str = "answer"
+) -> Any:
+    """The metric of ``answer=cb.Direction(v)`` (``logits · v``), or None when ``answer`` is
+    not a direction. Refuses a ``wrong=`` beside it and residual-stream directions (patching
+    metrics see only the logits)."""
+    from .._direction import Direction
+
+    if isinstance(wrong, Direction):
+        raise ValueError(
+            "wrong= takes tokens; a direction is the whole target: pass "
+            "answer=cb.Direction(v_answer − v_wrong)."
+        )
+    if not isinstance(answer, Direction):
+        return None
+    if wrong is not None:
+        raise ValueError(
+            f"{what}=cb.Direction(...) takes no wrong=: fold it into the vector (for a "
+            "vocabulary direction subtract the wrong token's one-hot, v[w] -= 1)."
+        )
+    d = answer.resolve(d_model, d_vocab, what)
+    if d.space == "resid":
+        d.value_of_logits(torch.zeros(0))  # raises: why, and what to use instead
+    return d.metric()
+
+
 def takes_index(metric: Any) -> bool:
     """Whether ``metric`` is per-example, ``metric(logits, index)``: it has two required
     positional parameters.
@@ -282,6 +308,7 @@ __all__ = [
     "MIN_RANGE",
     "AtIndex",
     "at_index",
+    "direction_metric",
     "evaluate",
     "log_prob",
     "logit_diff",

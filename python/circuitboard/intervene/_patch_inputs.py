@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..capture._prompts import encode, id_texts, split_prompts
-from ._metric import Metric, at_index, logit_diff, token_ids
+from ._metric import Metric, at_index, direction_metric, logit_diff, token_ids
 from ._runner import Runner
 
 POSITION_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -132,8 +132,14 @@ def _prepare_pairs(
                 f"vs corrupted {tb_j}. Choose a corruption with the same number of tokens (e.g. "
                 "swap names that are one token each)."
             )
+        info = runner.info if runner is not None else None
+        along = direction_metric(
+            answers[i], wrongs[i], getattr(info, "d_model", None), d_vocab, "answer"
+        )
         if metric is not None:
             m = at_index(metric, first + i)
+        elif along is not None:
+            m = along
         else:
             aid = token_ids(tokenizer, answers[i], "answer")
             wid = token_ids(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None
