@@ -5,9 +5,14 @@ token is the one-hot vector, a token set its mean, a logit difference ``e_a − 
 direction over the **residual stream** (``d_model`` entries) as ``final_norm(resid) · vector``,
 the unembedding's input read along it (a probe's direction, a feature's decoder row). Both are
 linear in the final residual once the final norm's scale is frozen, so direct logit
-attribution stays exact; a residual direction is not a function of the logits, so it is taken
-where the residual is (DLA, attribution graphs), and refused with that reason where only
-logits are (patching metrics, circuits).
+attribution stays exact.
+
+Where it is taken: ``cb.direct_logit_attribution`` / ``cb.logit_attribution`` /
+``cb.explain_head_output`` (``target=``, both spaces), ``cb.attribution_graph`` (``target=``,
+vocabulary directions: a graph's target node is a logit quantity), ``cb.patch`` and
+``cb.circuit`` (``answer=``, vocabulary directions: their metrics are functions of the logits,
+which a residual direction is not). A direction is the whole target: ``baseline=`` / ``wrong=``
+beside it are refused (fold them into the vector).
 """
 
 from __future__ import annotations

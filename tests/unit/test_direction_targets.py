@@ -108,3 +108,16 @@ def test_patch_and_circuit_along_a_logit_direction():
         cb.circuit(model, tok, CLEAN, CORRUPT, answer=resid)
     with pytest.raises(ValueError, match="takes no wrong="):
         cb.patch(model, tok, CLEAN, CORRUPT, answer=d, wrong=" John", site="resid_pre")
+
+
+def test_head_output_explanation_along_a_direction_is_the_heads_dla():
+    """explain_head_output's value along a direction is that head's direct attribution."""
+    model, tok = tiny_model("llama")
+    cap = cb.capture(model, tok, CLEAN, dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    for v in (torch.randn(cap.logits.shape[-1], generator=g), torch.randn(32, generator=g)):
+        d = cb.Direction(v)
+        attr = cb.direct_logit_attribution(cap, d)
+        for layer, head in ((0, 1), (1, 3)):
+            ov = cb.explain_head_output(cap, layer=layer, head=head, query=-1, target=d)
+            assert ov.model_value == pytest.approx(attr[f"L{layer}H{head}"], abs=1e-5)

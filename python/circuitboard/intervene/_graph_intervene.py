@@ -75,8 +75,11 @@ def intervene_graph(
 
     target_ids = graph.stats.get("logit_token_ids") or []
     baseline = graph.stats.get("baseline_id")
+    along = graph.stats.get("logit_direction")  # a set or direction target
 
     def metric(logits: torch.Tensor) -> float:
+        if along:
+            return float(logits[along[0]].double() @ torch.tensor(along[1], dtype=torch.float64))
         v = logits[target_ids[0]] if target_ids else logits.max()
         return float(v - logits[baseline]) if baseline is not None else float(v)
 
