@@ -121,3 +121,28 @@ def test_head_output_explanation_along_a_direction_is_the_heads_dla():
         for layer, head in ((0, 1), (1, 3)):
             ov = cb.explain_head_output(cap, layer=layer, head=head, query=-1, target=d)
             assert ov.model_value == pytest.approx(attr[f"L{layer}H{head}"], abs=1e-5)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_generation_attribution_along_a_direction_sums(layer):
+    """gen.attribution(step, target=cb.Direction(v)), steered or not: the parts (steer
+    included) sum to logits · v, or to the unembedding input · v for a residual direction."""
+    from circuitboard.intervene import generate
+
+    model, tok = tiny_model("llama")
+    g = torch.Generator().manual_seed(3)
+    steer = torch.randn(model.config.hidden_size, generator=g)
+    v, r = torch.randn(model.config.vocab_size, generator=g), torch.randn(32, generator=g)
+    kw = dict(max_new_tokens=2, stop_at_eos=False)
+    plain = generate(model, tok, CLEAN, **kw)
+    steered = generate(model, tok, CLEAN, steer=steer, layer=layer, **kw)
+    for gen in (plain, steered):
+        for s in range(2):
+            a = gen.attribution(s, target=cb.Direction(v))
+            want = float(gen.logits(s).double() @ v.double())
+            assert abs(a.model_value - want) <= 1e-5 * max(1.0, abs(want))
+            assert abs(a.total - want) <= 1e-5 * max(1.0, float(a.values.abs().sum()))
+            b = gen.attribution(s, target=cb.Direction(r))
+            assert abs(b.total - b.model_value) <= 1e-5 * max(1.0, float(b.values.abs().sum()))
+        assert ("steer" in a.labels) == (gen is steered)
+        assert gen is plain or abs(a["steer"]) > 0  # the steering's direct part is counted

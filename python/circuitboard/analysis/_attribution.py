@@ -282,10 +282,18 @@ def prepare(
 # 1.5x slower.
 @one_thread(when_busy=True)
 def attribute_positions(
-    cap: Any, t: int | TokenSet, b: int | TokenSet | None, positions: list[int]
+    cap: Any,
+    t: int | TokenSet | Direction,
+    b: int | TokenSet | None,
+    positions: list[int],
+    *,
+    final: torch.Tensor | None = None,
 ) -> list[Attribution]:
     """:func:`direct_logit_attribution` at several positions at once (token ids, checked
-    positions, soft-cap policy already decided by the caller); one pass over the weights."""
+    positions, soft-cap policy already decided by the caller); one pass over the weights.
+
+    ``final``: the model's real last residual ``[pos, d_model]`` where ``cap`` leaves it out on
+    purpose (a steered generation's), read only for a residual direction's ``model_value``."""
     info = require_info(cap, WHAT)
     L, H = info.n_layers, info.n_heads
     P = torch.tensor(positions, dtype=torch.long)
@@ -393,8 +401,9 @@ def attribute_positions(
     out: list[Attribution] = []
     for qi, p in enumerate(positions):
         model_value = _model_value(
-            cap, info, p, t, b, last, float(scale[qi]), w, u, b_U, ln_b, info.final_logit_softcap
-        )
+            cap, info, p, t, b, last if final is None else final, float(scale[qi]), w, u, b_U,
+            ln_b, info.final_logit_softcap,
+        )  # fmt: skip
         out.append(
             Attribution(
                 labels=labels,
@@ -538,7 +547,11 @@ def _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value) ->
     if not cap_value and cap.logits is not None and not _residual(t):
         return float(readout(cap.logits[p].double(), t, b))
     if last is None:
-        raise KeyError(f"{WHAT} needs cap.logits or the final residual to know the model's value.")
+        what = "the final residual" if _residual(t) else "cap.logits or the final residual"
+        raise KeyError(
+            f"{WHAT} needs {what} to know the model's value; capture with the default what= "
+            f"(it records blocks.{info.n_layers - 1}.hook_resid_post)."
+        )
     x = last[p]
     if info.norm == "layernorm":
         x = x - x.mean()
