@@ -64,7 +64,7 @@ def test_zero_ablating_an_inactive_feature_changes_nothing_exactly(tiny):
     off = (acts == 0).all(0).nonzero()[:, 0].tolist()
     on = int(acts.abs().sum(0).argmax())
     assert len(off) > 5
-    res = cb.ablate(model, tok, PROMPT, [(sae, off[0]), (sae, off), (sae, on)])
+    res = cb.ablate(model, tok, PROMPT, [(sae, off[0]), (sae, off), (sae, np.int64(on))])
     assert (res.effects[:2] == 0).all()  # bit for bit: the delta is exactly zero
     assert abs(res.effects[2, 0]) > 1e-4  # a feature that fires moves the loss
 

@@ -13,6 +13,7 @@ dictionary over ``blocks.0.mlp.hook_post``) sees the activation after the compon
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +76,10 @@ def feature_component(spec: tuple, model: Any, adapter: Any, n_layers: int) -> t
         raise ValueError(f"{_SHAPE_HELP}; the list of features of {hook!r} is empty.")
     d_sae = _d_sae(sae)
     for i in items:
-        if isinstance(i, bool) or not isinstance(i, int):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise TypeError(f"{_SHAPE_HELP}; feature indices are ints, got {i!r}.")
+    items = [int(i) for i in items]  # numpy ints (from a top-features list) too
+    for i in items:
         if d_sae is not None and not 0 <= i < d_sae:
             raise IndexError(
                 f"feature {i} of the dictionary reading {hook!r} is out of range; it has "
