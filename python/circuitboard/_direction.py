@@ -8,12 +8,11 @@ linear in the final residual once the final norm's scale is frozen, so direct lo
 attribution stays exact.
 
 Where it is taken: ``cb.direct_logit_attribution`` / ``cb.logit_attribution`` /
-``cb.explain_head_output`` / ``Generation.attribution`` (``target=``, both spaces),
-``cb.attribution_graph`` (``target=``,
-vocabulary directions: a graph's target node is a logit quantity), ``cb.patch`` and
-``cb.circuit`` (``answer=``, vocabulary directions: their metrics are functions of the logits,
-which a residual direction is not). A direction is the whole target: ``baseline=`` / ``wrong=``
-beside it are refused (fold them into the vector).
+``cb.explain_head_output`` / ``Generation.attribution`` / ``cb.attribution_graph``
+(``target=``, both spaces); ``cb.patch`` and ``cb.circuit`` (``answer=``, vocabulary
+directions: their metrics are functions of the logits, which a residual direction is not).
+A direction is the whole target: ``baseline=`` / ``wrong=`` beside it are refused (fold them
+into the vector).
 """
 
 from __future__ import annotations

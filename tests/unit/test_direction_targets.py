@@ -23,7 +23,7 @@ def _unembed_input(model, tok, text):
     """What the unembedding reads at the last position (the final norm's output)."""
     seen = {}
     head = model.get_output_embeddings()
-    h = head.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    h = head.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
     try:
         with torch.no_grad():
             model(**tok(text, return_tensors="pt"))

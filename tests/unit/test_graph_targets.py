@@ -73,9 +73,33 @@ def test_direction_target_and_errors():
     assert one.stats["logit_token_ids"] == [m] and one.stats["baseline_id"] == j
     assert one.stats["logit_direction"] is None
     kw = dict(basis="neurons", max_nodes=16, progress=False)
-    with pytest.raises(ValueError, match="residual-stream direction; a graph's target node"):
-        cb.attribution_graph(model, tok, PROMPT, target=cb.Direction(torch.ones(32)), **kw)
     with pytest.raises(ValueError, match="takes no baseline="):
         cb.attribution_graph(model, tok, PROMPT, target=cb.Direction(v), baseline=" John", **kw)
     with pytest.raises(ValueError, match=r"target=\[\] is an empty token set"):
         cb.attribution_graph(model, tok, PROMPT, target=[], **kw)
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2])
+def test_residual_direction_target_is_the_unembedding_input_along_it(factory):
+    """A d_model direction: the logit node is final_norm(resid) · r, read independently from
+    the unembedding's input; its edges plus bias sum to it; interventions measure it."""
+    model, tok = factory()
+    D = model.config.hidden_size
+    r = torch.randn(D, generator=torch.Generator().manual_seed(4))
+    seen = {}
+    head = model.get_output_embeddings()
+    h = head.register_forward_pre_hook(lambda mod, args: seen.update(x=args[0][0, -1]))
+    try:
+        _logits(model, tok)
+    finally:
+        h.remove()
+    want = float(seen["x"].double() @ r.double())
+    g = cb.attribution_graph(
+        model, tok, PROMPT, basis="neurons", target=cb.Direction(r, name="probe"),
+        max_nodes=EVERY, min_edge_share=0.0, progress=False,
+    )  # fmt: skip
+    _check_logit_node(g, want)
+    assert g.logit_labels == ["probe"] and g.stats["logit_direction"] is None
+    r_out = intervene_graph(model, tok, g, [], 1.0)
+    assert r_out["metric_before"] == pytest.approx(want, abs=1e-5)
+    assert r_out["metric_after"] == pytest.approx(want, abs=1e-5)  # factor 1 changes nothing

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._direction import Direction
 from ._graph_frozen import Frozen, freeze
 from ._graph_prune import prune, scores
 from ._graph_result import AttributionGraph
@@ -119,14 +120,7 @@ def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor
         """A target's vocabulary vector, its label and its token ids (a token or a set)."""
         if isinstance(x, Direction):
             d = x.resolve(fr.W_U.shape[0], V, what)
-            if d.space == "resid":
-                raise ValueError(
-                    f"attribution_graph: {what}=cb.Direction(...) is a residual-stream direction; "
-                    "a graph's target node is a logit quantity, so give a vocabulary direction "
-                    f"(d_vocab={V} entries), or use cb.direct_logit_attribution for a residual "
-                    "direction."
-                )
-            return d.vector.float(), d.name, []
+            return (d if d.space == "resid" else d.vector.float()), d.name, []
         if isinstance(x, list | tuple | set | frozenset):
             items = sorted(x, key=repr) if isinstance(x, set | frozenset) else list(x)
             if not items:
@@ -149,6 +143,8 @@ def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor
             "target=cb.Direction(...) takes no baseline=: fold it into the vector (v[b] -= 1)."
         )
     d, label, t_ids = vector(target, "target")
+    if isinstance(d, Direction):  # a residual direction: rows seed the final norm's output
+        return [d], [1.0], [label], []
     b_ids: list[int] = []
     if baseline is not None:
         bv, b_label, b_ids = vector(baseline, "baseline")
@@ -196,7 +192,8 @@ def attribution_graph(
     target, baseline
         One token each: the graph explains ``logit(target) - logit(baseline)``. A list of
         tokens is a token set, valued as the mean of its logits (``target=[" 5", " 6"]``);
-        ``target=cb.Direction(v)`` a vocabulary direction, ``logits · v`` (no baseline).
+        ``target=cb.Direction(v)`` a vocabulary direction, ``logits · v``, or a residual one,
+        ``final_norm(resid) · v`` (no baseline).
         Default: the top tokens until their probabilities sum to 0.95 (at most 10), weighted
         by probability.
     max_nodes
@@ -478,7 +475,16 @@ def _build(
     node_index = np.concatenate([idx, np.full(n_e, -1), fr.token_ids.numpy(), np.arange(K)]).astype(
         np.int64
     )
-    logit_vals = (dirs @ fr.logits).numpy()
+    # a logit row plus its bias is the target's value exactly (compute_rows); a residual
+    # direction has no logit to read it from
+    logit_vals = np.array(
+        [
+            float(lrows[k].double().sum() + lbias[k])
+            if isinstance(d, Direction)
+            else float(d @ fr.logits)
+            for k, d in enumerate(dirs)
+        ]
+    )
     node_act = np.concatenate([act, err_size, np.zeros(P), logit_vals]).astype(np.float32)
     biases = np.asarray(row_bias, np.float32)  # logit rows first, then basis rows
     node_bias = np.concatenate([biases[K:], np.zeros(n_e + P), biases[:K]]).astype(np.float32)
@@ -522,6 +528,9 @@ def _build(
             "logit_token_ids": [int(i) for i in ids[: len(dirs)]],
             "baseline_id": int(ids[1]) if len(ids) > len(dirs) else None,
             # a set or direction target: its vocabulary vector's nonzero entries
-            "logit_direction": None if ids else _sparse(dirs[0]),
+            "logit_direction": None if ids or isinstance(dirs[0], Direction) else _sparse(dirs[0]),
+            "residual_direction": (
+                dirs[0].vector.tolist() if isinstance(dirs[0], Direction) else None
+            ),
         },
     )
