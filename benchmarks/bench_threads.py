@@ -1,13 +1,16 @@
 """The thread policy of heavy calls: one torch thread, two, and the default, at two loads.
 
-Run: ``python benchmarks/bench_threads.py [--repeat 2] [--seconds 240]`` (CPU; prints Markdown).
+Run: ``python benchmarks/bench_threads.py [--repeat 2] [--seconds 240] [--extra 2]
+[--calls patch,circuit,generate,compare]`` (CPU; prints Markdown).
 
-``cb.patch(..., site="heads")`` (exact, 270 heads, 8-token pair on the default model) and
-``cb.circuit(...)`` then ``edges_for(0.8)``, each timed with ``torch.set_num_threads(1)``, with
-2 threads and with the default policy (``circuitboard._threads.one_thread(when_busy=True)``:
-one thread while the 1-minute load average exceeds the core count). First at the machine's
-own load, then with a controlled extra load this script starts itself: one busy-looping
-process per core, killed when the measurements end or after ``--seconds``, whichever is first.
+``cb.patch(..., site="heads")`` (exact, 270 heads, 8-token pair on the default model),
+``cb.circuit(...)`` then ``edges_for(0.8)``, ``cb.generate`` (32 greedy tokens) and
+``cb.compare`` (two categories of 4 shipped texts, serial), each timed with
+``torch.set_num_threads(1)``, with 2 threads and with the default policy
+(``circuitboard._threads.one_thread(when_busy=True)``: one thread while the 1-minute load
+average exceeds the core count). First at the machine's own load, then with a controlled extra
+load this script starts itself: ``--extra`` busy-looping processes (default: one per core),
+killed when the measurements end or after ``--seconds``, whichever is first.
 
 Why two threads collapse under load: every intra-op parallel region ends at a barrier, so
 each op waits for its slower thread; when other processes hold the cores, the second thread
@@ -72,9 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=240.0)
+    ap.add_argument("--extra", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--calls", default="patch,circuit,generate,compare")
     args = ap.parse_args(argv)
     model, tok = cb.load_default_model()
     kw = dict(answer=" Mary", wrong=" John")
+    texts = cb.load_texts()
+    categories = {"first": texts[:4], "second": texts[4:8]}
     work = {
         "patch heads (270, exact)": lambda: cb.patch(
             model, tok, CLEAN, CORRUPT, site="heads", progress=False, **kw
@@ -82,13 +89,19 @@ def main(argv: list[str] | None = None) -> None:
         "circuit + edges_for(0.8)": lambda: cb.circuit(model, tok, CLEAN, CORRUPT, **kw).edges_for(
             0.8, progress=False
         ),
+        "generate (32 greedy tokens)": lambda: cb.generate(
+            model, tok, CLEAN, max_new_tokens=32, stop_at_eos=False
+        ),
+        "compare (2 × 4 texts, serial)": lambda: cb.compare(model, tok, categories, progress=False),
     }
+    wanted = args.calls.split(",")
+    work = {k: f for k, f in work.items() if k.split()[0] in wanted}
     rows = []
-    for level in ("machine's own load", f"+{os.cpu_count()} busy processes"):
+    for level in ("machine's own load", f"+{args.extra} busy processes"):
         procs = []
         if level.startswith("+"):
             until = time.time() + args.seconds
-            procs = [mp.Process(target=_spin, args=(until,)) for _ in range(os.cpu_count() or 1)]
+            procs = [mp.Process(target=_spin, args=(until,)) for _ in range(args.extra)]
             for p in procs:
                 p.start()
             time.sleep(5)

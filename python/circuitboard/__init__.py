@@ -91,6 +91,7 @@ _LAZY = {
     "path_patch": "circuitboard.intervene",
     "load_path_patching": "circuitboard.intervene",
     "Ablation": "circuitboard.intervene",
+    "Direction": "circuitboard._direction",
     "ablate": "circuitboard.intervene",
     "load_ablation": "circuitboard.intervene",
     # dictionary features (issue 26)
@@ -167,6 +168,7 @@ __all__ = [
     "CompositionScores",
     "CompositionView",
     "CrossLayerTranscoder",
+    "Direction",
     "ExperimentsView",
     "FeatureAttribution",
     "FeaturePatching",

@@ -42,3 +42,22 @@ def test_rows_hover_and_click(page, tmp_path, artifacts):
     page.wait_for_selector('.cb-attention[data-layer="1"][data-head="2"]')
     page.screenshot(path=str(artifacts / "ablation-synthetic.png"), full_page=True)
     assert page.cb_errors == []
+
+
+def test_feature_rows_read_as_text(page, tmp_path, artifacts):
+    """Dictionary features ablated on a tiny model: their labels (hook#index, the feature's
+    name) are the row names, as text."""
+    from circuitboard.testing import tiny_model
+
+    model, tok = tiny_model("llama")
+    names = [f"f{i}" for i in range(64)]
+    names[9] = "<i>names</i> of people"
+    sae = cb.SAE(32, 64, kind="topk", k=4, hook="blocks.0.hook_resid_post", seed=0, labels=names)
+    prompts = ["When Mary and John went to the store, John gave a drink to", "the quick brown fox"]
+    res = cb.ablate(model, tok, prompts, [(sae, 9), (sae, [1, 2, 3]), ["L1H2", (sae, 5)], "L0"])
+    open_report(page, cb.report(cb.ablation_view(res), path=tmp_path / "f.html", title="features"))
+    shown = page.eval_on_selector_all(".cb-abl-name", "els => els.map(e => e.textContent)")
+    assert sorted(shown) == sorted(res.labels)
+    assert "blocks.0.hook_resid_post#9 <i>names</i> of people" in shown  # text, never HTML
+    page.screenshot(path=str(artifacts / "ablation-features.png"), full_page=True)
+    assert page.cb_errors == []

@@ -48,3 +48,32 @@ def test_heavy_calls_run_on_one_thread_when_busy(llama, monkeypatch):
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_generate_and_compare_run_on_one_thread_when_busy(llama, monkeypatch):
+    """The forwards of cb.generate and cb.compare (serial) see one torch thread while the
+    machine is busy, the caller's threads otherwise; the setting is restored after."""
+    import circuitboard._threads as threads
+
+    model, tok = llama
+    seen: list[int] = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_pre_hook(lambda mod, args: seen.append(torch.get_num_threads()))
+    categories = {"a": ["the cat sat on the mat"], "b": ["a dog ran in the park"]}
+    calls = {
+        "generate": lambda: cb.generate(model, tok, "the cat", max_new_tokens=2),
+        "compare": lambda: cb.compare(model, tok, categories, progress=False),
+    }
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name, call in calls.items():
+            for is_busy, want in ((True, {1}), (False, {2})):
+                monkeypatch.setattr(threads, "busy", lambda is_busy=is_busy: is_busy)
+                seen.clear()
+                call()
+                assert seen and set(seen) == want, (name, is_busy, seen)
+                assert torch.get_num_threads() == 2
+    finally:
+        handle.remove()
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._direction import Direction
 from .._threads import one_thread
 from ._common import (
     TokenSet,
@@ -154,6 +155,8 @@ class Attribution:
         def shown(t: Any, text: str) -> str:
             return f"mean {text}" if isinstance(t, tuple) else repr(text)
 
+        if isinstance(self.target, Direction):
+            return f"{self.target.label} at position {self.pos}"
         what = shown(self.target, self.target_text)
         if self.baseline is not None:
             what += f" − {shown(self.baseline, self.baseline_text)}"
@@ -253,6 +256,18 @@ def prepare(
     if pos is None:  # where the model reads its prediction: the last token, or ViT's CLS
         pos = 0 if getattr(cap, "image", None) is not None else -1
     p = position(pos, cap.n_tokens)
+    if isinstance(baseline, Direction):
+        raise ValueError(
+            "baseline= takes tokens; a direction is the whole target: pass "
+            "target=cb.Direction(v_target − v_baseline)."
+        )
+    if isinstance(target, Direction):
+        if baseline is not None:
+            raise ValueError(
+                "target=cb.Direction(...) takes no baseline=: fold it into the vector (for a "
+                "vocabulary direction subtract the baseline's one-hot, v[b] -= 1)."
+            )
+        return target.resolve(info.d_model, getattr(info, "d_vocab", None), "target"), None, p
     t = target_ids(cap, target, "target")
     b = target_ids(cap, baseline, "baseline") if baseline is not None else None
     for given, tid, name in ((target, t, "target"), (baseline, b, "baseline")):
@@ -267,10 +282,18 @@ def prepare(
 # 1.5x slower.
 @one_thread(when_busy=True)
 def attribute_positions(
-    cap: Any, t: int | TokenSet, b: int | TokenSet | None, positions: list[int]
+    cap: Any,
+    t: int | TokenSet | Direction,
+    b: int | TokenSet | None,
+    positions: list[int],
+    *,
+    final: torch.Tensor | None = None,
 ) -> list[Attribution]:
     """:func:`direct_logit_attribution` at several positions at once (token ids, checked
-    positions, soft-cap policy already decided by the caller); one pass over the weights."""
+    positions, soft-cap policy already decided by the caller); one pass over the weights.
+
+    ``final``: the model's real last residual ``[pos, d_model]`` where ``cap`` leaves it out on
+    purpose (a steered generation's), read only for a residual direction's ``model_value``."""
     info = require_info(cap, WHAT)
     L, H = info.n_layers, info.n_heads
     P = torch.tensor(positions, dtype=torch.long)
@@ -347,7 +370,7 @@ def attribute_positions(
     if ln_b is not None and bool(ln_b.any()):
         biases["ln_final.b"] = (ln_b @ u).expand(Q)
     b_U = weight(cap, "unembed.b_U", WHAT, optional=True)
-    if b_U is not None and bool(b_U.any()):
+    if b_U is not None and bool(b_U.any()) and not _residual(t):
         biases["unembed.b_U"] = torch.as_tensor(readout(b_U, t, b)).expand(Q)
     labels.append("bias")
     columns.append(
@@ -378,8 +401,9 @@ def attribute_positions(
     out: list[Attribution] = []
     for qi, p in enumerate(positions):
         model_value = _model_value(
-            cap, info, p, t, b, last, float(scale[qi]), w, u, b_U, ln_b, info.final_logit_softcap
-        )
+            cap, info, p, t, b, last if final is None else final, float(scale[qi]), w, u, b_U,
+            ln_b, info.final_logit_softcap,
+        )  # fmt: skip
         out.append(
             Attribution(
                 labels=labels,
@@ -430,9 +454,12 @@ def _moe_terms(
     return torch.cat(per_neuron, dim=1), out, per_expert
 
 
-def readout(x: torch.Tensor, t: int | TokenSet, b: int | TokenSet | None) -> torch.Tensor:
+def readout(x: torch.Tensor, t: Any, b: int | TokenSet | None) -> torch.Tensor:
     """``mean(x[..., t]) − mean(x[..., b])`` over the last axis (vocabulary): a logit row, the
-    bias ``b_U`` or the columns of ``W_U`` (then the unembedding vector of the quantity)."""
+    bias ``b_U`` or the columns of ``W_U`` (then the unembedding vector of the quantity). A
+    vocabulary :class:`~circuitboard.Direction` reads ``x · vector``."""
+    if isinstance(t, Direction):
+        return x.double() @ t.vector.to(x.device)
     out = x[..., as_id_list(t)].mean(-1)
     return out - x[..., as_id_list(b)].mean(-1) if b is not None else out
 
@@ -446,15 +473,20 @@ def logit_direction(cap: Any, info: Any, t: int, b: int | None, P: torch.Tensor)
     W_U = cap.weights.get("unembed.W_U") if cap.weights else None
     if W_U is None:
         weight(cap, "unembed.W_U", WHAT)  # raises the explanatory KeyError
-    # Only the target's (and baseline's) columns are read: converting them alone to float64
-    # gives the same numbers as converting the whole unembedding (~0.3 s per call for 50k
-    # tokens, which every explanation panel and generation step paid).
-    cols = as_id_list(t) + (as_id_list(b) if b is not None else [])
-    sub = W_U.detach()[..., cols].to("cpu", torch.float64)
-    nt = len(as_id_list(t))
-    u = sub[..., :nt].mean(-1)
-    if b is not None:
-        u = u - sub[..., nt:].mean(-1)
+    if _residual(t):
+        u = t.vector
+    elif isinstance(t, Direction):
+        u = readout(W_U.detach().to("cpu", torch.float64), t, b)
+    else:
+        # Only the target's (and baseline's) columns are read: converting them alone to
+        # float64 gives the same numbers as converting the whole unembedding (~0.3 s per call
+        # for 50k tokens, which every explanation panel and generation step paid).
+        cols = as_id_list(t) + (as_id_list(b) if b is not None else [])
+        sub = W_U.detach()[..., cols].to("cpu", torch.float64)
+        nt = len(as_id_list(t))
+        u = sub[..., :nt].mean(-1)
+        if b is not None:
+            u = u - sub[..., nt:].mean(-1)
     captured = tensor(cap, "ln_final.hook_scale", WHAT, optional=True)
     last = tensor(cap, f"blocks.{L - 1}.hook_resid_post", WHAT, optional=True)
     if captured is None:
@@ -509,10 +541,12 @@ def _tolerance(cap, info, p, t, b, model_value, terms, eps) -> float:
     """How far the parts' sum may sit from ``model_value`` at this precision (see the field):
     the model rounds the final norm's output (each of its terms ``x_i · direction_i``) and the
     logits it compares to its dtype."""
-    if cap.logits is not None and not info.final_logit_softcap:
+    if cap.logits is not None and not info.final_logit_softcap and not _residual(t):
         row = cap.logits[p].double()
 
-        def size(ids: Any) -> float:  # one token, or the mean logit of a token set
+        def size(ids: Any) -> float:  # one token, the mean logit of a token set, a direction
+            if isinstance(ids, Direction):
+                return float(row.abs() @ ids.vector.abs())
             return float(row[list(ids) if isinstance(ids, tuple | list) else ids].abs().mean())
 
         compared = size(t) + (size(b) if b is not None else 0.0)
@@ -523,16 +557,25 @@ def _tolerance(cap, info, p, t, b, model_value, terms, eps) -> float:
 
 def _model_value(cap, info, p, t, b, last, scale, w, u, b_U, ln_b, cap_value) -> float:
     """The logit (difference) as the model computed it (pre-cap when soft-capped)."""
-    if not cap_value and cap.logits is not None:
+    if not cap_value and cap.logits is not None and not _residual(t):
         return float(readout(cap.logits[p].double(), t, b))
     if last is None:
-        raise KeyError(f"{WHAT} needs cap.logits or the final residual to know the model's value.")
+        what = "the final residual" if _residual(t) else "cap.logits or the final residual"
+        raise KeyError(
+            f"{WHAT} needs {what} to know the model's value; capture with the default what= "
+            f"(it records blocks.{info.n_layers - 1}.hook_resid_post)."
+        )
     x = last[p]
     if info.norm == "layernorm":
         x = x - x.mean()
     value = float((x * scale * w) @ u)
     if ln_b is not None:
         value += float(ln_b @ u)
-    if b_U is not None:
+    if b_U is not None and not _residual(t):
         value += float(readout(b_U, t, b))
     return value
+
+
+def _residual(t: Any) -> bool:
+    """Whether the target is a residual-stream direction (read before the unembedding)."""
+    return isinstance(t, Direction) and t.space == "resid"

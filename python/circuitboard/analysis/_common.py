@@ -209,7 +209,10 @@ def spacing_warning(cap: Any, given: Any, tid: int, pos: int, name: str) -> str 
 
 
 def token_text(cap: Any, tid: int | TokenSet) -> str:
-    """The text of a token (``"#<id>"`` without a tokenizer); a set's texts, ``"{' 4', ' 5'}"``."""
+    """The text of a token (``"#<id>"`` without a tokenizer); a set's texts, ``"{' 4', ' 5'}"``;
+    a direction's name."""
+    if hasattr(tid, "vector"):  # a cb.Direction
+        return str(tid.name)
     if not isinstance(tid, int):
         return "{" + ", ".join(repr(token_text(cap, i)) for i in tid) + "}"
     tok = getattr(cap, "tokenizer", None)

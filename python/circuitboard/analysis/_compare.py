@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._threads import one_thread
 from ..capture._prompts import is_loaded_model, split_prompts
 from ._compare_samples import (
     _NEEDS,
@@ -28,6 +29,10 @@ from ._running_stats import RunningStats as RunningStats
 from ._running_stats import effect_size as effect_size
 
 
+# Many batched forwards of a few prompts each: one torch thread while the machine is busy (two
+# wait on each other at every op's barrier there), the default on an idle one. Worker processes
+# set their own threads (cb.ModelSpec(threads=...)).
+@one_thread(when_busy=True)
 def compare(
     model: Any,
     tokenizer: Any,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._direction import Direction
 from ._attribution import logit_direction
 from ._common import require_decoder, require_info, target_ids, token_text
 
@@ -660,6 +661,7 @@ def explain_head_output(
         The position whose next-token logit is explained (negative counts from the end).
     target, baseline : str or int
         One token each (``" Mary"``) or token ids; with a baseline, the logit difference.
+        ``target=cb.Direction(v)``: a logit or residual-stream direction (no baseline).
     softcap : {"refuse", "pre"}
         Models that soft-cap their final logits (Gemma 2): ``"pre"`` explains the pre-cap logit.
 
@@ -691,8 +693,13 @@ def explain_head_output(
     h = _index("head", head, info.n_heads, WHAT_OV)
     n = cap.n_tokens
     qp = _index("query", query, n, WHAT_OV)
-    t = target_ids(cap, target, "target")
-    b = target_ids(cap, baseline, "baseline") if baseline is not None else None
+    if isinstance(target, Direction) or isinstance(baseline, Direction):
+        from ._attribution import prepare  # the same checks and resolution as the DLA's
+
+        t, b, _ = prepare(cap, target, baseline, qp, softcap)
+    else:
+        t = target_ids(cap, target, "target")
+        b = target_ids(cap, baseline, "baseline") if baseline is not None else None
     kv = h // (info.n_heads // info.n_kv_heads)
 
     direction = logit_direction(cap, info, t, b, torch.tensor([qp]))[0][0]  # [d_model]

@@ -11,9 +11,11 @@ Each ablation (one component, or a list ablated together) replaces the component
 
 Components: ``"L3H5"`` or ``(3, 5)`` (a head: its ``z``, the input of the output projection),
 ``"L3N120"`` (one MLP neuron), ``"L3.mlp"`` (the MLP's output), ``"L3.attn"`` (the attention's
-output), ``"L3"`` (the whole layer's writes: attention and MLP output). Runs go through the
-write hooks every intervention shares; each prompt is one batched forward of its baseline and
-all ablations.
+output), ``"L3"`` (the whole layer's writes: attention and MLP output), and dictionary features
+``(sae, 301)`` / ``(sae, [3, 7])``: the features' activations are replaced and the hooked
+activation gets ``decode(new) − decode(old)`` added, so the dictionary's error term stays
+(:mod:`~circuitboard.intervene._ablate_features`). Runs go through the write hooks every
+intervention shares; each prompt is one batched forward of its baseline and all ablations.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ import numpy as np
 import torch
 
 from ..capture._tokens import tokenize
+from ._ablate_features import (
+    FeatureEdit,
+    Features,
+    check_tuple,
+    columns,
+    feature_component,
+    is_dictionary,
+    reading,
+    writing,
+)
 from ._hooks import Edit, check_applied, write_hooks
 from ._metric import token_id
 from ._runner import Runner, eval_mode
@@ -156,7 +168,8 @@ def _component(spec: Any, info: Any) -> tuple[str, list[Site]]:
     if m is None:
         raise ValueError(
             f"unknown component {spec!r}; use 'L3H5' or (3, 5) for a head, 'L3N120' for a "
-            "neuron, 'L3.mlp' / 'L3.attn' for a sublayer's output, 'L3' for a whole layer."
+            "neuron, 'L3.mlp' / 'L3.attn' for a sublayer's output, 'L3' for a whole layer, "
+            "(sae, 301) or (sae, [3, 7]) for dictionary features."
         )
     layer = int(m.group(1))
     if not 0 <= layer < L:
@@ -185,17 +198,32 @@ def _component(spec: Any, info: Any) -> tuple[str, list[Site]]:
     return spec, [Site("attn_out", layer), Site("mlp_out", layer)]
 
 
-def _ablations(components: Any, info: Any) -> list[tuple[str, list[Site]]]:
+def _ablations(
+    components: Any, info: Any, model: Any, adapter: Any
+) -> list[tuple[str, list[Site], list[Features]]]:
+    """Each ablation's label, the sites of its components and the dictionary features in it."""
     if isinstance(components, str | tuple):
         components = [components]
     out = []
     for c in components:
         group = c if isinstance(c, list) else [c]
-        parts = [_component(x, info) for x in group]
-        label = "+".join(p[0] for p in parts) or "∅"
-        out.append((label, [s for p in parts for s in p[1]]))
+        labels, sites, feats = [], [], []
+        for x in group:
+            if isinstance(x, tuple) and x and is_dictionary(x[0]):
+                label, f = feature_component(x, model, adapter, info.n_layers)
+                labels.append(label)
+                feats.append(f)
+                continue
+            if isinstance(x, tuple):
+                check_tuple(x)
+            label, ss = _component(x, info)
+            labels.append(label)
+            sites.extend(ss)
+        out.append(("+".join(labels) or "∅", sites, feats))
     if not out:
-        raise ValueError("components is empty; give at least one, e.g. ['L3H5', 'L4.mlp'].")
+        raise ValueError(
+            "components is empty; give at least one, e.g. ['L3H5', 'L4.mlp'] or [(sae, 301)]."
+        )
     return out
 
 
@@ -276,8 +304,9 @@ def ablate(
         One prompt or a list.
     components
         A list of ablations; each is a component (``"L3H5"`` / ``(3, 5)``, ``"L3N120"``,
-        ``"L3.mlp"``, ``"L3.attn"``, ``"L3"``) or a list of components ablated together
-        (``[]`` is the empty ablation).
+        ``"L3.mlp"``, ``"L3.attn"``, ``"L3"``, dictionary features ``(sae, i)`` /
+        ``(sae, [i, j])``) or a list of components ablated together (``[]`` is the empty
+        ablation). A feature is replaced in the dictionary's delta form (its error term stays).
     how
         ``"zero"``, ``"mean"`` (mean over ``reference``) or ``"resample"`` (one reference
         prompt drawn per prompt, seeded).
@@ -318,24 +347,33 @@ def ablate(
     info = runner.info
     if runner.image:
         raise ValueError("ablate takes text prompts; this is an image model.")
-    abl = _ablations(components, info)
+    abl = _ablations(components, info, model, runner.adapter)
     score, desc = _metric(tokenizer, metric, answer, wrong)
     ids = [tokenize(tokenizer, p)[0] for p in plist]
-    sites = list(dict.fromkeys(_full(s) for _, ss in abl for s in ss))
+    sites = list(dict.fromkeys(_full(s) for _, ss, _ in abl for s in ss))
+    feats = [f for _, _, fs in abl for f in fs]
+    cols_of = columns(feats)
     notes: list[str] = []
     refs: list[list[int]] = [tokenize(tokenizer, p)[0] for p in reference or []]
     ref_acts: list[dict[Site, torch.Tensor]] = []
+    ref_feats: list[dict[int, torch.Tensor]] = []  # per reference: {id(sae): [T, columns]}
     if how != "zero":
-        ref_acts = [_read(runner, r, sites) for r in refs]
+        for r in refs:
+            got: dict[int, torch.Tensor] = {}
+            with reading(model, runner.adapter, feats, got):
+                ref_acts.append(_read(runner, r, sites))
+            ref_feats.append(got)
     lengths = {len(x) for x in ids} | {len(x) for x in refs}
     per_position = len(lengths) == 1
     mean: dict[Site, torch.Tensor] = {}
+    mean_feats: dict[int, torch.Tensor] = {}
     if how == "mean":
+        pool = torch.stack if per_position else torch.cat
+        mean = {s: pool([a[s] for a in ref_acts]).mean(0) for s in sites}
+        mean_feats = {k: pool([a[k] for a in ref_feats]).mean(0) for k in cols_of}
         if per_position:
-            mean = {s: torch.stack([a[s] for a in ref_acts]).mean(0) for s in sites}
             notes.append("mean over the reference prompts, per position")
         else:
-            mean = {s: torch.cat([a[s] for a in ref_acts]).mean(0) for s in sites}
             notes.append(
                 "mean over the reference prompts and over positions (their token lengths "
                 "differ from the prompts'; give prompts of one template for a per-position mean)"
@@ -344,15 +382,15 @@ def ablate(
     if how == "resample":
         g = np.random.default_rng(seed)
         for i, x in enumerate(ids):
-            pool = [j for j, r in enumerate(refs) if len(r) == len(x)]
-            if not pool:
+            pool_i = [j for j, r in enumerate(refs) if len(r) == len(x)]
+            if not pool_i:
                 raise ValueError(
                     f"how='resample' takes each position from a reference prompt of the same "
                     f"token length; prompt {i} has {len(x)} tokens and the reference prompts "
                     f"have {sorted({len(r) for r in refs})}. Add reference prompts of its "
                     "template, or use how='mean'."
                 )
-            draws.append(pool[int(g.integers(0, len(pool)))])
+            draws.append(pool_i[int(g.integers(0, len(pool_i)))])
         notes.append(f"resampled: prompt i takes reference prompt {draws} (seed {seed})")
 
     def value(site: Site, i: int, T: int) -> torch.Tensor:
@@ -362,6 +400,16 @@ def ablate(
         if how == "mean":
             return _part(site, mean[full] if per_position else mean[full][None])
         return _part(site, ref_acts[draws[i]][full])
+
+    def feature_value(f: Features, i: int) -> torch.Tensor:
+        """The replacement of ``f``'s features on prompt ``i``: ``[]``, ``[k]`` or ``[T, k]``."""
+        if how == "zero":
+            return torch.zeros(())
+        key = id(f.sae)
+        at = [cols_of[key].index(j) for j in f.idx]
+        if how == "mean":
+            return mean_feats[key][..., at]
+        return ref_feats[draws[i]][key][:, at]
 
     rows = len(abl) + 1  # row 0: the unablated baseline
     values = np.zeros((len(abl), len(plist)))
@@ -378,14 +426,26 @@ def ablate(
                 if r > 0
                 for s in abl[r - 1][1]
             ]
+            fedits = [
+                FeatureEdit(f, r - lo, feature_value(f, i))
+                for r in chunk
+                if r > 0
+                for f in abl[r - 1][2]
+            ]
             inp = torch.tensor(x, device=runner.device)[None].expand(len(chunk), T)
             with (
                 torch.no_grad(),
                 eval_mode(model),
                 write_hooks(model, edits, adapter=runner.adapter),
+                writing(model, runner.adapter, fedits) as hits,
             ):
                 lg = model(input_ids=inp, use_cache=False).logits
             check_applied(edits)
+            if not all(hits):
+                raise RuntimeError(
+                    "the forward never reached a dictionary's hook, so its feature ablation "
+                    "did nothing; was the model wrapped (load a fresh copy)?"
+                )
             out[lo : lo + len(chunk)] = score(lg.float(), torch.tensor(x)).cpu().numpy()
         baseline[i] = out[0]
         values[:, i] = out[1:]

@@ -16,7 +16,7 @@ from ..capture.adapters import get_adapter
 from ._circuit import EVAL_BYTES, Circuit
 from ._edges import EdgeModel, projections_for
 from ._graph import Graph
-from ._metric import evaluate, logit_diff, normalize, token_ids
+from ._metric import at_index, direction_metric, evaluate, logit_diff, normalize, token_ids
 from ._patch_inputs import answers_per_pair
 from ._runner import eval_mode
 
@@ -117,14 +117,18 @@ def _prepare(
             first_tokens = (ta, tb)
         x = torch.tensor(ia, device=em.device)
         y = torch.tensor(ib, device=em.device)
+        along = direction_metric(answers[i], wrongs[i], info.d_model, info.d_vocab, "answer")
+        if metrics[i] is None and along is not None:
+            metrics[i] = along  # logits · v: a metric like any other (saved as custom)
         if metrics[i] is not None:
             if not callable(metrics[i]):
                 raise TypeError(
                     f"metric must be a callable (logits -> [batch]); got {metrics[i]!r}."
                 )
-            pairs.append(_Pair(x, y, metrics[i], [len(ia) - 1]))
+            m = at_index(metrics[i], first + i)  # a per-example metric gets the pair's index
+            pairs.append(_Pair(x, y, m, [len(ia) - 1]))
             saved["custom_metric"] = True
-            name = getattr(metrics[i], "__name__", "custom")
+            name = getattr(m, "__name__", "custom")
             continue
         if answers[i] is None or wrongs[i] is None:
             with torch.no_grad():

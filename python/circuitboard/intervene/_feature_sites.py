@@ -85,22 +85,32 @@ def clamp_hooks(clamp: Mapping, n_layers: int, d_model: int) -> dict[int, Any]:
     return {layer: _clamp_fn(list(group.values())) for layer, group in by_layer.items()}
 
 
+def feature_delta(sae: Any, x: torch.Tensor, idx: Any, new: Any) -> torch.Tensor:
+    """``decode(acts') − decode(acts)`` for ``acts = encode(x)`` and ``acts'`` the same with
+    columns ``idx`` set to ``new`` (a number, or a tensor broadcasting to ``acts[..., idx]``),
+    in ``x``'s dtype and device: add it to ``x`` to change those features and keep the
+    dictionary's error term. A feature set to its own value adds exactly 0.
+
+    ``x`` is ``[..., d_in]`` (flatten heads first for ``attn.hook_z``).
+    """
+    ref = next(iter(sae.parameters()), None) if hasattr(sae, "parameters") else None
+    xs = x.to(ref.dtype if ref is not None else torch.float32)
+    if ref is not None and xs.device != ref.device:
+        xs = xs.to(ref.device)
+    acts = sae.encode(xs)
+    changed = acts.clone()
+    cols = torch.as_tensor(idx, device=acts.device, dtype=torch.long)
+    changed[..., cols] = torch.as_tensor(new, dtype=acts.dtype, device=acts.device)
+    delta = sae.decode(changed) - sae.decode(acts)
+    return delta.to(device=x.device, dtype=x.dtype)
+
+
 def _clamp_fn(saes: list[tuple[Any, dict[int, float]]]) -> Any:
     def clamp_features(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = x
         for sae, values in saes:
-            ref = next(iter(sae.parameters()), None)
-            xs = x.to(ref.dtype if ref is not None else torch.float32)
-            if ref is not None and xs.device != ref.device:
-                xs = xs.to(ref.device)
-            acts = sae.encode(xs)
-            clamped = acts.clone()
-            idx = torch.tensor(list(values), device=acts.device)
-            clamped[..., idx] = torch.tensor(list(values.values()), dtype=acts.dtype,
-                                             device=acts.device)  # fmt: skip
             # delta-clamp: the error term stays in the stream; equal values add exactly 0
-            delta = sae.decode(clamped) - sae.decode(acts)
-            out = out + delta.to(device=x.device, dtype=x.dtype)
+            out = out + feature_delta(sae, x, list(values), list(values.values()))
         return out
 
     clamp_features.__name__ = (

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .._threads import one_thread
 from ..capture import _memory
 from ..capture._attn_interface import InterfaceUnavailable, attention_hooks, interface_status
 from ..capture._capture import Capture, ModelInfo
@@ -41,6 +42,9 @@ def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
+# One forward per token, each many small ops: on a busy machine two torch threads wait on each
+# other at every op's barrier (see circuitboard.patch); on an idle one, two help.
+@one_thread(when_busy=True)
 def generate(
     model: Any,
     tokenizer: Any,

@@ -183,17 +183,21 @@ class Generation:
         la, lb = a.log_softmax(-1), b.log_softmax(-1)
         return (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
 
-    def attribution(self, step: int, baseline: Any = None) -> Any:
-        """Direct logit attribution of the token chosen at ``step`` (minus ``baseline``'s).
+    def attribution(self, step: int, baseline: Any = None, *, target: Any = None) -> Any:
+        """Direct logit attribution of the token chosen at ``step`` (minus ``baseline``'s), or
+        of ``target`` there: another token, a token set, or ``cb.Direction(v)`` (a logit or
+        residual-stream direction, no baseline).
 
         An :class:`circuitboard.analysis.Attribution` at :meth:`position` ``(step)``: every
         head, MLP, the embedding and the biases, plus, when steered, ``steer``: what the added
         vectors contribute directly through the frozen final norm. The values sum to the
         model's logit (difference), steered or not.
         """
-        return self.attributions([step], baseline)[0]
+        return self.attributions([step], baseline, target=target)[0]
 
-    def attributions(self, steps: list[int] | None = None, baseline: Any = None) -> list[Any]:
+    def attributions(
+        self, steps: list[int] | None = None, baseline: Any = None, *, target: Any = None
+    ) -> list[Any]:
         """:meth:`attribution` of several steps (default all), sharing one preparation."""
         from ..analysis._attribution import Attribution, attribute_positions, prepare, readout
 
@@ -201,12 +205,21 @@ class Generation:
         cap, steer_total = self._attribution_capture()
         out = []
         for s in steps:
-            t, b, p = prepare(cap, self.token_ids[s], baseline, self.position(s))
-            attr = attribute_positions(cap, t, b, [p])[0]
+            chosen = self.token_ids[s] if target is None else target
+            t, b, p = prepare(cap, chosen, baseline, self.position(s))
+            final = None
+            if steer_total is not None and getattr(t, "space", None) == "resid":
+                # the prepared capture drops the steered final residual; the value reads it
+                L = cap.info.n_layers
+                final = self.capture.tensors[f"blocks.{L - 1}.hook_resid_post"].double()
+            attr = attribute_positions(cap, t, b, [p], final=final)[0]
             if steer_total is None:
                 out.append(attr)
                 continue
-            u = readout(cap.weights["unembed.W_U"].detach().to("cpu", torch.float64), t, b)
+            if getattr(t, "space", None) == "resid":  # a residual direction: read as it is
+                u = t.vector
+            else:
+                u = readout(cap.weights["unembed.W_U"].detach().to("cpu", torch.float64), t, b)
             scale = cap.tensors["ln_final.hook_scale"].reshape(cap.n_tokens, -1)[p, 0].double()
             w = cap.weights["ln_final.w"].double()
             w = 1.0 + w if cap.info.norm == "gemma_rmsnorm" else w

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._direction import Direction
 from ._graph_frozen import Frozen, freeze
 from ._graph_prune import prune, scores
 from ._graph_result import AttributionGraph
@@ -80,6 +81,12 @@ def _throughput() -> float:
     return 2 * 512**3 * n / (time.perf_counter() - t0)
 
 
+def _sparse(v: torch.Tensor) -> list[list]:
+    """``[ids, weights]`` of a vocabulary vector's nonzero entries (JSON for the stats)."""
+    nz = v.nonzero()[:, 0]
+    return [nz.tolist(), v[nz].double().tolist()]
+
+
 def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor, list, list, list]:
     """Logit directions ``[k, vocab]``, weights, labels and token ids of the target nodes."""
     from ._metric import token_id as _token_id
@@ -107,16 +114,45 @@ def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor
         dirs[torch.arange(k), ids] = 1
         labels = [tokenizer.decode([i]) for i in ids]
         return dirs, p.tolist(), labels, ids
-    t = token_id(tokenizer, target, "target")
-    d = torch.zeros(1, V)
-    d[0, t] = 1
-    label = tokenizer.decode([t])
+    from .._direction import Direction
+
+    def vector(x: Any, what: str) -> tuple[torch.Tensor, str, list[int]]:
+        """A target's vocabulary vector, its label and its token ids (a token or a set)."""
+        if isinstance(x, Direction):
+            d = x.resolve(fr.W_U.shape[0], V, what)
+            return (d if d.space == "resid" else d.vector.float()), d.name, []
+        if isinstance(x, list | tuple | set | frozenset):
+            items = sorted(x, key=repr) if isinstance(x, set | frozenset) else list(x)
+            if not items:
+                raise ValueError(f"{what}=[] is an empty token set; give one token or several.")
+            ids = sorted({token_id(tokenizer, y, f"{what}[{i}]") for i, y in enumerate(items)})
+        else:
+            ids = [token_id(tokenizer, x, what)]
+        v = torch.zeros(V)
+        v[ids] = 1.0 / len(ids)  # a token set: the mean of its logits
+        texts = [tokenizer.decode([i]) for i in ids]
+        return v, texts[0] if len(ids) == 1 else "{" + ", ".join(map(repr, texts)) + "}", ids
+
+    if isinstance(baseline, Direction):
+        raise ValueError(
+            "baseline= takes tokens; a direction is the whole target: pass "
+            "target=cb.Direction(v_target − v_baseline)."
+        )
+    if isinstance(target, Direction) and baseline is not None:
+        raise ValueError(
+            "target=cb.Direction(...) takes no baseline=: fold it into the vector (v[b] -= 1)."
+        )
+    d, label, t_ids = vector(target, "target")
+    if isinstance(d, Direction):  # a residual direction: rows seed the final norm's output
+        return [d], [1.0], [label], []
+    b_ids: list[int] = []
     if baseline is not None:
-        b = token_id(tokenizer, baseline, "baseline")
-        d[0, b] -= 1
-        label = f"{label} - {tokenizer.decode([b])}"
-        return d, [1.0], [label], [t, b]
-    return d, [1.0], [label], [t]
+        bv, b_label, b_ids = vector(baseline, "baseline")
+        d = d - bv
+        label = f"{label} - {b_label}"
+    if len(t_ids) == 1 and len(b_ids) <= 1:  # one token (minus one): as the graph always was
+        return d[None], [1.0], [label], t_ids + b_ids
+    return d[None], [1.0], [label], []
 
 
 def attribution_graph(
@@ -125,8 +161,8 @@ def attribution_graph(
     prompt: str,
     *,
     basis: str | Any = None,
-    target: str | int | None = None,
-    baseline: str | int | None = None,
+    target: Any = None,
+    baseline: Any = None,
     max_nodes: int = DEFAULT_MAX_NODES,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
@@ -154,8 +190,12 @@ def attribution_graph(
     basis
         ``"neurons"`` (the MLPs' own neurons; no dictionary needed). Required.
     target, baseline
-        One token each: the graph explains ``logit(target) - logit(baseline)``. Default: the
-        top tokens until their probabilities sum to 0.95 (at most 10), weighted by probability.
+        One token each: the graph explains ``logit(target) - logit(baseline)``. A list of
+        tokens is a token set, valued as the mean of its logits (``target=[" 5", " 6"]``);
+        ``target=cb.Direction(v)`` a vocabulary direction, ``logits · v``, or a residual one,
+        ``final_norm(resid) · v`` (no baseline).
+        Default: the top tokens until their probabilities sum to 0.95 (at most 10), weighted
+        by probability.
     max_nodes
         Basis nodes whose rows are computed (in order of estimated influence).
     node_threshold, edge_threshold
@@ -435,7 +475,16 @@ def _build(
     node_index = np.concatenate([idx, np.full(n_e, -1), fr.token_ids.numpy(), np.arange(K)]).astype(
         np.int64
     )
-    logit_vals = (dirs @ fr.logits).numpy()
+    # a logit row plus its bias is the target's value exactly (compute_rows); a residual
+    # direction has no logit to read it from
+    logit_vals = np.array(
+        [
+            float(lrows[k].double().sum() + lbias[k])
+            if isinstance(d, Direction)
+            else float(d @ fr.logits)
+            for k, d in enumerate(dirs)
+        ]
+    )
     node_act = np.concatenate([act, err_size, np.zeros(P), logit_vals]).astype(np.float32)
     biases = np.asarray(row_bias, np.float32)  # logit rows first, then basis rows
     node_bias = np.concatenate([biases[K:], np.zeros(n_e + P), biases[:K]]).astype(np.float32)
@@ -478,5 +527,10 @@ def _build(
             "stored_row_mass_mean": float(km.mean()),
             "logit_token_ids": [int(i) for i in ids[: len(dirs)]],
             "baseline_id": int(ids[1]) if len(ids) > len(dirs) else None,
+            # a set or direction target: its vocabulary vector's nonzero entries
+            "logit_direction": None if ids or isinstance(dirs[0], Direction) else _sparse(dirs[0]),
+            "residual_direction": (
+                dirs[0].vector.tolist() if isinstance(dirs[0], Direction) else None
+            ),
         },
     )

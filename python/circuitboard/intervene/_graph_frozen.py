@@ -116,15 +116,24 @@ class Frozen:
         return self.ln2[layer]
 
     # -- seeds: the gradient a target node puts on the residual stream ------------------------
-    def logit_seed(self, direction: torch.Tensor) -> torch.Tensor:
-        """``[d_model]`` gradient at the final residual (last position) of ``x -> logits @ d``."""
+    def logit_seed(self, direction: Any) -> torch.Tensor:
+        """``[d_model]`` gradient at the final residual (last position) of ``x -> logits @ d``
+        (``d`` a vocabulary vector), or of ``x -> final_norm(x) @ r`` for a residual-stream
+        ``cb.Direction`` ``r``."""
         pos = torch.tensor([self.n_pos - 1])
-        return self.ln_final.vjp_at((self.W_U @ direction)[None], pos)[0]
+        return self.ln_final.vjp_at(self._unembed_input(direction)[None], pos)[0]
 
-    def logit_bias(self, direction: torch.Tensor) -> float:
-        """The part of ``logits @ direction`` that no source writes (final norm and unembed
-        biases)."""
-        return float(self.ln_final.b @ (self.W_U @ direction) + self.b_U @ direction)
+    def logit_bias(self, direction: Any) -> float:
+        """The part of the target that no source writes (the final norm's bias, and for a
+        vocabulary direction the unembedding's)."""
+        out = float(self.ln_final.b @ self._unembed_input(direction))
+        return out if _residual(direction) else out + float(self.b_U @ direction)
+
+    def _unembed_input(self, direction: Any) -> torch.Tensor:
+        """The target read on the unembedding's input: ``W_U @ d``, or ``r`` itself."""
+        if _residual(direction):
+            return direction.vector.to(self.W_U.dtype)
+        return self.W_U @ direction
 
     def neuron_seeds(
         self, layer: int, pos: torch.Tensor, neuron: torch.Tensor
@@ -363,3 +372,8 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         else None,
         mlp_in_resid=mlp_in_resid,
     )
+
+
+def _residual(direction: Any) -> bool:
+    """Whether a graph target is a residual-stream ``cb.Direction`` (else a vocabulary vector)."""
+    return getattr(direction, "space", None) == "resid"

@@ -75,14 +75,30 @@ def intervene_graph(
 
     target_ids = graph.stats.get("logit_token_ids") or []
     baseline = graph.stats.get("baseline_id")
+    along = graph.stats.get("logit_direction")  # a set or direction target
+    resid = graph.stats.get("residual_direction")  # read on the unembedding's input
+    unembed_in: dict[str, torch.Tensor] = {}
+    if resid:
+        head = model.get_output_embeddings()
+        handles.append(
+            head.register_forward_pre_hook(
+                lambda mod, args: unembed_in.__setitem__("x", args[0][0, -1].detach())
+            )
+        )
 
     def metric(logits: torch.Tensor) -> float:
+        if resid:
+            x = unembed_in["x"].double().cpu()
+            return float(x @ torch.tensor(resid, dtype=torch.float64))
+        if along:
+            return float(logits[along[0]].double() @ torch.tensor(along[1], dtype=torch.float64))
         v = logits[target_ids[0]] if target_ids else logits.max()
         return float(v - logits[baseline]) if baseline is not None else float(v)
 
     with torch.no_grad():
-        before = model(ids).logits[0, -1].float()
         try:
+            before = model(ids).logits[0, -1].float()
+            value_before = metric(before.cpu())  # now: a residual target reads this forward
             for layer, sites in by_layer.items():
                 down = get_module(ad.block(model, layer), ad.block_mlp_down)
                 handles.append(down.register_forward_pre_hook(scale_neurons(sites)))
@@ -91,6 +107,7 @@ def intervene_graph(
                     ad.block(model, 0).register_forward_pre_hook(scale_tokens, with_kwargs=True)
                 )
             after = model(ids).logits[0, -1].float()
+            value_after = metric(after.cpu())
         finally:
             for h in handles:
                 h.remove()
@@ -100,8 +117,8 @@ def intervene_graph(
         "nodes": [int(n) for n in nodes],
         "factor": float(factor),
         "metric": graph.logit_labels[0] if graph.logit_labels else "",
-        "metric_before": metric(before.cpu()),
-        "metric_after": metric(after.cpu()),
+        "metric_before": value_before,
+        "metric_after": value_after,
         "top": [
             [tokenizer.decode([int(t)]), float(q)]
             for t, q in zip(i.tolist(), p.tolist(), strict=True)

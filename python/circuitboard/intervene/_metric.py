@@ -5,11 +5,18 @@ Contract for a metric: a callable that takes the float32 logits at the metric po
 (:func:`logit_diff`, :func:`log_prob`) also accept ``[..., vocab]`` and return ``[...]``; they
 set ``metric.batched = True`` so :func:`evaluate` calls them once per batch. Keep metrics
 differentiable (torch ops) for attribution patching.
+
+A *per-example* metric takes the pair's index too: ``metric(logits, index)`` (two required
+positional parameters), so pairs with different answers share one call of ``cb.patch`` /
+``cb.circuit`` and its engines. :func:`at_index` binds the index of each pair (its place in
+the whole list, also on a worker that runs a shard of it).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -123,6 +130,90 @@ def log_prob(answer: int) -> Metric:
     return metric
 
 
+def direction_metric(
+    answer: Any, wrong: Any, d_model: int | None, d_vocab: int | None, what: str = "answer"
+) -> Any:
+    """The metric of ``answer=cb.Direction(v)`` (``logits · v``), or None when ``answer`` is
+    not a direction. Refuses a ``wrong=`` beside it and residual-stream directions (patching
+    metrics see only the logits)."""
+    from .._direction import Direction
+
+    if isinstance(wrong, Direction):
+        raise ValueError(
+            "wrong= takes tokens; a direction is the whole target: pass "
+            "answer=cb.Direction(v_answer − v_wrong)."
+        )
+    if not isinstance(answer, Direction):
+        return None
+    if wrong is not None:
+        raise ValueError(
+            f"{what}=cb.Direction(...) takes no wrong=: fold it into the vector (for a "
+            "vocabulary direction subtract the wrong token's one-hot, v[w] -= 1)."
+        )
+    d = answer.resolve(d_model, d_vocab, what)
+    if d.space == "resid":
+        d.value_of_logits(torch.zeros(0))  # raises: why, and what to use instead
+    return d.metric()
+
+
+def takes_index(metric: Any) -> bool:
+    """Whether ``metric`` is per-example, ``metric(logits, index)``: it has two required
+    positional parameters.
+
+    Examples
+    --------
+    >>> takes_index(lambda logits, i: logits[i]), takes_index(lambda logits, k=2: logits[k])
+    (True, False)
+    """
+    if isinstance(metric, AtIndex) or not callable(metric):
+        return False
+    try:
+        params = inspect.signature(metric).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature take the logits alone
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    return len(required) >= 2
+
+
+@dataclass(frozen=True)
+class AtIndex:
+    """A per-example metric with its pair's index bound: ``AtIndex(m, i)(logits) ==
+    m(logits, i)``. Picklable whenever ``m`` is (it travels to process and Ray workers).
+
+    Examples
+    --------
+    >>> m = AtIndex(lambda logits, i: logits[i], 2)
+    >>> float(m(torch.tensor([1.0, 5.0, 7.0]))), m.index
+    (7.0, 2)
+    """
+
+    metric: Any
+    index: int
+
+    def __call__(self, logits: torch.Tensor) -> Any:
+        return self.metric(logits, self.index)
+
+    @property
+    def batched(self) -> bool:
+        return bool(getattr(self.metric, "batched", False))
+
+    @property
+    def description(self) -> str:
+        name = getattr(self.metric, "__name__", "metric")
+        return str(getattr(self.metric, "description", name))
+
+    @property
+    def __name__(self) -> str:  # type: ignore[override]
+        return str(getattr(self.metric, "__name__", "metric"))
+
+
+def at_index(metric: Any, index: int) -> Any:
+    """``metric`` for pair ``index``: a per-example metric (:func:`takes_index`) with the index
+    bound, any other metric as it is."""
+    return AtIndex(metric, index) if takes_index(metric) else metric
+
+
 def evaluate(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     """The metric of each row of ``logits [B, vocab]`` as a float tensor ``[B]`` (differentiable).
 
@@ -215,11 +306,15 @@ def normalize(raw: Any, clean: float, corrupted: float, *, min_range: float = MI
 
 __all__ = [
     "MIN_RANGE",
+    "AtIndex",
+    "at_index",
+    "direction_metric",
     "evaluate",
     "log_prob",
     "logit_diff",
     "normalize",
     "resolution",
+    "takes_index",
     "token_id",
     "token_ids",
 ]

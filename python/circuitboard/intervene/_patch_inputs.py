@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..capture._prompts import encode, id_texts, split_prompts
-from ._metric import Metric, logit_diff, token_ids
+from ._metric import Metric, at_index, direction_metric, logit_diff, token_ids
 from ._runner import Runner
 
 POSITION_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -88,7 +88,12 @@ def _prepare_pairs(
     wrong: Any,
     metric: Any,
     runner: Runner | None = None,
+    *,
+    first: int = 0,
 ) -> list[_Pair]:
+    """Tokenized pairs with their metrics; ``first``: the index of the first pair in the whole
+    list (a shard's pairs are numbered as the user numbers them; a per-example metric
+    ``metric(logits, index)`` gets that index)."""
     if runner is not None and runner.image:
         return _prepare_image_pairs(runner, tokenizer, clean, corrupted, answer, wrong, metric)
     d_vocab = runner.info.d_vocab if runner is not None else None
@@ -114,21 +119,27 @@ def _prepare_pairs(
     wrongs = answers_per_pair(wrong, len(cl), single, "wrong")
     pairs = []
     for i, (a, b) in enumerate(zip(cl, co, strict=True)):
-        ia, ta = encode(tokenizer, a, f"clean prompt {i}", d_vocab)
-        ib, tb = encode(tokenizer, b, f"corrupted prompt {i}", d_vocab)
+        ia, ta = encode(tokenizer, a, f"clean prompt {first + i}", d_vocab)
+        ib, tb = encode(tokenizer, b, f"corrupted prompt {first + i}", d_vocab)
         diff = next((j for j, (x, y) in enumerate(zip(ia, ib, strict=False)) if x != y), None)
         if len(ia) != len(ib):
             j = diff if diff is not None else min(len(ia), len(ib))
             ta_j = repr(ta[j]) if j < len(ta) else "(end)"
             tb_j = repr(tb[j]) if j < len(tb) else "(end)"
             raise ValueError(
-                f"pair {i}: clean has {len(ia)} tokens and corrupted has {len(ib)}; patching needs "
-                f"equal lengths. They first differ at position {j}: clean {ta_j} vs corrupted "
-                f"{tb_j}. Choose a corruption with the same number of tokens (e.g. swap names that "
-                "are one token each)."
+                f"pair {first + i}: clean has {len(ia)} tokens and corrupted has {len(ib)}; "
+                f"patching needs equal lengths. They first differ at position {j}: clean {ta_j} "
+                f"vs corrupted {tb_j}. Choose a corruption with the same number of tokens (e.g. "
+                "swap names that are one token each)."
             )
+        info = runner.info if runner is not None else None
+        along = direction_metric(
+            answers[i], wrongs[i], getattr(info, "d_model", None), d_vocab, "answer"
+        )
         if metric is not None:
-            m = metric
+            m = at_index(metric, first + i)
+        elif along is not None:
+            m = along
         else:
             aid = token_ids(tokenizer, answers[i], "answer")
             wid = token_ids(tokenizer, wrongs[i], "wrong") if wrongs[i] is not None else None

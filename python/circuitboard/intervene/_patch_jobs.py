@@ -80,7 +80,14 @@ def patch_shard(model: Any, tokenizer: Any, payload: dict[str, Any]) -> PairResu
     metric = open_metric(payload["metric"])
     p = payload
     pairs = _prepare_pairs(
-        tokenizer, p["clean"], p["corrupted"], p["answer"], p["wrong"], metric, runner=runner
+        tokenizer,
+        p["clean"],
+        p["corrupted"],
+        p["answer"],
+        p["wrong"],
+        metric,
+        runner=runner,
+        first=p["first"],
     )
     results = [
         _run_pair(

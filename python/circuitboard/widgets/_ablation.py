@@ -12,13 +12,16 @@ from ._codec import encode
 from ._view import View
 
 _COMPONENT = re.compile(r"^L(\d+)(?:H(\d+)|N(\d+))?")
+_FEATURE = re.compile(r"^blocks\.(\d+)\.[\w.]+#")  # a dictionary feature: its hook's layer
 
 
 def _selection(label: str) -> dict[str, int]:
-    """What a click on an ablation selects: its first component's layer and head / neuron."""
+    """What a click on an ablation selects: its first component's layer and head / neuron
+    (a dictionary feature: the layer of the hook it reads)."""
     m = _COMPONENT.match(label)
     if m is None:
-        return {}
+        f = _FEATURE.match(label)
+        return {"layer": int(f.group(1))} if f else {}
     out = {"layer": int(m.group(1))}
     if m.group(2) is not None:
         out["head"] = int(m.group(2))
