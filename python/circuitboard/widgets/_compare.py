@@ -26,8 +26,8 @@ class CompareView(View):
     (blue: higher in ``a``), per-layer bars for the attention and MLP output norms, and the
     top differing neurons and, for a comparison made with ``saes=``, the top differing
     dictionary features (with their labels, as text). The pickers switch categories,
-    statistic and measure in the browser (also in a static report). Hover shows the value with both categories'
-    mean ± std and n; clicking a head selects ``{layer, head}`` on the link (a linked
+    statistic and measure in the browser (also in a static report). Hover shows the value
+    with both categories' mean ± std and n; clicking a head selects ``{layer, head}`` on the link (a linked
     attention view opens it), clicking a neuron selects ``{layer, neuron}``, clicking a
     feature ``{layer, dictionary, feature}`` (a linked features view shows it).
 
