@@ -27,9 +27,9 @@ class CompareView(View):
     top differing neurons and, for a comparison made with ``saes=``, the top differing
     dictionary features (with their labels, as text). The pickers switch categories,
     statistic and measure in the browser (also in a static report). Hover shows the value
-    with both categories' mean ± std and n; clicking a head selects ``{layer, head}`` on the link (a linked
-    attention view opens it), clicking a neuron selects ``{layer, neuron}``, clicking a
-    feature ``{layer, dictionary, feature}`` (a linked features view shows it).
+    with both categories' mean ± std and n; clicking a head selects ``{layer, head}`` on the
+    link (a linked attention view opens it), clicking a neuron selects ``{layer, neuron}``,
+    clicking a feature ``{layer, dictionary, feature}`` (a linked features view shows it).
 
     A comparison of image categories (a ViT) also shows each category's mean image as its
     patch grid, and for the selected head (default: the top one) where its sample position
