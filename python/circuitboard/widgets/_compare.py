@@ -8,6 +8,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode
+from ._validate import displayable
 from ._view import View, image_state, pack
 
 N_TOP = 12
@@ -265,7 +266,7 @@ class CompareView(View):
             layer=layer,
             rows=encode(rows, "float32"),
             hooks=[t["hook"] for t in top],
-            names=[t["name"] for t in top],
+            names=[displayable(t["name"]) for t in top],
         )
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
