@@ -168,3 +168,40 @@ def test_feature_dashboard_shows_labels_as_text_and_cofiring(page, tmp_path, art
     page.click(".cb-dash-co >> nth=0")
     page.wait_for_selector(f'.cb-dashboard[data-neuron="{co[0]["feature"]}"]')
     assert not page.cb_errors and not page.cb_blocked
+
+
+def test_attribution_lists_top_features_with_labels_as_text(page, tmp_path, artifacts):
+    """cb.logit_attribution(..., saes=True) lists the features of direct_logit_attribution's
+    split, strongest first, labels as text; it follows the locked token; a click selects."""
+    cap, sae = _board()
+    target, baseline = int(cap.token_ids[3]), int(cap.token_ids[4])
+    link = cb.Link()
+    attr_view = cb.logit_attribution(cap, target, baseline, saes=True, link=link)
+    feats = cb.features(cap, link=link)
+    open_report(page, cb.report(attr_view, feats, path=tmp_path / "dla-features.html"))
+    page.wait_for_selector(".cb-dla[data-ready=true]")
+    split = cb.direct_logit_attribution(cap, target, baseline, saes=True).features(1)
+    want = [t["feature"] for t in split.top(12) if t["value"] != 0]
+    rows = page.eval_on_selector_all(
+        ".cb-dla-features .cb-dla-row", "els => els.map(e => +e.dataset.feature)"
+    )
+    assert rows == want
+    names = page.eval_on_selector_all(
+        ".cb-dla-features .cb-dla-fname", "els => els.map(e => e.textContent.slice(1))"
+    )
+    assert names == [shown(split.names[f]) for f in want if split.names.get(f)]
+    assert page.evaluate("() => window.__pwned === undefined")
+    assert page.eval_on_selector_all(".cb-dla img, .cb-dla b, .cb-dla svg", "e => e.length") == 0
+    page.screenshot(path=str(artifacts / "dla-features.png"), full_page=True)
+    # a locked token re-attributes: the list becomes that position's split
+    page.click(".cb-features .cb-token >> nth=5")
+    page.wait_for_selector('.cb-dla[data-pos="5"]')
+    at5 = cb.direct_logit_attribution(cap, target, baseline, pos=5, saes=True).features(1)
+    want5 = [t["feature"] for t in at5.top(12) if t["value"] != 0]
+    rows = page.eval_on_selector_all(
+        ".cb-dla-features .cb-dla-row", "els => els.map(e => +e.dataset.feature)"
+    )
+    assert rows == want5
+    page.click(".cb-dla-features .cb-dla-row >> nth=0")
+    page.wait_for_selector(f'.cb-features[data-feature="{want5[0]}"]')
+    assert not page.cb_errors and not page.cb_blocked

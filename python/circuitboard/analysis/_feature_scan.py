@@ -123,9 +123,7 @@ def add_cofiring(counts: Any, fire: Any, ids: Sequence[int]) -> Any:
     return counts + both.round().to(torch.int64)
 
 
-def cofiring_top(
-    counts: np.ndarray, row: int, feature: int, k: int
-) -> list[tuple[int, int]]:
+def cofiring_top(counts: np.ndarray, row: int, feature: int, k: int) -> list[tuple[int, int]]:
     """The ``k`` features firing most often with ``feature`` (row ``row`` of ``counts``):
     ``(index, tokens)``, most first, ties to the smaller index, itself and zeros left out."""
     c = np.asarray(counts[row], dtype=np.int64).copy()
