@@ -206,17 +206,22 @@ export async function render(props: RenderProps<CompareState>) {
   scopeSel.add(new Option("selected layer", "layer"));
   const neuronBox = el("div", "cb-cmp-list cb-cmp-neurons", side);
   if (!hasNeurons) {
-    neuronTitle.hidden = true;
+    neuronHead.hidden = true;
     neuronBox.hidden = true;
-    if (!hasFeatures) neuronHead.hidden = true;
   }
   // Dictionary features (compare(..., saes=)): ranked like neurons, labels shown as text.
   const featureHead = el("div", "cb-cmp-h", side);
-  featureHead.textContent = "Top features";
+  const featureTitle = el("span", "", featureHead);
+  featureTitle.textContent = "Top features";
   const featureBox = el("div", "cb-cmp-list cb-cmp-features", side);
   if (!hasFeatures) {
     featureHead.hidden = true;
     featureBox.hidden = true;
+  } else if (!hasNeurons) {
+    // one scope picker for both lists: without neurons it sits with the features
+    scopeSel.setAttribute("aria-label", "feature scope");
+    featureHead.appendChild(scopeSel);
+    neuronHead.hidden = true;
   }
 
   // Current values of the heatmap and bars, recomputed when a picker changes.
@@ -441,7 +446,7 @@ export async function render(props: RenderProps<CompareState>) {
     const key = `${a},${b},${m},${layer}`;
     if (key === featureKey) return;
     const token = ++featureToken;
-    featureHead.textContent = layer === null ? "Top features" : `Top features in L${layer}`;
+    featureTitle.textContent = layer === null ? "Top features" : `Top features in L${layer}`;
     let rows: Float32Array;
     let hooks: string[];
     let names: string[];
