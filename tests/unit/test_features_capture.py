@@ -177,7 +177,8 @@ def test_topk_sae_is_captured_without_dense_activations_exactly():
     """A cb.SAE of kind topk is encoded and decoded sparsely in capture (no [pos, d_sae]
     tensor): in a padded batch, each prompt's stored activations are exactly sae.encode's,
     the reconstruction is sae.decode's up to float rounding, and recons + error is the hooked
-    tensor (to the float32 storage of the error); a subclass that changes encode goes through its own maths."""
+    tensor (to the float32 storage of the error); a subclass that changes encode goes
+    through its own maths."""
     model, tok = tiny_llama()
     sae = cb.SAE(32, 96, kind="topk", k=5, hook="blocks.1.hook_resid_post", seed=3)
     prompts = [PROMPT, "a b", "the quick brown fox jumps"]
