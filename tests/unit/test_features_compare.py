@@ -11,6 +11,7 @@ import torch
 import circuitboard as cb
 from circuitboard.analysis._compare import Comparison, compare
 from circuitboard.analysis._features import feature_acts
+from circuitboard.widgets import decode
 from tests.unit.sae_helpers import IdentityDictionary, ReluSAE
 from tests.unit.scale_helpers import (
     BATCH,
@@ -190,3 +191,28 @@ def test_bad_feature_requests_say_the_fix(tiny, saes):
         plain.top("A", "B", "features")
     with pytest.raises(ValueError, match="different dictionaries"):
         cmp.merge(compare(model, tok, {"A": A, "B": B}, saes=saes[:1], stats=["features"]))
+
+
+def test_compare_view_lists_features_with_current_labels(tiny):
+    model, tok = tiny
+    sae = cb.SAE(32, 48, kind="topk", k=4, hook=RESID, seed=2)
+    cmp = compare(model, tok, {"A": A, "B": B}, saes=[sae], stats=["head_write", "features"])
+    view = cb.compare_view(cmp, k=48)
+    reply, buffers = view._fetch_features({"a": 0, "b": 1, "by": "d", "layer": None})
+    rows = decode({**reply["rows"], "data": buffers[reply["rows"]["data"]]})
+    assert [int(f) for f in rows[:, 1]] == [
+        t["feature"] for t in cmp.top("A", "B", "features", k=48)
+    ]
+    assert set(reply["names"]) == {""} and reply["hooks"][0] == RESID
+    names = list(sae.labels)
+    first = int(rows[0, 1])
+    names[first] = "renamed \ud800"
+    sae.labels = names
+    relabelled = cb.compare_view(cmp, k=48, labels=[sae])
+    reply, _ = relabelled._fetch_features({"a": 0, "b": 1, "by": "d", "layer": None})
+    assert reply["names"][0] == "renamed \ufffd"  # text a page can show
+    other = cb.SAE(32, 48, kind="topk", k=4, hook="blocks.0.hook_resid_post", seed=2)
+    with pytest.raises(ValueError, match="did not compare.*saes="):
+        cb.compare_view(cmp, labels=other)
+    with pytest.raises(IndexError, match="not a category index"):
+        view._fetch_features({"a": 5, "b": 1})

@@ -49,7 +49,10 @@ class CompareView(View):
     measure : str
         ``"d"`` (default), ``"t"`` or ``"diff"``.
     k : int
-        Neurons listed.
+        Neurons (and features) listed.
+    labels : dictionaries, optional
+        ``cb.SAE`` objects (one or a list) whose current labels name their features in the
+        list, in place of those the comparison recorded when it was made.
 
     Examples
     --------
@@ -108,6 +111,7 @@ class CompareView(View):
         stat: str = "head_write",
         measure: str = "d",
         k: int = N_TOP,
+        labels: Any = None,
         **kwargs: Any,
     ) -> None:
         try:
@@ -147,6 +151,7 @@ class CompareView(View):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}.")
         self._cmp = comparison
+        self._names = _feature_names(comparison, labels)
         desc = _descriptions()
 
         def moments(names: list[str]) -> np.ndarray:
@@ -266,7 +271,10 @@ class CompareView(View):
             layer=layer,
             rows=encode(rows, "float32"),
             hooks=[t["hook"] for t in top],
-            names=[displayable(t["name"]) for t in top],
+            names=[
+                displayable(self._names.get(t["hook"], {}).get(str(t["feature"]), t["name"]))
+                for t in top
+            ],  # fmt: skip
         )
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
@@ -290,6 +298,31 @@ class CompareView(View):
                             {"kind": "fetch-features", "a": i, "b": j, "by": by, "layer": layer}
                         )
         return reqs
+
+
+def _feature_names(comparison: Any, labels: Any) -> dict[str, dict[str, str]]:
+    """``{hook: {"index": name}}``: the comparison's recorded labels, updated from the
+    dictionaries in ``labels`` (their current ``labels``)."""
+    from ..analysis._features import feature_labels
+    from ..capture._saes import sae_hook
+
+    names = {
+        h: dict(f.get("labels", {}))
+        for h, f in (getattr(comparison, "features", None) or {}).items()
+    }
+    if labels is None:
+        return names
+    items = labels if isinstance(labels, list | tuple) else [labels]
+    for sae in items:
+        hook = sae_hook(sae)
+        if hook not in names:
+            raise ValueError(
+                f"labels= has a dictionary reading {hook!r}, which this comparison did not "
+                f"compare (it compared {list(names)}); pass the dictionaries given to "
+                "cb.compare(..., saes=...)."
+            )
+        names[hook] = {str(i): v for i, v in feature_labels(sae).items()}
+    return names
 
 
 def _descriptions() -> dict[str, str]:
