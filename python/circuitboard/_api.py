@@ -114,41 +114,72 @@ def logit_attribution(
     *,
     pos: int | None = None,
     follow_token: bool = True,
+    saes: Any = None,
     **kwargs: Any,
 ) -> LogitAttributionView:
-    """Direct logit attribution view: heads heatmap, per-layer bars, top neurons.
+    """Direct logit attribution view: heads heatmap, per-layer bars, top neurons (and top
+    dictionary features with ``saes=``).
 
     ``target`` / ``baseline`` are one-token strings (``" Mary"``) or ids; see
     :func:`circuitboard.direct_logit_attribution` for the exact decomposition. With
     ``follow_token`` the view re-attributes at the token selected in linked views
     (every position is computed up front; a report embeds them within its budget).
+    ``saes``: dictionaries the capture ran (``True``: all of them); the view then lists the
+    features with the largest direct contribution, with their labels (as text); a click
+    selects the feature in linked views.
 
     Examples
     --------
     >>> cb.logit_attribution(cap, target=" Mary", baseline=" John")  # doctest: +SKIP
+    >>> cb.logit_attribution(cap, " Mary", " John", saes=True)  # doctest: +SKIP
     """
     from .analysis._attribution import attribute_positions, prepare
 
     _one_capture(cap, "cb.logit_attribution", f"cb.logit_attribution({{}}, {target!r})")
     t, b, p = prepare(cap, target, baseline, pos)
+    with_features = _feature_splitter(cap, t, b, saes)
     if not follow_token:
-        attr = attribute_positions(cap, t, b, [p])[0]
+        attr = with_features(attribute_positions(cap, t, b, [p]))[0]
         return _with_provenance(LogitAttributionView(attr, tokens=list(cap.tokens), **kwargs), cap)
     # Chunks of positions bound the per-neuron arrays held at once; the chunk holding `pos`
     # goes first so that its attribution seeds the view.
     chunks = [range(s, min(s + 64, cap.n_tokens)) for s in range(0, cap.n_tokens, 64)]
     home = next(c for c in chunks if p in c)
-    home_attrs = attribute_positions(cap, t, b, list(home))
+    home_attrs = with_features(attribute_positions(cap, t, b, list(home)))
 
     def every_position():
         yield from home_attrs
         for c in chunks:
             if c is not home:
-                yield from attribute_positions(cap, t, b, list(c))
+                yield from with_features(attribute_positions(cap, t, b, list(c)))
 
     attr = home_attrs[p - home.start]
     view = LogitAttributionView(attr, tokens=list(cap.tokens), positions=every_position(), **kwargs)
     return _with_provenance(view, cap)
+
+
+def _feature_splitter(cap: Capture, t: Any, b: Any, saes: Any) -> Any:
+    """A function adding each dictionary's feature terms to attributions (one position each);
+    the identity when ``saes`` is None or False."""
+    if saes is None or saes is False:
+        return lambda attrs: attrs
+    import torch
+
+    from .analysis._attribution import WHAT, logit_direction, require_info
+    from .analysis._features import resolve_saes, split_by_features
+
+    dictionaries = resolve_saes(cap, saes, WHAT)
+    info = require_info(cap, WHAT)
+    decoders: dict[str, Any] = {}
+
+    def add(attrs: list[Any]) -> list[Any]:
+        P = torch.tensor([a.pos for a in attrs], dtype=torch.long)
+        direction = logit_direction(cap, info, t, b, P)[0]
+        for a, d in zip(attrs, direction, strict=True):
+            a._features.update(split_by_features(cap, a, dictionaries, d, decoders))
+        return attrs
+
+    return add
 
 
 def logit_lens_view(

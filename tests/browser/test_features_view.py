@@ -132,3 +132,76 @@ def test_feature_dashboard_draws_histogram_and_logit_tables(page, tmp_path, arti
     assert n_logits == 2 * top.promoted.shape[1]
     page.screenshot(path=str(artifacts / "feature-dashboard.png"), full_page=True)
     assert not page.cb_errors and not page.cb_blocked
+
+
+def test_feature_dashboard_shows_labels_as_text_and_cofiring(page, tmp_path, artifacts):
+    """Hostile labels stay text in the picker, the header and the co-firing list; the list is
+    the records' co-firing ranking, and a click opens a co-firing feature."""
+    from tests.unit.tiny_models import tiny_llama as factory
+
+    model, tok = factory()
+    sae = cb.SAE(32, 64, kind="topk", k=4, hook="blocks.1.hook_resid_post", seed=0)
+    sae.labels = [HOSTILE_TOKENS[i % len(HOSTILE_TOKENS)] for i in range(64)]
+    texts = cb.load_texts()[:30]
+    top = cb.top_activations(model, tok, texts, features=(sae, None), k=5, progress=False)
+    feature = int(np.argmax(top.positive))
+    dash = cb.feature_dashboard(top, feature=feature)
+    open_report(page, cb.report(dash, path=tmp_path / "feature-dash-labels.html"))
+    root = f'.cb-dashboard[data-neuron="{feature}"]'
+    page.wait_for_selector(root)
+    assert page.inner_text(".cb-dashboard .cb-title") == "Feature"
+    assert page.text_content(".cb-dash-label") == shown(dash.label(feature))
+    options = page.eval_on_selector_all(
+        ".cb-dashboard select option", "els => els.map(e => e.textContent)"
+    )
+    label = shown(dash.label(feature))
+    label = label if len(label) <= 48 else label[:47] + "…"
+    assert options[feature] == f"L1 F{feature} · {label}"
+    co = top.cofiring(1, feature, k=8)
+    listed = page.eval_on_selector_all(
+        ".cb-dash-co", "els => els.map(e => [+e.dataset.feature, e.children[1].textContent])"
+    )
+    assert listed == [[c["feature"], shown(c["label"])] for c in co]
+    assert page.evaluate("() => window.__pwned === undefined")
+    assert page.eval_on_selector_all(".cb-dashboard img, .cb-dashboard b", "e => e.length") == 0
+    page.screenshot(path=str(artifacts / "feature-dashboard-labels.png"), full_page=True)
+    page.click(".cb-dash-co >> nth=0")
+    page.wait_for_selector(f'.cb-dashboard[data-neuron="{co[0]["feature"]}"]')
+    assert not page.cb_errors and not page.cb_blocked
+
+
+def test_attribution_lists_top_features_with_labels_as_text(page, tmp_path, artifacts):
+    """cb.logit_attribution(..., saes=True) lists the features of direct_logit_attribution's
+    split, strongest first, labels as text; it follows the locked token; a click selects."""
+    cap, sae = _board()
+    target, baseline = int(cap.token_ids[3]), int(cap.token_ids[4])
+    link = cb.Link()
+    attr_view = cb.logit_attribution(cap, target, baseline, saes=True, link=link)
+    feats = cb.features(cap, link=link)
+    open_report(page, cb.report(attr_view, feats, path=tmp_path / "dla-features.html"))
+    page.wait_for_selector(".cb-dla[data-ready=true]")
+    split = cb.direct_logit_attribution(cap, target, baseline, saes=True).features(1)
+    want = [t["feature"] for t in split.top(12) if t["value"] != 0]
+    rows = page.eval_on_selector_all(
+        ".cb-dla-features .cb-dla-row", "els => els.map(e => +e.dataset.feature)"
+    )
+    assert rows == want
+    names = page.eval_on_selector_all(
+        ".cb-dla-features .cb-dla-fname", "els => els.map(e => e.textContent.slice(1))"
+    )
+    assert names == [shown(split.names[f]) for f in want if split.names.get(f)]
+    assert page.evaluate("() => window.__pwned === undefined")
+    assert page.eval_on_selector_all(".cb-dla img, .cb-dla b, .cb-dla svg", "e => e.length") == 0
+    page.screenshot(path=str(artifacts / "dla-features.png"), full_page=True)
+    # a locked token re-attributes: the list becomes that position's split
+    page.click(".cb-features .cb-token >> nth=5")
+    page.wait_for_selector('.cb-dla[data-pos="5"]')
+    at5 = cb.direct_logit_attribution(cap, target, baseline, pos=5, saes=True).features(1)
+    want5 = [t["feature"] for t in at5.top(12) if t["value"] != 0]
+    rows = page.eval_on_selector_all(
+        ".cb-dla-features .cb-dla-row", "els => els.map(e => +e.dataset.feature)"
+    )
+    assert rows == want5
+    page.click(".cb-dla-features .cb-dla-row >> nth=0")
+    page.wait_for_selector(f'.cb-features[data-feature="{want5[0]}"]')
+    assert not page.cb_errors and not page.cb_blocked

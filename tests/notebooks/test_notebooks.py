@@ -34,6 +34,8 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         assert report.is_file() and report.stat().st_size > 100_000
         assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / "attention.svg").read_text().startswith("<svg")
+    if path.stem == "features":
+        assert (tmp_path / "features-report.html").stat().st_size > 100_000
     for cell in nb.cells:  # widgets rendered as widget views, not as tracebacks
         for out in cell.get("outputs", []):
             assert "Traceback" not in str(out.get("text", ""))

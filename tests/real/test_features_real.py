@@ -51,3 +51,36 @@ def test_feature_patching_identity_and_clamp_identity(default_model):
     same = cb.generate(model, tok, IOI, max_new_tokens=1, clamp={(sae, f): float(acts[p, f])},
                        positions=[p])  # fmt: skip
     assert torch.equal(same.capture.logits, plain.capture.logits)
+
+
+def test_shipped_sae_clamp_steers_and_own_value_changes_nothing(default_model):
+    """With the shipped SAEs: the feature that separates a Bible verse from a documentation
+    sentence most (found from the data, never by index), clamped to four times its largest
+    activation, changes the greedy continuation of a plain prompt; clamped to its own value at
+    a position, it changes no logit of the generation (delta clamp: the error stays)."""
+    model, tok = default_model
+    sae = next(s for s in cb.load_default_saes() if s.layer == 15)
+    verse = "And the LORD spake unto Moses, saying, Speak unto the children of Israel"
+    docs = "The function returns a new list containing the items of the iterable"
+
+    def mean_acts(text):
+        cap = cb.capture(model, tok, text, saes=sae, what=["logits"], dtype=torch.float32)
+        return cap[f"{sae.hook}.sae.hook_sae_acts_post"].to_dense()
+
+    bible, other = mean_acts(verse), mean_acts(docs)
+    feature = int((bible.mean(0) - other.mean(0)).argmax())
+    value = 4 * float(bible[:, feature].max())
+    assert value > 0
+    prompt = "The man walked into the city and"
+    plain = cb.generate(model, tok, prompt, max_new_tokens=8, what=["logits"])
+    clamped = cb.generate(model, tok, prompt, max_new_tokens=8, what=["logits"],
+                          clamp={(sae, feature): value}, positions="new")  # fmt: skip
+    assert clamped.text != plain.text, (feature, plain.text, clamped.text)
+
+    acts = mean_acts(prompt)
+    p = acts.shape[0] - 1
+    f = int(acts[p].argmax())  # an active feature, clamped to exactly what it is
+    same = cb.generate(model, tok, prompt, max_new_tokens=8, what=["logits"],
+                       clamp={(sae, f): float(acts[p, f])}, positions=[p])  # fmt: skip
+    assert same.text == plain.text
+    assert torch.equal(same.capture.logits, plain.capture.logits)

@@ -163,6 +163,9 @@ def assert_same_top(got: Any, want: Any) -> None:
         "suppressed_ids",
     ):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    if getattr(want, "cofire", None) is not None:  # dictionary features: co-firing counts
+        np.testing.assert_array_equal(got.cofire, want.cofire, err_msg="cofire")
+        assert got.dictionary == want.dictionary
     np.testing.assert_allclose(got.mean, want.mean, rtol=0, atol=1e-10)
     np.testing.assert_allclose(got.m2, want.m2, rtol=1e-9)
     np.testing.assert_allclose(got.std, want.std, rtol=1e-9)

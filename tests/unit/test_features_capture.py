@@ -171,3 +171,35 @@ def test_transcoder_on_the_mlp_input():
         ref = model.model.layers[1].post_attention_layernorm(plain["blocks.1.hook_resid_mid"])
     torch.testing.assert_close(x, ref)
     assert torch.equal(cap.logits, plain.logits)
+
+
+def test_topk_sae_is_captured_without_dense_activations_exactly():
+    """A cb.SAE of kind topk is encoded and decoded sparsely in capture (no [pos, d_sae]
+    tensor): in a padded batch, each prompt's stored activations are exactly sae.encode's,
+    the reconstruction is sae.decode's up to float rounding, and recons + error is the hooked
+    tensor (to the float32 storage of the error); a subclass that changes encode goes
+    through its own maths."""
+    model, tok = tiny_llama()
+    sae = cb.SAE(32, 96, kind="topk", k=5, hook="blocks.1.hook_resid_post", seed=3)
+    prompts = [PROMPT, "a b", "the quick brown fox jumps"]
+    caps = cb.capture(model, tok, prompts, saes=sae, batch_size=3, **F32)
+    n = sae_names(sae.hook)
+    for cap in caps:
+        x = cap[n["hook_sae_input"]]
+        acts = cap[n["hook_sae_acts_post"]]
+        assert acts.is_coalesced() and acts.shape == (cap.n_tokens, 96)
+        with torch.no_grad():
+            want = sae.encode(x)
+            assert torch.equal(acts.to_dense(), want)
+            torch.testing.assert_close(cap[n["hook_sae_recons"]], sae.decode(want))
+        rebuilt = cap[n["hook_sae_recons"]] + cap[n["hook_sae_error"]]
+        torch.testing.assert_close(rebuilt, x, atol=1e-6, rtol=0)
+
+    class Doubled(cb.SAE):
+        def encode(self, x):
+            return 2 * super().encode(x)
+
+    twice = Doubled(32, 96, kind="topk", k=5, hook="blocks.1.hook_resid_post", seed=3)
+    cap = cb.capture(model, tok, PROMPT, saes=twice, **F32)
+    with torch.no_grad():
+        assert torch.equal(cap[n["hook_sae_acts_post"]].to_dense(), 2 * sae.encode(cap[sae.hook]))

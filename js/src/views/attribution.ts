@@ -11,6 +11,9 @@ import type { Encoded } from "../types";
 import { el } from "../dom";
 import { figureHooks } from "../figure";
 
+/** [hook the dictionary reads, layer, feature, direct contribution, label ("" if none)] */
+type FeatureRow = [string, number, number, number, string];
+
 interface AttributionState {
   description: string;
   n_layers: number;
@@ -22,6 +25,7 @@ interface AttributionState {
   _layers: Encoded;
   _terms: [string, number][];
   _top_neurons: [number, number, number][];
+  _top_features: FeatureRow[];
   pos: number;
   positions: number[];
   theme: string;
@@ -94,6 +98,7 @@ export async function render(props: RenderProps<AttributionState>) {
     terms: [string, number][];
     top: Neuron[];
     layerTop: Neuron[][] | null; // per-layer top neurons (else fetch-neurons)
+    features: FeatureRow[]; // top dictionary features (saes=), [] without
     headMax: number;
     barMax: number;
   }
@@ -112,6 +117,7 @@ export async function render(props: RenderProps<AttributionState>) {
       terms: f.terms as [string, number][],
       top: f.top_neurons as Neuron[],
       layerTop: (f.layer_top as Neuron[][] | undefined) ?? null,
+      features: (f.top_features as FeatureRow[] | undefined) ?? [],
       headMax: symmetricMax(heads),
       barMax: symmetricMax(layerVals),
     };
@@ -125,6 +131,7 @@ export async function render(props: RenderProps<AttributionState>) {
     layers: model.get("_layers"),
     terms: model.get("_terms"),
     top_neurons: model.get("_top_neurons"),
+    top_features: model.get("_top_features") ?? [],
   });
   let cur = initial;
   const { w: cw, h: ch } = cellSize(L, H);
@@ -201,6 +208,11 @@ export async function render(props: RenderProps<AttributionState>) {
   scopeSel.add(new Option("all layers", "all"));
   scopeSel.add(new Option("selected layer", "layer"));
   const neuronBox = el("div", "cb-dla-list", side);
+  const hasFeatures = (model.get("_top_features") ?? []).length > 0;
+  const featureHead = el("div", "cb-dla-h", side);
+  featureHead.textContent = "Top features";
+  const featureBox = el("div", "cb-dla-list cb-dla-features", side);
+  featureHead.hidden = featureBox.hidden = !hasFeatures;
 
   const listRow = (box: HTMLElement, label: string, value: number, max: number, onClick?: () => void) => {
     const row = el("div", "cb-dla-row", box);
@@ -267,6 +279,25 @@ export async function render(props: RenderProps<AttributionState>) {
       row.dataset.neuron = String(n);
       if (link.get("neuron") === n && link.get("layer") === l) row.classList.add("cb-dla-row-active");
     }
+  };
+
+  const showFeatures = () => {
+    if (!hasFeatures) return;
+    featureBox.replaceChildren();
+    const max = symmetricMax(cur.features.map((t) => t[3]));
+    for (const [hook, l, f, v, lab] of cur.features) {
+      const row = listRow(featureBox, `L${l} F${f}`, v, max, () => select(link, { layer: l, dictionary: hook, feature: f }));
+      if (lab) {
+        // a label is text, never markup
+        el("span", "cb-dla-fname", row.firstElementChild as HTMLElement).textContent = ` ${lab}`;
+        row.title = `L${l} F${f} ${lab} (${hook})`;
+      } else row.title = `L${l} F${f} (${hook})`;
+      row.dataset.layer = String(l);
+      row.dataset.dictionary = hook;
+      row.dataset.feature = String(f);
+      if (link.get("dictionary") === hook && link.get("feature") === f) row.classList.add("cb-dla-row-active");
+    }
+    if (!cur.features.length) featureBox.textContent = "no feature contributes at this position";
   };
 
   const dpr = () => Math.max(1, Math.round(window.devicePixelRatio || 1));
@@ -388,6 +419,7 @@ export async function render(props: RenderProps<AttributionState>) {
     if (scopeSel.value === "layer" && link.get("layer") !== neuronLayer) void showNeurons();
   });
   const offNeuron = onSelection(link, ["neuron"], () => void showNeurons());
+  const offFeature = onSelection(link, ["dictionary", "feature"], showFeatures);
   // Follow the selected token: re-attribute at that position (fetched, cached).
   let wanted = initialPos;
   const followToken = async () => {
@@ -410,6 +442,7 @@ export async function render(props: RenderProps<AttributionState>) {
     drawText();
     drawHeat();
     drawBars();
+    showFeatures();
     await showNeurons();
   };
   const offToken = positions.size > 0 ? onSelection(link, ["token"], () => void followToken()) : () => undefined;
@@ -424,6 +457,7 @@ export async function render(props: RenderProps<AttributionState>) {
   drawHeat();
   drawBars();
   drawSelection();
+  showFeatures();
   await showNeurons();
   if (positions.size > 0) await followToken();
   root.dataset.ready = "true";
@@ -432,6 +466,7 @@ export async function render(props: RenderProps<AttributionState>) {
     abort.abort();
     offSel();
     offNeuron();
+    offFeature();
     offToken();
     offTheme();
     fetcher.dispose();

@@ -31,6 +31,7 @@ interface CompareState {
   head_stats: [string, string][];
   layer_stats: [string, string][];
   has_neurons: boolean;
+  feature_dicts: [string, number][]; // [hook, layer] of each dictionary compared
   images: ImageInfo[]; // image categories: each one's mean image ([] for text)
   tokens: string[]; // image categories: CLS and the patches
   _patch_attn: Encoded | Record<string, never>; // [C, 2, L, H, T] attention to each key
@@ -51,6 +52,7 @@ export function smallSampleNote(na: number, nb: number): string {
   return `⚠ tiny sample (n = ${na} vs ${nb}): with fewer than ${SMALL_N} per group, d and t swing widely from sample to sample; collect more prompts before trusting a ranking`;
 }
 const NEURON_COLS = 9; // layer, neuron, d, t, diff, mean_a, std_a, mean_b, std_b
+const FEATURE_COLS = 9; // layer, feature, d, t, diff, mean_a, std_a, mean_b, std_b
 
 /** Effect of a − b from means, standard deviations (ddof 1) and counts; NaN when n < 2. */
 export function effectOf(ma: number, sa: number, na: number, mb: number, sb: number, nb: number, m: Measure): number {
@@ -93,6 +95,8 @@ export async function render(props: RenderProps<CompareState>) {
   const { w: cw, h: ch } = cellSize(L, H);
   const BAR_W = 64;
   const hasNeurons = model.get("has_neurons");
+  const featureDicts = model.get("feature_dicts") ?? [];
+  const hasFeatures = featureDicts.length > 0;
 
   const idx = (name: string, fallback: number) => {
     const i = cats.indexOf(name);
@@ -191,7 +195,7 @@ export async function render(props: RenderProps<CompareState>) {
 
   const side = el("div", "cb-side cb-cmp-side", body);
   const readout = el("div", "cb-cmp-readout", side);
-  readout.textContent = "Hover a head, a bar or a neuron; click to select it in linked views.";
+  readout.textContent = `Hover a head, a bar${hasNeurons ? ", a neuron" : ""}${hasFeatures ? " or a feature" : ""}; click to select it in linked views.`;
   el("div", "cb-cmp-h", side).textContent = "Top heads";
   const headBox = el("div", "cb-cmp-list cb-cmp-heads", side);
   const neuronHead = el("div", "cb-cmp-h", side);
@@ -204,6 +208,20 @@ export async function render(props: RenderProps<CompareState>) {
   if (!hasNeurons) {
     neuronHead.hidden = true;
     neuronBox.hidden = true;
+  }
+  // Dictionary features (compare(..., saes=)): ranked like neurons, labels shown as text.
+  const featureHead = el("div", "cb-cmp-h", side);
+  const featureTitle = el("span", "", featureHead);
+  featureTitle.textContent = "Top features";
+  const featureBox = el("div", "cb-cmp-list cb-cmp-features", side);
+  if (!hasFeatures) {
+    featureHead.hidden = true;
+    featureBox.hidden = true;
+  } else if (!hasNeurons) {
+    // one scope picker for both lists: without neurons it sits with the features
+    scopeSel.setAttribute("aria-label", "feature scope");
+    featureHead.appendChild(scopeSel);
+    neuronHead.hidden = true;
   }
 
   // Current values of the heatmap and bars, recomputed when a picker changes.
@@ -319,6 +337,10 @@ export async function render(props: RenderProps<CompareState>) {
       const e = row as HTMLElement;
       e.classList.toggle("cb-cmp-row-active", Number(e.dataset.layer) === l && Number(e.dataset.neuron) === link.get("neuron"));
     }
+    for (const row of featureBox.children) {
+      const e = row as HTMLElement;
+      e.classList.toggle("cb-cmp-row-active", e.dataset.dictionary === link.get("dictionary") && Number(e.dataset.feature) === link.get("feature"));
+    }
   };
 
   const listRow = (box: HTMLElement, label: string, value: number, max: number, onClick: () => void, onHover: () => void) => {
@@ -413,6 +435,65 @@ export async function render(props: RenderProps<CompareState>) {
     drawSelection();
   };
 
+  let featureToken = 0;
+  let featureKey = "";
+  const showFeatures = async () => {
+    if (!hasFeatures) return;
+    const { a, b, m } = state();
+    const l = link.get("layer");
+    const scoped = scopeSel.value === "layer" && l !== null && l !== undefined && featureDicts.some(([, dl]) => dl === l);
+    const layer = scoped ? l : null;
+    const key = `${a},${b},${m},${layer}`;
+    if (key === featureKey) return;
+    const token = ++featureToken;
+    featureTitle.textContent = layer === null ? "Top features" : `Top features in L${layer}`;
+    let rows: Float32Array;
+    let hooks: string[];
+    let names: string[];
+    try {
+      const { reply, buffers } = await fetcher.get({ kind: "fetch-features", a, b, by: m, layer });
+      rows = decode(reply.rows as Encoded, buffers).data;
+      hooks = reply.hooks as string[];
+      names = reply.names as string[];
+    } catch (err) {
+      if (token !== featureToken) return;
+      featureBox.textContent = String((err as Error).message ?? err);
+      featureKey = "";
+      return;
+    }
+    if (token !== featureToken) return;
+    featureKey = key;
+    featureBox.replaceChildren();
+    const n = rows.length / FEATURE_COLS;
+    const col = m === "d" ? 2 : m === "t" ? 3 : 4;
+    const values = Array.from({ length: n }, (_, i) => rows[i * FEATURE_COLS + col]);
+    const max = symmetricMax(values.map((v) => (Number.isFinite(v) ? v : 0)));
+    for (let i = 0; i < n; i++) {
+      const o = i * FEATURE_COLS;
+      const fl = rows[o];
+      const f = rows[o + 1];
+      const name = names[i] ?? "";
+      const id = `L${fl} F${f}`;
+      // the label stays in the row: a long one here would wrap and move the list under the pointer
+      const text = `${id} · ${hooks[i]}\nd ${num(rows[o + 2])} · t ${num(rows[o + 3])} · Δ ${num(rows[o + 4])}${smallSampleNote(counts[a], counts[b]) ? ` (tiny sample: n = ${counts[a]} vs ${counts[b]})` : ""}\n${cats[a]}: ${plain(rows[o + 5])} ± ${plain(rows[o + 6])} (n=${counts[a]})\n${cats[b]}: ${plain(rows[o + 7])} ± ${plain(rows[o + 8])} (n=${counts[b]})`;
+      const row = listRow(featureBox, id, values[i], max, () => select(link, { layer: fl, dictionary: hooks[i], feature: f }), () => {
+        readout.textContent = text;
+        root.dataset.hover = `L${fl}F${f}`;
+      });
+      if (name) {
+        // the label, always as text: a user's label is never markup
+        const lab = el("span", "cb-cmp-fname", row.firstElementChild as HTMLElement);
+        lab.textContent = ` ${name}`;
+        row.title = `${id} ${name}`;
+      }
+      row.dataset.layer = String(fl);
+      row.dataset.dictionary = hooks[i];
+      row.dataset.feature = String(f);
+    }
+    root.dataset.features = key;
+    drawSelection();
+  };
+
   const show = (text: string, label: string, ev: PointerEvent) => {
     tip.hidden = false;
     tip.textContent = text;
@@ -455,6 +536,7 @@ export async function render(props: RenderProps<CompareState>) {
       if (layerStats[k][0] === "mlp_out") scopeSel.value = "layer";
       select(link, { layer: layers[r] });
       void showNeurons();
+      void showFeatures();
     }, { signal });
   });
 
@@ -527,6 +609,7 @@ export async function render(props: RenderProps<CompareState>) {
     drawSelection();
     drawImages();
     void showNeurons();
+    void showFeatures();
   };
   const setTrait = (key: "a" | "b" | "stat" | "measure", value: string) => {
     model.set(key, value);
@@ -546,18 +629,24 @@ export async function render(props: RenderProps<CompareState>) {
   }, { signal });
   selStat.addEventListener("change", () => setTrait("stat", headStats[Number(selStat.value)][0]), { signal });
   selMeasure.addEventListener("change", () => setTrait("measure", selMeasure.value), { signal });
-  scopeSel.addEventListener("change", () => void showNeurons(), { signal });
+  scopeSel.addEventListener("change", () => {
+    void showNeurons();
+    void showFeatures();
+  }, { signal });
   root.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape") select(link, { head: null });
   }, { signal });
 
   const onModel = () => redraw();
   for (const k of ["a", "b", "stat", "measure"]) model.on(`change:${k}`, onModel);
-  const offSel = onSelection(link, ["layer", "head", "neuron", "token"], () => {
+  const offSel = onSelection(link, ["layer", "head", "neuron", "token", "dictionary", "feature"], () => {
     drawSelection();
     drawBars();
     drawImages();
-    if (scopeSel.value === "layer") void showNeurons();
+    if (scopeSel.value === "layer") {
+      void showNeurons();
+      void showFeatures();
+    }
   });
   compute();
   const offTheme = followTheme(model as AnyModel, root, () => {
@@ -572,6 +661,7 @@ export async function render(props: RenderProps<CompareState>) {
   drawSelection();
   drawImages();
   await showNeurons();
+  await showFeatures();
   root.dataset.ready = "true";
 
   return () => {

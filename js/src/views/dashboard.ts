@@ -29,12 +29,16 @@ interface Card {
   stats: { count: number; mean: number; std: number; min: number; max: number; frac_positive: number };
   promoted: [string, number][];
   suppressed: [string, number][];
+  label?: string; // dictionary features: the feature's name ("" when it has none)
+  fires?: number; // dictionary features: tokens it fires on
+  cofiring?: [number, number, number, string][]; // [feature, tokens with both, fraction, label]
 }
 
 interface DashboardState {
   neurons: [number, number][];
   n_texts: number;
   model_name: string;
+  dictionary: { hook?: string; labels?: Record<string, string> };
   _initial: { layer: number; neuron: number; card: Card };
   theme: string;
   link: string;
@@ -55,12 +59,23 @@ export async function render(props: RenderProps<DashboardState>) {
   const neurons = model.get("neurons");
   const recorded = new Set(neurons.map(([l, n]) => `${l}:${n}`));
 
+  const dict = model.get("dictionary") ?? {};
+  const isFeatures = Boolean(dict.hook);
+  const labels = dict.labels ?? {};
+  const unit = isFeatures ? "F" : "N";
+  const name = (l: number, n: number) => `L${l} ${unit}${n}`;
+
   const root = el("div", "cb-root cb-dashboard", host);
   const header = el("div", "cb-header", root);
-  el("span", "cb-title", header).textContent = "Neuron";
+  el("span", "cb-title", header).textContent = isFeatures ? "Feature" : "Neuron";
   const pick = el("select", "cb-select", header);
-  pick.setAttribute("aria-label", "neuron");
-  for (const [l, n] of neurons) pick.add(new Option(`L${l} N${n}`, `${l}:${n}`));
+  pick.setAttribute("aria-label", isFeatures ? "feature" : "neuron");
+  // an option's text is text: a label is never markup
+  const short = (t: string) => (t.length > 48 ? `${t.slice(0, 47)}…` : t);
+  for (const [l, n] of neurons) pick.add(new Option(labels[String(n)] ? `${name(l, n)} · ${short(labels[String(n)])}` : name(l, n), `${l}:${n}`));
+  pick.classList.add("cb-dash-pick");
+  const labelEl = el("span", "cb-dash-label", header);
+  if (isFeatures) root.dataset.dictionary = dict.hook ?? "";
   const stats = el("span", "cb-status cb-dash-stats", header);
   const status = el("span", "cb-status", header);
 
@@ -77,10 +92,13 @@ export async function render(props: RenderProps<DashboardState>) {
   const axZero = el("span", "", histAxis);
   const axHi = el("span", "", histAxis);
   const histTip = el("div", "cb-caption cb-dash-tip", right);
-  el("div", "cb-caption", right).textContent = "Direct logit effect (W_out · W_U)";
+  el("div", "cb-caption", right).textContent = isFeatures ? "Direct logit effect (W_dec · W_U)" : "Direct logit effect (W_out · W_U)";
   const logits = el("div", "cb-dash-logits", right);
   const promoted = el("ol", "cb-dash-col", logits);
   const suppressed = el("ol", "cb-dash-col", logits);
+  const coTitle = el("div", "cb-caption", right);
+  const coList = el("ol", "cb-dash-cofire", right);
+  coTitle.hidden = coList.hidden = !isFeatures;
 
   let lut = activationLut(false);
   let card: Card = model.get("_initial").card;
@@ -158,7 +176,7 @@ export async function render(props: RenderProps<DashboardState>) {
     axZero.textContent = zeroShown ? "0" : "";
     axZero.style.left = `${(100 * x0) / w}%`;
     axHi.textContent = above ? `max ${fmt(card.stats.max)}` : fmt(edges[edges.length - 1]);
-    hist.setAttribute("aria-label", `histogram of L${card.layer} N${card.neuron} activations`);
+    hist.setAttribute("aria-label", `histogram of ${name(card.layer, card.neuron)} activations`);
   };
 
   const draw = () => {
@@ -201,6 +219,28 @@ export async function render(props: RenderProps<DashboardState>) {
     };
     fill(promoted, card.promoted);
     fill(suppressed, card.suppressed);
+    labelEl.textContent = card.label ?? "";
+    labelEl.hidden = !card.label;
+    if (card.cofiring) {
+      coTitle.textContent = `Fires most often with (of its ${(card.fires ?? 0).toLocaleString()} tokens)`;
+      const f = document.createDocumentFragment();
+      for (const [j, count, frac, lab] of card.cofiring) {
+        const li = el("li", "cb-dash-co");
+        li.dataset.feature = String(j);
+        const known = recorded.has(`${card.layer}:${j}`);
+        if (known) {
+          li.classList.add("cb-clickable");
+          li.addEventListener("click", () => select(link, { layer: card.layer, neuron: j }), { signal });
+        }
+        el("span", "cb-dash-coid", li).textContent = `F${j}`;
+        el("span", "cb-dash-colabel", li).textContent = lab;
+        el("span", "cb-dash-num", li).textContent = `${(100 * frac).toFixed(0)}% · ${count.toLocaleString()}`;
+        li.title = `F${j}${lab ? ` ${lab}` : ""}: fires on ${count.toLocaleString()} of the ${(card.fires ?? 0).toLocaleString()} tokens F${card.neuron} fires on${known ? " (click to open)" : ""}`;
+        f.appendChild(li);
+      }
+      coList.replaceChildren(f);
+      if (!card.cofiring.length) coList.textContent = "no other feature fires on its tokens";
+    }
     promoted.dataset.label = "promotes";
     suppressed.dataset.label = "suppresses";
     pick.value = `${card.layer}:${card.neuron}`;

@@ -16,10 +16,14 @@ from .._threads import one_thread
 from ..capture._prompts import is_loaded_model, split_prompts
 from ._compare_samples import (
     _NEEDS,
+    FEATURES,
     _check_categories,
     _image_of,
     _parse_pos,
     _parse_stats,
+    feature_info,
+    feature_stat,
+    is_feature_stat,
 )
 from ._compare_samples import STATS as STATS
 from ._compare_samples import samples_from_capture as samples_from_capture
@@ -50,8 +54,10 @@ def compare(
     shards: int | None = None,
     checkpoint: Any = None,
     ray_address: str | None = None,
+    saes: Any = None,
 ) -> Comparison:
-    """Which heads, layers and neurons behave differently between categories of prompts.
+    """Which heads, layers, neurons and dictionary features behave differently between
+    categories of prompts.
 
     Runs the model on every prompt (in batches of ``batch_size``, so memory holds one batch's
     activations and the running statistics, never all captures) and keeps, per category and
@@ -61,7 +67,9 @@ def compare(
     - ``attn_first`` / ``attn_prev``: attention to the first / the previous token;
     - ``attn_entropy``: entropy of the head's attention distribution (nats);
     - ``attn_out`` / ``mlp_out``: norm of each layer's attention / MLP output;
-    - ``neurons``: every MLP neuron's activation (``blocks.{l}.mlp.hook_post``).
+    - ``neurons``: every MLP neuron's activation (``blocks.{l}.mlp.hook_post``);
+    - ``features`` (with ``saes=``): every feature's activation of each dictionary, held as
+      ``"features:<hook>"`` ``[d_sae]`` (e.g. ``"features:blocks.9.hook_resid_post"``).
 
     Parameters
     ----------
@@ -84,7 +92,13 @@ def compare(
         Model layers to compare (default all).
     stats
         Subset of the statistic names above (default all; ``neurons`` dominates memory:
-        3 × layers × d_mlp float64 per category).
+        3 × layers × d_mlp float64 per category). ``["features"]`` compares only the
+        dictionaries' features.
+    saes
+        Dictionaries (``cb.SAE``, transcoders, SAELens objects; one or a list) run on the
+        activations they read, as :func:`circuitboard.capture` runs them: their feature
+        activations are compared with the same statistics as neurons (the dictionaries only
+        read; the model's forward is its own). They travel to every worker with the jobs.
     batch_size
         Prompts per forward pass.
     dtype
@@ -138,6 +152,16 @@ def compare(
     >>> cmp = compare(vit, None, {"A": imgs[:3], "B": imgs[3:]})
     >>> cmp.pos, cmp.image, cmp.effect("A", "B", "attn_patches").d.shape
     (0, {'grid': [2, 2], 'patch': 4}, (2, 4, 5))
+
+    Which dictionary features separate two groups:
+
+    >>> import circuitboard as cb
+    >>> model, tok = tiny_model("llama")
+    >>> sae = cb.SAE(32, 48, kind="topk", k=4, hook="blocks.1.hook_resid_post", seed=0)
+    >>> cmp = compare(model, tok, {"A": ["a b", "the store"], "B": ["1 2", "3 4 5"]},
+    ...               saes=[sae], stats=["features"])
+    >>> cmp.effect("A", "B", "features").d.shape, cmp.top("A", "B", "features", k=1)[0]["hook"]
+    ((48,), 'blocks.1.hook_resid_post')
     """
     image = _is_image_model(model)
     if image:
@@ -159,7 +183,7 @@ def compare(
         }
         pos = -1 if pos is None else pos
     _parse_pos(pos)
-    _parse_stats(stats, image=image)
+    stats = _with_features(stats, saes, image)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     sharded = engine != "serial" or shards is not None or checkpoint is not None
@@ -171,7 +195,9 @@ def compare(
             model,
             tokenizer,
             categories,
-            dict(pos=pos, layers=layers, stats=stats, batch_size=batch_size, dtype=dtype),
+            dict(
+                pos=pos, layers=layers, stats=stats, batch_size=batch_size, dtype=dtype, saes=saes
+            ),
             Sharding(engine, workers, gpus_per_worker, shards, checkpoint, ray_address),
             progress=progress,
         )
@@ -194,10 +220,39 @@ def compare(
             batch_size=batch_size,
             dtype=dtype,
             bar=bar,
+            saes=saes,
         )
     finally:
         if bar is not None:
             bar.close()
+
+
+def _with_features(stats: Any, saes: Any, image: bool) -> Any:
+    """``stats=`` checked, with ``"features"`` allowed (and added by default) when ``saes=``
+    is given; returns the stats to pass on (``None``: the defaults, features included)."""
+    items = None if stats is None else ([stats] if isinstance(stats, str) else list(stats))
+    if saes is None:
+        if items is not None and FEATURES in items:
+            raise ValueError(
+                "stats= asks for 'features' but no dictionaries were given; pass saes=[sae] "
+                "(e.g. cb.load_default_saes()) or leave 'features' out."
+            )
+        _parse_stats(items, image=image)
+        return stats
+    if image:
+        raise ValueError(
+            "saes= compares dictionary features of a language model; an image model's compare "
+            "takes no dictionaries. Drop saes=."
+        )
+    rest = None if items is None else [s for s in items if s != FEATURES]
+    if rest:
+        _parse_stats(rest, image=image)
+    if items is not None and FEATURES not in items:
+        raise ValueError(
+            f"saes= was given but stats={items} leaves out 'features'; add 'features' to "
+            "stats= (or drop saes=)."
+        )
+    return items
 
 
 def _is_image_model(model: Any) -> bool:
@@ -274,9 +329,11 @@ def compare_blocks(
     batch_size: int = 8,
     dtype: Any = None,
     bar: Any = None,
+    saes: Any = None,
 ) -> Comparison:
     """The :class:`Comparison` of consecutive blocks ``(category, prompts)`` (see
-    :func:`plan_blocks`): one shard of a run, or the whole run."""
+    :func:`plan_blocks`): one shard of a run, or the whole run; ``saes``: dictionaries whose
+    features are compared too (``stats`` may then hold ``"features"``)."""
     import torch
 
     from ..capture import capture
@@ -284,9 +341,16 @@ def compare_blocks(
     from ..capture.adapters import get_adapter
 
     adapter = get_adapter(model)
-    stat_list = _parse_stats(stats, image=adapter.modality == "image")
+    sae_list = [] if saes is None else list(saes) if isinstance(saes, list | tuple) else [saes]
+    features = feature_info(sae_list)
+    plain = None if stats is None else [s for s in stats if s != FEATURES]
+    stat_list = (
+        _parse_stats(plain, image=adapter.modality == "image") if plain is None or plain else []
+    )
+    stat_list += [feature_stat(h) for h in features]
     layer_list = _parse_layers(layers, adapter.n_blocks(model))
-    kinds = sorted({k for s in stat_list for k in _NEEDS[s]})
+    kinds = sorted({k for s in stat_list if not is_feature_stat(s) for k in _NEEDS[s]})
+    kinds = kinds or ["scale"]  # features only: the smallest tensor a capture records
     dt = torch.float32 if dtype is None else dtype
     acc = _Accumulator(stat_list, layer_list, pos)
     info = None
@@ -302,6 +366,7 @@ def compare_blocks(
             batch_size=batch_size,
             max_memory=None,
             progress=False,
+            saes=sae_list or None,
         )
         for cap in caps:
             acc.add(name, cap)
@@ -313,4 +378,4 @@ def compare_blocks(
         acc.flush(name)
         if name not in names:
             names.append(name)
-    return acc.result(names, info.n_heads, info.d_mlp, info.model_name, image)
+    return acc.result(names, info.n_heads, info.d_mlp, info.model_name, image, features)

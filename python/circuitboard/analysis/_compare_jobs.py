@@ -46,9 +46,21 @@ def compare_sharded(
             merge=Comparison.merge,
             save=Comparison.save,
             load=Comparison.load,
-            key=plan_key(eng.source, {k: list(v) for k, v in categories.items()}, options),
+            key=plan_key(eng.source, {k: list(v) for k, v in categories.items()}, _keyed(options)),
             unit="prompt",
         )
         total = sum(len(p) for p in categories.values())
         show = progress if progress is not None else total >= 64
         return run.run(plan, eng, progress=show)
+
+
+def _keyed(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` as a checkpoint key names them: dictionaries by their parameters' sha256
+    (a module's repr does not say which weights it holds)."""
+    saes = options.get("saes")
+    if saes is None:
+        return options
+    from ..capture._provenance import dictionary_provenance
+
+    items = saes if isinstance(saes, list | tuple) else [saes]
+    return {**options, "saes": [dictionary_provenance(s) for s in items]}

@@ -52,6 +52,9 @@ _NEEDS = {  # stat → capture kinds
     "attn_patches": ("pattern",),
     "pixels": (),
 }
+FEATURES = "features"
+"""``stats=`` name of dictionary features (``compare(..., saes=[...])``): one statistic per
+dictionary, held as ``"features:<hook>"`` with shape ``[d_sae]``."""
 _TEXT_DEFAULT = [s for s in STATS if s not in IMAGE_STATS]
 _IMAGE_DEFAULT = [s for s in STATS if s != "attn_prev"]  # patches have no "previous token"
 
@@ -103,12 +106,57 @@ def samples_from_capture(
             if "resid" in out:
                 out["resid"].append(cap[f"blocks.{layer}.hook_resid_pre"][q].double().numpy())
     pixels = out.pop("pixels", None)
+    hooks = [s for s in out if is_feature_stat(s)]
+    for s in hooks:
+        del out[s]
     res = {s: np.stack(v, axis=1) for s, v in out.items()}  # layer axis after samples
+    if hooks:
+        from ._features import feature_acts
+
+        rows = q.tolist()
+        for s in hooks:  # [n, d_sae]; the stored tensor stays sparse, only these rows densify
+            res[s] = feature_acts(cap, feature_hook(s), rows).double().numpy()
     if pos == "mean":
         res = {s: v.mean(0, keepdims=True) for s, v in res.items()}
     if pixels is not None:
         res["pixels"] = cap.image["pixels"].double().numpy()[None]
     return res
+
+
+def feature_stat(hook: str) -> str:
+    """The statistic name of the features of the dictionary reading ``hook``."""
+    return f"{FEATURES}:{hook}"
+
+
+def is_feature_stat(stat: str) -> bool:
+    return stat.startswith(FEATURES + ":")
+
+
+def feature_hook(stat: str) -> str:
+    return stat[len(FEATURES) + 1 :]
+
+
+def feature_info(saes: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """``{hook: {"layer", "d_sae", "labels"}}`` of the dictionaries compared (what a
+    :class:`Comparison` keeps of them: enough to name and show their features)."""
+    from ..capture._saes import sae_hook
+    from ._features import feature_labels
+
+    out: dict[str, dict[str, Any]] = {}
+    for sae in saes:
+        hook = sae_hook(sae)
+        if hook in out:
+            raise ValueError(
+                f"two dictionaries read {hook!r}; compare one dictionary per hook (run compare "
+                "twice to compare two of them)."
+            )
+        d_sae = getattr(sae, "d_sae", None) or getattr(getattr(sae, "cfg", None), "d_sae", None)
+        out[hook] = {
+            "layer": int(hook.split(".")[1]),
+            "d_sae": int(d_sae) if d_sae is not None else None,
+            "labels": {str(k): v for k, v in feature_labels(sae).items()},
+        }
+    return out
 
 
 def _pattern_samples(cap: Any, layer: int, idx: Any, wanted: Any) -> dict[str, np.ndarray]:

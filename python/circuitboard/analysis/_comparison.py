@@ -22,6 +22,10 @@ from ._compare_samples import (
     _image_of,
     _parse_pos,
     _parse_stats,
+    feature_hook,
+    feature_info,
+    feature_stat,
+    is_feature_stat,
     samples_from_capture,
 )
 from ._running_stats import Effect, RunningStats, effect_size
@@ -57,6 +61,10 @@ class Comparison:
     image: dict[str, Any] | None = None
     """Image captures (ViT): ``{"grid": [rows, cols], "patch": side}``; positions are CLS (0)
     and the patches. ``attn_patches`` and ``pixels`` are then held too (see IMAGE_STATS)."""
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dictionaries compared (``compare(..., saes=...)``), by the hook each reads:
+    ``{"layer", "d_sae", "labels": {"index": name}}``; their statistics are
+    ``"features:<hook>"`` ``[d_sae]``."""
 
     def __repr__(self) -> str:
         cats = ", ".join(f"{c!r}: {self.n_prompts.get(c, '?')}" for c in self.categories)
@@ -69,7 +77,23 @@ class Comparison:
     def stat_names(self) -> list[str]:
         """The statistics held (the same for every category)."""
         first = self.stats[self.categories[0]] if self.categories else {}
-        return [s for s in STATS if s in first]
+        return [s for s in STATS if s in first] + [feature_stat(h) for h in self.features]
+
+    def _resolve(self, stat: str) -> str:
+        """``"features"`` as the one dictionary's ``"features:<hook>"``; other names as given."""
+        if stat == "features":
+            if len(self.features) == 1:
+                return feature_stat(next(iter(self.features)))
+            if not self.features:
+                raise ValueError(
+                    "this comparison holds no dictionary features; compare with "
+                    "saes=[sae] (e.g. cb.load_default_saes())."
+                )
+            raise ValueError(
+                f"this comparison holds {len(self.features)} dictionaries; name one: "
+                f"{[feature_stat(h) for h in self.features]}."
+            )
+        return stat
 
     def _check(self, category: str) -> None:
         if category not in self.stats:
@@ -88,7 +112,10 @@ class Comparison:
         return next(iter(self.stats[category].values())).count
 
     def effect(self, a: str, b: str, stat: str = "head_write") -> Effect:
-        """Difference of category ``a`` minus ``b`` for ``stat`` (see :class:`Effect`)."""
+        """Difference of category ``a`` minus ``b`` for ``stat`` (see :class:`Effect`);
+        ``"features"`` names the one dictionary compared, ``"features:<hook>"`` one of
+        several."""
+        stat = self._resolve(stat)
         self._check(a)
         self._check(b)
         self._check_stat(stat)
@@ -156,9 +183,15 @@ class Comparison:
         Each entry: ``label`` (``L3H2``, ``L3 N120``, ``L3``), ``layer`` (model index),
         ``head`` / ``neuron`` where relevant, ``d``, ``t``, ``diff``, ``mean_a``, ``std_a``,
         ``mean_b``, ``std_b``. ``layer`` restricts to one model layer.
+
+        ``stat="features"`` ranks the features of every dictionary compared together (or of
+        the dictionaries at ``layer``); entries carry ``hook``, ``feature``, ``label``
+        (``L9 F120``) and ``name`` (the feature's user label, ``""`` when it has none).
         """
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}.")
+        if stat == "features" or is_feature_stat(stat):
+            return self._top_features(a, b, stat, k, by, layer)
         if stat == "pixels":
             raise ValueError(
                 "pixels has no components to rank; read cmp.effect(a, b, 'pixels') (per "
@@ -198,6 +231,43 @@ class Comparison:
             out.append(entry)
         return out
 
+    def _top_features(
+        self, a: str, b: str, stat: str, k: int, by: str, layer: int | None
+    ) -> list[dict[str, Any]]:
+        if stat == "features":
+            if not self.features:
+                self._resolve(stat)  # the error naming the fix
+            hooks = [h for h, f in self.features.items() if layer is None or f["layer"] == layer]
+            if not hooks:
+                raise IndexError(
+                    f"no dictionary at layer={layer!r}; dictionaries read "
+                    f"{ {h: f['layer'] for h, f in self.features.items()} }."
+                )
+        else:
+            self._check_stat(stat)
+            hooks = [feature_hook(stat)]
+        effects = [self.effect(a, b, feature_stat(h)) for h in hooks]
+        score = np.concatenate(
+            [np.abs(np.nan_to_num(e.measure(by), nan=-1.0, posinf=np.inf)) for e in effects]
+        )
+        starts = np.cumsum([0] + [e.d.shape[0] for e in effects])
+        out = []
+        for i in np.argsort(-score, kind="stable")[:k]:
+            which = int(np.searchsorted(starts, i, side="right") - 1)
+            hook, e, f = hooks[which], effects[which], int(i - starts[which])
+            info = self.features[hook]
+            entry: dict[str, Any] = {
+                "label": f"L{info['layer']} F{f}",
+                "name": info.get("labels", {}).get(str(f), ""),
+                "layer": info["layer"],
+                "hook": hook,
+                "feature": f,
+            }
+            for key in ("d", "t", "diff", "mean_a", "std_a", "mean_b", "std_b"):
+                entry[key] = float(getattr(e, key)[f])
+            out.append(entry)
+        return out
+
     def _key_name(self, key: int) -> str:
         """A key position as a label: ``CLS`` or ``patch row,col`` of an image, else ``#k``."""
         if self.image is None:
@@ -223,10 +293,17 @@ class Comparison:
             dict(self.n_prompts),
             self.model_name,
             self.image,
+            dict(self.features),
         )
         for o in others:
             if not isinstance(o, Comparison):
                 raise TypeError(f"merge takes Comparison objects; got {type(o).__name__}.")
+            if list(o.features) != list(res.features):
+                raise ValueError(
+                    "cannot merge comparisons of different dictionaries: they read "
+                    f"{list(res.features)} and {list(o.features)}. Compare every shard with the "
+                    "same saes=."
+                )
             mine = (res.layers, res.n_heads, res.d_mlp, res.pos, res.stat_names)
             theirs = (o.layers, o.n_heads, o.d_mlp, o.pos, o.stat_names)
             if mine != theirs:
@@ -258,12 +335,15 @@ class Comparison:
             "n_prompts": self.n_prompts,
             "model_name": self.model_name,
             "image": self.image,
+            "features": self.features,
             "counts": {c: {s: v.count for s, v in st.items()} for c, st in self.stats.items()},
         }
         for ci, c in enumerate(self.categories):
-            for s, v in self.stats[c].items():
-                arrays[f"{ci}/{s}/mean"] = v.mean
-                arrays[f"{ci}/{s}/m2"] = v.m2
+            for si, (s, v) in enumerate(self.stats[c].items()):
+                # features:<hook> holds dots; arrays are named by position, meta keeps names
+                name = f"features{si}" if is_feature_stat(s) else s
+                arrays[f"{ci}/{name}/mean"] = v.mean
+                arrays[f"{ci}/{name}/m2"] = v.m2
         # byte-reproducible: the same statistics, the same file
         return save_stamped(path, "comparison", meta, arrays)
 
@@ -276,8 +356,12 @@ class Comparison:
         with decoding(path, "comparison", writer):
             stats = {
                 c: {
-                    s: RunningStats(n, z[f"{ci}/{s}/mean"], z[f"{ci}/{s}/m2"])
-                    for s, n in meta["counts"][c].items()
+                    s: RunningStats(
+                        n,
+                        z[f"{ci}/{_array_name(s, si)}/mean"],
+                        z[f"{ci}/{_array_name(s, si)}/m2"],
+                    )
+                    for si, (s, n) in enumerate(meta["counts"][c].items())
                 }
                 for ci, c in enumerate(meta["categories"])
             }
@@ -291,6 +375,7 @@ class Comparison:
                 meta["n_prompts"],
                 meta["model_name"],
                 meta.get("image"),
+                meta.get("features") or {},
             )
 
     @classmethod
@@ -309,12 +394,29 @@ class Comparison:
         _check_categories(categories, what="captures")
         first = next(iter(categories.values()))[0]
         image = _image_of(categories)
-        stat_list = _parse_stats(stats, image=image is not None)
+        items = None if stats is None else [stats] if isinstance(stats, str) else list(stats)
+        plain = None if items is None else [s for s in items if s != "features"]
+        stat_list = _parse_stats(plain, image=image is not None) if plain != [] else []
         _parse_pos(pos)
         if stats is None and not first.layers("hook_resid_pre"):
             stat_list.remove("resid")  # by default, only what these captures hold
+        saes = dict(getattr(first, "saes", None) or {})
+        if items is not None and "features" in items and not saes:
+            raise ValueError(
+                "stats= asks for 'features' but these captures ran no dictionaries; capture "
+                "with cb.capture(..., saes=[sae])."
+            )
+        features = feature_info(list(saes.values())) if items is None or plain != items else {}
+        stat_list += [feature_stat(h) for h in features]
         info = first.info
-        layer_list = list(layers) if layers is not None else _available_layers(first, stat_list)
+        plain_list = [s for s in stat_list if not is_feature_stat(s)]
+        layer_list = (
+            list(layers)
+            if layers is not None
+            else _available_layers(first, plain_list)
+            if plain_list
+            else []
+        )
         n_heads = (
             info.n_heads
             if info is not None
@@ -326,7 +428,11 @@ class Comparison:
             for cap in caps:
                 acc.add(name, cap)
         names = list(categories)
-        return acc.result(names, n_heads, d_mlp, getattr(info, "model_name", ""), image)
+        return acc.result(names, n_heads, d_mlp, getattr(info, "model_name", ""), image, features)
+
+
+def _array_name(stat: str, index: int) -> str:
+    return f"features{index}" if is_feature_stat(stat) else stat
 
 
 class _Accumulator:
@@ -362,6 +468,7 @@ class _Accumulator:
         d_mlp: int,
         model_name: str,
         image: dict[str, Any] | None = None,
+        features: dict[str, dict[str, Any]] | None = None,
     ) -> Comparison:
         for name in list(self.pending):
             self.flush(name)
@@ -375,6 +482,7 @@ class _Accumulator:
             {c: self.n.get(c, 0) for c in names},
             model_name,
             image,
+            dict(features or {}),
         )
 
 

@@ -43,7 +43,7 @@ def feature_selection(features: Any) -> tuple[Any, list[int]]:
 class FeatureReader:
     """Reads the selected features of one dictionary (same interface as the neuron reader)."""
 
-    def __init__(self, model: Any, sae: Any, ids: Sequence[int]) -> None:
+    def __init__(self, model: Any, sae: Any, ids: Sequence[int], cofiring: bool = False) -> None:
         from ..capture._saes import locate_hook, sae_hook
         from ..capture.adapters import get_adapter
 
@@ -51,7 +51,9 @@ class FeatureReader:
         self.model, self.sae = model, sae
         self.point = locate_hook(model, adapter, sae_hook(sae), adapter.n_blocks(model))
         self.ids = list(ids)
+        self.cofiring = cofiring
         self.got: Any = None
+        self.fire: Any = None  # [B, T, d_sae] bool: which features fire (cofiring only)
         self.handle: Any = None
 
     def __enter__(self) -> FeatureReader:
@@ -67,6 +69,8 @@ class FeatureReader:
             flat = x.reshape(*x.shape[:2], -1).to(device=ref.device, dtype=ref.dtype)
             acts = self.sae.encode(flat)
             self.got = acts[..., idx.to(acts.device)].detach().to("cpu", torch.float32)
+            if self.cofiring:
+                self.fire = (acts > 0).to("cpu")
             raise _Stop  # nothing after the hook is needed
 
         self.handle = _register(self.point, read)
@@ -84,6 +88,48 @@ class FeatureReader:
         device = next(self.model.parameters()).device
         ids, lens = forward_rows(self.model, rows, pad_id, device)
         return self.got, ids, lens
+
+
+MAX_COFIRING_BYTES = 1 << 30
+"""Largest co-firing count matrix (``[features, d_sae]`` int64) a scan keeps."""
+
+
+def check_cofiring(n: int, d_sae: int) -> None:
+    """Refuse a co-firing matrix larger than :data:`MAX_COFIRING_BYTES`, saying the fix."""
+    size = 8 * n * d_sae
+    if size > MAX_COFIRING_BYTES:
+        raise ValueError(
+            f"co-firing counts for {n} features × d_sae={d_sae} would take {size / 2**30:.1f} "
+            f"GiB (int64); select fewer features (features=(sae, ids) with up to "
+            f"{MAX_COFIRING_BYTES // (8 * d_sae)} ids) or pass cofiring=False."
+        )
+
+
+def add_cofiring(counts: Any, fire: Any, ids: Sequence[int]) -> Any:
+    """``counts[i, j] +=`` the tokens of ``fire`` (``[N, d_sae]`` bool, the counted tokens)
+    on which selected feature ``ids[i]`` and feature ``j`` both fire.
+
+    A sparse × dense product of 0/1 values in float32: exact, since a batch holds far fewer
+    than 2^24 tokens; the firing mask of a sparse dictionary is sparse, so the cost is
+    ``active × d_sae`` per token, not ``features × d_sae``.
+    """
+    import torch
+
+    if fire.shape[0] == 0:
+        return counts
+    cols = torch.as_tensor([int(i) for i in ids], dtype=torch.long)
+    sel = fire.index_select(1, cols).T.to(torch.float32).to_sparse()  # [n, N]
+    both = torch.sparse.mm(sel, fire.to(torch.float32))  # [n, d_sae]
+    return counts + both.round().to(torch.int64)
+
+
+def cofiring_top(counts: np.ndarray, row: int, feature: int, k: int) -> list[tuple[int, int]]:
+    """The ``k`` features firing most often with ``feature`` (row ``row`` of ``counts``):
+    ``(index, tokens)``, most first, ties to the smaller index, itself and zeros left out."""
+    c = np.asarray(counts[row], dtype=np.int64).copy()
+    c[int(feature)] = 0
+    order = np.lexsort((np.arange(len(c)), -c))[:k]
+    return [(int(j), int(c[j])) for j in order if c[j] > 0]
 
 
 def feature_directions(

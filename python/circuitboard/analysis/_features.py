@@ -217,10 +217,16 @@ def _covered(hook: str, labels: list[str], biases: dict[str, float]) -> tuple[se
 
 
 def split_by_features(
-    cap: Any, attr: Any, saes: dict[str, Any], direction: torch.Tensor
+    cap: Any,
+    attr: Any,
+    saes: dict[str, Any],
+    direction: torch.Tensor,
+    decoders: dict[str, Any] | None = None,
 ) -> dict[str, FeatureAttribution]:
     """Per dictionary (by hook its output lands at), the :class:`FeatureAttribution` of
-    ``attr`` (one position; ``direction`` ``[d_model]`` as the attribution used it)."""
+    ``attr`` (one position; ``direction`` ``[d_model]`` as the attribution used it).
+    ``decoders``: a dict this fills with each dictionary's float64 decoder, so that calls for
+    many positions read it once."""
     from ..capture._saes import sae_hook_out, sae_names
 
     out: dict[str, FeatureAttribution] = {}
@@ -237,7 +243,13 @@ def split_by_features(
         elif path == "z":
             W_O = cap.weights[f"blocks.{layer}.attn.W_O"].detach().to("cpu", torch.float64)
             eff = (W_O @ direction).reshape(-1)
-        W_dec, b_dec = decoder_matrix(sae)
+        if decoders is None or hook not in decoders:
+            dec = decoder_matrix(sae)
+            if decoders is not None:
+                decoders[hook] = dec
+        else:
+            dec = decoders[hook]
+        W_dec, b_dec = dec
         acts = feature_acts(cap, hook, [attr.pos])[0].double()
         error = cap.tensors[sae_names(hook)["hook_sae_error"]][attr.pos].detach().double()
         rest = sum(

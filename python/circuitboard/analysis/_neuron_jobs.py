@@ -64,6 +64,7 @@ def top_activations_sharded(
             "special": texts_plan.special,
             "pad_id": texts_plan.pad_id,
             "features": options["features"][0] if options.get("features") else None,
+            "cofiring": options.get("cofiring", False),
         }
         jobs = [
             Job(

@@ -171,6 +171,7 @@ def scan_texts(
     pad_id: int,
     bar: Any = None,
     features: Any = None,
+    cofiring: bool = False,
 ) -> TopActivations:
     """A partial :class:`TopActivations` of some batches (texts indexed globally).
 
@@ -178,7 +179,9 @@ def scan_texts(
     partial has no texts, vocabulary or logit effects yet; :meth:`TopActivations.merge` combines
     partials and :func:`finish_top_activations` completes the merged one. ``edges`` fixes the
     histogram's bins (:func:`histogram_edges`); with ``None`` they follow the data on a
-    power-of-two lattice of ``bins`` cells (:func:`lattice_width`).
+    power-of-two lattice of ``bins`` cells (:func:`lattice_width`). ``features``: the
+    dictionary whose features ``sel`` names; ``cofiring``: also count, per selected feature,
+    the tokens on which each feature of the dictionary fires with it (``cofire``).
     """
     import torch
 
@@ -206,10 +209,15 @@ def scan_texts(
         w_l = np.ones(n)
         k0_l = np.zeros(n, dtype=np.int64)
     offs = torch.arange(-before, after + 1)
+    cofire = None
     if features is not None:  # a dictionary's features (sel: (layer, feature index))
-        from ._feature_scan import FeatureReader
+        from ._feature_scan import FeatureReader, add_cofiring, check_cofiring
 
-        reader_ctx: Any = FeatureReader(model, features, [i for _, i in sel])
+        feature_ids = [i for _, i in sel]
+        reader_ctx: Any = FeatureReader(model, features, feature_ids, cofiring=cofiring)
+        if cofiring:
+            check_cofiring(n, int(features.d_sae))
+            cofire = torch.zeros((n, int(features.d_sae)), dtype=torch.long)
     else:
         reader_ctx = _NeuronReader(model, sel)
     with reader_ctx as reader:
@@ -246,6 +254,8 @@ def scan_texts(
                 positive += (flat > 0).sum(0)
                 vmin = torch.minimum(vmin, flat.min(0).values)
                 vmax = torch.maximum(vmax, flat.max(0).values)
+                if cofire is not None:  # the same tokens as every other statistic
+                    cofire = add_cofiring(cofire, reader.fire[valid], feature_ids)
             masked = acts.masked_fill(~valid[..., None], -torch.inf)
             bv, bp = masked.max(dim=1)  # [B, n]: each text's maximum (first position on ties)
             # context windows around each text's maximum, for every (text, neuron)
@@ -295,6 +305,7 @@ def scan_texts(
         positive=positive.numpy(),
         hist_below=below.numpy(),
         hist_above=above.numpy(),
+        cofire=None if cofire is None else cofire.numpy(),
     )
 
 

@@ -134,6 +134,7 @@ def top_activations(
     checkpoint: Any = None,
     ray_address: str | None = None,
     features: Any = None,
+    cofiring: bool = True,
 ) -> TopActivations:
     """Run ``model`` over ``texts`` and keep, per neuron, its top-``k`` texts and a histogram.
 
@@ -165,6 +166,9 @@ def top_activations(
         Dictionary features instead of neurons: the same statistics of ``sae.encode`` at its
         hook (the forward stops there), entries keyed ``(sae.layer, feature)``, logit effects
         through the decoder rows (:mod:`circuitboard.analysis._feature_scan`).
+    cofiring : with ``features=``, also count per selected feature the tokens on which each
+        feature of the dictionary fires with it (``top.cofire``, ``top.cofiring(layer, f)``;
+        ``[ids, d_sae]`` int64, summed exactly across shards). ``False`` skips it.
     engine, workers, gpus_per_worker, shards, checkpoint, ray_address
         Where the batches run: ``"serial"`` (this process), ``"processes"`` (a local process
         pool) or ``"ray"``; see :func:`circuitboard.compare` for the shared options.
@@ -203,6 +207,7 @@ def top_activations(
         if neurons is not None or layers is not None:
             raise ValueError("give features=(sae, ids) or neurons= / layers=, not both.")
         options["features"] = feature_selection(features)
+        options["cofiring"] = bool(cofiring)
     if (
         engine != "serial"
         or shards is not None
@@ -238,6 +243,7 @@ def top_activations(
             pad_id=plan.pad_id,
             bar=bar,
             features=options["features"][0] if options.get("features") else None,
+            cofiring=options.get("cofiring", False),
         )
     finally:
         if bar is not None:
@@ -257,14 +263,27 @@ def neuron_setup(
         layer = int(sae.hook.split(".")[1]) if layer is None else int(layer)
         sel = [(layer, i) for i in ids]
         edges = histogram_edges(len(sel), bins=options["bins"], hist_range=options["hist_range"])
-        effects = feature_logit_effects(
+        effects: dict[str, Any] = feature_logit_effects(
             model, sae, ids, k=options["n_logits"], through_norm=options["through_norm"]
         )
+        effects["dictionary"] = dictionary_info(sae)
         return sel, edges, effects, model_name(model)
     sel = _neuron_list(model, options["neurons"], options["layers"])
     edges = histogram_edges(len(sel), bins=options["bins"], hist_range=options["hist_range"])
     effects = logit_effects(model, sel, k=options["n_logits"], through_norm=options["through_norm"])
     return sel, edges, effects, model_name(model)
+
+
+def dictionary_info(sae: Any) -> dict[str, Any]:
+    """What records of a dictionary's features keep of it: its hook, size and labels."""
+    from ..capture._saes import sae_hook
+    from ._features import feature_labels
+
+    return {
+        "hook": sae_hook(sae),
+        "d_sae": int(sae.d_sae),
+        "labels": {str(i): v for i, v in feature_labels(sae).items()},
+    }
 
 
 def neuron_directions(

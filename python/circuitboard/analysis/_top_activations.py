@@ -48,6 +48,11 @@ class TopActivations:
     promoted_ids, promoted, suppressed_ids, suppressed : ``[n, m]`` the neuron's direct logit
         effect (``W_out[neuron] @ W_U``, through the final norm's weight), largest first.
     vocab : dict id → token text, for every id above.
+    cofire : ``[n, d_sae]`` int64, dictionary features only (``top_activations(...,
+        features=(sae, ids))``): ``cofire[i, j]`` counts the tokens on which row ``i``'s feature
+        and feature ``j`` both fire (``cofire[i, f_i]``: the tokens ``f_i`` fires on). Parts
+        add up exactly; :meth:`cofiring` ranks a row.
+    dictionary : dictionary features only: ``{"hook", "d_sae", "labels": {"index": name}}``.
     """
 
     neurons: list[tuple[int, int]]
@@ -76,6 +81,8 @@ class TopActivations:
     positive: np.ndarray | None = None
     hist_below: np.ndarray | None = None
     hist_above: np.ndarray | None = None
+    cofire: np.ndarray | None = None
+    dictionary: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -123,6 +130,38 @@ class TopActivations:
             )
         return out
 
+    def cofiring(self, layer: int, feature: int, k: int = 8) -> list[dict[str, Any]]:
+        """The ``k`` features that fire most often on the tokens where ``feature`` fires.
+
+        Each: ``feature``, ``count`` (tokens on which both fire), ``fraction`` (of the tokens
+        ``feature`` fires on) and ``label`` (the dictionary's name for it, ``""`` if none).
+
+        >>> top.cofiring(9, 120, k=2)  # doctest: +SKIP
+        [{'feature': 77, 'count': 412, 'fraction': 0.61, 'label': ''}, ...]
+        """
+        from ._feature_scan import cofiring_top
+
+        if self.cofire is None:
+            raise ValueError(
+                "these records hold no co-firing counts: they are of neurons, or were made "
+                "with cofiring=False. Run cb.top_activations(model, tok, texts, "
+                "features=(sae, ids)) (co-firing is counted by default)."
+            )
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}.")
+        i = self.index(layer, feature)
+        own = int(self.cofire[i, int(feature)])
+        labels = (self.dictionary or {}).get("labels", {})
+        return [
+            {
+                "feature": j,
+                "count": c,
+                "fraction": c / own if own else 0.0,
+                "label": labels.get(str(j), ""),
+            }
+            for j, c in cofiring_top(self.cofire, i, feature, k)
+        ]
+
     def save(self, path: Any) -> None:
         """Write to one ``.npz`` file (no pickle); read back with :meth:`load`."""
         import json
@@ -137,6 +176,7 @@ class TopActivations:
             "texts": self.texts,
             "vocab": {str(k): v for k, v in self.vocab.items()},
             "model_name": self.model_name,
+            "dictionary": self.dictionary,
         }
         from .._npz import save_npz  # byte-reproducible: the same results, the same file
 
@@ -158,6 +198,7 @@ class TopActivations:
                 texts=list(meta["texts"]),
                 vocab={int(k): v for k, v in meta["vocab"].items()},
                 model_name=meta.get("model_name", ""),
+                dictionary=meta.get("dictionary"),
                 **arrays,
             )
 
@@ -225,6 +266,12 @@ class TopActivations:
         positive = _positives(self) + _positives(o)
         below, above = (a + b for a, b in zip(_outside(self), _outside(o), strict=True))
         c = max(m.count, 1)
+        if (self.cofire is None) != (o.cofire is None):
+            raise ValueError(
+                "cannot merge records with and without co-firing counts; run every part with "
+                "the same cofiring=."
+            )
+        cofire = None if self.cofire is None else self.cofire + o.cofire
         logits = self if self.promoted_ids.shape[1] or not o.promoted_ids.shape[1] else o
         return dataclasses.replace(
             self,
@@ -253,6 +300,8 @@ class TopActivations:
             positive=positive,
             hist_below=below,
             hist_above=above,
+            cofire=cofire,
+            dictionary=self.dictionary or o.dictionary,
         )
 
     def dashboard(self, neuron: tuple[int, int] | None = None, **kwargs: Any) -> Any:

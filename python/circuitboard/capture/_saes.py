@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .adapters._base import Adapter, get_module
 
@@ -141,6 +142,51 @@ def check_fits(sae: Any, d_in: int, hook: str) -> None:
         )
 
 
+def _topk_sparse(
+    sae: Any, xs: torch.Tensor, lengths: list[int]
+) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+    """A ``cb.SAE`` of kind ``topk``, encoded and decoded without its dense ``[pos, d_sae]``
+    activations: per row of the batch (its first ``lengths[r]`` positions: padding left out)
+    the sparse activations (the values ``encode`` gives,
+    zeros left out) and the reconstruction ``acts @ W_dec + b_dec`` as a sparse product (``k``
+    rows of ``W_dec`` per token instead of all ``d_sae``; equal to ``decode`` up to float
+    rounding, and ``recons + error`` is the hooked tensor exactly either way). None for any
+    other dictionary: it goes through its own ``encode`` / ``decode``."""
+    from ..dictionaries._sae import SAE
+
+    if not (isinstance(sae, SAE) and sae.kind == "topk"):
+        return None
+    if type(sae).encode is not SAE.encode or type(sae).decode is not SAE.decode:
+        return None  # a subclass that changes the maths: run it as it says
+    B, T, _ = xs.shape
+    pre = sae.pre_activations(xs)  # [B, T, d_sae]
+    vals, idx = pre.topk(sae.k, dim=-1, sorted=False)
+    del pre
+    idx, order = idx.sort(-1)  # features in index order: each row's COO is born coalesced
+    vals = torch.relu(vals.gather(-1, order))  # as encode: the k largest, ReLU'd
+    flat_idx, flat_vals = idx.reshape(B * T, -1), vals.reshape(B * T, -1)
+    # k weighted rows of W_dec per token (embedding_bag: no [pos, d_sae] tensor, no scan)
+    recons = F.embedding_bag(flat_idx, sae.W_dec, per_sample_weights=flat_vals, mode="sum")
+    recons = recons + sae.b_dec
+    if sae.W_skip is not None:
+        recons = recons + sae._input(xs.reshape(B * T, -1)) @ sae.W_skip.T
+    out = []
+    for r, n in enumerate(lengths):
+        v, i = vals[r, :n], idx[r, :n]
+        keep = v > 0
+        pos = torch.arange(n, device=xs.device)[:, None].expand(n, sae.k)[keep]
+        out.append(
+            torch.sparse_coo_tensor(
+                torch.stack([pos, i[keep]]).to("cpu"),
+                v[keep].to("cpu", torch.float32),
+                (n, sae.d_sae),
+                is_coalesced=True,  # rows in order, columns sorted and unique within a row
+                check_invariants=False,
+            )
+        )
+    return out, recons.reshape(B, T, -1)
+
+
 def _sparse_rows(acts: torch.Tensor) -> torch.Tensor:
     """``[pos, d_sae]`` as a coalesced sparse COO tensor, float32, on CPU."""
     acts = acts.detach().to("cpu", torch.float32)
@@ -200,14 +246,19 @@ class SaeHooks:
             check_fits(sae, flat.shape[-1], hook)
             dtype, device = _param_dtype(sae, flat.dtype), _param_device(sae, flat.device)
             xs = flat.to(device=device, dtype=dtype)  # the dictionary's device and dtype
-            acts = sae.encode(xs)
-            # skip transcoders add x @ W_skip.T: their decode needs the input too
-            skip = getattr(sae, "W_skip", None) is not None
-            recons = sae.decode(acts, xs) if skip else sae.decode(acts)
+            fast = _topk_sparse(sae, xs, [n for _, n in rec.rows])
+            if fast is not None:
+                rows, recons = fast
+            else:
+                acts = sae.encode(xs)
+                # skip transcoders add x @ W_skip.T: their decode needs the input too
+                skip = getattr(sae, "W_skip", None) is not None
+                recons = sae.decode(acts, xs) if skip else sae.decode(acts)
+                rows = [_sparse_rows(acts[r, :n]) for r, (_, n) in enumerate(rec.rows)]
             for r, (idx, n) in enumerate(rec.rows):
                 rec.store[idx][names["hook_sae_input"]] = rec._copy(flat[r, :n])
-                rec.store[idx][names["hook_sae_acts_post"]] = _sparse_rows(acts[r, :n])
-            return acts, recons
+                rec.store[idx][names["hook_sae_acts_post"]] = rows[r]
+            return None, recons
 
         def finish(target: torch.Tensor, recons: torch.Tensor) -> torch.Tensor | None:
             flat = target.reshape(*target.shape[:2], -1).to(recons.device)

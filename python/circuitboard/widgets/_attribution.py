@@ -9,6 +9,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode, to_numpy
+from ._validate import displayable
 from ._view import View, pack
 
 N_TOP = 12
@@ -67,6 +68,7 @@ class LogitAttributionView(View):
     _layers = traitlets.Dict().tag(sync=True)  # Encoded float32 [2, layers]: attn, mlp
     _terms = traitlets.List().tag(sync=True)  # [[label, value]] for embed / pos_embed / bias
     _top_neurons = traitlets.List().tag(sync=True)  # [[layer, neuron, value]] over all layers
+    _top_features = traitlets.List().tag(sync=True)  # [[hook, layer, feature, value, label]]
     pos = traitlets.Int(-1).tag(sync=True)
     """The position shown first (the attribution's own)."""
     positions = traitlets.List(traitlets.Int()).tag(sync=True)
@@ -119,6 +121,7 @@ class LogitAttributionView(View):
             _layers=encode(np.stack([attn, mlp]), "float32"),
             _terms=terms,
             _top_neurons=self._top(None, N_TOP),
+            _top_features=_top_features(attribution, N_TOP),
             pos=int(getattr(attribution, "pos", -1)),
             **kwargs,
         )
@@ -225,7 +228,25 @@ def _summary(attr: Any, n_layers: int) -> dict[str, Any]:
         "terms": _terms(list(attr.labels), values),
         "top_neurons": top,
         "layer_top": layer_top,
+        "top_features": _top_features(attr, N_TOP),
     }
+
+
+def _top_features(attr: Any, k: int) -> list[list[Any]]:
+    """The ``k`` features with the largest absolute direct contribution over every
+    dictionary split into the attribution (``direct_logit_attribution(..., saes=...)``):
+    ``[hook read, layer, feature, value, label]``; labels as text (no lone surrogates)."""
+    found = getattr(attr, "_features", None) or {}
+    rows = []
+    for fa in found.values():
+        layer = int(fa.hook.split(".")[1])
+        names = fa.names or {}
+        for i in np.argsort(-np.abs(fa.values), kind="stable")[:k]:
+            v = float(fa.values[i])
+            if v != 0.0:
+                rows.append([fa.hook, layer, int(i), v, displayable(names.get(int(i), ""))])
+    rows.sort(key=lambda r: -abs(r[3]))  # stable: dictionaries in order on ties
+    return rows[:k]
 
 
 def _terms(labels: list[str], values: np.ndarray) -> list[list[Any]]:

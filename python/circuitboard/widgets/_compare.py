@@ -8,6 +8,7 @@ import numpy as np
 import traitlets
 
 from ._codec import encode
+from ._validate import displayable
 from ._view import View, image_state, pack
 
 N_TOP = 12
@@ -15,6 +16,7 @@ MEASURES = ("d", "t", "diff")
 _HEAD_STATS = ("head_write", "attn_first", "attn_prev", "attn_entropy")
 _LAYER_STATS = ("attn_out", "mlp_out")
 _COLUMNS = ("layer", "neuron", "d", "t", "diff", "mean_a", "std_a", "mean_b", "std_b")
+_FEATURE_COLUMNS = ("layer", "feature", "d", "t", "diff", "mean_a", "std_a", "mean_b", "std_b")
 
 
 class CompareView(View):
@@ -23,10 +25,12 @@ class CompareView(View):
     A layers × heads heatmap of the chosen measure (Cohen's ``d``, Welch's ``t`` or the
     difference of means ``diff``) of a head statistic between category ``a`` and ``b``
     (blue: higher in ``a``), per-layer bars for the attention and MLP output norms, and the
-    top differing neurons. The pickers switch categories, statistic and measure in the
-    browser (also in a static report). Hover shows the value with both categories'
-    mean ± std and n; clicking a head selects ``{layer, head}`` on the link (a linked
-    attention view opens it), clicking a neuron selects ``{layer, neuron}``.
+    top differing neurons and, for a comparison made with ``saes=``, the top differing
+    dictionary features (with their labels, as text). The pickers switch categories,
+    statistic and measure in the browser (also in a static report). Hover shows the value
+    with both categories' mean ± std and n; clicking a head selects ``{layer, head}`` on the
+    link (a linked attention view opens it), clicking a neuron selects ``{layer, neuron}``,
+    clicking a feature ``{layer, dictionary, feature}`` (a linked features view shows it).
 
     A comparison of image categories (a ViT) also shows each category's mean image as its
     patch grid, and for the selected head (default: the top one) where its sample position
@@ -45,7 +49,10 @@ class CompareView(View):
     measure : str
         ``"d"`` (default), ``"t"`` or ``"diff"``.
     k : int
-        Neurons listed.
+        Neurons (and features) listed.
+    labels : dictionaries, optional
+        ``cb.SAE`` objects (one or a list) whose current labels name their features in the
+        list, in place of those the comparison recorded when it was made.
 
     Examples
     --------
@@ -80,6 +87,8 @@ class CompareView(View):
     head_stats = traitlets.List().tag(sync=True)  # [[name, description]]
     layer_stats = traitlets.List().tag(sync=True)  # [[name, description]]
     has_neurons = traitlets.Bool(False).tag(sync=True)
+    feature_dicts = traitlets.List().tag(sync=True)
+    """The dictionaries compared: ``[[hook, layer], ...]`` (``[]``: no features)."""
     images = traitlets.List().tag(sync=True)
     """Image comparisons: each category's mean image as a patch grid; ``[]`` for text."""
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
@@ -88,7 +97,10 @@ class CompareView(View):
     _heads = traitlets.Dict().tag(sync=True)  # float32 [stats, categories, 2 (mean, std), L, H]
     _layer_vals = traitlets.Dict().tag(sync=True)  # float32 [stats, categories, 2, L]
 
-    _fetchers: ClassVar[dict[str, str]] = {"fetch-neurons": "_fetch_neurons"}
+    _fetchers: ClassVar[dict[str, str]] = {
+        "fetch-neurons": "_fetch_neurons",
+        "fetch-features": "_fetch_features",
+    }
 
     def __init__(
         self,
@@ -99,6 +111,7 @@ class CompareView(View):
         stat: str = "head_write",
         measure: str = "d",
         k: int = N_TOP,
+        labels: Any = None,
         **kwargs: Any,
     ) -> None:
         try:
@@ -138,6 +151,7 @@ class CompareView(View):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}.")
         self._cmp = comparison
+        self._names = _feature_names(comparison, labels)
         desc = _descriptions()
 
         def moments(names: list[str]) -> np.ndarray:
@@ -175,6 +189,10 @@ class CompareView(View):
             head_stats=[[s, desc.get(s, s)] for s in hstats],
             layer_stats=[[s, desc.get(s, s)] for s in lstats],
             has_neurons="neurons" in held,
+            feature_dicts=[
+                [h, int(f["layer"])]
+                for h, f in (getattr(comparison, "features", None) or {}).items()
+            ],
             images=images,
             tokens=tokens,
             _patch_attn=patch_attn,
@@ -233,19 +251,78 @@ class CompareView(View):
         )
         return pack(layer=layer, rows=encode(rows, "float32"))
 
+    def _fetch_features(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        """The top features of every dictionary (``layer`` None) or of those at ``layer``:
+        rows of :data:`_FEATURE_COLUMNS` plus each one's hook and label (text)."""
+        cats = self.categories
+        ai, bi, by, layer = msg.get("a"), msg.get("b"), msg.get("by", "d"), msg.get("layer")
+        for name, v in (("a", ai), ("b", bi)):
+            if not isinstance(v, int) or not 0 <= v < len(cats):
+                raise IndexError(f"{name}={v!r} is not a category index; there are {len(cats)}.")
+        if not self.feature_dicts:
+            raise ValueError("this comparison has no feature statistics (compare with saes=[sae]).")
+        if layer is not None and layer not in {lyr for _, lyr in self.feature_dicts}:
+            layer = None  # a layer without a dictionary: every dictionary's features
+        top = self._cmp.top(cats[ai], cats[bi], "features", k=int(self.k), by=by, layer=layer)
+        rows = np.array([[t[c] for c in _FEATURE_COLUMNS] for t in top], dtype=np.float32).reshape(
+            -1, len(_FEATURE_COLUMNS)
+        )
+        return pack(
+            layer=layer,
+            rows=encode(rows, "float32"),
+            hooks=[t["hook"] for t in top],
+            names=[
+                displayable(self._names.get(t["hook"], {}).get(str(t["feature"]), t["name"]))
+                for t in top
+            ],  # fmt: skip
+        )
+
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
-        if not self.has_neurons:
-            return []
         n = len(self.categories)
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
         first = (self.categories.index(self.a), self.categories.index(self.b))
         pairs.sort(key=lambda p: p != first)
         reqs = []
-        for layer in [None, *self.layers]:
-            for by in MEASURES:
-                for i, j in pairs:
-                    reqs.append({"kind": "fetch-neurons", "a": i, "b": j, "by": by, "layer": layer})
+        if self.has_neurons:
+            for layer in [None, *self.layers]:
+                for by in MEASURES:
+                    for i, j in pairs:
+                        reqs.append(
+                            {"kind": "fetch-neurons", "a": i, "b": j, "by": by, "layer": layer}
+                        )
+        if self.feature_dicts:
+            for layer in [None, *sorted({lyr for _, lyr in self.feature_dicts})]:
+                for by in MEASURES:
+                    for i, j in pairs:
+                        reqs.append(
+                            {"kind": "fetch-features", "a": i, "b": j, "by": by, "layer": layer}
+                        )
         return reqs
+
+
+def _feature_names(comparison: Any, labels: Any) -> dict[str, dict[str, str]]:
+    """``{hook: {"index": name}}``: the comparison's recorded labels, updated from the
+    dictionaries in ``labels`` (their current ``labels``)."""
+    from ..analysis._features import feature_labels
+    from ..capture._saes import sae_hook
+
+    names = {
+        h: dict(f.get("labels", {}))
+        for h, f in (getattr(comparison, "features", None) or {}).items()
+    }
+    if labels is None:
+        return names
+    items = labels if isinstance(labels, list | tuple) else [labels]
+    for sae in items:
+        hook = sae_hook(sae)
+        if hook not in names:
+            raise ValueError(
+                f"labels= has a dictionary reading {hook!r}, which this comparison did not "
+                f"compare (it compared {list(names)}); pass the dictionaries given to "
+                "cb.compare(..., saes=...)."
+            )
+        names[hook] = {str(i): v for i, v in feature_labels(sae).items()}
+    return names
 
 
 def _descriptions() -> dict[str, str]:

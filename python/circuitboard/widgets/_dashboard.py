@@ -8,11 +8,13 @@ import numpy as np
 import traitlets
 
 from ._codec import encode
+from ._validate import displayable
 from ._view import View, pack
 
 if TYPE_CHECKING:
     from ..analysis._neurons import TopActivations
 
+N_COFIRING = 8  # co-firing features listed per feature
 MAX_EXPORT = 256  # dashboards in a report: more is rarely browsed and costs ~10 kB each
 REQUIRED = (
     "neurons",
@@ -59,11 +61,16 @@ class NeuronDashboard(View):
     """Texts the records were computed over."""
     model_name = traitlets.Unicode("").tag(sync=True)
     """Name of the model, shown in the header."""
+    dictionary = traitlets.Dict().tag(sync=True)
+    """Dictionary features: ``{"hook", "labels": {"index": name}}`` (labels shown as text);
+    ``{}`` for neurons."""
     _initial = traitlets.Dict().tag(sync=True)  # first paint: {layer, neuron, card}
 
     _fetchers: ClassVar[dict[str, str]] = {"fetch-neuron-card": "_fetch_card"}
 
-    def __init__(self, top: TopActivations, *, neuron: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, top: TopActivations, *, neuron: Any = None, labels: Any = None, **kwargs: Any
+    ) -> None:
         missing = [a for a in REQUIRED if not hasattr(top, a)]
         if missing:
             raise TypeError(
@@ -76,6 +83,13 @@ class NeuronDashboard(View):
                 "these records hold no neurons; run top_activations with neurons=[...]."
             )
         self._top = top
+        info = dict(getattr(top, "dictionary", None) or {})
+        if labels is not None:
+            info["labels"] = {**info.get("labels", {}), **_labels_of(labels)}
+        # no page can show a lone surrogate, and Jupyter cannot send one
+        self._labels: dict[str, str] = {
+            k: displayable(v) for k, v in info.get("labels", {}).items()
+        }
         link = kwargs.get("link")
         if neuron is None and link is not None and (link.layer, link.neuron) in top.neurons:
             neuron = (link.layer, link.neuron)
@@ -89,6 +103,9 @@ class NeuronDashboard(View):
             neurons=[[int(a), int(b)] for a, b in top.neurons],
             n_texts=len(top.texts),
             model_name=str(getattr(top, "model_name", "") or ""),
+            dictionary=(
+                {"hook": str(info.get("hook", "")), "labels": self._labels} if info else {}
+            ),
             _initial={"layer": layer, "neuron": idx, "card": self._card_fields(layer, idx)},
             **kwargs,
         )
@@ -100,7 +117,17 @@ class NeuronDashboard(View):
         top = self._top
         i = top.index(layer, neuron)
         examples = top.examples(layer, neuron)
+        extra: dict[str, Any] = {}
+        if getattr(top, "dictionary", None) is not None:
+            extra["label"] = self._labels.get(str(int(neuron)), "")
+        if getattr(top, "cofire", None) is not None:
+            extra["fires"] = int(top.cofire[i, int(neuron)])
+            extra["cofiring"] = [
+                [c["feature"], c["count"], c["fraction"], self._labels.get(str(c["feature"]), "")]
+                for c in top.cofiring(layer, neuron, k=N_COFIRING)
+            ]
         return {
+            **extra,
             "layer": int(layer),
             "neuron": int(neuron),
             "examples": examples,
@@ -127,6 +154,10 @@ class NeuronDashboard(View):
                 for t, v in zip(top.suppressed_ids[i], top.suppressed[i], strict=True)
             ],
         }
+
+    def label(self, feature: int) -> str:
+        """The name shown for a feature (``""`` when it has none)."""
+        return self._labels.get(str(int(feature)), "")
 
     def _card_fields(self, layer: int, neuron: int) -> dict[str, Any]:
         c = self.card(layer, neuron)
@@ -174,3 +205,19 @@ class NeuronDashboard(View):
                 "those with the largest activations)."
             ]
         return []
+
+
+def _labels_of(labels: Any) -> dict[str, str]:
+    """``labels=`` as ``{"index": name}``: a dictionary (its ``labels``), a dict or a list."""
+    from ..analysis._features import feature_labels
+
+    if isinstance(labels, dict):
+        return {str(int(k)): str(v) for k, v in labels.items()}
+    if isinstance(labels, list | tuple):
+        return {str(i): str(v) for i, v in enumerate(labels) if str(v) != f"f{i}"}
+    if hasattr(labels, "labels") or hasattr(labels, "metadata"):
+        return {str(k): v for k, v in feature_labels(labels).items()}
+    raise TypeError(
+        f"labels= takes a dictionary (cb.SAE, whose .labels are used), a dict {{index: name}} "
+        f"or a list of names; got {type(labels).__name__}."
+    )

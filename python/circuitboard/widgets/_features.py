@@ -346,14 +346,17 @@ def feature_dashboard(
     *,
     features: Any = None,
     feature: int | None = None,
+    labels: Any = None,
     **kwargs: Any,
 ) -> Any:
     """The neuron dashboard over dictionary features: top examples, histogram, density, logit
-    effects through the final norm's weight.
+    effects through the final norm's weight, the features that fire with it most often, and
+    each feature's label (as text).
 
     Pass ``cb.top_activations(model, tok, texts, features=(sae, ids))``, or a model, its
     tokenizer, texts and ``features=(sae, ids)``. ``feature`` picks the one shown first (its
-    entry is ``(sae layer, feature)``).
+    entry is ``(sae layer, feature)``). ``labels``: names to show instead of those recorded
+    with the records (a ``cb.SAE`` whose ``labels`` were edited since, a dict or a list).
 
     Examples
     --------
@@ -385,4 +388,4 @@ def feature_dashboard(
             raise IndexError(f"feature {feature} is not in these records; they hold "
                              f"{[i for _, i in top.neurons][:8]} ...")  # fmt: skip
         neuron = (layer, int(feature))
-    return neuron_dashboard(top, neuron=neuron, **kwargs)
+    return neuron_dashboard(top, neuron=neuron, labels=labels, **kwargs)
