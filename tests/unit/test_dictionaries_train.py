@@ -196,3 +196,21 @@ def test_training_refuses_what_it_cannot_do() -> None:
             pass
     with pytest.raises(ValueError, match="2-D tensor"):
         fit_sae(torch.zeros(4, 2, 8), d_sae=8)
+
+
+def test_sink_rows_are_left_out_of_training() -> None:
+    from circuitboard.dictionaries._train import sink_rows
+
+    gen = torch.Generator().manual_seed(0)
+    acts = {"a": torch.randn(100, 8, generator=gen), "b": torch.randn(100, 8, generator=gen)}
+    acts["a"][7] *= 40  # a sink at one hook is a sink for the dictionary
+    acts["b"][42] *= 40
+    assert sink_rows(acts, 5.0).nonzero().flatten().tolist() == [7, 42]
+    model, tok = tiny_smollm()
+    texts = CORPUS * 8
+    kw = dict(hook="blocks.0.hook_resid_post", d_sae=16, k=2, tokens=240, batch_size=60,
+              buffer_tokens=120, seq_len=16, progress=False)  # fmt: skip
+    kept = train_sae(model, tok, texts, **kw, sink_ratio=1.0)  # the median itself: about half
+    assert kept.metadata["training"]["sink_rows_dropped"] > 60
+    everything = train_sae(model, tok, texts, **kw, sink_ratio=None)
+    assert everything.metadata["training"]["sink_rows_dropped"] == 0

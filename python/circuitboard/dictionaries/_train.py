@@ -72,6 +72,7 @@ def train_sae(
     checkpoint_every: int = 50,
     max_steps: int | None = None,
     threads: int | None = None,
+    sink_ratio: float | None = 5.0,
 ) -> Any:
     """Train sparse autoencoders (or transcoders) on ``model``'s activations at ``hook``.
 
@@ -104,6 +105,10 @@ def train_sae(
         (safetensors + JSON; nothing is pickled).
     max_steps : stop after this many steps (the run can be resumed from its checkpoint).
     threads : torch threads while training (default: 1 while the machine is busy, else as is).
+    sink_ratio : leave out of training the tokens whose norm at a hook read is over this many
+        times the buffer's median (attention sinks: a window cut from a token stream can put
+        the sink at position 1-3, and a few such rows can hold most of the variance of deep
+        layers, so an MSE-trained dictionary would spend itself on them). ``None`` keeps all.
 
     Returns
     -------
@@ -159,6 +164,7 @@ def train_sae(
             kind=kind, tokens=tokens, skip=skip, epochs=epochs, seed=seed, lr=lr,
             batch_size=batch_size, buffer_tokens=buffer_tokens, seq_len=seq_len,
             forward_batch=forward_batch, dead_tokens=dead_tokens, progress=progress,
+            sink_ratio=sink_ratio,
             checkpoint=None if checkpoint is None else Path(checkpoint),
             checkpoint_every=checkpoint_every, max_steps=max_steps,
         )  # fmt: skip
@@ -243,6 +249,7 @@ def fit_sae(
 
 
 def _run(model, tokenizer, texts, hooks, outs, reads, *, single, **o) -> Any:  # noqa: ANN001
+    sink_ratio = o.pop("sink_ratio")
     seed, seq_len = o["seed"], o["seq_len"]
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
@@ -265,17 +272,36 @@ def _run(model, tokenizer, texts, hooks, outs, reads, *, single, **o) -> Any:  #
             for h, a in run_to_hooks(model, buf[i : i + o["forward_batch"]], reads).items():
                 got[h].append(a.cpu())
         out = {h: torch.cat(v) for h, v in got.items()}
+        if sink_ratio is not None:
+            sink = sink_rows(out, sink_ratio)
+            dropped[bi] = int(sink.sum())
+            out = {h: v[~sink] for h, v in out.items()}
         if keep:  # later epochs see float16 activations: make the first see the same
             out = {h: v.half().float() for h, v in out.items()}
         return out
 
     sizes = [b.shape[0] * per_window for b in buffers]
+    dropped: dict[int, int] = {}
     name = getattr(getattr(model, "config", None), "_name_or_path", None)
     device = next(model.parameters()).device  # train where the model runs (CUDA or CPU)
-    return _fit(
+    saes = _fit(
         fetch, sizes, hooks, outs, reads, keep=keep, single=single, model_name=name,
         device=device, **o,
     )  # fmt: skip
+    for sae in [saes] if single else saes:
+        sae.metadata["training"]["sink_rows_dropped"] = sum(dropped.values())
+    return saes
+
+
+def sink_rows(acts: dict[str, torch.Tensor], ratio: float) -> torch.Tensor:
+    """``[n]`` rows whose norm at any of ``acts``' hooks is over ``ratio`` times that hook's
+    median norm (attention sinks)."""
+    sink = None
+    for v in acts.values():
+        norm = v.float().norm(dim=-1)
+        over = norm > ratio * norm.median()
+        sink = over if sink is None else sink | over
+    return sink
 
 
 def _fit(fetch, sizes, hooks, outs, reads, *, keep, single, model_name, **o) -> Any:  # noqa: ANN001
@@ -350,6 +376,8 @@ def _fit(fetch, sizes, hooks, outs, reads, *, keep, single, model_name, **o) -> 
                     if o["max_steps"] is not None and step >= o["max_steps"]:
                         raise _Pause
                     idx = perm[si * B : (si + 1) * B]
+                    if idx.numel() == 0:  # a buffer that lost rows (sinks) ends early
+                        continue
                     lr_now = None
                     stats = []
                     for t in trainees:
