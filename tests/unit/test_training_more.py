@@ -113,8 +113,11 @@ def test_correlate_across_samples(tmp_path):
             per.sum().backward()
     run = rec.close()
     corr = run.correlate("loss", by="samples", stats=("std", "norm"))
-    top = corr.top(1)[0]
-    assert top["label"] == "act:up/norm" and top["r"] > 0.99 and top["n"] == 24
+    # the gradient of the loss is 2 * out / numel per sample, so its norm ties with the
+    # activation's norm exactly (up to float rounding): both lead, in either order
+    top = corr.top(2)
+    assert {t["label"] for t in top} == {"act:up/norm", "grad:up/norm"}
+    assert all(t["r"] > 0.99 and t["n"] == 24 for t in top)
 
 
 def test_bad_module_name_lists_close_ones():
