@@ -69,3 +69,32 @@ def test_the_view_module_never_imports_torch():
     code = "import sys, circuitboard.widgets._training; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_two_trials_share_one_step_axis_and_every_tensor(run, tmp_path):
+    # another architecture (one layer) recorded on other steps
+    from circuitboard.training import AttentionOnlyTransformer
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    small = AttentionOnlyTransformer(n_layers=1, d_model=16, n_heads=2, vocab=12, n_ctx=16)
+    rec = TrainingRecorder(small, every=3, path=tmp_path / "b.db", trial="one layer")
+    train_toy(small, 5, rec)
+    other = rec.close()
+    view = cb.training_view(run, other)
+    assert view.steps == [0, 2, 3, 4] and view._steps_b == view.steps
+    a, b = decode(view._kpis["act"]), decode(view._kpis_b["act"])
+    assert a.shape[0] == b.shape[0] == 4
+    j = view.names.index("blocks.0.hook_resid_post")
+    label = "act:blocks.0.hook_resid_post"
+    # each trial's numbers at its own steps, NaN at the steps only the other recorded
+    np.testing.assert_allclose(a[[0, 1, 3], :, j], run.values[:, :, run.index(label)], rtol=1e-6)
+    np.testing.assert_allclose(b[[0, 2], :, j], other.values[:, :, other.index(label)], rtol=1e-6)
+    assert np.isnan(a[2]).all() and np.isnan(b[[1, 3]]).all()
+    loss_a, loss_b = decode(view._loss), decode(view._loss_b)
+    assert np.isnan(loss_a[2]).all() and np.isnan(loss_b[1]).all()
+    # the one-layer trial has no block 1: its rows are NaN (grey), not missing
+    k = view.names.index("blocks.1.hook_resid_post")
+    assert np.isnan(b[:, :, k]).all() and np.isfinite(a[[0, 1, 3], 0, k]).all()
+    assert "blocks.1.hook_resid_post" in cb.training_view(other, run).names
+    assert view.kind == "act" and cb.training_view(run, other, kind="param").kind == "param"
