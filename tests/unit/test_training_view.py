@@ -98,3 +98,33 @@ def test_two_trials_share_one_step_axis_and_every_tensor(run, tmp_path):
     assert np.isnan(b[:, :, k]).all() and np.isfinite(a[[0, 1, 3], 0, k]).all()
     assert "blocks.1.hook_resid_post" in cb.training_view(other, run).names
     assert view.kind == "act" and cb.training_view(run, other, kind="param").kind == "param"
+
+
+def test_a_picked_step_moves_the_linked_attention_view_to_that_step(run):
+    view = cb.training_view(run)
+    attn = view.attention_view(0)
+    assert attn.link is view.link and attn._revision == 0
+    np.testing.assert_allclose(attn.pattern(1, 0), run.patterns[0, 0, 1, 0] / 255, atol=1e-6)
+    view.pick(4, 1, 1)  # as a click on the (step 4, L1H1) cell
+    p = view.probe_steps.index(4)
+    assert attn._revision == 1
+    np.testing.assert_allclose(attn.pattern(1, 1), run.patterns[p, 0, 1, 1] / 255, atol=1e-6)
+    assert attn._initial["layer"] == 1 and attn._initial["head"] == 1
+    # the first paint's pattern is that head at that step, as the browser decodes it
+    got = decode(attn._initial["pattern"])
+    np.testing.assert_allclose(got, run.patterns[p, 0, 1, 1] / 255, atol=1 / 255)
+    assert attn.selection["layer"] == 1 and attn.selection["head"] == 1
+    # follow=False keeps the step it was built at
+    still = view.attention_view(0, follow=False)
+    view.pick(2, 0, 0)
+    assert still._revision == 0 and attn._revision == 2
+
+
+def test_set_attention_checks_the_shape():
+    att = np.tril(np.ones((1, 2, 3, 3)))
+    att /= att.sum(-1, keepdims=True)
+    view = cb.AttentionView(att, ["a", "b", "c"], scores={"mine": np.ones((1, 2))})
+    with pytest.raises(ValueError, match=r"same shape \[1, 2, 3, 3\].*got \[1, 2, 4, 4\]"):
+        view.set_attention(np.ones((1, 2, 4, 4)) / 4)
+    view.set_attention(np.tril(np.ones((1, 2, 3, 3))) / 3)
+    assert "mine" in view.scores and "entropy" in view.scores

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -260,10 +261,11 @@ class TrainingView(View):
         self.picked = {"p": self.probe_steps.index(step), "layer": int(layer), "head": int(head)}
         self.selection = {"layer": int(layer), "head": int(head)}
 
-    def attention_view(self, step: int | None = None, **kwargs: Any) -> Any:
+    def attention_view(self, step: int | None = None, *, follow: bool = True, **kwargs: Any) -> Any:
         """An :class:`AttentionView` of the probe's first row at probe step ``step`` (default:
         the picked step, else the last), on this view's link: clicking a (step, head) cell
-        here selects that head there.
+        here selects that head there, and with ``follow=True`` (with a kernel) also shows
+        the probe's patterns at the clicked step.
 
         Examples
         --------
@@ -284,9 +286,31 @@ class TrainingView(View):
             p = self.probe_steps.index(step)
         else:
             raise ValueError(f"step {step} is not a probe step; probe steps: {self.probe_steps}.")
-        patterns = run.patterns[p, 0].astype(np.float32) / 255.0
         kwargs.setdefault("link", self.link)
-        return AttentionView(patterns, list(self.probe_tokens), **kwargs)
+        kwargs.setdefault("layer", self.picked.get("layer", 0))
+        kwargs.setdefault("head", self.picked.get("head", 0))
+        attn = AttentionView(_probe_pattern(run, p), list(self.probe_tokens), **kwargs)
+        if follow:
+            ref = weakref.ref(attn)
+
+            def show_step(change: dict[str, Any]) -> None:
+                view, new = ref(), change["new"]
+                if view is None:
+                    self.unobserve(show_step, names="picked")
+                elif new.get("p") is not None:
+                    view.set_attention(
+                        _probe_pattern(run, int(new["p"])),
+                        layer=new.get("layer"),
+                        head=new.get("head"),
+                    )
+
+            self.observe(show_step, names="picked")
+        return attn
+
+
+def _probe_pattern(run: Any, p: int) -> np.ndarray:
+    """Patterns ``[layers, heads, q, k]`` of the probe's first row at probe step index ``p``."""
+    return run.patterns[p, 0].astype(np.float32) / 255.0
 
 
 def training_view(run: Any, other: Any = None, **kwargs: Any) -> TrainingView:
