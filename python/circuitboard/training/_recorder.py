@@ -291,6 +291,9 @@ class TrainingRecorder:
             act["loss"][key] = (s + float(t), n + 1)
             return
         masks = act["masks"] or self._masks_for(None, t.shape[0])
+        if t.ndim <= 2:
+            self._loss_by_category(act, t.numpy(), masks)
+            return
         for cat, mask in masks:
             x = select(t, mask)
             if x is not None:
@@ -300,6 +303,28 @@ class TrainingRecorder:
                     xi = select(t[i : i + 1], None if mask is None else mask[i : i + 1])
                     if xi is not None:
                         self._add_loss(act["sample_loss"], (i, cat), xi)
+
+    def _loss_by_category(self, act: dict, x: np.ndarray, masks: Masks) -> None:
+        """Per-sample ``[batch]`` or per-token ``[batch, pos]`` losses summed per category and
+        kept sample in one vectorized step (NaN marks a position without a loss)."""
+        cats, w = _mask_weights(act, masks, x.shape)
+        if not cats:
+            return
+        valid = ~np.isnan(x)
+        b = x.shape[0]
+        sums = (w * np.where(valid, x, 0.0)).reshape(len(cats), b, -1).sum(2)  # [cats, batch]
+        counts = (w * valid).reshape(len(cats), b, -1).sum(2)
+        rows = [i for i in self.samples if i < b]
+        for k, cat in enumerate(cats):
+            self._sum_loss(act["loss"], cat, sums[k].sum(), counts[k].sum())
+            for i in rows:
+                self._sum_loss(act["sample_loss"], (i, cat), sums[k, i], counts[k, i])
+
+    @staticmethod
+    def _sum_loss(table: dict, key: Any, s: float, n: float) -> None:
+        if n > 0:
+            s0, n0 = table.get(key, (0.0, 0))
+            table[key] = (s0 + float(s), n0 + int(n))
 
     @staticmethod
     def _add_loss(table: dict, key: Any, x: torch.Tensor) -> None:
