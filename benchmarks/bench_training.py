@@ -2,14 +2,18 @@
 
 The notebook's model (a 2-layer attention-only transformer, d_model 64, 4 heads, vocab 64,
 64 tokens, batch 32, AdamW) trains on repeated sequences. Blocks of ``--block`` steps run
-alternately without and with a recorder (every 10th step recorded, the defaults: every hook
-point's output and gradient but attention patterns, every parameter and its gradient; plus
-first-period / repeated-token categories, 4 kept samples, probe patterns and head scores every
-50 steps), so a change of machine load hits both the same way. Two estimates: the median
-recorded block over the median plain block, and (robust to load bursts) the median recorded
-step's extra time over ``every`` median plain steps.
+alternately without and with a recorder, A B A B ... (every 10th step recorded, the defaults:
+every hook point's output and gradient but attention patterns, every parameter and its
+gradient; plus first-period / repeated-token categories, 4 kept samples, probe patterns and
+head scores every 50 steps), so a change of machine load hits both the same way. Estimates:
 
-    python benchmarks/bench_training.py [--blocks 6] [--block 50] [--every 10]
+- **paired blocks**: each recorded block over the mean of the plain blocks either side of
+  it; the median of those ratios (robust to load bursts, which hit single blocks);
+- **per step**: median step times by type (plain; not recorded inside a recorder's block;
+  recorded; recorded with probes), combined as one ``every``-step cycle with its share of
+  probe steps.
+
+    python benchmarks/bench_training.py [--blocks 20] [--block 50] [--every 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -53,10 +57,14 @@ def train_block(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--blocks", type=int, default=6)
-    ap.add_argument("--block", type=int, default=50)
+    ap.add_argument("--blocks", type=int, default=20, help="recorded blocks (as many plain + 1)")
+    ap.add_argument("--block", type=int, default=50, help="steps per block")
     ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    probe_every = 5 * args.every
     torch.manual_seed(0)
     model = AttentionOnlyTransformer()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -67,42 +75,55 @@ def main() -> None:
         model,
         every=args.every,
         probes=probes,
-        probe_every=5 * args.every,
+        probe_every=probe_every,
         path=os.path.join(tempfile.mkdtemp(), "bench.sqlite"),
         categories=lambda ids: {"first period": ~cats["repeated"], "repeated": cats["repeated"]},
     )
+    loads = [os.getloadavg()[0]]
     plain, recorded = [], []
     step = 0
     times: dict[int, float] = {}
     rec_times: dict[int, float] = {}
     train_block(model, opt, None, step, 5, gen, cats, {})  # warm-up
-    for _ in range(args.blocks):
-        plain.append(train_block(model, opt, None, step, args.block, gen, cats, times))
+    for i in range(2 * args.blocks + 1):  # A B A B ... A
+        if i % 2 == 0:
+            plain.append(train_block(model, opt, None, step, args.block, gen, cats, times))
+        else:
+            recorded.append(train_block(model, opt, rec, step, args.block, gen, cats, rec_times))
         step += args.block
-        recorded.append(train_block(model, opt, rec, step, args.block, gen, cats, rec_times))
-        step += args.block
+        loads.append(os.getloadavg()[0])
     run = rec.close()
-    p, r = statistics.median(plain), statistics.median(recorded)
-    # Per step, robust to load bursts: the median recorded step against the median plain step
-    # (steps of the recorded blocks that are not recorded run without hooks: plain steps).
-    base = statistics.median(list(times.values()))
-    hit = [t for s, t in rec_times.items() if s % args.every == 0]
-    extra = statistics.median(hit) - base
+    ratios = [r / ((plain[i] + plain[i + 1]) / 2) for i, r in enumerate(recorded)]
+    ratio = statistics.median(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    # per step: one every-step cycle = (every - 1) unrecorded steps + one recorded step, and
+    # a probe on every (probe_every / every)-th recorded step
+    base = statistics.median(times.values())
+    unrec = statistics.median(t for s, t in rec_times.items() if s % args.every)
+    hit = statistics.median(
+        t for s, t in rec_times.items() if s % args.every == 0 and s % probe_every
+    )
+    probe = statistics.median(t for s, t in rec_times.items() if s % probe_every == 0)
+    share = args.every / probe_every
+    cycle = (args.every - 1) * unrec + (1 - share) * hit + share * probe
+    per_step = cycle / (args.every * base) - 1
     print("| setting | ms / step | overhead |\n|---|---|---|")
-    print(f"| plain training | {p * 1e3:.1f} | — |")
+    print(f"| plain training (median block) | {statistics.median(plain) * 1e3:.1f} | — |")
     print(
-        f"| recorder, every={args.every} (alternating blocks) | {r * 1e3:.1f} "
-        f"| {100 * (r - p) / p:+.1f} % |"
+        f"| recorder, every={args.every} (median block) | {statistics.median(recorded) * 1e3:.1f} "
+        f"| {100 * (ratio - 1):+.1f} % (median of {len(ratios)} paired ratios; "
+        f"quartiles {100 * (q1 - 1):+.1f} %, {100 * (q3 - 1):+.1f} %) |"
     )
     print(
-        f"| one recorded step (median) | {(base + extra) * 1e3:.1f} "
-        f"| {100 * extra / (args.every * base):+.1f} % at every={args.every} |"
+        f"| per step: plain {base * 1e3:.1f}, unrecorded {unrec * 1e3:.1f}, recorded "
+        f"{hit * 1e3:.1f}, recorded + probe {probe * 1e3:.1f} | {cycle / args.every * 1e3:.1f} "
+        f"| {100 * per_step:+.1f} % at every={args.every}, probes every {probe_every} |"
     )
     print(
         f"\n{len(run.steps)} recorded steps, {len(run.labels)} tensors, "
-        f"{len(run.probe_steps)} probe steps; torch threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.1f}; ms per step of each block: plain "
-        f"{[round(x * 1e3) for x in plain]}, recorded {[round(x * 1e3) for x in recorded]}"
+        f"{len(run.probe_steps)} probe steps; torch threads {torch.get_num_threads()}; "
+        f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median "
+        f"{statistics.median(loads):.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
 
 

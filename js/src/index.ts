@@ -52,10 +52,28 @@ async function render(props: RenderProps) {
     return;
   }
   try {
-    const cleanup = await view.render(props);
+    let cleanup = await view.render(props);
     if (name === "link") return cleanup;
-    const offFigure = attachFigure(props.el, props.model, name); // PNG/SVG buttons, save_png()
+    let offFigure = attachFigure(props.el, props.model, name); // PNG/SVG buttons, save_png()
+    // A view whose data Python replaced (e.g. AttentionView.set_attention) bumps `_revision`:
+    // draw it again from its new state, in place (the link keeps the selection).
+    let redraw: () => void = () => undefined;
+    if (typeof props.model.get("_revision") === "number") {
+      let queue = Promise.resolve();
+      redraw = () => {
+        queue = queue.then(async () => {
+          offFigure();
+          if (typeof cleanup === "function") await cleanup();
+          props.el.replaceChildren();
+          cleanup = await view.render(props);
+          offFigure = attachFigure(props.el, props.model, name);
+          props.el.dataset.cbRevision = String(props.model.get("_revision"));
+        });
+      };
+      props.model.on("change:_revision", redraw);
+    }
     return async () => {
+      props.model.off("change:_revision", redraw);
       offFigure();
       if (typeof cleanup === "function") await cleanup();
     };

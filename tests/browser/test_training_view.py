@@ -114,11 +114,79 @@ def test_two_trials_and_correlations(page, tmp_path, toy_run):
     path = cb.report(view, path=tmp_path / "two.html", title="two trials")
     open_report(page, path)
     assert len(page.query_selector_all(".cb-train-canvas")) == 4  # act | grad for each trial
-    a = _pixels(page, ".cb-train-map:nth-child(1) .cb-train-canvas")
-    b = _pixels(page, ".cb-train-map:nth-child(3) .cb-train-canvas")
+    a = _pixels(page, ".cb-train-col:nth-child(1) .cb-train-canvas")
+    b = _pixels(page, ".cb-train-col:nth-child(2) .cb-train-canvas")
     np.testing.assert_array_equal(a, b)  # the same run twice draws the same pixels
     first = page.query_selector(".cb-train-corr-row")
     label = corr.top(1)[0]["label"].split("/")[0]
     first.click()
     page.wait_for_selector(f'.cb-train-row-hl[data-label="{label}"]')
+    assert page.cb_errors == []
+
+
+def _grey(px):
+    """Cells painted in the "not recorded" grey of the light theme."""
+    return (px[..., :3].astype(int) == [216, 222, 228]).all(-1)
+
+
+def test_two_architectures_side_by_side_on_one_step_axis(page, tmp_path, artifacts, toy_run):
+    from circuitboard.training import AttentionOnlyTransformer
+
+    torch.manual_seed(1)
+    small = AttentionOnlyTransformer(n_layers=1, d_model=16, n_heads=2, vocab=12, n_ctx=16)
+    rec = TrainingRecorder(small, every=3, path=tmp_path / "b.db", trial="one layer")
+    opt = torch.optim.AdamW(small.parameters(), lr=1e-2)
+    for step in range(13):
+        ids, _ = toy_batch(step)
+        with rec.step(step):
+            per = token_loss(small(ids), ids)
+            rec.loss(per)
+            per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    other = rec.close()
+    view = cb.training_view(toy_run, other, stat="norm")
+    path = cb.report(view, path=tmp_path / "side.html", title="two architectures")
+    open_report(page, path)
+    cols = page.query_selector_all(".cb-train-col")
+    assert [c.get_attribute("data-trial") for c in cols] == ["run", "one layer"]
+    # two columns side by side (not stacked), tops aligned
+    a, b = (c.bounding_box() for c in cols)
+    assert b["x"] >= a["x"] + a["width"] and abs(b["y"] - a["y"]) < 2
+    # one step axis: both columns' heatmaps have a pixel column per step of the union
+    axis = sorted({*toy_run.steps.tolist(), *other.steps.tolist()})
+    pa = _pixels(page, ".cb-train-col:nth-child(1) .cb-train-canvas")
+    pb = _pixels(page, ".cb-train-col:nth-child(2) .cb-train-canvas")
+    assert pa.shape[1] == pb.shape[1] == len(axis)
+    wa = page.eval_on_selector(
+        ".cb-train-col:nth-child(1) .cb-train-canvas", "c => c.getBoundingClientRect().width"
+    )
+    wb = page.eval_on_selector(
+        ".cb-train-col:nth-child(2) .cb-train-canvas", "c => c.getBoundingClientRect().width"
+    )
+    assert wa == wb
+    r = view.names.index("blocks.0.hook_resid_post")
+    for s, step in enumerate(axis):
+        assert _grey(pa[r, s]) == (step not in toy_run.steps), step
+        assert _grey(pb[r, s]) == (step not in other.steps), step
+    # the one-layer trial has no block 1: its rows are grey at every step
+    assert _grey(pb[view.names.index("blocks.1.hook_resid_post")]).all()
+    assert page.inner_text(".cb-train-col:nth-child(1) .cb-train-axis").split() == [
+        "step",
+        "0",
+        "12",
+    ]
+    # the colour bar names the row ends, and a hovered row's own numbers
+    bar = page.inner_text(".cb-train-colorbar")
+    assert "row min" in bar and "row max" in bar and "norm of all" in bar
+    box = page.query_selector(".cb-train-col:nth-child(1) .cb-train-canvas").bounding_box()
+    page.mouse.move(
+        box["x"] + box["width"] * 0.5 / len(axis),
+        box["y"] + box["height"] * (r + 0.5) / len(view.names),
+    )
+    page.wait_for_selector('.cb-train-colorbar[data-row="act:blocks.0.hook_resid_post"]')
+    v = toy_run.series("act:blocks.0.hook_resid_post", "norm", "all")
+    assert page.get_attribute(".cb-train-colorbar", "data-lo") == f"{v.min():.3f}"
+    assert page.get_attribute(".cb-train-colorbar", "data-hi") == f"{v.max():.3f}"
+    page.screenshot(path=str(artifacts / "training-two-trials.png"), full_page=True)
     assert page.cb_errors == []

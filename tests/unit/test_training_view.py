@@ -69,3 +69,62 @@ def test_the_view_module_never_imports_torch():
     code = "import sys, circuitboard.widgets._training; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_two_trials_share_one_step_axis_and_every_tensor(run, tmp_path):
+    # another architecture (one layer) recorded on other steps
+    from circuitboard.training import AttentionOnlyTransformer
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    small = AttentionOnlyTransformer(n_layers=1, d_model=16, n_heads=2, vocab=12, n_ctx=16)
+    rec = TrainingRecorder(small, every=3, path=tmp_path / "b.db", trial="one layer")
+    train_toy(small, 5, rec)
+    other = rec.close()
+    view = cb.training_view(run, other)
+    assert view.steps == [0, 2, 3, 4] and view._steps_b == view.steps
+    a, b = decode(view._kpis["act"]), decode(view._kpis_b["act"])
+    assert a.shape[0] == b.shape[0] == 4
+    j = view.names.index("blocks.0.hook_resid_post")
+    label = "act:blocks.0.hook_resid_post"
+    # each trial's numbers at its own steps, NaN at the steps only the other recorded
+    np.testing.assert_allclose(a[[0, 1, 3], :, j], run.values[:, :, run.index(label)], rtol=1e-6)
+    np.testing.assert_allclose(b[[0, 2], :, j], other.values[:, :, other.index(label)], rtol=1e-6)
+    assert np.isnan(a[2]).all() and np.isnan(b[[1, 3]]).all()
+    loss_a, loss_b = decode(view._loss), decode(view._loss_b)
+    assert np.isnan(loss_a[2]).all() and np.isnan(loss_b[1]).all()
+    # the one-layer trial has no block 1: its rows are NaN (grey), not missing
+    k = view.names.index("blocks.1.hook_resid_post")
+    assert np.isnan(b[:, :, k]).all() and np.isfinite(a[[0, 1, 3], 0, k]).all()
+    assert "blocks.1.hook_resid_post" in cb.training_view(other, run).names
+    assert view.kind == "act" and cb.training_view(run, other, kind="param").kind == "param"
+
+
+def test_a_picked_step_moves_the_linked_attention_view_to_that_step(run):
+    view = cb.training_view(run)
+    attn = view.attention_view(0)
+    assert attn.link is view.link and attn._revision == 0
+    np.testing.assert_allclose(attn.pattern(1, 0), run.patterns[0, 0, 1, 0] / 255, atol=1e-6)
+    view.pick(4, 1, 1)  # as a click on the (step 4, L1H1) cell
+    p = view.probe_steps.index(4)
+    assert attn._revision == 1
+    np.testing.assert_allclose(attn.pattern(1, 1), run.patterns[p, 0, 1, 1] / 255, atol=1e-6)
+    assert attn._initial["layer"] == 1 and attn._initial["head"] == 1
+    # the first paint's pattern is that head at that step, as the browser decodes it
+    got = decode(attn._initial["pattern"])
+    np.testing.assert_allclose(got, run.patterns[p, 0, 1, 1] / 255, atol=1 / 255)
+    assert attn.selection["layer"] == 1 and attn.selection["head"] == 1
+    # follow=False keeps the step it was built at
+    still = view.attention_view(0, follow=False)
+    view.pick(2, 0, 0)
+    assert still._revision == 0 and attn._revision == 2
+
+
+def test_set_attention_checks_the_shape():
+    att = np.tril(np.ones((1, 2, 3, 3)))
+    att /= att.sum(-1, keepdims=True)
+    view = cb.AttentionView(att, ["a", "b", "c"], scores={"mine": np.ones((1, 2))})
+    with pytest.raises(ValueError, match=r"same shape \[1, 2, 3, 3\].*got \[1, 2, 4, 4\]"):
+        view.set_attention(np.ones((1, 2, 4, 4)) / 4)
+    view.set_attention(np.tril(np.ones((1, 2, 3, 3))) / 3)
+    assert "mine" in view.scores and "entropy" in view.scores

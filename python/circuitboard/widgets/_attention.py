@@ -216,6 +216,7 @@ class AttentionView(ExplainCells):
     image = traitlets.Dict().tag(sync=True)
     """An image capture's patch grid (:func:`image_state`); the tokens are then CLS + patches."""
     _thumbs_ready = traitlets.Bool(True).tag(sync=True)  # False: fetch them head by head
+    _revision = traitlets.Int(0).tag(sync=True)  # set_attention bumps it: every copy redraws
 
     _fetchers: ClassVar[dict[str, str]] = {
         "fetch-head": "_fetch_head",
@@ -299,6 +300,7 @@ class AttentionView(ExplainCells):
         self._overview = min(overview_size, n_q) if self._long else 0
         self._summaries: dict[tuple[int, int], tuple[HeadSummary, dict[str, Any] | None]] = {}
         given = dict(scores or {})
+        self._given_scores = set(given)  # kept by set_attention; computed ones are redone
         table = {k: _score_table(k, v, (n_layers, n_heads)) for k, v in given.items()}
         if self._long:
             t = min(n_q, THUMB)
@@ -351,6 +353,54 @@ class AttentionView(ExplainCells):
         if self.link.layer is None:
             self.link.select(layer=layers[li], head=hi)
         self._init_explain(explainer, head_output, explain_target, prepare_head)
+
+    def set_attention(
+        self, attention: Any, *, layer: int | None = None, head: int | None = None
+    ) -> None:
+        """Show other patterns of the same prompt (same layers, heads and tokens), e.g. a
+        probe batch at another training step: every rendered copy of the view redraws.
+
+        Scores passed to the constructor are kept; the computed ones are recomputed.
+        ``layer`` (the model's layer index) and ``head`` pick the head drawn first.
+
+        >>> import numpy as np
+        >>> att = np.tril(np.ones((1, 2, 3, 3))); att /= att.sum(-1, keepdims=True)
+        >>> view = AttentionView(att, ["a", "b", "c"])
+        >>> view.set_attention(np.tril(np.ones((1, 2, 3, 3))) / 3, head=1)
+        >>> round(float(view.pattern(0, 1)[2, 0]), 3)
+        0.333
+        """
+        if self._long or not isinstance(self._source, ArraySource):
+            raise ValueError(
+                "set_attention replaces array patterns of a short prompt; for a capture or a "
+                "long prompt build a new AttentionView."
+            )
+        arr = attention_array(attention)
+        want = (self.n_layers, self.n_heads, len(self.tokens), len(self.tokens))
+        if tuple(arr.shape) != want:
+            raise ValueError(
+                f"set_attention needs patterns of the same shape {list(want)} [layers, heads, "
+                f"query, key]; got {list(arr.shape)}. Build a new AttentionView for another "
+                "prompt or model."
+            )
+        li = self._position(layer) if layer is not None else int(self._initial["layer"])
+        hi = (
+            index_in("head", head, self.n_heads) if head is not None else int(self._initial["head"])
+        )
+        self._source = ArraySource(arr)
+        self._causal = is_causal(arr)
+        self._summaries.clear()
+        thumbs, computed = thumbnails(arr), pattern_scores(arr)
+        table = {k: v for k, v in self.scores.items() if k in self._given_scores}
+        for k, v in computed.items():
+            if k not in table:
+                table[k] = _score_table(k, v, (self.n_layers, self.n_heads))
+        with self.hold_trait_notifications():
+            self.causal = self._causal
+            self.scores = table
+            self._thumbs = encode(thumbs, lo=0.0, hi=1.0)
+            self._initial = {"layer": li, "head": hi, "pattern": self._encode_head(li, hi)}
+            self._revision += 1
 
     @property
     def n_layers(self) -> int:

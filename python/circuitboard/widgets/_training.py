@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,21 @@ def _kpi_block(run: Any, names: list[str], kind: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _on_axis(a: np.ndarray, have: Any, axis: list[int]) -> np.ndarray:
+    """``a`` ``[len(have), ...]`` placed on the steps ``axis`` (NaN at steps it lacks)."""
+    out = np.full((len(axis), *a.shape[1:]), np.nan, np.float32)
+    at = {s: i for i, s in enumerate(axis)}
+    out[[at[int(s)] for s in have]] = a
+    return out
+
+
 class TrainingView(View):
     """A training run over its steps: loss per category, KPI heatmaps, heads of the probe.
 
     - loss curves per category (two trials overlaid when ``other`` is given);
+    - with ``other``, the two trials' heatmaps side by side in two columns on one step axis;
+    - a colour bar under the heatmaps (each row has its own range: hovering a row gives its
+      numbers), under the head scores and under the pattern;
     - activations and their gradients (or parameters and theirs) side by side, as steps ×
       tensors heatmaps of one KPI for one category, or the difference of two categories;
       each row is scaled to its own range (a difference to its own largest magnitude);
@@ -48,7 +60,9 @@ class TrainingView(View):
     ----------
     run : TrainingRun
     other : TrainingRun, optional
-        A second trial: its loss curves are drawn beside the first, and its heatmaps below.
+        A second trial (e.g. another architecture): its loss curves are drawn dashed with the
+        first's, and its heatmaps in a second column beside the first, on one shared step
+        axis (the union of both trials' steps; a step one trial lacks is grey in it).
     stat, category, minus, kind, score : initial choices (``minus`` = a category to subtract)
     correlation : KpiCorrelation, optional
     tokens : list of str, optional — the probe's token texts (default: its ids)
@@ -153,11 +167,25 @@ class TrainingView(View):
         for n in _labels_of(run, "param_grad"):
             if n not in pnames:
                 pnames.append(n)
+        if other is not None:  # another architecture may have tensors this one lacks
+            for k, have in (("act", names), ("grad", names), ("param", pnames)):
+                have += [n for n in _labels_of(other, k) if n not in have]
+            pnames += [n for n in _labels_of(other, "param_grad") if n not in pnames]
         kpis = self._kpis_of(run, names, pnames)
+        loss = run.loss.astype(np.float32)
+        steps = [int(s) for s in run.steps]
         state: dict[str, Any] = {}
         if other is not None:
+            # one step axis for both trials (the union of their steps; NaN where a trial has
+            # no record), so the two columns line up step by step
+            steps = sorted({*steps, *(int(s) for s in other.steps)})
+            kpis = {k: _on_axis(v, run.steps, steps) for k, v in kpis.items()}
+            loss = _on_axis(loss, run.steps, steps)
             oc = list(other.categories)
-            kb = self._kpis_of(other, names, pnames)
+            kb = {
+                k: _on_axis(v, other.steps, steps)
+                for k, v in self._kpis_of(other, names, pnames).items()
+            }
             # the other trial's categories reindexed to this run's (NaN where it has none)
             idx = [oc.index(c) if c in oc else -1 for c in cats]
             for key, arr in kb.items():
@@ -170,11 +198,12 @@ class TrainingView(View):
             for i, j in enumerate(idx):
                 if j >= 0:
                     lb[:, i] = other.loss[:, j]
+            lb = _on_axis(lb, other.steps, steps)
             state.update(
                 trial_b=str(other.trial),
                 _kpis_b={k: encode(v, "float32") for k, v in kb.items()},
                 _loss_b=encode(lb, "float32"),
-                _steps_b=[int(s) for s in other.steps],
+                _steps_b=steps,
             )
         score_names = [
             s for s in ("induction", "previous_token", "duplicate_token") if s in run.head_scores
@@ -191,7 +220,7 @@ class TrainingView(View):
             state["correlations"] = json_safe(correlation.top(12))
         super().__init__(
             trial=str(run.trial),
-            steps=[int(s) for s in run.steps],
+            steps=steps,
             categories=cats,
             stats=stats,
             names=names,
@@ -200,12 +229,12 @@ class TrainingView(View):
             category=category,
             minus=minus,
             kind=kind,
-            step_index=max(len(run.steps) - 1, 0),
+            step_index=max(len(steps) - 1, 0),
             probe_steps=[int(s) for s in run.probe_steps],
             score_names=score_names,
             score=score if score in score_names else (score_names[0] if score_names else ""),
             _kpis={k: encode(v, "float32") for k, v in kpis.items()},
-            _loss=encode(run.loss.astype(np.float32), "float32"),
+            _loss=encode(loss, "float32"),
             **state,
             **kwargs,
         )
@@ -232,10 +261,11 @@ class TrainingView(View):
         self.picked = {"p": self.probe_steps.index(step), "layer": int(layer), "head": int(head)}
         self.selection = {"layer": int(layer), "head": int(head)}
 
-    def attention_view(self, step: int | None = None, **kwargs: Any) -> Any:
+    def attention_view(self, step: int | None = None, *, follow: bool = True, **kwargs: Any) -> Any:
         """An :class:`AttentionView` of the probe's first row at probe step ``step`` (default:
         the picked step, else the last), on this view's link: clicking a (step, head) cell
-        here selects that head there.
+        here selects that head there, and with ``follow=True`` (with a kernel) also shows
+        the probe's patterns at the clicked step.
 
         Examples
         --------
@@ -256,9 +286,31 @@ class TrainingView(View):
             p = self.probe_steps.index(step)
         else:
             raise ValueError(f"step {step} is not a probe step; probe steps: {self.probe_steps}.")
-        patterns = run.patterns[p, 0].astype(np.float32) / 255.0
         kwargs.setdefault("link", self.link)
-        return AttentionView(patterns, list(self.probe_tokens), **kwargs)
+        kwargs.setdefault("layer", self.picked.get("layer", 0))
+        kwargs.setdefault("head", self.picked.get("head", 0))
+        attn = AttentionView(_probe_pattern(run, p), list(self.probe_tokens), **kwargs)
+        if follow:
+            ref = weakref.ref(attn)
+
+            def show_step(change: dict[str, Any]) -> None:
+                view, new = ref(), change["new"]
+                if view is None:
+                    self.unobserve(show_step, names="picked")
+                elif new.get("p") is not None:
+                    view.set_attention(
+                        _probe_pattern(run, int(new["p"])),
+                        layer=new.get("layer"),
+                        head=new.get("head"),
+                    )
+
+            self.observe(show_step, names="picked")
+        return attn
+
+
+def _probe_pattern(run: Any, p: int) -> np.ndarray:
+    """Patterns ``[layers, heads, q, k]`` of the probe's first row at probe step index ``p``."""
+    return run.patterns[p, 0].astype(np.float32) / 255.0
 
 
 def training_view(run: Any, other: Any = None, **kwargs: Any) -> TrainingView:
