@@ -107,11 +107,6 @@ class FrozenPatterns:
             return self.dense[layer]
         return self.source.pattern(layer)
 
-    def nbytes(self) -> int:
-        if self.dense is not None:
-            return sum(p.numel() * p.element_size() for p in self.dense)
-        return sum(t.numel() * t.element_size() for t in self.source._tensors.values())
-
 
 @dataclass
 class Frozen:
