@@ -261,28 +261,33 @@ class Frozen:
                 len(x) if isinstance(x, torch.Tensor) else x.n_rows for x in some if x is not None
             )
         g = torch.zeros(n_rows, n_pos or self.n_pos, self.d_model)
-        if final_seed is not None:
+        # whether any seed has entered yet: layers above every target are skipped (a flag, not
+        # a reduction over g at every layer)
+        live = final_seed is not None
+        if live:
             _add_seed(g, final_seed)
         bias = torch.zeros(n_rows)
         for layer in range(self.n_layers - 1, -1, -1):
             if layer in post_seeds:
                 g += post_seeds[layer]
-            live = bool(g.any())
+                live = True
             if live:
                 read_mlp(layer, g)
                 bias += g.sum(1) @ (self.b_out[layer] if mlp_bias is None else mlp_bias(layer))
             seed = in_seeds.get(layer)
             if self.parallel:  # attention and MLP both read resid_pre
-                bias += g.sum(1) @ self.attn_const[layer]
                 if live:
+                    bias += g.sum(1) @ self.attn_const[layer]
                     g += self.attn_vjp(layer, g)
                 if seed is not None:
                     _add_seed(g, seed)
+                    live = True
             else:
                 if seed is not None:
                     _add_seed(g, seed)
-                bias += g.sum(1) @ self.attn_const[layer]
-                if bool(g.any()):
+                    live = True
+                if live:
+                    bias += g.sum(1) @ self.attn_const[layer]
                     g += self.attn_vjp(layer, g)
         if -1 in post_seeds:
             g += post_seeds[-1]
