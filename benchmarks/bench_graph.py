@@ -108,28 +108,30 @@ def long_context_run(n_tokens: int, max_nodes: int) -> None:
         ]
     )
     prompt = long_prompt(tok, n_tokens)
+    kw = dict(basis=ts, max_nodes=max_nodes, head_loadings=0, progress=False)
+    est = cb.attribution_graph(model, tok, prompt, estimate=True, **kw)
     rss0 = peak_rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
-    g = cb.attribution_graph(
-        model, tok, prompt, basis=ts, max_nodes=max_nodes, head_loadings=0, progress=False
-    )
+    g = cb.attribution_graph(model, tok, prompt, **kw)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(
         f"| transcoders | {len(g.tokens)} | {max_nodes} | {wall:.1f} | {cpu:.1f} | "
-        f"{peak_rss_mib():.0f} (+{peak_rss_mib() - rss0:.0f}) | {g.n_nodes} / {g.n_edges} | "
+        f"{peak_rss_mib():.0f} (+{peak_rss_mib() - rss0:.0f}) | "
+        f"{est['peak_bytes'] / 2**20:.0f} | {g.n_nodes} / {g.n_edges} | "
         f"{g.replacement_score:.2f} | {os.getloadavg()[0]:.1f} |",
         flush=True,
     )
 
 
 def long_context(sizes: list[int], max_nodes: int = 16) -> None:
+    """One subprocess per length (``--rows N`` first sets ``max_nodes``)."""
     import subprocess
 
     print(
-        "| basis | tokens | rows | wall s | CPU s | peak RSS MiB (graph's own) | kept nodes / "
-        "edges | replacement | load avg |"
+        "| basis | tokens | rows | wall s | CPU s | peak RSS MiB (graph's own) | estimate MiB | "
+        "kept nodes / edges | replacement | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         subprocess.run(
             [sys.executable, "-m", "benchmarks.bench_graph", "--long-one", str(n), str(max_nodes)],
@@ -143,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         long_context_run(int(args[1]), int(args[2]))
         return
     if args[:1] == ["--long"]:
-        long_context([int(a) for a in args[1:]] or [128, 256, 512])
+        rest = args[1:]
+        rows = 16
+        if rest[:1] == ["--rows"]:
+            rows, rest = int(rest[1]), rest[2:]
+        long_context([int(a) for a in rest] or [128, 256, 512], rows)
         return
     sizes = [int(a) for a in args] or [DEFAULT_MAX_NODES]
     torch.manual_seed(0)

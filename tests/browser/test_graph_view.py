@@ -3,6 +3,8 @@ hover and click linking, hostile token text, supernode interventions kept offlin
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -154,4 +156,59 @@ def test_hostile_text_and_offline_interventions(page, report):
     page.locator(".cb-graph-run").first.click()
     assert "need a running kernel" in page.locator(".cb-graph-note").inner_text()
     assert page.cb_blocked == []  # nothing tried to reach the network
+    assert not page.cb_errors
+
+
+def test_head_loading_click_opens_its_explanation_in_a_report(page, tmp_path, artifacts):
+    """A view with a model embeds the explanations of its largest head loadings: one click on
+    a loading button opens the panel with cb.explain_attention's score for (target, source)."""
+    import torch
+
+    from tests.unit.tiny_models import tiny_llama
+
+    model, tok = tiny_llama()
+    prompt = "When Mary and John went to the store, John gave"
+    g = cb.attribution_graph(
+        model,
+        tok,
+        prompt,
+        basis="neurons",
+        max_nodes=64,
+        node_threshold=0.95,
+        edge_threshold=0.99,
+        head_loadings=4,
+        progress=False,
+    )
+    view = cb.graph_view(g, model=model, tokenizer=tok)
+    path = tmp_path / "graph_explain.html"
+    cb.report(view, path=path)
+    cells = view._loading_cells()
+    embedded = {(q["layer"], q["head"], q["query"], q["key"]) for q in view.export_requests(2**23)}
+    assert embedded and embedded <= set(cells)
+    open_report(page, path)
+    kept = np.flatnonzero(g.node_mask)
+    r = int(np.argmax(np.abs(g.hl_value) * g.edge_mask[g.hl_edge]))
+    target = int(np.flatnonzero(kept == g.edge_dst[g.hl_edge[r]])[0])  # a loaded edge's target
+    x, y = page.eval_on_selector(".cb-graph-canvas", f"c => c.cbNodeXY({target})")
+    page.locator(".cb-graph-canvas").click(position={"x": x, "y": y})
+    buttons = page.locator(".cb-graph-head")
+    for i in range(buttons.count()):  # the first button whose explanation the report holds
+        button = buttons.nth(i)
+        layer, head = (int(v) for v in re.match(r"L(\d+)H(\d+)", button.inner_text()).groups())
+        found = re.search(r"query (\d+), key (\d+)", button.get_attribute("title"))
+        query, key = (int(v) for v in found.groups())
+        if (layer, head, query, key) in embedded:
+            break
+    else:
+        raise AssertionError("no head-loading button's explanation is in the report")
+    button.click()
+    page.wait_for_selector(".cb-xp[data-state='ready']", timeout=10_000)
+    title = page.locator(".cb-xp-title").inner_text()
+    assert title.startswith(f"L{layer}H{head} · query #{query}") and f"key #{key}" in title
+    cap = cb.capture(model, tok, prompt, dtype=torch.float32)
+    want = cb.explain_attention(cap, layer=layer, head=head, query=query, key=key).score
+    summary = page.locator(".cb-xp-summary").inner_text()
+    shown = float(summary.split()[1].replace("−", "-"))
+    assert shown == pytest.approx(want, rel=5e-3, abs=1e-4), summary
+    page.locator(".cb-graph").screenshot(path=str(artifacts / "graph_explain.png"))
     assert not page.cb_errors

@@ -424,3 +424,53 @@ def test_transcoder_graph_and_bad_transcoders():
     sae = SAE(D, 16, hook="blocks.1.hook_resid_post")
     with pytest.raises(ValueError, match="need MLP transcoders"):
         cb.attribution_graph(model, tok, PROMPT, basis=sae, progress=False)
+
+
+def test_graph_view_explains_a_head_loading_in_the_kernel():
+    """A head loading's (layer, head, target position, source position) is explained by
+    cb.explain_attention on the graph's prompt; a report embeds the largest ones."""
+    model, tok = tiny_llama()
+    g = cb.attribution_graph(
+        model,
+        tok,
+        PROMPT,
+        basis="neurons",
+        max_nodes=64,
+        node_threshold=0.95,
+        edge_threshold=0.99,
+        head_loadings=4,
+        progress=False,
+    )
+    view = cb.graph_view(g, model=model, tokenizer=tok)
+    assert view.explainable and not cb.graph_view(g).explainable
+    cells = view._loading_cells()
+    assert cells and len(set(cells)) == len(cells)
+    layer, head, query, key = cells[0]
+    e = int(g.hl_edge[np.argmax(np.abs(g.hl_value) * g.edge_mask[g.hl_edge])])
+    assert (query, key) == (int(g.node_pos[g.edge_dst[e]]), int(g.node_pos[g.edge_src[e]]))
+    reply, buffers = view.answer(
+        {"kind": "fetch-explain", "layer": layer, "head": head, "query": query, "key": key}
+    )
+    cap = cb.capture(model, tok, PROMPT, dtype=torch.float32)
+    want = cb.explain_attention(cap, layer=layer, head=head, query=query, key=key)
+    assert reply["score"] == pytest.approx(want.score, abs=1e-6)
+    assert reply["total"] == pytest.approx(reply["score"], abs=1e-4)
+    assert (reply["layer"], reply["head"], reply["query"], reply["key"]) == cells[0]
+    reqs = view.export_requests(10 * 2**20)
+    assert reqs and reqs[0] == {
+        "kind": "fetch-explain",
+        "layer": layer,
+        "head": head,
+        "query": query,
+        "key": key,
+    }
+    assert any("explanations of" in n for n in view.export_notes(10 * 2**20))
+    assert cb.graph_view(g).export_requests(10 * 2**20) == []
+    with pytest.raises(ValueError, match="no model attached.*cb.graph_view\\(graph, model="):
+        cb.graph_view(g).explain_head(layer, head, query, key)
+    with pytest.raises(ValueError, match=f"query must be an int in 0..{len(g.tokens) - 1}"):
+        view.explain_head(layer, head, 99, key)
+    with pytest.raises(ValueError, match="layer must be an int in 0..1"):
+        view.explain_head(7, head, query, key)
+    with pytest.raises(ValueError, match="key <= query"):
+        view.explain_head(layer, head, 2, 5)

@@ -59,6 +59,8 @@ export interface PanelOptions {
   /** Select a component in the linked views: {layer, head} for a head, {layer} for an MLP. */
   select(values: { layer: number; head?: number }): void;
   signal: AbortSignal;
+  /** The note shown where the OV side would be, when the reply has none. */
+  ovNote?: string;
   /** Called when the panel is closed (the view unmarks the explained cell). */
   onClose?(): void;
 }
@@ -365,7 +367,7 @@ export class ExplainPanel {
     this.ov.replaceChildren();
     if (!x.ov) {
       el("div", "cb-xp-note", this.ov).textContent =
-        "What this head moves into a logit, by source position: pass target= (and baseline=) to cb.attention.";
+        this.opts.ovNote ?? "What this head moves into a logit, by source position: pass target= (and baseline=) to cb.attention.";
       return;
     }
     const ov = x.ov;

@@ -8,6 +8,7 @@ import { Fetcher } from "../fetch";
 import { resolveLink, select } from "../link";
 import { followTheme } from "../theme";
 import type { Encoded } from "../types";
+import { ExplainPanel } from "./explain_panel";
 import { visible } from "./lens";
 
 interface Intervention {
@@ -31,6 +32,7 @@ interface GraphState {
   supernodes: Record<string, number[]>;
   interventions: Intervention[];
   live: boolean;
+  explainable?: boolean; // a head loading's click opens cb.explain_attention, computed in the kernel
   _nodes: Encoded;
   _edges: Encoded;
   _loadings: Encoded;
@@ -170,6 +172,17 @@ export async function render(props: RenderProps<GraphState>) {
   groupBtn.textContent = "group pinned";
   const superList = el("div", "cb-graph-supers", side);
   const results = el("div", "cb-graph-results", side);
+  // a head loading's click: cb.explain_attention of that head at (target position, source position)
+  const explainPanel = model.get("explainable")
+    ? new ExplainPanel(fetcher, {
+        tokens,
+        target: "",
+        select: (v) => select(link, v),
+        signal,
+        ovNote: "The head's score where the edge's target (query) reads the source's position (key); the button's number is the head's part of the edge.",
+      })
+    : null;
+  if (explainPanel) side.insertBefore(explainPanel.el, info.nextSibling);
   const note = el("div", "cb-caption cb-graph-note", side);
   if (offline) note.textContent = "saved report: interventions already run are shown; new ones need a running kernel";
 
@@ -293,8 +306,21 @@ export async function render(props: RenderProps<GraphState>) {
         const b = el("button", "cb-figure-button cb-graph-head", li);
         b.type = "button";
         b.textContent = `L${loads[4 * r + 1]}H${loads[4 * r + 2]} ${fmt(loads[4 * r + 3])}`;
-        b.title = "the part of this edge through this head; click to select the head (explain_attention in linked views)";
-        b.addEventListener("click", () => select(link, { layer: loads[4 * r + 1], head: loads[4 * r + 2], token: nodes[6 * i + 2] }), { signal });
+        const layer = loads[4 * r + 1];
+        const head = loads[4 * r + 2];
+        const query = nodes[6 * i + 2]; // the head's last hop lands on the target's position
+        const key = nodes[6 * edges[3 * e] + 2];
+        b.title = explainPanel
+          ? `the part of this edge through this head; click to explain its score at query ${query}, key ${key} (cb.explain_attention) and select it in linked views`
+          : "the part of this edge through this head; click to select the head in linked views";
+        b.addEventListener(
+          "click",
+          () => {
+            select(link, { layer, head, token: query });
+            if (explainPanel) void explainPanel.explain(layer, head, query, key);
+          },
+          { signal },
+        );
       }
     }
   };

@@ -37,6 +37,20 @@ def _parse_bytes(v: int | float | str | None) -> float | None:
     return float(s)
 
 
+ROW_BUFFER_BYTES = 512 * 2**20
+"""Bound on the dense rows of one batch (``batch x candidate sources``): a batch whose rows
+would pass it is made smaller (long prompts with the neuron basis)."""
+
+TAKE_BYTES = 64 * 2**20
+"""Rows are thinned this many bytes of rows at a time (their ``|row|`` and masks)."""
+
+
+def batch_rows(batch_size: int, n_cand: int) -> int:
+    """Rows per batch: ``batch_size``, fewer where their dense rows would pass
+    :data:`ROW_BUFFER_BYTES`."""
+    return max(1, min(batch_size, ROW_BUFFER_BYTES // (4 * n_cand)))
+
+
 def estimate_cost(
     n_layers: int,
     n_pos: int,
@@ -46,27 +60,80 @@ def estimate_cost(
     max_nodes: int,
     batch_size: int,
     n_sources_per_layer: int | None = None,
+    *,
+    n_kv_heads: int | None = None,
+    d_head: int | None = None,
+    d_vocab: int = 0,
+    d_sae: int = 0,
+    head_loadings: int = 0,
+    min_edge_share: float = 1e-4,
+    weights_copied: bool = False,
 ) -> dict[str, float]:
     """The cost model of docs/attribution_graphs.md: FLOPs and bytes of one run.
 
     A row costs one backward pass through frozen attention (``4 P D^2``-ish per layer: the
-    output and value projections) plus reading edges from the sources (``2 P D d_mlp`` per layer
-    for all neurons; ``2 P D k`` with ``k`` active transcoder features per position).
+    output and value projections, plus ``2 P^2 D`` for the pattern) plus reading edges from the
+    sources (``2 P D d_mlp`` per layer for all neurons; ``2 P D k`` with ``k`` active transcoder
+    features per position: pass ``n_sources_per_layer = k + 1``, the error node included).
+
+    Bytes are float32 tensors alive at the peak: the frozen system (weight copies, per-token
+    state, patterns whole while ``L H P^2`` fits :data:`PATTERN_CACHE_BYTES`, else queries and
+    keys), plus the largest of the phases that follow one another: the capture while freezing,
+    the transcoders' encoder outputs, a batch of rows with its backward passes, head loadings.
     """
+    from ._graph_frozen import PATTERN_BLOCK_ROWS, PATTERN_CACHE_BYTES
+    from ._graph_rows import BACKWARD_COPIES, rows_per_backward
+
+    L, P, D, M, H = n_layers, n_pos, d_model, d_mlp, n_heads
+    KV, dh = n_kv_heads or n_heads, d_head or d_model // n_heads
+    transcoders = n_sources_per_layer is not None
+    srcs = n_sources_per_layer or M
     # output and value projections (~4 P D^2) and the frozen pattern (2 H P^2 d_head)
-    per_layer_back = 4 * n_pos * d_model * d_model + 2 * n_pos * n_pos * d_model
-    per_layer_read = 2 * n_pos * d_model * (n_sources_per_layer or d_mlp)
+    per_layer_back = 4 * P * D * D + 2 * P * P * D
+    per_layer_read = 2 * P * D * srcs
     rows = max_nodes + 10
-    flops = rows * n_layers * (per_layer_back + per_layer_read) / 2  # rows sit at all depths
-    n_cand = n_layers * n_pos * (n_sources_per_layer or d_mlp) + n_pos
-    frozen = 4 * n_layers * (n_heads * n_pos * n_pos + 2 * n_pos * d_mlp + 3 * n_pos)
-    buffers = 4 * batch_size * (n_cand + 3 * n_pos * d_model)
+    flops = rows * L * (per_layer_back + per_layer_read) / 2  # rows sit at all depths
+    n_cand = L * P * srcs + P
+    f4 = 4.0
+    weights = f4 * L * (2 * D * M + (H + KV) * dh * D) + (f4 * D * d_vocab if weights_copied else 0)
+    dense_patterns = f4 * L * H * P * P <= PATTERN_CACHE_BYTES
+    patterns = f4 * L * H * P * P if dense_patterns else f4 * L * P * (H + KV) * dh
+    per_token = f4 * P * D * (1 + L) + (f4 * L * P * D if transcoders else 2 * f4 * L * P * M)
+    frozen = weights + patterns + per_token
+    # while freezing: the capture (residuals, queries/keys, all positions' logits, neurons or
+    # MLP outputs) and the model's own forward (one layer's scores and MLP at a time)
+    capture = f4 * P * (2 * L * D + L * (H + KV) * dh + 2 * d_vocab)
+    capture += f4 * L * P * D if transcoders else 2 * f4 * L * P * M
+    capture += f4 * (2 * H * P * P + 3 * P * M)
+    encode = f4 * (L * P * D + 3 * P * d_sae) if transcoders else 0.0  # errors; one layer's codes
+    B = batch_rows(batch_size, n_cand)
+    row_buffer = f4 * B * n_cand
+    take = 3 * min(row_buffer, f4 * max(1, TAKE_BYTES // (4 * n_cand)) * n_cand)
+    R = min(B, rows_per_backward(P, D))
+    backward = BACKWARD_COPIES * f4 * R * P * D
+    if not dense_patterns:  # a block's scores, softmax and padded copy
+        backward += 3 * f4 * H * PATTERN_BLOCK_ROWS * P
+    if transcoders:  # gradient gathered for a block of features, and its product
+        from ._graph_transcoders import READ_BLOCK_BYTES
+
+        backward += 2 * min(READ_BLOCK_BYTES, f4 * R * P * (srcs - 1) * D)
+    seeds = f4 * B * D * 2  # seed vectors and what they read
+    rows_phase = row_buffer + take + backward + seeds
+    heads = f4 * BACKWARD_COPIES * H * P * D if head_loadings else 0.0
+    # edges kept: at most 1 / min_edge_share per row; rows keep far fewer in practice (a few
+    # hundred to a few thousand), counted at 1 / (10 min_edge_share) per row, 20 bytes each
+    per_row = min(n_cand, 1 / (10 * max(min_edge_share, 1e-9)))
+    edges = 20.0 * rows * per_row
+    peak = frozen + max(capture, encode, rows_phase, heads) + edges
     return {
         "rows": rows,
         "flops": float(flops),
         "frozen_bytes": float(frozen),
-        "row_buffer_bytes": float(buffers),
-        "peak_bytes": float(frozen + buffers + 12 * rows * 4096),
+        "row_buffer_bytes": float(row_buffer),
+        "capture_bytes": float(capture),
+        "backward_bytes": float(backward),
+        "edge_bytes": float(edges),
+        "peak_bytes": float(peak),
     }
 
 
@@ -253,9 +320,10 @@ def attribution_graph(
 
         parallel = bool(dims.get("parallel_attn_mlp")) or adapter.block_mid is None
         transcoders = transcoder_list(basis, dims["n_layers"], dims["d_model"], parallel)
-        ks = [t.k or 64 for t in transcoders]
+        ks = [t.k or 64 for t in transcoders]  # ReLU transcoders: ~64 active per position
         per_layer_sources = max(ks) + 1
     n_pos = len(tokenizer(prompt)["input_ids"])
+    dtype = next(iter(model.parameters())).dtype
     cost = estimate_cost(
         dims["n_layers"],
         n_pos,
@@ -265,6 +333,13 @@ def attribution_graph(
         max_nodes,
         batch_size,
         per_layer_sources,
+        n_kv_heads=dims.get("n_kv_heads"),
+        d_head=dims.get("d_head"),
+        d_vocab=dims.get("d_vocab") or 0,
+        d_sae=max((t.d_sae for t in transcoders), default=0) if transcoders else 0,
+        head_loadings=head_loadings,
+        min_edge_share=min_edge_share,
+        weights_copied=dtype != torch.float32,
     )
     cost["seconds"] = cost["flops"] / _throughput() if estimate else float("nan")
     budget = _parse_bytes(max_memory)
@@ -283,7 +358,9 @@ def attribution_graph(
         )
         return cost
     t0 = time.perf_counter()
-    fr = freeze(model, tokenizer, prompt, keep_mlp_out=transcoders is not None)
+    fr = freeze(
+        model, tokenizer, prompt, keep_mlp_out=transcoders is not None, neurons=transcoders is None
+    )
     if transcoders is None:
         b = NeuronBasis(fr)
     else:
@@ -401,23 +478,30 @@ def _build(
     kept_mass = []
 
     def take(rows: torch.Tensor, bias: torch.Tensor, row_ids: list[int], row_infl) -> None:
-        a = rows.abs()
-        total = a.sum(1)
-        w = torch.as_tensor(row_infl, dtype=torch.float32) / total.clamp_min(1e-30)
-        infl.add_((w[None] @ a)[0].double())  # influence pushed back through these rows
-        keep = a >= (min_edge_share * total)[:, None]
-        keep &= a > 0
-        r, c = keep.nonzero(as_tuple=True)
-        store_src.append(c.numpy().astype(np.int64))
-        store_dst.append(np.asarray(row_ids, np.int64)[r.numpy()])
-        store_w.append(rows[r, c].numpy().astype(np.float32))
-        kept_mass.append(torch.zeros(len(rows)).index_add_(0, r, a[r, c]) / total.clamp_min(1e-30))
+        step = max(1, TAKE_BYTES // (4 * rows.shape[1]))  # temporaries: a few rows at a time
+        for s in range(0, len(rows), step):
+            part = rows[s : s + step]
+            a = part.abs()
+            total = a.sum(1)
+            w = torch.as_tensor(row_infl[s : s + step], dtype=torch.float32)
+            w = w / total.clamp_min(1e-30)
+            infl.add_((w[None] @ a)[0].double())  # influence pushed back through these rows
+            keep = a >= (min_edge_share * total)[:, None]
+            keep &= a > 0
+            r, c = keep.nonzero(as_tuple=True)
+            del keep
+            store_src.append(c.numpy().astype(np.int64))
+            store_dst.append(np.asarray(row_ids[s : s + step], np.int64)[r.numpy()])
+            store_w.append(part[r, c].numpy().astype(np.float32))
+            mass = torch.zeros(len(part)).index_add_(0, r, a[r, c]) / total.clamp_min(1e-30)
+            kept_mass.append(mass)
         row_bias.extend(bias.tolist())
 
     # logit rows first: their ids are -1 - k until the node layout is known
     lrows, lbias = compute_rows(basis, logit_dirs=dirs)
     take(lrows, lbias, [-1 - k for k in range(len(dirs))], weights)
     n_rows = 0
+    batch_size = batch_rows(batch_size, n_cand)
     while n_rows < max_nodes:
         masked = torch.where(done, torch.full_like(infl, -1.0), infl)
         k = min(batch_size, max_nodes - n_rows)

@@ -67,6 +67,47 @@ class Norm:
         return y - y.mean(-1, keepdim=True) if self.centred else y
 
 
+PATTERN_CACHE_BYTES = 256 * 2**20
+"""Frozen patterns of all layers are kept whole up to this size; past it (long prompts) each
+backward recomputes them from the recorded queries and keys in chunks of query rows, so no
+``layers x heads x tokens x tokens`` tensor is held."""
+
+PATTERN_BLOCK_ROWS = 128
+"""Query rows per block of :meth:`FrozenPatterns.blocks` (causal: a block reads only the keys
+up to its last query)."""
+
+
+class FrozenPatterns:
+    """Every layer's frozen attention pattern, read in blocks of query rows.
+
+    Either all layers kept whole (``dense``, ``[heads, pos, pos]`` each: short prompts) or the
+    capture's queries and keys (``source``, a :class:`~circuitboard.capture._patterns.Patterns`
+    holding only them) from which each block is recomputed when read: memory linear in tokens.
+    """
+
+    def __init__(self, dense: list[torch.Tensor] | None = None, source: Any = None) -> None:
+        self.dense, self.source = dense, source
+
+    def blocks(self, layer: int, n: int):
+        """Yield ``(a, b, A [heads, b - a, b])``: query rows ``[a, b)`` of the first ``n``
+        positions over keys ``[0, b)`` (later keys are zero under causal attention)."""
+        if self.dense is not None:
+            A = self.dense[layer]
+            for a in range(0, n, PATTERN_BLOCK_ROWS):
+                b = min(n, a + PATTERN_BLOCK_ROWS)
+                yield a, b, A[:, a:b, :b]
+            return
+        for a, w in self.source.rows(layer, None, slice(0, n), slice(0, n), PATTERN_BLOCK_ROWS):
+            b = a + w.shape[1]
+            yield a, b, w[:, :, :b]
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s whole pattern ``[heads, pos, pos]`` (tests, small prompts)."""
+        if self.dense is not None:
+            return self.dense[layer]
+        return self.source.pattern(layer)
+
+
 @dataclass
 class Frozen:
     """Everything the linear replacement system of one prompt needs (float32, CPU)."""
@@ -80,14 +121,16 @@ class Frozen:
     ln1: list[Norm]
     ln2: list[Norm]
     ln_final: Norm
-    patterns: list[torch.Tensor]  # [heads, query, key] per layer
+    patterns: FrozenPatterns  # [heads, query, key] per layer, read in blocks
     W_V: list[torch.Tensor]  # [kv_heads, d_model, d_head]
     W_O: list[torch.Tensor]  # [heads, d_head, d_model]
     attn_const: list[torch.Tensor]  # [d_model]: attention output with every source at zero
     W_in: list[torch.Tensor]  # [d_model, d_mlp]: the MLP input projection (up for gated MLPs)
     b_in: list[torch.Tensor]  # [d_mlp]
-    mult: list[torch.Tensor]  # [pos, d_mlp]: frozen multiplier, act = mult * (N2(x) W_in + b_in)
-    act: list[torch.Tensor]  # [pos, d_mlp]: the neurons' activations (down projection's input)
+    # [pos, d_mlp] per layer, for the neuron basis only (None for transcoders): the frozen
+    # multiplier (act = mult * (N2(x) W_in + b_in)) and the neurons' activations
+    mult: list[torch.Tensor] | None
+    act: list[torch.Tensor] | None
     W_out: list[torch.Tensor]  # [d_mlp, d_model]
     b_out: list[torch.Tensor]  # [d_model]
     W_U: torch.Tensor  # [d_model, vocab]
@@ -103,6 +146,10 @@ class Frozen:
     @property
     def n_pos(self) -> int:
         return int(self.embed.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.embed.shape[1])
 
     @property
     def n_heads(self) -> int:
@@ -148,19 +195,28 @@ class Frozen:
         return seeds, own
 
     # -- the backward pass through the frozen system -------------------------------------------
+    def _pattern_t_matmul(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """``A^T x`` per head for ``x`` ``[heads, n, cols]`` (queries along dim 1): ``[heads, n
+        keys, cols]``, summed over blocks of query rows (never a pattern copy per row)."""
+        out = torch.zeros_like(x)
+        for a, b, A in self.patterns.blocks(layer, x.shape[1]):
+            out[:, :b].baddbmm_(A.transpose(1, 2), x[:, a:b])
+        return out
+
     def attn_vjp(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """Gradient at the attention input (the residual) from ``g`` ``[rows, pos, d_model]`` at
         the attention output, with the pattern frozen (the first ``pos`` positions: causal
         attention never moves gradient to later ones)."""
-        n = g.shape[1]
-        A = self.patterns[layer][:, :n, :n]
-        W_O, W_V = self.W_O[layer], self.W_V[layer]
-        H, dh, D = W_O.shape
-        KV = W_V.shape[0]
+        R, n, D = g.shape
+        W_O = self.W_O[layer]
+        H, dh, _ = W_O.shape
+        KV = self.W_V[layer].shape[0]
         gz = torch.matmul(g, W_O.reshape(H * dh, D).T)  # [rows, pos, heads * d_head]
-        gz = gz.view(len(g), n, H, dh).transpose(1, 2)
-        gv = torch.matmul(A.transpose(-1, -2), gz)  # [rows, heads, key, d_head]
-        gv = gv.view(len(g), KV, H // KV, n, dh).sum(2).transpose(1, 2).reshape(len(g), n, -1)
+        x = gz.view(R, n, H, dh).permute(2, 1, 0, 3).reshape(H, n, R * dh)
+        del gz
+        gv = self._pattern_t_matmul(layer, x).view(KV, H // KV, n, R, dh).sum(1)
+        del x
+        gv = gv.permute(2, 1, 0, 3).reshape(R, n, KV * dh)  # [rows, key, kv_heads * d_head]
         gu = torch.matmul(gv, self._wv_flat(layer))  # [rows, pos, d_model]
         return self.ln1[layer].vjp(gu)
 
@@ -174,68 +230,96 @@ class Frozen:
 
     def head_vjp(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """Per-head parts of :meth:`attn_vjp`: ``[rows, heads, pos, d_model]`` summing to it."""
-        n = g.shape[1]
-        A, W_O, W_V = self.patterns[layer][:, :n, :n], self.W_O[layer], self.W_V[layer]
-        H, KV = W_O.shape[0], W_V.shape[0]
-        gz = torch.einsum("bqd,hed->bhqe", g, W_O)
-        gv = torch.matmul(A.transpose(-1, -2), gz)
+        R, n, _ = g.shape
+        W_O, W_V = self.W_O[layer], self.W_V[layer]
+        H, dh, _ = W_O.shape
+        KV = W_V.shape[0]
+        gz = torch.einsum("bqd,hed->hqbe", g, W_O).reshape(H, n, R * dh)
+        gv = self._pattern_t_matmul(layer, gz).view(H, n, R, dh).permute(2, 0, 1, 3)
         group = torch.arange(H) // (H // KV)
         gu = torch.einsum("bhke,hde->bhkd", gv, W_V[group])
         return self.ln1[layer].vjp(gu)
 
     def backward(
         self,
-        final_seed: torch.Tensor | None,
-        in_seeds: dict[int, torch.Tensor],
+        final_seed: torch.Tensor | Seeds | None,
+        in_seeds: dict[int, torch.Tensor | Seeds],
         read_mlp: Callable[[int, torch.Tensor], None],
         read_embed: Callable[[torch.Tensor], None],
         post_seeds: dict[int, torch.Tensor] | None = None,
         n_pos: int | None = None,
         mlp_bias: Callable[[int], torch.Tensor] | None = None,
+        n_rows: int | None = None,
     ) -> torch.Tensor:
         """Run rows of gradient down the frozen system; returns each row's bias part.
 
-        ``final_seed`` ``[rows, pos, d_model]`` sits at the final residual, ``in_seeds[l]`` at
-        the MLP input of layer ``l`` (targets inside that layer). ``read_mlp(l, g)`` receives the
-        gradient where layer ``l``'s MLP writes, ``read_embed(g)`` the one at the embedding.
-        MLPs pass no gradient: their outputs are nodes (or error nodes), not paths.
-        ``post_seeds[l]`` sit at the residual after layer ``l`` (``-1``: the embedding).
-        With ``n_pos`` only the first ``n_pos`` positions are carried (enough for targets
-        there: causal attention moves gradient only to earlier positions); seeds then have
-        ``n_pos`` positions too.
+        ``final_seed`` sits at the final residual, ``in_seeds[l]`` at the MLP input of layer
+        ``l`` (targets inside that layer): dense ``[rows, pos, d_model]`` or :class:`Seeds`
+        (one vector per target, so a batch over many layers holds no ``rows x pos x d_model``
+        buffer per layer). ``read_mlp(l, g)`` receives the gradient where layer ``l``'s MLP
+        writes, ``read_embed(g)`` the one at the embedding. MLPs pass no gradient: their
+        outputs are nodes (or error nodes), not paths. ``post_seeds[l]`` sit at the residual
+        after layer ``l`` (``-1``: the embedding). With ``n_pos`` only the first ``n_pos``
+        positions are carried (enough for targets there: causal attention moves gradient only
+        to earlier positions); seeds then have ``n_pos`` positions too.
         """
         post_seeds = post_seeds or {}
-        some = [*in_seeds.values(), *post_seeds.values()]
-        rows = some[0].shape[0] if final_seed is None else len(final_seed)
-        g = (
-            final_seed.clone()
-            if final_seed is not None
-            else torch.zeros(rows, n_pos or self.n_pos, self.embed.shape[1])
-        )
-        bias = torch.zeros(rows)
+        if n_rows is None:
+            some = [final_seed, *in_seeds.values(), *post_seeds.values()]
+            n_rows = next(
+                len(x) if isinstance(x, torch.Tensor) else x.n_rows for x in some if x is not None
+            )
+        g = torch.zeros(n_rows, n_pos or self.n_pos, self.d_model)
+        # whether any seed has entered yet: layers above every target are skipped (a flag, not
+        # a reduction over g at every layer)
+        live = final_seed is not None
+        if live:
+            _add_seed(g, final_seed)
+        bias = torch.zeros(n_rows)
         for layer in range(self.n_layers - 1, -1, -1):
             if layer in post_seeds:
-                g = g + post_seeds[layer]
-            if g.abs().amax() > 0:
+                g += post_seeds[layer]
+                live = True
+            if live:
                 read_mlp(layer, g)
                 bias += g.sum(1) @ (self.b_out[layer] if mlp_bias is None else mlp_bias(layer))
             seed = in_seeds.get(layer)
             if self.parallel:  # attention and MLP both read resid_pre
-                attn_g = g
-                g = g + self.attn_vjp(layer, g) if g.abs().amax() > 0 else g
-                bias += attn_g.sum(1) @ self.attn_const[layer]
+                if live:
+                    bias += g.sum(1) @ self.attn_const[layer]
+                    g += self.attn_vjp(layer, g)
                 if seed is not None:
-                    g = g + seed
+                    _add_seed(g, seed)
+                    live = True
             else:
                 if seed is not None:
-                    g = g + seed
-                bias += g.sum(1) @ self.attn_const[layer]
-                if g.abs().amax() > 0:
-                    g = g + self.attn_vjp(layer, g)
+                    _add_seed(g, seed)
+                    live = True
+                if live:
+                    bias += g.sum(1) @ self.attn_const[layer]
+                    g += self.attn_vjp(layer, g)
         if -1 in post_seeds:
-            g = g + post_seeds[-1]
+            g += post_seeds[-1]
         read_embed(g)
         return bias
+
+
+@dataclass
+class Seeds:
+    """One seed vector per target row: ``vec[i]`` at row ``row[i]``, position ``pos[i]``."""
+
+    n_rows: int
+    row: torch.Tensor  # [k] long
+    pos: torch.Tensor  # [k] long
+    vec: torch.Tensor  # [k, d_model]
+
+
+def _add_seed(g: torch.Tensor, seed: torch.Tensor | Seeds) -> None:
+    """Add ``seed`` into ``g`` ``[rows, pos, d_model]`` in place."""
+    if isinstance(seed, Seeds):
+        g.index_put_((seed.row, seed.pos), seed.vec, accumulate=True)
+    else:
+        g += seed
 
 
 def _attn_const(W_V: torch.Tensor, b_V: torch.Tensor, W_O: torch.Tensor, b_O, ln_b) -> torch.Tensor:
@@ -261,8 +345,21 @@ def supported_for_graphs(adapter: Any) -> str | None:
     return None
 
 
-def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = False) -> Frozen:
-    """Run ``model`` on ``prompt`` once and freeze its replacement system."""
+def freeze(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    *,
+    keep_mlp_out: bool = False,
+    neurons: bool = True,
+    pattern_cache_bytes: int = PATTERN_CACHE_BYTES,
+) -> Frozen:
+    """Run ``model`` on ``prompt`` once and freeze its replacement system.
+
+    ``keep_mlp_out`` keeps each MLP's output (transcoder error nodes); ``neurons=False`` keeps
+    no per-neuron multipliers or activations (a transcoder basis needs none: ``2 L P d_mlp``
+    floats saved). Patterns past ``pattern_cache_bytes`` in all are recomputed when read.
+    """
     from ..capture import capture
 
     adapter = get_adapter(model)
@@ -288,10 +385,12 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
 
         return hook
 
-    for layer in range(n_layers):
+    for layer in range(n_layers if neurons else 0):
         act_mod = get_module(adapter.block(model, layer), act_path)
         handles.append(act_mod.register_forward_hook(grab(layer)))
-    what = ["resid_pre", "resid_mid", "pattern", "mlp_post", "scale", "logits", "norm_scales"]
+    what = ["resid_pre", "resid_mid", "pattern", "scale", "logits", "norm_scales"]
+    if neurons:
+        what.append("mlp_post")
     if keep_mlp_out:
         what.append("mlp_out")
     try:
@@ -310,6 +409,9 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         b = b.detach().float() if b is not None else torch.zeros_like(w)
         return Norm(scale.float(), (1 + w) if gemma else w, b, centred)
 
+    P = len(cap.tokens)
+    n_heads = int(W["blocks.0.attn.W_O"].shape[0])
+    dense = 4 * n_layers * n_heads * P * P <= pattern_cache_bytes or cap.patterns is None
     fr_ln1, fr_ln2, pats, W_V, W_O, consts, W_in, b_in, W_out, b_out, acts = ([] for _ in range(11))
     for layer in range(n_layers):
         p = f"blocks.{layer}."
@@ -318,7 +420,8 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         ln2 = norm(p + ln2_name, cap[p + f"{ln2_name}.hook_scale"])
         fr_ln1.append(ln1)
         fr_ln2.append(ln2)
-        pats.append(cap[p + "attn.hook_pattern"].float().contiguous())
+        if dense:
+            pats.append(cap[p + "attn.hook_pattern"].float().contiguous())
         wv = W[p + "attn.W_V"].detach().float()
         wo = W[p + "attn.W_O"].detach().float()
         W_V.append(wv.contiguous())
@@ -334,11 +437,18 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         b_in.append(bi)
         W_out.append(W[p + "mlp.W_out"].detach().float().contiguous())
         b_out.append(W[p + "mlp.b_out"].detach().float())
-        acts.append(cap[p + "mlp.hook_post"].float())
-    P = len(cap.tokens)
+        if neurons:
+            acts.append(cap[p + "mlp.hook_post"].float())
     reads = "hook_resid_pre" if info.parallel_attn_mlp else "hook_resid_mid"
     mlp_in_resid = [cap[f"blocks.{i}.{reads}"].float() for i in range(n_layers)]
-    mult = [mults[layer][:P] for layer in range(n_layers)]
+    mult = [mults[layer][:P] for layer in range(n_layers)] if neurons else None
+    if dense:
+        patterns = FrozenPatterns(dense=pats)
+    else:  # keep only the queries and keys (not the whole capture) to recompute blocks from
+        from ..capture._patterns import Patterns
+
+        qk = {n: t for n, t in cap.tensors.items() if n.endswith((".hook_q", ".hook_k"))}
+        patterns = FrozenPatterns(source=Patterns(qk, cap.patterns.specs, cache_bytes=0))
     embed = cap["blocks.0.hook_resid_pre"].float()
     final = norm("ln_final", cap["ln_final.hook_scale"])
     with torch.no_grad():
@@ -354,19 +464,19 @@ def freeze(model: Any, tokenizer: Any, prompt: str, *, keep_mlp_out: bool = Fals
         ln1=fr_ln1,
         ln2=fr_ln2,
         ln_final=final,
-        patterns=pats,
+        patterns=patterns,
         W_V=W_V,
         W_O=W_O,
         attn_const=consts,
         W_in=W_in,
         b_in=b_in,
         mult=mult,
-        act=acts,
+        act=acts if neurons else None,
         W_out=W_out,
         b_out=b_out,
         W_U=W_U,
         b_U=b_U,
-        logits=cap.logits[-1].float(),
+        logits=cap.logits[-1].float().clone(),  # not a view: the capture's [pos, vocab] goes
         mlp_out=[cap[f"blocks.{i}.hook_mlp_out"].float() for i in range(n_layers)]
         if keep_mlp_out
         else None,

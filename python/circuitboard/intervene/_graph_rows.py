@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ._graph_frozen import Frozen
+from ._graph_frozen import Frozen, Seeds
+
+BACKWARD_BYTES = 128 * 2**20
+"""Bound on one backward pass's ``rows x pos x d_model`` gradient: a batch whose gradient would
+pass it runs as several backward passes of fewer rows (long prompts), so the temporaries of a
+pass (about :data:`BACKWARD_COPIES` such tensors) stay bounded whatever the batch size."""
+
+BACKWARD_COPIES = 6
+"""Gradient-sized tensors alive at once in a backward pass (the gradient, the attention's
+per-head and value-side products, the norm's, and the sum), for the memory estimate."""
 
 KIND_TOKEN, KIND_BASIS, KIND_ERROR, KIND_LOGIT = 0, 1, 2, 3
 KIND_NAMES = ("token", "neuron", "error", "logit")
@@ -72,8 +81,11 @@ class NeuronBasis(CandidateLayout):
 
     def activation(self, cand: torch.Tensor) -> torch.Tensor:
         layer, pos, n = self.locate(cand)
-        flat = torch.stack([a.reshape(-1) for a in self.fr.act])
-        return flat[layer, pos * self.fr.d_mlp + n]
+        out = torch.zeros(len(cand))
+        for lyr in layer.unique().tolist():  # index each layer: no copy of all activations
+            i = (layer == lyr).nonzero().flatten()
+            out[i] = self.fr.act[lyr][pos[i], n[i]]
+        return out
 
     def read_mlp(self, layer: int, g: torch.Tensor, rows: torch.Tensor) -> None:
         """Edges from layer ``layer``'s neurons: ``act * (g @ W_out^T)``."""
@@ -97,6 +109,12 @@ class NeuronBasis(CandidateLayout):
         return out
 
 
+def rows_per_backward(n_pos: int, d_model: int) -> int:
+    """Rows one backward pass carries: as many as keep its gradient under
+    :data:`BACKWARD_BYTES`."""
+    return max(1, BACKWARD_BYTES // (4 * n_pos * d_model))
+
+
 def compute_rows(
     basis: NeuronBasis,
     logit_dirs: torch.Tensor | None = None,
@@ -106,33 +124,53 @@ def compute_rows(
     ``[k, vocab]`` (rows first) and then basis candidates ``cand``.
 
     Each row plus its bias is the target's value in the frozen system exactly: the logit
-    (difference) for a logit row, the activation for a neuron row.
+    (difference) for a logit row, the activation for a neuron row. Long prompts run the rows
+    as several backward passes (:func:`rows_per_backward`).
     """
-    fr = basis.fr
     n_logit = 0 if logit_dirs is None else len(logit_dirs)
     n_node = 0 if cand is None else len(cand)
-    B, D = n_logit + n_node, fr.embed.shape[1]
-    P = fr.n_pos if n_logit or not n_node else int(basis.locate(cand)[1].max()) + 1
-    rows = torch.zeros(B, basis.n_cand)
-    own = torch.zeros(B)
-    final = None
+    rows = torch.zeros(n_logit + n_node, basis.n_cand)
+    own = torch.zeros(n_logit + n_node)
+    step = rows_per_backward(basis.fr.n_pos, basis.fr.d_model)
     if n_logit:
-        final = torch.zeros(B, P, D)
-        for i, d in enumerate(logit_dirs):
-            final[i, P - 1] = fr.logit_seed(d)
-            own[i] = fr.logit_bias(d)
-    in_seeds: dict[int, torch.Tensor] = {}
-    if n_node:
+        for a in range(0, n_logit, step):
+            b = min(n_logit, a + step)
+            _rows_into(basis, rows[a:b], own[a:b], logit_dirs=logit_dirs[a:b])
+    for a in range(0, n_node, step):
+        b = min(n_node, a + step)
+        _rows_into(
+            basis, rows[n_logit + a : n_logit + b], own[n_logit + a : n_logit + b], cand=cand[a:b]
+        )
+    return rows, own
+
+
+def _rows_into(
+    basis: NeuronBasis,
+    rows: torch.Tensor,
+    out_bias: torch.Tensor,
+    logit_dirs: torch.Tensor | None = None,
+    cand: torch.Tensor | None = None,
+) -> None:
+    """One backward pass: fill ``rows`` (a view of the caller's buffer) and ``out_bias``."""
+    fr = basis.fr
+    B = len(rows)
+    if logit_dirs is not None:
+        P = fr.n_pos
+        vecs = torch.stack([fr.logit_seed(d) for d in logit_dirs])
+        out_bias[:] = torch.tensor([fr.logit_bias(d) for d in logit_dirs])
+        final = Seeds(B, torch.arange(B), torch.full((B,), P - 1), vecs)
+        in_seeds: dict[int, Seeds] = {}
+    else:
+        final = None
+        P = int(basis.locate(cand)[1].max()) + 1
+        in_seeds = {}
         for layer, idx, pos, seeds, node_own in basis.seeds(cand):
-            buf = in_seeds.setdefault(layer, torch.zeros(B, P, D))
-            buf[n_logit + idx, pos] = seeds
-            own[n_logit + idx] = node_own
+            in_seeds[layer] = Seeds(B, idx, pos, seeds)
+            out_bias[idx] = node_own
 
     def read_embed(g: torch.Tensor) -> None:
         rows[:, basis.token_offset : basis.token_offset + P] = (g * fr.embed[:P]).sum(-1)
 
-    if final is None and not in_seeds:
-        return rows, own
     bias = fr.backward(
         final,
         in_seeds,
@@ -140,5 +178,6 @@ def compute_rows(
         read_embed,
         n_pos=P,
         mlp_bias=basis.mlp_bias,
+        n_rows=B,
     )
-    return rows, bias + own
+    out_bias += bias

@@ -15,6 +15,15 @@ from ._graph_rows import CandidateLayout
 
 _READS = ("mlp.hook_in", "hook_resid_mid")
 
+READ_BLOCK_BYTES = 32 * 2**20
+"""Bound on the ``rows x features x d_model`` gradient gathered to read a block of features."""
+
+
+def read_block(n_rows: int, d_model: int) -> int:
+    """Active features read at once: their gathered gradient stays under
+    :data:`READ_BLOCK_BYTES`."""
+    return max(1, READ_BLOCK_BYTES // (4 * n_rows * d_model))
+
 
 def transcoder_list(basis: Any, n_layers: int, d_model: int, parallel: bool) -> list[Any]:
     """The per-layer transcoders in ``basis`` (an SAE, a TranscoderSet or a list of SAEs),
@@ -80,7 +89,8 @@ class TranscoderBasis(CandidateLayout):
     def __post_init__(self) -> None:
         fr = self.fr
         self.by_layer = {t.layer: t for t in self.transcoders}
-        layers, poss, feats, acts, pres, decs = [], [], [], [], [], []
+        layers, poss, feats, acts, pres = [], [], [], [], []
+        self.W_dec: dict[int, torch.Tensor] = {}  # the transcoders' own (float32: no copy)
         self.errors = []
         self.bias_vec = []
         self.offsets = [0]
@@ -98,6 +108,7 @@ class TranscoderBasis(CandidateLayout):
                 f = t.activate(pre.to(t.device, t.dtype)).float().cpu()
                 p, i = f.nonzero(as_tuple=True)
                 W_dec = t.W_dec.detach().float().cpu()
+                self.W_dec[layer] = W_dec
                 recon = f @ W_dec + t.b_dec.detach().float().cpu()
                 self.errors.append(mlp_out - recon)  # a skip term, if any, stays in the error
                 self.bias_vec.append(t.b_dec.detach().float().cpu())
@@ -106,7 +117,6 @@ class TranscoderBasis(CandidateLayout):
                 feats.append(i)
                 acts.append(f[p, i])
                 pres.append(pre[p, i])
-                decs.append(W_dec[i])
                 self.offsets.append(self.offsets[-1] + len(p))
 
         def cat(xs: list[torch.Tensor], dt: torch.dtype) -> torch.Tensor:
@@ -115,7 +125,6 @@ class TranscoderBasis(CandidateLayout):
         self.layer, self.pos = cat(layers, torch.long), cat(poss, torch.long)
         self.feat, self.act = cat(feats, torch.long), cat(acts, torch.float32)
         self.pre = cat(pres, torch.float32)
-        self.dec = torch.cat(decs) if decs else torch.zeros(0, fr.embed.shape[1])
 
     def _read(self, layer: int) -> torch.Tensor:
         t, fr = self.by_layer[layer], self.fr
@@ -138,7 +147,12 @@ class TranscoderBasis(CandidateLayout):
 
     def writes(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(layer, pos, vector [k, d_model])`` that basis candidates write."""
-        return self.layer[cand], self.pos[cand], self.dec[cand] * self.act[cand][:, None]
+        layer = self.layer[cand]
+        vec = torch.zeros(len(cand), self.fr.d_model)
+        for lyr in layer.unique().tolist():  # decoder rows gathered per call, never all of them
+            i = (layer == lyr).nonzero().flatten()
+            vec[i] = self.W_dec[lyr][self.feat[cand[i]]]
+        return layer, self.pos[cand], vec * self.act[cand][:, None]
 
     def mlp_bias(self, layer: int) -> torch.Tensor:
         return self.bias_vec[layer]
@@ -148,12 +162,14 @@ class TranscoderBasis(CandidateLayout):
         n = g.shape[1]
         s, e = self.offsets[layer], self.offsets[layer + 1]
         if e > s:
-            for a in range(s, e, 512):  # blocks: never a [rows, all active, d_model] temporary
-                b = min(a + 512, e)
+            step = read_block(len(g), self.fr.d_model)
+            for a in range(s, e, step):  # blocks: never a [rows, all active, d_model] temporary
+                b = min(a + step, e)
                 pos = self.pos[a:b]
                 ok = pos < n
                 gp = g[:, pos.clamp(max=n - 1)]  # [rows, block, d_model]
-                rows[:, a:b] = torch.einsum("bkd,kd->bk", gp, self.dec[a:b]) * self.act[a:b] * ok
+                dec = self.W_dec[layer][self.feat[a:b]]  # [block, d_model]
+                rows[:, a:b] = torch.einsum("bkd,kd->bk", gp, dec) * self.act[a:b] * ok
         err0 = self.n_basis + layer * self.fr.n_pos
         rows[:, err0 : err0 + n] = (g * self.errors[layer][:n]).sum(-1)
 

@@ -13,6 +13,7 @@ from ._validate import token_list
 from ._view import View, pack
 
 EXPORT_INTERVENTIONS = 8  # single-node ablations a report precomputes
+EXPORT_EXPLAINED = 128  # explanations of head-loading buttons a report embeds (~5 kB each)
 
 
 class GraphView(View):
@@ -23,11 +24,14 @@ class GraphView(View):
     Only the pruned graph travels, as binary buffers. Every kept edge is drawn faintly; hover a
     node to see its edges (blue helps, red hurts) and its top inputs, with the per-head parts
     of cross-position edges (head loadings). Click a node to select its layer, token and neuron
-    in linked views (a head loading selects that head, e.g. for ``cb.explain_attention``);
-    shift-click pins it. Pinned nodes group into named supernodes; "run" scales a supernode's
-    activations (0 ablates) in the model's own forward in the kernel and shows the new top
-    tokens and the change of the target metric. A saved report keeps the graph, the supernodes
-    and every intervention already run; new ones need a kernel.
+    in linked views; shift-click pins it. Clicking a head loading selects that head in linked
+    views and, with a model attached, opens ``cb.explain_attention`` of that head at (the
+    target's position, the source's position) in a panel beside the graph, computed in the
+    kernel (:meth:`explain_head`). Pinned nodes group into named supernodes; "run" scales a
+    supernode's activations (0 ablates) in the model's own forward in the kernel and shows the
+    new top tokens and the change of the target metric. A saved report keeps the graph, the
+    supernodes, every intervention already run and the explanations behind the largest head
+    loadings; new ones need a kernel.
 
     Examples
     --------
@@ -60,11 +64,16 @@ class GraphView(View):
     top}``; a report keeps them."""
     live = traitlets.Bool(False).tag(sync=True)
     """Whether a model is attached (interventions can run)."""
+    explainable = traitlets.Bool(False).tag(sync=True)
+    """Whether a click on a head loading opens ``cb.explain_attention`` (a model is attached)."""
     _nodes = traitlets.Dict().tag(sync=True)  # float32 [n, 6]: kind, layer, pos, index, act, infl
     _edges = traitlets.Dict().tag(sync=True)  # float32 [m, 3]: src, dst, weight (view node ids)
     _loadings = traitlets.Dict().tag(sync=True)  # float32 [k, 4]: edge, layer, head, value
 
-    _fetchers: ClassVar[dict[str, str]] = {"intervene": "_fetch_intervene"}
+    _fetchers: ClassVar[dict[str, str]] = {
+        "intervene": "_fetch_intervene",
+        "fetch-explain": "_fetch_explain",
+    }
 
     def __init__(
         self, graph: Any, *, model: Any = None, tokenizer: Any = None, **kwargs: Any
@@ -79,6 +88,7 @@ class GraphView(View):
             raise ValueError("pass both model= and tokenizer= (for interventions) or neither.")
         self.graph = graph
         self._model, self._tokenizer = model, tokenizer
+        self._cap: Any = None  # the prompt's capture, made at the first explanation
         keep = np.flatnonzero(graph.node_mask)
         self._keep = keep
         remap = np.full(len(graph.node_kind), -1, np.int64)
@@ -129,6 +139,7 @@ class GraphView(View):
             n_nodes=len(keep),
             logit_labels=[str(x) for x in graph.logit_labels],
             live=model is not None,
+            explainable=model is not None,
             _nodes=encode(nodes.reshape(-1, 6), "float32"),
             _edges=encode(edges.reshape(-1, 3), "float32"),
             _loadings=encode(loadings.reshape(-1, 4), "float32"),
@@ -175,12 +186,100 @@ class GraphView(View):
             self.group(name, [int(n) for n in nodes])
         return pack(**self.intervene(name, float(msg.get("factor", 0.0))))
 
+    def explain_head(self, layer: int, head: int, query: int, key: int) -> dict[str, Any]:
+        """``cb.explain_attention`` of ``head`` in ``layer`` at (``query``, ``key``) on the
+        graph's prompt, as the explanation panel shows it (top component pairs, the score and
+        their sum). A head loading's button asks for (the edge's target position, its source
+        position). Needs the model: the prompt is captured (float32) at the first call."""
+        if self._model is None:
+            raise ValueError(
+                "no model attached: explaining a head's score needs a kernel with the model. "
+                "Build the view with cb.graph_view(graph, model=model, tokenizer=tokenizer)."
+            )
+        n = len(self.graph.tokens)
+        for name, v, hi in (("query", query, n), ("key", key, n), ("layer", layer, None)):
+            hi = hi or int(self.graph.n_layers)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < hi:
+                raise ValueError(f"{name} must be an int in 0..{hi - 1}; got {v!r}.")
+        if self._cap is None:
+            import torch
+
+            from ..capture import capture
+
+            self._cap = capture(
+                self._model, self._tokenizer, self.graph.prompt, dtype=torch.float32
+            )
+        from ..analysis._explain import explain_attention
+        from ._explain_panel import panel_reply
+
+        ex = explain_attention(self._cap, layer=layer, head=head, query=query, key=key)
+        return panel_reply(ex)
+
+    def _fetch_explain(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        args = []
+        for name in ("layer", "head", "query", "key"):
+            v = msg.get(name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"a fetch-explain request needs an int {name}; got {v!r}.")
+            args.append(v)
+        return self.explain_head(*args), []
+
+    def _loading_cells(self) -> list[tuple[int, int, int, int]]:
+        """Distinct (layer, head, query, key) of the head-loading buttons the view shows (each
+        node's 8 strongest inputs, their 3 largest parts), the largest parts first."""
+        g = self.graph
+        if not len(g.hl_edge):
+            return []
+        shown: list[tuple[float, tuple[int, int, int, int]]] = []
+        kept_edges = np.flatnonzero(g.edge_mask)
+        by_edge: dict[int, list[int]] = {}
+        for r, e in enumerate(g.hl_edge.tolist()):
+            by_edge.setdefault(int(e), []).append(r)
+        for dst in np.unique(g.edge_dst[kept_edges]):
+            ins = kept_edges[g.edge_dst[kept_edges] == dst]
+            ins = ins[np.argsort(-np.abs(g.edge_weight[ins]), kind="stable")][:8]
+            for e in ins.tolist():
+                parts = sorted(by_edge.get(e, []), key=lambda r: -abs(float(g.hl_value[r])))[:3]
+                for r in parts:
+                    cell = (
+                        int(g.hl_layer[r]),
+                        int(g.hl_head[r]),
+                        int(g.node_pos[dst]),
+                        int(g.node_pos[g.edge_src[e]]),
+                    )
+                    shown.append((-abs(float(g.hl_value[r])), cell))
+        cells: dict[tuple[int, int, int, int], None] = {}
+        for _, cell in sorted(shown):
+            cells.setdefault(cell, None)
+        return list(cells)
+
     # -- static reports ------------------------------------------------------------------
-    def export_notes(self, budget_bytes: int) -> list[str]:
+    def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
+        """A report embeds the explanations behind the largest head-loading buttons (views
+        with a model only), at most a tenth of the budget."""
+        if not self.explainable or self._model is None:
+            return []
+        from ._explain_panel import REPLY_BYTES
+
+        n = min(EXPORT_EXPLAINED, int(budget_bytes) // 10 // REPLY_BYTES)
         return [
+            {"kind": "fetch-explain", "layer": a, "head": b, "query": q, "key": k}
+            for a, b, q, k in self._loading_cells()[:n]
+        ]
+
+    def export_notes(self, budget_bytes: int) -> list[str]:
+        notes = [
             "Attribution graph: the pruned graph, its supernodes and the interventions already "
             "run are saved; new interventions need a running kernel."
         ]
+        if self.explainable and self._model is not None:
+            cells = self._loading_cells()
+            kept = len(self.export_requests(budget_bytes))
+            notes.append(
+                f"Attribution graph: explanations of {kept} of {len(cells)} head loadings "
+                "(the largest) are saved; the others open in a live notebook."
+            )
+        return notes
 
 
 def graph_view(graph: Any, *, model: Any = None, tokenizer: Any = None, **kwargs: Any) -> GraphView:
