@@ -190,3 +190,19 @@ def test_two_architectures_side_by_side_on_one_step_axis(page, tmp_path, artifac
     assert page.get_attribute(".cb-train-colorbar", "data-hi") == f"{v.max():.3f}"
     page.screenshot(path=str(artifacts / "training-two-trials.png"), full_page=True)
     assert page.cb_errors == []
+
+
+def test_training_view_saves_as_png_and_svg(tmp_path, artifacts, toy_run):
+    """The view has the ⤓ PNG / SVG buttons every view has (save_png drives them)."""
+    import xml.etree.ElementTree as ET
+
+    from tests.browser.test_linked_report import png_size
+
+    view = cb.training_view(toy_run)
+    png = view.save_png(tmp_path / "training.png", scale=1)
+    w, h = png_size(png.read_bytes())
+    assert w > 500 and h > 300
+    (artifacts / "figure-training.png").write_bytes(png.read_bytes())
+    root = ET.parse(view.save_svg(tmp_path / "training.svg")).getroot()
+    texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    assert "Training run" in texts and "⤓" not in texts

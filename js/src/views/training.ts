@@ -133,9 +133,11 @@ export async function render(props: RenderProps<TrainingState>) {
   const probeSteps = model.get("probe_steps");
 
   const root = el("div", "cb-root cb-training", host);
-  const title = el("div", "cb-title", root);
+  const header = el("div", "cb-header", root); // also where the PNG / SVG buttons go
+  const title = el("span", "cb-title", header);
   title.textContent = `Training run · ${model.get("trial")}${model.get("trial_b") ? ` vs ${model.get("trial_b")}` : ""}`;
-  const bar = el("div", "cb-train-bar", root);
+  // controls and hints are not part of a saved figure (the title states what is shown)
+  const bar = el("div", "cb-train-bar cb-figure-skip", root);
   const statSel = labelled(bar, "KPI");
   for (const s of stats) option(statSel, s, s);
   const catSel = labelled(bar, "category");
@@ -161,7 +163,7 @@ export async function render(props: RenderProps<TrainingState>) {
   // each row has its own range, so the bar names the ends; hovering a row gives its numbers
   const mapBar = new ColorBar(root, "");
   mapBar.el.classList.add("cb-train-colorbar");
-  const readout = el("div", "cb-train-readout", root);
+  const readout = el("div", "cb-train-readout cb-figure-skip", root);
   readout.textContent = "hover a cell";
   const corrBox = el("div", "cb-train-corr", root);
   const heads = el("div", "cb-train-heads", root);
@@ -407,6 +409,8 @@ export async function render(props: RenderProps<TrainingState>) {
 
   function drawPattern(): void {
     const pk = model.get("picked");
+    const none = !patterns || pk.p === undefined || pk.layer === undefined || pk.head === undefined;
+    patBox.classList.toggle("cb-figure-skip", none); // an empty panel stays out of figures
     if (!patterns || pk.p === undefined || pk.layer === undefined || pk.head === undefined) {
       patTitle.textContent = "click a (step, head) cell to see its attention pattern";
       return;
