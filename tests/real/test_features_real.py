@@ -59,6 +59,18 @@ def test_shipped_sae_clamp_steers_and_own_value_changes_nothing(default_model):
     activation, changes the greedy continuation of a plain prompt; clamped to its own value at
     a position, it changes no logit of the generation (delta clamp: the error stays)."""
     model, tok = default_model
+    # one thread throughout: the thread policy runs heavy calls on one thread while the machine
+    # is busy, and a value read on two threads differs in its last bits from one read on one,
+    # which is no longer "its own value"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _clamp_steers_and_own_value_changes_nothing(model, tok)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _clamp_steers_and_own_value_changes_nothing(model, tok) -> None:  # noqa: ANN001
     sae = next(s for s in cb.load_default_saes() if s.layer == 15)
     verse = "And the LORD spake unto Moses, saying, Speak unto the children of Israel"
     docs = "The function returns a new list containing the items of the iterable"
