@@ -3,19 +3,14 @@ metric in place (no re-render), and the selection is a trait Python reads and se
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
 from tests.browser.test_jupyter_live import (
-    free_port,
     kernel_output,
-    offline_context,
+    live_lab,
     open_and_run,
-    start_lab,
-    stop_lab,
-    write_notebook,
 )
 
 pytestmark = [pytest.mark.jupyter, pytest.mark.slow]
@@ -34,19 +29,13 @@ CELLS = [
 
 
 def test_ablate_selection_in_live_jupyterlab(browser, tmp_path, artifacts):
-    root = tmp_path / "root"
-    root.mkdir()
-    write_notebook(root / "circuit.ipynb", CELLS)
-    port, token = free_port(), secrets.token_hex(16)
-    lab = start_lab(root, port, token)
-    context = None
     errors: list[str] = []
-    try:
-        base = f"http://127.0.0.1:{port}"
-        context = offline_context(browser, base, {"width": 1400, "height": 1400})
-        page = context.new_page()
+    with live_lab(browser, tmp_path, "circuit.ipynb", CELLS, {"width": 1400, "height": 1400}) as (
+        page,
+        url,
+    ):
         page.on("pageerror", lambda e: errors.append(str(e)))
-        open_and_run(page, f"{base}/lab/tree/circuit.ipynb?token={token}")
+        open_and_run(page, url)
         view = ".jp-Notebook .jp-Cell:nth-child(1) .cb-circuit[data-ready=true]"
         page.wait_for_selector(view, timeout=90_000)
         page.wait_for_function(
@@ -66,7 +55,3 @@ def test_ablate_selection_in_live_jupyterlab(browser, tmp_path, artifacts):
         )
         page.locator(view).screenshot(path=str(artifacts / "circuit_live_ablation.png"))
         assert not errors, errors
-    finally:
-        if context is not None:
-            context.close()
-        stop_lab(lab)

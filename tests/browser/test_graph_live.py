@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from pathlib import Path
 
 import pytest
 
 from tests.browser.test_jupyter_live import (
-    free_port,
     kernel_output,
-    offline_context,
+    live_lab,
     open_and_run,
-    start_lab,
-    stop_lab,
-    write_notebook,
 )
 
 pytestmark = [pytest.mark.jupyter, pytest.mark.slow]
@@ -47,19 +42,13 @@ CELLS = [
 
 
 def test_supernode_ablation_and_head_explanation_in_live_jupyterlab(browser, tmp_path, artifacts):
-    root = tmp_path / "root"
-    root.mkdir()
-    write_notebook(root / "graph.ipynb", CELLS)
-    port, token = free_port(), secrets.token_hex(16)
-    lab = start_lab(root, port, token)
-    context = None
     errors: list[str] = []
-    try:
-        base = f"http://127.0.0.1:{port}"
-        context = offline_context(browser, base, {"width": 1500, "height": 1400})
-        page = context.new_page()
+    with live_lab(browser, tmp_path, "graph.ipynb", CELLS, {"width": 1500, "height": 1400}) as (
+        page,
+        url,
+    ):
         page.on("pageerror", lambda e: errors.append(str(e)))
-        open_and_run(page, f"{base}/lab/tree/graph.ipynb?token={token}")
+        open_and_run(page, url)
         view = ".jp-Notebook .jp-Cell:nth-child(1) .cb-graph[data-edges]"
         page.wait_for_selector(view, timeout=120_000)
         info = json.loads(
@@ -128,7 +117,3 @@ def test_supernode_ablation_and_head_explanation_in_live_jupyterlab(browser, tmp
         assert kernel_output(page, "print(view._cap is not None)").strip() == "True"
         page.locator(view).screenshot(path=str(artifacts / "graph_live.png"))
         assert not errors, errors
-    finally:
-        if context is not None:
-            context.close()
-        stop_lab(lab)

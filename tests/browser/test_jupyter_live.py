@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,28 @@ def stop_lab(proc: subprocess.Popen) -> None:
             proc.kill()
             proc.wait(timeout=5)
     proc.cb_log.close()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def live_lab(browser, tmp_path: Path, name: str, cells: list[str], viewport: dict[str, int]):
+    """A JupyterLab serving a fresh folder that holds the notebook ``name`` made of ``cells``,
+    and a page of an offline browser context: yields ``(page, url)``. Set the page's listeners,
+    then ``open_and_run(page, url)``. The browser context and the server stop on exit, after
+    errors too."""
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / name, cells)
+    port, token = free_port(), secrets.token_hex(16)
+    lab = start_lab(root, port, token)
+    context = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        context = offline_context(browser, base, viewport)
+        yield context.new_page(), f"{base}/lab/tree/{name}?token={token}"
+    finally:
+        if context is not None:
+            context.close()
+        stop_lab(lab)
 
 
 def kernel_output(page, code: str) -> str:

@@ -6,21 +6,16 @@ send; Escape closes the explanation panel."""
 from __future__ import annotations
 
 import json
-import secrets
 import time
 
 import pytest
 
 from tests.browser.test_explain_panel import click_cell
 from tests.browser.test_jupyter_live import (
-    free_port,
     kernel_output,
-    offline_context,
+    live_lab,
     open_and_run,
     output_text,
-    start_lab,
-    stop_lab,
-    write_notebook,
 )
 
 pytestmark = [pytest.mark.jupyter, pytest.mark.slow]
@@ -45,12 +40,6 @@ GEN = ".jp-Cell:nth-child(2) .cb-gen"
 
 def test_clicks_and_scrubs_draw_from_what_was_fetched_ahead(browser, tmp_path, artifacts):
     t0 = time.monotonic()
-    root = tmp_path / "root"
-    root.mkdir()
-    write_notebook(root / "prefetch.ipynb", CELLS)
-    port, token = free_port(), secrets.token_hex(16)
-    lab = start_lab(root, port, token)
-    context = page = None
     errors: list[str] = []
     sent: list[str] = []  # the kinds of fetch requests sent to the kernel, in order
 
@@ -61,86 +50,86 @@ def test_clicks_and_scrubs_draw_from_what_was_fetched_ahead(browser, tmp_path, a
                 sent.append(kind.decode())
                 return
 
-    try:
-        base = f"http://127.0.0.1:{port}"
-        context = offline_context(browser, base, {"width": 1400, "height": 1400})
-        page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("websocket", lambda ws: ws.on("framesent", on_frame))
-        open_and_run(page, f"{base}/lab/tree/prefetch.ipynb?token={token}")
-        page.wait_for_selector(f'{ATT}[data-explain-ahead="{LAYER}:{HEAD}"]', timeout=120_000)
-        page.wait_for_selector(
-            f"{GEN}[data-steps-ahead]:not([data-steps-ahead=''])", timeout=60_000
-        )
-        n = int(kernel_output(page, "print(cap.n_tokens)").strip())
-        cells = int(page.get_attribute(ATT, "data-explain-ahead-cells"))
-        assert cells == n * (n + 1) // 2  # a short prompt: every cell of the head
-        assert "fetch-explain-row" in sent and "fetch-explain" not in sent
-        assert int(page.get_attribute(GEN, "data-steps-ahead")) == 6
-        assert sent.count("fetch-step") == 6  # each step once: the first paint's, then ahead
-
-        # A click on a cell: drawn from the cache, no request, the kernel's explanation.
-        before = len(sent)
-        page.locator(f"{ATT} .cb-heatmap").scroll_into_view_if_needed()
-        q, k = n - 1, 3
-        click_cell(page, q, k)
-        page.wait_for_selector(f"{ATT} .cb-xp[data-state=ready]", timeout=10_000)
-        assert page.get_attribute(f"{ATT} .cb-xp", "data-cached") == "true"
-        shown = page.eval_on_selector_all(
-            f"{ATT} .cb-xp-pair",
-            "els => els.map(e => [...e.querySelectorAll('.cb-xp-comp')]"
-            ".map(c => c.textContent).join('×'))",
-        )
-        code = (
-            f"x = att.explain({LAYER}, {HEAD}, {q}, {k})\n"
-            "print(json.dumps([p['query'] + '×' + p['key'] for p in x['pairs']]))"
-        )
-        want = json.loads(kernel_output(page, "import json\n" + code).strip())
-        assert shown == want
-        title = page.text_content(f"{ATT} .cb-xp-title")
-        assert f"query #{q}" in title and f"key #{k}" in title
-        page.locator(ATT).screenshot(path=str(artifacts / "live-prefetch-explain.png"))
-
-        # Escape closes the panel (its close button's tooltip says so) and unlocks the query.
-        page.keyboard.press("Escape")
-        page.wait_for_selector(f"{ATT} .cb-xp[data-state=closed]", state="attached", timeout=5_000)
-        assert page.locator(f"{ATT} .cb-xp").is_hidden()
-        assert page.get_attribute(ATT, "data-explained") == ""
-
-        # Scrubbing every step: no request, each step's internals as the kernel computes them.
-        page.locator(GEN).scroll_into_view_if_needed()
-        page.focus(GEN)
-        for s in range(1, 6):
-            page.keyboard.press("ArrowRight")
-            page.wait_for_selector(f'{GEN}[data-step="{s}"][data-step-ready=true]', timeout=5_000)
-            note = page.text_content(f"{GEN} .cb-gen-dla .cb-gen-note")
-            labels = page.eval_on_selector_all(
-                f"{GEN} .cb-gen-dla .cb-gen-line", "els => els.map(e => e.dataset.label)"
+    with live_lab(browser, tmp_path, "prefetch.ipynb", CELLS, {"width": 1400, "height": 1400}) as (
+        page,
+        url,
+    ):
+        try:
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("websocket", lambda ws: ws.on("framesent", on_frame))
+            open_and_run(page, url)
+            page.wait_for_selector(f'{ATT}[data-explain-ahead="{LAYER}:{HEAD}"]', timeout=120_000)
+            page.wait_for_selector(
+                f"{GEN}[data-steps-ahead]:not([data-steps-ahead=''])", timeout=60_000
             )
-            out = kernel_output(
-                page,
-                f"a = gen.attribution({s})\n"
-                "import numpy as np\n"
-                "top = np.argsort(-np.abs(np.asarray(a.values, dtype=np.float32)), kind='stable')\n"
-                "print(json.dumps([f'{a.model_value:.3f}', [a.labels[i] for i in top[:10]]]))",
+            n = int(kernel_output(page, "print(cap.n_tokens)").strip())
+            cells = int(page.get_attribute(ATT, "data-explain-ahead-cells"))
+            assert cells == n * (n + 1) // 2  # a short prompt: every cell of the head
+            assert "fetch-explain-row" in sent and "fetch-explain" not in sent
+            assert int(page.get_attribute(GEN, "data-steps-ahead")) == 6
+            assert sent.count("fetch-step") == 6  # each step once: the first paint's, then ahead
+
+            # A click on a cell: drawn from the cache, no request, the kernel's explanation.
+            before = len(sent)
+            page.locator(f"{ATT} .cb-heatmap").scroll_into_view_if_needed()
+            q, k = n - 1, 3
+            click_cell(page, q, k)
+            page.wait_for_selector(f"{ATT} .cb-xp[data-state=ready]", timeout=10_000)
+            assert page.get_attribute(f"{ATT} .cb-xp", "data-cached") == "true"
+            shown = page.eval_on_selector_all(
+                f"{ATT} .cb-xp-pair",
+                "els => els.map(e => [...e.querySelectorAll('.cb-xp-comp')]"
+                ".map(c => c.textContent).join('×'))",
             )
-            model_value, top = json.loads(out.strip())
-            assert note.startswith(f"logit {model_value} "), (note, model_value)
-            assert sorted(labels) == sorted(top)
-        page.locator(GEN).screenshot(path=str(artifacts / "live-prefetch-generation.png"))
-        assert len(sent) == before, sent[before:]  # nothing asked of the kernel
-        assert errors == []
-    except Exception as err:
-        if page is not None:
+            code = (
+                f"x = att.explain({LAYER}, {HEAD}, {q}, {k})\n"
+                "print(json.dumps([p['query'] + '×' + p['key'] for p in x['pairs']]))"
+            )
+            want = json.loads(kernel_output(page, "import json\n" + code).strip())
+            assert shown == want
+            title = page.text_content(f"{ATT} .cb-xp-title")
+            assert f"query #{q}" in title and f"key #{k}" in title
+            page.locator(ATT).screenshot(path=str(artifacts / "live-prefetch-explain.png"))
+
+            # Escape closes the panel (its close button's tooltip says so) and unlocks the query.
+            page.keyboard.press("Escape")
+            page.wait_for_selector(
+                f"{ATT} .cb-xp[data-state=closed]", state="attached", timeout=5_000
+            )
+            assert page.locator(f"{ATT} .cb-xp").is_hidden()
+            assert page.get_attribute(ATT, "data-explained") == ""
+
+            # Scrubbing every step: no request, each step's internals as the kernel computes them.
+            page.locator(GEN).scroll_into_view_if_needed()
+            page.focus(GEN)
+            for s in range(1, 6):
+                page.keyboard.press("ArrowRight")
+                page.wait_for_selector(
+                    f'{GEN}[data-step="{s}"][data-step-ready=true]', timeout=5_000
+                )
+                note = page.text_content(f"{GEN} .cb-gen-dla .cb-gen-note")
+                labels = page.eval_on_selector_all(
+                    f"{GEN} .cb-gen-dla .cb-gen-line", "els => els.map(e => e.dataset.label)"
+                )
+                out = kernel_output(
+                    page,
+                    f"a = gen.attribution({s})\n"
+                    "import numpy as np\n"
+                    "v = np.abs(np.asarray(a.values, dtype=np.float32))\n"
+                    "top = np.argsort(-v, kind='stable')\n"
+                    "print(json.dumps([f'{a.model_value:.3f}', [a.labels[i] for i in top[:10]]]))",
+                )
+                model_value, top = json.loads(out.strip())
+                assert note.startswith(f"logit {model_value} "), (note, model_value)
+                assert sorted(labels) == sorted(top)
+            page.locator(GEN).screenshot(path=str(artifacts / "live-prefetch-generation.png"))
+            assert len(sent) == before, sent[before:]  # nothing asked of the kernel
+            assert errors == []
+        except Exception as err:
             page.screenshot(path=str(artifacts / "live-prefetch-failure.png"))
             raise AssertionError(
                 f"{err}\noutputs: {output_text(page, 0)} {output_text(page, 1)}\n"
                 f"errors: {errors}\nsent: {sent}"
             ) from None
-        raise
-    finally:
-        if context is not None:
-            context.close()
-        stop_lab(lab)
     assert time.monotonic() - t0 < 240
