@@ -202,6 +202,22 @@ def test_pruning_keeps_tokens_and_logits_and_is_monotone(llama_graph):
     assert g.replacement_score == pytest.approx(1.0)  # no error nodes in the neuron basis
 
 
+def test_token_id_prompt_gives_the_text_prompts_graph(llama_graph):
+    model, tok, g = llama_graph
+    ids = tok(PROMPT)["input_ids"]
+    kw = dict(basis="neurons", max_nodes=300, batch_size=64, progress=False)
+    for prompt in (ids, torch.tensor([ids])):
+        h = cb.attribution_graph(model, tok, prompt, **kw)
+        assert h.prompt == "".join(g.tokens) and h.tokens == g.tokens
+        np.testing.assert_array_equal(h.token_ids, g.token_ids)
+        np.testing.assert_array_equal(h.edge_src, g.edge_src)
+        np.testing.assert_array_equal(h.edge_weight, g.edge_weight)
+    with pytest.raises(ValueError, match="non-empty string or a list of token ids"):
+        cb.attribution_graph(model, tok, [], **kw)
+    with pytest.raises(ValueError, match=r"one sequence of token ids \(shape \[pos\]"):
+        cb.attribution_graph(model, tok, torch.zeros(2, 3, dtype=torch.long), **kw)
+
+
 def test_save_load_and_circuit_tracer_round_trip(llama_graph, tmp_path):
     _, _, g = llama_graph
     g.save(tmp_path / "g.npz")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -225,7 +226,7 @@ def _targets(fr: Frozen, tokenizer: Any, target, baseline) -> tuple[torch.Tensor
 def attribution_graph(
     model: Any,
     tokenizer: Any,
-    prompt: str,
+    prompt: str | Sequence[int] | torch.Tensor,
     *,
     basis: str | Any = None,
     target: Any = None,
@@ -253,7 +254,8 @@ def attribution_graph(
     model, tokenizer
         A Llama/Mistral/Qwen2, Gemma 1, GPT-2 or GPT-NeoX family model and its tokenizer.
     prompt
-        The text to explain (the graph explains the prediction after its last token).
+        The text to explain (the graph explains the prediction after its last token), or its
+        token ids (a list or a 1-D tensor), used as given.
     basis
         ``"neurons"`` (the MLPs' own neurons; no dictionary needed). Required.
     target, baseline
@@ -306,8 +308,7 @@ def attribution_graph(
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be in [0, 1]; got {v}. 0.8 / 0.98 are the defaults.")
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")
+    prompt, n_pos = _prompt_and_length(tokenizer, prompt)
     cfg = model.config
     from ..capture.adapters import get_adapter
 
@@ -322,7 +323,6 @@ def attribution_graph(
         transcoders = transcoder_list(basis, dims["n_layers"], dims["d_model"], parallel)
         ks = [t.k or 64 for t in transcoders]  # ReLU transcoders: ~64 active per position
         per_layer_sources = max(ks) + 1
-    n_pos = len(tokenizer(prompt)["input_ids"])
     dtype = next(iter(model.parameters())).dtype
     cost = estimate_cost(
         dims["n_layers"],
@@ -449,6 +449,31 @@ def _add_head_loadings(graph: AttributionGraph, basis: Any, dirs, n_targets: int
         hl_layer=np.concatenate(out_l).astype(np.int32),
         hl_head=np.concatenate(out_h).astype(np.int32),
         hl_value=np.concatenate(out_v).astype(np.float32),
+    )
+
+
+def _prompt_and_length(tokenizer: Any, prompt: Any) -> tuple[str | list[int], int]:
+    """``prompt`` as text or a list of token ids (as given: ids are used as they are, with no
+    special tokens added), and its length in tokens."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dim() == 2 and prompt.shape[0] == 1:
+            prompt = prompt[0]
+        if prompt.dim() != 1 or prompt.dtype.is_floating_point:
+            raise ValueError(
+                f"a tensor prompt must hold one sequence of token ids (shape [pos] or [1, pos]); "
+                f"got {prompt.dtype} of shape {tuple(prompt.shape)}."
+            )
+        prompt = prompt.tolist()
+    if isinstance(prompt, str) and prompt:
+        return prompt, len(tokenizer(prompt)["input_ids"])
+    if (
+        isinstance(prompt, (list, tuple))
+        and prompt
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)
+    ):
+        return [int(i) for i in prompt], len(prompt)
+    raise ValueError(
+        f"prompt must be a non-empty string or a list of token ids; got {prompt!r:.80}."
     )
 
 
@@ -580,7 +605,7 @@ def _build(
     rep, comp = scores(kind, src, dst, w, logit_w)
     km = torch.cat(kept_mass)
     return AttributionGraph(
-        prompt=prompt,
+        prompt=prompt if isinstance(prompt, str) else "".join(fr.tokens),
         tokens=fr.tokens,
         token_ids=fr.token_ids.numpy().astype(np.int64),
         basis=basis.name,
