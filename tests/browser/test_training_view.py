@@ -206,3 +206,118 @@ def test_training_view_saves_as_png_and_svg(tmp_path, artifacts, toy_run):
     root = ET.parse(view.save_svg(tmp_path / "training.svg")).getroot()
     texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert "Training run" in texts and "⤓" not in texts
+
+
+def _hover_weight(page, row, col):
+    """Hover cell (query row, key col) of the attention heatmap; the weight its tooltip reads."""
+    page.eval_on_selector(".cb-attention .cb-heatmap", "c => c.scrollIntoView({block: 'center'})")
+    x, y = page.eval_on_selector(
+        ".cb-attention .cb-heatmap",
+        """(c, [row, col]) => { const r = c.getBoundingClientRect(); const d = c.width / r.width;
+        const k = Number(c.dataset.cell) / d;
+        return [r.left + Number(c.dataset.x0) / d + (col + 0.5) * k,
+                r.top + Number(c.dataset.y0) / d + (row + 0.5) * k]; }""",
+        [row, col],
+    )
+    page.mouse.move(x, y)
+    tip = page.inner_text(".cb-attention .cb-tip")
+    assert tip.startswith(f"#{row} ") and f"→ #{col} " in tip, tip
+    return float(tip.rsplit(": ", 1)[1])
+
+
+def test_offline_report_attention_view_follows_the_clicked_step(page, tmp_path, artifacts, toy_run):
+    run = toy_run
+    view = cb.training_view(run)
+    attn = view.attention_view(0)  # built at the first probe step; the report has no kernel
+    path = cb.report(view, attn, path=tmp_path / "follow.html", title="follow offline")
+    page.context.set_offline(True)
+    open_report(page, path)
+    first = run.probe_steps[0]
+    assert page.get_attribute(".cb-attention", "data-step") == str(first)
+    L, H = run.head_scores["induction"].shape[1:]
+    P, p, layer, head = len(run.probe_steps), 2, 1, 0
+    step = int(run.probe_steps[p])
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(
+        box["x"] + box["width"] * (p + 0.5) / P,
+        box["y"] + box["height"] * (layer * H + head + 0.5) / (L * H),
+    )
+    page.wait_for_selector(
+        f'.cb-attention[data-step="{step}"][data-layer="{layer}"][data-head="{head}"]'
+    )
+    assert f"step {step}" in page.inner_text(".cb-attention .cb-status")
+    # the drawn head is that step's pattern: the tooltip's weights are the run's codes / 255,
+    # at cells where the first probe step's weights differ
+    now, then = run.patterns[p, 0, layer, head] / 255, run.patterns[0, 0, layer, head] / 255
+    diff = np.abs(now - then)
+    cells = [np.unravel_index(i, diff.shape) for i in np.argsort(-diff, axis=None)[:3]]
+    assert diff[cells[0]] > 0.05
+    for i, j in cells:
+        assert _hover_weight(page, int(i), int(j)) == pytest.approx(now[i, j], abs=0.0015)
+    # another head of the same step, chosen in the attention view's own grid
+    page.click('.cb-attention .cb-thumb[data-layer="0"][data-head="1"]')
+    page.wait_for_selector('.cb-attention[data-layer="0"][data-head="1"]')
+    w = run.patterns[p, 0, 0, 1] / 255
+    i, j = np.unravel_index(int(np.argmax(w)), w.shape)
+    assert _hover_weight(page, int(i), int(j)) == pytest.approx(w[i, j], abs=0.0015)
+    page.mouse.move(2, 2)
+    page.screenshot(path=str(artifacts / "training-follow-offline.png"), full_page=True)
+    assert page.cb_errors == []
+
+
+def test_offline_report_long_probe_thinned_steps_show_the_nearest_kept(
+    page, tmp_path, artifacts, monkeypatch
+):
+    # a 40-token probe (thumbnails pooled, so each embedded step carries every head) over 8
+    # probe steps, with room for about two steps: one in every 4 is kept, and the last
+    from circuitboard.training import AttentionOnlyTransformer, repeated_sequences
+    from circuitboard.widgets import _attention_frames
+
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(n_layers=1, d_model=16, n_heads=2, vocab=12, n_ctx=40)
+    g = torch.Generator().manual_seed(5)
+    probes, _ = repeated_sequences(1, 40, 12, periods=(5, 9), generator=g)
+    rec = TrainingRecorder(model, every=1, probes=probes, path=tmp_path / "long.sqlite")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for step in range(8):
+        ids, _ = repeated_sequences(8, 40, 12, periods=(5, 9), generator=g)
+        with rec.step(step):
+            per = token_loss(model(ids), ids)
+            rec.loss(per)
+            per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    run = rec.close()
+    view = cb.training_view(run)
+    attn = view.attention_view(0)
+    monkeypatch.setattr(_attention_frames, "FRAMES_SHARE", 2.2 * attn._frame_bytes() / 99e6)
+    path = cb.report(view, attn, path=tmp_path / "long.html", title="long probe")
+    text = path.read_text()
+    assert "patterns of 3 of 8 probe steps in this report (one in every 4" in text
+    page.context.set_offline(True)
+    open_report(page, path)
+    H, P, p = 2, len(run.probe_steps), 5  # step 5 is not kept; 4 is the nearest kept
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(
+        box["x"] + box["width"] * (p + 0.5) / P, box["y"] + box["height"] * (1 + 0.5) / H
+    )
+    page.wait_for_selector('.cb-attention[data-step="4"][data-layer="0"][data-head="1"]')
+    assert "step 5 is not in this report: nearest kept step shown" in page.inner_text(
+        ".cb-attention .cb-status"
+    )
+    page.query_selector(".cb-attention").screenshot(
+        path=str(artifacts / "training-follow-thinned.png")
+    )
+    w = run.patterns[4, 0, 0, 1] / 255
+    for i, j in [np.unravel_index(int(np.argmax(w)), w.shape), (39, 3), (20, 20)]:
+        assert _hover_weight(page, int(i), int(j)) == pytest.approx(w[i, j], abs=0.0015)
+    # a kept step: exactly that step
+    p = 7
+    page.eval_on_selector(".cb-train-scores", "c => c.scrollIntoView({block: 'center'})")
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (p + 0.5) / P, box["y"] + box["height"] * 0.5 / H)
+    page.wait_for_selector('.cb-attention[data-step="7"][data-layer="0"][data-head="0"]')
+    w = run.patterns[7, 0, 0, 0] / 255
+    i, j = np.unravel_index(int(np.argmax(w[1:])), w[1:].shape)
+    assert _hover_weight(page, int(i) + 1, int(j)) == pytest.approx(w[i + 1, j], abs=0.0015)
+    assert page.cb_errors == []

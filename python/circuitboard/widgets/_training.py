@@ -265,7 +265,9 @@ class TrainingView(View):
         """An :class:`AttentionView` of the probe's first row at probe step ``step`` (default:
         the picked step, else the last), on this view's link: clicking a (step, head) cell
         here selects that head there, and with ``follow=True`` (with a kernel) also shows
-        the probe's patterns at the clicked step.
+        the probe's patterns at the clicked step. In a report (no kernel) it follows the
+        clicked step too: the report embeds the probe steps' patterns (uint8, one in every k
+        steps when they do not all fit its budget; the report says so).
 
         Examples
         --------
@@ -291,6 +293,16 @@ class TrainingView(View):
         kwargs.setdefault("head", self.picked.get("head", 0))
         attn = AttentionView(_probe_pattern(run, p), list(self.probe_tokens), **kwargs)
         if follow:
+            # a report has no kernel: it embeds the probe steps' patterns (thinned to fit its
+            # budget) and the page switches them when a (step, head) cell is clicked
+            attn.follow_frames(
+                self,
+                lambda i: _probe_pattern(run, i),
+                list(self.probe_steps),
+                trait="picked",
+                key="p",
+                frame=p,
+            )
             ref = weakref.ref(attn)
 
             def show_step(change: dict[str, Any]) -> None:
@@ -303,6 +315,7 @@ class TrainingView(View):
                         layer=new.get("layer"),
                         head=new.get("head"),
                     )
+                    view._frame = int(new["p"])
 
             self.observe(show_step, names="picked")
         return attn
