@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import circuitboard as cb
-from circuitboard.training import TrainingRecorder
+from circuitboard.training import TrainingRecorder, record_dataflow
 from tests.conftest import open_report
-from tests.unit.training_helpers import tiny_toy, token_loss, toy_batch
+from tests.unit.training_helpers import TokenMLP, tiny_toy, token_loss, toy_batch
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def toy_run(tmp_path_factory):
             "late": torch.arange(16)[None].expand(len(ids), 16) >= 8,
         },
     )
+    record_dataflow(rec, probes)  # once, before training: the graph navigator draws it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(13):
         ids, _ = toy_batch(step)
@@ -206,6 +207,14 @@ def test_training_view_saves_as_png_and_svg(tmp_path, artifacts, toy_run):
     root = ET.parse(view.save_svg(tmp_path / "training.svg")).getroot()
     texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert "Training run" in texts and "⤓" not in texts
+    assert not list(root.iter("{http://www.w3.org/2000/svg}path"))  # list navigator: no graph
+    # the data-flow graph in a figure: its edges as vector paths, its labels as text
+    graph = cb.training_view(toy_run, navigator="graph")
+    root = ET.parse(graph.save_svg(tmp_path / "graph.svg")).getroot()
+    paths = list(root.iter("{http://www.w3.org/2000/svg}path"))
+    assert len(paths) == 2 * len(graph.graph_edges)  # a curve and an arrowhead each
+    texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "hook_resid_post" in texts and "colour: activations" not in "".join(texts)
 
 
 def _hover_weight(page, row, col):
@@ -320,4 +329,94 @@ def test_offline_report_long_probe_thinned_steps_show_the_nearest_kept(
     w = run.patterns[7, 0, 0, 0] / 255
     i, j = np.unravel_index(int(np.argmax(w[1:])), w[1:].shape)
     assert _hover_weight(page, int(i) + 1, int(j)) == pytest.approx(w[i + 1, j], abs=0.0015)
+    assert page.cb_errors == []
+
+
+def _rgb(css):
+    return [int(v) for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3]]
+
+
+def _check_graph_colours(page, view, step_index):
+    """Each node's fill is its activation heatmap cell's colour at the scrubbed step, on the
+    canvas as in its data attribute."""
+    heat = _pixels(page, ".cb-train-map:first-child .cb-train-canvas")
+    graph = _pixels(page, ".cb-train-graph-canvas")
+    dpr = page.evaluate("window.devicePixelRatio")
+    wrap = page.query_selector(".cb-train-graph-canvas").bounding_box()
+    nodes = page.query_selector_all(".cb-train-node")
+    for node in nodes:
+        name = node.get_attribute("data-name")
+        fill = _rgb(node.get_attribute("data-fill"))
+        row = view.names.index(name)
+        assert fill == heat[row, step_index, :3].tolist(), name
+        b = node.bounding_box()
+        x, y = int((b["x"] - wrap["x"] + 3) * dpr), int((b["y"] - wrap["y"] + 3) * dpr)
+        assert np.abs(graph[y, x, :3].astype(int) - fill).max() <= 2, name
+    return nodes
+
+
+def test_graph_navigator_colours_nodes_by_the_kpi_and_selects_rows(
+    page, tmp_path, artifacts, toy_run
+):
+    run = toy_run
+    view = cb.training_view(run, navigator="graph", stat="norm", category="late")
+    assert len(view.graph_edges) == 6
+    path = cb.report(view, path=tmp_path / "graph.html", title="data flow")
+    page.context.set_offline(True)
+    open_report(page, path)
+    nodes = _check_graph_colours(page, view, len(run.steps) - 1)
+    assert len(nodes) == 6
+    fills = {n.get_attribute("data-fill") for n in nodes}
+    # the scrubber recolours the nodes: step 0 is each row's own minimum or maximum
+    page.eval_on_selector(
+        ".cb-train-slider", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }"
+    )
+    page.wait_for_selector(f'.cb-train-graph[data-step="{run.steps[0]}"]')
+    nodes = _check_graph_colours(page, view, 0)
+    assert {n.get_attribute("data-fill") for n in nodes} != fills
+    # a node click selects that tensor's heatmap row, as a click on the list item does
+    page.click('.cb-train-node[data-name="blocks.1.attn.hook_z"]')
+    page.wait_for_selector('.cb-train-row-hl[data-label="act:blocks.1.attn.hook_z"]')
+    page.wait_for_selector('.cb-train-node.cb-train-node-hl[data-name="blocks.1.attn.hook_z"]')
+    # gradients colour it from their own heatmap
+    page.select_option('.cb-train-graph select[aria-label="graph colour"]', "grad")
+    grad = _pixels(page, ".cb-train-map:nth-child(2) .cb-train-canvas")
+    node = page.query_selector('.cb-train-node[data-name="blocks.0.hook_resid_post"]')
+    row = view.names.index("blocks.0.hook_resid_post")
+    assert _rgb(node.get_attribute("data-fill")) == grad[row, 0, :3].tolist()
+    page.select_option('.cb-train-graph select[aria-label="graph colour"]', "act")
+    page.query_selector(".cb-train-graph").screenshot(path=str(artifacts / "training-graph.png"))
+    # back to the list: the graph is gone
+    page.select_option('label:has-text("navigator") select', "list")
+    assert page.query_selector(".cb-train-graph").is_hidden()
+    assert page.cb_errors == []
+
+
+def test_graph_of_an_mlp_with_a_skip_connection(page, tmp_path, artifacts):
+    model = TokenMLP(vocab=12, d=8)
+    rec = TrainingRecorder(model, every=1, path=tmp_path / "mlp.sqlite")
+    ids, _ = toy_batch(0)
+    record_dataflow(rec, ids)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(6):
+        ids, _ = toy_batch(step)
+        with rec.step(step):
+            per = token_loss(model(ids), ids)
+            rec.loss(per)
+            per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    run = rec.close()
+    view = cb.training_view(run, navigator="graph")
+    path = cb.report(view, path=tmp_path / "mlp.html", title="mlp")
+    open_report(page, path)
+    nodes = _check_graph_colours(page, view, len(run.steps) - 1)
+    assert [n.get_attribute("data-name") for n in nodes] == view.names
+    # the skip connection embed → unembed is an arc above the chain: the canvas is taller
+    # than one row of boxes
+    h = page.eval_on_selector(".cb-train-graph-canvas", "c => c.getBoundingClientRect().height")
+    assert h > 30 + 12
+    page.query_selector(".cb-train-graph").screenshot(
+        path=str(artifacts / "training-graph-mlp.png")
+    )
     assert page.cb_errors == []
