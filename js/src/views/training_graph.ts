@@ -12,6 +12,8 @@ export interface FlowLayout {
   lines: string[][]; // each node's label, one or two lines
   arcs: boolean[]; // per edge: drawn as an arc above (it skips a column)
   lift: number[]; // per edge: how far an arc rises above its ends
+  from: number[]; // per arc: where along its source's top edge it leaves (0..1 of the width)
+  into: number[]; // per arc: where along its target's top edge it lands
   width: number;
   height: number;
 }
@@ -94,6 +96,16 @@ export function layoutFlow(names: string[], edges: [number, number][], measure: 
   // an edge that skips a column, between nodes on one row, rises over the nodes between
   const arcs = edges.map(([a, b]) => rank[b] - rank[a] > 1);
   const lift = edges.map(([a, b], i) => (arcs[i] ? 12 + 7 * Math.min(rank[b] - rank[a] - 1, 6) : 0));
+  // arcs of one node nest: the longest leaves leftmost and lands rightmost
+  const from = edges.map(() => 0.7);
+  const into = edges.map(() => 0.3);
+  const span = (i: number) => rank[edges[i][1]] - rank[edges[i][0]];
+  for (let v = 0; v < n; v++) {
+    const out = edges.map((_, i) => i).filter((i) => arcs[i] && edges[i][0] === v).sort((a, b) => span(b) - span(a) || a - b);
+    out.forEach((i, k) => (from[i] = 0.55 + (0.4 * k) / Math.max(out.length, 1)));
+    const inc = edges.map((_, i) => i).filter((i) => arcs[i] && edges[i][1] === v).sort((a, b) => span(b) - span(a) || a - b);
+    inc.forEach((i, k) => (into[i] = 0.45 - (0.4 * k) / Math.max(inc.length, 1)));
+  }
   const top = PAD + Math.max(0, ...lift);
   const x = new Array<number>(n).fill(0);
   const y = new Array<number>(n).fill(0);
@@ -108,7 +120,7 @@ export function layoutFlow(names: string[], edges: [number, number][], measure: 
   });
   const width = Math.ceil(left - GAP_X + PAD + 6);
   const height = Math.ceil(top + tall * (NODE_H + GAP_Y) - GAP_Y + PAD);
-  return { x, y, w, h: NODE_H, rank, lines, arcs, lift, width, height };
+  return { x, y, w, h: NODE_H, rank, lines, arcs, lift, from, into, width, height };
 }
 
 export interface FlowPaint {
@@ -129,9 +141,9 @@ export function paintFlow(ctx: CanvasRenderingContext2D, L: FlowLayout, edges: [
     if (a === b) return;
     let x0: number, y0: number, x1: number, y1: number, c0x: number, c0y: number, c1x: number, c1y: number;
     if (L.arcs[i]) {
-      x0 = L.x[a] + L.w[a] * 0.7;
+      x0 = L.x[a] + L.w[a] * L.from[i];
       y0 = L.y[a];
-      x1 = L.x[b] + L.w[b] * 0.3;
+      x1 = L.x[b] + L.w[b] * L.into[i];
       y1 = L.y[b];
       const up = Math.min(y0, y1) - L.lift[i] * 1.33;
       [c0x, c0y, c1x, c1y] = [x0 + 10, up, x1 - 10, up];
