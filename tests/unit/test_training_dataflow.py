@@ -139,3 +139,29 @@ def test_the_view_needs_a_flow_for_the_graph(tmp_path):
     assert cb.training_view(run, dataflow=flow.to_json()).graph_edges == view.graph_edges
     with pytest.raises(TypeError, match="dataflow must be a circuitboard.training.DataFlow"):
         cb.training_view(run, dataflow=[("embed", "up")])
+
+
+def test_an_adapter_backed_model_with_input_sites_and_aliases():
+    # a Hugging Face Llama: capture-named sites, some the input of a module (attn.hook_z is
+    # o_proj's input); block 0's output and block 1's input are one value under two names
+    from .tiny_models import tiny_llama
+
+    model, _ = tiny_llama()
+    p = "blocks.0."
+    names = [p + h for h in ("hook_resid_pre", "attn.hook_z", "hook_attn_out")]
+    names += [p + h for h in ("mlp.hook_post", "hook_mlp_out", "hook_resid_post")]
+    names.append("blocks.1.hook_resid_pre")
+    flow = dataflow(model, torch.randint(0, 50, (2, 7)), modules=names)
+    assert flow.nodes == names
+    resid_pre, z, attn_out, post, mlp_out, resid_post, next_pre = names
+    assert set(flow.edges) == {
+        (resid_pre, z),
+        (z, attn_out),
+        (resid_pre, post),  # the MLP reads resid_pre + attn_out (pre-norm residual)
+        (attn_out, post),
+        (post, mlp_out),
+        (resid_pre, resid_post),
+        (attn_out, resid_post),
+        (mlp_out, resid_post),
+        (resid_post, next_pre),  # one value, two names
+    }
