@@ -9,6 +9,8 @@ type Box = { x: number; y: number; w: number; h: number };
 type Prim =
   | ({ kind: "rect"; fill: string | null; stroke: string | null; radius: number } & Box)
   | ({ kind: "image"; canvas: HTMLCanvasElement; pixelated: boolean } & Box)
+  // an SVG path whose coordinates are relative to (x, y); w × h bounds it (curves of a graph)
+  | ({ kind: "path"; d: string; fill: string | null; stroke: string | null; width: number } & Box)
   | {
       kind: "text";
       x: number;
@@ -88,6 +90,21 @@ export function recordCanvas(draw: (ctx: CanvasRenderingContext2D) => void): Pri
   };
   measure ??= document.createElement("canvas").getContext("2d");
   const noop = () => undefined;
+  // the current path, in figure coordinates, and how far it reaches (for trimming)
+  let d: string[] = [];
+  let reach = { x: 0, y: 0 };
+  const to = (cmd: string, ...xy: number[]) => {
+    const parts: string[] = [];
+    for (let i = 0; i < xy.length; i += 2) {
+      const q = pt(xy[i], xy[i + 1]);
+      reach = { x: Math.max(reach.x, q.x), y: Math.max(reach.y, q.y) };
+      parts.push(`${q.x.toFixed(2)} ${q.y.toFixed(2)}`);
+    }
+    d.push(`${cmd}${parts.join(" ")}`);
+  };
+  const drawn = (fill: string | null, stroke: string | null) => {
+    if (d.length) prims.push({ kind: "path", x: 0, y: 0, w: reach.x, h: reach.y, d: d.join(""), fill, stroke, width: st.lineWidth * sx() });
+  };
   const ctx = {
     get fillStyle() { return st.fillStyle; },
     set fillStyle(v: string) { st.fillStyle = String(v); },
@@ -133,8 +150,15 @@ export function recordCanvas(draw: (ctx: CanvasRenderingContext2D) => void): Pri
       const b = box(x, y, w ?? img.width, h ?? img.height);
       prims.push({ kind: "image", ...b, canvas: img, pixelated: true });
     },
-    clearRect: noop, beginPath: noop, closePath: noop, rect: noop, clip: noop, moveTo: noop, lineTo: noop,
-    stroke: noop, fill: noop, setLineDash: noop, arc: noop, roundRect: noop,
+    beginPath() { d = []; reach = { x: 0, y: 0 }; },
+    moveTo(x: number, y: number) { to("M", x, y); },
+    lineTo(x: number, y: number) { to("L", x, y); },
+    bezierCurveTo(a: number, b: number, c: number, e: number, x: number, y: number) { to("C", a, b, c, e, x, y); },
+    quadraticCurveTo(a: number, b: number, x: number, y: number) { to("Q", a, b, x, y); },
+    closePath() { d.push("Z"); },
+    stroke() { drawn(null, st.strokeStyle); },
+    fill() { drawn(st.fillStyle, null); },
+    clearRect: noop, rect: noop, clip: noop, setLineDash: noop, arc: noop, roundRect: noop,
   };
   void sx;
   draw(ctx as unknown as CanvasRenderingContext2D);
@@ -362,6 +386,10 @@ export function toSvg(fig: Figure): string {
       out.push(
         `<rect x="${p.x.toFixed(1)}" y="${p.y.toFixed(1)}" width="${p.w.toFixed(1)}" height="${p.h.toFixed(1)}" rx="${p.radius}" fill="${p.fill ? esc(p.fill) : "none"}"${p.stroke ? ` stroke="${esc(p.stroke)}"` : ""}/>`,
       );
+    } else if (p.kind === "path") {
+      out.push(
+        `<path transform="translate(${p.x.toFixed(1)} ${p.y.toFixed(1)})" d="${esc(p.d)}" fill="${p.fill ? esc(p.fill) : "none"}"${p.stroke ? ` stroke="${esc(p.stroke)}" stroke-width="${p.width.toFixed(2)}"` : ""}/>`,
+      );
     } else if (p.kind === "image") {
       const url = scaled(p, p.pixelated ? 1 : 2).toDataURL("image/png");
       out.push(`<image x="${p.x.toFixed(1)}" y="${p.y.toFixed(1)}" width="${p.w.toFixed(1)}" height="${p.h.toFixed(1)}" preserveAspectRatio="none" href="${url}"/>`);
@@ -406,6 +434,20 @@ export async function toPng(fig: Figure, wanted = 2): Promise<Uint8Array> {
         ctx.lineWidth = 1;
         ctx.stroke();
       }
+    } else if (p.kind === "path") {
+      ctx.save();
+      ctx.translate(p.x, p.y);
+      const path = new Path2D(p.d);
+      if (p.fill) {
+        ctx.fillStyle = p.fill;
+        ctx.fill(path);
+      }
+      if (p.stroke) {
+        ctx.strokeStyle = p.stroke;
+        ctx.lineWidth = p.width;
+        ctx.stroke(path);
+      }
+      ctx.restore();
     } else if (p.kind === "image") {
       ctx.imageSmoothingEnabled = !p.pixelated;
       ctx.drawImage(p.canvas, p.x, p.y, p.w, p.h);

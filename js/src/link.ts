@@ -86,6 +86,13 @@ async function lookUp(props: Pick<RenderProps, "model"> & Partial<Pick<RenderPro
   return (await (props.model as AnyModel).widget_manager.get_model(id)) as unknown as LinkModel;
 }
 
+/** Another widget's model named by an `IPY_MODEL_` reference (e.g. a view another follows);
+ * rejects when the host cannot resolve it (not on the page, isolated cells). */
+export async function resolveModel(props: Pick<RenderProps, "model"> & Partial<Pick<RenderProps, "host">>, ref: string): Promise<AnyModel> {
+  if (!ref.startsWith(PREFIX)) throw new Error(`[circuitboard] not a model reference: ${JSON.stringify(ref)}`);
+  return (await withTimeout(lookUp(props, ref), RESOLVE_TIMEOUT_MS)) as unknown as AnyModel;
+}
+
 /** The view's link model; a `KernelLink` when the host cannot resolve it (isolated cells). */
 export async function resolveLink(props: Pick<RenderProps, "model"> & Partial<Pick<RenderProps, "host">>): Promise<LinkModel> {
   const ref = props.model.get("link") as unknown;

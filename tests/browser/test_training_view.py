@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import circuitboard as cb
-from circuitboard.training import TrainingRecorder
+from circuitboard.training import TrainingRecorder, record_dataflow
 from tests.conftest import open_report
-from tests.unit.training_helpers import tiny_toy, token_loss, toy_batch
+from tests.unit.training_helpers import TokenMLP, tiny_toy, token_loss, toy_batch
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def toy_run(tmp_path_factory):
             "late": torch.arange(16)[None].expand(len(ids), 16) >= 8,
         },
     )
+    record_dataflow(rec, probes)  # once, before training: the graph navigator draws it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(13):
         ids, _ = toy_batch(step)
@@ -206,3 +207,216 @@ def test_training_view_saves_as_png_and_svg(tmp_path, artifacts, toy_run):
     root = ET.parse(view.save_svg(tmp_path / "training.svg")).getroot()
     texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert "Training run" in texts and "⤓" not in texts
+    assert not list(root.iter("{http://www.w3.org/2000/svg}path"))  # list navigator: no graph
+    # the data-flow graph in a figure: its edges as vector paths, its labels as text
+    graph = cb.training_view(toy_run, navigator="graph")
+    root = ET.parse(graph.save_svg(tmp_path / "graph.svg")).getroot()
+    paths = list(root.iter("{http://www.w3.org/2000/svg}path"))
+    assert len(paths) == 2 * len(graph.graph_edges)  # a curve and an arrowhead each
+    texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "hook_resid_post" in texts and "colour: activations" not in "".join(texts)
+
+
+def _hover_weight(page, row, col):
+    """Hover cell (query row, key col) of the attention heatmap; the weight its tooltip reads."""
+    page.eval_on_selector(".cb-attention .cb-heatmap", "c => c.scrollIntoView({block: 'center'})")
+    x, y = page.eval_on_selector(
+        ".cb-attention .cb-heatmap",
+        """(c, [row, col]) => { const r = c.getBoundingClientRect(); const d = c.width / r.width;
+        const k = Number(c.dataset.cell) / d;
+        return [r.left + Number(c.dataset.x0) / d + (col + 0.5) * k,
+                r.top + Number(c.dataset.y0) / d + (row + 0.5) * k]; }""",
+        [row, col],
+    )
+    page.mouse.move(x, y)
+    tip = page.inner_text(".cb-attention .cb-tip")
+    assert tip.startswith(f"#{row} ") and f"→ #{col} " in tip, tip
+    return float(tip.rsplit(": ", 1)[1])
+
+
+def test_offline_report_attention_view_follows_the_clicked_step(page, tmp_path, artifacts, toy_run):
+    run = toy_run
+    view = cb.training_view(run)
+    attn = view.attention_view(0)  # built at the first probe step; the report has no kernel
+    path = cb.report(view, attn, path=tmp_path / "follow.html", title="follow offline")
+    page.context.set_offline(True)
+    open_report(page, path)
+    first = run.probe_steps[0]
+    assert page.get_attribute(".cb-attention", "data-step") == str(first)
+    L, H = run.head_scores["induction"].shape[1:]
+    P, p, layer, head = len(run.probe_steps), 2, 1, 0
+    step = int(run.probe_steps[p])
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(
+        box["x"] + box["width"] * (p + 0.5) / P,
+        box["y"] + box["height"] * (layer * H + head + 0.5) / (L * H),
+    )
+    page.wait_for_selector(
+        f'.cb-attention[data-step="{step}"][data-layer="{layer}"][data-head="{head}"]'
+    )
+    assert f"step {step}" in page.inner_text(".cb-attention .cb-status")
+    # the drawn head is that step's pattern: the tooltip's weights are the run's codes / 255,
+    # at cells where the first probe step's weights differ
+    now, then = run.patterns[p, 0, layer, head] / 255, run.patterns[0, 0, layer, head] / 255
+    diff = np.abs(now - then)
+    cells = [np.unravel_index(i, diff.shape) for i in np.argsort(-diff, axis=None)[:3]]
+    assert diff[cells[0]] > 0.05
+    for i, j in cells:
+        assert _hover_weight(page, int(i), int(j)) == pytest.approx(now[i, j], abs=0.0015)
+    # another head of the same step, chosen in the attention view's own grid
+    page.click('.cb-attention .cb-thumb[data-layer="0"][data-head="1"]')
+    page.wait_for_selector('.cb-attention[data-layer="0"][data-head="1"]')
+    w = run.patterns[p, 0, 0, 1] / 255
+    i, j = np.unravel_index(int(np.argmax(w)), w.shape)
+    assert _hover_weight(page, int(i), int(j)) == pytest.approx(w[i, j], abs=0.0015)
+    page.mouse.move(2, 2)
+    page.screenshot(path=str(artifacts / "training-follow-offline.png"), full_page=True)
+    assert page.cb_errors == []
+
+
+def test_offline_report_long_probe_thinned_steps_show_the_nearest_kept(
+    page, tmp_path, artifacts, monkeypatch
+):
+    # a 40-token probe (thumbnails pooled, so each embedded step carries every head) over 8
+    # probe steps, with room for about two steps: one in every 4 is kept, and the last
+    from circuitboard.training import AttentionOnlyTransformer, repeated_sequences
+    from circuitboard.widgets import _attention_frames
+
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(n_layers=1, d_model=16, n_heads=2, vocab=12, n_ctx=40)
+    g = torch.Generator().manual_seed(5)
+    probes, _ = repeated_sequences(1, 40, 12, periods=(5, 9), generator=g)
+    rec = TrainingRecorder(model, every=1, probes=probes, path=tmp_path / "long.sqlite")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for step in range(8):
+        ids, _ = repeated_sequences(8, 40, 12, periods=(5, 9), generator=g)
+        with rec.step(step):
+            per = token_loss(model(ids), ids)
+            rec.loss(per)
+            per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    run = rec.close()
+    view = cb.training_view(run)
+    attn = view.attention_view(0)
+    monkeypatch.setattr(_attention_frames, "FRAMES_SHARE", 2.2 * attn._frame_bytes() / 99e6)
+    path = cb.report(view, attn, path=tmp_path / "long.html", title="long probe")
+    text = path.read_text()
+    assert "patterns of 3 of 8 probe steps in this report (one in every 4" in text
+    page.context.set_offline(True)
+    open_report(page, path)
+    H, P, p = 2, len(run.probe_steps), 5  # step 5 is not kept; 4 is the nearest kept
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(
+        box["x"] + box["width"] * (p + 0.5) / P, box["y"] + box["height"] * (1 + 0.5) / H
+    )
+    page.wait_for_selector('.cb-attention[data-step="4"][data-layer="0"][data-head="1"]')
+    assert "step 5 is not in this report: nearest kept step shown" in page.inner_text(
+        ".cb-attention .cb-status"
+    )
+    page.query_selector(".cb-attention").screenshot(
+        path=str(artifacts / "training-follow-thinned.png")
+    )
+    w = run.patterns[4, 0, 0, 1] / 255
+    for i, j in [np.unravel_index(int(np.argmax(w)), w.shape), (39, 3), (20, 20)]:
+        assert _hover_weight(page, int(i), int(j)) == pytest.approx(w[i, j], abs=0.0015)
+    # a kept step: exactly that step
+    p = 7
+    page.eval_on_selector(".cb-train-scores", "c => c.scrollIntoView({block: 'center'})")
+    box = page.query_selector(".cb-train-scores").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (p + 0.5) / P, box["y"] + box["height"] * 0.5 / H)
+    page.wait_for_selector('.cb-attention[data-step="7"][data-layer="0"][data-head="0"]')
+    w = run.patterns[7, 0, 0, 0] / 255
+    i, j = np.unravel_index(int(np.argmax(w[1:])), w[1:].shape)
+    assert _hover_weight(page, int(i) + 1, int(j)) == pytest.approx(w[i + 1, j], abs=0.0015)
+    assert page.cb_errors == []
+
+
+def _rgb(css):
+    return [int(v) for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3]]
+
+
+def _check_graph_colours(page, view, step_index):
+    """Each node's fill is its activation heatmap cell's colour at the scrubbed step, on the
+    canvas as in its data attribute."""
+    heat = _pixels(page, ".cb-train-map:first-child .cb-train-canvas")
+    graph = _pixels(page, ".cb-train-graph-canvas")
+    dpr = page.evaluate("window.devicePixelRatio")
+    wrap = page.query_selector(".cb-train-graph-canvas").bounding_box()
+    nodes = page.query_selector_all(".cb-train-node")
+    for node in nodes:
+        name = node.get_attribute("data-name")
+        fill = _rgb(node.get_attribute("data-fill"))
+        row = view.names.index(name)
+        assert fill == heat[row, step_index, :3].tolist(), name
+        b = node.bounding_box()
+        x, y = int((b["x"] - wrap["x"] + 3) * dpr), int((b["y"] - wrap["y"] + 3) * dpr)
+        assert np.abs(graph[y, x, :3].astype(int) - fill).max() <= 2, name
+    return nodes
+
+
+def test_graph_navigator_colours_nodes_by_the_kpi_and_selects_rows(
+    page, tmp_path, artifacts, toy_run
+):
+    run = toy_run
+    view = cb.training_view(run, navigator="graph", stat="norm", category="late")
+    assert len(view.graph_edges) == 6
+    path = cb.report(view, path=tmp_path / "graph.html", title="data flow")
+    page.context.set_offline(True)
+    open_report(page, path)
+    nodes = _check_graph_colours(page, view, len(run.steps) - 1)
+    assert len(nodes) == 6
+    fills = {n.get_attribute("data-fill") for n in nodes}
+    # the scrubber recolours the nodes: step 0 is each row's own minimum or maximum
+    page.eval_on_selector(
+        ".cb-train-slider", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }"
+    )
+    page.wait_for_selector(f'.cb-train-graph[data-step="{run.steps[0]}"]')
+    nodes = _check_graph_colours(page, view, 0)
+    assert {n.get_attribute("data-fill") for n in nodes} != fills
+    # a node click selects that tensor's heatmap row, as a click on the list item does
+    page.click('.cb-train-node[data-name="blocks.1.attn.hook_z"]')
+    page.wait_for_selector('.cb-train-row-hl[data-label="act:blocks.1.attn.hook_z"]')
+    page.wait_for_selector('.cb-train-node.cb-train-node-hl[data-name="blocks.1.attn.hook_z"]')
+    # gradients colour it from their own heatmap
+    page.select_option('.cb-train-graph select[aria-label="graph colour"]', "grad")
+    grad = _pixels(page, ".cb-train-map:nth-child(2) .cb-train-canvas")
+    node = page.query_selector('.cb-train-node[data-name="blocks.0.hook_resid_post"]')
+    row = view.names.index("blocks.0.hook_resid_post")
+    assert _rgb(node.get_attribute("data-fill")) == grad[row, 0, :3].tolist()
+    page.select_option('.cb-train-graph select[aria-label="graph colour"]', "act")
+    page.query_selector(".cb-train-graph").screenshot(path=str(artifacts / "training-graph.png"))
+    # back to the list: the graph is gone
+    page.select_option('label:has-text("navigator") select', "list")
+    assert page.query_selector(".cb-train-graph").is_hidden()
+    assert page.cb_errors == []
+
+
+def test_graph_of_an_mlp_with_a_skip_connection(page, tmp_path, artifacts):
+    model = TokenMLP(vocab=12, d=8)
+    rec = TrainingRecorder(model, every=1, path=tmp_path / "mlp.sqlite")
+    ids, _ = toy_batch(0)
+    record_dataflow(rec, ids)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(6):
+        ids, _ = toy_batch(step)
+        with rec.step(step):
+            per = token_loss(model(ids), ids)
+            rec.loss(per)
+            per.mean().backward()
+        opt.step()
+        opt.zero_grad()
+    run = rec.close()
+    view = cb.training_view(run, navigator="graph")
+    path = cb.report(view, path=tmp_path / "mlp.html", title="mlp")
+    open_report(page, path)
+    nodes = _check_graph_colours(page, view, len(run.steps) - 1)
+    assert [n.get_attribute("data-name") for n in nodes] == view.names
+    # the skip connection embed → unembed is an arc above the chain: the canvas is taller
+    # than one row of boxes
+    h = page.eval_on_selector(".cb-train-graph-canvas", "c => c.getBoundingClientRect().height")
+    assert h > 30 + 12
+    page.query_selector(".cb-train-graph").screenshot(
+        path=str(artifacts / "training-graph-mlp.png")
+    )
+    assert page.cb_errors == []

@@ -128,3 +128,92 @@ def test_set_attention_checks_the_shape():
         view.set_attention(np.ones((1, 2, 4, 4)) / 4)
     view.set_attention(np.tril(np.ones((1, 2, 3, 3))) / 3)
     assert "mine" in view.scores and "entropy" in view.scores
+
+
+def _report_frames(text: str) -> tuple[dict, dict[int, dict]]:
+    """The attention view's state and its embedded ``fetch-frame`` replies (frame → fields
+    with their tensors decoded) of a written report."""
+    import base64
+    import gzip
+    import json
+    import re
+
+    def script(sid: str) -> str:
+        return re.search(rf'<script id="{sid}" type="[^"]+">(.*?)</script>', text, re.S).group(1)
+
+    data = json.loads(script("cb-state"))
+    blob = gzip.decompress(base64.b64decode(script("cb-blob")))
+
+    def resolve(v):
+        if isinstance(v, dict):
+            if set(v) == {"$blob"}:
+                a, n = v["$blob"]
+                return blob[a : a + n]
+            return {k: resolve(x) for k, x in v.items()}
+        return [resolve(x) for x in v] if isinstance(v, list) else v
+
+    (mid,) = [k for k, m in data["models"].items() if m["state"].get("_view") == "attention"]
+    frames = {}
+    for key, reply in data["replies"][mid].items():
+        req = json.loads(key)
+        if req["kind"] != "fetch-frame":
+            continue
+        bufs = [resolve({"$blob": b}) for b in reply["buffers"]]
+        fields = resolve(reply["fields"])
+        for name, v in fields.items():
+            if isinstance(v, dict) and "shape" in v:
+                fields[name] = decode({**v, "data": bufs[v["data"]]})
+        frames[req["frame"]] = fields
+    return resolve(data["models"][mid]["state"]), frames
+
+
+def test_a_report_embeds_the_probe_steps_for_the_linked_attention_view(run):
+    view = cb.training_view(run)
+    attn = view.attention_view(0)
+    assert attn._follow["steps"] == view.probe_steps and attn._frame == 0
+    assert attn._follow["model"] == f"IPY_MODEL_{view.model_id}"
+    text = cb.export.build_report([view, attn], title="t")
+    state, frames = _report_frames(text)
+    assert state["_follow"]["steps"] == [0, 2, 4]
+    assert sorted(frames) == [0, 1, 2]  # every probe step fits: none thinned
+    assert "probe steps in this report" not in text
+    for p, fields in frames.items():
+        # short prompt: the thumbnails are the heads, the run's uint8 codes / 255
+        np.testing.assert_allclose(fields["_thumbs"], run.patterns[p, 0] / 255, atol=0.5 / 255)
+        assert "_heads" not in fields
+        want = cb.AttentionView(run.patterns[p, 0] / 255, list(view.probe_tokens)).scores
+        np.testing.assert_allclose(fields["scores"]["entropy"], want["entropy"], atol=1e-6)
+    # follow=False embeds no frames
+    fixed = view.attention_view(0, follow=False)
+    assert _report_frames(cb.export.build_report([view, fixed], title="t"))[1] == {}
+
+
+def test_frames_of_a_long_probe_carry_every_head_and_thin_to_the_budget():
+    # 40 tokens: thumbnails are pooled, so each frame also carries every head (causal: the
+    # lower triangles). Ten frames, a budget with room for three: one in every four kept.
+    rng = np.random.default_rng(0)
+    T, steps = 40, list(range(0, 100, 10))
+    pats = np.tril(rng.random((len(steps), 2, 2, T, T)))
+    pats /= pats.sum(-1, keepdims=True)
+    tokens = [f"t{i}" for i in range(T)]
+    attn = cb.AttentionView(pats[0], tokens)
+    other = cb.AttentionView(pats[0], tokens)  # stands in for the view whose trait picks
+    attn.follow_frames(other, lambda i: pats[i], steps, trait="picked", key="p", frame=0)
+    one = attn._frame_bytes()
+    assert one == 2 * 2 * 32 * 32 + 2 * 2 * T * (T + 1) // 2
+    assert attn.frames_plan(10**9) == list(range(10))
+    budget = int(3.5 * one / 0.5)
+    assert attn.frames_plan(budget) == [0, 4, 8, 9]  # one in every 4, and the last
+    notes = attn.frames_notes(budget)
+    assert notes and "4 of 10 probe steps" in notes[0] and "one in every 4" in notes[0]
+    fields = attn.answer({"kind": "fetch-frame", "frame": 8})[0]
+    assert fields["frame"] == 8 and fields["_heads"]["tril"] is True
+    with pytest.raises(IndexError, match="frame"):
+        attn.answer({"kind": "fetch-frame", "frame": 10})
+    text = cb.export.build_report([attn], title="t", budget_bytes=400_000)
+    _, frames = _report_frames(text)
+    assert 0 < len(frames) < 10 and "probe steps in this report" in text
+    for p, f in frames.items():
+        np.testing.assert_allclose(f["_heads"], pats[p], atol=0.5 / 255 + 1e-7)
+    with pytest.raises(ValueError, match="no frames"):
+        cb.AttentionView(pats[0], tokens).answer({"kind": "fetch-frame", "frame": 0})

@@ -6,7 +6,7 @@ import { uint8View } from "../codec";
 import { type Lut, NAN_RGBA, sequential } from "../colormaps";
 import { type Fetched, Fetcher, prefetchAllowed } from "../fetch";
 import { cssToUint32, type MatrixData, paintCodes, ZoomHeatmap } from "../heatmap";
-import { hover, onSelection, resolveLink, select } from "../link";
+import { hover, onSelection, resolveLink, resolveModel, select } from "../link";
 import { followTheme, isDark } from "../theme";
 import { type ImageInfo, tokenStrip } from "../patches";
 import { NAN_PAINT } from "../tokens";
@@ -34,6 +34,12 @@ interface AttentionState {
   link: string;
   explainable?: boolean; // explain panel: a click explains the cell's score in the kernel
   explain_target?: string;
+  // frames (e.g. a probe batch at each training step; widgets/_attention_frames.py): the one
+  // shown, the view whose trait picks it, and, after a report switched frames, every head
+  _frame?: number;
+  _follow?: { model?: string; trait?: string; key?: string; steps?: number[] };
+  _heads?: Encoded | Record<string, never>;
+  _frame_wanted?: number; // report only: the frame clicked (the nearest kept one is shown)
 }
 
 interface Head {
@@ -128,6 +134,11 @@ export async function render(props: RenderProps<AttentionState>) {
   const long = overviewSide > 0;
   const tileSize = model.get("tile_size") ?? 512;
   const pool = model.get("pool") ?? "max";
+  const follow = model.get("_follow") ?? {};
+  const frameSteps = follow.steps ?? [];
+  const frame = model.get("_frame") ?? -1;
+  let keptFrames: number[] | null = null; // a report's embedded frames (null: every frame)
+  let offFollow: () => void = () => undefined;
   if (long) for (const k of COMPUTED_SCORES) scores[k] ??= layers.map(() => Array<number | null>(nHeads).fill(null));
 
   // ---- DOM ------------------------------------------------------------------------------
@@ -136,6 +147,7 @@ export async function render(props: RenderProps<AttentionState>) {
   root.setAttribute("aria-label", "attention view; arrows move the token (left/right) and the head (up/down)");
   const header = el("div", "cb-header", root);
   el("span", "cb-title", header).textContent = "Attention";
+  if (frameSteps.length && frame >= 0) el("span", "cb-title cb-att-step", header).textContent = `step ${frameSteps[frame]}`;
   const layerSel = el("select", "cb-select", header);
   layerSel.setAttribute("aria-label", "layer");
   for (const l of layers) layerSel.add(new Option(`Layer ${l}`, String(l)));
@@ -306,8 +318,16 @@ export async function render(props: RenderProps<AttentionState>) {
   // A prompt no longer than the thumbnail side sends every head whole with the thumbnails
   // (same codes as fetch-head), so a click draws at once, without asking the kernel.
   const thumbsAreHeads = !long && tSide === n && thumbsReady;
+  // a report that switched frames holds every head of the frame (no fetch-head: those
+  // replies are of the frame the report was written at)
+  const framedEnc = model.get("_heads");
+  const framed = framedEnc && "shape" in framedEnc ? uint8View(framedEnc as Encoded) : null;
+  const framedHead = (layer: number, head: number): Head => {
+    const k = layers.indexOf(layer) * nHeads + head;
+    return headOfCodes(layer, head, (framed as Uint8Array).subarray(k * n * n, (k + 1) * n * n), framedEnc as Encoded, n, false);
+  };
   const headOf = (layer: number, head: number): Head | undefined =>
-    decoded.get(`${layer}:${head}`) ?? (thumbsAreHeads ? thumbHead(layer, head, false) : undefined);
+    framed ? framedHead(layer, head) : decoded.get(`${layer}:${head}`) ?? (thumbsAreHeads ? thumbHead(layer, head, false) : undefined);
   let included: Set<string> | null = null; // null: every head can be fetched
   const markReduced = (key: string) => {
     thumbs.get(key)?.classList.add("cb-thumb-reduced");
@@ -322,7 +342,9 @@ export async function render(props: RenderProps<AttentionState>) {
   const init = model.get("_initial");
   let current: Head = init.overview
     ? fromOverview(layers[init.layer], init.head, init.overview)
-    : fromEncoded(layers[init.layer], init.head, init.pattern as Encoded);
+    : init.pattern
+      ? fromEncoded(layers[init.layer], init.head, init.pattern)
+      : (headOf(layers[init.layer], init.head) as Head); // a switched frame: from its heads
   remember(current);
   /** Code of cell (query i, key j) of the current head (its tile, or its overview block). */
   const codeAt = (h: Head, i: number, j: number) => (h.tiled ? h.tiled.code(i, j) : h.codes[i * h.n + j]);
@@ -420,6 +442,7 @@ export async function render(props: RenderProps<AttentionState>) {
     shownKey = key;
     heat.canvas.setAttribute("aria-label", `attention pattern of layer ${current.layer} head ${current.head}${current.reduced ? " (thumbnail)" : ""}`);
     root.dataset.layer = String(current.layer);
+    if (frameSteps.length && frame >= 0) root.dataset.step = String(frameSteps[frame]);
     root.dataset.head = String(current.head);
     root.dataset.reduced = String(current.reduced);
     markExplained();
@@ -441,6 +464,11 @@ export async function render(props: RenderProps<AttentionState>) {
       parts.push(t.tiles.size ? `${t.tiles.size} tile${t.tiles.size > 1 ? "s" : ""} at full resolution` : "zoom in for full resolution");
       if (tilesIncluded && !tilesIncluded.has(`${current.layer}:${current.head}`)) parts.push("full resolution not in this report");
       else if (tilesIncluded && (tileRegion[0] > 0 || tileRegion[1] < n)) parts.push(`full resolution in this report: queries ${tileRegion[0]}–${tileRegion[1] - 1}`);
+    }
+    if (frameSteps.length && frame >= 0) {
+      const want = model.get("_frame_wanted");
+      parts.push(`step ${frameSteps[frame]}`);
+      if (typeof want === "number" && want !== frame) parts.push(`step ${frameSteps[want]} is not in this report: nearest kept step shown`);
     }
     if (!progress.hidden) parts.push(`thumbnails ${progress.value}/${progress.max}`);
     if (included) parts.push(`${included.size} of ${layers.length * nHeads} heads ${long ? "with their overview" : "at full resolution"} in this report (▨ = thumbnail only)`);
@@ -798,7 +826,7 @@ export async function render(props: RenderProps<AttentionState>) {
   const offTheme = followTheme(model as AnyModel, root, redraw);
   let liveView = heat.transform;
   figureHooks(root, {
-    title: () => `Attention · layer ${current.layer}, head ${current.head}${current.reduced ? " (thumbnail)" : ""}`,
+    title: () => `Attention · layer ${current.layer}, head ${current.head}${frameSteps.length && frame >= 0 ? ` · step ${frameSteps[frame]}` : ""}${current.reduced ? " (thumbnail)" : ""}`,
     enter: () => {
       figureMode = true;
       markExplained(); // figures show the data, not the click
@@ -821,9 +849,62 @@ export async function render(props: RenderProps<AttentionState>) {
   drawTokens();
   root.dataset.firstPaintMs = performance.now().toFixed(0);
 
+  // ---- frames in a report: follow the view that picks them (live, Python switches frames) ----
+  async function followFrames(): Promise<void> {
+    const ref = follow.model;
+    const trait = follow.trait;
+    const key = follow.key;
+    if (!(model as { offline?: boolean }).offline || !ref || !trait || !key || !frameSteps.length) return;
+    let src: AnyModel;
+    try {
+      src = await resolveModel(props, ref);
+    } catch {
+      return; // the followed view is not on this page: this view stays at its frame
+    }
+    if (signal.aborted) return;
+    let asked = 0;
+    const onPick = async () => {
+      const want = (src.get(trait) as Record<string, unknown> | undefined)?.[key];
+      if (typeof want !== "number" || want < 0 || want >= frameSteps.length) return;
+      const kept = keptFrames ?? frameSteps.map((_, i) => i);
+      const got = kept.reduce((a, b) => (Math.abs(b - want) < Math.abs(a - want) ? b : a), kept[0] ?? want);
+      const m = model as unknown as AnyModel;
+      m.set("_frame_wanted", want);
+      if (got === frame) {
+        updateStatus();
+        root.dataset.frameWanted = String(frameSteps[want]);
+        return;
+      }
+      const ticket = ++asked;
+      status.textContent = `loading step ${frameSteps[got]}…`;
+      let f: Fetched;
+      try {
+        f = await fetcher.get({ kind: "fetch-frame", frame: got });
+      } catch (err) {
+        status.textContent = `step ${frameSteps[got]} could not be loaded: ${String((err as Error).message ?? err)} Still showing step ${frameSteps[frame]}.`;
+        return;
+      }
+      if (ticket !== asked || signal.aborted) return; // a newer click won
+      const r = f.reply as Record<string, unknown>;
+      const withData = (enc: Encoded): Encoded => ({ ...enc, data: f.buffers[enc.data as number] });
+      // the state set_attention sets live; `_revision` redraws the view from it (index.ts)
+      m.set("causal", r.causal);
+      m.set("scores", r.scores);
+      m.set("_thumbs", withData(r._thumbs as Encoded));
+      m.set("_heads", r._heads ? withData(r._heads as Encoded) : {});
+      m.set("_initial", { layer: init.layer, head: init.head });
+      m.set("_frame", got);
+      m.set("_revision", ((m.get("_revision") as number) ?? 0) + 1);
+    };
+    const handler = () => void onPick();
+    src.on(`change:${trait}`, handler);
+    offFollow = () => src.off(`change:${trait}`, handler);
+  }
+
   // Which heads a static report embeds (live, every head); never blocks the first paint.
   fetcher.get({ kind: "fetch-included" }).then(({ reply }) => {
-    if (reply.all) return;
+    if (Array.isArray(reply.frames)) keptFrames = reply.frames as number[];
+    if (reply.all || framed) return;
     tilesIncluded = new Set(((reply.tiles ?? []) as [number, number][]).map(([l, h]) => `${l}:${h}`));
     if (Array.isArray(reply.region)) tileRegion = reply.region as [number, number];
     included = new Set((reply.heads as [number, number][]).map(([l, h]) => `${l}:${h}`));
@@ -833,12 +914,14 @@ export async function render(props: RenderProps<AttentionState>) {
     updateStatus();
   }, () => undefined);
   await show();
+  void followFrames();
   if (!thumbsReady) void loadThumbs(); // after the first paint; clicks interleave with it
   else if (!(model as { offline?: boolean }).offline) void warmHeads();
   warmExplanations();
 
   return () => {
     abort.abort();
+    offFollow();
     window.clearTimeout(tileTimer);
     offSel();
     offTok();

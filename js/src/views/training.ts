@@ -6,8 +6,10 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { decode, uint8View } from "../codec";
 import { ColorBar } from "../colorbar";
-import { cssColor, diverging, type Lut, sequential } from "../colormaps";
+import { cssColor, diverging, type Lut, sequential, textOn } from "../colormaps";
 import { el } from "../dom";
+import { figureCanvas, paintedAt, recordCanvas } from "../figure";
+import { type FlowLayout, GRAPH_FONT, layoutFlow, paintFlow } from "./training_graph";
 import { cellAt, paintCodes, paintMatrix } from "../heatmap";
 import { resolveLink, select } from "../link";
 import { followTheme, isDark } from "../theme";
@@ -33,6 +35,9 @@ interface TrainingState {
   trial_b: string;
   correlations: { label: string; r: number; lag: number }[];
   highlight: string;
+  navigator: string; // "list" | "graph"
+  graph_nodes: number[]; // indices into names (empty: no data flow recorded)
+  graph_edges: [number, number][]; // [source, target] indices into names
   _kpis: Record<string, Encoded>;
   _loss: Encoded;
   _kpis_b: Record<string, Encoded>;
@@ -148,6 +153,14 @@ export async function render(props: RenderProps<TrainingState>) {
   const kindSel = labelled(bar, "tensors");
   option(kindSel, "act", "activations | gradients");
   option(kindSel, "param", "parameters | gradients");
+  const navSel = labelled(bar, "navigator");
+  option(navSel, "list", "list");
+  option(navSel, "graph", "graph");
+  const hasGraph = (model.get("graph_nodes") ?? []).length > 0;
+  if (!hasGraph) {
+    (navSel.options[1] as HTMLOptionElement).disabled = true;
+    navSel.title = "no data flow in this run: record it with circuitboard.training.record_dataflow(rec, batch)";
+  }
 
   const lossCanvas = el("canvas", "cb-train-loss", root);
   lossCanvas.width = 640;
@@ -158,6 +171,18 @@ export async function render(props: RenderProps<TrainingState>) {
   slider.min = "0";
   slider.max = String(Math.max(S - 1, 0));
   const stepLabel = el("span", "cb-train-step", scrub);
+
+  // the data-flow graph of the recorded tensors (navigator = graph), above the heatmaps
+  const graphBox = el("div", "cb-train-graph", root);
+  const graphHead = el("div", "cb-train-map-title", graphBox);
+  const graphTitle = el("span", "", graphHead);
+  const colourSel = el("select", "cb-figure-skip", graphHead);
+  colourSel.setAttribute("aria-label", "graph colour");
+  option(colourSel, "act", "colour: activations");
+  option(colourSel, "grad", "colour: gradients");
+  const graphWrap = el("div", "cb-train-graph-wrap", graphBox);
+  const graphCanvas = el("canvas", "cb-train-graph-canvas", graphWrap);
+  const graphBar = new ColorBar(graphBox, "");
 
   const maps = el("div", "cb-train-maps", root);
   // each row has its own range, so the bar names the ends; hovering a row gives its numbers
@@ -298,6 +323,113 @@ export async function render(props: RenderProps<TrainingState>) {
       p.cursor.style.left = `${((i + 0.5) / Math.max(S, 1)) * w}px`;
     }
     drawLoss();
+    drawGraph();
+  }
+
+  // ---- the data-flow graph --------------------------------------------------------------------
+  const gNodes = model.get("graph_nodes") ?? [];
+  const gAt = new Map(gNodes.map((row, i) => [row, i] as const));
+  const gEdges = (model.get("graph_edges") ?? [])
+    .filter(([a, b]) => gAt.has(a) && gAt.has(b))
+    .map(([a, b]) => [gAt.get(a), gAt.get(b)] as [number, number]);
+  let gLayout: FlowLayout | null = null;
+  let gPaint: Parameters<typeof paintFlow>[3] | null = null;
+  const gButtons: HTMLButtonElement[] = [];
+  const measureCtx = document.createElement("canvas").getContext("2d");
+  function graphLayout(): FlowLayout {
+    if (gLayout) return gLayout;
+    const names = model.get("names");
+    if (measureCtx) measureCtx.font = GRAPH_FONT;
+    const measure = (t: string) => (measureCtx ? measureCtx.measureText(t).width : t.length * 6.5);
+    gLayout = layoutFlow(gNodes.map((r) => names[r]), gEdges, measure);
+    const L = gLayout;
+    gNodes.forEach((row, v) => {
+      // an invisible button over each box: keyboard and screen readers reach the nodes
+      const b = el("button", "cb-train-node cb-figure-skip", graphWrap);
+      b.type = "button";
+      Object.assign(b.style, { left: `${L.x[v]}px`, top: `${L.y[v]}px`, width: `${L.w[v]}px`, height: `${L.h}px` });
+      b.dataset.name = names[row];
+      b.addEventListener("click", () => {
+        const kind = colourSel.value;
+        if (model.get("kind") !== "act") model.set("kind", "act");
+        model.set("highlight", `${kind}:${names[row]}`);
+        model.save_changes();
+      }, { signal });
+      b.addEventListener("pointerenter", () => {
+        readout.textContent = `${names[row]} · ${colourSel.value} · step ${steps[model.get("step_index")]} · ${model.get("stat")} = ${b.dataset.value ?? "–"}`;
+      }, { signal });
+      gButtons.push(b);
+    });
+    return L;
+  }
+  figureCanvas(graphCanvas, (scale, format) => {
+    if (!gLayout || !gPaint) return [];
+    const [L, P] = [gLayout, gPaint];
+    const paint = (ctx: CanvasRenderingContext2D) => paintFlow(ctx, L, gEdges, P);
+    return format === "svg" ? recordCanvas(paint) : paintedAt(L.width, L.height, scale, paint);
+  });
+
+  function drawGraph(): void {
+    const on = model.get("navigator") === "graph" && gNodes.length > 0;
+    graphBox.hidden = !on;
+    graphBox.classList.toggle("cb-figure-skip", !on);
+    if (!on) return;
+    const L = graphLayout();
+    const kind = colourSel.value;
+    const t = kpis[kind];
+    const stat = stats.indexOf(model.get("stat"));
+    const cat = cats.indexOf(model.get("category"));
+    const minus = model.get("minus") ? cats.indexOf(model.get("minus")) : -1;
+    const signed = minus >= 0;
+    const dark = isDark(root);
+    const lut: Lut = signed ? diverging() : sequential(dark);
+    const i = model.get("step_index");
+    const N = t.shape[2];
+    const raw = kpiMatrix(t.data, t.shape, cat, minus, stat);
+    // the colour of each node is its heatmap cell's at this step (each row its own range)
+    const unit = rowScaled(raw, N, t.shape[0], signed);
+    const none = dark ? "rgb(48, 54, 61)" : "rgb(216, 222, 228)";
+    const names = model.get("names");
+    const hl = model.get("highlight");
+    const fill: string[] = [];
+    const text: string[] = [];
+    gNodes.forEach((row, v) => {
+      const u = unit[row * S + i];
+      const ok = Number.isFinite(u);
+      const q = ok ? Math.max(0, Math.min(255, Math.round(u * 255))) / 255 : 0;
+      fill.push(ok ? cssColor(lut, q) : none);
+      text.push(ok ? textOn(lut, q) : dark ? "#e6edf3" : "#1f2328");
+      const b = gButtons[v];
+      b.dataset.label = `${kind}:${names[row]}`;
+      b.dataset.fill = fill[v];
+      b.dataset.value = fmt(raw[row * S + i]);
+      b.setAttribute("aria-label", `${names[row]}: ${model.get("stat")} ${b.dataset.value} at step ${steps[i]}`);
+      b.classList.toggle("cb-train-node-hl", hl === b.dataset.label);
+    });
+    const cs = getComputedStyle(root);
+    gPaint = {
+      fill,
+      text,
+      highlight: gButtons.findIndex((b) => b.dataset.label === hl),
+      edge: cs.getPropertyValue("--cb-muted").trim() || (dark ? "#8b949e" : "#57606a"),
+      stroke: dark ? "#6e7681" : "#8c959f",
+      mark: dark ? "#4493f8" : "#0969da",
+    };
+    const dpr = window.devicePixelRatio || 1;
+    graphCanvas.width = Math.round(L.width * dpr);
+    graphCanvas.height = Math.round(L.height * dpr);
+    graphCanvas.style.width = `${L.width}px`;
+    graphCanvas.style.height = `${L.height}px`;
+    const ctx = graphCanvas.getContext("2d");
+    if (ctx) {
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, L.width, L.height);
+      paintFlow(ctx, L, gEdges, gPaint);
+    }
+    const what = `${model.get("stat")} of ${kind === "act" ? "activations" : "gradients"} · ${model.get("category")}${signed ? ` − ${model.get("minus")}` : ""}`;
+    graphTitle.textContent = `data flow · ${what} at step ${steps[i]} `;
+    graphBar.set(lut, signed ? "−max |row|" : "row min", signed ? "+max |row|" : "row max", `${what}: each tensor scaled to its own range over steps, as its heatmap row`);
+    graphBox.dataset.step = String(steps[i]);
   }
 
   function drawLoss(): void {
@@ -470,8 +602,9 @@ export async function render(props: RenderProps<TrainingState>) {
     minusSel.value = model.get("minus");
     kindSel.value = model.get("kind");
     scoreSel.value = model.get("score");
+    navSel.value = model.get("navigator") === "graph" && hasGraph ? "graph" : "list";
   };
-  const bind = (sel: HTMLSelectElement, key: "stat" | "category" | "minus" | "kind" | "score") =>
+  const bind = (sel: HTMLSelectElement, key: "stat" | "category" | "minus" | "kind" | "score" | "navigator") =>
     sel.addEventListener("change", () => {
       model.set(key, sel.value);
       model.save_changes();
@@ -481,6 +614,8 @@ export async function render(props: RenderProps<TrainingState>) {
   bind(minusSel, "minus");
   bind(kindSel, "kind");
   bind(scoreSel, "score");
+  bind(navSel, "navigator");
+  colourSel.addEventListener("change", () => drawGraph(), { signal });
   slider.addEventListener("input", () => {
     model.set("step_index", Number(slider.value));
     model.save_changes();
@@ -505,6 +640,11 @@ export async function render(props: RenderProps<TrainingState>) {
   m.on("change:step_index", drawCursor);
   m.on("change:score", onScore);
   m.on("change:picked", drawPattern);
+  const onNav = () => {
+    sync();
+    drawGraph();
+  };
+  m.on("change:navigator", onNav);
   const offTheme = followTheme(m, root, () => {
     drawMaps();
     drawScores();
@@ -522,5 +662,6 @@ export async function render(props: RenderProps<TrainingState>) {
     m.off("change:step_index", drawCursor);
     m.off("change:score", onScore);
     m.off("change:picked", drawPattern);
+    m.off("change:navigator", onNav);
   };
 }

@@ -73,6 +73,15 @@ class TrainingRun:
     path: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def dataflow(self) -> Any:
+        """Which recorded tensors feed which (:class:`~circuitboard.training.DataFlow`), when
+        :func:`~circuitboard.training.record_dataflow` stored it; else None."""
+        from ._flow import META_KEY, DataFlow
+
+        data = self.meta.get(META_KEY)
+        return DataFlow.from_json(data) if data is not None else None
+
     # -- lookups --------------------------------------------------------------------------------
 
     def index(self, label: str) -> int:

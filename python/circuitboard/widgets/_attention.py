@@ -10,6 +10,7 @@ import numpy as np
 import traitlets
 
 from .._threads import one_thread
+from ._attention_frames import FRAMES_SHARE, AttentionFrames
 from ._codec import encode, is_causal, to_numpy
 from ._explain_panel import ExplainCells
 from ._pattern_source import ArraySource, CaptureSource, HeadSummary
@@ -130,7 +131,7 @@ def _score_table(name: str, value: Any, shape: tuple[int, int]) -> list[list[flo
     return [[None if not np.isfinite(v) else round(float(v), 5) for v in row] for row in arr]
 
 
-class AttentionView(ExplainCells):
+class AttentionView(ExplainCells, AttentionFrames):
     """Attention patterns of one prompt: every head at a glance, zoom one, hover a token.
 
     A grid shows every layer × head as a small thumbnail; clicking one zooms it on a
@@ -226,6 +227,7 @@ class AttentionView(ExplainCells):
         "fetch-thumb": "_fetch_thumb",
         "fetch-tile": "_fetch_tile",
         **ExplainCells._fetchers,
+        **AttentionFrames._fetchers,
     }
 
     @one_thread()  # many small per-head operations (see one_thread)
@@ -353,6 +355,7 @@ class AttentionView(ExplainCells):
         if self.link.layer is None:
             self.link.select(layer=layers[li], head=hi)
         self._init_explain(explainer, head_output, explain_target, prepare_head)
+        self._init_frames()
 
     def set_attention(
         self, attention: Any, *, layer: int | None = None, head: int | None = None
@@ -370,6 +373,24 @@ class AttentionView(ExplainCells):
         >>> round(float(view.pattern(0, 1)[2, 0]), 3)
         0.333
         """
+        arr = self._same_prompt(attention)
+        li = self._position(layer) if layer is not None else int(self._initial["layer"])
+        hi = (
+            index_in("head", head, self.n_heads) if head is not None else int(self._initial["head"])
+        )
+        fields = self._frame_fields(arr, heads=False)
+        self._source = ArraySource(arr)
+        self._causal = fields["causal"]
+        self._summaries.clear()
+        with self.hold_trait_notifications():
+            self.causal = self._causal
+            self.scores = fields["scores"]
+            self._thumbs = fields["_thumbs"]
+            self._initial = {"layer": li, "head": hi, "pattern": self._encode_head(li, hi)}
+            self._revision += 1
+
+    def _same_prompt(self, attention: Any) -> np.ndarray:
+        """``attention`` as an array of the shown shape, for ``set_attention`` and frames."""
         if self._long or not isinstance(self._source, ArraySource):
             raise ValueError(
                 "set_attention replaces array patterns of a short prompt; for a capture or a "
@@ -383,24 +404,27 @@ class AttentionView(ExplainCells):
                 f"query, key]; got {list(arr.shape)}. Build a new AttentionView for another "
                 "prompt or model."
             )
-        li = self._position(layer) if layer is not None else int(self._initial["layer"])
-        hi = (
-            index_in("head", head, self.n_heads) if head is not None else int(self._initial["head"])
-        )
-        self._source = ArraySource(arr)
-        self._causal = is_causal(arr)
-        self._summaries.clear()
+        return arr
+
+    def _frame_fields(self, attention: Any, *, heads: bool = True) -> dict[str, Any]:
+        """What showing ``attention`` changes in the view's state: ``causal``, ``scores``
+        (given ones kept, computed ones redone), ``_thumbs``, and, when the thumbnails are
+        not the heads themselves, every head as ``_heads`` (a report's frame draws from it)."""
+        arr = self._same_prompt(attention)
+        causal = is_causal(arr)
         thumbs, computed = thumbnails(arr), pattern_scores(arr)
         table = {k: v for k, v in self.scores.items() if k in self._given_scores}
         for k, v in computed.items():
             if k not in table:
                 table[k] = _score_table(k, v, (self.n_layers, self.n_heads))
-        with self.hold_trait_notifications():
-            self.causal = self._causal
-            self.scores = table
-            self._thumbs = encode(thumbs, lo=0.0, hi=1.0)
-            self._initial = {"layer": li, "head": hi, "pattern": self._encode_head(li, hi)}
-            self._revision += 1
+        fields: dict[str, Any] = {
+            "causal": causal,
+            "scores": table,
+            "_thumbs": encode(thumbs, lo=0.0, hi=1.0),
+        }
+        if heads and not self._thumbs_are_heads:
+            fields["_heads"] = encode(arr, lo=0.0, hi=1.0, tril=causal)
+        return fields
 
     @property
     def n_layers(self) -> int:
@@ -532,11 +556,12 @@ class AttentionView(ExplainCells):
         plan, self._pending_plan = self._pending_plan, None
         tiles = [[lay, h] for lay, h in self._pending_tiles]
         self._pending_tiles = []
+        frames = self._frames_included()  # a report's embedded frames (None: all, or none)
         if plan is None or (len(plan) == self.n_layers * self.n_heads and not self._long):
-            return pack(all=True, heads=[], tiles=tiles)
+            return pack(all=True, heads=[], tiles=tiles, frames=frames)
         q, _ = self._region()
         heads = [[lay, h] for lay, h in plan]
-        return pack(all=False, heads=heads, tiles=tiles, region=list(q))
+        return pack(all=False, heads=heads, tiles=tiles, region=list(q), frames=frames)
 
     # -- export --------------------------------------------------------------------------
     def head_bytes(self) -> int:
@@ -641,6 +666,9 @@ class AttentionView(ExplainCells):
         return (ranked if fit >= len(ranked) else ranked[:fit]), tiles
 
     def export_requests(self, budget_bytes: int) -> list[dict[str, Any]]:
+        frames = self.frames_requests(budget_bytes)  # other steps of a followed view
+        if frames:
+            budget_bytes = int(budget_bytes * (1 - FRAMES_SHARE))
         explain = self.explain_requests(budget_bytes)  # the selected head's cells, explained
         budget_bytes -= self.explain_budget(budget_bytes)
         if self._long:
@@ -656,16 +684,19 @@ class AttentionView(ExplainCells):
             for lay, h in tiles:
                 reqs += self._head_tiles(lay, h)
             reqs += [{"kind": "fetch-overview", "layer": lay, "head": h} for lay, h in heads[1:]]
-            return reqs + explain
+            return reqs + explain + frames
         plan = self.export_plan(budget_bytes)
         self._pending_plan = plan  # answered by the fetch-included request, first in line
         reqs: list[dict[str, Any]] = [{"kind": "fetch-included"}]
         if not self._thumbs_are_heads:
             reqs += [{"kind": "fetch-head", "layer": lay, "head": h} for lay, h in plan]
-        return reqs + explain
+        return reqs + explain + frames
 
     def export_notes(self, budget_bytes: int) -> list[str]:
-        explained = self.explain_notes(budget_bytes)
+        framed = self.frames_notes(budget_bytes)
+        if self.n_frames:
+            budget_bytes = int(budget_bytes * (1 - FRAMES_SHARE))
+        explained = self.explain_notes(budget_bytes) + framed
         budget_bytes -= self.explain_budget(budget_bytes)
         total = self.n_layers * self.n_heads
         if self._long:

@@ -47,7 +47,10 @@ class TrainingView(View):
       tensors heatmaps of one KPI for one category, or the difference of two categories;
       each row is scaled to its own range (a difference to its own largest magnitude);
     - a step scrubber that moves a cursor over every panel and reads the values out;
-    - the module tree as the heatmaps' row list (indented by dotted path);
+    - the module tree as the heatmaps' row list (indented by dotted path), or with
+      ``navigator="graph"`` also as a data-flow graph (recorded tensors as nodes, edges from
+      autograd's graph of one forward, :func:`~circuitboard.training.record_dataflow`),
+      each node coloured by the KPI at the scrubbed step; a node click selects its row;
     - the probe batch's head scores over probe steps; clicking a (step, head) cell shows that
       head's attention pattern at that step and selects its layer and head on the link, so a
       linked attention view follows;
@@ -66,6 +69,9 @@ class TrainingView(View):
     stat, category, minus, kind, score : initial choices (``minus`` = a category to subtract)
     correlation : KpiCorrelation, optional
     tokens : list of str, optional — the probe's token texts (default: its ids)
+    dataflow : DataFlow, optional
+        Which recorded tensors feed which (default: the run's, when recorded).
+    navigator : ``"list"`` or ``"graph"`` (needs a data flow)
 
     Examples
     --------
@@ -121,6 +127,13 @@ class TrainingView(View):
     """Top rows of a KpiCorrelation (label, r, lag), when given."""
     highlight = traitlets.Unicode("").tag(sync=True)
     """A tensor label (``kind:name``) whose heatmap row is outlined."""
+    navigator = traitlets.Unicode("list").tag(sync=True)
+    """``list`` (the module tree as the heatmaps' row list) or ``graph`` (also the data-flow
+    graph of the recorded tensors)."""
+    graph_nodes = traitlets.List(traitlets.Int()).tag(sync=True)
+    """Indices into ``names`` of the data-flow graph's nodes (empty: no data flow)."""
+    graph_edges = traitlets.List(traitlets.List(traitlets.Int())).tag(sync=True)
+    """``[source, target]`` indices into ``names``: data flows source → target."""
     _kpis = traitlets.Dict().tag(sync=True)  # per kind: encoded float32 [S, C, N, K]
     _loss = traitlets.Dict().tag(sync=True)  # encoded float32 [S, C]
     _kpis_b = traitlets.Dict().tag(sync=True)
@@ -141,6 +154,8 @@ class TrainingView(View):
         score: str = "induction",
         correlation: Any = None,
         tokens: list[str] | None = None,
+        dataflow: Any = None,
+        navigator: str = "list",
         **kwargs: Any,
     ) -> None:
         try:
@@ -171,6 +186,7 @@ class TrainingView(View):
             for k, have in (("act", names), ("grad", names), ("param", pnames)):
                 have += [n for n in _labels_of(other, k) if n not in have]
             pnames += [n for n in _labels_of(other, "param_grad") if n not in pnames]
+        graph_nodes, graph_edges = _graph_of(run, dataflow, names, navigator)
         kpis = self._kpis_of(run, names, pnames)
         loss = run.loss.astype(np.float32)
         steps = [int(s) for s in run.steps]
@@ -231,6 +247,9 @@ class TrainingView(View):
             kind=kind,
             step_index=max(len(steps) - 1, 0),
             probe_steps=[int(s) for s in run.probe_steps],
+            navigator=navigator,
+            graph_nodes=graph_nodes,
+            graph_edges=graph_edges,
             score_names=score_names,
             score=score if score in score_names else (score_names[0] if score_names else ""),
             _kpis={k: encode(v, "float32") for k, v in kpis.items()},
@@ -265,7 +284,9 @@ class TrainingView(View):
         """An :class:`AttentionView` of the probe's first row at probe step ``step`` (default:
         the picked step, else the last), on this view's link: clicking a (step, head) cell
         here selects that head there, and with ``follow=True`` (with a kernel) also shows
-        the probe's patterns at the clicked step.
+        the probe's patterns at the clicked step. In a report (no kernel) it follows the
+        clicked step too: the report embeds the probe steps' patterns (uint8, one in every k
+        steps when they do not all fit its budget; the report says so).
 
         Examples
         --------
@@ -291,6 +312,16 @@ class TrainingView(View):
         kwargs.setdefault("head", self.picked.get("head", 0))
         attn = AttentionView(_probe_pattern(run, p), list(self.probe_tokens), **kwargs)
         if follow:
+            # a report has no kernel: it embeds the probe steps' patterns (thinned to fit its
+            # budget) and the page switches them when a (step, head) cell is clicked
+            attn.follow_frames(
+                self,
+                lambda i: _probe_pattern(run, i),
+                list(self.probe_steps),
+                trait="picked",
+                key="p",
+                frame=p,
+            )
             ref = weakref.ref(attn)
 
             def show_step(change: dict[str, Any]) -> None:
@@ -303,9 +334,47 @@ class TrainingView(View):
                         layer=new.get("layer"),
                         head=new.get("head"),
                     )
+                    view._frame = int(new["p"])
 
             self.observe(show_step, names="picked")
         return attn
+
+
+NAVIGATORS = ("list", "graph")
+
+
+def _graph_of(
+    run: Any, flow: Any, names: list[str], navigator: str
+) -> tuple[list[int], list[list[int]]]:
+    """The data-flow graph on the activation rows: node and ``[source, target]`` indices into
+    ``names``; tensors of the flow that the run did not record are left out."""
+    if navigator not in NAVIGATORS:
+        raise ValueError(f"navigator={navigator!r}; choose from {list(NAVIGATORS)}.")
+    if flow is None:
+        flow = getattr(run, "dataflow", None)
+    elif isinstance(flow, dict):
+        from ..training._flow import DataFlow
+
+        flow = DataFlow.from_json(flow)
+    if flow is None:
+        if navigator == "graph":
+            raise ValueError(
+                "navigator='graph' needs the data flow between the recorded tensors; record it "
+                "once with circuitboard.training.record_dataflow(rec, batch) before training, "
+                "or pass dataflow=circuitboard.training.dataflow(model, batch)."
+            )
+        return [], []
+    try:
+        nodes, edges = list(flow.nodes), list(flow.edges)
+    except AttributeError:
+        raise TypeError(
+            f"dataflow must be a circuitboard.training.DataFlow; got {type(flow).__name__}."
+        ) from None
+    at = {n: i for i, n in enumerate(names)}
+    return (
+        [at[n] for n in nodes if n in at],
+        [[at[a], at[b]] for a, b in edges if a in at and b in at],
+    )
 
 
 def _probe_pattern(run: Any, p: int) -> np.ndarray:
