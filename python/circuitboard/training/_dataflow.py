@@ -133,6 +133,7 @@ def record_dataflow(recorder: Any, *args: Any, **kwargs: Any) -> DataFlow:
     Examples
     --------
     >>> import torch
+    >>> import circuitboard as cb
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
     >>> rec = cb.TrainingRecorder(model, every=1)
     >>> record_dataflow(rec, torch.ones(2, 3)).edges

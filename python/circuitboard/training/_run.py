@@ -42,6 +42,7 @@ class TrainingRun:
     Examples
     --------
     >>> import torch
+    >>> import circuitboard as cb
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 1))
     >>> rec = cb.TrainingRecorder(model, every=1)
     >>> with rec.step(0):
@@ -49,7 +50,7 @@ class TrainingRun:
     ...     rec.loss(loss)
     ...     loss.backward()
     >>> run = rec.close()
-    >>> run.labels
+    >>> run.labels  # doctest: +NORMALIZE_WHITESPACE
     ['act:0', 'grad:0', 'param:0.weight', 'param:0.bias', 'param_grad:0.weight',
      'param_grad:0.bias']
     >>> run.kpi("norm", "all", kind="param")[0].shape  # [steps, tensors]
