@@ -15,7 +15,7 @@ import torch
 from . import _probes
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import N_SUMS, STATS, finish, lead_sums, many_sums, merge
+from ._stats import N_SUMS, STATS, finish, lead_sums, many_sums, merge, one_thread
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -269,7 +269,8 @@ class TrainingRecorder:
         base = category or "all"
         if self.params:
             keys = [(base, name, "param") for name, _ in self.params]
-            act["sums"].append((keys, many_sums([p for _, p in self.params])))
+            with one_thread([p for _, p in self.params]):
+                act["sums"].append((keys, many_sums([p for _, p in self.params])))
         self._install()
 
     def _end(self) -> None:
@@ -280,7 +281,8 @@ class TrainingRecorder:
             base = act["category"] or "all"
             if have:
                 keys = [(base, name, "param_grad") for name, _ in have]
-                act["sums"].append((keys, many_sums([g for _, g in have])))
+                with one_thread([g for _, g in have]):
+                    act["sums"].append((keys, many_sums([g for _, g in have])))
         self._write(act)
 
     def loss(self, value: Any) -> None:
@@ -453,7 +455,7 @@ class TrainingRecorder:
             for _, m in masks:
                 if m is not None and m.ndim == 2 and x.ndim >= 2 and x.shape[:2] == m.shape:
                     lead = 2
-        per = lead_sums(x.detach(), lead)
+        per = _lead_sums_once(act, x, lead)
         if lead == 0:
             keys = [(cat, name, kind) for cat, mask in masks if mask is None]
             if keys:
@@ -487,8 +489,10 @@ class TrainingRecorder:
             )
 
     def _probe(self) -> list[tuple[str, bytes]]:
-        pats = _probes.probe_patterns(self.model, self.probe_ids)
-        sc = _probes.scores(pats, self.probe_ids)
+        # a small model's probe forward gains nothing from a second thread (see one_thread)
+        with one_thread(list(self.model.parameters())):
+            pats = _probes.probe_patterns(self.model, self.probe_ids)
+            sc = _probes.scores(pats, self.probe_ids)
         return [("scores", pack(sc)), ("patterns", pack({"codes": _probes.quantize(pats)}))]
 
     # -- writing --------------------------------------------------------------------------------
@@ -585,6 +589,23 @@ def _mask_weights(act: dict, masks: Masks, lead_shape: tuple) -> tuple[list[str]
         cache[key] = (cats, np.stack(rows) if rows else np.zeros((0, *lead_shape)), masks)
     cats, weights, _ = cache[key]  # masks kept alive with the cache: id() stays unique
     return cats, weights
+
+
+def _lead_sums_once(act: dict, x: torch.Tensor, lead: int) -> np.ndarray:
+    """``lead_sums(x, lead)``, reused when the same tensor comes again in the step: a residual
+    add hands one gradient tensor to both its inputs, so a block's output and its attention
+    (or MLP) output get the very same gradient. The last two tensors are held, not only their
+    ids (a new tensor may take over the id of one that died), with their version counters (an
+    in-place change between two sites is a new tensor)."""
+    recent = act.setdefault("recent", [])
+    for t, version, ld, per in recent:
+        if t is x and version == x._version and ld == lead:
+            return per
+    with one_thread([x]):
+        per = lead_sums(x.detach(), lead)
+    recent.insert(0, (x, x._version, lead, per))
+    del recent[2:]
+    return per
 
 
 def _collect(chunks: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
