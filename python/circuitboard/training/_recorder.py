@@ -489,10 +489,8 @@ class TrainingRecorder:
             )
 
     def _probe(self) -> list[tuple[str, bytes]]:
-        # a small model's probe forward gains nothing from a second thread (see one_thread)
-        with one_thread(list(self.model.parameters())):
-            pats = _probes.probe_patterns(self.model, self.probe_ids)
-            sc = _probes.scores(pats, self.probe_ids)
+        pats = _probes.probe_patterns(self.model, self.probe_ids)
+        sc = _probes.scores(pats, self.probe_ids)
         return [("scores", pack(sc)), ("patterns", pack({"codes": _probes.quantize(pats)}))]
 
     # -- writing --------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ ONE_THREAD_NUMEL = 1 << 22
 @contextlib.contextmanager
 def one_thread(tensors: list[torch.Tensor]) -> Iterator[None]:
     """Run the reductions of small CPU tensors on one torch thread, the training's thread
-    count restored after. Each reduction is a parallel region; on tensors of ~10^5 elements
-    two threads gain nothing, and when the other core is busy every region waits for it:
-    a recorded step's KPIs took 5x as long on two threads at load 4 (measured). Training
+    count restored after. Each reduction is a parallel region of a few microseconds' work,
+    and when another process holds the other core every region waits for it: on the
+    2-core machine at load ~4 a recorded step's activation KPIs once took 247 ms on two
+    threads against 4-8 ms on one (measured; quiet, the two are within noise). Training
     itself never runs inside, so its numbers do not change."""
     n = torch.get_num_threads()
     if n == 1 or sum(t.numel() for t in tensors if t.device.type == "cpu") > ONE_THREAD_NUMEL:
