@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from . import _probes
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import STATS, finish, lead_sums, many_sums, merge
+from ._stats import N_SUMS, STATS, finish, lead_sums, many_sums, merge, one_thread
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -247,8 +248,11 @@ class TrainingRecorder:
             "step": step,
             "category": category,
             "batch": batch,
-            "sums": {},
-            "sample_sums": {},
+            # KPI sums as chunks (keys, sums [len(keys), 6]), one per recorded tensor: no
+            # per-key work inside the step; _collect merges them when the step is written
+            "sums": [],
+            "sample_sums": [],
+            "acts": False,  # whether any activation was recorded (for the gradient check)
             "loss": {},
             "sample_loss": {},
             "probes": [],
@@ -263,8 +267,10 @@ class TrainingRecorder:
                 self._probing = False
         self._active = act
         base = category or "all"
-        for (name, _), v in zip(self.params, many_sums([p for _, p in self.params]), strict=True):
-            self._add(act["sums"], (base, name, "param"), v)
+        if self.params:
+            keys = [(base, name, "param") for name, _ in self.params]
+            with one_thread([p for _, p in self.params]):
+                act["sums"].append((keys, many_sums([p for _, p in self.params])))
         self._install()
 
     def _end(self) -> None:
@@ -273,8 +279,10 @@ class TrainingRecorder:
             self._check_grads(act)
             have = [(name, p.grad) for name, p in self.params if p.grad is not None]
             base = act["category"] or "all"
-            for (name, _), v in zip(have, many_sums([g for _, g in have]), strict=True):
-                self._add(act["sums"], (base, name, "param_grad"), v)
+            if have:
+                keys = [(base, name, "param_grad") for name, _ in have]
+                with one_thread([g for _, g in have]):
+                    act["sums"].append((keys, many_sums([g for _, g in have])))
         self._write(act)
 
     def loss(self, value: Any) -> None:
@@ -447,11 +455,12 @@ class TrainingRecorder:
             for _, m in masks:
                 if m is not None and m.ndim == 2 and x.ndim >= 2 and x.shape[:2] == m.shape:
                     lead = 2
-        per = lead_sums(x.detach(), lead)
+        per = _lead_sums_once(act, x, lead)
         if lead == 0:
-            for cat, mask in masks:
-                if mask is None:
-                    self._add(act["sums"], (cat, name, kind), per)
+            keys = [(cat, name, kind) for cat, mask in masks if mask is None]
+            if keys:
+                act["sums"].append((keys, np.repeat(per[None], len(keys), 0)))
+                act["acts"] |= kind == "act"
             return
         cats, weights = _mask_weights(act, masks, per.shape[:lead])
         if not cats:
@@ -459,26 +468,20 @@ class TrainingRecorder:
         by_row = _row_sums_in(per, weights)  # [categories, batch, 6]
         totals = by_row.sum(1)
         totals[:, 4] = by_row[..., 4].max(1)
+        full = totals[:, 0] > 0  # a category with no element of this tensor gets no row
+        if full.any():
+            act["sums"].append(([(c, name, kind) for c in compress(cats, full)], totals[full]))
+            act["acts"] |= kind == "act"
         rows = [i for i in self.samples if i < x.shape[0]]
-        sums, sample_sums = act["sums"], act["sample_sums"]
-        for k, cat in enumerate(cats):
-            if totals[k, 0] > 0:
-                self._add(sums, (cat, name, kind), totals[k])
-            for i in rows:
-                if by_row[k, i, 0] > 0:
-                    self._add(sample_sums, (i, cat, name, kind), by_row[k, i])
-
-    @staticmethod
-    def _add(table: dict, key: Any, s: np.ndarray) -> None:
-        table[key] = merge(table.get(key), s)
+        if rows:
+            kept = by_row[:, rows].reshape(-1, N_SUMS)  # category-major, then kept row
+            full = kept[:, 0] > 0
+            keys = [(i, c, name, kind) for c in cats for i in rows]
+            if full.any():
+                act["sample_sums"].append((list(compress(keys, full)), kept[full]))
 
     def _check_grads(self, act: dict) -> None:
-        if (
-            self.sites
-            and not act["grad_seen"]
-            and act["sums"]
-            and any(k[2] == "act" for k in act["sums"])
-        ):
+        if self.sites and not act["grad_seen"] and act["acts"]:
             raise RuntimeError(
                 f"step {act['step']}: gradients were asked for (grads=True) but no gradient "
                 "reached the recorded modules inside the step. Call loss.backward() inside "
@@ -493,25 +496,21 @@ class TrainingRecorder:
     # -- writing --------------------------------------------------------------------------------
 
     def _write(self, act: dict) -> None:
-        keep = np.array([s in self.stats for s in STATS])
+        drop = np.array([s not in self.stats for s in STATS])
 
-        def kp(table: dict) -> list[np.ndarray]:
-            if not table:
-                return []
-            v = finish(np.stack(list(table.values())))  # all KPIs of the step at once
-            v[:, ~keep] = np.nan
-            return list(v)
+        def rows(chunks: list) -> list[tuple]:
+            keys, sums = _collect(chunks)
+            v = finish(sums)  # all KPIs of the step at once
+            v[:, drop] = np.nan  # stored as NULL (SQLite binds NaN as NULL)
+            return [(*k, *x) for k, x in zip(keys, v.tolist(), strict=True)]
 
-        kpis = [(*key, v) for key, v in zip(act["sums"], kp(act["sums"]), strict=True)]
-        samples = [
-            (*key, v) for key, v in zip(act["sample_sums"], kp(act["sample_sums"]), strict=True)
-        ]
+        kpis, samples = rows(act["sums"]), rows(act["sample_sums"])
         losses = [(c, s / n) for c, (s, n) in act["loss"].items()]
         sample_losses = [(i, c, s / n) for (i, c), (s, n) in act["sample_loss"].items()]
         if act["category"] not in (None, "all"):
             # a per-batch category is also part of "all", so every run has one full series
-            kpis += [("all", t, k, v) for _, t, k, v in kpis]
-            samples += [(i, "all", t, k, v) for i, _, t, k, v in samples]
+            kpis += [("all", *r[1:]) for r in kpis]
+            samples += [(r[0], "all", *r[2:]) for r in samples]
             losses += [("all", v) for _, v in losses]
             sample_losses += [(i, "all", v) for i, _, v in sample_losses]
         self.store.write_step(
@@ -590,6 +589,44 @@ def _mask_weights(act: dict, masks: Masks, lead_shape: tuple) -> tuple[list[str]
     return cats, weights
 
 
+def _lead_sums_once(act: dict, x: torch.Tensor, lead: int) -> np.ndarray:
+    """``lead_sums(x, lead)``, reused when the same tensor comes again in the step: a residual
+    add hands one gradient tensor to both its inputs, so a block's output and its attention
+    (or MLP) output get the very same gradient. The last two tensors are held, not only their
+    ids (a new tensor may take over the id of one that died), with their version counters (an
+    in-place change between two sites is a new tensor)."""
+    recent = act.setdefault("recent", [])
+    for t, version, ld, per in recent:
+        if t is x and version == x._version and ld == lead:
+            return per
+    with one_thread([x]):
+        per = lead_sums(x.detach(), lead)
+    recent.insert(0, (x, x._version, lead, per))
+    del recent[2:]
+    return per
+
+
+def _collect(chunks: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
+    """The keys and sums ``[keys, 6]`` of a step's chunks; a key met more than once (a module
+    called several times in the step, e.g. micro-batches) gets the merge of its pieces."""
+    if not chunks:
+        return [], np.zeros((0, N_SUMS))
+    keys = [k for ks, _ in chunks for k in ks]
+    sums = np.concatenate([v for _, v in chunks])
+    if len(set(keys)) == len(keys):
+        return keys, sums
+    index: dict = {}
+    out: list[np.ndarray] = []
+    for k, v in zip(keys, sums, strict=True):
+        j = index.get(k)
+        if j is None:
+            index[k] = len(out)
+            out.append(v)
+        else:
+            out[j] = merge(out[j], v)
+    return list(index), np.stack(out)
+
+
 def _row_sums_in(per: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Sums ``[categories, batch, 6]`` of each batch row's elements inside each category, from
     per-row ``[batch, 6]`` or per-token ``[batch, pos, 6]`` sums and 0/1 ``weights``
@@ -597,6 +634,7 @@ def _row_sums_in(per: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if per.ndim == 2:
         out = weights[..., None] * per[None]
         return out  # max |x| of an excluded row becomes 0, which a max ignores
-    out = np.einsum("kbt,bts->kbs", weights, per)
+    # a batched matrix product [batch, categories, pos] @ [batch, pos, 6]: half einsum's time
+    out = np.matmul(weights.transpose(1, 0, 2), per).transpose(1, 0, 2)
     out[..., 4] = (weights * per[None, ..., 4]).max(2)  # max |x| ≥ 0: excluded tokens give 0
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,28 @@ STATS = ("mean", "mean_abs", "std", "max_abs", "frac_zero", "norm")
 
 # Sufficient statistics: count, sum, sum |x|, sum x², max |x|, count of zeros (float64).
 N_SUMS = 6
+
+# Elements (in all) below which the recorder's reductions run on one torch thread.
+ONE_THREAD_NUMEL = 1 << 22
+
+
+@contextlib.contextmanager
+def one_thread(tensors: list[torch.Tensor]) -> Iterator[None]:
+    """Run the reductions of small CPU tensors on one torch thread, the training's thread
+    count restored after. Each reduction is a parallel region of a few microseconds' work,
+    and when another process holds the other core every region waits for it: on the
+    2-core machine at load ~4 a recorded step's activation KPIs once took 247 ms on two
+    threads against 4-8 ms on one (measured; quiet, the two are within noise). Training
+    itself never runs inside, so its numbers do not change."""
+    n = torch.get_num_threads()
+    if n == 1 or sum(t.numel() for t in tensors if t.device.type == "cpu") > ONE_THREAD_NUMEL:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @torch.no_grad()
@@ -51,23 +75,28 @@ def row_sums(x: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
 def _pieces(d: torch.Tensor) -> np.ndarray:
     """Sums ``[rows, 6]`` of a 2-D float tensor in five reductions (this runs inside training
     steps, so every pass counts): sum, sum |x|, ‖x‖₂ (squared after, in float64), max |x| and
-    the count of nonzeros (the sum of sign |x|) — no boolean mask, no extra products."""
+    the count of nonzeros (the sum of sign |x|). They write straight into one ``[5, rows]``
+    buffer (no stack), and sign |x| overwrites |x| in place: 20-40 % less time per tensor
+    than separate results stacked after (measured), the same values."""
     r, c = d.shape
     if c == 0:
         return np.zeros((r, N_SUMS))
     a = d.abs()
+    out = torch.empty((5, r), dtype=d.dtype, device=d.device)
+    torch.sum(d, 1, out=out[0])
+    torch.sum(a, 1, out=out[1])
+    torch.linalg.vector_norm(d, 2, 1, out=out[2])
+    torch.amax(a, 1, out=out[3])
+    a.sign_()  # a is ours: sign |x| overwrites it
     # float32 sums of ones are exact up to 2**24 per row; longer rows count in float64
-    nonzero = a.sign().sum(1, dtype=torch.float64 if c > 2**24 else d.dtype)
-    out = torch.stack(
-        [d.sum(1), a.sum(1), torch.linalg.vector_norm(d, 2, 1), a.amax(1), nonzero.to(d.dtype)], 1
-    )
+    nonzero = a.sum(1, dtype=torch.float64) if c > 2**24 else torch.sum(a, 1, out=out[4])
     v = out.to(torch.float64).cpu().numpy()
     res = np.empty((r, N_SUMS))
     res[:, 0] = c
-    res[:, 1:3] = v[:, :2]
-    res[:, 3] = v[:, 2] * v[:, 2]
-    res[:, 4] = v[:, 3]
-    res[:, 5] = c - v[:, 4]
+    res[:, 1:3] = v[:2].T
+    res[:, 3] = v[2] * v[2]
+    res[:, 4] = v[3]
+    res[:, 5] = c - (v[4] if c <= 2**24 else nonzero.cpu().numpy())
     return res
 
 

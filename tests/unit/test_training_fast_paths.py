@@ -1,0 +1,137 @@
+"""The recorder's fast paths record exactly what the plain computation would: sums merged once
+per step, one gradient tensor shared by two sites, NULL for stats not kept, checkpoints on a
+thread of their own, one torch thread for small reductions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import torch
+from torch import nn
+
+from circuitboard.training import TrainingRecorder, _recorder, _store, load_training_run
+from circuitboard.training._stats import brute_force
+from circuitboard.training._stats import lead_sums as sums
+
+from .training_helpers import TokenMLP, tiny_toy, token_loss, train_toy
+
+
+def test_module_called_twice_in_a_step_records_the_union(tmp_path):
+    """Two micro-batches in one step: each KPI, per category and kept row, is that of both."""
+    torch.manual_seed(0)
+    model = TokenMLP()
+    first = torch.arange(6)[None, :].expand(4, 6) < 2
+    rec = TrainingRecorder(
+        model,
+        modules=["up"],
+        every=1,
+        samples=[2],
+        categories=lambda b: {"first": first, "rest": ~first},
+        path=tmp_path / "r.sqlite",
+    )
+    outs, grads = [], []
+    h = model.up.register_forward_hook(lambda m, a, out: outs.append(out))
+    with rec.step(0):
+        for seed in (1, 2):
+            ids = torch.randint(0, 16, (4, 6), generator=torch.Generator().manual_seed(seed))
+            per = token_loss(model(ids), ids)
+            outs[-1].register_hook(grads.append)
+            per.mean().backward()
+    h.remove()
+    run = rec.close()
+    acts = [o.detach() for o in outs]
+    grads = grads[::-1]  # hooks fire in backward order: the second call's first
+    for cat, mask in (("all", torch.ones(4, 6, dtype=torch.bool)), ("first", first)):
+        for kind, ts in (("act", acts), ("grad", grads)):
+            want = brute_force(torch.cat([t[mask] for t in ts]))
+            got = run.values[0, run.category(cat), run.index(f"{kind}:up")]
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+            want = brute_force(torch.cat([t[2][mask[2]] for t in ts]))
+            got = run.sample_values[0, 0, run.category(cat), run.index(f"{kind}:up")]
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+
+
+def test_one_gradient_tensor_at_two_sites_and_an_in_place_change(tmp_path, monkeypatch):
+    """A residual add gives a block's output and its attention output one gradient tensor
+    (its sums are reused); a tensor changed in place between two sites is summed again."""
+    model = tiny_toy()
+    names = ("blocks.1.hook_attn_out", "blocks.1.hook_resid_post")
+    keep = {}
+
+    def hook(m, a, out, name):
+        out.retain_grad()
+        keep[name] = out
+
+    calls = []
+    monkeypatch.setattr(_recorder, "lead_sums", lambda x, lead: calls.append(x) or sums(x, lead))
+    mods = dict(model.named_modules())
+    hs = [mods[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
+    rec = TrainingRecorder(model, modules=list(names), every=1, path=tmp_path / "r.sqlite")
+    train_toy(model, 1, rec)
+    for h in hs:
+        h.remove()
+    run = rec.close()
+    assert len(calls) == 3  # two activations, one gradient tensor for both sites
+    for n in names:
+        got = run.values[0, 0, run.index(f"grad:{n}")]
+        np.testing.assert_allclose(got, brute_force(keep[n].grad), rtol=1e-6, atol=1e-9)
+
+    class Doubling(nn.Module):
+        def forward(self, x):
+            return x.mul_(2)  # the same tensor object, changed
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.Identity(), Doubling())
+    x = torch.randn(5, 3)
+    rec = TrainingRecorder(net, modules=["1", "2"], grads=False, every=1, path=tmp_path / "i.db")
+    with torch.no_grad(), rec.step(0):
+        out = net(x)
+    run = rec.close()
+    np.testing.assert_allclose(run.series("act:1", "mean"), [out.mean().item() / 2], rtol=1e-6)
+    np.testing.assert_allclose(run.series("act:2", "mean"), [out.mean().item()], rtol=1e-6)
+
+
+def test_stats_not_kept_are_stored_as_null(tmp_path):
+    path = tmp_path / "r.sqlite"
+    rec = TrainingRecorder(tiny_toy(), stats=["norm", "mean"], every=1, path=path)
+    train_toy(rec.model, 2, rec)
+    run = rec.close()
+    assert run.stats == ("norm", "mean") and not np.isnan(run.values).any()
+    db = sqlite3.connect(path)
+    nulls = db.execute("SELECT COUNT(*) FROM kpi WHERE std IS NULL AND norm IS NOT NULL").fetchone()
+    rows = db.execute("SELECT COUNT(*) FROM kpi").fetchone()
+    db.close()
+    assert nulls == rows and rows[0] > 0
+
+
+def test_checkpoints_run_beside_the_steps_and_lose_nothing(tmp_path, monkeypatch):
+    """With a tiny checkpoint threshold every few commits wake the checkpoint thread; a run
+    left unclosed still loads whole, and close() leaves no thread and an empty log."""
+    monkeypatch.setattr(_store, "CHECKPOINT_BYTES", 1)
+    path = tmp_path / "run.sqlite"
+    model = tiny_toy()
+    rec = TrainingRecorder(model, every=1, path=path)
+    train_toy(model, 12, rec)
+    assert rec.store._every == 1 and rec.store._checkpointer is not None
+    crashed = load_training_run(path)  # while the recorder is still open
+    assert crashed.steps.tolist() == list(range(12))
+    run = rec.close()
+    assert run.steps.tolist() == list(range(12))
+    np.testing.assert_array_equal(run.values, crashed.values)
+    assert not any(t.name == "circuitboard-checkpoint" for t in threading.enumerate())
+    wal = tmp_path / "run.sqlite-wal"  # a reader may leave an empty one
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_small_reductions_on_one_thread_restore_the_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = tiny_toy()
+        rec = TrainingRecorder(model, every=1, path=tmp_path / "r.sqlite")
+        train_toy(model, 2, rec)
+        assert torch.get_num_threads() == 2
+        rec.close()
+    finally:
+        torch.set_num_threads(before)
