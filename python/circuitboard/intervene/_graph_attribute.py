@@ -24,6 +24,9 @@ from ._graph_result import AttributionGraph
 from ._graph_rows import NeuronBasis, compute_rows
 
 DEFAULT_MAX_NODES = 1024
+QUEUE_BATCHES = 4
+"""Batches of rows taken per ranking by estimated influence (circuit-tracer's update interval):
+the ranking is refreshed after each queue, and a queue's rows run grouped by layer."""
 _BASES = ("neurons",)
 
 
@@ -114,10 +117,11 @@ def estimate_cost(
     backward = BACKWARD_COPIES * f4 * R * P * D
     if not dense_patterns:  # a block's scores, softmax and padded copy
         backward += 3 * f4 * H * PATTERN_BLOCK_ROWS * P
-    if transcoders:  # gradient gathered for a block of features, and its product
+    if transcoders:  # decoder rows laid out by position for a block of positions, the product
         from ._graph_transcoders import READ_BLOCK_BYTES
 
-        backward += 2 * min(READ_BLOCK_BYTES, f4 * R * P * (srcs - 1) * D)
+        k = srcs - 1
+        backward += min(READ_BLOCK_BYTES, f4 * P * k * D) + f4 * P * R * k
     seeds = f4 * B * D * 2  # seed vectors and what they read
     rows_phase = row_buffer + take + backward + seeds
     heads = f4 * BACKWARD_COPIES * H * P * D if head_loadings else 0.0
@@ -529,23 +533,29 @@ def _build(
     batch_size = batch_rows(batch_size, n_cand)
     while n_rows < max_nodes:
         masked = torch.where(done, torch.full_like(infl, -1.0), infl)
-        k = min(batch_size, max_nodes - n_rows)
-        vals, cand = masked.topk(k)
-        cand = cand[vals > 0]
+        vals, cand = masked.topk(min(batch_size * QUEUE_BATCHES, max_nodes - n_rows))
+        cand, vals = cand[vals > 0], vals[vals > 0]
         if len(cand) == 0:
             break
         done[cand] = True
-        rows, bias = compute_rows(basis, cand=cand)
-        take(rows, bias, cand.tolist(), vals[: len(cand)].tolist())
-        row_cand.extend(cand.tolist())
-        n_rows += len(cand)
-        if progress:
-            print(
-                f"\r[circuitboard] attribution graph: {n_rows}/{max_nodes} rows, "
-                f"{time.perf_counter() - t0:.1f} s",
-                end="",
-                file=sys.stderr,
-            )
+        # a backward pass runs down from its highest target's layer and carries the positions
+        # up to its last target's: the queue's rows go in batches of neighbouring layers
+        layer, pos, _ = basis.locate(cand)
+        order = torch.argsort(layer * fr.n_pos + pos, stable=True)
+        cand, vals = cand[order], vals[order]
+        for a in range(0, len(cand), batch_size):
+            batch = cand[a : a + batch_size]
+            rows, bias = compute_rows(basis, cand=batch)
+            take(rows, bias, batch.tolist(), vals[a : a + batch_size].tolist())
+            row_cand.extend(batch.tolist())
+            n_rows += len(batch)
+            if progress:
+                print(
+                    f"\r[circuitboard] attribution graph: {n_rows}/{max_nodes} rows, "
+                    f"{time.perf_counter() - t0:.1f} s",
+                    end="",
+                    file=sys.stderr,
+                )
     if progress:
         print(file=sys.stderr)
 

@@ -158,20 +158,69 @@ class TranscoderBasis(CandidateLayout):
         return self.bias_vec[layer]
 
     def read_mlp(self, layer: int, g: torch.Tensor, rows: torch.Tensor) -> None:
-        """Edges from layer ``layer``'s active features and error nodes."""
+        """Edges from layer ``layer``'s active features and error nodes into ``rows`` (zeros
+        on entry: features at positions the gradient does not reach stay 0)."""
         n = g.shape[1]
         s, e = self.offsets[layer], self.offsets[layer + 1]
-        if e > s:
-            step = read_block(len(g), self.fr.d_model)
-            for a in range(s, e, step):  # blocks: never a [rows, all active, d_model] temporary
-                b = min(a + step, e)
-                pos = self.pos[a:b]
-                ok = pos < n
-                gp = g[:, pos.clamp(max=n - 1)]  # [rows, block, d_model]
-                dec = self.W_dec[layer][self.feat[a:b]]  # [block, d_model]
-                rows[:, a:b] = torch.einsum("bkd,kd->bk", gp, dec) * self.act[a:b] * ok
+        m = int(torch.searchsorted(self.pos[s:e], n)) if e > s else 0  # sorted by position
+        if m:
+            slot, k_max = self._slots(layer)
+            if n * k_max <= 4 * m:
+                self._read_by_position(layer, g, rows, slot, k_max, m)
+            else:  # a few positions with many features (ReLU): padding would waste too much
+                self._read_gathered(layer, g, rows, m)
         err0 = self.n_basis + layer * self.fr.n_pos
-        rows[:, err0 : err0 + n] = (g * self.errors[layer][:n]).sum(-1)
+        g_by_pos = g.transpose(0, 1)  # [pos, rows, d_model]
+        rows[:, err0 : err0 + n] = torch.bmm(g_by_pos, self.errors[layer][:n, :, None])[..., 0].T
+
+    def _slots(self, layer: int) -> tuple[torch.Tensor, int]:
+        """Each of the layer's features' index among its position's features, and the most
+        features any position has (cached per layer)."""
+        cache = self.__dict__.setdefault("_slot_cache", {})
+        if layer not in cache:
+            pos = self.pos[self.offsets[layer] : self.offsets[layer + 1]]
+            counts = torch.bincount(pos, minlength=self.fr.n_pos)
+            first = torch.cumsum(counts, 0) - counts
+            cache[layer] = (torch.arange(len(pos)) - first[pos], int(counts.max()))
+        return cache[layer]
+
+    def _read_by_position(
+        self,
+        layer: int,
+        g: torch.Tensor,
+        rows: torch.Tensor,
+        slot: torch.Tensor,
+        k_max: int,
+        m: int,
+    ) -> None:
+        """One batched product per block of positions: each position's gradient against its
+        own features' decoder rows, laid out ``[pos, k_max, d_model]`` (no gathered copy of
+        the gradient per feature)."""
+        s = self.offsets[layer]
+        pos, D = self.pos[s : s + m], self.fr.d_model
+        n = g.shape[1]
+        span = max(1, READ_BLOCK_BYTES // (4 * k_max * D))  # positions per block
+        for p0 in range(0, n, span):
+            p1 = min(n, p0 + span)
+            a, b = (int(torch.searchsorted(pos, p)) for p in (p0, p1))
+            if a == b:
+                continue
+            dec = torch.zeros(p1 - p0, k_max, D)
+            at = (pos[a:b] - p0, slot[a:b])
+            dec[at] = self.W_dec[layer][self.feat[s + a : s + b]]
+            out = torch.bmm(g[:, p0:p1].transpose(0, 1), dec.transpose(1, 2))  # [pos, rows, k]
+            rows[:, s + a : s + b] = out[at[0], :, at[1]].T * self.act[s + a : s + b]
+
+    def _read_gathered(self, layer: int, g: torch.Tensor, rows: torch.Tensor, m: int) -> None:
+        """Each feature's gradient gathered by its position, in blocks: never a ``[rows, all
+        active, d_model]`` temporary."""
+        s = self.offsets[layer]
+        step = read_block(len(g), self.fr.d_model)
+        for a in range(s, s + m, step):
+            b = min(a + step, s + m)
+            gp = g[:, self.pos[a:b]]  # [rows, block, d_model]
+            dec = self.W_dec[layer][self.feat[a:b]]  # [block, d_model]
+            rows[:, a:b] = torch.einsum("bkd,kd->bk", gp, dec) * self.act[a:b]
 
     def seeds(self, cand: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, Any, Any]]:
         """Per layer ``(layer, row indices, pos, seeds [rows, d_model], own bias [rows])``:
