@@ -8,7 +8,7 @@ import torch
 
 import circuitboard as cb
 from circuitboard.intervene import Edit, Runner, Site
-from tests.unit.tiny_models import tiny_llama
+from tests.unit.tiny_models import tiny_llama, unit_gain
 
 PROMPTS = [
     "When Mary and John went to the store, John gave a drink to",
@@ -25,13 +25,7 @@ COMPONENTS = ["L0H1", (1, 3), "L1N7", "L0.mlp", "L1.attn", "L1", ["L0H0", "L1H2"
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_llama()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # unit gain, so ablations move the loss visibly
-        for name, p in model.named_parameters():
-            if p.ndim == 2:
-                w = torch.randn(p.shape, generator=g)
-                p.copy_(w if "embed" in name else w * 1.5 / p.shape[-1] ** 0.5)
-    return model, tok
+    return unit_gain(model), tok  # unit gain, so ablations move the loss visibly
 
 
 def test_ablating_nothing_changes_nothing(tiny):

@@ -9,7 +9,7 @@ from torch import nn
 
 import circuitboard as cb
 from circuitboard.widgets import AblationView
-from tests.unit.tiny_models import tiny_llama
+from tests.unit.tiny_models import tiny_llama, unit_gain
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 REFERENCE = [
@@ -23,13 +23,7 @@ D_MLP = 48
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_llama()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # unit gain, so ablations move the loss visibly
-        for name, p in model.named_parameters():
-            if p.ndim == 2:
-                w = torch.randn(p.shape, generator=g)
-                p.copy_(w if "embed" in name else w * 1.5 / p.shape[-1] ** 0.5)
-    return model, tok
+    return unit_gain(model), tok  # unit gain, so ablations move the loss visibly
 
 
 def _sae(**kw):

@@ -8,7 +8,7 @@ import torch
 
 import circuitboard as cb
 from circuitboard.intervene import Edit, Runner, Site, evaluate, logit_diff, normalize
-from tests.unit.tiny_models import FACTORIES
+from tests.unit.tiny_models import FACTORIES, unit_gain
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -27,14 +27,7 @@ def _model(name):
     clearly different answers (default init leaves ~1e-3 logit differences, below which float32
     rounding dominates normalized units)."""
     model, tok = FACTORIES[name]()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.ndim == 2:
-                w = torch.randn(p.shape, generator=g)
-                embedding = any(k in pname for k in ("embed", "wte", "wpe", "embeddings"))
-                p.copy_(w if embedding else w * 1.5 / p.shape[-1] ** 0.5)
-    return model, tok
+    return unit_gain(model), tok
 
 
 def _tokens_with_range(model, tok):

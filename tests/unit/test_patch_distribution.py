@@ -8,7 +8,7 @@ import torch
 
 import circuitboard as cb
 from circuitboard.intervene import Edit, Runner, Site, evaluate, logit_diff
-from tests.unit.tiny_models import tiny_llama
+from tests.unit.tiny_models import tiny_llama, unit_gain
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 REFS = [
@@ -21,12 +21,7 @@ REFS = [
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_llama()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # unit gain, so the prompts give clearly different answers
-        for name, p in model.named_parameters():
-            if p.ndim == 2:
-                w = torch.randn(p.shape, generator=g)
-                p.copy_(w if "embed" in name else w * 1.5 / p.shape[-1] ** 0.5)
+    unit_gain(model)  # so the prompts give clearly different answers
     r = Runner(model)
     ids = [torch.tensor(tok(t)["input_ids"]) for t in (CLEAN, REFS[0])]
     d = r.logits(ids[0])[0] - r.logits(ids[1])[0]

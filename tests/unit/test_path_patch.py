@@ -9,7 +9,7 @@ import torch
 import circuitboard as cb
 from circuitboard.intervene import Edit, Runner, Site, evaluate, logit_diff
 from circuitboard.testing._models import _build
-from tests.unit.tiny_models import tiny_tokenizer
+from tests.unit.tiny_models import tiny_tokenizer, unit_gain
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -32,13 +32,7 @@ def tiny():
         tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
-    model = _build(cfg, LlamaForCausalLM, 0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2:
-                w = torch.randn(p.shape, generator=g)
-                p.copy_(w if "embed" in name else w * 1.5 / p.shape[-1] ** 0.5)
+    model = unit_gain(_build(cfg, LlamaForCausalLM, 0))
     tok = tiny_tokenizer("bos")
     r = Runner(model)
     ids = [torch.tensor(tok(t)["input_ids"]) for t in (CLEAN, CORRUPT)]
