@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._threads import one_thread as _one_thread
 
 STATS = ("mean", "mean_abs", "std", "max_abs", "frac_zero", "norm")
 """The KPI names, in the order of every ``stats`` axis."""
@@ -19,23 +20,15 @@ N_SUMS = 6
 ONE_THREAD_NUMEL = 1 << 22
 
 
-@contextlib.contextmanager
-def one_thread(tensors: list[torch.Tensor]) -> Iterator[None]:
-    """Run the reductions of small CPU tensors on one torch thread, the training's thread
-    count restored after. Each reduction is a parallel region of a few microseconds' work,
-    and when another process holds the other core every region waits for it: on the
-    2-core machine at load ~4 a recorded step's activation KPIs once took 247 ms on two
-    threads against 4-8 ms on one (measured; quiet, the two are within noise). Training
-    itself never runs inside, so its numbers do not change."""
-    n = torch.get_num_threads()
-    if n == 1 or sum(t.numel() for t in tensors if t.device.type == "cpu") > ONE_THREAD_NUMEL:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def one_thread(tensors: list[torch.Tensor]) -> contextlib.AbstractContextManager[None]:
+    """The project's :func:`~circuitboard._threads.one_thread` for reductions of small CPU
+    tensors (the training's thread count restored after). Each reduction is a parallel region
+    of a few microseconds' work, and when another process holds the other core every region
+    waits for it: on the 2-core machine at load ~4 a recorded step's activation KPIs once took
+    247 ms on two threads against 4-8 ms on one (measured; quiet, the two are within noise).
+    Training itself never runs inside, so its numbers do not change."""
+    small = sum(t.numel() for t in tensors if t.device.type == "cpu") <= ONE_THREAD_NUMEL
+    return _one_thread() if small else contextlib.nullcontext()
 
 
 @torch.no_grad()
