@@ -63,6 +63,15 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
+def measured(call):
+    """``call()``, and its wall and CPU seconds, peak RSS growth (MiB) and the load."""
+    rss0 = peak_rss_mib()
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = call()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return out, {"wall": wall, "cpu": cpu, "rss_growth": peak_rss_mib() - rss0, "load": load()}
+
+
 # ---------------------------------------------------------------- prepare (project venv)
 
 
@@ -145,15 +154,8 @@ def run_circuitboard(out: Path, name: str, k: int, rows: int, exact: bool) -> No
         batch_size=64,
         min_edge_share=0.0 if exact else 1e-4,
     )
-    rss0 = peak_rss_mib()
-    t0, c0 = time.perf_counter(), time.process_time()
-    g = cb.attribution_graph(model, tok, ids, **kw)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    result = {
-        "wall": wall,
-        "cpu": cpu,
-        "rss_growth": peak_rss_mib() - rss0,
-        "load": load(),
+    g, result = measured(lambda: cb.attribution_graph(model, tok, ids, **kw))
+    result |= {
         "tokens": len(ids),
         "rows": int(g.stats.get("rows", rows)),
         "batch": 64,
@@ -217,16 +219,11 @@ def run_circuit_tracer(
         str(out / "model"), ts, device=torch.device("cpu"), dtype=torch.float32
     )
     ids = json.loads((out / "prompts.json").read_text())[name]
-    rss0 = peak_rss_mib()
-    t0, c0 = time.perf_counter(), time.process_time()
-    g = attribute(ids, model, batch_size=batch, max_feature_nodes=rows, verbose=False)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    g, result = measured(
+        lambda: attribute(ids, model, batch_size=batch, max_feature_nodes=rows, verbose=False)
+    )
     adj = g.adjacency_matrix
-    result = {
-        "wall": wall,
-        "cpu": cpu,
-        "rss_growth": peak_rss_mib() - rss0,
-        "load": load(),
+    result |= {
         "tokens": len(ids),
         "rows": int(len(g.selected_features)),
         "batch": batch,
