@@ -10,7 +10,7 @@ import torch
 import circuitboard as cb
 from circuitboard.training import TrainingRecorder, record_dataflow
 from tests.conftest import open_report
-from tests.unit.training_helpers import TokenMLP, tiny_toy, token_loss, toy_batch
+from tests.unit.training_helpers import TokenMLP, tiny_toy, token_loss, toy_batch, train_toy
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,7 @@ def toy_run(tmp_path_factory):
         },
     )
     record_dataflow(rec, probes)  # once, before training: the graph navigator draws it
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(13):
-        ids, _ = toy_batch(step)
-        with rec.step(step):
-            per = token_loss(model(ids), ids)
-            rec.loss(per)
-            per.mean().backward()
-        opt.step()
-        opt.zero_grad()
+    train_toy(model, 13, rec)
     return rec.close()
 
 
@@ -136,15 +128,7 @@ def test_two_architectures_side_by_side_on_one_step_axis(page, tmp_path, artifac
     torch.manual_seed(1)
     small = AttentionOnlyTransformer(n_layers=1, d_model=16, n_heads=2, vocab=12, n_ctx=16)
     rec = TrainingRecorder(small, every=3, path=tmp_path / "b.db", trial="one layer")
-    opt = torch.optim.AdamW(small.parameters(), lr=1e-2)
-    for step in range(13):
-        ids, _ = toy_batch(step)
-        with rec.step(step):
-            per = token_loss(small(ids), ids)
-            rec.loss(per)
-            per.mean().backward()
-        opt.step()
-        opt.zero_grad()
+    train_toy(small, 13, rec)
     other = rec.close()
     view = cb.training_view(toy_run, other, stat="norm")
     path = cb.report(view, path=tmp_path / "side.html", title="two architectures")
