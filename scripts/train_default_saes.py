@@ -327,6 +327,16 @@ def held_out(args: argparse.Namespace, rows: list[dict]) -> None:
         )
 
 
+def run_all(procs: list, what: str) -> None:
+    """Start the worker processes, wait for all; stop if one failed."""
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join()
+        if pr.exitcode:
+            raise SystemExit(f"a {what} worker failed ({pr.exitcode})")
+
+
 def collect_missing(args: argparse.Namespace, ctx) -> None:  # noqa: ANN001
     """Collect the windows the work folder lacks (a larger ``--tokens`` extends a previous
     run's activations instead of recomputing them: the windows are a prefix-stable order)."""
@@ -335,13 +345,10 @@ def collect_missing(args: argparse.Namespace, ctx) -> None:  # noqa: ANN001
     need = math.ceil(args.tokens / (args.seq_len - 1))
     if start >= need:
         return
-    procs = [ctx.Process(target=collect, args=(r, args, start, need)) for r in range(args.workers)]
-    for pr in procs:
-        pr.start()
-    for pr in procs:
-        pr.join()
-        if pr.exitcode:
-            raise SystemExit(f"a collect worker failed ({pr.exitcode})")
+    run_all(
+        [ctx.Process(target=collect, args=(r, args, start, need)) for r in range(args.workers)],
+        "collect",
+    )
     (args.work / "collected.json").write_text(json.dumps([*have, [start, need, args.workers]]))
 
 
@@ -391,13 +398,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     procs = [ctx.Process(target=train, args=(r, args)) for r in range(args.train_workers)]
-    procs.append(ctx.Process(target=held_out_acts, args=(args,)))
-    for pr in procs:
-        pr.start()
-    for pr in procs:
-        pr.join()
-        if pr.exitcode:
-            raise SystemExit(f"a training worker failed ({pr.exitcode})")
+    run_all([*procs, ctx.Process(target=held_out_acts, args=(args,))], "training")
     rows = [
         json.loads((args.work / f"metrics_{d['name']}.json").read_text()) for d in dictionaries()
     ]
