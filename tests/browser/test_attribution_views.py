@@ -88,6 +88,9 @@ def test_attribution_heatmap_hover_click_and_link(page, tmp_path, artifacts):
     near_zero = np.unravel_index(np.abs(attr.heads).argmin(), attr.heads.shape)
     assert px[near_zero][:3].min() > 200, "a ~0 contribution should be near white"
     assert page.inner_text(".cb-dla-desc") == attr.description
+    # no dictionary features were given: their heading and list stay out of sight
+    assert not page.is_visible(".cb-dla-features")
+    assert page.locator(".cb-dla-h", has_text="Top features").is_hidden()
 
     x, y = cell_center(page, ".cb-dla-heat", 2, 1, 4, 3)
     page.mouse.move(x, y)
