@@ -8,12 +8,13 @@ import sqlite3
 import threading
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from circuitboard.training import TrainingRecorder, _recorder, _store, load_training_run
+from circuitboard.training import TrainingRecorder, _stats, _store, load_training_run
+from circuitboard.training._stats import _row_reductions as row_reductions
 from circuitboard.training._stats import brute_force
-from circuitboard.training._stats import lead_sums as sums
 
 from .training_helpers import TokenMLP, tiny_toy, token_loss, train_toy
 
@@ -64,8 +65,13 @@ def test_one_gradient_tensor_at_two_sites_and_an_in_place_change(tmp_path, monke
         out.retain_grad()
         keep[name] = out
 
-    calls = []
-    monkeypatch.setattr(_recorder, "lead_sums", lambda x, lead: calls.append(x) or sums(x, lead))
+    reduced = []  # every tensor the recorder reduces
+
+    def spy(d):
+        reduced.append(d)
+        return row_reductions(d)
+
+    monkeypatch.setattr(_stats, "_row_reductions", spy)
     mods = dict(model.named_modules())
     hs = [mods[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
     rec = TrainingRecorder(model, modules=list(names), every=1, path=tmp_path / "r.sqlite")
@@ -73,7 +79,7 @@ def test_one_gradient_tensor_at_two_sites_and_an_in_place_change(tmp_path, monke
     for h in hs:
         h.remove()
     run = rec.close()
-    assert len(calls) == 3  # two activations, one gradient tensor for both sites
+    assert len(reduced) == 3  # two activations, one gradient tensor for both sites
     for n in names:
         got = run.values[0, 0, run.index(f"grad:{n}")]
         np.testing.assert_allclose(got, brute_force(keep[n].grad), rtol=1e-6, atol=1e-9)
@@ -113,6 +119,7 @@ def test_checkpoints_run_beside_the_steps_and_lose_nothing(tmp_path, monkeypatch
     model = tiny_toy()
     rec = TrainingRecorder(model, every=1, path=path)
     train_toy(model, 12, rec)
+    rec.flush()  # steps reach the file from the writer thread
     assert rec.store._every == 1 and rec.store._checkpointer is not None
     crashed = load_training_run(path)  # while the recorder is still open
     assert crashed.steps.tolist() == list(range(12))
@@ -135,3 +142,27 @@ def test_small_reductions_on_one_thread_restore_the_thread_count(tmp_path):
         rec.close()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_failed_background_write_is_raised_and_the_steps_before_it_kept(tmp_path, monkeypatch):
+    """The writer thread's error reaches the training loop at the next step (naming what
+    failed), and the steps written before it stay in the file."""
+    path = tmp_path / "r.sqlite"
+    model = tiny_toy()
+    rec = TrainingRecorder(model, every=1, path=path)
+    train_toy(model, 2, rec)
+    rec.flush()
+
+    def full_disk(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(rec.store, "write_step", full_disk)
+    train_toy(model, 1, rec, start=2)  # its write fails on the writer thread
+    with pytest.raises(RuntimeError, match="writing a recorded step failed.*disk is full"):
+        train_toy(model, 1, rec, start=3)
+    monkeypatch.undo()
+    run = rec.close()
+    assert run.steps.tolist() == [0, 1]
+    assert rec.hook_count() == 0 and not any(
+        t.name == "circuitboard-writer" for t in threading.enumerate()
+    )

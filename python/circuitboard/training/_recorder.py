@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._threads import busy
 from . import _probes
+from ._background import BackgroundWriter
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import N_SUMS, STATS, finish, lead_sums, many_sums, merge, one_thread
+from ._stats import N_SUMS, STATS, RowSumBatch, finish, many_sums_later, merge, one_thread
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -28,9 +30,12 @@ class TrainingRecorder:
     :data:`~circuitboard.training.STATS` (mean, mean |x|, std, max |x|, fraction zero, L2 norm),
     the same KPIs of a few kept samples (batch rows), the loss, and every ``probe_every`` steps
     the attention patterns and head scores of a fixed probe batch. Each recorded step is written
-    to ``path`` (SQLite) in one transaction: a crashed run keeps what it recorded; a recorder
-    opened later on the same path and trial continues it. Recording never changes training:
-    statistics are read from detached tensors and nothing consumes random numbers.
+    to ``path`` (SQLite) in one transaction, by a background thread while the next step runs
+    (:meth:`flush` waits for it; :meth:`run`, :meth:`close` and a step that raises wait by
+    themselves): an interrupted run keeps every step it finished, a killed process at most
+    loses the step being written, and a recorder opened later on the same path and trial
+    continues it. Recording never changes training: statistics are read from detached tensors
+    and nothing consumes random numbers.
 
     Parameters
     ----------
@@ -159,6 +164,8 @@ class TrainingRecorder:
         self._auto_step = 0
         self._probing = False
         self._active: dict[str, Any] | None = None
+        self._batch = RowSumBatch()  # the recorded tensors of the step
+        self._writer = BackgroundWriter()  # the step's numpy work and its write
         self._write_meta()
 
     # -- public API ----------------------------------------------------------------------------
@@ -175,16 +182,21 @@ class TrainingRecorder:
         function (default: the model's first input). Hooks exist only inside the block and are
         removed on every exit path; a step that raises is not written.
         """
-        if not self.records(step):
-            yield
-            return
+        self._writer.release()  # the last recorded step's write runs beside this step
         try:
-            self._begin(step, category, batch)
-            yield
-            self._end()
-        finally:
-            self._remove()
-            self._active = None
+            if not self.records(step):
+                yield
+                return
+            try:
+                self._begin(step, category, batch)
+                yield
+                self._end()
+            finally:
+                self._remove()
+                self._active = None
+        except BaseException:
+            self._writer.flush(raise_error=False)  # every finished step is on disk now
+            raise
 
     def attach(self, optimizer: Any, *, start: int = 0) -> TrainingRecorder:
         """Record without touching the loop: steps are counted by ``optimizer.step()``.
@@ -234,6 +246,7 @@ class TrainingRecorder:
 
     def _auto_count(self) -> None:
         self._auto_step += 1
+        self._writer.release()
 
     def _begin(self, step: int, category: str | None, batch: Any) -> None:
         if self.store is None:
@@ -252,10 +265,11 @@ class TrainingRecorder:
             # per-key work inside the step; _collect merges them when the step is written
             "sums": [],
             "sample_sums": [],
+            "later": [],  # (keys, function giving their sums), called by the writer
             "acts": False,  # whether any activation was recorded (for the gradient check)
             "loss": {},
             "sample_loss": {},
-            "probes": [],
+            "probes": None,
             "masks": None,
             "grad_seen": False,
         }
@@ -266,14 +280,18 @@ class TrainingRecorder:
             finally:
                 self._probing = False
         self._active = act
+        self._batch.reset()  # what a step that raised left
+        self._batch.busy = busy()
         base = category or "all"
         if self.params:
             keys = [(base, name, "param") for name, _ in self.params]
             with one_thread([p for _, p in self.params]):
-                act["sums"].append((keys, many_sums([p for _, p in self.params])))
+                act["later"].append((keys, many_sums_later([p for _, p in self.params])))
         self._install()
 
     def _end(self) -> None:
+        """Read what the step needs from its tensors now; the rest (numpy sums by category,
+        compression, the SQLite write) runs on the writer thread while training goes on."""
         act = self._active
         if self.grads:
             self._check_grads(act)
@@ -282,8 +300,16 @@ class TrainingRecorder:
             if have:
                 keys = [(base, name, "param_grad") for name, _ in have]
                 with one_thread([g for _, g in have]):
-                    act["sums"].append((keys, many_sums([g for _, g in have])))
-        self._write(act)
+                    act["later"].append((keys, many_sums_later([g for _, g in have])))
+        act["tensors"] = self._batch.take()
+        act["batch"] = None  # not needed past the step: do not hold the user's batch
+        self._writer.submit(lambda: self._write(act), hold=True)
+
+    def flush(self) -> None:
+        """Wait until every recorded step is on disk (steps are written on a background
+        thread a few milliseconds after they end; :meth:`run`, :meth:`close` and a step
+        that raises wait by themselves)."""
+        self._writer.flush()
 
     def loss(self, value: Any) -> None:
         """Log the loss of the current step: a scalar, or per-sample ``[batch]`` / per-token
@@ -345,26 +371,30 @@ class TrainingRecorder:
         """The :class:`~circuitboard.training.TrainingRun` recorded so far (read from disk)."""
         from ._run import load_training_run
 
+        self._writer.flush()
         return load_training_run(self.path, trial=self.trial)
 
     def close(self) -> Any:
-        """Remove every hook, close the file and return the recorded run."""
-        self._detach()
-        self._remove()
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        """Remove every hook, finish the pending writes, close the file and return the
+        recorded run."""
+        self._shut()
         return self.run()
 
     def __enter__(self) -> TrainingRecorder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._shut()
+
+    def _shut(self) -> None:
         self._detach()
         self._remove()
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        try:
+            self._writer.close()
+        finally:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
 
     def __repr__(self) -> str:
         return (
@@ -446,39 +476,55 @@ class TrainingRecorder:
             self._accumulate(act, name, "grad", g, masks)
 
     def _accumulate(self, act: dict, name: str, kind: str, x: torch.Tensor, masks: Masks) -> None:
-        # One pass over the tensor gives sums per batch row (and per token when a token
-        # category lines up with it); all categories and kept samples then come from those
-        # rows in one vectorized numpy step (this runs inside the training step).
+        # Sums per batch row, or per token when a token category lines up with the tensor:
+        # the tensor is copied into the step's batch now and reduced with the others when the
+        # step ends, where all categories and kept samples come from those rows at once.
         lead = 0
         if x.ndim >= 1:
             lead = 1
             for _, m in masks:
                 if m is not None and m.ndim == 2 and x.ndim >= 2 and x.shape[:2] == m.shape:
                     lead = 2
-        per = _lead_sums_once(act, x, lead)
-        if lead == 0:
-            keys = [(cat, name, kind) for cat, mask in masks if mask is None]
+        self._batch.add(x, lead, (name, kind, masks))
+        act["acts"] |= kind == "act"
+
+    def _add_sums(self, act: dict) -> None:
+        """The category and kept-sample sums of every tensor the step recorded, computed in
+        one vectorized step per run of tensors that share masks and leading shape."""
+        for tag_lists, per in act["tensors"]():
+            by_masks: dict[int, tuple[Masks, list, list]] = {}
+            for i, tags in enumerate(tag_lists):
+                for name, kind, masks in tags:
+                    _, labels, rows = by_masks.setdefault(id(masks), (masks, [], []))
+                    labels.append((name, kind))
+                    rows.append(i)
+            for masks, labels, rows in by_masks.values():
+                self._add_category_sums(act, masks, labels, per[rows])
+
+    def _add_category_sums(self, act: dict, masks: Masks, labels: list, per: np.ndarray) -> None:
+        """Sums per category, and per kept sample, of tensors ``labels`` (name, kind) from
+        their sums per batch row (or token) ``per`` ``[tensors, *lead, 6]``."""
+        if per.ndim == 2:  # 0-d tensors: only the categories without a mask
+            cats = [cat for cat, mask in masks if mask is None]
+            keys = [(c, name, kind) for name, kind in labels for c in cats]
             if keys:
-                act["sums"].append((keys, np.repeat(per[None], len(keys), 0)))
-                act["acts"] |= kind == "act"
+                act["sums"].append((keys, np.repeat(per, len(cats), 0)))
             return
-        cats, weights = _mask_weights(act, masks, per.shape[:lead])
+        cats, weights = _mask_weights(act, masks, per.shape[1:-1])
         if not cats:
             return
-        by_row = _row_sums_in(per, weights)  # [categories, batch, 6]
-        totals = by_row.sum(1)
-        totals[:, 4] = by_row[..., 4].max(1)
-        full = totals[:, 0] > 0  # a category with no element of this tensor gets no row
-        if full.any():
-            act["sums"].append(([(c, name, kind) for c in compress(cats, full)], totals[full]))
-            act["acts"] |= kind == "act"
-        rows = [i for i in self.samples if i < x.shape[0]]
+        by_row = _row_sums_in(per, weights)  # [tensors, categories, batch, 6]
+        totals = by_row.sum(2)
+        totals[..., 4] = by_row[..., 4].max(2)
+        full = totals[..., 0] > 0  # a category with no element of a tensor gets no row
+        keys = [(c, name, kind) for name, kind in labels for c in cats]
+        act["sums"].append((list(compress(keys, full.ravel())), totals[full]))
+        rows = [i for i in self.samples if i < per.shape[1]]
         if rows:
-            kept = by_row[:, rows].reshape(-1, N_SUMS)  # category-major, then kept row
+            kept = by_row[:, :, rows].reshape(-1, N_SUMS)  # tensor, category, kept row
             full = kept[:, 0] > 0
-            keys = [(i, c, name, kind) for c in cats for i in rows]
-            if full.any():
-                act["sample_sums"].append((list(compress(keys, full)), kept[full]))
+            keys = [(i, c, name, kind) for name, kind in labels for c in cats for i in rows]
+            act["sample_sums"].append((list(compress(keys, full)), kept[full]))
 
     def _check_grads(self, act: dict) -> None:
         if self.sites and not act["grad_seen"] and act["acts"]:
@@ -488,14 +534,22 @@ class TrainingRecorder:
                 "`with rec.step(...)`, or pass grads=False to record activations only."
             )
 
-    def _probe(self) -> list[tuple[str, bytes]]:
+    def _probe(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Head scores and patterns of the probe batch (compressed later, by the writer)."""
         pats = _probes.probe_patterns(self.model, self.probe_ids)
-        sc = _probes.scores(pats, self.probe_ids)
-        return [("scores", pack(sc)), ("patterns", pack({"codes": _probes.quantize(pats)}))]
+        return _probes.scores(pats, self.probe_ids), pats
 
     # -- writing --------------------------------------------------------------------------------
 
     def _write(self, act: dict) -> None:
+        """Rows of a finished step, written in one transaction (on the writer thread)."""
+        self._add_sums(act)
+        act["sums"] += [(keys, sums()) for keys, sums in act["later"]]
+        probes = []
+        if act["probes"] is not None:
+            scores, patterns = act["probes"]
+            codes = _probes.quantize(patterns)
+            probes = [("scores", pack(scores)), ("patterns", pack({"codes": codes}))]
         drop = np.array([s not in self.stats for s in STATS])
 
         def rows(chunks: list) -> list[tuple]:
@@ -513,9 +567,7 @@ class TrainingRecorder:
             samples += [(r[0], "all", *r[2:]) for r in samples]
             losses += [("all", v) for _, v in losses]
             sample_losses += [(i, "all", v) for i, _, v in sample_losses]
-        self.store.write_step(
-            self.trial, act["step"], kpis, samples, losses, sample_losses, act["probes"]
-        )
+        self.store.write_step(self.trial, act["step"], kpis, samples, losses, sample_losses, probes)
 
     def _write_meta(self) -> None:
         meta = {
@@ -589,23 +641,6 @@ def _mask_weights(act: dict, masks: Masks, lead_shape: tuple) -> tuple[list[str]
     return cats, weights
 
 
-def _lead_sums_once(act: dict, x: torch.Tensor, lead: int) -> np.ndarray:
-    """``lead_sums(x, lead)``, reused when the same tensor comes again in the step: a residual
-    add hands one gradient tensor to both its inputs, so a block's output and its attention
-    (or MLP) output get the very same gradient. The last two tensors are held, not only their
-    ids (a new tensor may take over the id of one that died), with their version counters (an
-    in-place change between two sites is a new tensor)."""
-    recent = act.setdefault("recent", [])
-    for t, version, ld, per in recent:
-        if t is x and version == x._version and ld == lead:
-            return per
-    with one_thread([x]):
-        per = lead_sums(x.detach(), lead)
-    recent.insert(0, (x, x._version, lead, per))
-    del recent[2:]
-    return per
-
-
 def _collect(chunks: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
     """The keys and sums ``[keys, 6]`` of a step's chunks; a key met more than once (a module
     called several times in the step, e.g. micro-batches) gets the merge of its pieces."""
@@ -628,13 +663,13 @@ def _collect(chunks: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
 
 
 def _row_sums_in(per: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Sums ``[categories, batch, 6]`` of each batch row's elements inside each category, from
-    per-row ``[batch, 6]`` or per-token ``[batch, pos, 6]`` sums and 0/1 ``weights``
-    ``[categories, batch]`` or ``[categories, batch, pos]``."""
-    if per.ndim == 2:
-        out = weights[..., None] * per[None]
-        return out  # max |x| of an excluded row becomes 0, which a max ignores
-    # a batched matrix product [batch, categories, pos] @ [batch, pos, 6]: half einsum's time
-    out = np.matmul(weights.transpose(1, 0, 2), per).transpose(1, 0, 2)
-    out[..., 4] = (weights * per[None, ..., 4]).max(2)  # max |x| ≥ 0: excluded tokens give 0
+    """Sums ``[tensors, categories, batch, 6]`` of each batch row's elements inside each
+    category, from per-row ``[tensors, batch, 6]`` or per-token ``[tensors, batch, pos, 6]``
+    sums and 0/1 ``weights`` ``[categories, batch]`` or ``[categories, batch, pos]``."""
+    if per.ndim == 3:
+        return weights[None, ..., None] * per[:, None]  # an excluded row's max |x| becomes 0
+    # a matrix product per (tensor, batch row), broadcast: [categories, pos] @ [pos, 6]
+    out = np.matmul(weights.transpose(1, 0, 2)[None], per).transpose(0, 2, 1, 3)
+    top = np.ascontiguousarray(per[..., 4])[:, None]  # max |x| ≥ 0: excluded tokens give 0
+    out[..., 4] = (weights[None] * top).max(-1)
     return out

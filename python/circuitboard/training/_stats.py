@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,13 +25,17 @@ ONE_THREAD_NUMEL = 1 << 22
 
 def one_thread(tensors: list[torch.Tensor]) -> contextlib.AbstractContextManager[None]:
     """The project's :func:`~circuitboard._threads.one_thread` for reductions of small CPU
-    tensors (the training's thread count restored after). Each reduction is a parallel region
-    of a few microseconds' work, and when another process holds the other core every region
-    waits for it: on the 2-core machine at load ~4 a recorded step's activation KPIs once took
-    247 ms on two threads against 4-8 ms on one (measured; quiet, the two are within noise).
+    tensors while the machine is busy (the training's thread count restored after). Each
+    reduction is a parallel region of a few microseconds' work, and when another process
+    holds the other core every region waits for it: on the 2-core machine at load ~4 a
+    recorded step's activation KPIs once took 247 ms on two threads against 4-8 ms on one;
+    quiet, two threads reduce a 512 kB tensor in 70 µs against 113 µs on one (measured).
     Training itself never runs inside, so its numbers do not change."""
-    small = sum(t.numel() for t in tensors if t.device.type == "cpu") <= ONE_THREAD_NUMEL
-    return _one_thread() if small else contextlib.nullcontext()
+    return _one_thread(when_busy=True) if _small(tensors) else contextlib.nullcontext()
+
+
+def _small(tensors: list[torch.Tensor]) -> bool:
+    return sum(t.numel() for t in tensors if t.device.type == "cpu") <= ONE_THREAD_NUMEL
 
 
 @torch.no_grad()
@@ -66,41 +73,57 @@ def row_sums(x: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
 
 
 def _pieces(d: torch.Tensor) -> np.ndarray:
-    """Sums ``[rows, 6]`` of a 2-D float tensor in five reductions (this runs inside training
-    steps, so every pass counts): sum, sum |x|, ‖x‖₂ (squared after, in float64), max |x| and
-    the count of nonzeros (the sum of sign |x|). They write straight into one ``[5, rows]``
-    buffer (no stack), and sign |x| overwrites |x| in place: 20-40 % less time per tensor
-    than separate results stacked after (measured), the same values."""
+    """Sums ``[rows, 6]`` of a 2-D float tensor (see :func:`_row_reductions`)."""
     r, c = d.shape
     if c == 0:
         return np.zeros((r, N_SUMS))
+    parts = [p.to(torch.float64) for p in _row_reductions(d)]
+    return _sums_from(torch.stack(parts).cpu().numpy(), c)
+
+
+def _row_reductions(d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Five reductions of each row of ``d`` ``[rows, c]`` (this runs inside training steps,
+    so every pass counts): sum, sum |x|, ‖x‖₂ (squared later, in float64), max |x| and the
+    count of nonzeros, as the sum of sign |x|, which overwrites |x| in place. Seven torch
+    calls: about 20-40 % less time per tensor than separate results stacked after
+    (measured)."""
     a = d.abs()
-    out = torch.empty((5, r), dtype=d.dtype, device=d.device)
-    torch.sum(d, 1, out=out[0])
-    torch.sum(a, 1, out=out[1])
-    torch.linalg.vector_norm(d, 2, 1, out=out[2])
-    torch.amax(a, 1, out=out[3])
-    a.sign_()  # a is ours: sign |x| overwrites it
-    # float32 sums of ones are exact up to 2**24 per row; longer rows count in float64
-    nonzero = a.sum(1, dtype=torch.float64) if c > 2**24 else torch.sum(a, 1, out=out[4])
-    v = out.to(torch.float64).cpu().numpy()
-    res = np.empty((r, N_SUMS))
+    wide = d.shape[1] > 2**24  # float32 sums of ones are exact up to 2**24 per row
+    return (
+        torch.sum(d, 1),
+        torch.sum(a, 1),
+        torch.linalg.vector_norm(d, 2, 1),
+        torch.amax(a, 1),
+        torch.sum(a.sign_(), 1, dtype=torch.float64 if wide else None),
+    )
+
+
+def _sums_from(v: np.ndarray, c: Any) -> np.ndarray:
+    """Sums ``[rows, 6]`` from :func:`_row_reductions` stacked ``[5, rows]`` (float64), for
+    rows of ``c`` elements (one count, or one per row)."""
+    res = np.empty((v.shape[1], N_SUMS))
     res[:, 0] = c
     res[:, 1:3] = v[:2].T
     res[:, 3] = v[2] * v[2]
     res[:, 4] = v[3]
-    res[:, 5] = c - (v[4] if c <= 2**24 else nonzero.cpu().numpy())
+    res[:, 5] = res[:, 0] - v[4]
     return res
 
 
-@torch.no_grad()
 def many_sums(tensors: list[torch.Tensor]) -> np.ndarray:
-    """Sums ``[len(tensors), 6]`` of many (small) tensors such as a model's parameters.
+    """Sums ``[len(tensors), 6]`` of many (small) tensors such as a model's parameters."""
+    return many_sums_later(tensors)()
 
-    Small CPU tensors go through numpy in one concatenation (float64) and five segment
-    reductions: a torch op per tensor costs ~10 µs of dispatch each, and torch's segment
-    reductions (scatter / index_add) cost up to 100x more on a busy multi-threaded CPU
-    (measured). Large or device tensors are reduced one by one where they live.
+
+@torch.no_grad()
+def many_sums_later(tensors: list[torch.Tensor]) -> Callable[[], np.ndarray]:
+    """:func:`many_sums` in two parts: what reads the tensors runs now, and the returned
+    function (numpy only: it may run on another thread) gives the sums.
+
+    Small CPU tensors are copied into one float64 array now, then reduced by five numpy
+    segment reductions: a torch op per tensor costs ~10 µs of dispatch each, and torch's
+    segment reductions (scatter / index_add) cost up to 100x more on a busy multi-threaded
+    CPU (measured). Large or device tensors are reduced now, one by one where they live.
     """
     out = np.zeros((len(tensors), N_SUMS))
     small, rest = [], []
@@ -108,10 +131,15 @@ def many_sums(tensors: list[torch.Tensor]) -> np.ndarray:
         if not t.numel():
             continue  # n = 0: every KPI is NaN
         (small if t.device.type == "cpu" and t.numel() <= _SMALL else rest).append(i)
-    if small:
-        flat = [_as_float(tensors[i]).reshape(-1).numpy() for i in small]
-        x = np.concatenate(flat, dtype=np.float64)
-        sizes = np.array([f.size for f in flat])
+    for i in rest:
+        out[i] = _pieces(_as_float(tensors[i]).reshape(1, -1))[0]
+    if not small:
+        return lambda: out
+    flat = [_as_float(tensors[i]).reshape(-1).numpy() for i in small]
+    x = np.concatenate(flat, dtype=np.float64)  # a copy: later updates do not reach it
+    sizes = np.array([f.size for f in flat])
+
+    def finish_small() -> np.ndarray:
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         a = np.abs(x)
         out[small, 0] = sizes
@@ -120,9 +148,9 @@ def many_sums(tensors: list[torch.Tensor]) -> np.ndarray:
         out[small, 3] = np.add.reduceat(x * x, starts)
         out[small, 4] = np.maximum.reduceat(a, starts)
         out[small, 5] = np.add.reduceat(a == 0, starts, dtype=np.int64)
-    for i in rest:
-        out[i] = _pieces(_as_float(tensors[i]).reshape(1, -1))[0]
-    return out
+        return out
+
+    return finish_small
 
 
 _SMALL = 1 << 16  # elements: below this, numpy's per-call cost beats torch's
@@ -140,6 +168,89 @@ def lead_sums(x: torch.Tensor, lead: int) -> np.ndarray:
     shape = tuple(x.shape[:lead])
     flat = x.reshape(int(np.prod(shape)) if shape else 1, -1)
     return row_sums(flat).reshape(*shape, N_SUMS)
+
+
+class RowSumBatch:
+    """:func:`lead_sums` of the tensors of a step, converted to numpy together.
+
+    Each added tensor is reduced at once, while it is in cache and before any in-place
+    change; :meth:`take` joins the step's reductions into one array per dtype and device
+    and converts it once. One at a time, each tensor also paid ~150 µs of conversion to
+    numpy and bookkeeping (measured on a recorded step of the notebook's model: a dozen
+    tensors of a few hundred kB). A tensor added again unchanged (the same object at the
+    same version: a residual add hands one gradient to two sites) is reduced once and
+    reported under both tags.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False  # whether the machine is busy: small reductions then use one thread
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was added."""
+        # per (dtype, device): the reductions of each tensor, and (width, lead shape, tags)
+        self._groups: dict[tuple, tuple[list, list]] = {}
+        self._recent: list[tuple[torch.Tensor, int, int, list]] = []
+        self._done: list[tuple[list, np.ndarray]] = []
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, lead: int, tag: Any) -> None:
+        """Sums ``[*x.shape[:lead], 6]`` of ``x`` will be reported under ``tag``."""
+        for t, version, ld, tags in self._recent:
+            if t is x and version == x._version and ld == lead:
+                tags.append(tag)
+                return
+        tags = [tag]
+        self._recent.insert(0, (x, x._version, lead, tags))
+        del self._recent[2:]
+        shape = tuple(x.shape[:lead])
+        rows = math.prod(shape)
+        width = x.numel() // rows if rows else 0
+        if not width or width > 2**24:
+            with one_thread([x]):
+                self._done.append((tags, lead_sums(x.detach(), lead)))
+            return
+        d = _as_float(x).reshape(rows, width)
+        threads = torch.get_num_threads()
+        single = self.busy and threads > 1 and _small([d])  # see one_thread; decided per step
+        if single:
+            torch.set_num_threads(1)
+        try:
+            parts = _row_reductions(d)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
+        reductions, items = self._groups.setdefault((d.dtype, d.device), ([], []))
+        reductions.append(parts)
+        items.append((width, shape, tags))
+
+    def take(self) -> Callable[[], list[tuple[list, np.ndarray]]]:
+        """What was added since the last call, read now (one copy per dtype and device); the
+        returned function (numpy only: it may run on another thread) gives ``(tags of each
+        tensor, sums [tensors, *lead shape, 6])`` per run of tensors added one after
+        another with the same lead shape."""
+        groups = [
+            (torch.stack([torch.cat(col) for col in zip(*reductions, strict=True)]), items)
+            for reductions, items in self._groups.values()
+        ]
+        groups = [(v.to(torch.float64).cpu().numpy(), items) for v, items in groups]
+        done = self._done
+        self.reset()
+
+        def results() -> list[tuple[list, np.ndarray]]:
+            out = [([tags], per[None]) for tags, per in done]
+            for values, items in groups:
+                widths = np.repeat([w for w, _, _ in items], [math.prod(s) for _, s, _ in items])
+                sums = _sums_from(values, widths)
+                start = 0
+                for shape, run in itertools.groupby(items, key=lambda item: item[1]):
+                    tags = [t for _, _, t in run]
+                    stop = start + len(tags) * math.prod(shape)
+                    out.append((tags, sums[start:stop].reshape(len(tags), *shape, N_SUMS)))
+                    start = stop
+            return out
+
+        return results
 
 
 def reduce(rows: np.ndarray) -> np.ndarray:

@@ -77,6 +77,7 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         self._commits = 0  # write_step commits since the last checkpoint was asked for
         self._every: int | None = None  # ... and how many fill CHECKPOINT_BYTES of log
+        self._lock = threading.Lock()
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(
@@ -86,7 +87,9 @@ class Store:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path)
+            # a recorder writes from its background thread, others (set_meta) from theirs:
+            # the lock keeps each one's transaction whole
+            self.db = sqlite3.connect(self.path, check_same_thread=False)
             # WAL: a committed step survives a crash of the process; no fsync per step
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -97,11 +100,11 @@ class Store:
             self._log0 = self._log_bytes()
 
     def set_meta(self, trial: str, meta: dict[str, Any]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
-            [(trial, k, json.dumps(v)) for k, v in meta.items()],
-        )
-        self.db.commit()
+        with self._lock, self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                [(trial, k, json.dumps(v)) for k, v in meta.items()],
+            )
 
     def meta(self, trial: str) -> dict[str, Any]:
         rows = self.db.execute("SELECT key, value FROM meta WHERE trial = ?", (trial,))
@@ -126,7 +129,7 @@ class Store:
         category, tensor, kind, *kpis)``, one value per :data:`STATS` (NaN, not kept, is
         stored as NULL: SQLite binds NaN as NULL)."""
         q = ", ".join("?" * len(STATS))
-        with self.db:
+        with self._lock, self.db:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO kpi VALUES (?, ?, ?, ?, ?, {q})",
                 [(trial, step, *r) for r in kpis],
