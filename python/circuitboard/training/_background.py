@@ -16,10 +16,9 @@ class BackgroundWriter:
     A recorded step hands its numpy work (category sums, compression) and its SQLite write
     here, so the training step does not wait for them. A job submitted with ``hold=True``
     waits for :meth:`release` (or ``HOLD_S`` seconds): the recorder releases it when the
-    next step begins, so the job runs beside that step's forward and backward passes, whose
-    torch operations release the GIL, rather than beside the optimizer's update, whose
-    Python loop needs the GIL as much as the job does (measured: the update took 3.3 ms
-    instead of 1.1 ms). Jobs must not run torch operations:
+    next step begins, so that it does not run beside the optimizer's update, whose Python
+    loop needs the GIL as much as the job does (measured: the update took 3.3 ms instead of
+    1.1 ms). Jobs must not run torch operations:
     a second thread's parallel regions would compete with training's, and changing the
     thread count from here could change training's results. The first job that raises
     stops the writer; :meth:`flush` and :meth:`submit` then raise that error. The thread
@@ -37,6 +36,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._go = threading.Event()
+        self._go.set()  # nothing held
         ref = weakref.ref(self)
         atexit.register(lambda: (w := ref()) is not None and w.flush(raise_error=False))
 
