@@ -4,6 +4,7 @@ thread of their own, one torch thread for small reductions."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 from circuitboard.training import TrainingRecorder, _stats, _store, load_training_run
+from circuitboard.training._stats import STATS, brute_force
 from circuitboard.training._stats import _row_reductions as row_reductions
-from circuitboard.training._stats import brute_force
 
 from .training_helpers import TokenMLP, tiny_toy, token_loss, train_toy
 
@@ -98,17 +99,51 @@ def test_one_gradient_tensor_at_two_sites_and_an_in_place_change(tmp_path, monke
     np.testing.assert_allclose(run.series("act:2", "mean"), [out.mean().item()], rtol=1e-6)
 
 
-def test_stats_not_kept_are_stored_as_null(tmp_path):
+def test_stats_not_kept_are_stored_as_nan(tmp_path):
     path = tmp_path / "r.sqlite"
     rec = TrainingRecorder(tiny_toy(), stats=["norm", "mean"], every=1, path=path)
     train_toy(rec.model, 2, rec)
     run = rec.close()
     assert run.stats == ("norm", "mean") and not np.isnan(run.values).any()
-    db = sqlite3.connect(path)
-    nulls = db.execute("SELECT COUNT(*) FROM kpi WHERE std IS NULL AND norm IS NOT NULL").fetchone()
-    rows = db.execute("SELECT COUNT(*) FROM kpi").fetchone()
+    store = _store.Store(path, readonly=True)
+    kpi, samples = store.kpi_rows("run")
+    store.close()
+    values = np.array([r[4:] for r in kpi] + [r[5:] for r in samples])
+    kept = [s in ("norm", "mean") for s in STATS]
+    assert len(values) and not np.isnan(values[:, kept]).any()
+    assert np.isnan(values[:, np.logical_not(kept)]).all()
+
+
+def test_format_1_files_load_and_save(tmp_path):
+    """A file that keeps a row per KPI (format 1) loads as the same run, and save() copies it."""
+    path = tmp_path / "r.sqlite"
+    rec = TrainingRecorder(tiny_toy(), every=1, path=path)
+    train_toy(rec.model, 2, rec)
+    run = rec.close()
+    store = _store.Store(path, readonly=True)
+    kpi, samples = store.kpi_rows("run")
+    store.close()
+    old = tmp_path / "old.sqlite"
+    shutil.copy(path, old)
+    db = sqlite3.connect(old)
+    cols = ", ".join(f"{s} REAL" for s in STATS)
+    with db:
+        db.execute("DROP TABLE kpi_step")
+        db.execute("DROP TABLE kpi_key")
+        db.execute(f"CREATE TABLE kpi (trial, step, category, tensor, kind, {cols})")
+        db.execute(f"CREATE TABLE sample_kpi (trial, step, sample, category, tensor, kind, {cols})")
+        db.executemany(f"INSERT INTO kpi VALUES (?{', ?' * 10})", [("run", *r) for r in kpi])
+        db.executemany(
+            f"INSERT INTO sample_kpi VALUES (?{', ?' * 11})", [("run", *r) for r in samples]
+        )
     db.close()
-    assert nulls == rows and rows[0] > 0
+    for got in (load_training_run(old), None):
+        if got is None:
+            load_training_run(old).save(tmp_path / "copy.sqlite")
+            got = load_training_run(tmp_path / "copy.sqlite")
+        assert got.labels == run.labels and got.categories == run.categories
+        np.testing.assert_array_equal(got.values, run.values)
+        np.testing.assert_array_equal(got.sample_values, run.sample_values)
 
 
 def test_checkpoints_run_beside_the_steps_and_lose_nothing(tmp_path, monkeypatch):

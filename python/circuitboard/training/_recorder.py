@@ -550,24 +550,20 @@ class TrainingRecorder:
             scores, patterns = act["probes"]
             codes = _probes.quantize(patterns)
             probes = [("scores", pack(scores)), ("patterns", pack({"codes": codes}))]
-        drop = np.array([s not in self.stats for s in STATS])
-
-        def rows(chunks: list) -> list[tuple]:
-            keys, sums = _collect(chunks)
-            v = finish(sums)  # all KPIs of the step at once
-            v[:, drop] = np.nan  # stored as NULL (SQLite binds NaN as NULL)
-            return [(*k, *x) for k, x in zip(keys, v.tolist(), strict=True)]
-
-        kpis, samples = rows(act["sums"]), rows(act["sample_sums"])
+        keys, sums = _collect(act["sums"])
+        sample_keys, sample_sums = _collect(act["sample_sums"])
+        keys = [(None, *k) for k in keys] + sample_keys
+        kpis = finish(np.concatenate([sums, sample_sums]))  # all KPIs of the step at once
+        kpis[:, [s not in self.stats for s in STATS]] = np.nan  # not kept
         losses = [(c, s / n) for c, (s, n) in act["loss"].items()]
         sample_losses = [(i, c, s / n) for (i, c), (s, n) in act["sample_loss"].items()]
         if act["category"] not in (None, "all"):
             # a per-batch category is also part of "all", so every run has one full series
-            kpis += [("all", *r[1:]) for r in kpis]
-            samples += [(r[0], "all", *r[2:]) for r in samples]
+            keys += [(i, "all", *k[1:]) for i, *k in keys]
+            kpis = np.concatenate([kpis, kpis])
             losses += [("all", v) for _, v in losses]
             sample_losses += [(i, "all", v) for i, _, v in sample_losses]
-        self.store.write_step(self.trial, act["step"], kpis, samples, losses, sample_losses, probes)
+        self.store.write_step(self.trial, act["step"], keys, kpis, losses, sample_losses, probes)
 
     def _write_meta(self) -> None:
         meta = {

@@ -155,11 +155,13 @@ class TrainingRun:
         src = Store(self.path, readonly=True)
         dst = _Store(path)
         try:
-            for table in ("meta", "kpi", "sample_kpi", "loss", "sample_loss", "probe"):
+            # every table the source has, in its own layout (format 1 or 2)
+            for table, sql in src.rows("SELECT name, sql FROM sqlite_master WHERE type='table'"):
                 rows = src.rows(f"SELECT * FROM {table} WHERE trial = ?", self.trial)
-                if rows:
-                    q = ", ".join("?" * len(rows[0]))
-                    with dst.db:
+                with dst.db:
+                    dst.db.execute(sql.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+                    if rows:
+                        q = ", ".join("?" * len(rows[0]))
                         dst.db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({q})", rows)
         finally:
             src.close()
@@ -228,13 +230,8 @@ def trials(path: str | os.PathLike[str]) -> list[str]:
 def _read(store: Store, trial: str, path: str) -> TrainingRun:
     meta = store.meta(trial)
     stats = tuple(meta.get("stats", STATS))
-    cols = ", ".join(STATS)
-    kpi = store.rows(f"SELECT step, category, tensor, kind, {cols} FROM kpi WHERE trial = ?", trial)
+    kpi, skpi = store.kpi_rows(trial)
     loss = store.rows("SELECT step, category, value FROM loss WHERE trial = ?", trial)
-    skpi = store.rows(
-        f"SELECT step, sample, category, tensor, kind, {cols} FROM sample_kpi WHERE trial = ?",
-        trial,
-    )
     sloss = store.rows(
         "SELECT step, sample, category, value FROM sample_loss WHERE trial = ?", trial
     )
