@@ -120,8 +120,8 @@ def many_sums_later(tensors: list[torch.Tensor]) -> Callable[[], np.ndarray]:
     """:func:`many_sums` in two parts: what reads the tensors runs now, and the returned
     function (numpy only: it may run on another thread) gives the sums.
 
-    Small CPU tensors are copied into one float64 array now, then reduced by five numpy
-    segment reductions: a torch op per tensor costs ~10 µs of dispatch each, and torch's
+    Small CPU tensors are copied now by one concatenation, then reduced in float64 by five
+    numpy segment reductions: a torch op per tensor costs ~10 µs of dispatch each, and torch's
     segment reductions (scatter / index_add) cost up to 100x more on a busy multi-threaded
     CPU (measured). Large or device tensors are reduced now, one by one where they live.
     """
@@ -135,11 +135,11 @@ def many_sums_later(tensors: list[torch.Tensor]) -> Callable[[], np.ndarray]:
         out[i] = _pieces(_as_float(tensors[i]).reshape(1, -1))[0]
     if not small:
         return lambda: out
-    flat = [_as_float(tensors[i]).reshape(-1).numpy() for i in small]
-    x = np.concatenate(flat, dtype=np.float64)  # a copy: later updates do not reach it
-    sizes = np.array([f.size for f in flat])
+    copied = torch.cat([_as_float(tensors[i]).reshape(-1) for i in small]).numpy()
+    sizes = np.array([tensors[i].numel() for i in small])
 
     def finish_small() -> np.ndarray:
+        x = copied.astype(np.float64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         a = np.abs(x)
         out[small, 0] = sizes
