@@ -38,7 +38,8 @@ class BackgroundWriter:
         self._go = threading.Event()
         self._go.set()  # nothing held
         ref = weakref.ref(self)
-        atexit.register(lambda: (w := ref()) is not None and w.flush(raise_error=False))
+        self._at_exit = lambda: (w := ref()) is not None and w.flush(raise_error=False)
+        atexit.register(self._at_exit)
 
     def submit(self, job: Callable[[], Any], *, hold: bool = False) -> None:
         self._raise()
@@ -68,6 +69,7 @@ class BackgroundWriter:
         try:
             self.flush()
         finally:
+            atexit.unregister(self._at_exit)
             with self._lock:
                 thread, self._thread = self._thread, None
             if thread is not None and thread.is_alive():
