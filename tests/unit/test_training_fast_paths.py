@@ -17,7 +17,7 @@ from circuitboard.training import TrainingRecorder, _stats, _store, load_trainin
 from circuitboard.training._stats import STATS, brute_force
 from circuitboard.training._stats import _row_reductions as row_reductions
 
-from .training_helpers import TokenMLP, tiny_toy, token_loss, train_toy
+from .training_helpers import TokenMLP, tiny_toy, token_loss, toy_batch, train_toy
 
 
 def test_module_called_twice_in_a_step_records_the_union(tmp_path):
@@ -199,3 +199,28 @@ def test_a_failed_background_write_is_raised_and_the_steps_before_it_kept(tmp_pa
     run = rec.close()
     assert run.steps.tolist() == [0, 1]
     assert rec.hook_count() == 0 and rec._writer._thread is None  # closed: no thread left
+
+
+def test_a_mask_reused_in_place_by_the_caller_does_not_change_a_written_step(tmp_path):
+    """Sums by category are taken on the writer thread after the step; a caller that refills
+    one mask tensor for the next batch must not change them."""
+    ids, _ = toy_batch(0)
+    late = torch.zeros(ids.shape, dtype=torch.bool)
+    late[:, ids.shape[1] // 2 :] = True
+    runs = []
+    for reuse in (False, True):
+        mask = late.clone()
+        model = tiny_toy()
+        rec = TrainingRecorder(
+            model,
+            every=1,
+            path=tmp_path / f"{reuse}.sqlite",
+            categories=lambda b, mask=mask: {"m": mask},
+        )
+        with rec.step(0):
+            token_loss(model(ids), ids).mean().backward()  # no rec.loss: masks read later
+        if reuse:  # refilled before the writer ran (it waits for the next step or a flush)
+            mask.copy_(~late)
+        runs.append(rec.close())
+    np.testing.assert_array_equal(runs[1].values, runs[0].values)
+    assert runs[0].categories == ["all", "m"]

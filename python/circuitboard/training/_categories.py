@@ -39,7 +39,10 @@ def category_masks(fn: Callable[[Any], Any], batch: Any, n: int | None) -> Masks
         )
     masks: Masks = []
     for name, mask in items:
+        # a copy: the sums by category are taken after the step, on another thread, and the
+        # caller may reuse its mask's memory for the next batch
         m = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask))
+        m = m.clone()
         ok_shape = m.ndim in (1, 2) and (n is None or m.shape[0] == n)
         if shape is not None and m.ndim == 2 and len(shape) == 2:
             ok_shape = ok_shape and tuple(m.shape) == shape

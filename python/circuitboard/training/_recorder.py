@@ -476,9 +476,8 @@ class TrainingRecorder:
             self._accumulate(act, name, "grad", g, masks)
 
     def _accumulate(self, act: dict, name: str, kind: str, x: torch.Tensor, masks: Masks) -> None:
-        # Sums per batch row, or per token when a token category lines up with the tensor:
-        # the tensor is copied into the step's batch now and reduced with the others when the
-        # step ends, where all categories and kept samples come from those rows at once.
+        # Sums per batch row, or per token when a token category lines up with the tensor,
+        # reduced now; all categories and kept samples come from those rows after the step.
         lead = 0
         if x.ndim >= 1:
             lead = 1
