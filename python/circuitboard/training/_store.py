@@ -153,15 +153,14 @@ class Store:
     def _ids(self, trial: str, keys: list[tuple]) -> np.ndarray:
         """int32 ids of ``keys`` in ``trial``, storing the new ones (inside the caller's
         transaction)."""
-        known = self._key_ids.get(trial)
-        if known is None:
+        known = self._key_ids.get(trial, {})
+        if any(k not in known for k in keys):  # reread: another recorder may have added some
             rows = self.db.execute(
                 "SELECT id, sample, category, tensor, kind FROM kpi_key WHERE trial = ?", (trial,)
             )
             known = self._key_ids[trial] = {tuple(r[1:]): r[0] for r in rows}
-        new = [k for k in dict.fromkeys(keys) if k not in known]
-        if new:
-            first = len(known)
+            new = [k for k in dict.fromkeys(keys) if k not in known]
+            first = max(known.values(), default=-1) + 1
             rows = [(trial, first + i, *k) for i, k in enumerate(new)]
             self.db.executemany("INSERT INTO kpi_key VALUES (?, ?, ?, ?, ?, ?)", rows)
             known.update((k, first + i) for i, k in enumerate(new))
