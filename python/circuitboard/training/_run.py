@@ -195,8 +195,15 @@ def load_training_run(path: str | os.PathLike[str], trial: str | None = None) ->
     writer = "TrainingRecorder(model, path=path)"
     checked = check_file(path, "training run", writer)
     with open(checked, "rb") as f:
-        if f.read(16) != b"SQLite format 3\x00":
-            raise not_a(checked, "training run", describe_start(checked), writer)
+        header = f.read(100)
+    if header[:16] != b"SQLite format 3\x00":
+        raise not_a(checked, "training run", describe_start(checked), writer)
+    declared = _declared_size(header)
+    if declared is not None and os.path.getsize(checked) < declared:
+        # SQLite would read such a file without complaint as long as no query reaches the
+        # missing pages (an empty table's index, say)
+        found = f"it is truncated: {os.path.getsize(checked)} of the {declared} bytes it declares"
+        raise not_a(checked, "training run", found, writer)
     try:
         store = Store(path, readonly=True)
         try:
@@ -216,6 +223,15 @@ def load_training_run(path: str | os.PathLike[str], trial: str | None = None) ->
     except sqlite3.DatabaseError as e:  # truncated, damaged, or another program's database
         found = f"its database cannot be read: {e}"
         raise not_a(checked, "training run", found, writer) from None
+
+
+def _declared_size(header: bytes) -> int | None:
+    """The file size an SQLite header declares (page size × page count), when the count is
+    valid (its version number matches the change counter; see SQLite's file format)."""
+    if len(header) < 100 or header[24:28] != header[92:96]:
+        return None
+    page = int.from_bytes(header[16:18], "big")
+    return (65536 if page == 1 else page) * int.from_bytes(header[28:32], "big")
 
 
 def trials(path: str | os.PathLike[str]) -> list[str]:
