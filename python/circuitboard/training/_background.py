@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import os
 import queue
 import threading
 import weakref
@@ -78,11 +77,6 @@ class BackgroundWriter:
                 thread.join()
 
     def _run(self) -> None:
-        if os.environ.get("CB_WRITER_NICE"):
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except (AttributeError, OSError):
-                pass
         while True:
             try:
                 job = self._jobs.get(timeout=self.IDLE_S)
