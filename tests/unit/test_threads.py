@@ -36,7 +36,7 @@ def test_when_busy_follows_the_load_average(two_threads, monkeypatch):
         return torch.get_num_threads()
 
     cores = 4
-    monkeypatch.setattr(_threads.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(_threads, "_CORES", cores)
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
     assert inside() == 1  # decided per call, not when decorated
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
