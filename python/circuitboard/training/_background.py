@@ -18,12 +18,12 @@ class BackgroundWriter:
     waits for :meth:`release` (or ``HOLD_S`` seconds): the recorder releases it when the
     next step begins, so that it does not run beside the optimizer's update, whose Python
     loop needs the GIL as much as the job does (measured: the update took 3.3 ms instead of
-    1.1 ms). Jobs must not run torch operations:
-    a second thread's parallel regions would compete with training's, and changing the
-    thread count from here could change training's results. The first job that raises
-    stops the writer; :meth:`flush` and :meth:`submit` then raise that error. The thread
-    starts with the first job, ends after ``IDLE_S`` seconds without one, and pending jobs
-    are finished when the interpreter exits normally.
+    1.1 ms). Jobs must not run torch operations: a second thread's parallel regions would
+    compete with training's, and changing the thread count from here could change
+    training's results. The next :meth:`submit` or :meth:`flush` raises the error of a job
+    that failed; the jobs queued after it are dropped until then. The thread starts with
+    the first job, ends after ``IDLE_S`` seconds without one, and pending jobs are finished
+    when the interpreter exits normally.
     """
 
     IDLE_S = 60.0
