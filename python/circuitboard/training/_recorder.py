@@ -269,6 +269,7 @@ class TrainingRecorder:
             "acts": False,  # whether any activation was recorded (for the gradient check)
             "loss": {},
             "sample_loss": {},
+            "losses": [],  # (per-sample or per-token losses, masks) to split by category
             "probes": None,
             "masks": None,
             "grad_seen": False,
@@ -318,7 +319,7 @@ class TrainingRecorder:
         act = self._active
         if act is None:
             return
-        t = torch.as_tensor(value).detach().to(torch.float64).cpu()
+        t = torch.as_tensor(value).detach().to(torch.float64, copy=True).cpu()
         if t.ndim == 0:
             key = act["category"] or "all"
             s, n = act["loss"].get(key, (0.0, 0))
@@ -326,7 +327,7 @@ class TrainingRecorder:
             return
         masks = act["masks"] or self._masks_for(None, t.shape[0])
         if t.ndim <= 2:
-            self._loss_by_category(act, t.numpy(), masks)
+            act["losses"].append((t.numpy(), masks))  # split by category by the writer
             return
         for cat, mask in masks:
             x = select(t, mask)
@@ -544,6 +545,8 @@ class TrainingRecorder:
         """Rows of a finished step, written in one transaction (on the writer thread)."""
         self._add_sums(act)
         act["sums"] += [(keys, sums()) for keys, sums in act["later"]]
+        for x, masks in act["losses"]:
+            self._loss_by_category(act, x, masks)
         probes = []
         if act["probes"] is not None:
             scores, patterns = act["probes"]
