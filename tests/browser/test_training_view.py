@@ -10,7 +10,7 @@ import torch
 import circuitboard as cb
 from circuitboard.training import TrainingRecorder, record_dataflow
 from tests.conftest import open_report
-from tests.unit.training_helpers import TokenMLP, tiny_toy, token_loss, toy_batch, train_toy
+from tests.unit.training_helpers import TokenMLP, tiny_toy, toy_batch, train_toy
 
 
 @pytest.fixture(scope="module")
@@ -271,15 +271,11 @@ def test_offline_report_long_probe_thinned_steps_show_the_nearest_kept(
     g = torch.Generator().manual_seed(5)
     probes, _ = repeated_sequences(1, 40, 12, periods=(5, 9), generator=g)
     rec = TrainingRecorder(model, every=1, probes=probes, path=tmp_path / "long.sqlite")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
-    for step in range(8):
-        ids, _ = repeated_sequences(8, 40, 12, periods=(5, 9), generator=g)
-        with rec.step(step):
-            per = token_loss(model(ids), ids)
-            rec.loss(per)
-            per.mean().backward()
-        opt.step()
-        opt.zero_grad()
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return repeated_sequences(8, 40, 12, periods=(5, 9), generator=g)
+
+    train_toy(model, 8, rec, lr=3e-2, batch=batch)
     run = rec.close()
     view = cb.training_view(run)
     attn = view.attention_view(0)
@@ -381,15 +377,7 @@ def test_graph_of_an_mlp_with_a_skip_connection(page, tmp_path, artifacts):
     rec = TrainingRecorder(model, every=1, path=tmp_path / "mlp.sqlite")
     ids, _ = toy_batch(0)
     record_dataflow(rec, ids)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(6):
-        ids, _ = toy_batch(step)
-        with rec.step(step):
-            per = token_loss(model(ids), ids)
-            rec.loss(per)
-            per.mean().backward()
-        opt.step()
-        opt.zero_grad()
+    train_toy(model, 6, rec)
     run = rec.close()
     view = cb.training_view(run, navigator="graph")
     path = cb.report(view, path=tmp_path / "mlp.html", title="mlp")

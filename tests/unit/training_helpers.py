@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,11 +54,14 @@ def train_toy(
     start: int = 0,
     raise_at: int | None = None,
     exc: type[BaseException] = RuntimeError,
+    lr: float = 1e-2,
+    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]] = toy_batch,
 ) -> None:
-    """AdamW on the repeated-sequence task; optionally recorded, optionally failing at a step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    """AdamW on the repeated-sequence task (``batch(step)``: ids and repeat mask); optionally
+    recorded, optionally failing at a step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for step in range(start, start + steps):
-        ids, _ = toy_batch(step)
+        ids, _ = batch(step)
         ctx = rec.step(step) if rec is not None else _null()
         with ctx:
             if step == raise_at:
