@@ -1,19 +1,24 @@
 """Overhead of recording training with ``cb.TrainingRecorder`` (target: ≤ 5 % at every=10).
 
 The notebook's model (a 2-layer attention-only transformer, d_model 64, 4 heads, vocab 64,
-64 tokens, batch 32, AdamW) trains on repeated sequences. Blocks of ``--block`` steps run
-alternately without and with a recorder, A B A B ... (every 10th step recorded, the defaults:
-every hook point's output and gradient but attention patterns, every parameter and its
-gradient; plus first-period / repeated-token categories, 4 kept samples, probe patterns and
-head scores every 50 steps), so a change of machine load hits both the same way. Estimates:
+64 tokens, batch 32, AdamW) trains on repeated sequences. Blocks of ``--block`` steps (one
+``every``-step cycle by default) run alternately without and with a recorder, A B A B ...
+(every 10th step recorded, the defaults: every hook point's output and gradient but attention
+patterns, every parameter and its gradient; plus first-period / repeated-token categories, 4
+kept samples, probe patterns and head scores every 50 steps, so every fifth recorded block
+probes). A recorded block ends by waiting for the recorder's background write
+(``rec.flush()``), so all of the recorder's work is charged to its block, none to the next
+plain one. Short blocks, many of them, let a change of machine load hit both arms alike.
+Estimates:
 
 - **paired blocks**: each recorded block over the mean of the plain blocks either side of
-  it; the median of those ratios (robust to load bursts, which hit single blocks);
+  it; the median of those ratios (robust to load bursts, which hit single blocks), with a
+  bootstrap 90 % interval of that median;
 - **per step**: median step times by type (plain; not recorded inside a recorder's block;
   recorded; recorded with probes), combined as one ``every``-step cycle with its share of
-  probe steps.
+  probe steps (the background write is not in these).
 
-    python benchmarks/bench_training.py [--blocks 20] [--block 50] [--every 10] [--threads N]
+    python benchmarks/bench_training.py [--blocks 150] [--block 10] [--every 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -33,8 +39,8 @@ from circuitboard.training import AttentionOnlyTransformer, TrainingRecorder, re
 def train_block(
     model, opt, rec, start: int, n: int, gen: torch.Generator, cats: dict, times: dict
 ) -> float:
-    """Seconds per step of ``n`` steps (recorded when ``rec`` is given); each step's own time
-    goes into ``times[step]``."""
+    """Seconds per step of ``n`` steps (recorded when ``rec`` is given, its writes waited
+    for); each step's own time goes into ``times[step]``."""
     t0 = time.perf_counter()
     for step in range(start, start + n):
         ts = time.perf_counter()
@@ -52,13 +58,15 @@ def train_block(
         opt.step()
         opt.zero_grad()
         times[step] = time.perf_counter() - ts
+    if rec is not None:
+        rec.flush()  # the block's background write, charged to it
     return (time.perf_counter() - t0) / n
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--blocks", type=int, default=20, help="recorded blocks (as many plain + 1)")
-    ap.add_argument("--block", type=int, default=50, help="steps per block")
+    ap.add_argument("--blocks", type=int, default=150, help="recorded blocks (as many plain + 1)")
+    ap.add_argument("--block", type=int, default=10, help="steps per block")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -96,6 +104,9 @@ def main() -> None:
     ratios = [r / ((plain[i] + plain[i + 1]) / 2) for i, r in enumerate(recorded)]
     ratio = statistics.median(ratios)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    lo, hi = boot[100], boot[1899]
     # per step: one every-step cycle = (every - 1) unrecorded steps + one recorded step, and
     # a probe on every (probe_every / every)-th recorded step
     base = statistics.median(times.values())
@@ -111,8 +122,9 @@ def main() -> None:
     print(f"| plain training (median block) | {statistics.median(plain) * 1e3:.1f} | — |")
     print(
         f"| recorder, every={args.every} (median block) | {statistics.median(recorded) * 1e3:.1f} "
-        f"| {100 * (ratio - 1):+.1f} % (median of {len(ratios)} paired ratios; "
-        f"quartiles {100 * (q1 - 1):+.1f} %, {100 * (q3 - 1):+.1f} %) |"
+        f"| {100 * (ratio - 1):+.1f} % (median of {len(ratios)} paired ratios, 90 % interval "
+        f"{100 * (lo - 1):+.1f} % to {100 * (hi - 1):+.1f} %; quartiles {100 * (q1 - 1):+.1f} %, "
+        f"{100 * (q3 - 1):+.1f} %) |"
     )
     print(
         f"| per step: plain {base * 1e3:.1f}, unrecorded {unrec * 1e3:.1f}, recorded "

@@ -45,6 +45,8 @@ def test_many_sums_equal_brute_force_per_tensor():
         _with_zeros((17,), 5).double(),
         torch.zeros(0),
         _with_zeros((2, 2, 2), 6).half(),
+        _with_zeros((3, 5), 9).bfloat16(),  # numpy cannot read it: converted first
+        _with_zeros((4, 6), 10).t(),  # not contiguous
     ]
     got = finish(many_sums(ts))
     for t, g in zip(ts, got, strict=True):

@@ -44,25 +44,34 @@ def scores_from_patterns(patterns: Any, token_ids: Any) -> dict[str, torch.Tenso
     (1.0, 0.0)
     """
     att = torch.as_tensor(patterns).detach().float().cpu()
-    ids = torch.as_tensor(token_ids).detach().long().cpu()
     if att.ndim == 4:
         att = att[None]
-    if ids.ndim == 1:
-        ids = ids[None]
     if att.ndim != 5 or att.shape[-1] != att.shape[-2]:
         raise ValueError(
             f"patterns must be [layers, heads, query, key] or [batch, layers, heads, query, key] "
             f"with query == key; got shape {tuple(att.shape)}."
         )
-    B, L, H, n, _ = att.shape
+    B, _, _, n, _ = att.shape
+    ids = torch.as_tensor(token_ids).detach().long().cpu()
+    if ids.ndim == 1:
+        ids = ids[None]
     if ids.shape != (B, n):
         raise ValueError(
             f"token_ids has shape {tuple(ids.shape)} but the patterns need [{B}, {n}] "
             "(one id per position, per batch row)."
         )
+    return apply_score_weights(att, score_weights(ids))
+
+
+def score_weights(token_ids: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The score names and weights ``[batch, query * key, scores]`` whose sum against a
+    pattern gives each score of :func:`scores_from_patterns`: the score's key mask over the
+    number of queries where it is defined (NaN when there are none). They depend on the
+    tokens only, so a fixed probe batch computes them once."""
+    B, n = token_ids.shape
     q = torch.arange(n)
     earlier = q[None, :] < q[:, None]  # [q, k]: k < q
-    same = ids[:, :, None] == ids[:, None, :]  # [B, q, k]
+    same = token_ids[:, :, None] == token_ids[:, None, :]  # [B, q, k]
     dup = same & earlier  # earlier copies of q's token
     # induction target k = j + 1 for every earlier copy j with j + 1 < q.
     ind = torch.zeros_like(dup)
@@ -72,21 +81,25 @@ def scores_from_patterns(patterns: Any, token_ids: Any) -> dict[str, torch.Tenso
     first = torch.zeros(n, n, dtype=torch.bool)
     first[1:, 0] = True
 
-    def score(mask: torch.Tensor) -> torch.Tensor:
-        mask = mask.expand(B, n, n) if mask.ndim == 2 else mask
-        rows = mask.any(-1)  # [B, q] queries where the score is defined
-        mass = (att * mask[:, None, None].float()).sum(-1)  # [B, L, H, q]
-        count = rows.sum()
-        if count == 0:
-            return torch.full((L, H), float("nan"))
-        return (mass * rows[:, None, None].float()).sum((0, -1)) / count
+    def weights(mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.expand(B, n, n)
+        count = mask.any(-1).sum()  # queries where the score is defined
+        return mask.float() / count if count else torch.full((B, n, n), float("nan"))
 
-    return {
-        "previous_token": score(prev),
-        "induction": score(ind),
-        "duplicate_token": score(dup),
-        "first_token": score(first),
-    }
+    masks = {"previous_token": prev, "induction": ind, "duplicate_token": dup, "first_token": first}
+    stacked = torch.stack([weights(m).reshape(B, n * n) for m in masks.values()], -1)
+    return tuple(masks), stacked
+
+
+def apply_score_weights(
+    patterns: torch.Tensor, weights: tuple[tuple[str, ...], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Scores ``[layers, heads]`` of patterns ``[batch, layers, heads, query, key]`` from
+    :func:`score_weights` of their tokens, in one batched product."""
+    names, w = weights
+    B, L, H, n, _ = patterns.shape
+    out = torch.bmm(patterns.reshape(B, L * H, n * n), w).sum(0)  # [L * H, scores]
+    return {name: out[:, i].reshape(L, H) for i, name in enumerate(names)}
 
 
 def _score_masks(ids: torch.Tensor, a: int, b: int) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis._head_scores import scores_from_patterns
+from ..analysis._head_scores import apply_score_weights, score_weights
 from ._sites import adapter_sites
 
 HEAD_SCORES = ("induction", "previous_token", "duplicate_token")
@@ -64,11 +64,17 @@ def probe_patterns(model: Any, ids: torch.Tensor) -> np.ndarray:
     return att.cpu().numpy()
 
 
-def scores(patterns: np.ndarray, ids: torch.Tensor) -> dict[str, np.ndarray]:
+def weights(ids: torch.Tensor) -> Any:
+    """What :func:`scores` needs of the probe tokens (computed once per recorder)."""
+    return score_weights(ids.cpu())
+
+
+def scores(patterns: np.ndarray, weights: Any) -> dict[str, np.ndarray]:
     """Induction, previous-token and duplicate-token scores ``[layers, heads]`` of patterns
-    (:func:`circuitboard.analysis.scores_from_patterns`: mass on every position that follows
-    an earlier copy of the query's token, and so on)."""
-    s = scores_from_patterns(torch.from_numpy(patterns), ids.cpu())
+    (those of :func:`circuitboard.analysis.scores_from_patterns`: mass on every position that
+    follows an earlier copy of the query's token, and so on), from the probe tokens'
+    :func:`weights`."""
+    s = apply_score_weights(torch.from_numpy(patterns), weights)
     return {k: s[k].numpy().astype(np.float32) for k in HEAD_SCORES}
 
 

@@ -17,7 +17,7 @@ from . import _probes
 from ._background import BackgroundWriter
 from ._categories import Masks, category_masks, select
 from ._sites import is_tensor, resolve_modules, resolve_params
-from ._stats import N_SUMS, STATS, RowSumBatch, finish, many_sums_later, merge, one_thread
+from ._stats import N_SUMS, STATS, RowSumBatch, finish, many_sums_later, merge
 from ._store import FORMAT_VERSION, Store, pack
 
 Key = tuple[str, str, str]  # (category, tensor, kind)
@@ -144,6 +144,7 @@ class TrainingRecorder:
         self.probe_ids = _probe_ids(probes, tokenizer)
         self.probe_every = probe_every or every
         if self.probe_ids is not None:
+            self._probe_weights = _probes.weights(self.probe_ids)
             if self.probe_every % every:
                 raise ValueError(
                     f"probe_every={self.probe_every} must be a multiple of every={every} "
@@ -286,8 +287,7 @@ class TrainingRecorder:
         base = category or "all"
         if self.params:
             keys = [(base, name, "param") for name, _ in self.params]
-            with one_thread([p for _, p in self.params]):
-                act["later"].append((keys, many_sums_later([p for _, p in self.params])))
+            act["later"].append((keys, many_sums_later([p for _, p in self.params])))
         self._install()
 
     def _end(self) -> None:
@@ -300,8 +300,7 @@ class TrainingRecorder:
             base = act["category"] or "all"
             if have:
                 keys = [(base, name, "param_grad") for name, _ in have]
-                with one_thread([g for _, g in have]):
-                    act["later"].append((keys, many_sums_later([g for _, g in have])))
+                act["later"].append((keys, many_sums_later([g for _, g in have])))
         act["tensors"] = self._batch.take()
         act["batch"] = None  # not needed past the step: do not hold the user's batch
         self._writer.submit(lambda: self._write(act), hold=True)
@@ -537,7 +536,7 @@ class TrainingRecorder:
     def _probe(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Head scores and patterns of the probe batch (compressed later, by the writer)."""
         pats = _probes.probe_patterns(self.model, self.probe_ids)
-        return _probes.scores(pats, self.probe_ids), pats
+        return _probes.scores(pats, self._probe_weights), pats
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -81,13 +81,19 @@ def _pieces(d: torch.Tensor) -> np.ndarray:
     return _sums_from(torch.stack(parts).cpu().numpy(), c)
 
 
-def _row_reductions(d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _row_reductions(
+    d: torch.Tensor, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """Five reductions of each row of ``d`` ``[rows, c]`` (this runs inside training steps,
     so every pass counts): sum, sum |x|, ‖x‖₂ (squared later, in float64), max |x| and the
     count of nonzeros, as the sum of sign |x|, which overwrites |x| in place. Seven torch
     calls: about 20-40 % less time per tensor than separate results stacked after
-    (measured)."""
-    a = d.abs()
+    (measured). |x| goes into ``scratch`` (at least ``d.numel()`` elements of its dtype and
+    device) when given: one buffer for a step's tensors instead of a fresh one each."""
+    if scratch is None:
+        a = d.abs()
+    else:
+        a = torch.abs(d, out=scratch[: d.numel()].view(d.shape))
     wide = d.shape[1] > 2**24  # float32 sums of ones are exact up to 2**24 per row
     return (
         torch.sum(d, 1),
@@ -115,28 +121,37 @@ def many_sums(tensors: list[torch.Tensor]) -> np.ndarray:
     return many_sums_later(tensors)()
 
 
-@torch.no_grad()
 def many_sums_later(tensors: list[torch.Tensor]) -> Callable[[], np.ndarray]:
     """:func:`many_sums` in two parts: what reads the tensors runs now, and the returned
     function (numpy only: it may run on another thread) gives the sums.
 
-    Small CPU tensors are copied now by one concatenation, then reduced in float64 by five
-    numpy segment reductions: a torch op per tensor costs ~10 µs of dispatch each, and torch's
-    segment reductions (scatter / index_add) cost up to 100x more on a busy multi-threaded
-    CPU (measured). Large or device tensors are reduced now, one by one where they live.
+    Small CPU tensors are copied now, by one numpy concatenation of their memory, then
+    reduced in float64 by five numpy segment reductions: a torch op per tensor costs ~10 µs
+    of dispatch each, a ``torch.cat`` of a model's parameters 4x the numpy copy, and
+    torch's segment reductions (scatter / index_add) up to 100x more on a busy
+    multi-threaded CPU (all measured). Large or device tensors are reduced now, one by one
+    where they live.
     """
     out = np.zeros((len(tensors), N_SUMS))
-    small, rest = [], []
+    small, views, rest = [], [], []
     for i, t in enumerate(tensors):
-        if not t.numel():
+        n = t.numel()
+        if not n:
             continue  # n = 0: every KPI is NaN
-        (small if t.device.type == "cpu" and t.numel() <= _SMALL else rest).append(i)
-    for i in rest:
-        out[i] = _pieces(_as_float(tensors[i]).reshape(1, -1))[0]
+        if n <= _SMALL and t.is_cpu:
+            small.append(i)
+            d = t.detach() if t.dtype in _NUMPY_FLOATS else _as_float(t)
+            views.append(d.reshape(-1).numpy())
+        else:
+            rest.append(i)
+    if rest:
+        with torch.no_grad(), one_thread([tensors[i] for i in rest]):
+            for i in rest:
+                out[i] = _pieces(_as_float(tensors[i]).reshape(1, -1))[0]
     if not small:
         return lambda: out
-    copied = torch.cat([_as_float(tensors[i]).reshape(-1) for i in small]).numpy()
-    sizes = np.array([tensors[i].numel() for i in small])
+    copied = np.concatenate(views)  # the values now: an optimizer may change them next
+    sizes = np.array([v.size for v in views])
 
     def finish_small() -> np.ndarray:
         x = copied.astype(np.float64)
@@ -153,6 +168,7 @@ def many_sums_later(tensors: list[torch.Tensor]) -> Callable[[], np.ndarray]:
     return finish_small
 
 
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)  # dtypes numpy reads as they are
 _SMALL = 1 << 16  # elements: below this, numpy's per-call cost beats torch's
 
 
@@ -174,16 +190,19 @@ class RowSumBatch:
     """:func:`lead_sums` of the tensors of a step, converted to numpy together.
 
     Each added tensor is reduced at once, while it is in cache and before any in-place
-    change; :meth:`take` joins the step's reductions into one array per dtype and device
-    and converts it once. One at a time, each tensor also paid ~150 µs of conversion to
-    numpy and bookkeeping (measured on a recorded step of the notebook's model: a dozen
-    tensors of a few hundred kB). A tensor added again unchanged (the same object at the
-    same version: a residual add hands one gradient to two sites) is reduced once and
-    reported under both tags.
+    change, with |x| in one scratch buffer per step (a fresh 512 kB buffer per tensor made
+    the allocator return and fault in memory all step long: ~1 ms per recorded step of the
+    notebook's model, measured). The reductions of CPU tensors are kept as numpy views;
+    those of other devices are joined and copied to the host once, at :meth:`take`. One at
+    a time, each tensor also paid ~150 µs of conversion to numpy and bookkeeping (measured
+    on a recorded step of the notebook's model: a dozen tensors of a few hundred kB). A
+    tensor added again unchanged (the same object at the same version: a residual add hands
+    one gradient to two sites) is reduced once and reported under both tags.
     """
 
     def __init__(self) -> None:
         self.busy = False  # whether the machine is busy: small reductions then use one thread
+        self._scratch: dict[tuple, torch.Tensor] = {}  # |x| of a tensor; see _scratch_for
         self.reset()
 
     def reset(self) -> None:
@@ -216,30 +235,44 @@ class RowSumBatch:
         if single:
             torch.set_num_threads(1)
         try:
-            parts = _row_reductions(d)
+            parts = _row_reductions(d, self._scratch_for(d))
         finally:
             if single:
                 torch.set_num_threads(threads)
+        if d.device.type == "cpu":
+            parts = tuple(p.numpy() for p in parts)  # fresh results: nothing writes them
         reductions, items = self._groups.setdefault((d.dtype, d.device), ([], []))
         reductions.append(parts)
         items.append((width, shape, tags))
 
+    def _scratch_for(self, d: torch.Tensor) -> torch.Tensor:
+        """A buffer for |d|, kept from step to step for small CPU tensors (the first use
+        faults its pages in; a fresh one each step would again), per step otherwise."""
+        key = (d.dtype, d.device)
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < d.numel():
+            buf = self._scratch[key] = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
+        return buf
+
     def take(self) -> Callable[[], list[tuple[list, np.ndarray]]]:
-        """What was added since the last call, read now (one copy per dtype and device); the
-        returned function (numpy only: it may run on another thread) gives ``(tags of each
-        tensor, sums [tensors, *lead shape, 6])`` per run of tensors added one after
-        another with the same lead shape."""
-        groups = [
-            (torch.stack([torch.cat(col) for col in zip(*reductions, strict=True)]), items)
-            for reductions, items in self._groups.values()
-        ]
-        groups = [(v.to(torch.float64).cpu().numpy(), items) for v, items in groups]
+        """What was added since the last call; the returned function (numpy only: it may
+        run on another thread) gives ``(tags of each tensor, sums [tensors, *lead shape,
+        6])`` per run of tensors added one after another with the same lead shape."""
+        groups = []
+        for reductions, items in self._groups.values():
+            columns = list(zip(*reductions, strict=True))
+            if not isinstance(columns[0][0], np.ndarray):  # one copy to the host per device
+                host = torch.stack([torch.cat(c) for c in columns]).to(torch.float64).cpu()
+                columns = [[v] for v in host.numpy()]
+            groups.append((columns, items))
         done = self._done
         self.reset()
+        self._scratch = {k: b for k, b in self._scratch.items() if _small([b])}
 
         def results() -> list[tuple[list, np.ndarray]]:
             out = [([tags], per[None]) for tags, per in done]
-            for values, items in groups:
+            for columns, items in groups:
+                values = np.stack([np.concatenate(c, dtype=np.float64) for c in columns])
                 widths = np.repeat([w for w, _, _ in items], [math.prod(s) for _, s, _ in items])
                 sums = _sums_from(values, widths)
                 start = 0

@@ -29,8 +29,10 @@ class _Attention(nn.Module):
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
         scores = scores.masked_fill(~self.mask[:T, :T], float("-inf"))
         pattern = self.hook_pattern(scores.softmax(-1))
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
-        return self.o(z.reshape(B, T, D))
+        # contiguous before the hook: the reshape below copies it anyway, and a hook (or a
+        # recorder) then reads it in place instead of making a copy of its own
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v).contiguous())
+        return self.o(z.view(B, T, D))
 
 
 class _Block(nn.Module):
