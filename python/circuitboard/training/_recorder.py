@@ -498,29 +498,31 @@ class TrainingRecorder:
                     labels.append((name, kind))
                     rows.append(i)
             for masks, labels, rows in by_masks.values():
-                self._add_category_sums(act, masks, labels, per[rows])
+                same = rows == list(range(per.shape[1]))  # usually: no copy needed
+                self._add_category_sums(act, masks, labels, per if same else per[:, rows])
 
     def _add_category_sums(self, act: dict, masks: Masks, labels: list, per: np.ndarray) -> None:
         """Sums per category, and per kept sample, of tensors ``labels`` (name, kind) from
-        their sums per batch row (or token) ``per`` ``[tensors, *lead, 6]``."""
+        their sums per batch row (or token) ``per`` ``[6, tensors, *lead]``."""
         if per.ndim == 2:  # 0-d tensors: only the categories without a mask
             cats = [cat for cat, mask in masks if mask is None]
             keys = [(c, name, kind) for name, kind in labels for c in cats]
             if keys:
-                act["sums"].append((keys, np.repeat(per, len(cats), 0)))
+                act["sums"].append((keys, np.repeat(per.T, len(cats), 0)))
             return
-        cats, weights = _mask_weights(act, masks, per.shape[1:-1])
+        cats, weights = _mask_weights(act, masks, per.shape[2:])
         if not cats:
             return
-        by_row = _row_sums_in(per, weights)  # [tensors, categories, batch, 6]
-        totals = by_row.sum(2)
-        totals[..., 4] = by_row[..., 4].max(2)
-        full = totals[..., 0] > 0  # a category with no element of a tensor gets no row
+        by_row = _row_sums_in(per, weights)  # [6, tensors, categories, batch]
+        totals = by_row.sum(3)
+        totals[4] = by_row[4].max(2)
+        totals = totals.reshape(N_SUMS, -1).T  # [tensors * categories, 6]
+        full = totals[:, 0] > 0  # a category with no element of a tensor gets no row
         keys = [(c, name, kind) for name, kind in labels for c in cats]
-        act["sums"].append((list(compress(keys, full.ravel())), totals[full]))
-        rows = [i for i in self.samples if i < per.shape[1]]
+        act["sums"].append((list(compress(keys, full)), totals[full]))
+        rows = [i for i in self.samples if i < per.shape[2]]
         if rows:
-            kept = by_row[:, :, rows].reshape(-1, N_SUMS)  # tensor, category, kept row
+            kept = by_row[..., rows].reshape(N_SUMS, -1).T  # tensor, category, kept row
             full = kept[:, 0] > 0
             keys = [(i, c, name, kind) for name, kind in labels for c in cats for i in rows]
             act["sample_sums"].append((list(compress(keys, full)), kept[full]))
@@ -660,13 +662,15 @@ def _collect(chunks: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
 
 
 def _row_sums_in(per: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Sums ``[tensors, categories, batch, 6]`` of each batch row's elements inside each
-    category, from per-row ``[tensors, batch, 6]`` or per-token ``[tensors, batch, pos, 6]``
+    """Sums ``[6, tensors, categories, batch]`` of each batch row's elements inside each
+    category, from per-row ``[6, tensors, batch]`` or per-token ``[6, tensors, batch, pos]``
     sums and 0/1 ``weights`` ``[categories, batch]`` or ``[categories, batch, pos]``."""
     if per.ndim == 3:
-        return weights[None, ..., None] * per[:, None]  # an excluded row's max |x| becomes 0
-    # a matrix product per (tensor, batch row), broadcast: [categories, pos] @ [pos, 6]
-    out = np.matmul(weights.transpose(1, 0, 2)[None], per).transpose(0, 2, 1, 3)
-    top = np.ascontiguousarray(per[..., 4])[:, None]  # max |x| ≥ 0: excluded tokens give 0
-    out[..., 4] = (weights[None] * top).max(-1)
+        return per[:, :, None] * weights  # an excluded row's max |x| becomes 0
+    _, k, b, t = per.shape
+    # per batch row, one matrix product: [6 * tensors, pos] @ [pos, categories]
+    out = np.matmul(per.reshape(-1, b, t).transpose(1, 0, 2), weights.transpose(1, 2, 0))
+    out = out.transpose(1, 2, 0).reshape(N_SUMS, k, len(weights), b)
+    for c, w in enumerate(weights):  # max |x| ≥ 0: excluded tokens give 0
+        out[4, :, c] = np.where(w > 0, per[4], 0.0).max(-1)
     return out

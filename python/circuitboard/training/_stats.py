@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -209,18 +210,19 @@ class RowSumBatch:
         """Forget what was added."""
         # per (dtype, device): the reductions of each tensor, and (width, lead shape, tags)
         self._groups: dict[tuple, tuple[list, list]] = {}
-        self._recent: list[tuple[torch.Tensor, int, int, list]] = []
+        self._recent: list[tuple[weakref.ref, int, int, list]] = []
         self._done: list[tuple[list, np.ndarray]] = []
 
     def add(self, x: torch.Tensor, lead: int, tag: Any) -> None:
         """Sums ``[*x.shape[:lead], 6]`` of ``x`` will be reported under ``tag`` (read
         detached: no grad-mode switch needed, and this runs a dozen times per step)."""
-        for t, version, ld, tags in self._recent:
-            if t is x and version == x._version and ld == lead:
+        for ref, version, ld, tags in self._recent:
+            if ref() is x and version == x._version and ld == lead:
                 tags.append(tag)
                 return
         tags = [tag]
-        self._recent.insert(0, (x, x._version, lead, tags))
+        # a weak reference: holding the tensor would keep a gradient alive past its use
+        self._recent.insert(0, (weakref.ref(x), x._version, lead, tags))
         del self._recent[2:]
         shape = tuple(x.shape[:lead])
         rows = math.prod(shape)
@@ -256,8 +258,9 @@ class RowSumBatch:
 
     def take(self) -> Callable[[], list[tuple[list, np.ndarray]]]:
         """What was added since the last call; the returned function (numpy only: it may
-        run on another thread) gives ``(tags of each tensor, sums [tensors, *lead shape,
-        6])`` per run of tensors added one after another with the same lead shape."""
+        run on another thread) gives ``(tags of each tensor, sums [6, tensors, *lead
+        shape])`` per run of tensors added one after another with the same lead shape (each
+        statistic contiguous: what follows reduces them one statistic at a time)."""
         groups = []
         for reductions, items in self._groups.values():
             columns = list(zip(*reductions, strict=True))
@@ -270,16 +273,20 @@ class RowSumBatch:
         self._scratch = {k: b for k, b in self._scratch.items() if _small([b])}
 
         def results() -> list[tuple[list, np.ndarray]]:
-            out = [([tags], per[None]) for tags, per in done]
+            out = [([tags], np.moveaxis(per, -1, 0)[:, None]) for tags, per in done]
             for columns, items in groups:
-                values = np.stack([np.concatenate(c, dtype=np.float64) for c in columns])
-                widths = np.repeat([w for w, _, _ in items], [math.prod(s) for _, s, _ in items])
-                sums = _sums_from(values, widths)
+                rows = [math.prod(s) for _, s, _ in items]
+                sums = np.empty((N_SUMS, sum(rows)))  # stat-major: each statistic contiguous
+                sums[0] = np.repeat([w for w, _, _ in items], rows)
+                for i, col in zip((1, 2, 3, 4, 5), columns, strict=True):
+                    np.concatenate(col, out=sums[i])
+                np.square(sums[3], out=sums[3])  # the norm, squared in float64
+                np.subtract(sums[0], sums[5], out=sums[5])  # nonzeros -> zeros
                 start = 0
                 for shape, run in itertools.groupby(items, key=lambda item: item[1]):
                     tags = [t for _, _, t in run]
                     stop = start + len(tags) * math.prod(shape)
-                    out.append((tags, sums[start:stop].reshape(len(tags), *shape, N_SUMS)))
+                    out.append((tags, sums[:, start:stop].reshape(N_SUMS, len(tags), *shape)))
                     start = stop
             return out
 
