@@ -224,3 +224,39 @@ def test_a_mask_reused_in_place_by_the_caller_does_not_change_a_written_step(tmp
         runs.append(rec.close())
     np.testing.assert_array_equal(runs[1].values, runs[0].values)
     assert runs[0].categories == ["all", "m"]
+
+
+def test_probe_patterns_are_stored_while_training_and_deflated_on_close(tmp_path):
+    """Patterns are written uncompressed during training (no deflate beside it), readable as
+    they are by a run loaded mid-training or after a crash, and deflated by close(), which
+    gives the space back."""
+    import io
+    import zipfile
+
+    path = tmp_path / "r.sqlite"
+    probes, _ = toy_batch(999, 64)  # 64 kB of patterns per probe step
+    rec = TrainingRecorder(tiny_toy(), every=1, probes=probes, probe_every=2, path=path)
+    train_toy(rec.model, 6, rec)
+
+    def blobs():
+        db = sqlite3.connect(path)
+        out = [b for (b,) in db.execute("SELECT data FROM probe WHERE name = 'patterns'")]
+        db.close()
+        return out
+
+    def methods():
+        return {i.compress_type for b in blobs() for i in zipfile.ZipFile(io.BytesIO(b)).infolist()}
+
+    mid = rec.run()
+    assert methods() == {zipfile.ZIP_STORED} and mid.probe_steps.tolist() == [0, 2, 4]
+    stored = sum(len(b) for b in blobs())
+    crashed = tmp_path / "crashed.sqlite"
+    shutil.copy(path, crashed)  # the file as a killed process would leave it (its log too)
+    shutil.copy(f"{path}-wal", f"{crashed}-wal")
+    run = rec.close()
+    assert sum(len(b) for b in blobs()) < stored and methods() == {zipfile.ZIP_DEFLATED}
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA freelist_count").fetchone() == (0,)  # space given back
+    db.close()
+    np.testing.assert_array_equal(run.patterns, mid.patterns)
+    np.testing.assert_array_equal(load_training_run(crashed).patterns, mid.patterns)
