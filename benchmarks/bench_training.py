@@ -100,7 +100,9 @@ def main() -> None:
             recorded.append(train_block(model, opt, rec, step, args.block, gen, cats, rec_times))
         step += args.block
         loads.append(os.getloadavg()[0])
-    run = rec.close()
+    t_close = time.perf_counter()
+    run = rec.close()  # deflates the probe patterns stored while training
+    t_close = time.perf_counter() - t_close
     ratios = [r / ((plain[i] + plain[i + 1]) / 2) for i, r in enumerate(recorded)]
     ratio = statistics.median(ratios)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
@@ -133,7 +135,8 @@ def main() -> None:
     )
     print(
         f"\n{len(run.steps)} recorded steps, {len(run.labels)} tensors, "
-        f"{len(run.probe_steps)} probe steps; torch threads {torch.get_num_threads()}; "
+        f"{len(run.probe_steps)} probe steps (close() took {t_close * 1e3:.0f} ms); torch "
+        f"threads {torch.get_num_threads()}; "
         f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}, median "
         f"{statistics.median(loads):.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )

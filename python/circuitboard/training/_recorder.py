@@ -682,5 +682,6 @@ def _row_sums_in(per: np.ndarray, weights: np.ndarray) -> np.ndarray:
     out = np.matmul(per.reshape(-1, b, t).transpose(1, 0, 2), weights.transpose(1, 2, 0))
     out = out.transpose(1, 2, 0).reshape(N_SUMS, k, len(weights), b)
     for c, w in enumerate(weights):  # max |x| ≥ 0: excluded tokens give 0
-        out[4, :, c] = np.where(w > 0, per[4], 0.0).max(-1)
+        top = per[4] if w.all() else np.where(w > 0, per[4], 0.0)
+        out[4, :, c] = top.max(-1)
     return out
