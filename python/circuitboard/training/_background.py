@@ -13,7 +13,7 @@ from typing import Any
 class BackgroundWriter:
     """Runs submitted jobs one at a time, in order, on a thread of its own.
 
-    A recorded step hands its numpy work (category sums, compression) and its SQLite write
+    A recorded step hands its numpy work (category sums, quantized patterns) and its SQLite write
     here, so the training step does not wait for them. A job submitted with ``hold=True``
     waits for :meth:`release` (or ``HOLD_S`` seconds): the recorder releases it when the
     next step begins, so that it does not run beside the optimizer's update, whose Python

@@ -293,7 +293,8 @@ class TrainingRecorder:
 
     def _end(self) -> None:
         """Read what the step needs from its tensors now; the rest (numpy sums by category,
-        compression, the SQLite write) runs on the writer thread while training goes on."""
+        quantized patterns, the SQLite write) runs on the writer thread while training goes
+        on."""
         act = self._active
         if self.grads:
             self._check_grads(act)
@@ -376,8 +377,8 @@ class TrainingRecorder:
         return load_training_run(self.path, trial=self.trial)
 
     def close(self) -> Any:
-        """Remove every hook, finish the pending writes, close the file and return the
-        recorded run."""
+        """Remove every hook, finish the pending writes, compress the probe patterns stored
+        while training, close the file and return the recorded run."""
         self._shut()
         return self.run()
 
@@ -502,33 +503,40 @@ class TrainingRecorder:
                     labels.append((name, kind))
                     rows.append(i)
             for masks, labels, rows in by_masks.values():
-                same = rows == list(range(per.shape[1]))  # usually: no copy needed
-                self._add_category_sums(act, masks, labels, per if same else per[:, rows])
+                self._add_category_sums(act, masks, labels, per, rows)
 
-    def _add_category_sums(self, act: dict, masks: Masks, labels: list, per: np.ndarray) -> None:
+    def _add_category_sums(
+        self, act: dict, masks: Masks, labels: list, per: np.ndarray, rows: list[int]
+    ) -> None:
         """Sums per category, and per kept sample, of tensors ``labels`` (name, kind) from
-        their sums per batch row (or token) ``per`` ``[6, tensors, *lead]``."""
+        the sums per batch row (or token) ``per[:, rows]`` (``per``: ``[6, tensors, *lead]``;
+        a tensor reported under two names appears twice in ``rows``)."""
         if per.ndim == 2:  # 0-d tensors: only the categories without a mask
             cats = [cat for cat, mask in masks if mask is None]
             keys = [(c, name, kind) for name, kind in labels for c in cats]
             if keys:
-                act["sums"].append((keys, np.repeat(per.T, len(cats), 0)))
+                act["sums"].append((keys, np.repeat(per[:, rows].T, len(cats), 0)))
             return
         cats, weights = _mask_weights(act, masks, per.shape[2:])
         if not cats:
             return
-        by_row = _row_sums_in(per, weights)  # [6, tensors, categories, batch]
+        # each tensor once (usually all of them, read in place), then repeated per name
+        once = sorted(set(rows))
+        by_row = _row_sums_in(per if len(once) == per.shape[1] else per[:, once], weights)
+        if rows != once:
+            by_row = by_row[:, [once.index(r) for r in rows]]
+        # by_row: [6, tensors, categories, batch]
         totals = by_row.sum(3)
         totals[4] = by_row[4].max(2)
         totals = totals.reshape(N_SUMS, -1).T  # [tensors * categories, 6]
         full = totals[:, 0] > 0  # a category with no element of a tensor gets no row
         keys = [(c, name, kind) for name, kind in labels for c in cats]
         act["sums"].append((list(compress(keys, full)), totals[full]))
-        rows = [i for i in self.samples if i < per.shape[2]]
-        if rows:
-            kept = by_row[..., rows].reshape(N_SUMS, -1).T  # tensor, category, kept row
+        kept_rows = [i for i in self.samples if i < per.shape[2]]
+        if kept_rows:
+            kept = by_row[..., kept_rows].reshape(N_SUMS, -1).T  # tensor, category, kept row
             full = kept[:, 0] > 0
-            keys = [(i, c, name, kind) for name, kind in labels for c in cats for i in rows]
+            keys = [(i, c, name, kind) for name, kind in labels for c in cats for i in kept_rows]
             act["sample_sums"].append((list(compress(keys, full)), kept[full]))
 
     def _check_grads(self, act: dict) -> None:
@@ -540,7 +548,7 @@ class TrainingRecorder:
             )
 
     def _probe(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Head scores and patterns of the probe batch (compressed later, by the writer)."""
+        """Head scores and patterns of the probe batch (quantized later, by the writer)."""
         pats = _probes.probe_patterns(self.model, self.probe_ids)
         return _probes.scores(pats, self._probe_weights), pats
 
