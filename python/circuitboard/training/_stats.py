@@ -90,7 +90,7 @@ def _row_reductions(
     count of nonzeros, as the sum of sign |x|, which overwrites |x| in place. Seven torch
     calls: about 20-40 % less time per tensor than separate results stacked after
     (measured). |x| goes into ``scratch`` (at least ``d.numel()`` elements of its dtype and
-    device) when given: one buffer for a step's tensors instead of a fresh one each."""
+    device) when given: one buffer reused for every tensor instead of a fresh one each."""
     if scratch is None:
         a = d.abs()
     else:
@@ -191,14 +191,14 @@ class RowSumBatch:
     """:func:`lead_sums` of the tensors of a step, converted to numpy together.
 
     Each added tensor is reduced at once, while it is in cache and before any in-place
-    change, with |x| in one scratch buffer per step (a fresh 512 kB buffer per tensor made
-    the allocator return and fault in memory all step long: ~1 ms per recorded step of the
-    notebook's model, measured). The reductions of CPU tensors are kept as numpy views;
-    those of other devices are joined and copied to the host once, at :meth:`take`. One at
-    a time, each tensor also paid ~150 µs of conversion to numpy and bookkeeping (measured
-    on a recorded step of the notebook's model: a dozen tensors of a few hundred kB). A
-    tensor added again unchanged (the same object at the same version: a residual add hands
-    one gradient to two sites) is reduced once and reported under both tags.
+    change, with |x| in one scratch buffer kept between steps (not a fresh tensor per
+    recorded tensor, 512 kB each in the notebook's model). The reductions of CPU tensors are
+    kept as numpy views; those of other devices are joined and copied to the host once, at
+    :meth:`take`. One at a time, each tensor also paid ~150 µs of conversion to numpy and
+    bookkeeping (measured on a recorded step of the notebook's model: a dozen tensors of a
+    few hundred kB). A tensor added again unchanged (the same object at the same version: a
+    residual add hands one gradient to two sites) is reduced once and reported under both
+    tags.
     """
 
     def __init__(self) -> None:
@@ -248,8 +248,8 @@ class RowSumBatch:
         items.append((width, shape, tags))
 
     def _scratch_for(self, d: torch.Tensor) -> torch.Tensor:
-        """A buffer for |d|, kept from step to step for small CPU tensors (the first use
-        faults its pages in; a fresh one each step would again), per step otherwise."""
+        """A buffer for |d|: kept from step to step for small CPU tensors, dropped at the end
+        of the step otherwise (a large device buffer is not held between steps)."""
         key = (d.dtype, d.device)
         buf = self._scratch.get(key)
         if buf is None or buf.numel() < d.numel():
