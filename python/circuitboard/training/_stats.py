@@ -79,7 +79,7 @@ def _pieces(d: torch.Tensor) -> np.ndarray:
     if c == 0:
         return np.zeros((r, N_SUMS))
     parts = [p.to(torch.float64) for p in _row_reductions(d)]
-    return _sums_from(torch.stack(parts).cpu().numpy(), c)
+    return _sums_from([[v] for v in torch.stack(parts).cpu().numpy()], c).T
 
 
 def _row_reductions(
@@ -105,16 +105,17 @@ def _row_reductions(
     )
 
 
-def _sums_from(v: np.ndarray, c: Any) -> np.ndarray:
-    """Sums ``[rows, 6]`` from :func:`_row_reductions` stacked ``[5, rows]`` (float64), for
-    rows of ``c`` elements (one count, or one per row)."""
-    res = np.empty((v.shape[1], N_SUMS))
-    res[:, 0] = c
-    res[:, 1:3] = v[:2].T
-    res[:, 3] = v[2] * v[2]
-    res[:, 4] = v[3]
-    res[:, 5] = res[:, 0] - v[4]
-    return res
+def _sums_from(columns: Any, widths: Any) -> np.ndarray:
+    """Sums ``[6, rows]``, each statistic contiguous, from the five reductions of
+    :func:`_row_reductions` (``columns``: per reduction, the arrays to join, any float
+    dtype), for rows of ``widths`` elements (one count, or one per row)."""
+    sums = np.empty((N_SUMS, sum(len(a) for a in columns[0])))
+    sums[0] = widths
+    for i, col in zip((1, 2, 3, 4, 5), columns, strict=True):
+        np.concatenate(col, out=sums[i])
+    np.square(sums[3], out=sums[3])  # the norm, squared in float64
+    np.subtract(sums[0], sums[5], out=sums[5])  # nonzeros -> zeros
+    return sums
 
 
 def many_sums(tensors: list[torch.Tensor]) -> np.ndarray:
@@ -276,12 +277,7 @@ class RowSumBatch:
             out = [([tags], np.moveaxis(per, -1, 0)[:, None]) for tags, per in done]
             for columns, items in groups:
                 rows = [math.prod(s) for _, s, _ in items]
-                sums = np.empty((N_SUMS, sum(rows)))  # stat-major: each statistic contiguous
-                sums[0] = np.repeat([w for w, _, _ in items], rows)
-                for i, col in zip((1, 2, 3, 4, 5), columns, strict=True):
-                    np.concatenate(col, out=sums[i])
-                np.square(sums[3], out=sums[3])  # the norm, squared in float64
-                np.subtract(sums[0], sums[5], out=sums[5])  # nonzeros -> zeros
+                sums = _sums_from(columns, np.repeat([w for w, _, _ in items], rows))
                 start = 0
                 for shape, run in itertools.groupby(items, key=lambda item: item[1]):
                     tags = [t for _, _, t in run]
